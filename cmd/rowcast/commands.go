@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
+	fs, cf := newFlagSet("serve", stderr)
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	cfg, code := cf.load(stderr)
+	if cfg == nil {
+		return code
+	}
+	log := newLogger(cfg, stderr)
+	if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		printProblems(stderr, &config.Problems{List: problems})
+		return exitUsage
+	}
+	r, err := server.New(server.Options{Config: cfg, Logger: log, Version: version()})
+	if err != nil {
+		fmt.Fprintf(stderr, "rowcast: %v\n", err)
+		return exitFailed
+	}
+	if err := r.Run(ctx); err != nil {
+		var drift *server.DriftError
+		if errors.As(err, &drift) {
+			fmt.Fprintf(stderr, "rowcast: %v\n", err)
+			return exitUsage
+		}
+		log.Error("relay stopped", "err", err)
+		return exitFailed
+	}
+	log.Info("relay drained and stopped")
+	return exitOK
+}
+
+// checkDatabase reports configured tables and columns missing from the
+// database; err is set when the database cannot be reached.
+func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
+	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	if err != nil {
+		return nil, fmt.Errorf("database.url: cannot connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return triggers.CheckTables(ctx, conn, cfg.Tables)
+}
+
+func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, cf := newFlagSet("install", stderr)
+	dry := fs.Bool("dry-run", false, "print the SQL instead of running it")
+	remove := fs.Bool("remove", false, "remove the capture triggers and the rowcast schema (its history too)")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	cfg, code := cf.load(stderr)
+	if cfg == nil {
+		return code
+	}
+	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: notifyOn(cfg)})
+	if err != nil {
+		fmt.Fprintf(stderr, "rowcast: %v\n", err)
+		return exitUsage
+	}
+	if *dry && !*remove {
+		fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
+		return exitOK
+	}
+	if !*remove {
+		if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
+			if err != nil {
+				problems = append(problems, err.Error())
+			}
+			printProblems(stderr, &config.Problems{List: problems})
+			return exitUsage
+		}
+	}
+	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	if err != nil {
+		fmt.Fprintf(stderr, "rowcast: database.url: cannot connect: %v\n", err)
+		return exitFailed
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var done []string
+	if *remove {
+		if *dry {
+			fmt.Fprintln(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table, then:\nDROP SCHEMA IF EXISTS rowcast CASCADE;")
+			return exitOK
+		}
+		done, err = triggers.Remove(ctx, conn)
+	} else {
+		done, err = triggers.Install(ctx, conn, plan)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "rowcast: %v\n", err)
+		return exitFailed
+	}
+	for _, line := range done {
+		fmt.Fprintln(stdout, line)
+	}
+	return exitOK
+}
+
+func notifyOn(cfg *config.Config) bool { return cfg.Capture.Notify == nil || *cfg.Capture.Notify }
+
+func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "check" && args[0] != "print") {
+		fmt.Fprintln(stderr, "usage: rowcast config check|print [--config FILE] [--set key=value]")
+		return exitUsage
+	}
+	fs, cf := newFlagSet("config "+args[0], stderr)
+	if fs.Parse(args[1:]) != nil {
+		return exitUsage
+	}
+	cfg, code := cf.load(stderr)
+	if cfg == nil {
+		return code
+	}
+	if args[0] == "print" {
+		if err := cfg.WriteYAML(stdout); err != nil {
+			fmt.Fprintf(stderr, "rowcast: %v\n", err)
+			return exitFailed
+		}
+		return exitOK
+	}
+	problems, err := checkDatabase(ctx, cfg)
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		printProblems(stderr, &config.Problems{List: problems})
+		return exitUsage
+	}
+	if drift := installedDrift(ctx, cfg); len(drift) > 0 {
+		fmt.Fprintln(stdout, "note: the installed capture triggers differ from this configuration; `rowcast install` will update them:")
+		for _, d := range drift {
+			fmt.Fprintln(stdout, "  -", d)
+		}
+	}
+	fmt.Fprintln(stdout, "configuration ok")
+	return exitOK
+}
+
+func installedDrift(ctx context.Context, cfg *config.Config) []string {
+	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	if err != nil {
+		return nil
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: notifyOn(cfg)})
+	if err != nil {
+		return []string{err.Error()}
+	}
+	drift, err := triggers.Verify(ctx, conn, plan)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	return drift
+}

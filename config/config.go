@@ -1,0 +1,204 @@
+// Package config loads and validates rowcast's configuration: a YAML file,
+// overridden by ROWCAST_<KEY> environment variables (dots become
+// underscores; DATABASE_URL is also accepted), overridden by flags. It is the
+// only package that imports viper.
+package config
+
+import (
+	"strings"
+	"time"
+)
+
+// Config is the whole effective configuration. Load starts from Defaults and
+// overlays what the file, the environment and the flags name; a key no
+// source names keeps its default, and a value given explicitly is kept as
+// given (an explicit 0 for a size is reported by Validate, not replaced).
+// Table entries are the exception: Load fills their empty fields with
+// Table.WithDefaults. Defaults returns the defaults alone.
+//
+// Config holds secrets (Auth.JWTSecret, the password in Database.URL): print
+// it only with WriteYAML, which hides them.
+type Config struct {
+	Database    Database `mapstructure:"database" yaml:"database"`
+	Capture     Capture  `mapstructure:"capture" yaml:"capture"`
+	Listen      string   `mapstructure:"listen" yaml:"listen"`             // default 127.0.0.1:8080
+	AdminListen string   `mapstructure:"admin_listen" yaml:"admin_listen"` // empty: /metrics on Listen
+	Auth        Auth     `mapstructure:"auth" yaml:"auth"`
+	Origins     []string `mapstructure:"origins" yaml:"origins"` // empty: no browser origin allowed
+	Events      Events   `mapstructure:"events" yaml:"events"`
+	History     History  `mapstructure:"history" yaml:"history"`
+	Sessions    Sessions `mapstructure:"sessions" yaml:"sessions"`
+	Log         Log      `mapstructure:"log" yaml:"log"`
+	Tables      []Table  `mapstructure:"tables" yaml:"tables"`
+	Shutdown    Shutdown `mapstructure:"shutdown" yaml:"shutdown"`
+}
+
+// Database says where PostgreSQL is.
+type Database struct {
+	URL string `mapstructure:"url" yaml:"url"` // secret: the password is hidden when printed
+}
+
+// Capture selects and tunes the capture mode.
+type Capture struct {
+	Mode string `mapstructure:"mode" yaml:"mode"` // "trigger" (default) or "logical"
+	// Notify makes the commit-time trigger ring a pg_notify doorbell so the
+	// relay polls at once; without it the relay only polls. Default true.
+	Notify *bool `mapstructure:"notify" yaml:"notify"`
+	// PollMin and PollMax bound the adaptive poll interval: PollMin while
+	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
+	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
+	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
+	// BatchSize caps the changelog rows read per poll. Default 5000.
+	BatchSize int `mapstructure:"batch_size" yaml:"batch_size"`
+}
+
+// Auth configures JWT verification.
+type Auth struct {
+	JWTSecret string `mapstructure:"jwt_secret" yaml:"jwt_secret"` // HS256 key, raw UTF-8 bytes; secret
+	UserClaim string `mapstructure:"user_claim" yaml:"user_claim"` // default "sub"
+	TeamClaim string `mapstructure:"team_claim" yaml:"team_claim"` // default "teamId"
+	Issuer    string `mapstructure:"issuer" yaml:"issuer"`         // checked when set
+	Audience  string `mapstructure:"audience" yaml:"audience"`     // checked when set
+}
+
+// Events selects optional event forms.
+type Events struct {
+	Legacy bool `mapstructure:"legacy" yaml:"legacy"` // also send data:update
+}
+
+// History configures the changelog retention used for resume.
+type History struct {
+	Retention     time.Duration `mapstructure:"retention" yaml:"retention"`           // default 24h
+	PruneInterval time.Duration `mapstructure:"prune_interval" yaml:"prune_interval"` // default 1m
+}
+
+// Sessions configures per-session limits of the WebSocket transports.
+type Sessions struct {
+	Heartbeat      time.Duration `mapstructure:"heartbeat" yaml:"heartbeat"`               // default 25s
+	QueueSize      int           `mapstructure:"queue_size" yaml:"queue_size"`             // outbound frames; default 1024
+	MaxMessageSize int64         `mapstructure:"max_message_size" yaml:"max_message_size"` // client frame limit; default 4096
+	RateLimit      float64       `mapstructure:"rate_limit" yaml:"rate_limit"`             // client messages/s; default 20
+	RateBurst      int           `mapstructure:"rate_burst" yaml:"rate_burst"`             // default 50
+	// RateStrikes is how many messages past the limit a client may send
+	// (each answered rate_limited) before it is closed with 4429. Default 20.
+	RateStrikes int `mapstructure:"rate_strikes" yaml:"rate_strikes"`
+	// ReplayLimit caps the events one resume replays before it answers
+	// resync instead. Default 100000.
+	ReplayLimit int `mapstructure:"replay_limit" yaml:"replay_limit"`
+}
+
+// Log configures the process logger.
+type Log struct {
+	Level  string `mapstructure:"level" yaml:"level"`   // debug, info (default), warn, error
+	Format string `mapstructure:"format" yaml:"format"` // text (default) or json
+}
+
+// Shutdown configures draining.
+type Shutdown struct {
+	Grace time.Duration `mapstructure:"grace" yaml:"grace"` // default 10s
+}
+
+// Table configures the capture and mapping of one table.
+type Table struct {
+	Table          string   `mapstructure:"table" yaml:"table"`                     // may be schema-qualified; default schema public
+	Entity         string   `mapstructure:"entity" yaml:"entity"`                   // default: singular of the table name
+	Kind           string   `mapstructure:"kind" yaml:"kind"`                       // "entity" (default) or "ai_task"
+	IDColumn       string   `mapstructure:"id_column" yaml:"id_column"`             // default id
+	TeamColumn     string   `mapstructure:"team_column" yaml:"team_column"`         // default team_id
+	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
+	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
+	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never leave the database
+	NotifyOnly     []string `mapstructure:"notify_only" yaml:"notify_only"`         // events say changed, not the value
+	// AI task columns (kind ai_task); defaults are the names in the demo schema.
+	StatusColumn   string `mapstructure:"status_column" yaml:"status_column"`     // default status
+	ProgressColumn string `mapstructure:"progress_column" yaml:"progress_column"` // default progress
+	MessageColumn  string `mapstructure:"message_column" yaml:"message_column"`   // default message
+	TypeColumn     string `mapstructure:"type_column" yaml:"type_column"`         // default task_type
+	ResultColumn   string `mapstructure:"result_column" yaml:"result_column"`     // default result
+	ErrorColumn    string `mapstructure:"error_column" yaml:"error_column"`       // default error
+}
+
+// Schema returns the table's schema: the part before the dot of a
+// schema-qualified name, else "public".
+func (t Table) Schema() string {
+	if s, _, ok := strings.Cut(t.Table, "."); ok {
+		return s
+	}
+	return "public"
+}
+
+// Name returns the table's name without its schema.
+func (t Table) Name() string {
+	if _, n, ok := strings.Cut(t.Table, "."); ok {
+		return n
+	}
+	return t.Table
+}
+
+// Qualified returns "schema.name", e.g. "public.escrows". Names are used as
+// written: they are quoted in SQL, so they are case-sensitive.
+func (t Table) Qualified() string {
+	return t.Schema() + "." + t.Name()
+}
+
+// WithDefaults returns t with every empty field that has a default filled
+// in: Entity (the singular of Name: "escrows" -> "escrow", "activities" ->
+// "activity", "addresses" -> "address"), Kind "entity", IDColumn "id",
+// TeamColumn "team_id", and for kind ai_task UserColumn "user_id" and the
+// task columns status, progress, message, task_type, result and error.
+// Fields already set are kept. Load applies it to every table entry.
+func (t Table) WithDefaults() Table {
+	fill := func(f *string, v string) {
+		if *f == "" {
+			*f = v
+		}
+	}
+	fill(&t.Entity, singular(t.Name()))
+	fill(&t.Kind, KindEntity)
+	fill(&t.IDColumn, "id")
+	fill(&t.TeamColumn, "team_id")
+	if t.Kind == KindAITask {
+		fill(&t.UserColumn, "user_id")
+		fill(&t.StatusColumn, "status")
+		fill(&t.ProgressColumn, "progress")
+		fill(&t.MessageColumn, "message")
+		fill(&t.TypeColumn, "task_type")
+		fill(&t.ResultColumn, "result")
+		fill(&t.ErrorColumn, "error")
+	}
+	return t
+}
+
+// Table kinds.
+const (
+	KindEntity = "entity"  // team-scoped <entity>:created|updated|deleted events
+	KindAITask = "ai_task" // user-scoped ai:task:* events
+)
+
+// Capture modes.
+const (
+	ModeTrigger = "trigger"
+	ModeLogical = "logical"
+)
+
+// singular returns an English singular of a plural table name, good enough
+// for the usual table names; Entity overrides it when it is wrong.
+func singular(name string) string {
+	switch {
+	case len(name) > 3 && strings.HasSuffix(name, "ies"):
+		return name[:len(name)-3] + "y" // activities, companies
+	case strings.HasSuffix(name, "sses"), strings.HasSuffix(name, "shes"),
+		strings.HasSuffix(name, "ches"), strings.HasSuffix(name, "xes"):
+		return name[:len(name)-2] // addresses, wishes, matches, boxes
+	case strings.HasSuffix(name, "ouses"):
+		return name[:len(name)-1] // houses
+	case strings.HasSuffix(name, "uses"):
+		return name[:len(name)-2] // statuses, bonuses
+	case strings.HasSuffix(name, "ss"), strings.HasSuffix(name, "us"),
+		strings.HasSuffix(name, "is"):
+		return name // address, status, analysis
+	case len(name) > 1 && strings.HasSuffix(name, "s"):
+		return name[:len(name)-1]
+	}
+	return name
+}

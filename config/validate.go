@@ -1,0 +1,334 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Problems is every problem found in a configuration, each one line of the
+// form "key.path: what is wrong", e.g.
+//
+//	tables[2].kind: "task" is not one of entity, ai_task
+//
+// Load and Validate return it as a *Problems; use errors.As to get the list.
+type Problems struct {
+	List []string
+}
+
+// Error returns the problems one per line.
+func (p *Problems) Error() string {
+	return strings.Join(p.List, "\n")
+}
+
+// problem is one finding before it is rendered, kept with its path so that
+// Load can relate findings to each other and to their sources.
+type problem struct {
+	path string
+	msg  string
+}
+
+func newProblems(ps []problem) *Problems {
+	list := make([]string, len(ps))
+	for i, p := range ps {
+		if p.path == "" {
+			list[i] = p.msg
+		} else {
+			list[i] = p.path + ": " + p.msg
+		}
+	}
+	return &Problems{List: list}
+}
+
+// minSecretLen is the shortest accepted HS256 key: RFC 7518 section 3.2
+// requires a key at least as long as the hash output.
+const minSecretLen = 32
+
+// Validate checks c as Load leaves it (table defaults applied) and returns
+// a *Problems naming every problem, or nil when there is none. It reports
+// an empty database.url or JWT secret, a JWT secret shorter than 32 bytes,
+// addresses that are not host:port, origins that are not
+// scheme://host[:port], sizes and durations that are not positive,
+// poll_min above poll_max, unknown enumeration values, and table entries
+// that are missing, malformed, duplicated or whose exclusions would drop a
+// key column. Messages never contain a secret.
+func (c *Config) Validate() error {
+	if ps := c.problems(); len(ps) > 0 {
+		return newProblems(ps)
+	}
+	return nil
+}
+
+func (c *Config) problems() []problem {
+	var ps []problem
+	add := func(path, format string, args ...any) {
+		ps = append(ps, problem{path: path, msg: fmt.Sprintf(format, args...)})
+	}
+	positive := func(path string, d time.Duration) {
+		if d <= 0 {
+			add(path, "must be a positive duration, got %s", d)
+		}
+	}
+	positiveInt := func(path string, n int64) {
+		if n <= 0 {
+			add(path, "must be positive, got %d", n)
+		}
+	}
+	hostPort := func(path, addr string) {
+		if reason := checkHostPort(addr); reason != "" {
+			add(path, "%q %s", addr, reason)
+		}
+	}
+	oneOf := func(path, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+
+	if strings.TrimSpace(c.Database.URL) == "" {
+		add("database.url", "is empty; set it in the file, in ROWCAST_DATABASE_URL or in DATABASE_URL")
+	}
+
+	oneOf("capture.mode", c.Capture.Mode, ModeTrigger, ModeLogical)
+	positive("capture.poll_min", c.Capture.PollMin)
+	positive("capture.poll_max", c.Capture.PollMax)
+	if c.Capture.PollMin > 0 && c.Capture.PollMax > 0 && c.Capture.PollMin > c.Capture.PollMax {
+		add("capture.poll_min", "%s is greater than capture.poll_max (%s)", c.Capture.PollMin, c.Capture.PollMax)
+	}
+	positiveInt("capture.batch_size", int64(c.Capture.BatchSize))
+
+	hostPort("listen", c.Listen)
+	if c.AdminListen != "" {
+		hostPort("admin_listen", c.AdminListen)
+	}
+
+	switch n := len(c.Auth.JWTSecret); {
+	case n == 0:
+		add("auth.jwt_secret", "is empty; set it, preferably with ROWCAST_AUTH_JWT_SECRET, to a random string of at least %d bytes", minSecretLen)
+	case n < minSecretLen:
+		add("auth.jwt_secret", "is too short (%d bytes); HS256 needs at least %d bytes", n, minSecretLen)
+	}
+	if c.Auth.UserClaim == "" {
+		add("auth.user_claim", "is empty; name the claim that holds the user id (default sub)")
+	}
+	if c.Auth.TeamClaim == "" {
+		add("auth.team_claim", "is empty; name the claim that holds the team ids (default teamId)")
+	}
+
+	for i, o := range c.Origins {
+		if reason := checkOrigin(o); reason != "" {
+			add(fmt.Sprintf("origins[%d]", i), "%s", reason)
+		}
+	}
+
+	positive("history.retention", c.History.Retention)
+	positive("history.prune_interval", c.History.PruneInterval)
+
+	positive("sessions.heartbeat", c.Sessions.Heartbeat)
+	positiveInt("sessions.queue_size", int64(c.Sessions.QueueSize))
+	positiveInt("sessions.max_message_size", c.Sessions.MaxMessageSize)
+	if !(c.Sessions.RateLimit > 0) {
+		add("sessions.rate_limit", "must be positive, got %v", c.Sessions.RateLimit)
+	}
+	positiveInt("sessions.rate_burst", int64(c.Sessions.RateBurst))
+	if c.Sessions.RateStrikes < 0 {
+		add("sessions.rate_strikes", "must not be negative, got %d", c.Sessions.RateStrikes)
+	}
+	positiveInt("sessions.replay_limit", int64(c.Sessions.ReplayLimit))
+
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf("log.format", c.Log.Format, "text", "json")
+
+	positive("shutdown.grace", c.Shutdown.Grace)
+
+	ps = append(ps, c.tableProblems()...)
+	return ps
+}
+
+func (c *Config) tableProblems() []problem {
+	var ps []problem
+	add := func(path, format string, args ...any) {
+		ps = append(ps, problem{path: path, msg: fmt.Sprintf(format, args...)})
+	}
+	if len(c.Tables) == 0 {
+		add("tables", "no tables configured; list at least one table to capture")
+		return ps
+	}
+	tables := make(map[string]int)
+	entities := make(map[string]int)
+	for i, t := range c.Tables {
+		p := fmt.Sprintf("tables[%d].", i)
+		switch {
+		case t.Table == "":
+			add(p+"table", "is empty; name the table to capture, e.g. escrows or crm.escrows")
+		case !validTableName(t.Table):
+			add(p+"table", "%q is not a table name: write an identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes), optionally schema-qualified as schema.table", t.Table)
+		default:
+			if j, dup := tables[t.Qualified()]; dup {
+				add(p+"table", "%s is already configured as tables[%d]", t.Qualified(), j)
+			} else {
+				tables[t.Qualified()] = i
+			}
+		}
+
+		switch {
+		case t.Entity == "":
+			add(p+"entity", "is empty")
+		case !validEntity(t.Entity) && !validTableName(t.Table) && t.Entity == singular(t.Name()):
+			// Derived from a bad table name, already reported.
+		case !validEntity(t.Entity):
+			add(p+"entity", "%q is not an entity name: use letters, digits and _, starting with a letter (it names the events, <entity>:created)", t.Entity)
+		default:
+			if j, dup := entities[t.Entity]; dup {
+				add(p+"entity", "%q is already the entity of tables[%d]; set entity on one of them", t.Entity, j)
+			} else {
+				entities[t.Entity] = i
+			}
+		}
+
+		task := t.Kind == KindAITask
+		if t.Kind != KindEntity && !task {
+			add(p+"kind", "%q is not one of %s, %s", t.Kind, KindEntity, KindAITask)
+		}
+
+		column := func(key, col string, required bool) {
+			switch {
+			case col == "" && required:
+				add(p+key, "is empty")
+			case col != "" && !validIdent(col):
+				add(p+key, "%q is not a column name", col)
+			}
+		}
+		column("id_column", t.IDColumn, true)
+		column("team_column", t.TeamColumn, true)
+		column("user_column", t.UserColumn, task)
+		column("actor_column", t.ActorColumn, false)
+		column("status_column", t.StatusColumn, task)
+		column("progress_column", t.ProgressColumn, task)
+		column("message_column", t.MessageColumn, task)
+		column("type_column", t.TypeColumn, task)
+		column("result_column", t.ResultColumn, task)
+		column("error_column", t.ErrorColumn, task)
+
+		keyColumn := func(col string) string {
+			switch {
+			case col == t.IDColumn:
+				return "the id column"
+			case col == t.TeamColumn:
+				return "the team column"
+			case col == t.UserColumn && t.UserColumn != "":
+				return "the user column"
+			}
+			return ""
+		}
+		for j, col := range t.ExcludeColumns {
+			path := fmt.Sprintf("%sexclude_columns[%d]", p, j)
+			if !validIdent(col) {
+				add(path, "%q is not a column name", col)
+			} else if what := keyColumn(col); what != "" {
+				add(path, "%q is %s; events need it, so it cannot be excluded", col, what)
+			}
+		}
+		for j, col := range t.NotifyOnly {
+			path := fmt.Sprintf("%snotify_only[%d]", p, j)
+			if !validIdent(col) {
+				add(path, "%q is not a column name", col)
+			} else if what := keyColumn(col); what != "" {
+				add(path, "%q is %s; events need its value, so it cannot be notify_only", col, what)
+			}
+		}
+	}
+	return ps
+}
+
+// checkHostPort returns why addr is not a listen address, or "".
+func checkHostPort(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)"
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Sprintf("has port %q, which is not a number from 0 to 65535", port)
+	}
+	return ""
+}
+
+// checkOrigin returns why o is not an allowed browser origin, or "".
+func checkOrigin(o string) string {
+	const form = "scheme://host[:port]"
+	if strings.Contains(o, "*") {
+		return fmt.Sprintf("%q is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as %s, e.g. https://app.example.com (clients that send no Origin are always allowed)", o, form)
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Scheme == "" || u.Opaque != "" || u.Host == "" || u.Hostname() == "" {
+		return fmt.Sprintf("%q is not an origin of the form %s", o, form)
+	}
+	if u.User != nil {
+		return fmt.Sprintf("%q is not an origin of the form %s: it has user info", o, form)
+	}
+	if u.Path == "/" && u.RawQuery == "" && u.Fragment == "" && !u.ForceQuery {
+		return fmt.Sprintf("%q has a trailing slash; browsers send origins without one: write %q", o, strings.TrimSuffix(o, "/"))
+	}
+	if u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return fmt.Sprintf("%q is not an origin of the form %s: it has a path, query or fragment", o, form)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return fmt.Sprintf("%q has port %q, which is not a number from 1 to 65535", o, p)
+		}
+	}
+	if lower := strings.ToLower(o); lower != o {
+		return fmt.Sprintf("%q must be lowercase, as browsers send it: write %q", o, lower)
+	}
+	return ""
+}
+
+// validTableName reports whether s is an identifier, optionally qualified
+// by a schema identifier.
+func validTableName(s string) bool {
+	schema, name, qualified := strings.Cut(s, ".")
+	if qualified {
+		return validIdent(schema) && validIdent(name)
+	}
+	return validIdent(s)
+}
+
+// validIdent reports whether s is a PostgreSQL identifier that needs no
+// quoting apart from case: a letter or _ (or any non-ASCII byte), then
+// letters, digits, _ or $, at most 63 bytes.
+func validIdent(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_', c >= 0x80:
+		case i > 0 && (c >= '0' && c <= '9' || c == '$'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// validEntity reports whether s can name events: an ASCII letter, then
+// ASCII letters, digits or _.
+func validEntity(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return s != ""
+}

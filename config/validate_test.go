@@ -1,0 +1,186 @@
+package config
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// validConfig is a configuration that passes Validate.
+func validConfig() Config {
+	c := Defaults()
+	c.Database.URL = testURL
+	c.Auth.JWTSecret = testSecret
+	c.Tables = []Table{
+		Table{Table: "escrows"}.WithDefaults(),
+		Table{Table: "ai_tasks", Kind: KindAITask}.WithDefaults(),
+	}
+	return c
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *Config)
+		want   []string
+	}{
+		{"valid", func(*Config) {}, nil},
+		{"admin listen and origins", func(c *Config) {
+			c.AdminListen = "127.0.0.1:9090"
+			c.Listen = ":0"
+			c.Origins = []string{"https://app.example.com", "http://localhost:3000", "chrome-extension://abcdef"}
+		}, nil},
+		{"empty database url", func(c *Config) { c.Database.URL = " " }, []string{
+			"database.url: is empty; set it in the file, in ROWCAST_DATABASE_URL or in DATABASE_URL",
+		}},
+		{"capture mode", func(c *Config) { c.Capture.Mode = "wal" }, []string{
+			`capture.mode: "wal" is not one of trigger, logical`,
+		}},
+		{"empty secret", func(c *Config) { c.Auth.JWTSecret = "" }, []string{
+			"auth.jwt_secret: is empty; set it, preferably with ROWCAST_AUTH_JWT_SECRET, to a random string of at least 32 bytes",
+		}},
+		{"short secret", func(c *Config) { c.Auth.JWTSecret = testSecret[:31] }, []string{
+			"auth.jwt_secret: is too short (31 bytes); HS256 needs at least 32 bytes",
+		}},
+		{"empty claims", func(c *Config) { c.Auth.UserClaim, c.Auth.TeamClaim = "", "" }, []string{
+			"auth.user_claim: is empty; name the claim that holds the user id (default sub)",
+			"auth.team_claim: is empty; name the claim that holds the team ids (default teamId)",
+		}},
+		{"listen addresses", func(c *Config) { c.Listen, c.AdminListen = "", "host:http" }, []string{
+			`listen: "" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
+			`admin_listen: "host:http" has port "http", which is not a number from 0 to 65535`,
+		}},
+		{"origins", func(c *Config) {
+			c.Origins = []string{"https://*.example.com", "https://user@app.example.com", "https://app.example.com:0", "https://app.example.com?x", "/relative"}
+		}, []string{
+			`origins[0]: "https://*.example.com" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com (clients that send no Origin are always allowed)`,
+			`origins[1]: "https://user@app.example.com" is not an origin of the form scheme://host[:port]: it has user info`,
+			`origins[2]: "https://app.example.com:0" has port "0", which is not a number from 1 to 65535`,
+			`origins[3]: "https://app.example.com?x" is not an origin of the form scheme://host[:port]: it has a path, query or fragment`,
+			`origins[4]: "/relative" is not an origin of the form scheme://host[:port]`,
+		}},
+		{"zero and negative sizes and durations", func(c *Config) {
+			c.Capture.PollMin, c.Capture.PollMax, c.Capture.BatchSize = 0, -time.Second, 0
+			c.History.Retention, c.History.PruneInterval = 0, 0
+			c.Sessions = Sessions{RateStrikes: -1}
+			c.Shutdown.Grace = -1
+		}, []string{
+			"capture.poll_min: must be a positive duration, got 0s",
+			"capture.poll_max: must be a positive duration, got -1s",
+			"capture.batch_size: must be positive, got 0",
+			"history.retention: must be a positive duration, got 0s",
+			"history.prune_interval: must be a positive duration, got 0s",
+			"sessions.heartbeat: must be a positive duration, got 0s",
+			"sessions.queue_size: must be positive, got 0",
+			"sessions.max_message_size: must be positive, got 0",
+			"sessions.rate_limit: must be positive, got 0",
+			"sessions.rate_burst: must be positive, got 0",
+			"sessions.rate_strikes: must not be negative, got -1",
+			"sessions.replay_limit: must be positive, got 0",
+			"shutdown.grace: must be a positive duration, got -1ns",
+		}},
+		{"zero rate strikes allowed", func(c *Config) { c.Sessions.RateStrikes = 0 }, nil},
+		{"poll_min above poll_max", func(c *Config) { c.Capture.PollMin = 2 * time.Second }, []string{
+			"capture.poll_min: 2s is greater than capture.poll_max (1s)",
+		}},
+		{"log", func(c *Config) { c.Log = Log{Level: "INFO", Format: ""} }, []string{
+			`log.level: "INFO" is not one of debug, info, warn, error`,
+			`log.format: "" is not one of text, json`,
+		}},
+		{"no tables", func(c *Config) { c.Tables = nil }, []string{
+			"tables: no tables configured; list at least one table to capture",
+		}},
+		{"table without defaults", func(c *Config) { c.Tables = []Table{{Table: "escrows"}} }, []string{
+			"tables[0].entity: is empty",
+			`tables[0].kind: "" is not one of entity, ai_task`,
+			"tables[0].id_column: is empty",
+			"tables[0].team_column: is empty",
+		}},
+		{"table names", func(c *Config) {
+			c.Tables = []Table{
+				Table{Table: "a.b.c", Entity: "x"}.WithDefaults(),
+				Table{Table: "9lives", Entity: "y"}.WithDefaults(),
+				Table{Table: strings.Repeat("t", 64), Entity: "z"}.WithDefaults(),
+				Table{Table: "", Entity: "w"}.WithDefaults(),
+				Table{Table: "Crm.Escrow$s", Entity: "v"}.WithDefaults(),
+			}
+		}, []string{
+			`tables[0].table: "a.b.c" is not a table name: write an identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes), optionally schema-qualified as schema.table`,
+			`tables[1].table: "9lives" is not a table name: write an identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes), optionally schema-qualified as schema.table`,
+			`tables[2].table: "` + strings.Repeat("t", 64) + `" is not a table name: write an identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes), optionally schema-qualified as schema.table`,
+			"tables[3].table: is empty; name the table to capture, e.g. escrows or crm.escrows",
+		}},
+		{"duplicates", func(c *Config) {
+			c.Tables = append(c.Tables,
+				Table{Table: "public.escrows", Entity: "deal"}.WithDefaults(),
+				Table{Table: "deals"}.WithDefaults(),
+			)
+		}, []string{
+			"tables[2].table: public.escrows is already configured as tables[0]",
+			`tables[3].entity: "deal" is already the entity of tables[2]; set entity on one of them`,
+		}},
+		{"ai task columns", func(c *Config) {
+			c.Tables[1].UserColumn, c.Tables[1].StatusColumn, c.Tables[1].ErrorColumn = "", "", "err or"
+		}, []string{
+			"tables[1].user_column: is empty",
+			"tables[1].status_column: is empty",
+			`tables[1].error_column: "err or" is not a column name`,
+		}},
+		{"exclusions", func(c *Config) {
+			c.Tables[0].ExcludeColumns = []string{"notes", "team_id", "bad-col"}
+			c.Tables[0].NotifyOnly = []string{"body", "id"}
+			c.Tables[0].ActorColumn = "updated-by"
+		}, []string{
+			`tables[0].actor_column: "updated-by" is not a column name`,
+			`tables[0].exclude_columns[1]: "team_id" is the team column; events need it, so it cannot be excluded`,
+			`tables[0].exclude_columns[2]: "bad-col" is not a column name`,
+			`tables[0].notify_only[1]: "id" is the id column; events need its value, so it cannot be notify_only`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := validConfig()
+			tt.change(&c)
+			err := c.Validate()
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			var p *Problems
+			if !errors.As(err, &p) {
+				t.Fatalf("Validate = %v (%T), want *Problems", err, err)
+			}
+			if !reflect.DeepEqual(p.List, tt.want) {
+				t.Errorf("problems =\n%s\nwant\n%s", strings.Join(p.List, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestWithDefaultsKeepsSetFields(t *testing.T) {
+	in := Table{Table: "x.jobs", Entity: "task", Kind: KindAITask, IDColumn: "job_id", ResultColumn: "output"}
+	want := Table{
+		Table: "x.jobs", Entity: "task", Kind: KindAITask, IDColumn: "job_id", TeamColumn: "team_id", UserColumn: "user_id",
+		StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "output", ErrorColumn: "error",
+	}
+	if got := in.WithDefaults(); !reflect.DeepEqual(got, want) {
+		t.Errorf("WithDefaults =\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+func TestNotifyEnabled(t *testing.T) {
+	f, tr := false, true
+	tests := []struct {
+		notify *bool
+		want   bool
+	}{{nil, true}, {&tr, true}, {&f, false}}
+	for _, tt := range tests {
+		if got := (Capture{Notify: tt.notify}).NotifyEnabled(); got != tt.want {
+			t.Errorf("NotifyEnabled(%v) = %v, want %v", tt.notify, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,391 @@
+// Package trigger reads the changelog that rowcast's row triggers write, in
+// commit order, and hands each committed transaction to a Sink.
+//
+// Reading is PgQ-style: each poll runs in one REPEATABLE READ transaction that
+// takes pg_current_snapshot() and reads the rows of every transaction that
+// was not visible in the previous poll's snapshot but is visible now, so a
+// long transaction never holds back short ones and arrives once, when it
+// commits. A LISTEN doorbell (an empty pg_notify at commit) wakes the reader
+// at once; adaptive polling is the backstop when a notification is missed or
+// the doorbell is switched off.
+package trigger
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/relay"
+)
+
+// Channel is the LISTEN channel the commit-time sequencer notifies.
+const Channel = "rowcast"
+
+// Sink receives what the capture reads. Its methods are called from the
+// capture's goroutine, one at a time, and must not block on subscribers.
+type Sink interface {
+	// Reset is called before the first transaction, and again whenever the
+	// history epoch changes (the database was restored or replaced), with the
+	// last seq of every stream at that point.
+	Reset(epoch string, heads map[string]int64)
+	// Txn is called once per committed transaction, in commit order.
+	Txn(txn *relay.Txn)
+}
+
+// Options tunes a Capture. Zero values select the defaults.
+type Options struct {
+	// PollMin is the poll interval while changes flow (default 5ms); PollMax
+	// the interval the reader backs off to when idle (default 1s).
+	PollMin, PollMax time.Duration
+	// Listen enables the LISTEN doorbell (the installed sequencer must
+	// notify for it to help).
+	Listen bool
+	// Logger receives connection state changes; nil discards them.
+	Logger *slog.Logger
+	// OnConnected is called with true once the capture is reading and with
+	// false when it lost the database; nil ignores it.
+	OnConnected func(bool)
+}
+
+// Capture tails the changelog. Create it with New and call Run once.
+type Capture struct {
+	url       string
+	o         Options
+	connected atomic.Bool
+	ready     chan struct{}
+	readyOnce atomic.Bool
+}
+
+// New returns a Capture for the database at url.
+func New(url string, o Options) *Capture {
+	if o.PollMin <= 0 {
+		o.PollMin = 5 * time.Millisecond
+	}
+	if o.PollMax <= 0 {
+		o.PollMax = time.Second
+	}
+	if o.PollMax < o.PollMin {
+		o.PollMax = o.PollMin
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Capture{url: url, o: o, ready: make(chan struct{})}
+}
+
+// Ready is closed once the capture has read its starting snapshot and
+// called Sink.Reset: every transaction that commits after Ready is closed
+// reaches the sink.
+func (c *Capture) Ready() <-chan struct{} { return c.ready }
+
+// Connected reports whether the capture is currently reading.
+func (c *Capture) Connected() bool { return c.connected.Load() }
+
+// Run reads until ctx ends, then returns ctx's error. Any database error
+// closes the connections, waits with capped exponential backoff, reconnects
+// and continues from the last snapshot read, so nothing committed meanwhile is
+// lost. It returns early only for errors that retrying cannot fix (the
+// rowcast schema is missing).
+func (c *Capture) Run(ctx context.Context, sink Sink) error {
+	st := &state{}
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.session(ctx, sink, st)
+		c.setConnected(false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errNoSchema) {
+			return err
+		}
+		c.o.Logger.Warn("capture lost the database; reconnecting", "err", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		if st.progressed {
+			backoff = 100 * time.Millisecond
+			st.progressed = false
+		} else {
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+var errNoSchema = errors.New("the rowcast schema is not installed: run `rowcast install`")
+
+// state survives reconnects.
+type state struct {
+	epoch      string
+	snapshot   string // pg_snapshot text of the last poll; "" before the first
+	progressed bool
+}
+
+func (c *Capture) setConnected(v bool) {
+	if c.connected.Swap(v) != v && c.o.OnConnected != nil {
+		c.o.OnConnected(v)
+	}
+}
+
+// session runs one connected period: it returns on the first error.
+func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.url)
+	if err != nil {
+		return fmt.Errorf("capture connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	bell := make(chan struct{}, 1)
+	listenErr := make(chan error, 1)
+	if c.o.Listen {
+		lconn, err := pgx.Connect(ctx, c.url)
+		if err != nil {
+			return fmt.Errorf("capture listen connect: %w", err)
+		}
+		if _, err := lconn.Exec(ctx, "listen "+Channel); err != nil {
+			lconn.Close(context.WithoutCancel(ctx))
+			return fmt.Errorf("capture listen: %w", err)
+		}
+		// The listener goroutine owns lconn and closes it; session waits for
+		// it before returning.
+		done := make(chan struct{})
+		defer func() { cancel(); <-done }()
+		go func() {
+			defer close(done)
+			defer lconn.Close(context.WithoutCancel(ctx))
+			for {
+				if _, err := lconn.WaitForNotification(ctx); err != nil {
+					listenErr <- fmt.Errorf("capture listen: %w", err)
+					return
+				}
+				select {
+				case bell <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+
+	epoch, err := readEpoch(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if epoch != st.epoch {
+		if st.epoch != "" {
+			c.o.Logger.Warn("history epoch changed: the database was restored or replaced; clients will resync",
+				"old", st.epoch, "new", epoch)
+		}
+		snap, heads, err := start(ctx, conn)
+		if err != nil {
+			return err
+		}
+		st.epoch, st.snapshot = epoch, snap
+		sink.Reset(epoch, heads)
+	}
+	c.setConnected(true)
+	if c.readyOnce.CompareAndSwap(false, true) {
+		close(c.ready)
+	}
+	c.o.Logger.Info("capture reading the changelog", "epoch", epoch, "doorbell", c.o.Listen)
+
+	interval := c.o.PollMin
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-listenErr:
+			return err
+		case <-bell:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+		n, err := c.poll(ctx, conn, sink, st)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			st.progressed = true
+			interval = c.o.PollMin
+			timer.Reset(0)
+			continue
+		}
+		interval = min(interval*2, c.o.PollMax)
+		timer.Reset(interval)
+	}
+}
+
+func readEpoch(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var epoch string
+	err := conn.QueryRow(ctx, "select replace(epoch::text, '-', '') from rowcast.meta").Scan(&epoch)
+	if err != nil {
+		if strings.Contains(err.Error(), "does not exist") {
+			return "", fmt.Errorf("capture: %w", errNoSchema)
+		}
+		return "", fmt.Errorf("capture read epoch: %w", err)
+	}
+	return epoch, nil
+}
+
+// start takes the starting snapshot and every stream's head in it.
+func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error) {
+	var snap string
+	heads := make(map[string]int64)
+	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snap); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "select stream, last_seq from rowcast.streams")
+		if err != nil {
+			return err
+		}
+		var s string
+		var n int64
+		_, err = pgx.ForEachRow(rows, []any{&s, &n}, func() error { heads[s] = n; return nil })
+		return err
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("capture start: %w", err)
+	}
+	return snap, heads, nil
+}
+
+// Columns read for each change, shared with package history.
+const Columns = `xid::text::bigint, stream, seq, committed_at, tbl, op, coalesce(entity_id, ''),
+coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
+coalesce(request_id, ''), row_data::text, changes::text, old_data::text`
+
+const pollSQL = `select ` + Columns + ` from rowcast.changelog
+where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
+  and seq is not null
+order by committed_at, xid, id`
+
+// poll reads every transaction that committed since the last snapshot and
+// hands them to the sink; it returns how many changes it read.
+func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state) (int, error) {
+	b := &pgx.Batch{}
+	b.Queue("begin isolation level repeatable read read only")
+	b.Queue("select pg_current_snapshot()::text")
+	b.Queue(pollSQL, st.snapshot)
+	b.Queue("commit")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	var next string
+	if err := br.QueryRow().Scan(&next); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	n := 0
+	var txn relay.Txn
+	flush := func() {
+		if len(txn.Changes) > 0 {
+			sink.Txn(&txn)
+			txn = relay.Txn{}
+		}
+	}
+	var sc Scanner
+	for rows.Next() {
+		ch, err := sc.Scan(rows)
+		if err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
+		if ch.XID != txn.XID {
+			flush()
+			txn.XID, txn.CommittedAt = ch.XID, ch.CommittedAt
+		}
+		txn.Changes = append(txn.Changes, ch)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	flush()
+	st.snapshot = next
+	return n, nil
+}
+
+// Scanner decodes changelog rows selected with Columns. Its zero value is
+// ready; it reuses a buffer between rows.
+type Scanner struct {
+	xid                                int64
+	op                                 string
+	row, changes, old                  []byte
+	stream, tbl, entity, team, oldTeam string
+	user, actor, request               string
+	seq                                int64
+	committed                          time.Time
+	compact                            bytes.Buffer
+}
+
+// Scan reads the current row.
+func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
+	s.row, s.changes, s.old = s.row[:0], s.changes[:0], s.old[:0]
+	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old); err != nil {
+		return relay.Change{}, err
+	}
+	ch := relay.Change{
+		Stream: s.stream, Seq: s.seq, XID: uint64(s.xid), Table: s.tbl, EntityID: s.entity,
+		TeamID: s.team, OldTeamID: s.oldTeam, UserID: s.user, Actor: s.actor, RequestID: s.request,
+		CommittedAt: s.committed.UTC(),
+	}
+	if len(s.op) == 1 {
+		ch.Op = relay.Op(s.op[0])
+	}
+	var err error
+	if ch.Row, err = s.compactJSON(s.row); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.Changes, err = s.compactJSON(s.changes); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.OldRow, err = s.compactJSON(s.old); err != nil {
+		return relay.Change{}, err
+	}
+	return ch, nil
+}
+
+// compactJSON returns a fresh compact copy of jsonb text (PostgreSQL puts a
+// space after every ':' and ','), or nil for SQL NULL.
+func (s *Scanner) compactJSON(src []byte) (json.RawMessage, error) {
+	if src == nil {
+		return nil, nil
+	}
+	s.compact.Reset()
+	if err := json.Compact(&s.compact, src); err != nil {
+		return nil, fmt.Errorf("compact changelog json: %w", err)
+	}
+	return bytes.Clone(s.compact.Bytes()), nil
+}

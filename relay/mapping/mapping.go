@@ -1,0 +1,262 @@
+// Package mapping turns captured changes into wire events: table to entity,
+// action naming, team or user scope, changed columns only, team moves, AI
+// task progress and the legacy data:update form (PROTOCOL.md section 3).
+//
+// Mapping is pure: no I/O, no clock, no driver types. The same change always
+// maps to the same bytes, which is what lets both capture modes and every
+// replica send identical events.
+package mapping
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/rowcast/rowcast/relay"
+)
+
+// Kind is how a table maps.
+type Kind uint8
+
+const (
+	// Entity tables are team-scoped: <entity>:created|updated|deleted.
+	Entity Kind = iota
+	// AITask tables are user-scoped: ai:task:started|progress|completed|failed.
+	AITask
+)
+
+// Rule maps one table.
+type Rule struct {
+	// Table is the schema-qualified table name as the changelog records it.
+	Table string
+	// Entity names the events ("escrow" → "escrow:updated").
+	Entity string
+	Kind   Kind
+	// AI task column names (Kind AITask).
+	StatusColumn, ProgressColumn, MessageColumn, TypeColumn, ResultColumn, ErrorColumn string
+}
+
+// Options selects optional event forms.
+type Options struct {
+	// Legacy also emits each entity change as data:update.
+	Legacy bool
+}
+
+// Mapper maps changes by table. It is safe for concurrent use.
+type Mapper struct {
+	rules  map[string]*rule
+	legacy bool
+}
+
+type rule struct {
+	Rule
+	created, updated, deleted string // event names
+	idKey                     string // `"escrowId":`
+	rowKey                    string // `"escrow":`
+	typePrefix                string // `{"entityType":"escrow","entityId":`
+	resync                    []byte
+}
+
+// New checks the rules and returns a Mapper.
+func New(rules []Rule, o Options) (*Mapper, error) {
+	m := &Mapper{rules: make(map[string]*rule, len(rules)), legacy: o.Legacy}
+	for _, r := range rules {
+		if r.Table == "" || r.Entity == "" {
+			return nil, fmt.Errorf("mapping: rule needs a table and an entity: %+v", r)
+		}
+		if _, dup := m.rules[r.Table]; dup {
+			return nil, fmt.Errorf("mapping: table %s has two rules", r.Table)
+		}
+		camel := camelCase(r.Entity)
+		m.rules[r.Table] = &rule{
+			Rule:       r,
+			created:    r.Entity + ":created",
+			updated:    r.Entity + ":updated",
+			deleted:    r.Entity + ":deleted",
+			idKey:      string(appendString(nil, camel+"Id")),
+			rowKey:     string(appendString(nil, camel)),
+			typePrefix: `{"entityType":` + string(appendString(nil, r.Entity)) + `,"entityId":`,
+			resync:     append(append([]byte(`{"type":"resync","reason":"truncate","entityType":`), appendString(nil, r.Entity)...), '}'),
+		}
+	}
+	return m, nil
+}
+
+// Map implements relay.Mapper. A change of an unknown table maps to nothing.
+func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
+	r := m.rules[c.Table]
+	if r == nil {
+		return dst
+	}
+	if c.Op == relay.OpTruncate {
+		return append(dst, relay.Event{Kind: relay.KindResync, Name: "resync", Stream: c.Stream,
+			Seq: c.Seq, Data: r.resync, CommittedAt: c.CommittedAt})
+	}
+	if r.Kind == AITask {
+		return mapTask(dst, r, c)
+	}
+	action, teamID := "", c.TeamID
+	var payloadKey string
+	var payload json.RawMessage
+	switch c.Op {
+	case relay.OpInsert:
+		action, payloadKey, payload = "created", r.rowKey, c.Row
+	case relay.OpDelete:
+		action = "deleted"
+	case relay.OpUpdate:
+		switch {
+		case c.OldTeamID != "" && c.OldTeamID != c.TeamID && c.Stream == relay.TeamStream(c.OldTeamID):
+			action, teamID = "deleted", c.OldTeamID // moved out of this team
+		case c.OldTeamID != "" && c.OldTeamID != c.TeamID:
+			action, payloadKey, payload = "created", r.rowKey, c.Row // moved in
+		default:
+			if len(c.Changes) == 0 || string(c.Changes) == "{}" {
+				return dst
+			}
+			action, payloadKey, payload = "updated", `"changes"`, c.Changes
+		}
+	default:
+		return dst
+	}
+	name := r.updated
+	switch action {
+	case "created":
+		name = r.created
+	case "deleted":
+		name = r.deleted
+	}
+	b := make([]byte, 0, 160+len(payload)+len(c.Actor)+len(c.RequestID))
+	b = append(b, r.typePrefix...)
+	b = appendString(b, c.EntityID)
+	b = append(b, `,"action":"`...)
+	b = append(b, action...)
+	b = append(b, `","teamId":`...)
+	b = appendString(b, teamID)
+	b = appendActor(b, c)
+	b = append(b, ',')
+	b = append(b, r.idKey...)
+	b = append(b, ':')
+	b = appendString(b, c.EntityID)
+	if payloadKey != "" {
+		b = append(b, ',')
+		b = append(b, payloadKey...)
+		b = append(b, ':')
+		b = append(b, payload...)
+	}
+	b = appendCommitted(b, c.CommittedAt)
+	b = append(b, '}')
+	dst = append(dst, relay.Event{Name: name, Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Data: b, CommittedAt: c.CommittedAt})
+	if m.legacy {
+		dst = append(dst, legacyEvent(r, c, action, teamID, payload))
+	}
+	return dst
+}
+
+// legacyEvent builds data:update {entityType, entityId, action, userId,
+// teamId, data}: data is the row on create, the changes on update, null on
+// delete.
+func legacyEvent(r *rule, c *relay.Change, action, teamID string, payload json.RawMessage) relay.Event {
+	b := make([]byte, 0, 128+len(payload))
+	b = append(b, r.typePrefix...)
+	b = appendString(b, c.EntityID)
+	b = append(b, `,"action":"`...)
+	b = append(b, strings.TrimSuffix(action, "d")...)
+	b = append(b, '"')
+	if c.Actor != "" {
+		b = append(b, `,"userId":`...)
+		b = appendString(b, c.Actor)
+	}
+	b = append(b, `,"teamId":`...)
+	b = appendString(b, teamID)
+	b = append(b, `,"data":`...)
+	if payload == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, payload...)
+	}
+	b = append(b, '}')
+	return relay.Event{Name: "data:update", Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Data: b, CommittedAt: c.CommittedAt}
+}
+
+func appendActor(b []byte, c *relay.Change) []byte {
+	if c.Actor != "" {
+		b = append(b, `,"userId":`...)
+		b = appendString(b, c.Actor)
+	}
+	if c.RequestID != "" {
+		b = append(b, `,"requestId":`...)
+		b = appendString(b, c.RequestID)
+	}
+	return b
+}
+
+// CommittedAtLayout renders commit times: UTC, microseconds, always six
+// digits.
+const CommittedAtLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+func appendCommitted(b []byte, t time.Time) []byte {
+	b = append(b, `,"committedAt":"`...)
+	b = t.UTC().AppendFormat(b, CommittedAtLayout)
+	return append(b, '"')
+}
+
+// camelCase turns snake_case into camelCase ("ai_task" → "aiTask").
+func camelCase(s string) string {
+	parts := strings.Split(s, "_")
+	for i := 1; i < len(parts); i++ {
+		if parts[i] != "" {
+			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+		}
+	}
+	return strings.Join(parts, "")
+}
+
+const hex = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// AppendString appends s as a JSON string; transports use it for the
+// fields they add around an event's data.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }

@@ -1,0 +1,136 @@
+// Package metrics defines rowcast's Prometheus collectors. They are
+// registered on the registry passed to New, never on the global one, and
+// every method is safe on a nil *Metrics (which measures nothing).
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the relay's collectors.
+type Metrics struct {
+	eventsSent  prometheus.Counter
+	latency     prometheus.Histogram
+	slowCloses  prometheus.Counter
+	refused     *prometheus.CounterVec
+	rateLimited prometheus.Counter
+	resumes     prometheus.Counter
+	replayed    prometheus.Counter
+	resyncs     prometheus.Counter
+	txns        prometheus.Counter
+	changes     prometheus.Counter
+	captureLag  prometheus.Histogram
+	connected   prometheus.Gauge
+}
+
+// New creates the collectors and registers them on reg. sessions, when not
+// nil, is read at scrape time for the open-sessions gauge.
+func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
+	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	m := &Metrics{
+		eventsSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_events_sent_total",
+			Help: "Event frames queued to live sessions."}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rowcast_event_latency_seconds",
+			Help: "Time from the change's commit to its frame being queued on a live session.", Buckets: buckets}),
+		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_slow_consumer_closes_total",
+			Help: "Sessions closed with 4008 because their queue overflowed."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_sessions_refused_total",
+			Help: "Connections refused, by reason (origin, unauthorized)."}, []string{"reason"}),
+		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_client_messages_rate_limited_total",
+			Help: "Client messages answered rate_limited."}),
+		resumes: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_resumes_total",
+			Help: "Sessions resumed from a position."}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_replayed_events_total",
+			Help: "Events replayed from history on resume."}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_resyncs_total",
+			Help: "Sessions told to resync because their position could not be served."}),
+		txns: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_capture_transactions_total",
+			Help: "Committed transactions captured."}),
+		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_capture_changes_total",
+			Help: "Row changes captured."}),
+		captureLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rowcast_capture_lag_seconds",
+			Help: "Time from a transaction's commit to its capture.", Buckets: buckets}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_connected",
+			Help: "1 while the capture is connected to PostgreSQL and reading."}),
+	}
+	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.resumes,
+		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected)
+	if sessions != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
+			Help: "Open WebSocket sessions."}, sessions))
+	}
+	return m
+}
+
+// EventSent counts one live event frame and its commit-to-queue latency.
+func (m *Metrics) EventSent(committedAt time.Time) {
+	if m == nil {
+		return
+	}
+	m.eventsSent.Inc()
+	if !committedAt.IsZero() {
+		m.latency.Observe(time.Since(committedAt).Seconds())
+	}
+}
+
+// SlowClose counts a 4008 close.
+func (m *Metrics) SlowClose() {
+	if m != nil {
+		m.slowCloses.Inc()
+	}
+}
+
+// Refused counts a refused connection.
+func (m *Metrics) Refused(reason string) {
+	if m != nil {
+		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+// RateLimited counts a message over the rate limit.
+func (m *Metrics) RateLimited() {
+	if m != nil {
+		m.rateLimited.Inc()
+	}
+}
+
+// Resumed counts a resume and the events it replayed.
+func (m *Metrics) Resumed(replayed int) {
+	if m != nil {
+		m.resumes.Inc()
+		m.replayed.Add(float64(replayed))
+	}
+}
+
+// Resync counts a resync sent for an unservable position.
+func (m *Metrics) Resync() {
+	if m != nil {
+		m.resyncs.Inc()
+	}
+}
+
+// Captured counts a captured transaction.
+func (m *Metrics) Captured(changes int, committedAt time.Time) {
+	if m == nil {
+		return
+	}
+	m.txns.Inc()
+	m.changes.Add(float64(changes))
+	if !committedAt.IsZero() {
+		m.captureLag.Observe(time.Since(committedAt).Seconds())
+	}
+}
+
+// Connected records whether the capture is connected.
+func (m *Metrics) Connected(v bool) {
+	if m == nil {
+		return
+	}
+	if v {
+		m.connected.Set(1)
+	} else {
+		m.connected.Set(0)
+	}
+}

@@ -1,0 +1,44 @@
+package relay
+
+import "time"
+
+// Fanout is what the pipeline publishes to (package hub implements it).
+type Fanout interface {
+	Publish(events []Event)
+	Advance(stream string, seq int64)
+	Reset(epoch string, heads map[string]int64)
+}
+
+// Pipeline connects capture to fan-out: it maps each captured transaction's
+// changes and publishes the events as one unit. It implements the capture
+// sink; its methods are called from one goroutine.
+type Pipeline struct {
+	Mapper Mapper
+	Fanout Fanout
+	// Observe, when set, is called after each transaction is published with
+	// the number of changes and events and the commit time.
+	Observe func(changes, events int, committedAt time.Time)
+}
+
+// Reset forwards a new epoch and heads to the fan-out.
+func (p *Pipeline) Reset(epoch string, heads map[string]int64) { p.Fanout.Reset(epoch, heads) }
+
+// Txn maps and publishes one transaction. Each call allocates a fresh event
+// slice, since subscribers may keep the events.
+func (p *Pipeline) Txn(txn *Txn) {
+	events := make([]Event, 0, len(txn.Changes)+1)
+	for i := range txn.Changes {
+		c := &txn.Changes[i]
+		n := len(events)
+		events = p.Mapper.Map(events, c)
+		if len(events) == n {
+			p.Fanout.Advance(c.Stream, c.Seq)
+		}
+	}
+	if len(events) > 0 {
+		p.Fanout.Publish(events)
+	}
+	if p.Observe != nil {
+		p.Observe(len(txn.Changes), len(events), txn.CommittedAt)
+	}
+}

@@ -1,0 +1,163 @@
+// Package relay holds rowcast's domain types and the seams between its
+// stages: capture produces Txns of Changes in commit order, mapping turns each
+// Change into Events, the hub fans Events out to sessions, and history replays
+// Changes after a Position.
+//
+// This package imports the standard library only. Driver types (pgx, pglogrepl,
+// melody) stop at the packages that use them; everything that crosses a seam is
+// one of the types below.
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Op is the kind of a captured row change.
+type Op byte
+
+// The operations a changelog row records. The byte values are the ones stored
+// in rowcast.changelog.op.
+const (
+	OpInsert   Op = 'I'
+	OpUpdate   Op = 'U'
+	OpDelete   Op = 'D'
+	OpTruncate Op = 'T'
+)
+
+// String returns the SQL keyword of the operation.
+func (o Op) String() string {
+	switch o {
+	case OpInsert:
+		return "INSERT"
+	case OpUpdate:
+		return "UPDATE"
+	case OpDelete:
+		return "DELETE"
+	case OpTruncate:
+		return "TRUNCATE"
+	}
+	return "UNKNOWN"
+}
+
+// Change is one committed row change, as read from the changelog. Row and
+// Changes hold JSON objects rendered by PostgreSQL's to_jsonb (TimeZone=UTC,
+// IntervalStyle=iso_8601, bytea_output=hex) with excluded columns already
+// removed; they are never modified after capture and may be shared.
+type Change struct {
+	// Stream is the ordering and delivery key: TeamStream, UserStream or
+	// AllStream. Seq numbers a stream's changes 1, 2, 3, … in commit order.
+	Stream string
+	Seq    int64
+	// XID is the writing transaction's id; changes of one transaction share it.
+	XID uint64
+	// Table is the captured table, schema-qualified ("public.escrows").
+	Table string
+	Op    Op
+	// EntityID is the row's id column rendered as text; empty for OpTruncate.
+	EntityID string
+	// TeamID is the row's team after the change (before it, for OpDelete).
+	// OldTeamID is set on an OpUpdate that moved the row to another team; such
+	// an update is recorded once in each of the two teams' streams.
+	TeamID    string
+	OldTeamID string
+	// UserID is the owner of a user-scoped row (AI tasks).
+	UserID string
+	// Actor and RequestID are what the writing transaction named with
+	// rowcast.set_actor / rowcast.set_request_id, or the table's actor column.
+	Actor     string
+	RequestID string
+	// Row is the whole row (OpInsert, team moves, and user-scoped tables);
+	// Changes holds only the changed columns with their new values (OpUpdate).
+	Row     json.RawMessage
+	Changes json.RawMessage
+	// OldRow is the previous values of the columns a mapping rule asked for
+	// (AI tasks: status and progress); nil otherwise.
+	OldRow      json.RawMessage
+	CommittedAt time.Time
+}
+
+// Txn is one committed transaction's captured changes, in the order they were
+// made.
+type Txn struct {
+	XID         uint64
+	CommittedAt time.Time
+	Changes     []Change
+}
+
+// Stream keys. Every session follows AllStream, its user's stream and one
+// stream per team its token lists.
+const AllStream = "all"
+
+// TeamStream returns the stream key of a team.
+func TeamStream(teamID string) string { return "team:" + teamID }
+
+// UserStream returns the stream key of a user.
+func UserStream(userID string) string { return "user:" + userID }
+
+// EventKind says how a transport frames an Event.
+type EventKind uint8
+
+const (
+	// KindEvent is an entity event: {"type":"event","event":Name,...,"data":Data}.
+	KindEvent EventKind = iota
+	// KindResync tells the client to refetch; Data is the whole resync frame.
+	KindResync
+)
+
+// Event is one message for the sessions that follow Stream. It is built once
+// by mapping and shared, read-only, by every session that receives it.
+type Event struct {
+	Kind EventKind
+	// Name is "<entity>:<action>" ("escrow:updated", "ai:task:progress",
+	// "data:update"), or "resync".
+	Name string
+	// Entity is the entity type the subscribe filter matches; empty for events
+	// every session gets whatever it subscribed to (AI tasks, resync).
+	Entity string
+	Stream string
+	Seq    int64
+	// Data is the encoded JSON object: the event's data for KindEvent, the
+	// whole frame for KindResync.
+	Data []byte
+	// CommittedAt is the commit time of the change the event came from.
+	CommittedAt time.Time
+}
+
+// Mapper turns a change into the events it produces, appending them to dst.
+// A change may produce none (an update of excluded columns only).
+type Mapper interface {
+	Map(dst []Event, c *Change) []Event
+}
+
+// Publisher receives the events of one transaction at a time, in commit order.
+// Publish must not block on a slow subscriber.
+type Publisher interface {
+	Publish(events []Event)
+}
+
+// History replays committed changes after a position.
+type History interface {
+	// Epoch returns the current history epoch.
+	Epoch(ctx context.Context) (string, error)
+	// Replay calls fn with every change of the given streams whose seq is
+	// above from[stream], in commit order, in batches of whole transactions.
+	// It returns ErrHistoryExpired when a stream's changes after from have
+	// been pruned or from is ahead of the stream.
+	Replay(ctx context.Context, from map[string]int64, fn func([]Change) error) error
+}
+
+// Heads reports, for the hub, the last seq captured in each stream so far.
+type Heads interface {
+	Head(stream string) int64
+}
+
+// Error is a relay error with a stable code.
+type Error string
+
+func (e Error) Error() string { return string(e) }
+
+// ErrHistoryExpired means a resume position can no longer be served: it is
+// older than the retained history, from another epoch, or unknown.
+const ErrHistoryExpired Error = "history expired"

@@ -1,0 +1,500 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/config"
+)
+
+// entityCase describes how to create, update and delete one demo entity.
+type entityCase struct {
+	entity, table string
+	insert        string // returns id; $1 team
+	update        string // $1 id
+	changed       map[string]any
+}
+
+var entityCases = []entityCase{
+	{"escrow", "escrows",
+		`insert into escrows (team_id, property_address, city, state, zip_code, purchase_price, internal_notes, updated_by)
+		 values ($1, '12 Oak St', 'Austin', 'TX', '78701', 450000.50, 'secret split', 2) returning id`,
+		`update escrows set status = 'closed', purchase_price = 460000.00 where id = $1`,
+		map[string]any{"status": "closed", "purchase_price": 460000.00}},
+	{"listing", "listings",
+		`insert into listings (team_id, street_address, city, state, zip_code, list_price, features, updated_by)
+		 values ($1, '9 Lake Rd', 'Denver', 'CO', '80202', 525000, '{"pool":true}', 2) returning id`,
+		`update listings set status = 'pending' where id = $1`,
+		map[string]any{"status": "pending"}},
+	{"client", "clients",
+		`insert into clients (team_id, first_name, last_name, email, tags, internal_notes, updated_by)
+		 values ($1, 'Maya', 'Chen', 'maya@example.com', '{vip,buyer}', 'pays late', 2) returning id`,
+		`update clients set phone = '555-0100' where id = $1`,
+		map[string]any{"phone": "555-0100"}},
+	{"appointment", "appointments",
+		`insert into appointments (team_id, title, starts_at, updated_by)
+		 values ($1, 'Showing', '2026-12-01 15:00:00+00', 2) returning id`,
+		`update appointments set status = 'completed', duration = '90 minutes' where id = $1`,
+		map[string]any{"status": "completed", "duration": "PT1H30M"}},
+	{"lead", "leads",
+		`insert into leads (team_id, first_name, email, score, updated_by)
+		 values ($1, 'Noah', 'noah@example.com', 10, 2) returning id`,
+		`update leads set score = 42 where id = $1`,
+		map[string]any{"score": 42.0}},
+}
+
+func TestEntityEventsEachAction(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	for _, tc := range entityCases {
+		t.Run(tc.entity, func(t *testing.T) {
+			e := e.forT(t)
+			c.t = t
+			var id int64
+			e.tx(func(tx pgx.Tx) error {
+				if _, err := tx.Exec(context.Background(), "select rowcast.set_request_id('req-1')"); err != nil {
+					return err
+				}
+				return tx.QueryRow(context.Background(), tc.insert, 1).Scan(&id)
+			})
+			ids := fmt.Sprint(id)
+			f := c.event(tc.entity + ":created")
+			d := f.data()
+			camel := map[string]string{"escrow": "escrowId", "listing": "listingId", "client": "clientId",
+				"appointment": "appointmentId", "lead": "leadId"}[tc.entity]
+			want := map[string]any{"entityType": tc.entity, "entityId": ids, "action": "created", "teamId": "1",
+				"userId": "2", "requestId": "req-1", camel: ids}
+			for k, v := range want {
+				if d[k] != v {
+					t.Errorf("created %s = %#v, want %#v (frame %s)", k, d[k], v, f.raw)
+				}
+			}
+			row, ok := d[tc.entity].(map[string]any)
+			if !ok || row["id"] != float64(id) || row["team_id"] != 1.0 {
+				t.Errorf("created carries no whole row under %q: %s", tc.entity, f.raw)
+			}
+			if _, leaked := row["internal_notes"]; leaked {
+				t.Errorf("excluded column internal_notes left the database: %s", f.raw)
+			}
+			if _, ok := d["changes"]; ok {
+				t.Errorf("created has changes: %s", f.raw)
+			}
+			if _, err := time.Parse(time.RFC3339Nano, fmt.Sprint(d["committedAt"])); err != nil {
+				t.Errorf("committedAt: %v", err)
+			}
+
+			e.exec(tc.update, id)
+			f = c.event(tc.entity + ":updated")
+			d = f.data()
+			changes, _ := d["changes"].(map[string]any)
+			for k, v := range tc.changed {
+				if changes[k] != v {
+					t.Errorf("updated changes[%s] = %#v, want %#v (%s)", k, changes[k], v, f.raw)
+				}
+			}
+			// updated_at is not touched by these statements; only the changed columns travel.
+			if len(changes) != len(tc.changed) {
+				t.Errorf("updated carries %d columns, want only the %d changed: %s", len(changes), len(tc.changed), f.raw)
+			}
+			if d["userId"] != "2" || d[tc.entity] != nil {
+				t.Errorf("updated: actor from column or stray row: %s", f.raw)
+			}
+
+			e.exec("delete from "+tc.table+" where id = $1", id)
+			f = c.event(tc.entity + ":deleted")
+			d = f.data()
+			if d["entityId"] != ids || d[camel] != ids || d["teamId"] != "1" || d["changes"] != nil || d[tc.entity] != nil {
+				t.Errorf("deleted: %s", f.raw)
+			}
+		})
+	}
+}
+
+func TestNoEventForNoopOrExcludedUpdate(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	var id int64
+	if err := e.db.QueryRow(context.Background(), entityCases[0].insert, 1).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	c.event("escrow:created")
+	e.exec("update escrows set status = status where id = $1", id)
+	e.exec("update escrows set internal_notes = 'changed but excluded' where id = $1", id)
+	e.exec("update escrows set city = 'Dallas' where id = $1", id)
+	f := c.event("escrow:updated")
+	if got := string(f.Data); !strings.Contains(got, `"changes":{"city":"Dallas"}`) {
+		t.Fatalf("the first update event must be the city change: %s", f.raw)
+	}
+}
+
+func TestActorFromSetLocalAndColumn(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	e.tx(func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), `set local rowcast.actor_id = '3';
+			insert into leads (team_id, first_name, updated_by) values (1, 'A', 2)`)
+		return err
+	})
+	if d := c.event("lead:created").data(); d["userId"] != "3" {
+		t.Errorf("SET LOCAL actor: userId %v, want 3", d["userId"])
+	}
+	e.tx(func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), `select rowcast.set_actor('1');
+			insert into leads (team_id, first_name, updated_by) values (1, 'B', 2)`)
+		return err
+	})
+	if d := c.event("lead:created").data(); d["userId"] != "1" {
+		t.Errorf("set_actor: userId %v, want 1", d["userId"])
+	}
+	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'C', 2)")
+	if d := c.event("lead:created").data(); d["userId"] != "2" {
+		t.Errorf("actor column: userId %v, want 2", d["userId"])
+	}
+	e.exec("insert into leads (team_id, first_name) values (1, 'D')")
+	if d := c.event("lead:created").data(); d["userId"] != nil {
+		t.Errorf("no actor: userId %v, want absent", d["userId"])
+	}
+}
+
+func TestTeamIsolationAndMove(t *testing.T) {
+	e := startRelay(t, nil)
+	t1 := e.connect(userToken(t, "2", 1))
+	t2 := e.connect(userToken(t, "4", 2))
+	both := e.connect(userToken(t, "1", 1, 2))
+	var a, b int64
+	if err := e.db.QueryRow(context.Background(), "insert into leads (team_id, first_name) values (1, 'one') returning id").Scan(&a); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.db.QueryRow(context.Background(), "insert into leads (team_id, first_name) values (2, 'two') returning id").Scan(&b); err != nil {
+		t.Fatal(err)
+	}
+	if d := t1.event("lead:created").data(); d["entityId"] != fmt.Sprint(a) {
+		t.Fatalf("team 1 got %v", d)
+	}
+	if d := t2.event("lead:created").data(); d["entityId"] != fmt.Sprint(b) {
+		t.Fatalf("team 2 got another team's lead: %v", d)
+	}
+	both.event("lead:created")
+	both.event("lead:created")
+
+	// Move lead a from team 1 to team 2.
+	e.exec("update leads set team_id = 2, score = 7 where id = $1", a)
+	if d := t1.event("lead:deleted").data(); d["entityId"] != fmt.Sprint(a) || d["teamId"] != "1" {
+		t.Errorf("old team: %v", d)
+	}
+	f := t2.event("lead:created")
+	d := f.data()
+	row, _ := d["lead"].(map[string]any)
+	if d["teamId"] != "2" || row["score"] != 7.0 || row["first_name"] != "one" {
+		t.Errorf("new team gets the whole row: %s", f.raw)
+	}
+	// A member of both teams sees both halves, each once.
+	got := []string{both.next().Event, both.next().Event}
+	if !(got[0] == "lead:deleted" && got[1] == "lead:created") && !(got[0] == "lead:created" && got[1] == "lead:deleted") {
+		t.Errorf("member of both teams got %v", got)
+	}
+	// Nothing else crossed: the next event each single-team session sees is its own.
+	e.exec("insert into leads (team_id, first_name) values (1, 'marker1')")
+	e.exec("insert into leads (team_id, first_name) values (2, 'marker2')")
+	if d := t1.event("lead:created").data(); d["lead"].(map[string]any)["first_name"] != "marker1" {
+		t.Errorf("team 1 saw %v", d)
+	}
+	if d := t2.event("lead:created").data(); d["lead"].(map[string]any)["first_name"] != "marker2" {
+		t.Errorf("team 2 saw %v", d)
+	}
+}
+
+func TestTruncateSendsResync(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	other := e.connect(userToken(t, "4", 2))
+	e.exec("truncate notes")
+	for _, cl := range []*client{c, other} {
+		f := cl.next()
+		if string(f.raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
+			t.Errorf("got %s", f.raw)
+		}
+	}
+}
+
+func TestResumeAfterDisconnect(t *testing.T) {
+	e := startRelay(t, nil)
+	tok := userToken(t, "2", 1)
+	c := e.connect(tok)
+	e.exec("insert into leads (team_id, first_name) values (1, 'L1')")
+	c.event("lead:created")
+	pos := c.last
+	c.c.Close()
+	for i := 2; i <= 6; i++ {
+		e.exec("insert into leads (team_id, first_name) values (1, $1)", fmt.Sprintf("L%d", i))
+	}
+	e.exec("insert into leads (team_id, first_name) values (2, 'other team')")
+	c2, _, err := e.dial(tok, "since="+pos, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c2.next(); w.Type != "welcome" {
+		t.Fatalf("want welcome, got %s", w.raw)
+	}
+	for i := 2; i <= 6; i++ {
+		d := c2.event("lead:created").data()
+		if name := d["lead"].(map[string]any)["first_name"]; name != fmt.Sprintf("L%d", i) {
+			t.Fatalf("replay out of order: got %v want L%d", name, i)
+		}
+	}
+	r := c2.next()
+	if r.Type != "resumed" || r.Replayed != 5 || r.Position != c2.last {
+		t.Fatalf("want resumed replayed=5 at the last event's position, got %s", r.raw)
+	}
+	e.exec("insert into leads (team_id, first_name) values (1, 'L7')")
+	if name := c2.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "L7" {
+		t.Fatalf("live after resume: %v", name)
+	}
+
+	// The resume message form, as the first message.
+	pos = c2.last
+	c2.c.Close()
+	e.exec("insert into leads (team_id, first_name) values (1, 'L8')")
+	c3, _, err := e.dial(tok, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c3.send(`{"type":"resume","since":"` + pos + `"}`)
+	c3.next() // welcome
+	if name := c3.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "L8" {
+		t.Fatalf("resume message replay: %v", name)
+	}
+	if r := c3.next(); r.Type != "resumed" || r.Replayed != 1 {
+		t.Fatalf("got %s", r.raw)
+	}
+}
+
+func TestResyncForUnservablePositions(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) { c.History.Retention = time.Millisecond })
+	tok := userToken(t, "2", 1)
+	c := e.connect(tok)
+	e.exec("insert into leads (team_id, first_name) values (1, 'a')")
+	c.event("lead:created")
+	old := c.last
+	e.exec("insert into leads (team_id, first_name) values (1, 'b')")
+	c.event("lead:created")
+	c.c.Close()
+
+	// Prune everything older than the retention (1ms).
+	if _, err := e.db.Exec(context.Background(), "select pg_sleep(0.01)"); err != nil {
+		t.Fatal(err)
+	}
+	pruned := pruneNow(t, e)
+	if pruned == 0 {
+		t.Fatal("nothing pruned")
+	}
+	foreign := strings.Replace(old, old[3:8], "AAAAA", 1)
+	cases := map[string]string{
+		"pruned":  old,
+		"garbage": "not-a-position",
+		"foreign": foreign,
+		"empty":   "p1.",
+	}
+	for name, since := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := e.forT(t)
+			c, _, err := e.dial(tok, "since="+since, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.next() // welcome
+			if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
+				t.Fatalf("got %s", f.raw)
+			}
+			e.exec("insert into leads (team_id, first_name) values (1, 'live')")
+			c.event("lead:created")
+		})
+	}
+}
+
+func TestAuthFailuresClose4401(t *testing.T) {
+	e := startRelay(t, nil)
+	expired := token(t, map[string]any{"sub": "2", "teamId": 1, "exp": time.Now().Add(-time.Minute).Unix()})
+	noUser := token(t, map[string]any{"teamId": 1})
+	other, _ := signWith("another-secret-another-secret-0123456", map[string]any{"sub": "2", "teamId": 1})
+	cases := map[string]struct{ tok, msg string }{
+		"missing":       {"", "token missing"},
+		"bad signature": {other, "token signature invalid"},
+		"expired":       {expired, "token expired"},
+		"no user claim": {noUser, `token has no user claim "sub"`},
+		"malformed":     {"abc.def", "token malformed"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			e := e.forT(t)
+			c, _, err := e.dial(tc.tok, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A write arrives meanwhile; it must never reach this session.
+			e.exec("insert into leads (team_id, first_name) values (1, 'x')")
+			f := c.next()
+			if f.Type != "error" || f.Code != "unauthorized" || f.Message != tc.msg {
+				t.Fatalf("got %s, want unauthorized %q", f.raw, tc.msg)
+			}
+			start := time.Now()
+			if code := c.closed(); code != 4401 {
+				t.Fatalf("close code %d, want 4401", code)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("closed after %v, want within 1s", d)
+			}
+		})
+	}
+}
+
+func TestOriginAllowList(t *testing.T) {
+	e := startRelay(t, nil)
+	tok := userToken(t, "2", 1)
+	_, resp, err := e.dial(tok, "", http.Header{"Origin": {"https://evil.example"}})
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin: err %v resp %v, want 403", err, resp)
+	}
+	c, _, err := e.dial(tok, "", http.Header{"Origin": {"http://localhost:5173"}})
+	if err != nil {
+		t.Fatalf("allowed origin refused: %v", err)
+	}
+	if w := c.next(); w.Type != "welcome" {
+		t.Fatalf("got %s", w.raw)
+	}
+}
+
+func TestClientMessages(t *testing.T) {
+	e := startRelay(t, nil)
+	tok := userToken(t, "2", 1)
+	c := e.connect(tok)
+	c.send(`{"type":"ping","id":7}`)
+	if f := c.next(); string(f.raw) != `{"type":"pong","id":7}` {
+		t.Errorf("pong: %s", f.raw)
+	}
+	c.send(`{"type":"nope"}`)
+	if f := c.next(); f.Type != "error" || f.Code != "bad_request" {
+		t.Errorf("unknown type: %s", f.raw)
+	}
+	c.send(`[1,2]`)
+	if f := c.next(); f.Type != "error" || f.Code != "bad_request" {
+		t.Errorf("non-object: %s", f.raw)
+	}
+	c.send(`{"type":"subscribe","entities":["lead"]}`)
+	if f := c.next(); string(f.raw) != `{"type":"subscribed","entities":["lead"]}` {
+		t.Errorf("subscribed: %s", f.raw)
+	}
+	e.exec("insert into escrows (team_id, property_address, city, state, zip_code, purchase_price) values (1, 'a', 'b', 'TX', '1', 1)")
+	e.exec("insert into leads (team_id, first_name) values (1, 'only leads')")
+	c.event("lead:created")
+	fresh := userToken(t, "2", 1)
+	c.send(`{"type":"auth","token":"` + fresh + `"}`)
+	if f := c.next(); f.Type != "auth_ok" {
+		t.Errorf("auth: %s", f.raw)
+	}
+	c.send(`{"type":"auth","token":"` + userToken(t, "3", 1) + `"}`)
+	c.next() // error unauthorized
+	if code := c.closed(); code != 4401 {
+		t.Errorf("auth as another user: close %d, want 4401", code)
+	}
+
+	bad, _, err := e.dial(tok, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.next() // welcome
+	bad.send("hello")
+	if code := bad.closed(); code != 4400 {
+		t.Errorf("malformed first message: close %d, want 4400", code)
+	}
+}
+
+func TestTokenExpiryCloses(t *testing.T) {
+	e := startRelay(t, nil)
+	tok := token(t, map[string]any{"sub": "2", "teamId": 1, "exp": time.Now().Add(1500 * time.Millisecond).Unix()})
+	c := e.connect(tok)
+	f := c.next()
+	if f.Type != "error" || f.Code != "token_expired" {
+		t.Fatalf("got %s", f.raw)
+	}
+	if code := c.closed(); code != 4401 {
+		t.Fatalf("close %d", code)
+	}
+}
+
+func TestRateLimitAndFrameSize(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	limited := 0
+	for i := 0; i < 200; i++ {
+		if err := c.c.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":1}`)); err != nil {
+			break
+		}
+	}
+	for {
+		f, err := c.read(10 * time.Second)
+		if err != nil {
+			var ce *websocket.CloseError
+			if !asClose(err, &ce) || ce.Code != 4429 {
+				t.Fatalf("want close 4429, got %v", err)
+			}
+			break
+		}
+		if f.Code == "rate_limited" {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Error("no rate_limited answer before the close")
+	}
+
+	c2 := e.connect(userToken(t, "2", 1))
+	c2.send(`{"type":"ping","id":"` + strings.Repeat("x", 5000) + `"}`)
+	if code := c2.closed(); code != websocket.CloseMessageTooBig {
+		t.Fatalf("oversized frame: close %d, want 1009", code)
+	}
+}
+
+func TestHTTPEndpoints(t *testing.T) {
+	e := startRelay(t, nil)
+	base := "http://" + e.relay.Addr()
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/version": 200} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
+		}
+		if path == "/metrics" && !bytes.Contains(body, []byte("rowcast_capture_connected 1")) {
+			t.Errorf("/metrics lacks rowcast_capture_connected 1")
+		}
+		if path == "/version" {
+			var v map[string]any
+			if json.Unmarshal(body, &v) != nil || v["protocol"] != 1.0 {
+				t.Errorf("/version: %s", body)
+			}
+		}
+	}
+}
+
+func TestDrainClosesWith1001(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	e.shutdown()
+	if code := c.closed(); code != websocket.CloseGoingAway {
+		t.Fatalf("close %d, want 1001", code)
+	}
+}

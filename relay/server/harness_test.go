@@ -1,0 +1,308 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/history"
+	"github.com/rowcast/rowcast/relay/internal/pgtest"
+	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+var pg pgtest.Server
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
+
+const secret = "test-secret-test-secret-test-secret-0123"
+
+// env is one relay on one fresh demo CRM database.
+type env struct {
+	t     *testing.T
+	url   string
+	cfg   *config.Config
+	relay *server.Relay
+	db    *pgxpool.Pool
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// forT returns a copy of e that reports to t (a subtest).
+func (e *env) forT(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
+// startRelay creates a demo CRM database, installs the triggers and runs a
+// relay on a free port; tweak adjusts the configuration first.
+func startRelay(t *testing.T, tweak func(*config.Config)) *env {
+	t.Helper()
+	url := pg.NewDatabase(t)
+	ctx := context.Background()
+	if err := demo.Setup(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Defaults()
+	cfg.Database.URL = url
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Auth.JWTSecret = secret
+	cfg.Origins = []string{"http://localhost:5173"}
+	cfg.Tables = demo.Tables()
+	cfg.Shutdown.Grace = 2 * time.Second
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	install(t, &cfg)
+	e := &env{t: t, url: url, cfg: &cfg, done: make(chan error, 1)}
+	var err error
+	e.db, err = pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	t.Cleanup(func() {
+		e.shutdown()
+		e.db.Close()
+	})
+	return e
+}
+
+func install(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: cfg.Capture.Notify == nil || *cfg.Capture.Notify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := triggers.Install(ctx, conn, plan); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) start() {
+	e.t.Helper()
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test"})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.relay, e.stop, e.done = r, cancel, make(chan error, 1)
+	go func() { e.done <- r.Run(ctx) }()
+	select {
+	case <-r.Ready():
+	case err := <-e.done:
+		e.t.Fatalf("relay did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("relay not ready after 30s")
+	}
+}
+
+func (e *env) shutdown() {
+	if e.stop == nil {
+		return
+	}
+	e.stop()
+	if err := <-e.done; err != nil {
+		e.t.Errorf("relay run: %v", err)
+	}
+	e.stop = nil
+}
+
+// exec runs statements in one transaction.
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {
+		e.t.Fatalf("exec %q: %v", sql, err)
+	}
+}
+
+// tx runs fn in one transaction.
+func (e *env) tx(fn func(tx pgx.Tx) error) {
+	e.t.Helper()
+	if err := pgx.BeginFunc(context.Background(), e.db, fn); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func token(t testing.TB, claims map[string]any) string {
+	t.Helper()
+	if _, ok := claims["exp"]; !ok {
+		claims["exp"] = time.Now().Add(time.Hour).Unix()
+	}
+	tok, err := auth.Sign([]byte(secret), claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func userToken(t testing.TB, user string, teams ...int) string {
+	return token(t, map[string]any{"sub": user, "teamId": teams})
+}
+
+// frame is any server frame.
+type frame struct {
+	Type      string          `json:"type"`
+	Event     string          `json:"event"`
+	Position  string          `json:"position"`
+	Data      json.RawMessage `json:"data"`
+	Reason    string          `json:"reason"`
+	Code      string          `json:"code"`
+	Message   string          `json:"message"`
+	Replayed  int             `json:"replayed"`
+	SessionID string          `json:"sessionId"`
+	raw       []byte
+}
+
+func (f frame) data() map[string]any {
+	var m map[string]any
+	_ = json.Unmarshal(f.Data, &m)
+	return m
+}
+
+type client struct {
+	t    testing.TB
+	c    *websocket.Conn
+	last string // last event position seen
+}
+
+// dial connects to /ws; query is added to the URL as is ("since=…").
+func (e *env) dial(tok string, query string, hdr http.Header) (*client, *http.Response, error) {
+	u := url.URL{Scheme: "ws", Host: e.relay.Addr(), Path: "/ws", RawQuery: query}
+	if hdr == nil {
+		hdr = http.Header{}
+	}
+	if tok != "" {
+		hdr.Set("Authorization", "Bearer "+tok)
+	}
+	c, resp, err := websocket.DefaultDialer.Dial(u.String(), hdr)
+	if err != nil {
+		return nil, resp, err
+	}
+	cl := &client{t: e.t, c: c}
+	e.t.Cleanup(func() { c.Close() })
+	return cl, resp, nil
+}
+
+// connect dials and reads the welcome; it sends a ping so the session goes
+// live at once instead of waiting out the resume grace period.
+func (e *env) connect(tok string) *client {
+	e.t.Helper()
+	c, _, err := e.dial(tok, "", nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	w := c.next()
+	if w.Type != "welcome" {
+		e.t.Fatalf("first frame %s, want welcome", w.raw)
+	}
+	c.send(`{"type":"ping","id":0}`)
+	if p := c.next(); p.Type != "pong" {
+		e.t.Fatalf("want pong, got %s", p.raw)
+	}
+	return c
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if err := c.c.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// next reads one frame, failing the test after 10s.
+func (c *client) next() frame {
+	c.t.Helper()
+	f, err := c.read(10 * time.Second)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return f
+}
+
+func (c *client) read(timeout time.Duration) (frame, error) {
+	_ = c.c.SetReadDeadline(time.Now().Add(timeout))
+	_, msg, err := c.c.ReadMessage()
+	if err != nil {
+		return frame{}, err
+	}
+	var f frame
+	if err := json.Unmarshal(msg, &f); err != nil {
+		return frame{}, err
+	}
+	f.raw = msg
+	if f.Type == "event" {
+		c.last = f.Position
+	}
+	return f, nil
+}
+
+// event reads the next frame and checks it is the named event.
+func (c *client) event(name string) frame {
+	c.t.Helper()
+	f := c.next()
+	if f.Type != "event" || f.Event != name {
+		c.t.Fatalf("want event %s, got %s", name, f.raw)
+	}
+	return f
+}
+
+// closed reads until the connection closes and returns the close code.
+func (c *client) closed() int {
+	c.t.Helper()
+	for {
+		_, err := c.read(10 * time.Second)
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		if strings.Contains(err.Error(), "timeout") {
+			c.t.Fatalf("connection not closed: %v", err)
+		}
+		return websocket.CloseAbnormalClosure
+	}
+}
+
+func signWith(key string, claims map[string]any) (string, error) {
+	if _, ok := claims["exp"]; !ok {
+		claims["exp"] = time.Now().Add(time.Hour).Unix()
+	}
+	return auth.Sign([]byte(key), claims)
+}
+
+func asClose(err error, ce **websocket.CloseError) bool { return errors.As(err, ce) }
+
+// pruneNow runs one prune with the relay's retention and returns the rows
+// deleted.
+func pruneNow(t *testing.T, e *env) int64 {
+	t.Helper()
+	p := &history.Pruner{Pool: e.db, Retention: e.cfg.History.Retention}
+	n, err := p.Prune(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,300 @@
+// Package server assembles a running relay from a configuration: capture,
+// mapping, hub, history, the WebSocket transport and the HTTP endpoints
+// beside it (/healthz, /readyz, /metrics, /version), and owns their
+// lifecycle: Run starts them as a group and drains them when its context
+// ends.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/capture/trigger"
+	"github.com/rowcast/rowcast/relay/history"
+	"github.com/rowcast/rowcast/relay/hub"
+	"github.com/rowcast/rowcast/relay/mapping"
+	"github.com/rowcast/rowcast/relay/metrics"
+	"github.com/rowcast/rowcast/relay/transport/ws"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+// Options configures a Relay.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger // nil: discard
+	// Registry receives the relay's metrics; nil creates a fresh one.
+	Registry *prometheus.Registry
+	Version  string
+	// SkipDriftCheck starts even when the installed triggers differ from the
+	// configuration (tests that install their own).
+	SkipDriftCheck bool
+}
+
+// Relay is one relay process's worth of components. Create it with New,
+// then call Run once.
+type Relay struct {
+	o        Options
+	cfg      *config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	metrics  *metrics.Metrics
+	hub      *hub.Hub
+	mapper   *mapping.Mapper
+	verifier *auth.Verifier
+	capture  *trigger.Capture
+	ws       *ws.Server
+
+	draining atomic.Bool
+	addr     atomic.Pointer[string]
+	ready    chan struct{}
+}
+
+// New builds the components; it opens no connection.
+func New(o Options) (*Relay, error) {
+	cfg := o.Config
+	if cfg == nil {
+		return nil, errors.New("server: no configuration")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	mapper, err := mapping.New(Rules(cfg.Tables), mapping.Options{Legacy: cfg.Events.Legacy})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	verifier, err := auth.NewVerifier(auth.Options{
+		Secret: []byte(cfg.Auth.JWTSecret), UserClaim: cfg.Auth.UserClaim, TeamClaim: cfg.Auth.TeamClaim,
+		Issuer: cfg.Auth.Issuer, Audience: cfg.Auth.Audience,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	r := &Relay{o: o, cfg: cfg, log: o.Logger, reg: o.Registry, hub: hub.New(), mapper: mapper,
+		verifier: verifier, ready: make(chan struct{})}
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
+	notify := cfg.Capture.Notify == nil || *cfg.Capture.Notify
+	r.capture = trigger.New(cfg.Database.URL, trigger.Options{
+		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
+		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
+	})
+	return r, nil
+}
+
+// Rules turns table configuration into mapping rules.
+func Rules(tables []config.Table) []mapping.Rule {
+	rules := make([]mapping.Rule, 0, len(tables))
+	for _, t := range tables {
+		kind := mapping.Entity
+		if t.Kind == "ai_task" {
+			kind = mapping.AITask
+		}
+		rules = append(rules, mapping.Rule{
+			Table: t.Qualified(), Entity: t.Entity, Kind: kind,
+			StatusColumn: t.StatusColumn, ProgressColumn: t.ProgressColumn, MessageColumn: t.MessageColumn,
+			TypeColumn: t.TypeColumn, ResultColumn: t.ResultColumn, ErrorColumn: t.ErrorColumn,
+		})
+	}
+	return rules
+}
+
+// Ready is closed once the relay listens and its capture has started.
+func (r *Relay) Ready() <-chan struct{} { return r.ready }
+
+// Addr returns the address the WebSocket and HTTP listener is bound to, once
+// Ready is closed.
+func (r *Relay) Addr() string {
+	if p := r.addr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Hub returns the relay's hub (for benchmarks and tests).
+func (r *Relay) Hub() *hub.Hub { return r.hub }
+
+// Run connects, checks that the installed triggers match the configuration,
+// listens, and serves until ctx ends; then it drains (readiness 503, every
+// session closed with 1001, HTTP shut down within Shutdown.Grace) and
+// returns nil. It returns an error when it cannot start or a component
+// fails for good.
+func (r *Relay) Run(ctx context.Context) error {
+	cfg := r.cfg
+	pool, err := pgxpool.New(ctx, cfg.Database.URL)
+	if err != nil {
+		return fmt.Errorf("serve: database: %w", err)
+	}
+	defer pool.Close()
+	if !r.o.SkipDriftCheck {
+		if err := r.checkDrift(ctx); err != nil {
+			return err
+		}
+	}
+	hist := history.New(pool)
+	r.ws = ws.New(ws.Options{
+		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: cfg.Origins,
+		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
+		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
+		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
+		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
+	})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen: %w", err)
+	}
+	addr := ln.Addr().String()
+	r.addr.Store(&addr)
+	var adminLn net.Listener
+	if cfg.AdminListen != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			ln.Close()
+			return fmt.Errorf("serve: admin listen: %w", err)
+		}
+	}
+	main := &http.Server{Handler: r.mux(adminLn == nil), ReadHeaderTimeout: 10 * time.Second}
+	var admin *http.Server
+	if adminLn != nil {
+		admin = &http.Server{Handler: r.adminMux(), ReadHeaderTimeout: 10 * time.Second}
+	}
+
+	pipeline := &relay.Pipeline{Mapper: r.mapper, Fanout: r.hub,
+		Observe: func(changes, _ int, at time.Time) { r.metrics.Captured(changes, at) }}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return r.capture.Run(gctx, pipeline) })
+	g.Go(func() error {
+		p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
+			Logger: r.log.With("component", "history")}
+		return p.Run(gctx)
+	})
+	g.Go(func() error { return serveHTTP(main, ln) })
+	if admin != nil {
+		g.Go(func() error { return serveHTTP(admin, adminLn) })
+	}
+	g.Go(func() error {
+		select {
+		case <-r.capture.Ready():
+			r.log.Info("relay ready", "listen", addr, "sessions_endpoint", "ws://"+addr+"/ws")
+			close(r.ready)
+		case <-gctx.Done():
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		r.draining.Store(true)
+		r.ws.Drain()
+		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Shutdown.Grace)
+		defer scancel()
+		err := main.Shutdown(sctx)
+		if admin != nil {
+			err = errors.Join(err, admin.Shutdown(sctx))
+		}
+		return err
+	})
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		return nil
+	}
+	return err
+}
+
+func serveHTTP(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve http: %w", err)
+	}
+	return nil
+}
+
+func (r *Relay) checkDrift(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, r.cfg.Database.URL)
+	if err != nil {
+		return fmt.Errorf("serve: database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	plan, err := triggers.Render(r.cfg.Tables, triggers.Options{Notify: r.cfg.Capture.Notify == nil || *r.cfg.Capture.Notify})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	drift, err := triggers.Verify(ctx, conn, plan)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if len(drift) > 0 {
+		return &DriftError{Drift: drift}
+	}
+	return nil
+}
+
+// DriftError says the database's capture triggers do not match the
+// configuration.
+type DriftError struct{ Drift []string }
+
+func (e *DriftError) Error() string {
+	return "the database does not match the configuration; run `rowcast install --config …` first:\n  - " +
+		strings.Join(e.Drift, "\n  - ")
+}
+
+func (r *Relay) mux(withMetrics bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/ws", r.ws)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", r.readyz)
+	mux.HandleFunc("/version", r.version)
+	if withMetrics {
+		mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+func (r *Relay) adminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", r.readyz)
+	return mux
+}
+
+func (r *Relay) readyz(w http.ResponseWriter, _ *http.Request) {
+	switch {
+	case r.draining.Load():
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+	case !r.capture.Connected():
+		http.Error(w, "not capturing: database unreachable", http.StatusServiceUnavailable)
+	default:
+		w.Write([]byte("ready\n"))
+	}
+}
+
+func (r *Relay) version(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{
+		"version": r.o.Version, "protocol": ws.Protocol, "go": runtime.Version(), "capture": r.cfg.Capture.Mode,
+	})
+}

@@ -1,0 +1,141 @@
+-- rowcast schema, version 1. Installed by `rowcast install`; every statement is
+-- idempotent. This file is a text/template: {{"{{"}}.Notify{{"}}"}} switches the commit-time
+-- doorbell.
+--
+-- Ordering design (see DESIGN.md, "Capture modes"): row triggers append to
+-- rowcast.changelog with no seq and mark the transaction in rowcast.pending; a
+-- deferred constraint trigger on that marker runs once per transaction at
+-- COMMIT, locks the counter row of every stream the transaction touched (in
+-- sorted order, so no deadlock) and numbers the transaction's rows. The
+-- counter's row lock is held through the commit, so each stream's seq is
+-- gap-free and in commit order.
+
+CREATE SCHEMA IF NOT EXISTS rowcast;
+
+CREATE TABLE IF NOT EXISTS rowcast.meta (
+    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch          uuid NOT NULL DEFAULT gen_random_uuid(),
+    schema_version int  NOT NULL
+);
+INSERT INTO rowcast.meta (schema_version) VALUES (1) ON CONFLICT DO NOTHING;
+
+CREATE TABLE IF NOT EXISTS rowcast.streams (
+    stream         text PRIMARY KEY,
+    last_seq       bigint NOT NULL DEFAULT 0,
+    last_at        timestamptz NOT NULL DEFAULT '-infinity',
+    pruned_through bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS rowcast.changelog (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    stream       text NOT NULL,
+    seq          bigint,
+    committed_at timestamptz,
+    tbl          text NOT NULL,
+    op           "char" NOT NULL,
+    entity_id    text,
+    team_id      text,
+    old_team_id  text,
+    user_id      text,
+    actor        text,
+    request_id   text,
+    row_data     jsonb,
+    changes      jsonb,
+    old_data     jsonb
+);
+CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
+CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
+CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
+
+-- One row per open transaction that wrote to the changelog. Unlogged: a
+-- crash aborts those transactions anyway.
+CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);
+
+-- rowcast.mark() is called by every capture trigger before it appends. It
+-- inserts the transaction's marker once (a transaction-local setting
+-- remembers it, and is rolled back with a savepoint just as the marker is).
+CREATE OR REPLACE FUNCTION rowcast.mark() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN
+        INSERT INTO rowcast.pending (xid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
+        PERFORM set_config('rowcast.marked', '1', true);
+    END IF;
+END
+$fn$;
+
+-- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
+CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    x       xid8 := pg_current_xact_id();
+    r       record;
+    v_streams text[] := '{}';
+    v_bases   bigint[] := '{}';
+    base    bigint;
+    at      timestamptz;
+    ts      timestamptz := '-infinity';
+BEGIN
+    -- Changes made after this point (by another deferred trigger) mark again.
+    PERFORM set_config('rowcast.marked', '', true);
+    DELETE FROM rowcast.pending WHERE xid = x;
+    FOR r IN
+        SELECT stream, count(*) AS n FROM rowcast.changelog
+        WHERE xid = x AND seq IS NULL
+        GROUP BY stream ORDER BY stream COLLATE "C"
+    LOOP
+        INSERT INTO rowcast.streams AS s (stream, last_seq) VALUES (r.stream, r.n)
+        ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+        RETURNING s.last_seq - r.n, s.last_at INTO base, at;
+        ts := greatest(ts, at);
+        v_streams := v_streams || r.stream;
+        v_bases := v_bases || base;
+    END LOOP;
+    IF cardinality(v_streams) = 0 THEN
+        RETURN NULL;
+    END IF;
+    -- Taken after every counter lock and kept above each stream's last commit
+    -- time, so that for two transactions sharing a stream the later one in
+    -- seq order has the strictly later commit time: ordering by committed_at
+    -- then agrees with every stream's seq order.
+    ts := greatest(clock_timestamp(), ts + interval '1 microsecond');
+    UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams);
+    UPDATE rowcast.changelog c
+    SET seq = b.base + v.rn, committed_at = ts
+    FROM (
+        SELECT id, stream, row_number() OVER (PARTITION BY stream ORDER BY id) AS rn
+        FROM rowcast.changelog WHERE xid = x AND seq IS NULL
+    ) v
+    JOIN unnest(v_streams, v_bases) AS b (stream, base) ON b.stream = v.stream
+    WHERE c.id = v.id;
+{{- if .Notify}}
+    PERFORM pg_notify('rowcast', '');
+{{- end}}
+    RETURN NULL;
+END
+$fn$;
+
+DROP TRIGGER IF EXISTS sequence_at_commit ON rowcast.pending;
+CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rowcast.sequence();
+
+-- rowcast.truncated() records a TRUNCATE of a captured table; every session
+-- is told to resync.
+CREATE OR REPLACE FUNCTION rowcast.truncated() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM rowcast.mark();
+    INSERT INTO rowcast.changelog (stream, tbl, op)
+    VALUES ('all', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'T');
+    RETURN NULL;
+END
+$fn$;
+
+-- rowcast.set_actor(id) names the actor of the current transaction's
+-- changes; rowcast.set_request_id(id) the API request they serve.
+CREATE OR REPLACE FUNCTION rowcast.set_actor(actor text) RETURNS void
+LANGUAGE sql AS $fn$ SELECT set_config('rowcast.actor_id', coalesce(actor, ''), true) $fn$;
+
+CREATE OR REPLACE FUNCTION rowcast.set_request_id(request_id text) RETURNS void
+LANGUAGE sql AS $fn$ SELECT set_config('rowcast.request_id', coalesce(request_id, ''), true) $fn$;

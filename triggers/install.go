@@ -1,0 +1,233 @@
+package triggers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/rowcast/rowcast/config"
+)
+
+// installLock serialises concurrent installs across processes.
+const installLock = "select pg_advisory_xact_lock(hashtext('rowcast.install'))"
+
+// Install applies the plan in one transaction and removes the capture
+// triggers of tables that are no longer configured. It is idempotent. It
+// returns one line per action taken, for the operator.
+func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
+	var done []string
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "set local standard_conforming_strings = on; set local client_min_messages = warning; "+installLock); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, p.Schema); err != nil {
+			return describe("rowcast schema", err)
+		}
+		done = append(done, "rowcast schema: changelog, stream counters, commit-time sequencer")
+		for _, t := range p.Tables {
+			if _, err := tx.Exec(ctx, t.SQL); err != nil {
+				return describe(t.Table.Qualified(), err)
+			}
+			done = append(done, "capture trigger on "+t.Table.Qualified())
+		}
+		stale, err := staleTriggers(ctx, tx, p)
+		if err != nil {
+			return err
+		}
+		for _, s := range stale {
+			if _, err := tx.Exec(ctx, dropTriggersSQL(s.table)); err != nil {
+				return describe(s.table, err)
+			}
+			done = append(done, "removed capture trigger from "+s.table+" (not configured)")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	return done, nil
+}
+
+// Remove drops the capture triggers from every table that has them and the
+// rowcast schema with its history. Sessions resuming afterwards get resync.
+func Remove(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	var done []string
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "set local client_min_messages = warning; "+installLock); err != nil {
+			return err
+		}
+		all, err := staleTriggers(ctx, tx, &Plan{})
+		if err != nil {
+			return err
+		}
+		for _, s := range all {
+			if _, err := tx.Exec(ctx, dropTriggersSQL(s.table)); err != nil {
+				return describe(s.table, err)
+			}
+			done = append(done, "removed capture trigger from "+s.table)
+		}
+		if _, err := tx.Exec(ctx, "drop schema if exists rowcast cascade"); err != nil {
+			return err
+		}
+		done = append(done, "dropped schema rowcast (changelog and history)")
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("remove: %w", err)
+	}
+	return done, nil
+}
+
+// Verify compares what is installed with the plan and returns one line per
+// difference; none means the database matches the configuration.
+func Verify(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
+	var drift []string
+	var comment *string
+	err := conn.QueryRow(ctx, "select obj_description(to_regprocedure('rowcast.sequence()'), 'pg_proc')").Scan(&comment)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	switch {
+	case comment == nil:
+		return []string{"the rowcast schema is not installed"}, nil
+	case *comment != hashPrefix+p.SchemaHash:
+		drift = append(drift, "the rowcast schema differs from this version's (or capture.notify changed)")
+	}
+	for _, t := range p.Tables {
+		var exists bool
+		var fnComment *string
+		var captures, truncates bool
+		err := conn.QueryRow(ctx, `
+select to_regclass($1) is not null,
+       obj_description(to_regprocedure($2), 'pg_proc'),
+       exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = $3
+               and tgfoid = to_regprocedure($2) and tgenabled <> 'D'),
+       exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = $4 and tgenabled <> 'D')`,
+			ident(t.Table.Schema())+"."+ident(t.Table.Name()), t.Function+"()", captureTrigger, truncateTrigger,
+		).Scan(&exists, &fnComment, &captures, &truncates)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", t.Table.Qualified(), err)
+		}
+		switch {
+		case !exists:
+			drift = append(drift, t.Table.Qualified()+": table does not exist")
+		case fnComment == nil || !captures || !truncates:
+			drift = append(drift, t.Table.Qualified()+": capture trigger missing or disabled")
+		case *fnComment != hashPrefix+t.Hash:
+			drift = append(drift, t.Table.Qualified()+": capture trigger differs from the configuration")
+		}
+	}
+	stale, err := staleTriggers(ctx, conn, p)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	for _, s := range stale {
+		drift = append(drift, s.table+": has a capture trigger but is not configured")
+	}
+	return drift, nil
+}
+
+// CheckTables reports configured tables and columns missing from the
+// database, one line each.
+func CheckTables(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
+	var problems []string
+	for i, t := range tables {
+		rows, err := conn.Query(ctx, `
+select a.attname from pg_attribute a
+where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
+			ident(t.Schema())+"."+ident(t.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("check tables: %w", err)
+		}
+		cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, fmt.Errorf("check tables: %w", err)
+		}
+		if len(cols) == 0 {
+			problems = append(problems, fmt.Sprintf("tables[%d].table: %s does not exist in the database", i, t.Qualified()))
+			continue
+		}
+		have := make(map[string]bool, len(cols))
+		for _, c := range cols {
+			have[c] = true
+		}
+		need := func(key, col string) {
+			if col != "" && !have[col] {
+				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s has no column %q", i, key, t.Qualified(), col))
+			}
+		}
+		need("id_column", t.IDColumn)
+		need("team_column", t.TeamColumn)
+		need("actor_column", t.ActorColumn)
+		for _, c := range t.ExcludeColumns {
+			need("exclude_columns", c)
+		}
+		if t.Kind == "ai_task" {
+			need("user_column", t.UserColumn)
+			need("status_column", t.StatusColumn)
+			need("progress_column", t.ProgressColumn)
+			need("message_column", t.MessageColumn)
+			need("type_column", t.TypeColumn)
+			need("result_column", t.ResultColumn)
+			need("error_column", t.ErrorColumn)
+		}
+	}
+	return problems, nil
+}
+
+type staleTrigger struct{ table string }
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// staleTriggers lists tables with a rowcast capture trigger that the plan
+// does not name.
+func staleTriggers(ctx context.Context, q querier, p *Plan) ([]staleTrigger, error) {
+	rows, err := q.Query(ctx, `
+select n.nspname, c.relname from pg_trigger t
+join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+where t.tgname = $1 order by 1, 2`, captureTrigger)
+	if err != nil {
+		return nil, fmt.Errorf("list capture triggers: %w", err)
+	}
+	configured := make(map[[2]string]bool, len(p.Tables))
+	for _, t := range p.Tables {
+		configured[[2]string{t.Table.Schema(), t.Table.Name()}] = true
+	}
+	var out []staleTrigger
+	for rows.Next() {
+		var schema, name string
+		if err := rows.Scan(&schema, &name); err != nil {
+			return nil, fmt.Errorf("list capture triggers: %w", err)
+		}
+		if !configured[[2]string{schema, name}] {
+			out = append(out, staleTrigger{table: ident(schema) + "." + ident(name)})
+		}
+	}
+	return out, rows.Err()
+}
+
+func dropTriggersSQL(table string) string {
+	return fmt.Sprintf("drop trigger if exists %s on %s; drop trigger if exists %s on %s;",
+		captureTrigger, table, truncateTrigger, table)
+}
+
+// describe turns a PostgreSQL error into a message an operator can act on.
+func describe(what string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42501":
+			return fmt.Errorf("%s: permission denied (%s): run install as the tables' owner or a superuser: %w", what, pgErr.Message, err)
+		case "42P01":
+			return fmt.Errorf("%s: table does not exist: %w", what, err)
+		case "42703":
+			return fmt.Errorf("%s: a configured column does not exist (%s): %w", what, pgErr.Message, err)
+		}
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
