@@ -48,8 +48,6 @@ type Capture struct {
 	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
 	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
 	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
-	// BatchSize caps the changelog rows read per poll. Default 5000.
-	BatchSize int `mapstructure:"batch_size" yaml:"batch_size"`
 }
 
 // Auth configures JWT verification.
@@ -108,7 +106,6 @@ type Table struct {
 	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
 	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
 	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never leave the database
-	NotifyOnly     []string `mapstructure:"notify_only" yaml:"notify_only"`         // events say changed, not the value
 	// AI task columns (kind ai_task); defaults are the names in the demo schema.
 	StatusColumn   string `mapstructure:"status_column" yaml:"status_column"`     // default status
 	ProgressColumn string `mapstructure:"progress_column" yaml:"progress_column"` // default progress

@@ -24,7 +24,6 @@ func Defaults() Config {
 			Notify:    new(true),
 			PollMin:   5 * time.Millisecond,
 			PollMax:   time.Second,
-			BatchSize: 5000,
 		},
 		Listen: "127.0.0.1:8080",
 		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId"},

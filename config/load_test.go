@@ -55,7 +55,6 @@ func TestDefaults(t *testing.T) {
 		{"capture.notify", d.Capture.Notify != nil && *d.Capture.Notify, true},
 		{"capture.poll_min", d.Capture.PollMin, 5 * time.Millisecond},
 		{"capture.poll_max", d.Capture.PollMax, time.Second},
-		{"capture.batch_size", d.Capture.BatchSize, 5000},
 		{"auth.user_claim", d.Auth.UserClaim, "sub"},
 		{"auth.team_claim", d.Auth.TeamClaim, "teamId"},
 		{"history.retention", d.History.Retention, 24 * time.Hour},
@@ -217,9 +216,9 @@ func TestLoadBadValues(t *testing.T) {
 		{"duration as list", "history:\n  retention: [1h]\n", nil, nil, "history.retention: expected a duration, got a list; " + hint},
 		{"zero duration", "shutdown:\n  grace: 0s\n", nil, nil, "shutdown.grace: must be a positive duration, got 0s"},
 		{"negative duration", "history:\n  retention: -1h\n", nil, nil, "history.retention: must be a positive duration, got -1h0m0s"},
-		{"integer word", "capture:\n  batch_size: lots\n", nil, nil, `capture.batch_size: "lots" is not an integer`},
-		{"integer fraction", "capture:\n  batch_size: 1.5\n", nil, nil, "capture.batch_size: 1.5 is not an integer"},
-		{"zero size", "capture:\n  batch_size: 0\n", nil, nil, "capture.batch_size: must be positive, got 0"},
+		{"integer word", "sessions:\n  queue_size: lots\n", nil, nil, `sessions.queue_size: "lots" is not an integer`},
+		{"integer fraction", "sessions:\n  queue_size: 1.5\n", nil, nil, "sessions.queue_size: 1.5 is not an integer"},
+		{"zero size", "sessions:\n  queue_size: 0\n", nil, nil, "sessions.queue_size: must be positive, got 0"},
 		{"boolean", "capture:\n  notify: maybe\n", nil, nil, `capture.notify: "maybe" is not a boolean (true or false)`},
 		{"number for string", "listen: 8080\n", nil, nil, "listen: expected a string, got 8080; quote the value"},
 		{"scalar for mapping", "log: debug\n", nil, nil, `log: expected a mapping of keys, got "debug"`},
@@ -328,7 +327,6 @@ capture:
   mode: triger
   poll_min: 2s
   poll_max: 1s
-  batch_size: -1
 listen: localhost
 admin_listen: ":99999"
 auth:
@@ -346,7 +344,6 @@ tables:
   - table: ai_tasks
     kind: ai_task
     exclude_columns: [user_id, id]
-    notify_only: [team_id]
   - table: crm.escrows
   - table: "bad name"
     kind: task
@@ -362,7 +359,6 @@ tables:
 		"database.url: is empty; set it in the file, in ROWCAST_DATABASE_URL or in DATABASE_URL",
 		`capture.mode: "triger" is not one of trigger, logical`,
 		"capture.poll_min: 2s is greater than capture.poll_max (1s)",
-		"capture.batch_size: must be positive, got -1",
 		`listen: "localhost" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
 		`admin_listen: ":99999" has port "99999", which is not a number from 0 to 65535`,
 		"auth.jwt_secret: is too short (9 bytes); HS256 needs at least 32 bytes",
@@ -376,7 +372,6 @@ tables:
 		`log.format: "xml" is not one of text, json`,
 		`tables[1].exclude_columns[0]: "user_id" is the user column; events need it, so it cannot be excluded`,
 		`tables[1].exclude_columns[1]: "id" is the id column; events need it, so it cannot be excluded`,
-		`tables[1].notify_only[0]: "team_id" is the team column; events need its value, so it cannot be notify_only`,
 		`tables[2].entity: "escrow" is already the entity of tables[0]; set entity on one of them`,
 		`tables[3].table: "bad name" is not a table name: write an identifier (letters, digits, _ and $, not starting with a digit, at most 63 bytes), optionally schema-qualified as schema.table`,
 		`tables[3].kind: "task" is not one of entity, ai_task`,

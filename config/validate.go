@@ -101,7 +101,6 @@ func (c *Config) problems() []problem {
 	if c.Capture.PollMin > 0 && c.Capture.PollMax > 0 && c.Capture.PollMin > c.Capture.PollMax {
 		add("capture.poll_min", "%s is greater than capture.poll_max (%s)", c.Capture.PollMin, c.Capture.PollMax)
 	}
-	positiveInt("capture.batch_size", int64(c.Capture.BatchSize))
 
 	hostPort("listen", c.Listen)
 	if c.AdminListen != "" {
@@ -233,14 +232,6 @@ func (c *Config) tableProblems() []problem {
 				add(path, "%q is not a column name", col)
 			} else if what := keyColumn(col); what != "" {
 				add(path, "%q is %s; events need it, so it cannot be excluded", col, what)
-			}
-		}
-		for j, col := range t.NotifyOnly {
-			path := fmt.Sprintf("%snotify_only[%d]", p, j)
-			if !validIdent(col) {
-				add(path, "%q is not a column name", col)
-			} else if what := keyColumn(col); what != "" {
-				add(path, "%q is %s; events need its value, so it cannot be notify_only", col, what)
 			}
 		}
 	}

@@ -62,14 +62,13 @@ func TestValidate(t *testing.T) {
 			`origins[4]: "/relative" is not an origin of the form scheme://host[:port]`,
 		}},
 		{"zero and negative sizes and durations", func(c *Config) {
-			c.Capture.PollMin, c.Capture.PollMax, c.Capture.BatchSize = 0, -time.Second, 0
+			c.Capture.PollMin, c.Capture.PollMax = 0, -time.Second
 			c.History.Retention, c.History.PruneInterval = 0, 0
 			c.Sessions = Sessions{RateStrikes: -1}
 			c.Shutdown.Grace = -1
 		}, []string{
 			"capture.poll_min: must be a positive duration, got 0s",
 			"capture.poll_max: must be a positive duration, got -1s",
-			"capture.batch_size: must be positive, got 0",
 			"history.retention: must be a positive duration, got 0s",
 			"history.prune_interval: must be a positive duration, got 0s",
 			"sessions.heartbeat: must be a positive duration, got 0s",
@@ -130,13 +129,11 @@ func TestValidate(t *testing.T) {
 		}},
 		{"exclusions", func(c *Config) {
 			c.Tables[0].ExcludeColumns = []string{"notes", "team_id", "bad-col"}
-			c.Tables[0].NotifyOnly = []string{"body", "id"}
 			c.Tables[0].ActorColumn = "updated-by"
 		}, []string{
 			`tables[0].actor_column: "updated-by" is not a column name`,
 			`tables[0].exclude_columns[1]: "team_id" is the team column; events need it, so it cannot be excluded`,
 			`tables[0].exclude_columns[2]: "bad-col" is not a column name`,
-			`tables[0].notify_only[1]: "id" is the id column; events need its value, so it cannot be notify_only`,
 		}},
 	}
 	for _, tt := range tests {
