@@ -101,6 +101,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		defer c.Close()
 		conns[i] = c
+		// Read the welcome and go live at once: a session that sends nothing
+		// holds events for the resume grace period first.
+		if _, _, err := c.ReadMessage(); err != nil {
+			return fail(fmt.Errorf("session %d welcome: %w", i, err))
+		}
+		if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":0}`)); err != nil {
+			return fail(err)
+		}
+		if _, _, err := c.ReadMessage(); err != nil {
+			return fail(fmt.Errorf("session %d pong: %w", i, err))
+		}
 	}
 	var readers sync.WaitGroup
 	for _, c := range conns {

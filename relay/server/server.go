@@ -207,9 +207,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		r.draining.Store(true)
-		r.ws.Drain()
 		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Shutdown.Grace)
 		defer scancel()
+		r.ws.Drain(sctx)
 		err := main.Shutdown(sctx)
 		if admin != nil {
 			err = errors.Join(err, admin.Shutdown(sctx))

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -78,6 +79,8 @@ type Server struct {
 	metrics *metrics.Metrics
 	ctx     context.Context
 	stop    context.CancelFunc
+	gone    chan struct{} // signalled on every disconnect
+	open    atomic.Int64  // connected sessions, authenticated or not
 }
 
 // New returns a Server. Close it with Drain.
@@ -109,7 +112,7 @@ func New(o Options) *Server {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{o: o, m: melody.New(), origins: make(map[string]bool), metrics: o.Metrics}
+	s := &Server{o: o, m: melody.New(), origins: make(map[string]bool), metrics: o.Metrics, gone: make(chan struct{}, 1)}
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	for _, origin := range o.Origins {
 		s.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
@@ -197,6 +200,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) onConnect(ms *melody.Session) {
+	s.open.Add(1)
 	if v, ok := ms.Get(keyAuthErr); ok {
 		s.metrics.Refused("unauthorized")
 		_ = ms.Write(errorFrame("unauthorized", v.(error).Error()))
@@ -335,8 +339,15 @@ func (s *Server) onMessage(ms *melody.Session, msg []byte) {
 	case "subscribe":
 		ss.subscribeLocked(m.Entities)
 	case "resume":
-		if !first || ss.mode != modeAwait {
+		if !first {
 			ss.writeLocked(errorFrame("bad_request", "resume must be the first message"))
+			break
+		}
+		if ss.mode != modeAwait {
+			// It came after the resume grace period, when live events had
+			// already gone out: replaying now would reorder them.
+			ss.writeLocked([]byte(`{"type":"resync","reason":"history_expired"}`))
+			s.metrics.Resync()
 			break
 		}
 		if m.Since == "" {
@@ -453,6 +464,11 @@ func (s *Server) onError(ms *melody.Session, err error) {
 }
 
 func (s *Server) onDisconnect(ms *melody.Session) {
+	s.open.Add(-1)
+	select {
+	case s.gone <- struct{}{}:
+	default:
+	}
 	ss := sessionOf(ms)
 	if ss == nil {
 		return
@@ -473,15 +489,22 @@ func (s *Server) onDisconnect(ms *melody.Session) {
 }
 
 // Drain refuses new sessions and closes every open one with 1001 (going
-// away), after what is queued for it. It returns once the close frames are
-// queued; melody writes them.
-func (s *Server) Drain() {
+// away), after what is queued for it. It returns when every session has
+// closed or ctx ends, whichever is first.
+func (s *Server) Drain(ctx context.Context) {
 	s.stop()
 	_ = s.m.CloseWithMsg(melody.FormatCloseMessage(CloseGoingAway, "relay draining"))
+	for s.open.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.gone:
+		}
+	}
 }
 
 // Sessions returns how many sessions are open.
-func (s *Server) Sessions() int { return s.m.Len() }
+func (s *Server) Sessions() int { return int(s.open.Load()) }
 
 func errorFrame(code, message string) []byte {
 	b, _ := json.Marshal(struct {
