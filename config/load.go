@@ -80,6 +80,11 @@ type LoadOptions struct {
 // environment or a flag, where it came from. A file that cannot be read or
 // is not YAML is reported alone as a wrapped error (errors.Is works with
 // fs.ErrNotExist). No error message contains a secret.
+//
+// With a *Problems, Load also returns the configuration as far as it could
+// be decoded (a key with a problem keeps its default or is partly set), so
+// that `rowcast config check` can go on to check the database and report
+// everything at once. It must not be used to run anything.
 func Load(opts LoadOptions) (*Config, error) {
 	v := viper.New()
 	if opts.File != "" {
@@ -143,7 +148,7 @@ func Load(opts LoadOptions) (*Config, error) {
 			all[i].msg += " (from " + o + ")"
 		}
 	}
-	return nil, newProblems(all)
+	return &cfg, newProblems(all)
 }
 
 // within reports whether path is base or lies under it.

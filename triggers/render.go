@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+	"unicode/utf8"
 
 	"github.com/rowcast/rowcast/config"
 	rowcastsql "github.com/rowcast/rowcast/sql"
@@ -96,14 +97,22 @@ func hashOf(s string) string {
 }
 
 // FunctionName returns the unquoted name of a table's capture function in
-// schema rowcast.
+// schema rowcast: capture__<schema>__<table>, distinct for distinct tables.
+// When that would be longer than 63 bytes, or ambiguous (the schema contains
+// "__" or ends in "_", so that a__b.c and a.b__c would meet), it is cut at
+// a character boundary and ends in a hash of the schema and table.
 func FunctionName(t config.Table) string {
-	name := "capture__" + t.Schema() + "__" + t.Name()
-	if len(name) > 63 {
-		sum := sha256.Sum256([]byte(name))
-		name = name[:50] + "_" + hex.EncodeToString(sum[:6])
+	schema, table := t.Schema(), t.Name()
+	name := "capture__" + schema + "__" + table
+	if len(name) <= 63 && !strings.Contains(schema, "__") && !strings.HasSuffix(schema, "_") {
+		return name
 	}
-	return name
+	sum := sha256.Sum256([]byte(schema + "\x00" + table))
+	cut := name[:min(len(name), 50)]
+	for len(cut) > 0 && !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return cut + "_" + hex.EncodeToString(sum[:6])
 }
 
 func renderTable(t config.Table) (TablePlan, error) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -125,21 +127,29 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if fs.Parse(args[1:]) != nil {
 		return exitUsage
 	}
-	cfg, code := cf.load(stderr)
-	if cfg == nil {
-		return code
-	}
 	if args[0] == "print" {
+		cfg, code := cf.load(stderr)
+		if cfg == nil {
+			return code
+		}
 		if err := cfg.WriteYAML(stdout); err != nil {
 			fmt.Fprintf(stderr, "rowcast: %v\n", err)
 			return exitFailed
 		}
 		return exitOK
 	}
-	problems, err := checkDatabase(ctx, cfg)
-	if err != nil {
-		problems = append(problems, err.Error())
+	// check reports the configuration's problems and the database's at once.
+	cfg, err := config.Load(config.LoadOptions{File: cf.file, Env: os.Environ(), Set: cf.set})
+	var found *config.Problems
+	if err != nil && !errors.As(err, &found) {
+		printProblems(stderr, err)
+		return exitUsage
 	}
+	var problems []string
+	if found != nil {
+		problems = found.List
+	}
+	problems = append(problems, databaseProblems(ctx, cfg, problems)...)
 	if len(problems) > 0 {
 		printProblems(stderr, &config.Problems{List: problems})
 		return exitUsage
@@ -152,6 +162,47 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	fmt.Fprintln(stdout, "configuration ok")
 	return exitOK
+}
+
+// databaseProblems reports the configured tables and columns that the
+// database lacks, for a configuration in which Load found the problems
+// known: it checks nothing when database.url has a problem, and skips the
+// table entries that have one.
+func databaseProblems(ctx context.Context, cfg *config.Config, known []string) []string {
+	has := func(key string) bool {
+		for _, p := range known {
+			if rest, ok := strings.CutPrefix(p, key); ok && (strings.HasPrefix(rest, ":") ||
+				strings.HasPrefix(rest, ".") || strings.HasPrefix(rest, "[")) {
+				return true
+			}
+		}
+		return false
+	}
+	if has("database.url") {
+		return nil
+	}
+	sub := *cfg
+	sub.Tables = nil
+	var index []int // index in cfg.Tables of each entry of sub.Tables
+	for i, t := range cfg.Tables {
+		if !has(fmt.Sprintf("tables[%d]", i)) {
+			sub.Tables = append(sub.Tables, t)
+			index = append(index, i)
+		}
+	}
+	problems, err := checkDatabase(ctx, &sub)
+	for n, line := range problems {
+		for j, i := range index {
+			if rest, ok := strings.CutPrefix(line, fmt.Sprintf("tables[%d].", j)); ok {
+				problems[n] = fmt.Sprintf("tables[%d].%s", i, rest)
+				break
+			}
+		}
+	}
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	return problems
 }
 
 func installedDrift(ctx context.Context, cfg *config.Config) []string {

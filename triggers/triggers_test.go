@@ -1,0 +1,831 @@
+package triggers_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+// --- helpers ---------------------------------------------------------------
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// demoDB returns a connection to a fresh database holding the demo CRM.
+func demoDB(t *testing.T) *pgx.Conn {
+	t.Helper()
+	url := pg.NewDatabase(t)
+	if err := demo.Setup(t.Context(), url); err != nil {
+		t.Fatal(err)
+	}
+	return connect(t, url)
+}
+
+func exec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(t.Context(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func txExec(t *testing.T, tx pgx.Tx, sql string, args ...any) {
+	t.Helper()
+	if _, err := tx.Exec(t.Context(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func begin(t *testing.T, conn *pgx.Conn) pgx.Tx {
+	t.Helper()
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
+func commit(t *testing.T, tx pgx.Tx) {
+	t.Helper()
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
+func queryInt(t *testing.T, conn *pgx.Conn, sql string, args ...any) int64 {
+	t.Helper()
+	var n int64
+	if err := conn.QueryRow(t.Context(), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func queryBool(t *testing.T, conn *pgx.Conn, sql string, args ...any) bool {
+	t.Helper()
+	var b bool
+	if err := conn.QueryRow(t.Context(), sql, args...).Scan(&b); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return b
+}
+
+func render(t *testing.T, tables []config.Table, notify bool) *triggers.Plan {
+	t.Helper()
+	p, err := triggers.Render(tables, triggers.Options{Notify: notify})
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	return p
+}
+
+func install(t *testing.T, conn *pgx.Conn, p *triggers.Plan) []string {
+	t.Helper()
+	lines, err := triggers.Install(t.Context(), conn, p)
+	if err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	return lines
+}
+
+func verify(t *testing.T, conn *pgx.Conn, p *triggers.Plan) []string {
+	t.Helper()
+	drift, err := triggers.Verify(t.Context(), conn, p)
+	if err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	return drift
+}
+
+// demoTables picks demo tables by name, in the order given.
+func demoTables(t *testing.T, names ...string) []config.Table {
+	t.Helper()
+	all := demo.Tables()
+	var out []config.Table
+	for _, n := range names {
+		i := slices.IndexFunc(all, func(tb config.Table) bool { return tb.Table == n })
+		if i < 0 {
+			t.Fatalf("no demo table %s", n)
+		}
+		out = append(out, all[i])
+	}
+	return out
+}
+
+// logRow is one rowcast.changelog row.
+type logRow struct {
+	ID          int64
+	XID         string
+	Stream      string
+	Seq         *int64
+	CommittedAt *time.Time
+	Tbl         string
+	Op          string
+	EntityID    *string
+	TeamID      *string
+	OldTeamID   *string
+	Actor       *string
+	RowData     map[string]any
+	Changes     map[string]any
+}
+
+func changelog(t *testing.T, conn *pgx.Conn) []logRow {
+	t.Helper()
+	rows, err := conn.Query(t.Context(), `
+select id, xid::text, stream, seq, committed_at, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes
+from rowcast.changelog order by id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (logRow, error) {
+		var l logRow
+		err := r.Scan(&l.ID, &l.XID, &l.Stream, &l.Seq, &l.CommittedAt, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
+			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes)
+		return l, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func str(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
+}
+
+func seq(p *int64) int64 {
+	if p == nil {
+		return -1
+	}
+	return *p
+}
+
+// checkSequenced fails unless every changelog row has a seq and a commit
+// time, no transaction is left pending, and each stream's counter equals
+// its number of rows, numbered 1..n without gaps.
+func checkSequenced(t *testing.T, conn *pgx.Conn) []logRow {
+	t.Helper()
+	rows := changelog(t, conn)
+	perStream := map[string][]int64{}
+	unsequenced := false
+	for _, r := range rows {
+		if r.Seq == nil || r.CommittedAt == nil {
+			t.Errorf("changelog row %d (%s %s) has seq %v, committed_at %v after commit", r.ID, r.Stream, r.Op, r.Seq, r.CommittedAt)
+			unsequenced = true
+			continue
+		}
+		perStream[r.Stream] = append(perStream[r.Stream], *r.Seq)
+	}
+	if unsequenced {
+		t.FailNow()
+	}
+	for stream, seqs := range perStream {
+		slices.Sort(seqs)
+		for i, s := range seqs {
+			if s != int64(i+1) {
+				t.Errorf("stream %s has seqs %v, want 1..%d", stream, seqs, len(seqs))
+				break
+			}
+		}
+		if last := queryInt(t, conn, "select last_seq from rowcast.streams where stream = $1", stream); last != int64(len(seqs)) {
+			t.Errorf("stream %s: last_seq %d, want %d", stream, last, len(seqs))
+		}
+	}
+	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
+		t.Errorf("rowcast.pending has %d rows after commit", n)
+	}
+	return rows
+}
+
+func sameLines(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Errorf("%s:\n got %q\nwant %q", what, got, want)
+	}
+}
+
+// --- Render ------------------------------------------------------------------
+
+// A table whose schema, name and columns all need quoting installs and
+// captures correctly.
+func TestRenderQuotesOddIdentifiers(t *testing.T) {
+	conn := connect(t, pg.NewDatabase(t))
+	exec(t, conn, `create schema "Odd Schema";
+create table "Odd Schema"."we""ird" (
+    id bigint generated always as identity primary key,
+    team_id bigint not null,
+    "a""b" text,
+    "it's" text,
+    payload text)`)
+	tbl := config.Table{Table: `Odd Schema.we"ird`, Entity: "weird", Kind: config.KindEntity, IDColumn: "id",
+		TeamColumn: "team_id", ActorColumn: `a"b`, ExcludeColumns: []string{"it's"}}
+	plan := render(t, []config.Table{tbl}, true)
+	sql := plan.Tables[0].SQL
+	for _, want := range []string{
+		`ON "Odd Schema"."we""ird"`,
+		`."a""b"::text`,
+		`ARRAY['it''s']::text[]`,
+		`rowcast."capture__Odd Schema__we""ird"()`,
+		`'Odd Schema.we"ird'`,
+	} {
+		if !strings.Contains(sql, want) {
+			t.Errorf("rendered SQL lacks %s:\n%s", want, sql)
+		}
+	}
+
+	install(t, conn, plan)
+	if drift := verify(t, conn, plan); len(drift) > 0 {
+		t.Errorf("drift right after install: %q", drift)
+	}
+	if problems, err := triggers.CheckTables(t.Context(), conn, []config.Table{tbl}); err != nil || len(problems) > 0 {
+		t.Errorf("CheckTables = %q, %v; want none", problems, err)
+	}
+
+	const q = `"Odd Schema"."we""ird"`
+	exec(t, conn, `insert into `+q+` (team_id, "a""b", "it's", payload) values (7, '42', 'secret one', 'hello')`)
+	exec(t, conn, `update `+q+` set "it's" = 'secret two'`) // only an excluded column: nothing to tell
+	exec(t, conn, `update `+q+` set payload = 'bye', "it's" = 'secret three'`)
+	exec(t, conn, `delete from `+q)
+	exec(t, conn, `insert into `+q+` (team_id, payload) values (7, 'again')`)
+	exec(t, conn, `truncate `+q)
+
+	rows := checkSequenced(t, conn)
+	var ops []string
+	for _, r := range rows {
+		ops = append(ops, r.Op)
+		if r.Tbl != `Odd Schema.we"ird` {
+			t.Errorf("row %d: tbl %q", r.ID, r.Tbl)
+		}
+	}
+	if !slices.Equal(ops, []string{"I", "U", "D", "I", "T"}) {
+		t.Fatalf("ops %q, want I U D I T", ops)
+	}
+	ins, upd, del := rows[0], rows[1], rows[2]
+	if ins.Stream != "team:7" || str(ins.Actor) != "42" || ins.RowData["payload"] != "hello" {
+		t.Errorf("insert row: stream %s actor %s row %v", ins.Stream, str(ins.Actor), ins.RowData)
+	}
+	if _, ok := ins.RowData["it's"]; ok {
+		t.Errorf("excluded column captured: %v", ins.RowData)
+	}
+	if len(upd.Changes) != 1 || upd.Changes["payload"] != "bye" {
+		t.Errorf("update changes %v, want only payload", upd.Changes)
+	}
+	if str(del.Actor) != "42" || str(del.EntityID) != str(ins.EntityID) {
+		t.Errorf("delete row: actor %s entity %s", str(del.Actor), str(del.EntityID))
+	}
+	if rows[4].Stream != "all" {
+		t.Errorf("truncate row stream %q, want all", rows[4].Stream)
+	}
+	b, _ := json.Marshal(rows)
+	if strings.Contains(string(b), "secret") {
+		t.Errorf("an excluded value reached the changelog: %s", b)
+	}
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	a := render(t, demo.Tables(), true)
+	b := render(t, demo.Tables(), true)
+	if a.SQL() != b.SQL() || a.SchemaHash != b.SchemaHash {
+		t.Fatal("two renders of the same input differ")
+	}
+	if len(a.Tables) != len(demo.Tables()) {
+		t.Fatalf("%d table plans for %d tables", len(a.Tables), len(demo.Tables()))
+	}
+	for i := range a.Tables {
+		if a.Tables[i].Hash != b.Tables[i].Hash || a.Tables[i].Function != b.Tables[i].Function {
+			t.Errorf("table %d: hash or function name differs between renders", i)
+		}
+		if !strings.Contains(a.Tables[i].SQL, "'rowcast sha256:"+a.Tables[i].Hash+"'") {
+			t.Errorf("table %d: the SQL does not record its hash", i)
+		}
+	}
+	if !strings.Contains(a.Schema, "'rowcast sha256:"+a.SchemaHash+"'") {
+		t.Error("the schema SQL does not record its hash")
+	}
+
+	quiet := render(t, demo.Tables(), false)
+	if quiet.SchemaHash == a.SchemaHash {
+		t.Error("notify on and off render the same schema hash")
+	}
+	if !strings.Contains(a.Schema, "pg_notify") || strings.Contains(quiet.Schema, "pg_notify") {
+		t.Error("pg_notify should be rendered exactly when notify is on")
+	}
+	for i := range a.Tables {
+		if a.Tables[i].Hash != quiet.Tables[i].Hash {
+			t.Errorf("table %d: notify changed the capture function", i)
+		}
+	}
+
+	changed := demo.Tables()
+	changed[0].ExcludeColumns = []string{"internal_notes", "notes"}
+	c := render(t, changed, true)
+	if c.Tables[0].Hash == a.Tables[0].Hash {
+		t.Error("an extra excluded column did not change the table hash")
+	}
+	for i := 1; i < len(c.Tables); i++ {
+		if c.Tables[i].Hash != a.Tables[i].Hash {
+			t.Errorf("table %d: hash changed although its configuration did not", i)
+		}
+	}
+}
+
+func TestFunctionName(t *testing.T) {
+	name := func(qualified string) string { return triggers.FunctionName(config.Table{Table: qualified}) }
+	long := strings.Repeat("s", 63) + "." + strings.Repeat("t", 62)
+	umlauts := "public." + strings.Repeat("ü", 31) + "x" // a 63-byte table name
+	distinct := [][2]string{
+		{"a_b.c", "a.b_c"},
+		{"a__b.c", "a.b__c"},
+		{"a_.b", "a._b"},
+		{"a_._b", "a__.b"},
+		{long + "1", long + "2"},
+		{umlauts, "public." + strings.Repeat("ü", 31) + "y"},
+	}
+	for _, pair := range distinct {
+		n1, n2 := name(pair[0]), name(pair[1])
+		if n1 == n2 {
+			t.Errorf("%q and %q share the function name %q", pair[0], pair[1], n1)
+		}
+		for _, n := range []string{n1, n2} {
+			if len(n) > 63 {
+				t.Errorf("function name %q is %d bytes, more than 63", n, len(n))
+			}
+			if !utf8.ValidString(n) {
+				t.Errorf("function name %q is not valid UTF-8", n)
+			}
+		}
+	}
+	if n := name("escrows"); !strings.Contains(n, "public") || !strings.Contains(n, "escrows") {
+		t.Errorf("FunctionName(escrows) = %q, want it readable", n)
+	}
+	if name(long+"1") != name(long+"1") {
+		t.Error("FunctionName is not deterministic")
+	}
+}
+
+// Tables whose function names are hashed or could be confused with each
+// other each get their own working capture function.
+func TestInstallLongAndLookalikeNames(t *testing.T) {
+	conn := connect(t, pg.NewDatabase(t))
+	names := []string{
+		"a__b.c", "a.b__c", // "capture__a__b__c" both, if the separator is ambiguous
+		"public." + strings.Repeat("ü", 31) + "x", // hashed name cut inside a 2-byte character
+		"public." + strings.Repeat("l", 63),
+	}
+	exec(t, conn, `create schema a; create schema a__b`)
+	var tables []config.Table
+	for _, n := range names {
+		tb := config.Table{Table: n, Kind: config.KindEntity, IDColumn: "id", TeamColumn: "team_id"}.WithDefaults()
+		exec(t, conn, "create table "+pgx.Identifier{tb.Schema(), tb.Name()}.Sanitize()+
+			" (id bigint generated always as identity primary key, team_id bigint)")
+		tables = append(tables, tb)
+	}
+	plan := render(t, tables, true)
+	install(t, conn, plan)
+	if drift := verify(t, conn, plan); len(drift) > 0 {
+		t.Errorf("drift right after install: %q", drift)
+	}
+	for _, tb := range tables {
+		exec(t, conn, "insert into "+pgx.Identifier{tb.Schema(), tb.Name()}.Sanitize()+" (team_id) values (1)")
+	}
+	var got []string
+	for _, r := range checkSequenced(t, conn) {
+		got = append(got, r.Tbl)
+	}
+	want := make([]string, len(tables))
+	for i, tb := range tables {
+		want[i] = tb.Qualified()
+	}
+	sameLines(t, "captured tables", got, want)
+}
+
+// --- Install and Verify --------------------------------------------------------
+
+func TestInstallIsIdempotent(t *testing.T) {
+	conn := demoDB(t)
+	plan := render(t, demo.Tables(), true)
+	first := install(t, conn, plan)
+	for _, want := range []string{
+		"rowcast schema: changelog, stream counters, commit-time sequencer",
+		"capture trigger on public.escrows",
+		"capture trigger on public.ai_tasks",
+	} {
+		if !slices.Contains(first, want) {
+			t.Errorf("install lines %q lack %q", first, want)
+		}
+	}
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Ada')")
+
+	second := install(t, conn, plan)
+	sameLines(t, "second install", second, first)
+	if drift := verify(t, conn, plan); len(drift) > 0 {
+		t.Errorf("drift after two installs: %q", drift)
+	}
+	n := queryInt(t, conn, "select count(*) from pg_trigger where tgname in ('rowcast_capture', 'rowcast_truncate')")
+	if n != int64(2*len(plan.Tables)) {
+		t.Errorf("%d rowcast triggers, want %d", n, 2*len(plan.Tables))
+	}
+	if rows := checkSequenced(t, conn); len(rows) != 1 || rows[0].Tbl != "public.leads" {
+		t.Errorf("changelog after a second install: %+v, want the one lead insert", rows)
+	}
+}
+
+func TestVerifyReportsDrift(t *testing.T) {
+	all := demo.Tables()
+	tests := []struct {
+		name    string
+		install []config.Table // nil: do not install
+		change  string         // SQL run after install
+		verify  []config.Table
+		notify  bool
+		want    []string
+	}{
+		{
+			name: "schema missing", verify: all, notify: true,
+			want: []string{"the rowcast schema is not installed"},
+		},
+		{
+			name: "capture trigger dropped", install: all, change: "drop trigger rowcast_capture on escrows",
+			verify: all, notify: true,
+			want: []string{"public.escrows: capture trigger missing or disabled"},
+		},
+		{
+			name: "capture trigger disabled", install: all, change: "alter table escrows disable trigger rowcast_capture",
+			verify: all, notify: true,
+			want: []string{"public.escrows: capture trigger missing or disabled"},
+		},
+		{
+			name: "truncate trigger dropped", install: all, change: "drop trigger rowcast_truncate on leads",
+			verify: all, notify: true,
+			want: []string{"public.leads: capture trigger missing or disabled"},
+		},
+		{
+			name: "extra excluded column", install: all, verify: func() []config.Table {
+				ts := demo.Tables()
+				ts[0].ExcludeColumns = []string{"internal_notes", "notes"}
+				return ts
+			}(), notify: true,
+			want: []string{"public.escrows: capture trigger differs from the configuration"},
+		},
+		{
+			name: "notify changed", install: all, verify: all, notify: false,
+			want: []string{"the rowcast schema differs from this version's (or capture.notify changed)"},
+		},
+		{
+			name: "configured table not installed", install: demoTables(t, "escrows", "ai_tasks"),
+			verify: demoTables(t, "escrows", "leads", "ai_tasks"), notify: true,
+			want: []string{"public.leads: capture trigger missing or disabled"},
+		},
+		{
+			name: "installed table no longer configured", install: demoTables(t, "escrows", "leads"),
+			verify: demoTables(t, "escrows"), notify: true,
+			want: []string{`"public"."leads": has a capture trigger but is not configured`},
+		},
+		{
+			name: "configured table does not exist", install: all,
+			verify: append(demo.Tables(), config.Table{Table: "ghosts"}.WithDefaults()), notify: true,
+			want: []string{"public.ghosts: table does not exist"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			conn := demoDB(t)
+			if tt.install != nil {
+				install(t, conn, render(t, tt.install, true))
+				if drift := verify(t, conn, render(t, tt.install, true)); len(drift) > 0 {
+					t.Fatalf("drift right after install: %q", drift)
+				}
+			}
+			if tt.change != "" {
+				exec(t, conn, tt.change)
+			}
+			sameLines(t, "drift", verify(t, conn, render(t, tt.verify, tt.notify)), tt.want)
+		})
+	}
+}
+
+func TestInstallRemovesUnconfiguredTable(t *testing.T) {
+	conn := demoDB(t)
+	install(t, conn, render(t, demoTables(t, "escrows", "leads"), true))
+	one := render(t, demoTables(t, "escrows"), true)
+	lines := install(t, conn, one)
+	if !slices.Contains(lines, `removed capture trigger from "public"."leads" (not configured)`) {
+		t.Errorf("install lines %q do not say the leads trigger was removed", lines)
+	}
+	if n := queryInt(t, conn, "select count(*) from pg_trigger where tgrelid = 'leads'::regclass and tgname like 'rowcast%'"); n != 0 {
+		t.Errorf("leads still has %d rowcast triggers", n)
+	}
+	if drift := verify(t, conn, one); len(drift) > 0 {
+		t.Errorf("drift: %q", drift)
+	}
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Ada')")
+	exec(t, conn, "truncate leads cascade")
+	if rows := changelog(t, conn); len(rows) != 0 {
+		t.Errorf("leads is still captured: %+v", rows)
+	}
+}
+
+func TestRemove(t *testing.T) {
+	conn := demoDB(t)
+	plan := render(t, demo.Tables(), true)
+	install(t, conn, plan)
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Ada')")
+
+	lines, err := triggers.Remove(t.Context(), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`removed capture trigger from "public"."escrows"`,
+		`removed capture trigger from "public"."ai_tasks"`,
+		"dropped schema rowcast (changelog and history)",
+	} {
+		if !slices.Contains(lines, want) {
+			t.Errorf("remove lines %q lack %q", lines, want)
+		}
+	}
+	if queryBool(t, conn, "select to_regnamespace('rowcast') is not null") {
+		t.Error("schema rowcast still exists")
+	}
+	if n := queryInt(t, conn, "select count(*) from pg_trigger where tgname like 'rowcast%'"); n != 0 {
+		t.Errorf("%d rowcast triggers left", n)
+	}
+
+	// The application keeps writing, and nothing is captured.
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Bo')")
+	exec(t, conn, "update leads set score = score + 1")
+	exec(t, conn, "delete from leads where first_name = 'Ada'")
+	exec(t, conn, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price, internal_notes)
+		values (2, '1 Elm St', 'Austin', 'TX', '78701', 300000, 'private')`)
+	exec(t, conn, "update escrows set status = 'pending'")
+	exec(t, conn, "insert into ai_tasks (user_id, team_id, task_type) values (1, 1, 'summarize')")
+	exec(t, conn, "update ai_tasks set progress = 50")
+	exec(t, conn, "truncate notes")
+	if queryBool(t, conn, "select to_regnamespace('rowcast') is not null") {
+		t.Error("schema rowcast is back after writes")
+	}
+	sameLines(t, "verify after remove", verify(t, conn, plan), []string{"the rowcast schema is not installed"})
+
+	if _, err := triggers.Remove(t.Context(), conn); err != nil {
+		t.Errorf("second remove: %v", err)
+	}
+}
+
+// --- the write path ------------------------------------------------------------
+
+// dealsDB returns a database with a captured table deals whose team column
+// is nullable, and its URL.
+func dealsDB(t *testing.T) (*pgx.Conn, string) {
+	t.Helper()
+	url := pg.NewDatabase(t)
+	conn := connect(t, url)
+	exec(t, conn, `create table deals (
+    id bigint generated always as identity primary key,
+    team_id bigint,
+    name text not null,
+    updated_by text)`)
+	deals := config.Table{Table: "deals", Kind: config.KindEntity, ActorColumn: "updated_by"}.WithDefaults()
+	install(t, conn, render(t, []config.Table{deals}, true))
+	return conn, url
+}
+
+func TestNullTeamIsNotCaptured(t *testing.T) {
+	conn, _ := dealsDB(t)
+	exec(t, conn, "insert into deals (team_id, name) values (null, 'orphan')")
+	exec(t, conn, "update deals set name = 'still orphan'")
+	exec(t, conn, "update deals set team_id = null")
+	exec(t, conn, "delete from deals")
+	if rows := changelog(t, conn); len(rows) != 0 {
+		t.Errorf("changes of a team-less row were captured: %+v", rows)
+	}
+	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
+		t.Errorf("rowcast.pending has %d rows", n)
+	}
+	if n := queryInt(t, conn, "select count(*) from rowcast.streams"); n != 0 {
+		t.Errorf("rowcast.streams has %d rows", n)
+	}
+
+	// Moving a row into a team, across teams and out of a team.
+	exec(t, conn, "insert into deals (team_id, name) values (null, 'mover')")
+	exec(t, conn, "update deals set team_id = 5")
+	exec(t, conn, "update deals set team_id = 6")
+	exec(t, conn, "update deals set team_id = null")
+	type got struct{ stream, op, team, oldTeam string }
+	var have []got
+	for _, r := range checkSequenced(t, conn) {
+		have = append(have, got{r.Stream, r.Op, str(r.TeamID), str(r.OldTeamID)})
+	}
+	want := []got{
+		{"team:5", "I", "5", "<nil>"},
+		{"team:5", "U", "6", "5"},
+		{"team:6", "U", "6", "5"},
+		{"team:6", "D", "6", "<nil>"},
+	}
+	if !slices.Equal(have, want) {
+		t.Errorf("team moves:\n got %v\nwant %v", have, want)
+	}
+}
+
+func TestRollbackUsesNoSeq(t *testing.T) {
+	conn, _ := dealsDB(t)
+	exec(t, conn, "insert into deals (team_id, name) values (1, 'first')")
+
+	tx := begin(t, conn)
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'gone'), (1, 'gone too'), (2, 'gone three')")
+	txExec(t, tx, "update deals set name = 'renamed'")
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	exec(t, conn, "insert into deals (team_id, name) values (1, 'second')")
+	rows := checkSequenced(t, conn)
+	if len(rows) != 2 {
+		t.Fatalf("changelog has %d rows, want 2: %+v", len(rows), rows)
+	}
+	if seq(rows[0].Seq) != 1 || seq(rows[1].Seq) != 2 || rows[1].Stream != "team:1" {
+		t.Errorf("seqs %d, %d; want 1, 2 in team:1", seq(rows[0].Seq), seq(rows[1].Seq))
+	}
+	if n := queryInt(t, conn, "select count(*) from rowcast.streams where stream = 'team:2'"); n != 0 {
+		t.Error("a rolled-back transaction created a stream counter")
+	}
+}
+
+func TestSavepointRollback(t *testing.T) {
+	conn, _ := dealsDB(t)
+	names := func() []string {
+		var out []string
+		for _, r := range checkSequenced(t, conn) {
+			if r.Op == "I" {
+				out = append(out, r.RowData["name"].(string))
+			}
+		}
+		return out
+	}
+
+	// The transaction's first change is inside a savepoint that is rolled back.
+	tx := begin(t, conn)
+	txExec(t, tx, "savepoint s")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'x1')")
+	txExec(t, tx, "rollback to savepoint s")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'a1')")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'a2')")
+	commit(t, tx)
+	sameLines(t, "after a rolled-back first savepoint", names(), []string{"a1", "a2"})
+
+	// Its only change is inside a savepoint that is rolled back.
+	tx = begin(t, conn)
+	txExec(t, tx, "savepoint s")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'x2')")
+	txExec(t, tx, "rollback to savepoint s")
+	commit(t, tx)
+
+	// A change before, a rolled-back nested savepoint, a released one.
+	tx = begin(t, conn)
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'b1')")
+	txExec(t, tx, "savepoint outer_sp")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'b2')")
+	txExec(t, tx, "savepoint inner_sp")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'x3')")
+	txExec(t, tx, "rollback to savepoint inner_sp")
+	txExec(t, tx, "release savepoint outer_sp")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'b3')")
+	commit(t, tx)
+
+	// The first change inside a released savepoint.
+	tx = begin(t, conn)
+	txExec(t, tx, "savepoint s")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'c1')")
+	txExec(t, tx, "release savepoint s")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'c2')")
+	commit(t, tx)
+
+	sameLines(t, "captured inserts", names(), []string{"a1", "a2", "b1", "b2", "b3", "c1", "c2"})
+}
+
+func TestSeqFollowsCommitOrder(t *testing.T) {
+	connA, url := dealsDB(t)
+	connB := connect(t, url)
+
+	a := begin(t, connA)
+	txExec(t, a, "insert into deals (team_id, name) values (1, 'a')")
+	b := begin(t, connB)
+	txExec(t, b, "insert into deals (team_id, name) values (1, 'b')")
+	commit(t, b)
+	commit(t, a)
+	exec(t, connA, "insert into deals (team_id, name) values (1, 'c')")
+
+	rows := checkSequenced(t, connA)
+	if len(rows) != 3 {
+		t.Fatalf("%d changelog rows, want 3", len(rows))
+	}
+	bySeq := map[int64]logRow{}
+	for _, r := range rows {
+		bySeq[seq(r.Seq)] = r
+	}
+	var order []string
+	for s := int64(1); s <= 3; s++ {
+		order = append(order, bySeq[s].RowData["name"].(string))
+	}
+	sameLines(t, "names in seq order", order, []string{"b", "a", "c"})
+	if bySeq[1].ID < bySeq[2].ID {
+		t.Fatal("the test meant a to append before b")
+	}
+	if !bySeq[1].CommittedAt.Before(*bySeq[2].CommittedAt) || !bySeq[2].CommittedAt.Before(*bySeq[3].CommittedAt) {
+		t.Errorf("committed_at not increasing with seq: %v %v %v", bySeq[1].CommittedAt, bySeq[2].CommittedAt, bySeq[3].CommittedAt)
+	}
+}
+
+func TestTransactionTouchingTwoTeams(t *testing.T) {
+	conn, _ := dealsDB(t)
+	exec(t, conn, "insert into deals (team_id, name) values (1, 'one'), (1, 'two')")
+	exec(t, conn, "insert into deals (team_id, name) values (2, 'three')")
+
+	tx := begin(t, conn)
+	txExec(t, tx, "insert into deals (team_id, name) values (2, 'team two')")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'team one')")
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'team one again')")
+	commit(t, tx)
+
+	rows := checkSequenced(t, conn)
+	if len(rows) != 6 {
+		t.Fatalf("%d changelog rows, want 6", len(rows))
+	}
+	last := rows[3:]
+	type got struct {
+		stream string
+		seq    int64
+	}
+	var have []got
+	for _, r := range last {
+		have = append(have, got{r.Stream, seq(r.Seq)})
+		if r.XID != last[0].XID {
+			t.Errorf("rows of one transaction have xids %s and %s", r.XID, last[0].XID)
+		}
+		if !r.CommittedAt.Equal(*last[0].CommittedAt) {
+			t.Errorf("rows of one transaction have committed_at %v and %v", r.CommittedAt, last[0].CommittedAt)
+		}
+	}
+	want := []got{{"team:2", 2}, {"team:1", 3}, {"team:1", 4}}
+	if !slices.Equal(have, want) {
+		t.Errorf("got %v, want %v", have, want)
+	}
+	if !rows[2].CommittedAt.Before(*last[0].CommittedAt) {
+		t.Error("committed_at did not advance")
+	}
+}
+
+// --- CheckTables ---------------------------------------------------------------
+
+func TestCheckTables(t *testing.T) {
+	conn := demoDB(t)
+	if problems, err := triggers.CheckTables(t.Context(), conn, demo.Tables()); err != nil || len(problems) > 0 {
+		t.Fatalf("demo tables: %q, %v; want no problem", problems, err)
+	}
+
+	tables := demoTables(t, "escrows", "leads", "clients", "ai_tasks")
+	tables = slices.Insert(tables, 1, config.Table{Table: "ghosts"}.WithDefaults())
+	tables[2].TeamColumn = "squad_id"
+	tables[3].ExcludeColumns = []string{"internal_notes", "nope"}
+	tables[4].ProgressColumn = "pct"
+	tables = append(tables, config.Table{Table: "nowhere.things"}.WithDefaults())
+
+	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct{ prefix, contains string }{
+		{"tables[1].table: ", "public.ghosts does not exist"},
+		{"tables[2].team_column: ", `public.leads has no column "squad_id"`},
+		{"tables[3].exclude_columns", `public.clients has no column "nope"`},
+		{"tables[4].progress_column: ", `public.ai_tasks has no column "pct"`},
+		{"tables[5].table: ", "nowhere.things does not exist"},
+	}
+	if len(problems) != len(want) {
+		t.Fatalf("problems:\n%s\nwant %d", strings.Join(problems, "\n"), len(want))
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(problems[i], w.prefix) || !strings.Contains(problems[i], w.contains) {
+			t.Errorf("problem %d = %q, want %q…%q", i, problems[i], w.prefix, w.contains)
+		}
+	}
+}
