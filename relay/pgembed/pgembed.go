@@ -1,6 +1,6 @@
 // Package pgembed runs a throwaway local PostgreSQL server: initdb into a
 // directory, then pg_ctl on a loopback port with logical decoding enabled. It
-// backs the `rowcast demo` command and the test helper relay/internal/pgtest.
+// backs the `rowcast demo` command and the test helper relay/pgtest.
 //
 // The server binaries come from BinDir. PostgreSQL refuses to run as root, so
 // when the current process is root every PostgreSQL command runs as the
