@@ -48,6 +48,10 @@ type Capture struct {
 	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
 	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
 	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
+	// Slot and Publication name the replication slot and publication of
+	// logical mode. Default "rowcast" for both.
+	Slot        string `mapstructure:"slot" yaml:"slot"`
+	Publication string `mapstructure:"publication" yaml:"publication"`
 }
 
 // Auth configures JWT verification.
@@ -106,6 +110,11 @@ type Table struct {
 	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
 	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
 	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never leave the database
+	// ReplicaIdentityIndex, in logical mode, names a unique index that
+	// includes the team column to use as the table's replica identity;
+	// empty means REPLICA IDENTITY FULL (the default, and the only choice
+	// that lets updates carry only the changed columns).
+	ReplicaIdentityIndex string `mapstructure:"replica_identity_index" yaml:"replica_identity_index"`
 	// AI task columns (kind ai_task); defaults are the names in the demo schema.
 	StatusColumn   string `mapstructure:"status_column" yaml:"status_column"`     // default status
 	ProgressColumn string `mapstructure:"progress_column" yaml:"progress_column"` // default progress

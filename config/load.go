@@ -20,10 +20,12 @@ import (
 func Defaults() Config {
 	return Config{
 		Capture: Capture{
-			Mode:    ModeTrigger,
-			Notify:  new(true),
-			PollMin: 5 * time.Millisecond,
-			PollMax: time.Second,
+			Mode:        ModeTrigger,
+			Notify:      new(true),
+			PollMin:     5 * time.Millisecond,
+			PollMax:     time.Second,
+			Slot:        "rowcast",
+			Publication: "rowcast",
 		},
 		Listen: "127.0.0.1:8080",
 		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId"},

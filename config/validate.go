@@ -96,6 +96,11 @@ func (c *Config) problems() []problem {
 	}
 
 	oneOf("capture.mode", c.Capture.Mode, ModeTrigger, ModeLogical)
+	for _, kv := range [][2]string{{"capture.slot", c.Capture.Slot}, {"capture.publication", c.Capture.Publication}} {
+		if c.Capture.Mode == ModeLogical && !validSlotName(kv[1]) {
+			add(kv[0], "%q is not a valid name: use lowercase letters, digits and _, at most 63 bytes", kv[1])
+		}
+	}
 	positive("capture.poll_min", c.Capture.PollMin)
 	positive("capture.poll_max", c.Capture.PollMax)
 	if c.Capture.PollMin > 0 && c.Capture.PollMax > 0 && c.Capture.PollMin > c.Capture.PollMax {
@@ -322,4 +327,18 @@ func validEntity(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// validSlotName reports whether s is a valid replication slot name (which
+// is also a valid unquoted publication name).
+func validSlotName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
 }

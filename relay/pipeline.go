@@ -25,18 +25,26 @@ func (p *Pipeline) Reset(epoch string, heads map[string]int64) { p.Fanout.Reset(
 
 // Txn maps and publishes one transaction. Each call allocates a fresh event
 // slice, since subscribers may keep the events.
+//
+// Changes that map to nothing advance their streams only after the events
+// are published: advancing first could move a head past an event of the
+// same transaction not yet published, and a session subscribing in between
+// would take that head as its position and drop the event as already sent.
 func (p *Pipeline) Txn(txn *Txn) {
 	events := make([]Event, 0, len(txn.Changes)+1)
+	var unmapped []int // indexes of changes that produced no event
 	for i := range txn.Changes {
-		c := &txn.Changes[i]
 		n := len(events)
-		events = p.Mapper.Map(events, c)
+		events = p.Mapper.Map(events, &txn.Changes[i])
 		if len(events) == n {
-			p.Fanout.Advance(c.Stream, c.Seq)
+			unmapped = append(unmapped, i)
 		}
 	}
 	if len(events) > 0 {
 		p.Fanout.Publish(events)
+	}
+	for _, i := range unmapped {
+		p.Fanout.Advance(txn.Changes[i].Stream, txn.Changes[i].Seq)
 	}
 	if p.Observe != nil {
 		p.Observe(len(txn.Changes), len(events), txn.CommittedAt)

@@ -73,7 +73,7 @@ type Change struct {
 	Row     json.RawMessage
 	Changes json.RawMessage
 	// OldRow is the previous values of the columns a mapping rule asked for
-	// (AI tasks: status and progress); nil otherwise.
+	// (AI tasks: {"status":…,"progress":…} under those fixed keys); nil otherwise.
 	OldRow      json.RawMessage
 	CommittedAt time.Time
 }

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
     stream       text NOT NULL,
     seq          bigint,
     committed_at timestamptz,
+    origin_at    timestamptz,
     tbl          text NOT NULL,
     op           "char" NOT NULL,
     entity_id    text,
@@ -47,6 +48,13 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
 CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
 CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
+
+-- Logical capture: the last source commit LSN written, per slot, updated in
+-- the same transaction as the changes it covers.
+CREATE TABLE IF NOT EXISTS rowcast.logical_state (
+    slot       text PRIMARY KEY,
+    commit_lsn pg_lsn NOT NULL
+);
 
 -- One row per open transaction that wrote to the changelog. Unlogged: a
 -- crash aborts those transactions anyway.
@@ -101,8 +109,11 @@ BEGIN
     -- then agrees with every stream's seq order.
     ts := greatest(clock_timestamp(), ts + interval '1 microsecond');
     UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams);
+    -- origin_at is the source transaction's commit time in logical mode
+    -- (set by the slot holder); committed_at stays the ordering key.
     UPDATE rowcast.changelog c
-    SET seq = b.base + v.rn, committed_at = ts
+    SET seq = b.base + v.rn, committed_at = ts,
+        origin_at = nullif(current_setting('rowcast.commit_time', true), '')::timestamptz
     FROM (
         SELECT id, stream, row_number() OVER (PARTITION BY stream ORDER BY id) AS rn
         FROM rowcast.changelog WHERE xid = x AND seq IS NULL
@@ -132,10 +143,35 @@ BEGIN
 END
 $fn$;
 
+-- rowcast.truncated_logical(tbl) is the logical-mode form of truncated().
+CREATE OR REPLACE FUNCTION rowcast.truncated_logical(tbl text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM rowcast.mark();
+    INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ('all', tbl, 'T');
+END
+$fn$;
+
 -- rowcast.set_actor(id) names the actor of the current transaction's
--- changes; rowcast.set_request_id(id) the API request they serve.
+-- changes; rowcast.set_request_id(id) the API request they serve. A session
+-- setting never reaches logical decoding, so when wal_level is logical they
+-- also write a transactional logical message that the slot holder reads.
 CREATE OR REPLACE FUNCTION rowcast.set_actor(actor text) RETURNS void
-LANGUAGE sql AS $fn$ SELECT set_config('rowcast.actor_id', coalesce(actor, ''), true) $fn$;
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM set_config('rowcast.actor_id', coalesce(actor, ''), true);
+    IF current_setting('wal_level') = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'rowcast.actor', coalesce(actor, ''));
+    END IF;
+END
+$fn$;
 
 CREATE OR REPLACE FUNCTION rowcast.set_request_id(request_id text) RETURNS void
-LANGUAGE sql AS $fn$ SELECT set_config('rowcast.request_id', coalesce(request_id, ''), true) $fn$;
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM set_config('rowcast.request_id', coalesce(request_id, ''), true);
+    IF current_setting('wal_level') = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'rowcast.request_id', coalesce(request_id, ''));
+    END IF;
+END
+$fn$;

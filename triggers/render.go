@@ -101,9 +101,14 @@ func hashOf(s string) string {
 // When that would be longer than 63 bytes, or ambiguous (the schema contains
 // "__" or ends in "_", so that a__b.c and a.b__c would meet), it is cut at
 // a character boundary and ends in a hash of the schema and table.
-func FunctionName(t config.Table) string {
-	schema, table := t.Schema(), t.Name()
-	name := "capture__" + schema + "__" + table
+func FunctionName(t config.Table) string { return functionName("capture__", t.Schema(), t.Name()) }
+
+// ApplyName returns the unquoted name of a table's logical-mode apply
+// function in schema rowcast, named like FunctionName.
+func ApplyName(schema, table string) string { return functionName("apply__", schema, table) }
+
+func functionName(prefix, schema, table string) string {
+	name := prefix + schema + "__" + table
 	if len(name) <= 63 && !strings.Contains(schema, "__") && !strings.HasSuffix(schema, "_") {
 		return name
 	}
@@ -124,9 +129,9 @@ func renderTable(t config.Table) (TablePlan, error) {
 	var body string
 	switch t.Kind {
 	case "", "entity":
-		body = entityBody(t)
+		body = entityBody(t, triggerRecs)
 	case "ai_task":
-		body = taskBody(t)
+		body = taskBody(t, triggerRecs)
 	default:
 		return TablePlan{}, fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
 	}
@@ -168,7 +173,16 @@ const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
         FROM jsonb_each(n) e WHERE o -> e.key IS DISTINCT FROM e.value;
 `
 
-func entityBody(t config.Table) string {
+// recs names what a body works on: the trigger's NEW, OLD and TG_OP, or the
+// apply function's decoded rows and operation. ret is how the body returns.
+type recs struct{ new, old, op, ret string }
+
+var (
+	triggerRecs = recs{new: "NEW", old: "OLD", op: "TG_OP", ret: "RETURN NULL"}
+	applyRecs   = recs{new: "r_new", old: "r_old", op: "op", ret: "RETURN"}
+)
+
+func entityBody(t config.Table, r recs) string {
 	id, team := ident(t.IDColumn), ident(t.TeamColumn)
 	tbl := literal(t.Qualified())
 	actorOf := func(rec string) string {
@@ -182,70 +196,71 @@ func entityBody(t config.Table) string {
             VALUES (%s, %s, %s, %s.%s::text, %s, %s, %s, req, %s, %s);
 `, stream, tbl, literal(op), rec, id, teamExpr, oldTeam, actorOf(rec), rowData, changes)
 	}
-	newStream := "'team:' || NEW." + team + "::text"
-	oldStream := "'team:' || OLD." + team + "::text"
-	newTeam, oldTeam := "NEW."+team+"::text", "OLD."+team+"::text"
+	nw, od := r.new+"."+team, r.old+"."+team
+	newStream, oldStream := "'team:' || "+nw+"::text", "'team:' || "+od+"::text"
+	newTeam, oldTeam := nw+"::text", od+"::text"
 	var b strings.Builder
 	b.WriteString(declare)
-	b.WriteString("    IF TG_OP = 'INSERT' THEN\n")
-	fmt.Fprintf(&b, "        IF NEW.%s IS NULL THEN RETURN NULL; END IF;\n", team)
+	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
+	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("        PERFORM rowcast.mark();\n        ")
-	b.WriteString(ins(newStream, "I", newTeam, "NULL", "NEW", rowJSON("NEW", t), "NULL"))
-	b.WriteString("    ELSIF TG_OP = 'UPDATE' THEN\n")
-	fmt.Fprintf(&b, "        n := %s;\n        o := to_jsonb(OLD);\n", rowJSON("NEW", t))
+	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.new, t), "NULL"))
+	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
+	fmt.Fprintf(&b, "        n := %s;\n        o := to_jsonb(%s);\n", rowJSON(r.new, t), r.old)
 	b.WriteString(diff)
-	b.WriteString("        IF ch IS NULL THEN RETURN NULL; END IF;\n")
-	fmt.Fprintf(&b, "        IF NEW.%s IS NOT DISTINCT FROM OLD.%s THEN\n", team, team)
-	fmt.Fprintf(&b, "            IF NEW.%s IS NULL THEN RETURN NULL; END IF;\n", team)
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
+	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
+	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("            PERFORM rowcast.mark();\n            ")
-	b.WriteString(ins(newStream, "U", newTeam, "NULL", "NEW", "NULL", "ch"))
+	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "NULL", "ch"))
 	b.WriteString("        ELSE\n")
 	b.WriteString("            -- A team move is recorded in both teams' streams.\n")
 	b.WriteString("            PERFORM rowcast.mark();\n")
-	fmt.Fprintf(&b, "            IF OLD.%s IS NOT NULL THEN\n                ", team)
-	fmt.Fprintf(&b, "IF NEW.%s IS NULL THEN\n                    ", team)
-	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", "NEW", "NULL", "NULL"))
+	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", od)
+	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", nw)
+	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.new, "NULL", "NULL"))
 	b.WriteString("                ELSE\n                    ")
-	b.WriteString(ins(oldStream, "U", newTeam, oldTeam, "NEW", "n", "ch"))
+	b.WriteString(ins(oldStream, "U", newTeam, oldTeam, r.new, "n", "ch"))
 	b.WriteString("                END IF;\n            END IF;\n")
-	fmt.Fprintf(&b, "            IF NEW.%s IS NOT NULL THEN\n                ", team)
-	fmt.Fprintf(&b, "IF OLD.%s IS NULL THEN\n                    ", team)
-	b.WriteString(ins(newStream, "I", newTeam, "NULL", "NEW", "n", "NULL"))
+	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", nw)
+	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", od)
+	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, "n", "NULL"))
 	b.WriteString("                ELSE\n                    ")
-	b.WriteString(ins(newStream, "U", newTeam, oldTeam, "NEW", "n", "ch"))
+	b.WriteString(ins(newStream, "U", newTeam, oldTeam, r.new, "n", "ch"))
 	b.WriteString("                END IF;\n            END IF;\n")
 	b.WriteString("        END IF;\n")
 	b.WriteString("    ELSE\n")
-	fmt.Fprintf(&b, "        IF OLD.%s IS NULL THEN RETURN NULL; END IF;\n", team)
+	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
 	b.WriteString("        PERFORM rowcast.mark();\n        ")
-	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", "OLD", "NULL", "NULL"))
-	b.WriteString("    END IF;\n    RETURN NULL;\nEND\n")
+	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
+	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
 	return b.String()
 }
 
 // taskBody captures a user-scoped AI task table: every change goes to the
 // task's user's stream with the whole row, and updates also carry the old
 // status and progress so mapping can tell progress from completion.
-func taskBody(t config.Table) string {
+func taskBody(t config.Table, r recs) string {
 	id, team, user := ident(t.IDColumn), ident(t.TeamColumn), ident(t.UserColumn)
 	status, progress := ident(t.StatusColumn), ident(t.ProgressColumn)
 	tbl := literal(t.Qualified())
+	nw := func(col string) string { return r.new + "." + col }
 	ins := func(op, changes, old string) string {
 		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, user_id, actor, request_id, row_data, changes, old_data)
-        VALUES ('user:' || NEW.%s::text, %s, %s, NEW.%s::text, NEW.%s::text, NEW.%s::text, coalesce(actor, NEW.%s::text), req, n, %s, %s);
-`, user, tbl, literal(op), id, team, user, user, changes, old)
+        VALUES ('user:' || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s);
+`, nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old)
 	}
 	var b strings.Builder
 	b.WriteString(declare)
-	fmt.Fprintf(&b, "    IF TG_OP = 'DELETE' OR NEW.%s IS NULL THEN RETURN NULL; END IF;\n", user)
-	fmt.Fprintf(&b, "    n := %s;\n", rowJSON("NEW", t))
-	b.WriteString("    IF TG_OP = 'INSERT' THEN\n        PERFORM rowcast.mark();\n        ")
+	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
+	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.new, t))
+	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        PERFORM rowcast.mark();\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
-	b.WriteString("    ELSE\n        o := to_jsonb(OLD);\n")
+	fmt.Fprintf(&b, "    ELSE\n        o := to_jsonb(%s);\n", r.old)
 	b.WriteString(diff)
-	b.WriteString("        IF ch IS NULL THEN RETURN NULL; END IF;\n        PERFORM rowcast.mark();\n        ")
-	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', OLD.%s, 'progress', OLD.%s)", status, progress)))
-	b.WriteString("    END IF;\n    RETURN NULL;\nEND\n")
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        PERFORM rowcast.mark();\n        ", r.ret)
+	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', %s.%s)", r.old, status, r.old, progress)))
+	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
 	return b.String()
 }
 

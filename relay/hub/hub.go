@@ -38,7 +38,13 @@ type Hub struct {
 
 	published atomic.Uint64 // events published
 	delivered atomic.Uint64 // event deliveries to subscribers
-	subs      atomic.Int64
+
+	// follows counts the streams each subscriber follows, so that subs
+	// counts subscribers, not Subscribe calls: a session that changes
+	// streams (a refreshed token) subscribes again without leaving.
+	mu      sync.Mutex
+	follows map[Subscriber]int
+	subs    atomic.Int64
 }
 
 type shard struct {
@@ -49,7 +55,7 @@ type shard struct {
 
 // New returns an empty hub.
 func New() *Hub {
-	h := &Hub{seed: maphash.MakeSeed()}
+	h := &Hub{seed: maphash.MakeSeed(), follows: make(map[Subscriber]int)}
 	for i := range h.shards {
 		h.shards[i].subs = make(map[string]map[Subscriber]struct{})
 		h.shards[i].heads = make(map[string]int64)
@@ -72,6 +78,7 @@ func (h *Hub) Epoch() string { return *h.epoch.Load() }
 // Deliver takes, since events may be delivered before Subscribe returns.
 func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []int64) {
 	heads = make([]int64, len(streams))
+	added := 0
 	for i, st := range streams {
 		sh := h.shard(st)
 		sh.mu.Lock()
@@ -80,11 +87,14 @@ func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []i
 			set = make(map[Subscriber]struct{})
 			sh.subs[st] = set
 		}
-		set[s] = struct{}{}
+		if _, ok := set[s]; !ok {
+			set[s] = struct{}{}
+			added++
+		}
 		heads[i] = sh.heads[st]
 		sh.mu.Unlock()
 	}
-	h.subs.Add(1)
+	h.follow(s, added)
 	return h.Epoch(), heads
 }
 
@@ -92,13 +102,13 @@ func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []i
 // streams s does not follow; after it returns no further event for those
 // streams is delivered to s.
 func (h *Hub) Unsubscribe(s Subscriber, streams []string) {
-	removed := false
+	removed := 0
 	for _, st := range streams {
 		sh := h.shard(st)
 		sh.mu.Lock()
 		if set := sh.subs[st]; set != nil {
 			if _, ok := set[s]; ok {
-				removed = true
+				removed++
 				delete(set, s)
 			}
 			if len(set) == 0 {
@@ -107,7 +117,28 @@ func (h *Hub) Unsubscribe(s Subscriber, streams []string) {
 		}
 		sh.mu.Unlock()
 	}
-	if removed {
+	h.follow(s, -removed)
+}
+
+// follow records that s follows n more streams (fewer when n < 0); a
+// subscriber counts in Stats while it follows at least one.
+func (h *Hub) follow(s Subscriber, n int) {
+	if n == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	prev := h.follows[s]
+	now := prev + n
+	if now == 0 {
+		delete(h.follows, s)
+	} else {
+		h.follows[s] = now
+	}
+	switch {
+	case prev <= 0 && now > 0:
+		h.subs.Add(1)
+	case prev > 0 && now <= 0:
 		h.subs.Add(-1)
 	}
 }

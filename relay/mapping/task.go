@@ -59,7 +59,7 @@ func mapTask(dst []relay.Event, r *rule, c *relay.Change) []relay.Event {
 			return dst
 		}
 		name = "ai:task:progress"
-		progress := max(jsonInt(row[r.ProgressColumn]), jsonInt(old[r.ProgressColumn]))
+		progress := max(jsonInt(row[r.ProgressColumn]), jsonInt(old["progress"]))
 		b = append(b, `,"progress":`...)
 		b = strconv.AppendInt(b, min(max(progress, 0), 100), 10)
 		b = appendField(b, "message", row[r.MessageColumn])

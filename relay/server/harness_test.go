@@ -19,7 +19,7 @@ import (
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/demo"
 	"github.com/rowcast/rowcast/relay/history"
-	"github.com/rowcast/rowcast/relay/internal/pgtest"
+	"github.com/rowcast/rowcast/relay/pgtest"
 	"github.com/rowcast/rowcast/relay/server"
 	"github.com/rowcast/rowcast/triggers"
 )

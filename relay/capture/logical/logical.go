@@ -1,0 +1,550 @@
+// Package logical captures changes through a logical replication slot
+// (pgoutput, protocol 2, streaming off, so only committed transactions
+// arrive, in commit order) and writes each decoded transaction into the same
+// changelog that trigger capture fills, so both modes share one history, one
+// sequencing and one resume path; relays then read the changelog exactly as
+// in trigger mode.
+//
+// One relay replica at a time holds the slot, elected by a session-level
+// advisory lock; the others keep serving their sessions from the changelog
+// and take over when the holder's lock session ends. The holder applies each
+// source transaction in one database transaction that also records the
+// transaction's commit LSN, and only after that commit acknowledges the
+// transaction's end LSN, so a crash replays at most what was not written and
+// the replay is skipped by LSN.
+//
+// Values reach the changelog rendered by PostgreSQL itself: each change's
+// text-format columns are turned back into a row of the table's type
+// (jsonb_populate_record) and rendered with to_jsonb by a generated per-table
+// apply function that shares its body with the trigger function, so the
+// event data is byte-identical in both modes.
+package logical
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Options configures a Holder. Zero values select the defaults.
+type Options struct {
+	// Slot and Publication name the replication slot and publication
+	// (defaults "rowcast" and "rowcast").
+	Slot, Publication string
+	// StandbyInterval is how often status is reported to the server while
+	// idle (default 10s; keep it well inside wal_sender_timeout).
+	StandbyInterval time.Duration
+	// Retry is the pause between attempts to take the slot (default 2s).
+	Retry time.Duration
+	// Batch is how many changes are sent to the database per round trip
+	// (default 256).
+	Batch  int
+	Logger *slog.Logger
+	// OnHolder is called with true when this replica takes the slot and
+	// false when it lets it go.
+	OnHolder func(bool)
+	// OnProgress is called after each acknowledgement with the last commit
+	// LSN applied and the slot's lag in bytes behind the server's WAL end.
+	OnProgress func(applied uint64, lagBytes uint64)
+}
+
+// Holder campaigns for the slot and, while holding it, replicates into the
+// changelog. Create it with New and call Run once.
+type Holder struct {
+	url     string
+	o       Options
+	holding atomic.Bool
+}
+
+// New returns a Holder for the database at url.
+func New(url string, o Options) *Holder {
+	if o.Slot == "" {
+		o.Slot = "rowcast"
+	}
+	if o.Publication == "" {
+		o.Publication = "rowcast"
+	}
+	if o.StandbyInterval <= 0 {
+		o.StandbyInterval = 10 * time.Second
+	}
+	if o.Retry <= 0 {
+		o.Retry = 2 * time.Second
+	}
+	if o.Batch <= 0 {
+		o.Batch = 256
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Holder{url: url, o: o}
+}
+
+// Holding reports whether this replica holds the slot.
+func (h *Holder) Holding() bool { return h.holding.Load() }
+
+// Run campaigns and replicates until ctx ends, then returns ctx's error.
+// Every failure (lost connection, lost lock, invalidated slot) lets the slot
+// go, waits Retry and campaigns again.
+func (h *Holder) Run(ctx context.Context) error {
+	for {
+		err := h.campaign(ctx)
+		h.setHolding(false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			h.o.Logger.Warn("logical capture stopped; will campaign again", "err", err)
+		}
+		t := time.NewTimer(h.o.Retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (h *Holder) setHolding(v bool) {
+	if h.holding.Swap(v) != v && h.o.OnHolder != nil {
+		h.o.OnHolder(v)
+	}
+}
+
+// lockKey is the advisory lock that elects the holder of a slot.
+func lockKey(slot string) string { return "rowcast.slot:" + slot }
+
+// campaign takes the lock if it is free and replicates while holding it. It
+// returns nil when another replica holds the lock.
+func (h *Holder) campaign(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	db, err := pgx.Connect(ctx, h.url)
+	if err != nil {
+		return fmt.Errorf("logical connect: %w", err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+	var got bool
+	if err := db.QueryRow(ctx, "select pg_try_advisory_lock(hashtext($1))", lockKey(h.o.Slot)).Scan(&got); err != nil {
+		return fmt.Errorf("logical campaign: %w", err)
+	}
+	if !got {
+		return nil
+	}
+	h.setHolding(true)
+	h.o.Logger.Info("holding the replication slot", "slot", h.o.Slot)
+	if _, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'"); err != nil {
+		return fmt.Errorf("logical session: %w", err)
+	}
+	start, err := h.ensureSlot(ctx, db)
+	if err != nil {
+		return err
+	}
+	rconn, err := pgconn.Connect(ctx, replicationURL(h.url))
+	if err != nil {
+		return fmt.Errorf("logical replication connect: %w", err)
+	}
+	defer rconn.Close(context.WithoutCancel(ctx))
+	a := &applier{h: h, db: db, rels: map[uint32]*relation{}}
+	if err := a.loadApplied(ctx); err != nil {
+		return err
+	}
+	err = pglogrepl.StartReplication(ctx, rconn, h.o.Slot, start, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '2'", "publication_names " + quoteLiteral(h.o.Publication),
+			"messages 'true'", "streaming 'false'"},
+	})
+	if err != nil {
+		return fmt.Errorf("logical start replication: %w", err)
+	}
+	return a.stream(ctx, rconn, start)
+}
+
+// ensureSlot returns where to start: the slot's confirmed position. A slot
+// that is missing (after a failover) or invalidated (max_slot_wal_keep_size)
+// is recreated and the history epoch changed, so every client resyncs.
+func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, error) {
+	var lsn *string
+	var status *string
+	err := db.QueryRow(ctx, `select confirmed_flush_lsn::text, wal_status from pg_replication_slots where slot_name = $1`,
+		h.o.Slot).Scan(&lsn, &status)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		h.o.Logger.Warn("replication slot missing; creating it and starting a new history epoch", "slot", h.o.Slot)
+		return h.recreateSlot(ctx, db, false)
+	case err != nil:
+		return 0, fmt.Errorf("logical slot: %w", err)
+	case status != nil && *status == "lost":
+		h.o.Logger.Warn("replication slot invalidated (max_slot_wal_keep_size); recreating it and starting a new history epoch",
+			"slot", h.o.Slot)
+		return h.recreateSlot(ctx, db, true)
+	case lsn == nil:
+		return 0, nil
+	}
+	return pglogrepl.ParseLSN(*lsn)
+}
+
+func (h *Holder) recreateSlot(ctx context.Context, db *pgx.Conn, drop bool) (pglogrepl.LSN, error) {
+	if drop {
+		if _, err := db.Exec(ctx, "select pg_drop_replication_slot($1)", h.o.Slot); err != nil {
+			return 0, fmt.Errorf("logical drop slot: %w", err)
+		}
+	}
+	var lsn string
+	if err := db.QueryRow(ctx, "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", h.o.Slot).Scan(&lsn); err != nil {
+		return 0, fmt.Errorf("logical create slot: %w", err)
+	}
+	_, err := db.Exec(ctx, `update rowcast.meta set epoch = gen_random_uuid();
+		delete from rowcast.logical_state where slot = $1`, h.o.Slot)
+	if err != nil {
+		return 0, fmt.Errorf("logical new epoch: %w", err)
+	}
+	return pglogrepl.ParseLSN(lsn)
+}
+
+// replicationURL adds replication=database to a connection URL or DSN.
+func replicationURL(url string) string {
+	if strings.Contains(url, "://") {
+		if strings.Contains(url, "?") {
+			return url + "&replication=database"
+		}
+		return url + "?replication=database"
+	}
+	return url + " replication=database"
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// relation is a cached Relation message.
+type relation struct {
+	table   string // schema.name as configured
+	fn      string // quoted apply function
+	columns []string
+	json    []bool // column is json or jsonb: embedded, not a string
+}
+
+// change is one decoded row change waiting to be applied.
+type change struct {
+	fn       string
+	op       string
+	new, old []byte
+}
+
+// applier replicates one connected period.
+type applier struct {
+	h       *Holder
+	db      *pgx.Conn
+	rels    map[uint32]*relation
+	applied pglogrepl.LSN // last commit LSN written to the changelog
+
+	// The source transaction being decoded.
+	inTxn   bool
+	skip    bool
+	tx      pgx.Tx
+	begin   pglogrepl.BeginMessage
+	batch   *pgx.Batch
+	pending int
+}
+
+func (a *applier) loadApplied(ctx context.Context) error {
+	var lsn *string
+	err := a.db.QueryRow(ctx, "select commit_lsn::text from rowcast.logical_state where slot = $1", a.h.o.Slot).Scan(&lsn)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("logical state: %w", err)
+	}
+	if lsn != nil {
+		l, err := pglogrepl.ParseLSN(*lsn)
+		if err != nil {
+			return fmt.Errorf("logical state: %w", err)
+		}
+		a.applied = l
+	}
+	return nil
+}
+
+// stream receives and applies until an error or ctx ends.
+func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogrepl.LSN) error {
+	acked := max(start, a.applied)
+	var serverEnd pglogrepl.LSN
+	nextStatus := time.Now().Add(a.h.o.StandbyInterval)
+	report := func() error {
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: acked})
+		if err != nil {
+			return fmt.Errorf("logical standby status: %w", err)
+		}
+		nextStatus = time.Now().Add(a.h.o.StandbyInterval)
+		if a.h.o.OnProgress != nil {
+			lag := uint64(0)
+			if serverEnd > acked {
+				lag = uint64(serverEnd - acked)
+			}
+			a.h.o.OnProgress(uint64(a.applied), lag)
+		}
+		return nil
+	}
+	defer func() {
+		if a.tx != nil {
+			_ = a.tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	for {
+		if time.Now().After(nextStatus) {
+			if err := report(); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			return fmt.Errorf("logical receive: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("logical receive: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("logical keepalive: %w", err)
+				}
+				serverEnd = max(serverEnd, ka.ServerWALEnd)
+				// With no transaction open everything received is written:
+				// move the slot forward so an idle slot holds no WAL.
+				if !a.inTxn && ka.ServerWALEnd > acked {
+					acked = ka.ServerWALEnd
+				}
+				if ka.ReplyRequested {
+					if err := report(); err != nil {
+						return err
+					}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("logical xlogdata: %w", err)
+				}
+				serverEnd = max(serverEnd, xld.ServerWALEnd)
+				end, err := a.handle(ctx, xld.WALData)
+				if err != nil {
+					return err
+				}
+				if end > acked {
+					acked = end
+					if err := report(); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+}
+
+// handle applies one pgoutput message. It returns the end LSN of a source
+// transaction once that transaction is written (or skipped as already
+// written), and 0 otherwise.
+func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error) {
+	msg, err := pglogrepl.ParseV2(data, false)
+	if err != nil {
+		return 0, fmt.Errorf("logical decode: %w", err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessageV2:
+		a.relation(&m.RelationMessage)
+	case *pglogrepl.RelationMessage:
+		a.relation(m)
+	case *pglogrepl.BeginMessage:
+		a.inTxn, a.begin = true, *m
+		a.skip = m.FinalLSN <= a.applied
+	case *pglogrepl.CommitMessage:
+		return a.commit(ctx, m)
+	case *pglogrepl.InsertMessageV2:
+		return 0, a.change(ctx, m.RelationID, "INSERT", m.Tuple, nil)
+	case *pglogrepl.UpdateMessageV2:
+		return 0, a.change(ctx, m.RelationID, "UPDATE", m.NewTuple, m.OldTuple)
+	case *pglogrepl.DeleteMessageV2:
+		return 0, a.change(ctx, m.RelationID, "DELETE", nil, m.OldTuple)
+	case *pglogrepl.TruncateMessageV2:
+		for _, id := range m.RelationIDs {
+			rel := a.rels[id]
+			if rel == nil {
+				continue
+			}
+			if err := a.queue(ctx, "select rowcast.truncated_logical($1)", rel.table); err != nil {
+				return 0, err
+			}
+		}
+	case *pglogrepl.LogicalDecodingMessageV2:
+		if err := a.message(ctx, &m.LogicalDecodingMessage); err != nil {
+			return 0, err
+		}
+	case *pglogrepl.LogicalDecodingMessage:
+		if err := a.message(ctx, m); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}
+
+func (a *applier) relation(m *pglogrepl.RelationMessage) {
+	rel := &relation{table: m.Namespace + "." + m.RelationName, fn: ApplyFunction(m.Namespace, m.RelationName)}
+	for _, c := range m.Columns {
+		rel.columns = append(rel.columns, c.Name)
+		rel.json = append(rel.json, c.DataType == 114 || c.DataType == 3802) // json, jsonb
+	}
+	a.rels[m.RelationID] = rel
+}
+
+// message handles rowcast's transactional logical messages: the actor and
+// the request id named by rowcast.set_actor / rowcast.set_request_id.
+func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
+	if !m.Transactional || !a.inTxn {
+		return nil
+	}
+	var setting string
+	switch m.Prefix {
+	case "rowcast.actor":
+		setting = "rowcast.actor_id"
+	case "rowcast.request_id":
+		setting = "rowcast.request_id"
+	default:
+		return nil
+	}
+	return a.queue(ctx, "select set_config($1, $2, true)", setting, string(m.Content))
+}
+
+func (a *applier) change(ctx context.Context, relID uint32, op string, newT, oldT *pglogrepl.TupleData) error {
+	rel := a.rels[relID]
+	if rel == nil {
+		return fmt.Errorf("logical decode: change for unknown relation %d", relID)
+	}
+	newJ, oldJ := tupleJSON(rel, newT, oldT), tupleJSON(rel, oldT, nil)
+	return a.queue(ctx, "select "+rel.fn+"($1, $2::jsonb, $3::jsonb)", op, newJ, oldJ)
+}
+
+// tupleJSON renders a tuple as a JSON object of text values (json and
+// jsonb columns embedded as JSON) for jsonb_populate_record. A column sent
+// as unchanged TOAST ('u') takes its value from fallback (the old tuple,
+// complete with REPLICA IDENTITY FULL) and is left out when fallback lacks
+// it, so it reads as unchanged, never as null.
+func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) []byte {
+	if t == nil {
+		return nil
+	}
+	b := make([]byte, 0, 256)
+	b = append(b, '{')
+	first := true
+	for i, col := range t.Columns {
+		if i >= len(rel.columns) {
+			break
+		}
+		val, kind := col.Data, col.DataType
+		if kind == 'u' {
+			if fallback == nil || i >= len(fallback.Columns) || fallback.Columns[i].DataType == 'u' {
+				continue
+			}
+			val, kind = fallback.Columns[i].Data, fallback.Columns[i].DataType
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b, _ = appendJSONString(b, rel.columns[i])
+		b = append(b, ':')
+		switch {
+		case kind == 'n':
+			b = append(b, "null"...)
+		case rel.json[i] && json.Valid(val):
+			b = append(b, val...)
+		default:
+			b, _ = appendJSONString(b, string(val))
+		}
+	}
+	return append(b, '}')
+}
+
+func appendJSONString(b []byte, s string) ([]byte, error) {
+	q, err := json.Marshal(s)
+	return append(b, q...), err
+}
+
+// queue adds a statement to the source transaction's batch, opening the
+// database transaction on first use, and sends the batch when it is full.
+func (a *applier) queue(ctx context.Context, sql string, args ...any) error {
+	if a.skip {
+		return nil
+	}
+	if a.tx == nil {
+		tx, err := a.db.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("logical apply: %w", err)
+		}
+		a.tx, a.batch = tx, &pgx.Batch{}
+		a.batch.Queue("select set_config('rowcast.commit_time', $1, true)", a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
+	}
+	a.batch.Queue(sql, args...)
+	a.pending++
+	if a.pending >= a.h.o.Batch {
+		return a.flush(ctx)
+	}
+	return nil
+}
+
+func (a *applier) flush(ctx context.Context) error {
+	if a.batch == nil || a.batch.Len() == 0 {
+		return nil
+	}
+	err := a.tx.SendBatch(ctx, a.batch).Close()
+	a.batch, a.pending = &pgx.Batch{}, 0
+	if err != nil {
+		return fmt.Errorf("logical apply: %w", err)
+	}
+	return nil
+}
+
+// commit writes the source transaction and its commit LSN in one database
+// transaction; only then may its end LSN be acknowledged.
+func (a *applier) commit(ctx context.Context, m *pglogrepl.CommitMessage) (pglogrepl.LSN, error) {
+	a.inTxn = false
+	if a.skip {
+		return m.TransactionEndLSN, nil
+	}
+	if a.tx == nil {
+		// Nothing captured in this transaction.
+		return m.TransactionEndLSN, nil
+	}
+	a.batch.Queue(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
+		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, m.CommitLSN.String())
+	if err := a.flush(ctx); err != nil {
+		return 0, err
+	}
+	err := a.tx.Commit(ctx)
+	a.tx = nil
+	if err != nil {
+		return 0, fmt.Errorf("logical apply commit: %w", err)
+	}
+	a.applied = m.CommitLSN
+	return m.TransactionEndLSN, nil
+}
+
+// ApplyFunction returns the quoted name of a table's apply function.
+func ApplyFunction(schema, table string) string {
+	return `rowcast."` + strings.ReplaceAll(applyName(schema, table), `"`, `""`) + `"`
+}
+
+func applyName(schema, table string) string {
+	return "apply__" + schema + "__" + table
+}
