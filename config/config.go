@@ -122,6 +122,7 @@ type Table struct {
 	TypeColumn     string `mapstructure:"type_column" yaml:"type_column"`         // default task_type
 	ResultColumn   string `mapstructure:"result_column" yaml:"result_column"`     // default result
 	ErrorColumn    string `mapstructure:"error_column" yaml:"error_column"`       // default error
+	ParamsColumn   string `mapstructure:"params_column" yaml:"params_column"`     // default params (used by rowcast.task_start)
 }
 
 // Schema returns the table's schema: the part before the dot of a
@@ -171,6 +172,7 @@ func (t Table) WithDefaults() Table {
 		fill(&t.TypeColumn, "task_type")
 		fill(&t.ResultColumn, "result")
 		fill(&t.ErrorColumn, "error")
+		fill(&t.ParamsColumn, "params")
 	}
 	return t
 }

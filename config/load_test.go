@@ -266,7 +266,7 @@ func TestLoadTables(t *testing.T) {
 				{Table: "crm.activities", Entity: "activity", Kind: "entity", IDColumn: "id", TeamColumn: "team_id", ExcludeColumns: []string{"notes"}},
 				{
 					Table: "ai_tasks", Entity: "ai_task", Kind: "ai_task", IDColumn: "id", TeamColumn: "team_id", UserColumn: "user_id",
-					StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error",
+					StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params",
 				},
 				{Table: "addresses", Entity: "place", Kind: "entity", IDColumn: "address_id", TeamColumn: "team_id", ActorColumn: "updated_by"},
 			},
@@ -281,7 +281,7 @@ func TestLoadTables(t *testing.T) {
 `,
 			want: []Table{{
 				Table: "jobs", Entity: "job", Kind: "ai_task", IDColumn: "id", TeamColumn: "team_id", UserColumn: "owner_id",
-				StatusColumn: "state", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error",
+				StatusColumn: "state", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params",
 			}},
 		},
 		{

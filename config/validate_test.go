@@ -162,7 +162,7 @@ func TestWithDefaultsKeepsSetFields(t *testing.T) {
 	in := Table{Table: "x.jobs", Entity: "task", Kind: KindAITask, IDColumn: "job_id", ResultColumn: "output"}
 	want := Table{
 		Table: "x.jobs", Entity: "task", Kind: KindAITask, IDColumn: "job_id", TeamColumn: "team_id", UserColumn: "user_id",
-		StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "output", ErrorColumn: "error",
+		StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "output", ErrorColumn: "error", ParamsColumn: "params",
 	}
 	if got := in.WithDefaults(); !reflect.DeepEqual(got, want) {
 		t.Errorf("WithDefaults =\n%+v\nwant\n%+v", got, want)

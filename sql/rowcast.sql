@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS rowcast.logical_state (
     commit_lsn pg_lsn NOT NULL
 );
 
+-- AI tasks: the highest progress sent per running task, so a lower write is
+-- sent with it. Rows go when the task completes or fails.
+CREATE TABLE IF NOT EXISTS rowcast.task_progress (
+    tbl  text    NOT NULL,
+    id   text    NOT NULL,
+    high integer NOT NULL,
+    PRIMARY KEY (tbl, id)
+);
+
 -- One row per open transaction that wrote to the changelog. Unlogged: a
 -- crash aborts those transactions anyway.
 CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);

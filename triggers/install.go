@@ -33,6 +33,12 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			}
 			done = append(done, "capture trigger on "+t.Table.Qualified())
 		}
+		if p.Helpers != "" {
+			if _, err := tx.Exec(ctx, p.Helpers); err != nil {
+				return describe("AI task helpers", err)
+			}
+			done = append(done, "AI task helpers rowcast.task_start/_progress/_complete/_fail")
+		}
 		stale, err := staleTriggers(ctx, tx, p)
 		if err != nil {
 			return err
@@ -173,6 +179,7 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 			need("type_column", t.TypeColumn)
 			need("result_column", t.ResultColumn)
 			need("error_column", t.ErrorColumn)
+			need("params_column", t.ParamsColumn)
 		}
 	}
 	return problems, nil

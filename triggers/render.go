@@ -43,6 +43,9 @@ type Plan struct {
 	SchemaHash string
 	// Tables holds one rendered unit per configured table.
 	Tables []TablePlan
+	// Helpers holds the AI task SQL helpers, bound to the first ai_task
+	// table; empty without one.
+	Helpers string
 }
 
 // TablePlan is the DDL of one captured table.
@@ -62,6 +65,7 @@ func (p *Plan) SQL() string {
 		b.WriteString(t.SQL)
 		b.WriteString("\n")
 	}
+	b.WriteString(p.Helpers)
 	return b.String()
 }
 
@@ -87,6 +91,9 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 			return nil, err
 		}
 		p.Tables = append(p.Tables, tp)
+		if t.Kind == "ai_task" && p.Helpers == "" {
+			p.Helpers = renderTaskHelpers(t)
+		}
 	}
 	return p, nil
 }
@@ -160,6 +167,7 @@ func rowJSON(rec string, t config.Table) string {
 }
 
 const declare = `DECLARE
+    hw    integer;
     n     jsonb;
     o     jsonb;
     ch    jsonb;
@@ -258,8 +266,20 @@ func taskBody(t config.Table, r recs) string {
 	b.WriteString(ins("I", "NULL", "NULL"))
 	fmt.Fprintf(&b, "    ELSE\n        o := to_jsonb(%s);\n", r.old)
 	b.WriteString(diff)
-	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        PERFORM rowcast.mark();\n        ", r.ret)
-	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', %s.%s)", r.old, status, r.old, progress)))
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        PERFORM rowcast.mark();\n", r.ret)
+	// The highest progress sent so far, so that a lower write is sent
+	// with it: progress never goes backwards on the wire.
+	fmt.Fprintf(&b, `        IF %[1]s::text IN ('completed', 'failed') THEN
+            DELETE FROM rowcast.task_progress WHERE tbl = %[2]s AND id = %[3]s::text;
+            hw := greatest(%[4]s, %[5]s);
+        ELSE
+            INSERT INTO rowcast.task_progress AS p (tbl, id, high)
+            VALUES (%[2]s, %[3]s::text, greatest(%[4]s, %[5]s))
+            ON CONFLICT (tbl, id) DO UPDATE SET high = greatest(p.high, excluded.high)
+            RETURNING p.high INTO hw;
+        END IF;
+        `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
+	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
 	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
 	return b.String()
 }

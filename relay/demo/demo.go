@@ -35,7 +35,7 @@ func Tables() []config.Table {
 		entity("notes", "note"),
 		{Table: "ai_tasks", Entity: "ai_task", Kind: "ai_task", IDColumn: "id", TeamColumn: "team_id",
 			UserColumn: "user_id", StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message",
-			TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error"},
+			TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params"},
 	}
 }
 
