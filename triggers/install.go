@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,6 +20,15 @@ const installLock = "select pg_advisory_xact_lock(hashtext('rowcast.install'))"
 // returns one line per action taken, for the operator.
 func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	var done []string
+	if p.Logical {
+		problems, err := CheckLogical(ctx, conn)
+		if err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+		if len(problems) > 0 {
+			return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
+		}
+	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "set local standard_conforming_strings = on; set local client_min_messages = warning; "+installLock); err != nil {
 			return err
@@ -31,7 +41,21 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			if _, err := tx.Exec(ctx, t.SQL); err != nil {
 				return describe(t.Table.Qualified(), err)
 			}
-			done = append(done, "capture trigger on "+t.Table.Qualified())
+			if p.Logical {
+				ri := "REPLICA IDENTITY FULL"
+				if t.Table.ReplicaIdentityIndex != "" {
+					ri = "REPLICA IDENTITY USING INDEX " + t.Table.ReplicaIdentityIndex
+				}
+				done = append(done, "logical apply function for "+t.Table.Qualified()+"; set "+ri)
+			} else {
+				done = append(done, "capture trigger on "+t.Table.Qualified())
+			}
+		}
+		if p.Logical {
+			if _, err := tx.Exec(ctx, p.PublicationSQL); err != nil {
+				return describe("publication "+p.Publication, err)
+			}
+			done = append(done, "publication "+p.Publication+" for the configured tables")
 		}
 		if p.Helpers != "" {
 			if _, err := tx.Exec(ctx, p.Helpers); err != nil {
@@ -54,13 +78,32 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
+	if p.Logical {
+		created, err := createSlot(ctx, conn, p.Slot)
+		if err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+		if created {
+			done = append(done, "replication slot "+p.Slot+" (pgoutput); it holds WAL until a relay reads it")
+		}
+	}
 	return done, nil
 }
 
-// Remove drops the capture triggers from every table that has them and the
-// rowcast schema with its history. Sessions resuming afterwards get resync.
-func Remove(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+// Remove drops the capture triggers from every table that has them, the
+// logical publication and slot when slot and publication are named, and
+// the rowcast schema with its history. Sessions resuming afterwards get
+// resync. A slot still in use by a relay cannot be dropped: stop the relays
+// first.
+func Remove(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]string, error) {
 	var done []string
+	if slot != "" && publication != "" {
+		d, err := removeLogical(ctx, conn, slot, publication)
+		if err != nil {
+			return nil, fmt.Errorf("remove: %w", err)
+		}
+		done = append(done, d...)
+	}
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "set local client_min_messages = warning; "+installLock); err != nil {
 			return err
@@ -102,7 +145,17 @@ func Verify(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	case *comment != hashPrefix+p.SchemaHash:
 		drift = append(drift, "the rowcast schema differs from this version's (or capture.notify changed)")
 	}
+	if p.Logical {
+		more, err := verifyLogical(ctx, conn, p)
+		if err != nil {
+			return nil, err
+		}
+		drift = append(drift, more...)
+	}
 	for _, t := range p.Tables {
+		if p.Logical {
+			break
+		}
 		var exists bool
 		var fnComment *string
 		var captures, truncates bool

@@ -33,6 +33,13 @@ const (
 type Options struct {
 	// Notify makes the commit-time sequencer ring the pg_notify doorbell.
 	Notify bool
+	// Logical renders logical mode: per-table apply functions, replica
+	// identity and the publication instead of capture triggers.
+	Logical           bool
+	Slot, Publication string
+	// Generated lists each table's stored generated columns (from Inspect),
+	// by Table.Qualified(); logical mode only.
+	Generated map[string][]Generated
 }
 
 // Plan is everything one install does, in order.
@@ -46,6 +53,10 @@ type Plan struct {
 	// Helpers holds the AI task SQL helpers, bound to the first ai_task
 	// table; empty without one.
 	Helpers string
+	// Logical mode: the publication DDL, and the names it was rendered for.
+	Logical           bool
+	PublicationSQL    string
+	Slot, Publication string
 }
 
 // TablePlan is the DDL of one captured table.
@@ -66,6 +77,7 @@ func (p *Plan) SQL() string {
 		b.WriteString("\n")
 	}
 	b.WriteString(p.Helpers)
+	b.WriteString(p.PublicationSQL)
 	return b.String()
 }
 
@@ -84,9 +96,20 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 	p := &Plan{
 		Schema:     schema.String() + "COMMENT ON FUNCTION rowcast.sequence() IS " + literal(hashPrefix+h) + ";\n",
 		SchemaHash: h,
+		Logical:    o.Logical, Slot: o.Slot, Publication: o.Publication,
+	}
+	if o.Logical {
+		if o.Slot == "" || o.Publication == "" {
+			return nil, fmt.Errorf("render: logical mode needs a slot and a publication name")
+		}
+		p.PublicationSQL = renderPublication(o.Publication, tables)
 	}
 	for _, t := range tables {
-		tp, err := renderTable(t)
+		render := renderTable
+		if o.Logical {
+			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()]) }
+		}
+		tp, err := render(t)
 		if err != nil {
 			return nil, err
 		}

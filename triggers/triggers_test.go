@@ -551,7 +551,7 @@ func TestRemove(t *testing.T) {
 	install(t, conn, plan)
 	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Ada')")
 
-	lines, err := triggers.Remove(t.Context(), conn)
+	lines, err := triggers.Remove(t.Context(), conn, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +586,7 @@ func TestRemove(t *testing.T) {
 	}
 	sameLines(t, "verify after remove", verify(t, conn, plan), []string{"the rowcast schema is not installed"})
 
-	if _, err := triggers.Remove(t.Context(), conn); err != nil {
+	if _, err := triggers.Remove(t.Context(), conn, "", ""); err != nil {
 		t.Errorf("second remove: %v", err)
 	}
 }

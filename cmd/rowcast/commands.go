@@ -72,12 +72,13 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if cfg == nil {
 		return code
 	}
-	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: notifyOn(cfg)})
-	if err != nil {
-		fmt.Fprintf(stderr, "rowcast: %v\n", err)
-		return exitUsage
-	}
-	if *dry && !*remove {
+	if *dry && !*remove && cfg.Capture.Mode != config.ModeLogical {
+		// Trigger mode renders from the configuration alone.
+		plan, err := triggers.Render(cfg.Tables, triggers.OptionsFor(cfg))
+		if err != nil {
+			fmt.Fprintf(stderr, "rowcast: %v\n", err)
+			return exitUsage
+		}
 		fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
 		return exitOK
 	}
@@ -99,12 +100,22 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var done []string
 	if *remove {
 		if *dry {
-			fmt.Fprintln(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table, then:\nDROP SCHEMA IF EXISTS rowcast CASCADE;")
+			fmt.Fprintf(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table,\n"+
+				"-- publication %s and replication slot %s if they exist, then:\nDROP SCHEMA IF EXISTS rowcast CASCADE;\n",
+				cfg.Capture.Publication, cfg.Capture.Slot)
 			return exitOK
 		}
-		done, err = triggers.Remove(ctx, conn)
+		done, err = triggers.Remove(ctx, conn, cfg.Capture.Slot, cfg.Capture.Publication)
 	} else {
-		done, err = triggers.Install(ctx, conn, plan)
+		var plan *triggers.Plan
+		plan, err = triggers.Prepare(ctx, conn, cfg)
+		if err == nil && *dry {
+			fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n-- then: select pg_create_logical_replication_slot('"+cfg.Capture.Slot+"', 'pgoutput');\n")
+			return exitOK
+		}
+		if err == nil {
+			done, err = triggers.Install(ctx, conn, plan)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "rowcast: %v\n", err)
@@ -115,8 +126,6 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	return exitOK
 }
-
-func notifyOn(cfg *config.Config) bool { return cfg.Capture.Notify == nil || *cfg.Capture.Notify }
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || (args[0] != "check" && args[0] != "print") {
@@ -211,7 +220,7 @@ func installedDrift(ctx context.Context, cfg *config.Config) []string {
 		return nil
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: notifyOn(cfg)})
+	plan, err := triggers.Prepare(ctx, conn, cfg)
 	if err != nil {
 		return []string{err.Error()}
 	}

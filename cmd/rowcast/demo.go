@@ -104,7 +104,7 @@ func installDemo(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: notifyOn(cfg)})
+	plan, err := triggers.Prepare(ctx, conn, cfg)
 	if err != nil {
 		return err
 	}

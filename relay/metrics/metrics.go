@@ -23,6 +23,9 @@ type Metrics struct {
 	changes     prometheus.Counter
 	captureLag  prometheus.Histogram
 	connected   prometheus.Gauge
+	holder      prometheus.Gauge
+	slotLag     prometheus.Gauge
+	appliedLSN  prometheus.Gauge
 }
 
 // New creates the collectors and registers them on reg. sessions, when not
@@ -54,9 +57,15 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Time from a transaction's commit to its capture.", Buckets: buckets}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_connected",
 			Help: "1 while the capture is connected to PostgreSQL and reading."}),
+		holder: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_slot_holder",
+			Help: "1 while this replica holds the logical replication slot."}),
+		slotLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_slot_lag_bytes",
+			Help: "Bytes of WAL between the server's end and the slot's acknowledged position, as last reported."}),
+		appliedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_applied_lsn",
+			Help: "Commit LSN of the last source transaction written to the changelog, as a number."}),
 	}
 	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.resumes,
-		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected)
+		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Open WebSocket sessions."}, sessions))
@@ -133,4 +142,25 @@ func (m *Metrics) Connected(v bool) {
 	} else {
 		m.connected.Set(0)
 	}
+}
+
+// SlotHolder records whether this replica holds the replication slot.
+func (m *Metrics) SlotHolder(v bool) {
+	if m == nil {
+		return
+	}
+	if v {
+		m.holder.Set(1)
+	} else {
+		m.holder.Set(0)
+	}
+}
+
+// SlotProgress records the last applied commit LSN and the slot's lag.
+func (m *Metrics) SlotProgress(applied, lagBytes uint64) {
+	if m == nil {
+		return
+	}
+	m.appliedLSN.Set(float64(applied))
+	m.slotLag.Set(float64(lagBytes))
 }

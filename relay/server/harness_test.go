@@ -90,7 +90,7 @@ func install(t *testing.T, cfg *config.Config) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: cfg.Capture.Notify == nil || *cfg.Capture.Notify})
+	plan, err := triggers.Prepare(ctx, conn, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

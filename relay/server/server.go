@@ -28,6 +28,7 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/capture/logical"
 	"github.com/rowcast/rowcast/relay/capture/trigger"
 	"github.com/rowcast/rowcast/relay/history"
 	"github.com/rowcast/rowcast/relay/hub"
@@ -186,6 +187,14 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return r.capture.Run(gctx, pipeline) })
+	if cfg.Capture.Mode == config.ModeLogical {
+		holder := logical.New(cfg.Database.URL, logical.Options{
+			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
+			Logger: r.log.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
+			OnProgress: r.metrics.SlotProgress,
+		})
+		g.Go(func() error { return holder.Run(gctx) })
+	}
 	g.Go(func() error {
 		p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
 			Logger: r.log.With("component", "history")}
@@ -236,7 +245,7 @@ func (r *Relay) checkDrift(ctx context.Context) error {
 		return fmt.Errorf("serve: database: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	plan, err := triggers.Render(r.cfg.Tables, triggers.Options{Notify: r.cfg.Capture.Notify == nil || *r.cfg.Capture.Notify})
+	plan, err := triggers.Prepare(ctx, conn, r.cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

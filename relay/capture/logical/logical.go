@@ -34,6 +34,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/rowcast/rowcast/triggers"
 )
 
 // Options configures a Holder. Zero values select the defaults.
@@ -400,7 +402,8 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 }
 
 func (a *applier) relation(m *pglogrepl.RelationMessage) {
-	rel := &relation{table: m.Namespace + "." + m.RelationName, fn: ApplyFunction(m.Namespace, m.RelationName)}
+	rel := &relation{table: m.Namespace + "." + m.RelationName,
+		fn: `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`}
 	for _, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		rel.json = append(rel.json, c.DataType == 114 || c.DataType == 3802) // json, jsonb
@@ -538,13 +541,4 @@ func (a *applier) commit(ctx context.Context, m *pglogrepl.CommitMessage) (pglog
 	}
 	a.applied = m.CommitLSN
 	return m.TransactionEndLSN, nil
-}
-
-// ApplyFunction returns the quoted name of a table's apply function.
-func ApplyFunction(schema, table string) string {
-	return `rowcast."` + strings.ReplaceAll(applyName(schema, table), `"`, `""`) + `"`
-}
-
-func applyName(schema, table string) string {
-	return "apply__" + schema + "__" + table
 }

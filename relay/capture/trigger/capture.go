@@ -125,6 +125,12 @@ func (c *Capture) Run(ctx context.Context, sink Sink) error {
 
 var errNoSchema = errors.New("the rowcast schema is not installed: run `rowcast install`")
 
+// errEpochChanged makes the session reconnect, where the new epoch is read
+// and the sink reset.
+var errEpochChanged = errors.New("history epoch changed")
+
+const epochExpr = "replace(epoch::text, '-', '')"
+
 // state survives reconnects.
 type state struct {
 	epoch      string
@@ -236,7 +242,7 @@ func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 
 func readEpoch(ctx context.Context, conn *pgx.Conn) (string, error) {
 	var epoch string
-	err := conn.QueryRow(ctx, "select replace(epoch::text, '-', '') from rowcast.meta").Scan(&epoch)
+	err := conn.QueryRow(ctx, "select "+epochExpr+" from rowcast.meta").Scan(&epoch)
 	if err != nil {
 		if strings.Contains(err.Error(), "does not exist") {
 			return "", fmt.Errorf("capture: %w", errNoSchema)
@@ -270,7 +276,7 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 }
 
 // Columns read for each change, shared with package history.
-const Columns = `xid::text::bigint, stream, seq, committed_at, tbl, op, coalesce(entity_id, ''),
+const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
 coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
 coalesce(request_id, ''), row_data::text, changes::text, old_data::text`
 
@@ -284,7 +290,7 @@ order by committed_at, xid, id`
 func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin isolation level repeatable read read only")
-	b.Queue("select pg_current_snapshot()::text")
+	b.Queue("select pg_current_snapshot()::text, (select " + epochExpr + " from rowcast.meta)")
 	b.Queue(pollSQL, st.snapshot)
 	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
@@ -292,9 +298,14 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 	if _, err := br.Exec(); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	var next string
-	if err := br.QueryRow().Scan(&next); err != nil {
+	var next, epoch string
+	if err := br.QueryRow().Scan(&next, &epoch); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if epoch != st.epoch {
+		// The history was restarted (a logical slot was recreated): what
+		// follows does not continue the positions clients hold.
+		return 0, errEpochChanged
 	}
 	rows, err := br.Query()
 	if err != nil {

@@ -1,0 +1,269 @@
+package triggers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/config"
+)
+
+// Generated is a stored generated column. Logical decoding does not carry
+// generated columns, so the apply function computes them from the decoded
+// row with the column's own expression, as the table would.
+type Generated struct {
+	Name, Expr string
+}
+
+// Inspect reads what rendering the logical plan needs from the catalog: the
+// stored generated columns of each table, by Table.Qualified().
+func Inspect(ctx context.Context, conn *pgx.Conn, tables []config.Table) (map[string][]Generated, error) {
+	out := make(map[string][]Generated)
+	for _, t := range tables {
+		rows, err := conn.Query(ctx, `
+select a.attname, pg_get_expr(d.adbin, d.adrelid)
+from pg_attribute a join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+where a.attrelid = to_regclass($1) and a.attgenerated = 's' and not a.attisdropped
+order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+		}
+		var g Generated
+		_, err = pgx.ForEachRow(rows, []any{&g.Name, &g.Expr}, func() error {
+			out[t.Qualified()] = append(out[t.Qualified()], g)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+		}
+	}
+	return out, nil
+}
+
+// Prepare renders the plan for the configuration's capture mode, reading
+// the catalog first when the mode needs it.
+func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, error) {
+	o := OptionsFor(cfg)
+	if o.Logical {
+		gen, err := Inspect(ctx, conn, cfg.Tables)
+		if err != nil {
+			return nil, err
+		}
+		o.Generated = gen
+	}
+	return Render(cfg.Tables, o)
+}
+
+// OptionsFor returns the render options of a configuration (without the
+// catalog facts Prepare adds).
+func OptionsFor(cfg *config.Config) Options {
+	return Options{
+		Notify:      cfg.Capture.Notify == nil || *cfg.Capture.Notify,
+		Logical:     cfg.Capture.Mode == config.ModeLogical,
+		Slot:        cfg.Capture.Slot,
+		Publication: cfg.Capture.Publication,
+	}
+}
+
+// renderApply renders a table's logical-mode apply function: it turns the
+// decoded row values back into rows of the table's type and runs the same
+// body as the capture trigger on them, so both modes write byte-identical
+// changelog rows. It also drops the table's capture triggers (both modes at
+// once would capture twice) and sets the replica identity.
+func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
+	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
+	tbl := ident(t.Schema()) + "." + ident(t.Name())
+	var body string
+	switch t.Kind {
+	case "", "entity":
+		body = entityBody(t, applyRecs)
+	case "ai_task":
+		body = taskBody(t, applyRecs)
+	default:
+		return TablePlan{}, fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
+	}
+	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, new_j);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, old_j);\n", tbl)
+	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
+	var g strings.Builder
+	for _, c := range gen {
+		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+	}
+	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
+	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "(op text, new_j jsonb, old_j jsonb) RETURNS void\n" +
+		"LANGUAGE plpgsql\n" +
+		"SET search_path = pg_catalog, pg_temp\n" +
+		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
+		"AS $fn$\n#variable_conflict use_column\n" + body + "$fn$;\n"
+	hash := hashOf(fnSQL)
+	var b strings.Builder
+	b.WriteString(fnSQL)
+	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, jsonb, jsonb) IS %s;\n", fn, literal(hashPrefix+hash))
+	b.WriteString(dropTriggersSQL(tbl) + "\n")
+	if t.ReplicaIdentityIndex != "" {
+		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;\n", tbl, ident(t.ReplicaIdentityIndex))
+	} else {
+		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY FULL;\n", tbl)
+	}
+	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+}
+
+// renderPublication creates the publication, or sets its tables.
+func renderPublication(name string, tables []config.Table) string {
+	list := make([]string, len(tables))
+	for i, t := range tables {
+		list[i] = ident(t.Schema()) + "." + ident(t.Name())
+	}
+	tl := strings.Join(list, ", ")
+	return fmt.Sprintf(`DO $pub$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %[1]s) THEN
+        ALTER PUBLICATION %[2]s SET TABLE %[3]s;
+    ELSE
+        CREATE PUBLICATION %[2]s FOR TABLE %[3]s;
+    END IF;
+END
+$pub$;
+`, literal(name), ident(name), tl)
+}
+
+// CheckLogical reports what the database lacks for logical capture, each
+// with the change that fixes it.
+func CheckLogical(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	var walLevel string
+	var slots, senders int
+	var canReplicate bool
+	var user string
+	err := conn.QueryRow(ctx, `
+select current_setting('wal_level'), current_setting('max_replication_slots')::int,
+       current_setting('max_wal_senders')::int, current_user,
+       coalesce((select rolsuper or rolreplication from pg_roles where rolname = current_user), false)`).
+		Scan(&walLevel, &slots, &senders, &user, &canReplicate)
+	if err != nil {
+		return nil, fmt.Errorf("check logical: %w", err)
+	}
+	var problems []string
+	if walLevel != "logical" {
+		problems = append(problems, fmt.Sprintf("wal_level is %q; logical capture needs logical: run ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL (on a managed service set the provider's parameter, e.g. rds.logical_replication = 1 or cloudsql.logical_decoding = on)", walLevel))
+	}
+	if slots < 1 {
+		problems = append(problems, fmt.Sprintf("max_replication_slots is %d; run ALTER SYSTEM SET max_replication_slots = 10; and restart PostgreSQL", slots))
+	}
+	if senders < 1 {
+		problems = append(problems, fmt.Sprintf("max_wal_senders is %d; run ALTER SYSTEM SET max_wal_senders = 10; and restart PostgreSQL", senders))
+	}
+	if !canReplicate {
+		problems = append(problems, fmt.Sprintf("role %s may not replicate; run ALTER ROLE %s REPLICATION; as a superuser", ident(user), ident(user)))
+	}
+	return problems, nil
+}
+
+// createSlot creates the replication slot unless it exists; it must run
+// outside a transaction that wrote anything.
+func createSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {
+	var created bool
+	err := conn.QueryRow(ctx, `
+select count(*) > 0 from (
+    select pg_create_logical_replication_slot($1, 'pgoutput')
+    where not exists (select 1 from pg_replication_slots where slot_name = $1)
+) s`, slot).Scan(&created)
+	if err != nil {
+		return false, describe("replication slot "+slot, err)
+	}
+	return created, nil
+}
+
+// removeLogical drops the publication and the slot if they exist.
+func removeLogical(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]string, error) {
+	var done []string
+	if _, err := conn.Exec(ctx, "drop publication if exists "+ident(publication)); err != nil {
+		return nil, fmt.Errorf("drop publication: %w", err)
+	}
+	var dropped bool
+	err := conn.QueryRow(ctx, `
+select count(*) > 0 from (
+    select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1
+) s`, slot).Scan(&dropped)
+	if err != nil {
+		return nil, fmt.Errorf("drop replication slot %s (stop every relay first, or it is in use): %w", slot, err)
+	}
+	if dropped {
+		done = append(done, "dropped replication slot "+slot)
+	}
+	return append(done, "dropped publication "+publication+" (if it existed)"), nil
+}
+
+// verifyLogical adds the logical-mode differences to drift.
+func verifyLogical(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
+	var drift []string
+	for _, t := range p.Tables {
+		tbl := ident(t.Table.Schema()) + "." + ident(t.Table.Name())
+		var exists, triggered bool
+		var comment *string
+		var replident, index string
+		err := conn.QueryRow(ctx, `
+select c.oid is not null,
+       obj_description(to_regprocedure($2), 'pg_proc'),
+       coalesce(c.relreplident::text, ''),
+       coalesce((select i.indexrelid::regclass::text from pg_index i where i.indrelid = c.oid and i.indisreplident), ''),
+       exists (select 1 from pg_trigger where tgrelid = c.oid and tgname = $3)
+from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
+			tbl, t.Function+"(text, jsonb, jsonb)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", t.Table.Qualified(), err)
+		}
+		switch {
+		case !exists:
+			drift = append(drift, t.Table.Qualified()+": table does not exist")
+			continue
+		case comment == nil:
+			drift = append(drift, t.Table.Qualified()+": apply function missing")
+		case *comment != hashPrefix+t.Hash:
+			drift = append(drift, t.Table.Qualified()+": apply function differs from the configuration")
+		}
+		if triggered {
+			drift = append(drift, t.Table.Qualified()+": has a trigger-mode capture trigger (it would capture twice)")
+		}
+		want := "f"
+		if t.Table.ReplicaIdentityIndex != "" {
+			want = "i"
+		}
+		if replident != want || (want == "i" && !strings.HasSuffix(strings.Trim(index, `"`), t.Table.ReplicaIdentityIndex)) {
+			drift = append(drift, t.Table.Qualified()+": replica identity is not what the configuration asks")
+		}
+	}
+	rows, err := conn.Query(ctx, "select schemaname || '.' || tablename from pg_publication_tables where pubname = $1", p.Publication)
+	if err != nil {
+		return nil, fmt.Errorf("verify publication: %w", err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("verify publication: %w", err)
+	}
+	want := make([]string, 0, len(p.Tables))
+	for _, t := range p.Tables {
+		want = append(want, t.Table.Qualified())
+	}
+	sort.Strings(want)
+	sort.Strings(published)
+	if strings.Join(want, ",") != strings.Join(published, ",") {
+		drift = append(drift, fmt.Sprintf("publication %s has tables [%s], want [%s]", p.Publication,
+			strings.Join(published, ", "), strings.Join(want, ", ")))
+	}
+	var slotExists bool
+	if err := conn.QueryRow(ctx, "select exists (select 1 from pg_replication_slots where slot_name = $1)", p.Slot).Scan(&slotExists); err != nil {
+		return nil, fmt.Errorf("verify slot: %w", err)
+	}
+	if !slotExists {
+		drift = append(drift, "replication slot "+p.Slot+" does not exist")
+	}
+	return drift, nil
+}
+
+// ErrNotReady is returned by Install when the database lacks what logical
+// capture needs; the error lists each problem with its fix.
+var ErrNotReady = errors.New("the database is not ready for logical capture")
