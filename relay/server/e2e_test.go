@@ -435,13 +435,15 @@ func TestTokenExpiryCloses(t *testing.T) {
 func TestRateLimitAndFrameSize(t *testing.T) {
 	e := startRelay(t, nil)
 	c := e.connect(userToken(t, "2", 1))
+	// One message at a time, each answered before the next goes out, so
+	// nothing is left unread when the relay closes (which would reset the
+	// connection and lose the close frame).
 	limited := 0
-	for i := 0; i < 200; i++ {
-		if err := c.c.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":1}`)); err != nil {
-			break
+	for i := 0; ; i++ {
+		if i > 200 {
+			t.Fatal("not closed after 200 messages past the limit")
 		}
-	}
-	for {
+		c.send(`{"type":"ping","id":1}`)
 		f, err := c.read(10 * time.Second)
 		if err != nil {
 			var ce *websocket.CloseError
@@ -452,6 +454,16 @@ func TestRateLimitAndFrameSize(t *testing.T) {
 		}
 		if f.Code == "rate_limited" {
 			limited++
+			// The closing message is answered with rate_limited too, then the close.
+			if limited > 20 {
+				if _, err := c.read(10 * time.Second); err != nil {
+					var ce *websocket.CloseError
+					if !asClose(err, &ce) || ce.Code != 4429 {
+						t.Fatalf("want close 4429, got %v", err)
+					}
+					break
+				}
+			}
 		}
 	}
 	if limited == 0 {

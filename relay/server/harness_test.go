@@ -48,14 +48,26 @@ func (e *env) forT(t *testing.T) *env {
 	return &c
 }
 
-// startRelay creates a demo CRM database, installs the triggers and runs a
+// startRelay creates a demo CRM database (plus the extra schema statements), installs the triggers and runs a
 // relay on a free port; tweak adjusts the configuration first.
-func startRelay(t *testing.T, tweak func(*config.Config)) *env {
+func startRelay(t *testing.T, tweak func(*config.Config), schema ...string) *env {
 	t.Helper()
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
 	if err := demo.Setup(ctx, url); err != nil {
 		t.Fatal(err)
+	}
+	if len(schema) > 0 {
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sql := range schema {
+			if _, err := conn.Exec(ctx, sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conn.Close(ctx)
 	}
 	cfg := config.Defaults()
 	cfg.Database.URL = url

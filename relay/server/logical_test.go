@@ -1,26 +1,335 @@
 package server_test
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/config"
 )
 
 func logicalMode(c *config.Config) { c.Capture.Mode = config.ModeLogical }
 
-func TestLogicalBasicEvents(t *testing.T) {
+func TestLogicalOrderingOracle(t *testing.T) { orderingOracle(t, logicalMode) }
+
+// wideSchema is one table with every common column type.
+const wideSchema = `
+create type mood as enum ('happy', 'sad', 'it''s complicated');
+create table wide (
+    id        bigint primary key,
+    team_id   bigint not null,
+    i2        int2, i4 int4, i8 int8,
+    num       numeric, num_scaled numeric(10,2),
+    f8        float8, f4 float4,
+    txt       text, vc varchar(20), flag bool,
+    d         date, ts timestamp, tstz timestamptz, iv interval,
+    u         uuid, j json, jb jsonb,
+    tags      text[], nums int[],
+    raw       bytea, m mood,
+    doubled   bigint generated always as (i8 * 2) stored,
+    big       text
+);`
+
+// wideWorkload is the same scripted workload for both modes.
+var wideWorkload = []string{
+	`insert into wide (id, team_id, i2, i4, i8, num, num_scaled, f8, f4, txt, vc, flag, d, ts, tstz, iv, u, j, jb, tags, nums, raw, m, big)
+	 values (1, 1, -2, 40000, 9007199254740993, 'NaN', 1.50, 'Infinity', 1.5, e'tab\tquote" back\\ slash ü', 'short', true,
+	 '2026-11-25', '2026-11-25 18:05:15.123456', '2026-11-25 18:05:15.123456+02', '1 day 02:03:04.5',
+	 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"b": 1, "a": [1, 2.50], "a": "dup"}', '{"z": null, "y": {"x": 1e3}}',
+	 array['a', 'b c', null, 'd"e'], array[1, null, 3], '\xdeadbeef', 'it''s complicated', repeat('x', 1000000))`,
+	`update wide set num = 12.340, f8 = '-Infinity', iv = '-3 mons', flag = false where id = 1`,
+	`update wide set txt = txt where id = 1`,
+	`update wide set i8 = 21, tags = '{}' where id = 1`,
+	`update wide set big = repeat('y', 1000000) where id = 1`,
+	`update wide set ts = null, j = null, jb = '[]' where id = 1`,
+	`insert into wide (id, team_id, f8, num) values (2, 1, 'NaN', '-Infinity')`,
+	`update wide set team_id = 2 where id = 2`,
+	`delete from wide where id = 1`,
+}
+
+// runWide runs the workload under one capture mode and returns each event
+// frame's data with committedAt removed.
+func runWide(t *testing.T, tweak func(*config.Config)) []string {
+	e := startRelay(t, func(c *config.Config) {
+		if tweak != nil {
+			tweak(c)
+		}
+		c.Tables = append(c.Tables, config.Table{Table: "wide", Entity: "wide"}.WithDefaults())
+	}, wideSchema)
+	c := e.connect(userToken(t, "9", 1, 2))
+	for _, sql := range wideWorkload {
+		e.exec(sql)
+	}
+	e.exec("insert into leads (team_id, first_name) values (1, 'end')")
+	committed := regexp.MustCompile(`,"committedAt":"[^"]*"`)
+	var out []string
+	for {
+		f := c.next()
+		if f.Event == "lead:created" {
+			break
+		}
+		if f.Type != "event" {
+			t.Fatalf("unexpected frame %s", f.raw)
+		}
+		out = append(out, f.Event+" "+committed.ReplaceAllString(string(f.Data), ""))
+	}
+	return out
+}
+
+func TestModeEquivalence(t *testing.T) {
+	trig := runWide(t, nil)
+	logi := runWide(t, logicalMode)
+	if len(trig) != 9 {
+		t.Errorf("trigger mode sent %d events, want 9 (the no-op update sends none; the team move two)", len(trig))
+	}
+	for i := range max(len(trig), len(logi)) {
+		var a, b string
+		if i < len(trig) {
+			a = trig[i]
+		}
+		if i < len(logi) {
+			b = logi[i]
+		}
+		if a != b {
+			t.Errorf("event %d differs\ntrigger: %.600s\nlogical: %.600s", i, a, b)
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	// Spot checks of to_jsonb rendering, so that identical-but-wrong fails.
+	first := trig[0]
+	for _, want := range []string{`"num":"NaN"`, `"f8":"Infinity"`, `"num_scaled":1.50`, `"i8":9007199254740993`,
+		`"iv":"P1DT2H3M4.5S"`, `"tstz":"2026-11-25T16:05:15.123456+00:00"`, `"raw":"\\xdeadbeef"`,
+		`"tags":["a","b c",null,"d\"e"]`, `"doubled":18014398509481986`, `"m":"it's complicated"`,
+		`"j":{"a":"dup","b":1}`} {
+		if !strings.Contains(first, want) {
+			t.Errorf("created event lacks %s", want)
+		}
+	}
+	if !strings.Contains(trig[3], `"changes":{"big":"yyy`) || strings.Contains(trig[2], `"big"`) {
+		t.Errorf("TOAST column: changed only when written: %.200s / %.200s", trig[2], trig[3])
+	}
+}
+
+func TestLogicalIdleSlotAdvances(t *testing.T) {
+	e := startRelay(t, logicalMode, "create table unrelated (id serial primary key, v text)")
+	c := e.connect(userToken(t, "2", 1))
+	for i := 0; i < 50; i++ {
+		e.exec("insert into leads (team_id, first_name) values (1, $1)", fmt.Sprint(i))
+	}
+	for i := 0; i < 50; i++ {
+		c.event("lead:created")
+	}
+	// Only WAL the slot does not publish from now on.
+	var target string
+	for i := 0; i < 20; i++ {
+		e.exec("insert into unrelated (v) select repeat('z', 1000) from generate_series(1, 100)")
+	}
+	if err := e.db.QueryRow(context.Background(), "select pg_current_wal_lsn()::text").Scan(&target); err != nil {
+		t.Fatal(err)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		var ok bool
+		err := e.db.QueryRow(context.Background(),
+			"select confirmed_flush_lsn >= $1::pg_lsn from pg_replication_slots where slot_name = 'rowcast'", target).Scan(&ok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("the idle slot's confirmed position never reached %s", target)
+		}
+	}
+}
+
+func TestLogicalAlterTableTruncateRollback(t *testing.T) {
 	e := startRelay(t, logicalMode)
 	c := e.connect(userToken(t, "2", 1))
-	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'Noah', 2)")
-	f := c.event("lead:created")
-	t.Logf("%s", f.raw)
-	e.exec("update leads set score = 5 where first_name = 'Noah'")
-	f = c.event("lead:updated")
-	t.Logf("%s", f.raw)
-	e.exec("delete from leads")
-	f = c.event("lead:deleted")
-	t.Logf("%s", f.raw)
+	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
+	c.event("lead:created")
+
+	e.exec("alter table leads add column nickname text")
+	e.exec("update leads set nickname = 'Nico' where first_name = 'before'")
+	if f := c.event("lead:updated"); !bytes.Contains(f.Data, []byte(`"changes":{"nickname":"Nico"}`)) {
+		t.Errorf("added column: %s", f.raw)
+	}
+	e.exec("alter table leads drop column phone")
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	if f := c.event("lead:created"); bytes.Contains(f.Data, []byte(`"phone"`)) || !bytes.Contains(f.Data, []byte(`"nickname":null`)) {
+		t.Errorf("dropped column still sent, or added one missing: %s", f.raw)
+	}
+
+	// A rolled-back transaction sends nothing.
+	ctx := context.Background()
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "insert into leads (team_id, first_name) values (1, 'rolled back')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	e.exec("truncate notes")
-	f = c.next()
-	t.Logf("%s", f.raw)
+	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
+		t.Fatalf("after a rollback and a truncate got %s", f.raw)
+	}
+}
+
+func TestLogicalActorAndRequestID(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	c := e.connect(userToken(t, "2", 1))
+	e.tx(func(tx pgx.Tx) error {
+		_, err := tx.Exec(context.Background(), `select rowcast.set_actor('3'), rowcast.set_request_id('req-42');
+			insert into leads (team_id, first_name, updated_by) values (1, 'A', 2)`)
+		return err
+	})
+	d := c.event("lead:created").data()
+	if d["userId"] != "3" || d["requestId"] != "req-42" {
+		t.Errorf("set_actor / set_request_id in logical mode: %v", d)
+	}
+	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'B', 2)")
+	if d := c.event("lead:created").data(); d["userId"] != "2" || d["requestId"] != nil {
+		t.Errorf("actor column; the previous transaction's settings must not leak: %v", d)
+	}
+}
+
+func TestLogicalLargeTransaction(t *testing.T) {
+	if testing.Short() {
+		t.Skip("100k rows")
+	}
+	e := startRelay(t, logicalMode)
+	const n = 100000
+	e.exec(`insert into notes (team_id, entity_type, entity_id, body) select 1, 'lead', g, 'n' || g from generate_series(1, $1) g`, n)
+	// Every row reached the changelog, numbered, in one stream.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(2 * time.Minute)
+	for {
+		var rows, maxSeq int64
+		if err := e.db.QueryRow(context.Background(),
+			"select count(*), coalesce(max(seq), 0) from rowcast.changelog where stream = 'team:1' and seq is not null").
+			Scan(&rows, &maxSeq); err != nil {
+			t.Fatal(err)
+		}
+		if rows == n && maxSeq == n {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("changelog has %d rows (max seq %d), want %d", rows, maxSeq, n)
+		}
+	}
+	// And the relay read and published them.
+	for e.relay.Hub().Stats().Published < n {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("relay published %d events, want %d", e.relay.Hub().Stats().Published, n)
+		}
+	}
+}
+
+// TestLogicalHolderKilled: SIGKILL the slot holder (a real rowcast process)
+// in the middle of a stream of writes; the relay in this process takes the
+// slot over, and its sessions see every version exactly once, in order.
+func TestLogicalHolderKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills a rowcast process")
+	}
+	e := startRelay(t, logicalMode)
+	e.shutdown() // let the subprocess take the slot first
+	bin := filepath.Join(t.TempDir(), "rowcast")
+	build := exec.Command("go", "build", "-o", bin, "github.com/rowcast/rowcast/cmd/rowcast")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "rowcast.yaml")
+	var yml bytes.Buffer
+	if err := e.cfg.WriteYAML(&yml); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfgFile, yml.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proc := exec.Command(bin, "serve", "--config", cfgFile)
+	proc.Env = append(os.Environ(), "ROWCAST_DATABASE_URL="+e.url, "ROWCAST_AUTH_JWT_SECRET="+secret)
+	var logs bytes.Buffer
+	proc.Stdout, proc.Stderr = &logs, &logs
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
+	waitFor(t, "the subprocess to hold the slot", func() bool {
+		var held bool
+		err := e.db.QueryRow(context.Background(),
+			"select exists (select 1 from pg_locks where locktype = 'advisory' and granted)").Scan(&held)
+		return err == nil && held
+	})
+	e.start() // not the holder: it reads the changelog the subprocess writes
+	c := e.connect(userToken(t, "2", 1))
+
+	var id int64
+	if err := e.db.QueryRow(context.Background(), `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
+		values (1, 'hot', 'Austin', 'TX', '1', 1) returning id`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	c.event("escrow:created")
+	const n = 300
+	for i := 1; i <= n; i++ {
+		if i == n/3 {
+			if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.exec("update escrows set version = version + 1 where id = $1", id)
+	}
+	for v := 2; v <= n+1; v++ {
+		f := c.event("escrow:updated")
+		var d struct {
+			Changes struct{ Version int } `json:"changes"`
+		}
+		if err := json.Unmarshal(f.Data, &d); err != nil || d.Changes.Version != v {
+			t.Fatalf("want version %d, got %s\nsubprocess log:\n%s", v, f.raw, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "holding the replication slot") {
+		t.Errorf("the subprocess never held the slot:\n%s", logs.String())
+	}
+}
+
+// waitFor polls cond every 50ms for up to 30s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
 }

@@ -278,12 +278,14 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	acked := max(start, a.applied)
 	var serverEnd pglogrepl.LSN
 	nextStatus := time.Now().Add(a.h.o.StandbyInterval)
+	var lastReport time.Time
 	report := func() error {
 		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: acked})
 		if err != nil {
 			return fmt.Errorf("logical standby status: %w", err)
 		}
-		nextStatus = time.Now().Add(a.h.o.StandbyInterval)
+		lastReport = time.Now()
+		nextStatus = lastReport.Add(a.h.o.StandbyInterval)
 		if a.h.o.OnProgress != nil {
 			lag := uint64(0)
 			if serverEnd > acked {
@@ -325,9 +327,13 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 				}
 				serverEnd = max(serverEnd, ka.ServerWALEnd)
 				// With no transaction open everything received is written:
-				// move the slot forward so an idle slot holds no WAL.
+				// move the slot forward so an idle slot holds no WAL, and say
+				// so within a second.
 				if !a.inTxn && ka.ServerWALEnd > acked {
 					acked = ka.ServerWALEnd
+					if soon := lastReport.Add(time.Second); soon.Before(nextStatus) {
+						nextStatus = soon
+					}
 				}
 				if ka.ReplyRequested {
 					if err := report(); err != nil {
@@ -345,9 +351,10 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 					return err
 				}
 				if end > acked {
+					// Written: it may be acknowledged; batch the reports.
 					acked = end
-					if err := report(); err != nil {
-						return err
+					if soon := lastReport.Add(200 * time.Millisecond); soon.Before(nextStatus) {
+						nextStatus = soon
 					}
 				}
 			}
