@@ -316,4 +316,3 @@ func orderingOracle(t *testing.T, tweak func(*config.Config)) {
 }
 
 var errRollback = errors.New("rollback on purpose")
-
