@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
     stream       text NOT NULL,
     seq          bigint,
     committed_at timestamptz,
-    origin_at    timestamptz,
+    origin_at    timestamptz DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz,
     tbl          text NOT NULL,
     op           "char" NOT NULL,
     entity_id    text,
@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
     changes      jsonb,
     old_data     jsonb
 );
+-- origin_at: in logical mode the source transaction's commit time, which the
+-- slot holder names per source transaction (several may share one writing
+-- transaction); committed_at stays the ordering key.
+ALTER TABLE rowcast.changelog ALTER COLUMN origin_at
+    SET DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz;
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
 CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
 CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
@@ -118,11 +123,8 @@ BEGIN
     -- then agrees with every stream's seq order.
     ts := greatest(clock_timestamp(), ts + interval '1 microsecond');
     UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams);
-    -- origin_at is the source transaction's commit time in logical mode
-    -- (set by the slot holder); committed_at stays the ordering key.
     UPDATE rowcast.changelog c
-    SET seq = b.base + v.rn, committed_at = ts,
-        origin_at = nullif(current_setting('rowcast.commit_time', true), '')::timestamptz
+    SET seq = b.base + v.rn, committed_at = ts
     FROM (
         SELECT id, stream, row_number() OVER (PARTITION BY stream ORDER BY id) AS rn
         FROM rowcast.changelog WHERE xid = x AND seq IS NULL

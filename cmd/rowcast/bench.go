@@ -22,13 +22,13 @@ import (
 	"github.com/rowcast/rowcast/relay/server"
 )
 
-// runBench measures commit → client latency end to end: a throwaway
+// runBenchLatency measures commit → client latency end to end: a throwaway
 // PostgreSQL with the demo CRM, a relay in this process, N WebSocket
 // sessions of one team, and writers updating escrows at a fixed rate. Each
 // session records, per event, the time from the change's committedAt to the
 // frame's arrival.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench", stderr)
+func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench latency", stderr)
 	sessions := fs.Int("sessions", 100, "WebSocket sessions, all in the written team")
 	writes := fs.Int("writes", 3000, "update transactions to commit")
 	perSec := fs.Float64("rate", 500, "transactions per second (all writers together)")

@@ -49,9 +49,15 @@ type Options struct {
 	// Retry is the pause between attempts to take the slot (default 2s).
 	Retry time.Duration
 	// Batch is how many changes are sent to the database per round trip
-	// (default 256).
-	Batch  int
-	Logger *slog.Logger
+	// (default 500).
+	Batch int
+	// GroupRows and GroupDelay bound a group commit: consecutive source
+	// transactions are written in one database transaction until it holds
+	// GroupRows changes (default 5000) or is GroupDelay old (default 20ms),
+	// or the stream pauses for a millisecond.
+	GroupRows  int
+	GroupDelay time.Duration
+	Logger     *slog.Logger
 	// OnHolder is called with true when this replica takes the slot and
 	// false when it lets it go.
 	OnHolder func(bool)
@@ -83,7 +89,13 @@ func New(url string, o Options) *Holder {
 		o.Retry = 2 * time.Second
 	}
 	if o.Batch <= 0 {
-		o.Batch = 256
+		o.Batch = 500
+	}
+	if o.GroupRows <= 0 {
+		o.GroupRows = 5000
+	}
+	if o.GroupDelay <= 0 {
+		o.GroupDelay = 20 * time.Millisecond
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -232,29 +244,43 @@ type relation struct {
 	fn      string // quoted apply function
 	columns []string
 	json    []bool // column is json or jsonb: embedded, not a string
+	key     []bool // column is part of the replica identity
 }
 
-// change is one decoded row change waiting to be applied.
-type change struct {
-	fn       string
-	op       string
-	new, old []byte
-}
-
-// applier replicates one connected period.
+// applier replicates one connected period. Source transactions are applied
+// in group commits: consecutive source transactions share one database
+// transaction until it holds GroupRows changes, GroupDelay has passed, or
+// the stream has nothing more to deliver at once. Every row records its own
+// source commit time (rowcast.commit_time, the changelog's origin_at
+// default), and the database transaction also records the last source
+// commit LSN it covers; only after it commits is that source transaction's
+// end LSN acknowledged.
 type applier struct {
 	h       *Holder
 	db      *pgx.Conn
 	rels    map[uint32]*relation
-	applied pglogrepl.LSN // last commit LSN written to the changelog
+	applied pglogrepl.LSN // last source commit LSN written to the changelog
 
-	// The source transaction being decoded.
-	inTxn   bool
-	skip    bool
-	tx      pgx.Tx
-	begin   pglogrepl.BeginMessage
-	batch   *pgx.Batch
-	pending int
+	inTxn bool // between a source Begin and Commit
+	skip  bool // the source transaction was written before a crash
+	begin pglogrepl.BeginMessage
+
+	// The open database transaction and what it covers.
+	tx        pgx.Tx
+	txStart   time.Time
+	batch     *pgx.Batch
+	rows      int // changes queued in this database transaction
+	lastLSN   pglogrepl.LSN
+	lastEnd   pglogrepl.LSN
+	committed bool          // the transaction covers at least one whole source transaction
+	beganAt   pglogrepl.LSN // FinalLSN of the last source transaction that queued something
+
+	// A run of changes of one relation, sent as one statement.
+	run struct {
+		fn         string
+		ops        []string
+		news, olds []*string
+	}
 }
 
 func (a *applier) loadApplied(ctx context.Context) error {
@@ -279,6 +305,11 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	var serverEnd pglogrepl.LSN
 	nextStatus := time.Now().Add(a.h.o.StandbyInterval)
 	var lastReport time.Time
+	soon := func(d time.Duration) {
+		if t := lastReport.Add(d); t.Before(nextStatus) {
+			nextStatus = t
+		}
+	}
 	report := func() error {
 		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: acked})
 		if err != nil {
@@ -295,22 +326,50 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		}
 		return nil
 	}
+	groupCommit := func() error {
+		end, err := a.commitGroup(ctx)
+		if err != nil {
+			return err
+		}
+		if end > acked {
+			acked = end
+			soon(200 * time.Millisecond)
+		}
+		return nil
+	}
 	defer func() {
 		if a.tx != nil {
 			_ = a.tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
 	for {
-		if time.Now().After(nextStatus) {
+		now := time.Now()
+		if a.committed && !a.inTxn && (a.rows >= a.h.o.GroupRows || now.Sub(a.txStart) >= a.h.o.GroupDelay) {
+			if err := groupCommit(); err != nil {
+				return err
+			}
+		}
+		if now.After(nextStatus) {
 			if err := report(); err != nil {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		deadline := nextStatus
+		if a.committed && !a.inTxn {
+			// Whole source transactions are waiting: commit them as soon as
+			// the stream pauses.
+			deadline = now.Add(time.Millisecond)
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
+				if a.committed && !a.inTxn {
+					if err := groupCommit(); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("logical receive: %w", err)
@@ -326,14 +385,12 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 					return fmt.Errorf("logical keepalive: %w", err)
 				}
 				serverEnd = max(serverEnd, ka.ServerWALEnd)
-				// With no transaction open everything received is written:
-				// move the slot forward so an idle slot holds no WAL, and say
-				// so within a second.
-				if !a.inTxn && ka.ServerWALEnd > acked {
+				// With nothing received but unwritten, everything up to
+				// the server's position is handled: move the slot forward
+				// so an idle slot holds no WAL, and say so within a second.
+				if !a.inTxn && a.tx == nil && ka.ServerWALEnd > acked {
 					acked = ka.ServerWALEnd
-					if soon := lastReport.Add(time.Second); soon.Before(nextStatus) {
-						nextStatus = soon
-					}
+					soon(time.Second)
 				}
 				if ka.ReplyRequested {
 					if err := report(); err != nil {
@@ -350,12 +407,11 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 				if err != nil {
 					return err
 				}
-				if end > acked {
-					// Written: it may be acknowledged; batch the reports.
+				if end > acked && a.tx == nil {
+					// A source transaction with nothing to write, or one
+					// already written before a restart.
 					acked = end
-					if soon := lastReport.Add(200 * time.Millisecond); soon.Before(nextStatus) {
-						nextStatus = soon
-					}
+					soon(200 * time.Millisecond)
 				}
 			}
 		}
@@ -363,8 +419,8 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 }
 
 // handle applies one pgoutput message. It returns the end LSN of a source
-// transaction once that transaction is written (or skipped as already
-// written), and 0 otherwise.
+// transaction that needed no writing (nothing captured, or written before a
+// crash), and 0 otherwise.
 func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error) {
 	msg, err := pglogrepl.ParseV2(data, false)
 	if err != nil {
@@ -373,40 +429,42 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessageV2:
 		a.relation(&m.RelationMessage)
-	case *pglogrepl.RelationMessage:
-		a.relation(m)
 	case *pglogrepl.BeginMessage:
 		a.inTxn, a.begin = true, *m
 		a.skip = m.FinalLSN <= a.applied
 	case *pglogrepl.CommitMessage:
-		return a.commit(ctx, m)
+		a.inTxn = false
+		if a.skip || !a.touched() {
+			return m.TransactionEndLSN, nil
+		}
+		a.lastLSN, a.lastEnd, a.committed = m.CommitLSN, m.TransactionEndLSN, true
 	case *pglogrepl.InsertMessageV2:
 		return 0, a.change(ctx, m.RelationID, "INSERT", m.Tuple, nil)
 	case *pglogrepl.UpdateMessageV2:
-		return 0, a.change(ctx, m.RelationID, "UPDATE", m.NewTuple, m.OldTuple)
+		old := m.OldTuple
+		if old == nil {
+			old = a.keyOf(m.RelationID, m.NewTuple)
+		}
+		return 0, a.change(ctx, m.RelationID, "UPDATE", m.NewTuple, old)
 	case *pglogrepl.DeleteMessageV2:
 		return 0, a.change(ctx, m.RelationID, "DELETE", nil, m.OldTuple)
 	case *pglogrepl.TruncateMessageV2:
 		for _, id := range m.RelationIDs {
-			rel := a.rels[id]
-			if rel == nil {
-				continue
-			}
-			if err := a.queue(ctx, "select rowcast.truncated_logical($1)", rel.table); err != nil {
-				return 0, err
+			if rel := a.rels[id]; rel != nil && !a.skip {
+				if err := a.open(ctx); err != nil {
+					return 0, err
+				}
+				a.queueSQL("select rowcast.truncated_logical($1)", rel.table)
 			}
 		}
 	case *pglogrepl.LogicalDecodingMessageV2:
-		if err := a.message(ctx, &m.LogicalDecodingMessage); err != nil {
-			return 0, err
-		}
-	case *pglogrepl.LogicalDecodingMessage:
-		if err := a.message(ctx, m); err != nil {
-			return 0, err
-		}
+		return 0, a.message(ctx, &m.LogicalDecodingMessage)
 	}
 	return 0, nil
 }
+
+// touched reports whether the current source transaction queued anything.
+func (a *applier) touched() bool { return a.tx != nil && a.beganAt == a.begin.FinalLSN }
 
 func (a *applier) relation(m *pglogrepl.RelationMessage) {
 	rel := &relation{table: m.Namespace + "." + m.RelationName,
@@ -414,14 +472,34 @@ func (a *applier) relation(m *pglogrepl.RelationMessage) {
 	for _, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		rel.json = append(rel.json, c.DataType == 114 || c.DataType == 3802) // json, jsonb
+		rel.key = append(rel.key, c.Flags&1 != 0)
 	}
 	a.rels[m.RelationID] = rel
+}
+
+// keyOf returns the replica identity columns of a new tuple, standing in for
+// the old tuple that pgoutput leaves out when the key did not change (a
+// USING INDEX identity): the team is then unchanged too.
+func (a *applier) keyOf(relID uint32, t *pglogrepl.TupleData) *pglogrepl.TupleData {
+	rel := a.rels[relID]
+	if rel == nil || t == nil {
+		return nil
+	}
+	k := &pglogrepl.TupleData{ColumnNum: t.ColumnNum}
+	for i, c := range t.Columns {
+		if i < len(rel.key) && rel.key[i] {
+			k.Columns = append(k.Columns, c)
+		} else {
+			k.Columns = append(k.Columns, &pglogrepl.TupleDataColumn{DataType: 'u'})
+		}
+	}
+	return k
 }
 
 // message handles rowcast's transactional logical messages: the actor and
 // the request id named by rowcast.set_actor / rowcast.set_request_id.
 func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
-	if !m.Transactional || !a.inTxn {
+	if !m.Transactional || !a.inTxn || a.skip {
 		return nil
 	}
 	var setting string
@@ -433,24 +511,44 @@ func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 	default:
 		return nil
 	}
-	return a.queue(ctx, "select set_config($1, $2, true)", setting, string(m.Content))
+	if err := a.open(ctx); err != nil {
+		return err
+	}
+	a.queueSQL("select set_config($1, $2, true)", setting, string(m.Content))
+	return nil
 }
 
 func (a *applier) change(ctx context.Context, relID uint32, op string, newT, oldT *pglogrepl.TupleData) error {
+	if a.skip {
+		return nil
+	}
 	rel := a.rels[relID]
 	if rel == nil {
 		return fmt.Errorf("logical decode: change for unknown relation %d", relID)
 	}
-	newJ, oldJ := tupleJSON(rel, newT, oldT), tupleJSON(rel, oldT, nil)
-	return a.queue(ctx, "select "+rel.fn+"($1, $2::jsonb, $3::jsonb)", op, newJ, oldJ)
+	if err := a.open(ctx); err != nil {
+		return err
+	}
+	if a.run.fn != rel.fn {
+		a.endRun()
+		a.run.fn = rel.fn
+	}
+	a.run.ops = append(a.run.ops, op)
+	a.run.news = append(a.run.news, tupleJSON(rel, newT, oldT))
+	a.run.olds = append(a.run.olds, tupleJSON(rel, oldT, nil))
+	a.rows++
+	if len(a.run.ops) >= a.h.o.Batch {
+		return a.send(ctx)
+	}
+	return nil
 }
 
 // tupleJSON renders a tuple as a JSON object of text values (json and
-// jsonb columns embedded as JSON) for jsonb_populate_record. A column sent
-// as unchanged TOAST ('u') takes its value from fallback (the old tuple,
-// complete with REPLICA IDENTITY FULL) and is left out when fallback lacks
-// it, so it reads as unchanged, never as null.
-func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) []byte {
+// jsonb columns embedded as JSON) for jsonb_populate_record, or nil. A
+// column sent as unchanged TOAST ('u') takes its value from fallback (the
+// old tuple, complete with REPLICA IDENTITY FULL) and is left out when
+// fallback lacks it, so it reads as unchanged, never as null.
+func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) *string {
 	if t == nil {
 		return nil
 	}
@@ -472,7 +570,7 @@ func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) []byte {
 			b = append(b, ',')
 		}
 		first = false
-		b, _ = appendJSONString(b, rel.columns[i])
+		b = appendJSONString(b, rel.columns[i])
 		b = append(b, ':')
 		switch {
 		case kind == 'n':
@@ -480,65 +578,78 @@ func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) []byte {
 		case rel.json[i] && json.Valid(val):
 			b = append(b, val...)
 		default:
-			b, _ = appendJSONString(b, string(val))
+			b = appendJSONString(b, string(val))
 		}
 	}
-	return append(b, '}')
+	b = append(b, '}')
+	out := string(b)
+	return &out
 }
 
-func appendJSONString(b []byte, s string) ([]byte, error) {
-	q, err := json.Marshal(s)
-	return append(b, q...), err
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s)
+	return append(b, q...)
 }
 
-// queue adds a statement to the source transaction's batch, opening the
-// database transaction on first use, and sends the batch when it is full.
-func (a *applier) queue(ctx context.Context, sql string, args ...any) error {
-	if a.skip {
-		return nil
-	}
+// open starts the database transaction if none is open and marks the
+// current source transaction as touched.
+func (a *applier) open(ctx context.Context) error {
 	if a.tx == nil {
 		tx, err := a.db.Begin(ctx)
 		if err != nil {
 			return fmt.Errorf("logical apply: %w", err)
 		}
-		a.tx, a.batch = tx, &pgx.Batch{}
-		a.batch.Queue("select set_config('rowcast.commit_time', $1, true)", a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
+		a.tx, a.batch, a.txStart, a.rows, a.committed = tx, &pgx.Batch{}, time.Now(), 0, false
+		a.beganAt = 0
 	}
-	a.batch.Queue(sql, args...)
-	a.pending++
-	if a.pending >= a.h.o.Batch {
-		return a.flush(ctx)
+	if a.beganAt != a.begin.FinalLSN {
+		a.beganAt = a.begin.FinalLSN
+		a.endRun()
+		a.queueSQL("select set_config('rowcast.commit_time', $1, true), set_config('rowcast.actor_id', '', true), set_config('rowcast.request_id', '', true)",
+			a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
 	}
 	return nil
 }
 
-func (a *applier) flush(ctx context.Context) error {
+// endRun queues the current run of one relation's changes as one statement.
+func (a *applier) endRun() {
+	if len(a.run.ops) == 0 {
+		return
+	}
+	a.batch.Queue("select count("+a.run.fn+"(u.op, u.n, u.o)) from unnest($1::text[], $2::jsonb[], $3::jsonb[]) as u (op, n, o)",
+		a.run.ops, a.run.news, a.run.olds)
+	a.run.ops, a.run.news, a.run.olds = nil, nil, nil
+}
+
+func (a *applier) queueSQL(sql string, args ...any) {
+	a.endRun()
+	a.batch.Queue(sql, args...)
+}
+
+// send sends what is queued.
+func (a *applier) send(ctx context.Context) error {
+	a.endRun()
 	if a.batch == nil || a.batch.Len() == 0 {
 		return nil
 	}
 	err := a.tx.SendBatch(ctx, a.batch).Close()
-	a.batch, a.pending = &pgx.Batch{}, 0
+	a.batch = &pgx.Batch{}
 	if err != nil {
 		return fmt.Errorf("logical apply: %w", err)
 	}
 	return nil
 }
 
-// commit writes the source transaction and its commit LSN in one database
-// transaction; only then may its end LSN be acknowledged.
-func (a *applier) commit(ctx context.Context, m *pglogrepl.CommitMessage) (pglogrepl.LSN, error) {
-	a.inTxn = false
-	if a.skip {
-		return m.TransactionEndLSN, nil
+// commitGroup writes the open database transaction with the last source
+// commit LSN it covers and returns that transaction's end LSN, which may
+// now be acknowledged.
+func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
+	if a.tx == nil || !a.committed {
+		return 0, nil
 	}
-	if a.tx == nil {
-		// Nothing captured in this transaction.
-		return m.TransactionEndLSN, nil
-	}
-	a.batch.Queue(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
-		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, m.CommitLSN.String())
-	if err := a.flush(ctx); err != nil {
+	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
+		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
+	if err := a.send(ctx); err != nil {
 		return 0, err
 	}
 	err := a.tx.Commit(ctx)
@@ -546,6 +657,6 @@ func (a *applier) commit(ctx context.Context, m *pglogrepl.CommitMessage) (pglog
 	if err != nil {
 		return 0, fmt.Errorf("logical apply commit: %w", err)
 	}
-	a.applied = m.CommitLSN
-	return m.TransactionEndLSN, nil
+	a.applied, a.committed = a.lastLSN, false
+	return a.lastEnd, nil
 }

@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/pgembed"
+	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+const benchUsage = `usage: rowcast bench [latency|capture|writepath] [flags]
+
+  latency    commit → client latency with N sessions (the default)
+  capture    sustained capture rate into the hub, changes/s, per capture mode
+  writepath  pgbench tps of a CRM-like update with no capture, trigger mode
+             (with and without the doorbell) and logical mode
+
+Every benchmark runs on its own throwaway PostgreSQL; "rowcast bench X -h"
+lists its flags.
+`
+
+// runBench dispatches to the benchmark named by the first argument.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return runBenchLatency(ctx, args, stdout, stderr)
+	}
+	switch args[0] {
+	case "latency":
+		return runBenchLatency(ctx, args[1:], stdout, stderr)
+	case "capture":
+		return runBenchCapture(ctx, args[1:], stdout, stderr)
+	case "writepath":
+		return runBenchWritePath(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, benchUsage)
+	return exitUsage
+}
+
+// benchDB starts a throwaway server (durable or not) for a benchmark.
+func benchServer(ctx context.Context, durable bool) (*pgembed.Server, error) {
+	o := pgembed.Options{}
+	if durable {
+		o.Settings = map[string]string{"fsync": "on", "full_page_writes": "on"}
+	}
+	return pgembed.Start(ctx, o)
+}
+
+// benchConfig returns a relay configuration for the demo CRM at url.
+func benchConfig(url, mode string, notify bool) *config.Config {
+	cfg := config.Defaults()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Database.URL = url
+	cfg.Auth.JWTSecret = "bench-secret-bench-secret-bench-secret"
+	cfg.Tables = demo.Tables()
+	cfg.Capture.Mode = mode
+	cfg.Capture.Notify = &notify
+	return &cfg
+}
+
+func benchInstall(ctx context.Context, cfg *config.Config) error {
+	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	plan, err := triggers.Prepare(ctx, conn, cfg)
+	if err != nil {
+		return err
+	}
+	_, err = triggers.Install(ctx, conn, plan)
+	return err
+}
+
+// startBenchRelay runs a relay until the returned stop is called.
+func startBenchRelay(ctx context.Context, cfg *config.Config) (*server.Relay, func(), error) {
+	r, err := server.New(server.Options{Config: cfg})
+	if err != nil {
+		return nil, nil, err
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("relay: %w", err)
+	}
+	return r, func() { cancel(); <-done }, nil
+}
+
+// runBenchCapture measures how many changes per second reach the hub:
+// writers insert notes in transactions of --txn-rows rows as fast as they
+// can, and the clock stops when the relay has published every change.
+func runBenchCapture(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench capture", stderr)
+	modes := fs.String("modes", "trigger,logical", "capture modes to measure, comma-separated")
+	changes := fs.Int("changes", 200000, "row changes to capture")
+	txnRows := fs.Int("txn-rows", 100, "rows per writing transaction")
+	writers := fs.Int("writers", 2, "concurrent writer connections")
+	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench capture: %v\n", err)
+		return exitFailed
+	}
+	pg, err := benchServer(ctx, *durable)
+	if err != nil {
+		return fail(err)
+	}
+	defer pg.Close()
+	fmt.Fprintf(stdout, "bench capture: %d changes, %d rows per transaction, %d writers, fsync=%v\n",
+		*changes, *txnRows, *writers, *durable)
+	for i, mode := range strings.Split(*modes, ",") {
+		url, err := pg.CreateDatabase(ctx, fmt.Sprintf("capture_%d", i))
+		if err != nil {
+			return fail(err)
+		}
+		rate, err := benchCaptureMode(ctx, url, mode, *changes, *txnRows, *writers)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", mode, err))
+		}
+		fmt.Fprintf(stdout, "%-8s %8.0f changes/s captured into the hub\n", mode, rate)
+	}
+	return exitOK
+}
+
+func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, writers int) (float64, error) {
+	if err := demo.Setup(ctx, url); err != nil {
+		return 0, err
+	}
+	cfg := benchConfig(url, mode, true)
+	if err := benchInstall(ctx, cfg); err != nil {
+		return 0, err
+	}
+	r, stop, err := startBenchRelay(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer stop()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer pool.Close()
+	base := r.Hub().Stats().Published
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	txns := changes / txnRows
+	for w := 0; w < writers; w++ {
+		g.Go(func() error {
+			for i := w; i < txns; i += writers {
+				from := i*txnRows + 1
+				if _, err := pool.Exec(gctx, `insert into notes (team_id, entity_type, entity_id, body)
+					select 1 + g % 2, 'lead', g, 'note ' || g from generate_series($1::int, $2::int) g`,
+					from, from+txnRows-1); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	want := uint64(txns * txnRows)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(5 * time.Minute)
+	for r.Hub().Stats().Published-base < want {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return 0, fmt.Errorf("published %d of %d after 5 minutes", r.Hub().Stats().Published-base, want)
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return float64(want) / time.Since(start).Seconds(), nil
+}
+
+// writePathScript is a CRM-like write: a status and price change on one
+// escrow, as the API's update endpoint does it.
+const writePathScript = `\set id random(1, 1000)
+UPDATE escrows SET status = (ARRAY['open','pending','closed'])[1 + :id % 3], purchase_price = purchase_price + 1, updated_by = 2, updated_at = now() WHERE id = :id;
+`
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+// runBenchWritePath measures what capture costs the application: pgbench
+// tps of writePathScript with no capture, trigger mode with and without the
+// doorbell, and logical mode, each with a relay consuming the changes.
+func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench writepath", stderr)
+	seconds := fs.Int("seconds", 15, "pgbench duration per mode")
+	clients := fs.Int("clients", 8, "pgbench clients")
+	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
+		return exitFailed
+	}
+	bin, err := pgembed.BinDir()
+	if err != nil {
+		return fail(err)
+	}
+	pg, err := benchServer(ctx, *durable)
+	if err != nil {
+		return fail(err)
+	}
+	defer pg.Close()
+	script := filepath.Join(os.TempDir(), fmt.Sprintf("rowcast-bench-%d.sql", os.Getpid()))
+	if err := os.WriteFile(script, []byte(writePathScript), 0o644); err != nil {
+		return fail(err)
+	}
+	defer os.Remove(script)
+	fmt.Fprintf(stdout, "bench writepath: pgbench -c %d -T %d, one-row escrow UPDATE per transaction, fsync=%v\n",
+		*clients, *seconds, *durable)
+	type variant struct {
+		name, mode string
+		notify     bool
+	}
+	variants := []variant{{"none", "", false}, {"trigger", config.ModeTrigger, true},
+		{"trigger-no-doorbell", config.ModeTrigger, false}, {"logical", config.ModeLogical, true}}
+	var baseline float64
+	for i, v := range variants {
+		url, err := pg.CreateDatabase(ctx, fmt.Sprintf("writepath_%d", i))
+		if err != nil {
+			return fail(err)
+		}
+		if err := demo.Setup(ctx, url); err != nil {
+			return fail(err)
+		}
+		if err := seedEscrows(ctx, url); err != nil {
+			return fail(err)
+		}
+		stop := func() {}
+		if v.mode != "" {
+			cfg := benchConfig(url, v.mode, v.notify)
+			if err := benchInstall(ctx, cfg); err != nil {
+				return fail(fmt.Errorf("%s: %w", v.name, err))
+			}
+			if _, stop, err = startBenchRelay(ctx, cfg); err != nil {
+				return fail(fmt.Errorf("%s: %w", v.name, err))
+			}
+		}
+		tps, err := pgbench(ctx, bin, pg, fmt.Sprintf("writepath_%d", i), script, *clients, *seconds)
+		stop()
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", v.name, err))
+		}
+		if v.mode == "" {
+			baseline = tps
+			fmt.Fprintf(stdout, "%-20s %8.0f tps\n", v.name, tps)
+			continue
+		}
+		fmt.Fprintf(stdout, "%-20s %8.0f tps  (%+.1f%% vs none)\n", v.name, tps, (tps/baseline-1)*100)
+	}
+	return exitOK
+}
+
+func seedEscrows(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, `insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
+		select g, 1 + g % 2, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
+		from generate_series(1, 1000) g; vacuum analyze escrows`)
+	return err
+}
+
+func pgbench(ctx context.Context, bin string, pg *pgembed.Server, db, script string, clients, seconds int) (float64, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-c", strconv.Itoa(clients), "-j", "2",
+		"-T", strconv.Itoa(seconds), "-f", script, "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port()), "-U", "postgres", db)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, errors.New("pgbench printed no tps line:\n" + string(out))
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
