@@ -96,7 +96,6 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
 	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "(op text, new_j jsonb, old_j jsonb) RETURNS void\n" +
 		"LANGUAGE plpgsql\n" +
-		"SET search_path = pg_catalog, pg_temp\n" +
 		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
 		"AS $fn$\n#variable_conflict use_column\n" + body + "$fn$;\n"
 	hash := hashOf(fnSQL)

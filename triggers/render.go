@@ -167,7 +167,6 @@ func renderTable(t config.Table) (TablePlan, error) {
 	}
 	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "() RETURNS trigger\n" +
 		"LANGUAGE plpgsql\n" +
-		"SET search_path = pg_catalog, pg_temp\n" +
 		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
 		"AS $fn$\n" + body + "$fn$;\n"
 	hash := hashOf(fnSQL)
@@ -198,6 +197,10 @@ const declare = `DECLARE
     req   text := nullif(current_setting('rowcast.request_id', true), '');
 BEGIN
 `
+
+// markSQL marks the transaction for the commit-time sequencer; the setting
+// check spares the call for every change after a transaction's first.
+const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.mark(); END IF;"
 
 // diff sets ch to the changed columns of n against o, or NULL.
 const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
@@ -234,7 +237,7 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString(declare)
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("        PERFORM rowcast.mark();\n        ")
+	b.WriteString("        " + markSQL + "\n        ")
 	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.new, t), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
 	fmt.Fprintf(&b, "        n := %s;\n        o := to_jsonb(%s);\n", rowJSON(r.new, t), r.old)
@@ -242,11 +245,11 @@ func entityBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
 	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("            PERFORM rowcast.mark();\n            ")
+	b.WriteString("            " + markSQL + "\n            ")
 	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "NULL", "ch"))
 	b.WriteString("        ELSE\n")
 	b.WriteString("            -- A team move is recorded in both teams' streams.\n")
-	b.WriteString("            PERFORM rowcast.mark();\n")
+	b.WriteString("            " + markSQL + "\n")
 	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", od)
 	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", nw)
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.new, "NULL", "NULL"))
@@ -262,7 +265,7 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString("        END IF;\n")
 	b.WriteString("    ELSE\n")
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
-	b.WriteString("        PERFORM rowcast.mark();\n        ")
+	b.WriteString("        " + markSQL + "\n        ")
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
 	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
 	return b.String()
@@ -285,11 +288,11 @@ func taskBody(t config.Table, r recs) string {
 	b.WriteString(declare)
 	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
 	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.new, t))
-	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        PERFORM rowcast.mark();\n        ", r.op)
+	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        "+markSQL+"\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
 	fmt.Fprintf(&b, "    ELSE\n        o := to_jsonb(%s);\n", r.old)
 	b.WriteString(diff)
-	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        PERFORM rowcast.mark();\n", r.ret)
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        "+markSQL+"\n", r.ret)
 	// The highest progress sent so far, so that a lower write is sent
 	// with it: progress never goes backwards on the wire.
 	fmt.Fprintf(&b, `        IF %[1]s::text IN ('completed', 'failed') THEN
