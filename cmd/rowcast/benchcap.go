@@ -287,7 +287,11 @@ func seedEscrows(ctx context.Context, url string) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	_, err = conn.Exec(ctx, `insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
 		select g, 1 + g % 2, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
-		from generate_series(1, 1000) g; vacuum analyze escrows`)
+		from generate_series(1, 1000) g`)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "vacuum analyze escrows")
 	return err
 }
 
