@@ -107,8 +107,9 @@ BEGIN
         WHERE xid = x AND seq IS NULL
         GROUP BY stream ORDER BY stream COLLATE "C"
     LOOP
-        INSERT INTO rowcast.streams AS s (stream, last_seq) VALUES (r.stream, r.n)
-        ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+        INSERT INTO rowcast.streams AS s (stream, last_seq, last_at) VALUES (r.stream, r.n, clock_timestamp())
+        ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq,
+            last_at = greatest(clock_timestamp(), s.last_at + interval '1 microsecond')
         RETURNING s.last_seq - r.n, s.last_at INTO base, at;
         ts := greatest(ts, at);
         v_streams := v_streams || r.stream;
@@ -117,12 +118,14 @@ BEGIN
     IF cardinality(v_streams) = 0 THEN
         RETURN NULL;
     END IF;
-    -- Taken after every counter lock and kept above each stream's last commit
-    -- time, so that for two transactions sharing a stream the later one in
-    -- seq order has the strictly later commit time: ordering by committed_at
-    -- then agrees with every stream's seq order.
-    ts := greatest(clock_timestamp(), ts + interval '1 microsecond');
-    UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams);
+    -- The commit time is taken under every counter lock and kept above each
+    -- stream's last commit time, so that for two transactions sharing a
+    -- stream the later one in seq order has the strictly later commit time:
+    -- ordering by committed_at then agrees with every stream's seq order.
+    -- One time for the whole transaction keeps its changes together.
+    IF cardinality(v_streams) > 1 THEN
+        UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams) AND last_at < ts;
+    END IF;
     UPDATE rowcast.changelog c
     SET seq = b.base + v.rn, committed_at = ts
     FROM (
