@@ -77,14 +77,9 @@ func OptionsFor(cfg *config.Config) Options {
 func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	var body string
-	switch t.Kind {
-	case "", "entity":
-		body = entityBody(t, applyRecs)
-	case "ai_task":
-		body = taskBody(t, applyRecs)
-	default:
-		return TablePlan{}, fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
+	body, err := bodyFor(t, applyRecs)
+	if err != nil {
+		return TablePlan{}, err
 	}
 	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, new_j);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, old_j);\n", tbl)
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)

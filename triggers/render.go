@@ -156,14 +156,9 @@ func renderTable(t config.Table) (TablePlan, error) {
 	}
 	fn := "rowcast." + ident(FunctionName(t))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	var body string
-	switch t.Kind {
-	case "", "entity":
-		body = entityBody(t, triggerRecs)
-	case "ai_task":
-		body = taskBody(t, triggerRecs)
-	default:
-		return TablePlan{}, fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
+	body, err := bodyFor(t, triggerRecs)
+	if err != nil {
+		return TablePlan{}, err
 	}
 	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "() RETURNS trigger\n" +
 		"LANGUAGE plpgsql\n" +
@@ -206,6 +201,17 @@ const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1'
 const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
         FROM jsonb_each(n) e WHERE o -> e.key IS DISTINCT FROM e.value;
 `
+
+// bodyFor renders the capture body of a table's kind.
+func bodyFor(t config.Table, r recs) (string, error) {
+	switch t.Kind {
+	case "", "entity":
+		return entityBody(t, r), nil
+	case "ai_task":
+		return taskBody(t, r), nil
+	}
+	return "", fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
+}
 
 // recs names what a body works on: the trigger's NEW, OLD and TG_OP, or the
 // apply function's decoded rows and operation. ret is how the body returns.

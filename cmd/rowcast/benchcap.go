@@ -21,7 +21,6 @@ import (
 	"github.com/rowcast/rowcast/relay/demo"
 	"github.com/rowcast/rowcast/relay/pgembed"
 	"github.com/rowcast/rowcast/relay/server"
-	"github.com/rowcast/rowcast/triggers"
 )
 
 const benchUsage = `usage: rowcast bench [latency|capture|writepath] [flags]
@@ -71,20 +70,6 @@ func benchConfig(url, mode string, notify bool) *config.Config {
 	cfg.Capture.Mode = mode
 	cfg.Capture.Notify = &notify
 	return &cfg
-}
-
-func benchInstall(ctx context.Context, cfg *config.Config) error {
-	conn, err := pgx.Connect(ctx, cfg.Database.URL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	plan, err := triggers.Prepare(ctx, conn, cfg)
-	if err != nil {
-		return err
-	}
-	_, err = triggers.Install(ctx, conn, plan)
-	return err
 }
 
 // startBenchRelay runs a relay until the returned stop is called.
@@ -148,7 +133,7 @@ func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, w
 		return 0, err
 	}
 	cfg := benchConfig(url, mode, true)
-	if err := benchInstall(ctx, cfg); err != nil {
+	if err := installDemo(ctx, cfg); err != nil {
 		return 0, err
 	}
 	r, stop, err := startBenchRelay(ctx, cfg)
@@ -257,7 +242,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		stop := func() {}
 		if v.mode != "" {
 			cfg := benchConfig(url, v.mode, v.notify)
-			if err := benchInstall(ctx, cfg); err != nil {
+			if err := installDemo(ctx, cfg); err != nil {
 				return fail(fmt.Errorf("%s: %w", v.name, err))
 			}
 			if _, stop, err = startBenchRelay(ctx, cfg); err != nil {
