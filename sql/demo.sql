@@ -142,3 +142,21 @@ CREATE TABLE ai_tasks (
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ai_tasks_user ON ai_tasks (user_id, created_at DESC);
+
+-- The task's timestamps, kept by the database whoever writes the task (the
+-- rowcast.task_* helpers or a plain UPDATE): updated_at on every write,
+-- started_at when it leaves pending, completed_at when it ends.
+CREATE FUNCTION ai_tasks_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := clock_timestamp();
+    IF NEW.status <> 'pending' AND NEW.started_at IS NULL THEN
+        NEW.started_at := NEW.updated_at;
+    END IF;
+    IF NEW.status IN ('completed', 'failed') AND NEW.completed_at IS NULL THEN
+        NEW.completed_at := NEW.updated_at;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER ai_tasks_touch BEFORE INSERT OR UPDATE ON ai_tasks
+    FOR EACH ROW EXECUTE FUNCTION ai_tasks_touch();

@@ -15,18 +15,21 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/demo/aitask"
 	"github.com/rowcast/rowcast/relay/pgembed"
 	"github.com/rowcast/rowcast/relay/server"
 	"github.com/rowcast/rowcast/triggers"
 )
 
 // runDemo starts a throwaway PostgreSQL with the demo CRM, installs the
-// triggers, runs a relay on it and a simulated CRM writing to it, and prints
-// tokens and the tail command to watch. Ctrl-C stops and removes it all.
+// triggers, runs a relay on it, a simulated CRM writing to it and a
+// simulated AI assistant running tasks, and prints tokens and the tail
+// command to watch. Ctrl-C stops and removes it all.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, _ := newFlagSet("demo", stderr)
 	listen := fs.String("listen", "127.0.0.1:8080", "relay `address`")
 	interval := fs.Duration("interval", 700*time.Millisecond, "mean time between simulated CRM requests (0 disables them)")
+	tasks := fs.Duration("tasks", 8*time.Second, "mean time between simulated AI tasks (0 disables them)")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
@@ -92,6 +95,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		sim := &demo.Simulator{Pool: pool, Interval: *interval, Logger: log.With("component", "demo")}
 		return sim.Run(gctx)
 	})
+	g.Go(func() error {
+		select {
+		case <-relay.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		if *tasks <= 0 {
+			return nil
+		}
+		runner := &aitask.Runner{Pool: pool, StepDelay: 900 * time.Millisecond, Logger: log.With("component", "ai-tasks")}
+		return runner.Simulate(gctx, *tasks)
+	})
 	if err := g.Wait(); err != nil {
 		return fail(err)
 	}
@@ -130,7 +145,8 @@ rowcast demo is running.
   database   %[2]s
   CRM        team 1 "Pacific Realty" (users 1-3), team 2 "Summit Homes" (users 4-5);
              a simulated REST API creates, updates and deletes escrows, leads and
-             appointments every moment.
+             appointments every moment; an AI assistant runs a task for a user
+             every few seconds (ai:task:* events, to that user only).
 
 Watch team 1 as user 1 (Ana), in another terminal:
 

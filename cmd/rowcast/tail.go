@@ -54,6 +54,7 @@ const (
 	tailMaxRowFields    = 5   // columns shown for a created row
 	tailBarCols         = 20
 	tailNoTime          = "--:--:--.---"
+	tailMaxLiveTasks    = 8 // live lines at the bottom of a terminal; more go to the log
 )
 
 // tailConfig is a parsed `rowcast tail` command line.
@@ -74,6 +75,12 @@ type tailConfig struct {
 // everything else (welcome, resumed, resync, error frames, reconnects) on
 // stderr; with --json every frame goes to stdout exactly as received.
 //
+// When stdout is a terminal (and TERM is not "dumb"), each running AI task
+// gets one line at the bottom of the screen that is rewritten in place as
+// its progress events arrive; its started and its completed or failed
+// events are printed as lines like any other. Otherwise every event is a
+// line of its own.
+//
 // It returns the process exit code: 0 when ctx ends (Ctrl-C) or --count
 // events were printed, 1 on failure (a refused handshake, close codes 4400,
 // 4401 and 4429, or any lost connection with --no-reconnect), 2 on usage
@@ -91,6 +98,9 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		stdout: stdout,
 		stderr: stderr,
 		style:  tailStyle{loc: time.Local, color: tailColorEnabled(stdout)},
+	}
+	if !cfg.raw && tailIsTerminal(stdout) {
+		t.live = &tailBoard{}
 	}
 	if err := t.run(ctx); err != nil {
 		fmt.Fprintf(stderr, "rowcast tail: %v\n", err)
@@ -196,6 +206,7 @@ type tailer struct {
 	stdout io.Writer
 	stderr io.Writer
 	style  tailStyle
+	live   *tailBoard // nil unless stdout is a terminal
 }
 
 // tailState survives reconnects.
@@ -232,7 +243,9 @@ func (t *tailer) run(ctx context.Context) error {
 		}
 		d := tailBackoff(attempt, t.cfg.minBackoff, t.cfg.maxBackoff)
 		attempt++
-		fmt.Fprintf(t.stderr, "%v; reconnecting in %v\n", err, d.Round(time.Millisecond))
+		if err := t.emit(true, fmt.Sprintf("%v; reconnecting in %v", err, d.Round(time.Millisecond))); err != nil {
+			return err
+		}
 		timer := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -314,7 +327,9 @@ func (t *tailer) session(ctx context.Context, st *tailState) (welcomed bool, err
 		}
 		extend()
 		if kind != websocket.TextMessage {
-			fmt.Fprintf(t.stderr, "ignoring a binary frame of %d bytes\n", len(msg))
+			if err := t.emit(true, fmt.Sprintf("ignoring a binary frame of %d bytes", len(msg))); err != nil {
+				return welcomed, err
+			}
 			continue
 		}
 		var f tailFrame
@@ -395,7 +410,9 @@ func (t *tailer) wants(f tailFrame) bool {
 	return false
 }
 
-// print writes one frame: raw to stdout with --json, else formatted.
+// print writes one frame: raw to stdout with --json, else formatted. With a
+// live board, an AI task's progress only rewrites the task's live line, its
+// started event also opens that line, and its end closes it.
 func (t *tailer) print(msg []byte) error {
 	if t.cfg.raw {
 		if _, err := fmt.Fprintf(t.stdout, "%s\n", msg); err != nil {
@@ -404,13 +421,134 @@ func (t *tailer) print(msg []byte) error {
 		return nil
 	}
 	line, toStderr := formatEvent(msg, t.style)
+	if t.live == nil || toStderr {
+		return t.emit(toStderr, line)
+	}
+	var f tailFrame
+	var d struct {
+		TaskID tailID `json:"taskId"`
+	}
+	if !tailDecode(msg, &f) || !strings.HasPrefix(f.Event, "ai:task:") || !tailDecode(f.Data, &d) || d.TaskID == "" {
+		return t.emit(false, line)
+	}
+	id := string(d.TaskID)
+	var lines []string // for the log, above the board
+	switch f.Event {
+	case "ai:task:completed", "ai:task:failed":
+		t.live.remove(id)
+		lines = append(lines, line)
+	default: // started, progress, and any later kind of task event
+		if evicted := t.live.set(id, line); evicted != "" {
+			lines = append(lines, evicted)
+		}
+		if f.Event == "ai:task:started" {
+			lines = append(lines, line)
+		}
+	}
+	if err := t.live.clear(t.stdout); err != nil {
+		return err
+	}
+	for _, l := range lines {
+		if _, err := fmt.Fprintln(t.stdout, l); err != nil {
+			return fmt.Errorf("write stdout: %w", err)
+		}
+	}
+	return t.live.draw(t.stdout)
+}
+
+// emit writes one line to stdout, or to stderr when toStderr is set, above
+// the live board if there is one. Only a failure to write stdout is an
+// error.
+func (t *tailer) emit(toStderr bool, line string) error {
+	if t.live != nil {
+		if err := t.live.clear(t.stdout); err != nil {
+			return err
+		}
+	}
 	if toStderr {
 		fmt.Fprintln(t.stderr, line)
-		return nil
-	}
-	if _, err := fmt.Fprintln(t.stdout, line); err != nil {
+	} else if _, err := fmt.Fprintln(t.stdout, line); err != nil {
 		return fmt.Errorf("write stdout: %w", err)
 	}
+	if t.live != nil {
+		return t.live.draw(t.stdout)
+	}
+	return nil
+}
+
+// tailBoard is the live part of a terminal: one line per running AI task,
+// drawn below the lines printed so far and redrawn in place. Autowrap is
+// off while it draws, so each of its lines takes exactly one row whatever
+// the terminal's width, and clear can move back over them.
+type tailBoard struct {
+	ids   []string          // running tasks, in the order they appeared
+	lines map[string]string // task id → its line
+	drawn int               // rows the board takes on the screen now; the cursor is below them
+}
+
+// set makes line the task's live line, and returns the last line of the
+// task that had to leave the board to make room (the one that appeared
+// first), or "".
+func (b *tailBoard) set(id, line string) (evicted string) {
+	if b.lines == nil {
+		b.lines = map[string]string{}
+	}
+	if _, ok := b.lines[id]; !ok {
+		b.ids = append(b.ids, id)
+		if len(b.ids) > tailMaxLiveTasks {
+			evicted = b.lines[b.ids[0]]
+			delete(b.lines, b.ids[0])
+			b.ids = b.ids[1:]
+		}
+	}
+	b.lines[id] = line
+	return evicted
+}
+
+// remove takes the task's line off the board (at the next draw).
+func (b *tailBoard) remove(id string) {
+	if _, ok := b.lines[id]; !ok {
+		return
+	}
+	delete(b.lines, id)
+	for i, v := range b.ids {
+		if v == id {
+			b.ids = append(b.ids[:i], b.ids[i+1:]...)
+			break
+		}
+	}
+}
+
+// clear erases the board from the screen, leaving the cursor where its
+// first line was.
+func (b *tailBoard) clear(w io.Writer) error {
+	if b.drawn == 0 {
+		return nil
+	}
+	if _, err := fmt.Fprintf(w, "\x1b[%dA\r\x1b[J", b.drawn); err != nil {
+		return fmt.Errorf("write stdout: %w", err)
+	}
+	b.drawn = 0
+	return nil
+}
+
+// draw writes the board at the cursor, which must be at the start of a
+// line, and leaves the cursor below it.
+func (b *tailBoard) draw(w io.Writer) error {
+	if len(b.ids) == 0 {
+		return nil
+	}
+	var s strings.Builder
+	s.WriteString("\x1b[?7l")
+	for _, id := range b.ids {
+		s.WriteString(b.lines[id])
+		s.WriteByte('\n')
+	}
+	s.WriteString("\x1b[?7h")
+	if _, err := io.WriteString(w, s.String()); err != nil {
+		return fmt.Errorf("write stdout: %w", err)
+	}
+	b.drawn = len(b.ids)
 	return nil
 }
 
@@ -520,11 +658,17 @@ func tailCloseCodeName(code int) string {
 // tailColorEnabled reports whether lines written to w may carry ANSI colour: w is
 // a terminal, NO_COLOR is unset and TERM is not "dumb".
 func tailColorEnabled(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
+	if _, set := os.LookupEnv("NO_COLOR"); set {
 		return false
 	}
-	if _, set := os.LookupEnv("NO_COLOR"); set || os.Getenv("TERM") == "dumb" {
+	return tailIsTerminal(w)
+}
+
+// tailIsTerminal reports whether w is a terminal that understands cursor
+// movement: a character device, with TERM not "dumb".
+func tailIsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
 		return false
 	}
 	fi, err := f.Stat()

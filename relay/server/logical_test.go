@@ -281,7 +281,7 @@ func TestLogicalHolderKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
-	waitFor(t, "the subprocess to hold the slot", func() bool {
+	waitFor(t, "the subprocess to hold the slot (its log: "+logs.String()+")", func() bool {
 		var held bool
 		err := e.db.QueryRow(context.Background(),
 			"select exists (select 1 from pg_locks where locktype = 'advisory' and granted)").Scan(&held)
