@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -275,13 +276,13 @@ func TestLogicalHolderKilled(t *testing.T) {
 	}
 	proc := exec.Command(bin, "serve", "--config", cfgFile)
 	proc.Env = append(os.Environ(), "ROWCAST_DATABASE_URL="+e.url, "ROWCAST_AUTH_JWT_SECRET="+secret)
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	proc.Stdout, proc.Stderr = &logs, &logs
 	if err := proc.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = proc.Process.Kill(); _ = proc.Wait() })
-	waitFor(t, "the subprocess to hold the slot (its log: "+logs.String()+")", func() bool {
+	waitFor(t, func() string { return "the subprocess to hold the slot; its log:\n" + logs.String() }, func() bool {
 		var held bool
 		err := e.db.QueryRow(context.Background(),
 			"select exists (select 1 from pg_locks where locktype = 'advisory' and granted)").Scan(&held)
@@ -319,17 +320,35 @@ func TestLogicalHolderKilled(t *testing.T) {
 	}
 }
 
-// waitFor polls cond every 50ms for up to 30s.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor polls cond every 50ms for up to 60s; what describes the wait.
+func waitFor(t *testing.T, what func() string, cond func() bool) {
 	t.Helper()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(60 * time.Second)
 	for !cond() {
 		select {
 		case <-tick.C:
 		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out waiting for %s", what())
 		}
 	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writing process and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
