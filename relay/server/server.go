@@ -34,6 +34,7 @@ import (
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
+	"github.com/rowcast/rowcast/relay/transport/sio"
 	"github.com/rowcast/rowcast/relay/transport/ws"
 	"github.com/rowcast/rowcast/triggers"
 )
@@ -63,6 +64,7 @@ type Relay struct {
 	verifier *auth.Verifier
 	capture  *trigger.Capture
 	ws       *ws.Server
+	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
 
 	draining atomic.Bool
 	addr     atomic.Pointer[string]
@@ -161,6 +163,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
 	})
+	r.sio = sio.New(r.ws.Transport(), sio.Options{Logger: r.log.With("component", "sio")})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -271,6 +274,7 @@ func (e *DriftError) Error() string {
 func (r *Relay) mux(withMetrics bool) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", r.ws)
+	mux.Handle("/socket.io/", r.sio)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

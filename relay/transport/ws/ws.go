@@ -1,11 +1,12 @@
 // Package ws serves rowcast's plain WebSocket protocol (PROTOCOL.md sections
-// 1-7) on melody: authentication, welcome, resume, client messages, rate
-// limits, heartbeats and the per-session bounded queue.
+// 1-7): authentication from the upgrade request, welcome, resume, client
+// messages and their errors. Subscription, positions, replay, the bounded
+// queue, rate limits, heartbeats and token expiry are the session core's
+// (relay/transport/core), which this package frames as JSON text frames.
 //
-// Each session owns its queue (melody's per-session output channel, sized
-// here and never allowed to overflow silently) and its writer goroutine; the
-// hub hands it events under a per-shard lock only, so no lock is shared
-// between sessions on the write path.
+// A Server owns the relay's core Transport; the Socket.IO endpoint
+// (relay/transport/sio) mounts on the same one, so both protocols share one
+// melody instance, one hub and one drain.
 package ws
 
 import (
@@ -13,36 +14,29 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"slices"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
-	"golang.org/x/time/rate"
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/hub"
+	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
+	"github.com/rowcast/rowcast/relay/transport/core"
 )
 
 // Close codes of PROTOCOL.md section 7.
 const (
-	CloseGoingAway    = 1001
-	CloseInternal     = 1011
-	CloseBadRequest   = 4400
-	CloseUnauthorized = 4401
-	CloseSlowConsumer = 4008
-	CloseRateLimited  = 4429
+	CloseGoingAway    = core.CloseGoingAway
+	CloseInternal     = core.CloseInternal
+	CloseBadRequest   = core.CloseBadRequest
+	CloseUnauthorized = core.CloseUnauthorized
+	CloseSlowConsumer = core.CloseSlowConsumer
+	CloseRateLimited  = core.CloseRateLimited
 )
-
-const websocketCloseMessage = websocket.CloseMessage
 
 // Protocol is the wire protocol version sent in welcome.
 const Protocol = 1
@@ -73,115 +67,33 @@ type Options struct {
 
 // Server is the /ws endpoint. It implements http.Handler.
 type Server struct {
-	o       Options
-	m       *melody.Melody
-	origins map[string]bool
-	metrics *metrics.Metrics
-	ctx     context.Context
-	stop    context.CancelFunc
-	gone    chan struct{} // signalled on every disconnect
-	open    atomic.Int64  // connected sessions, authenticated or not
+	t     *core.Transport
+	grace time.Duration
 }
 
-// New returns a Server. Close it with Drain.
+// New returns a Server on a new core Transport. Close it with Drain.
 func New(o Options) *Server {
-	if o.Heartbeat <= 0 {
-		o.Heartbeat = 25 * time.Second
-	}
-	if o.QueueSize <= 0 {
-		o.QueueSize = 1024
-	}
-	if o.MaxMessageSize <= 0 {
-		o.MaxMessageSize = 4096
-	}
-	if o.RateLimit <= 0 {
-		o.RateLimit = 20
-	}
-	if o.RateBurst <= 0 {
-		o.RateBurst = 50
-	}
-	if o.RateStrikes <= 0 {
-		o.RateStrikes = 20
-	}
-	if o.ReplayLimit <= 0 {
-		o.ReplayLimit = 100000
-	}
 	if o.ResumeGrace <= 0 {
 		o.ResumeGrace = 250 * time.Millisecond
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	s := &Server{o: o, m: melody.New(), origins: make(map[string]bool), metrics: o.Metrics, gone: make(chan struct{}, 1)}
-	s.ctx, s.stop = context.WithCancel(context.Background())
-	for _, origin := range o.Origins {
-		s.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
-	}
-	s.m.Upgrader.CheckOrigin = s.checkOrigin
-	s.m.Upgrader.ReadBufferSize = 1024
-	s.m.Upgrader.WriteBufferSize = 4096
-	s.m.Config.MaxMessageSize = o.MaxMessageSize
-	s.m.Config.PingPeriod = o.Heartbeat
-	s.m.Config.PongWait = 2 * o.Heartbeat
-	// Room for every event frame the queue allows plus the control frames
-	// (errors, pongs, close) that follow them: events never hit melody's
-	// silent-drop path, the session closes with 4008 before.
-	s.m.Config.MessageBufferSize = o.QueueSize + 64
-	s.m.HandleConnect(s.onConnect)
-	s.m.HandleMessage(s.onMessage)
-	s.m.HandleMessageBinary(func(ms *melody.Session, _ []byte) {
-		if ss := sessionOf(ms); ss != nil {
-			ss.mu.Lock()
-			ss.writeLocked(errorFrame("bad_request", "binary frames are not part of the protocol"))
-			ss.mu.Unlock()
-		}
+	t := core.New(core.Options{
+		Hub: o.Hub, History: o.History, Mapper: o.Mapper, Verifier: o.Verifier, Origins: o.Origins,
+		Heartbeat: o.Heartbeat, QueueSize: o.QueueSize, MaxMessageSize: o.MaxMessageSize,
+		RateLimit: o.RateLimit, RateBurst: o.RateBurst, RateStrikes: o.RateStrikes,
+		ReplayLimit: o.ReplayLimit, Logger: o.Logger, Metrics: o.Metrics,
 	})
-	s.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
-		if ss := sessionOf(ms); ss != nil {
-			ss.frameSent()
-		}
-	})
-	s.m.HandleError(s.onError)
-	s.m.HandleDisconnect(s.onDisconnect)
-	return s
+	return &Server{t: t, grace: o.ResumeGrace}
 }
 
-func (s *Server) checkOrigin(r *http.Request) bool {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return true
-	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	ok := s.origins[strings.ToLower(u.Scheme+"://"+u.Host)]
-	if !ok {
-		s.metrics.Refused("origin")
-	}
-	return ok
-}
-
-const (
-	keySession = "rowcast.session"
-	keyAuthErr = "rowcast.autherr"
-	keyAuth    = "rowcast.principal"
-	keySince   = "rowcast.since"
-)
-
-func sessionOf(ms *melody.Session) *session {
-	v, ok := ms.Get(keySession)
-	if !ok {
-		return nil
-	}
-	return v.(*session)
-}
+// Transport returns the core Transport the server's sessions run on, for
+// other protocols to mount on the same melody instance and hub.
+func (s *Server) Transport() *core.Transport { return s.t }
 
 // ServeHTTP upgrades /ws requests. The token is verified here, but a bad
 // token is answered after the upgrade, with an error frame and close 4401,
 // as the protocol requires.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.ctx.Err() != nil {
+	if s.t.Draining() {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 		return
 	}
@@ -189,60 +101,68 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this endpoint speaks WebSocket (rowcast protocol 1)", http.StatusBadRequest)
 		return
 	}
-	keys := map[string]any{keySince: r.URL.Query().Get("since")}
-	p, err := s.o.Verifier.Verify(auth.TokenFromRequest(r))
-	if err != nil {
-		keys[keyAuthErr] = err
-	} else {
-		keys[keyAuth] = p
-	}
-	_ = s.m.HandleRequestWithKeys(w, r, keys)
-}
-
-func (s *Server) onConnect(ms *melody.Session) {
-	s.open.Add(1)
-	if v, ok := ms.Get(keyAuthErr); ok {
-		s.metrics.Refused("unauthorized")
-		_ = ms.Write(errorFrame("unauthorized", v.(error).Error()))
-		_ = ms.CloseWithMsg(melody.FormatCloseMessage(CloseUnauthorized, "unauthorized"))
-		return
-	}
-	p := ms.MustGet(keyAuth).(auth.Principal)
-	ctx, cancel := context.WithCancel(s.ctx)
-	ss := &session{
-		srv:       s,
-		ms:        ms,
-		id:        newSessionID(),
-		lim:       rate.NewLimiter(rate.Limit(s.o.RateLimit), s.o.RateBurst),
-		space:     make(chan struct{}, 1),
-		principal: p,
-		streams:   streamsFor(p),
-		cancel:    cancel,
-	}
-	ms.Set(keySession, ss)
-	// Subscribe before taking the session lock: events delivered meanwhile
-	// are held (modeAwait) and deduplicated against the heads.
-	epoch, heads := s.o.Hub.Subscribe(ss, ss.streams)
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	ss.epoch, ss.heads, ss.last = epoch, heads, slices.Clone(heads)
-	ss.writeLocked(ss.welcomeLocked())
-	ss.armExpiryLocked()
-	if since, _ := ms.Get(keySince); since != "" {
-		ss.gotFirst = true // resume came with the request; no resume message
-		go ss.resume(ctx, since.(string))
-		return
-	}
-	ss.grace = time.AfterFunc(s.o.ResumeGrace, func() {
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		if ss.mode == modeAwait {
-			ss.goLiveLocked()
-		}
+	since := r.URL.Query().Get("since")
+	p, err := s.t.Options().Verifier.Verify(auth.TokenFromRequest(r))
+	_ = s.t.Serve(w, r, func(cs *core.Session) core.Handler {
+		return &conn{srv: s, s: cs, id: newSessionID(), since: since, principal: p, authErr: err}
 	})
 }
 
-func (ss *session) welcomeLocked() []byte {
+// Drain refuses new sessions and closes every open one, of either protocol,
+// with 1001 (going away), after what is queued for it. It returns when every
+// session has closed or ctx ends, whichever is first.
+func (s *Server) Drain(ctx context.Context) { s.t.Drain(ctx) }
+
+// Sessions returns how many sessions are open, of either protocol.
+func (s *Server) Sessions() int { return s.t.Sessions() }
+
+// conn is one plain-protocol client. Its fields after the first group are
+// guarded by the core session's lock.
+type conn struct {
+	srv       *Server
+	s         *core.Session
+	id        string
+	since     string
+	principal auth.Principal
+	authErr   error
+
+	gotFirst bool
+	grace    *time.Timer
+}
+
+func (c *conn) metrics() *metrics.Metrics { return c.s.Transport().Metrics() }
+
+// Open answers a bad token with an error frame and 4401, or starts the
+// session: welcome, then either the resume the request asked for or a grace
+// period waiting for a resume message.
+func (c *conn) Open() {
+	if c.authErr != nil {
+		c.metrics().Refused("unauthorized")
+		c.s.Lock()
+		c.s.WriteLocked(errorFrame("unauthorized", c.authErr.Error()))
+		c.s.CloseLocked(CloseUnauthorized, "unauthorized")
+		c.s.Unlock()
+		return
+	}
+	c.s.Start(c.principal, func() {
+		c.s.WriteLocked(c.welcomeLocked())
+		if c.since != "" {
+			c.gotFirst = true // resume came with the request; no resume message
+			c.s.ResumeLocked(c.since)
+			return
+		}
+		c.grace = time.AfterFunc(c.srv.grace, func() {
+			c.s.Lock()
+			defer c.s.Unlock()
+			if c.s.AwaitingLocked() {
+				c.s.GoLiveLocked()
+			}
+		})
+	})
+}
+
+func (c *conn) welcomeLocked() []byte {
+	p := c.s.PrincipalLocked()
 	w := struct {
 		Type        string   `json:"type"`
 		Protocol    int      `json:"protocol"`
@@ -252,8 +172,8 @@ func (ss *session) welcomeLocked() []byte {
 		Position    string   `json:"position"`
 		HeartbeatMs int64    `json:"heartbeatMs"`
 		ExpiresAt   *string  `json:"expiresAt"`
-	}{"welcome", Protocol, ss.id, ss.principal.UserID, ss.principal.TeamIDs, ss.positionLocked(),
-		ss.srv.o.Heartbeat.Milliseconds(), expiresAt(ss.principal)}
+	}{"welcome", Protocol, c.id, p.UserID, p.TeamIDs, c.s.PositionLocked(),
+		c.s.Transport().Options().Heartbeat.Milliseconds(), expiresAt(p)}
 	if w.TeamIDs == nil {
 		w.TeamIDs = []string{}
 	}
@@ -269,65 +189,38 @@ func expiresAt(p auth.Principal) *string {
 	return &s
 }
 
-// armExpiryLocked closes the session with token_expired when its token
-// expires, unless a fresh token arrives by auth first.
-func (ss *session) armExpiryLocked() {
-	if ss.expiry != nil {
-		ss.expiry.Stop()
-		ss.expiry = nil
-	}
-	if ss.principal.ExpiresAt.IsZero() {
+// Message handles one client message (PROTOCOL.md section 6).
+func (c *conn) Message(msg []byte) {
+	s := c.s
+	s.Lock()
+	first := !c.gotFirst
+	c.gotFirst = true
+	if s.ClosedLocked() {
+		s.Unlock()
 		return
 	}
-	exp := ss.principal.ExpiresAt
-	ss.expiry = time.AfterFunc(time.Until(exp), func() {
-		ss.mu.Lock()
-		defer ss.mu.Unlock()
-		if !ss.principal.ExpiresAt.Equal(exp) {
-			return
-		}
-		ss.writeLocked(errorFrame("token_expired", "token expired"))
-		ss.closeLocked(CloseUnauthorized, "token expired")
-	})
-}
-
-func (s *Server) onMessage(ms *melody.Session, msg []byte) {
-	ss := sessionOf(ms)
-	if ss == nil {
-		return
-	}
-	ss.mu.Lock()
-	first := !ss.gotFirst
-	ss.gotFirst = true
-	if ss.mode == modeClosed {
-		ss.mu.Unlock()
-		return
-	}
-	if !ss.lim.Allow() {
-		ss.strikes++
-		s.metrics.RateLimited()
-		if ss.strikes > s.o.RateStrikes {
-			ss.writeLocked(errorFrame("rate_limited", "too many messages"))
-			ss.closeLocked(CloseRateLimited, "rate limited")
+	if allowed, closeNow := s.AllowLocked(); !allowed {
+		if closeNow {
+			s.WriteLocked(errorFrame("rate_limited", "too many messages"))
+			s.CloseLocked(CloseRateLimited, "rate limited")
 		} else {
-			ss.writeLocked(errorFrame("rate_limited", "message rate limit exceeded"))
+			s.WriteLocked(errorFrame("rate_limited", "message rate limit exceeded"))
 		}
-		ss.mu.Unlock()
+		s.Unlock()
 		return
 	}
-	ss.strikes = 0
 	var m clientMessage
 	if !isJSONObject(msg) || json.Unmarshal(msg, &m) != nil {
 		if first {
-			ss.closeLocked(CloseBadRequest, "first message must be a JSON object")
+			s.CloseLocked(CloseBadRequest, "first message must be a JSON object")
 		} else {
-			ss.writeLocked(errorFrame("bad_request", "message is not a JSON object"))
+			s.WriteLocked(errorFrame("bad_request", "message is not a JSON object"))
 		}
-		ss.mu.Unlock()
+		s.Unlock()
 		return
 	}
-	if first && m.Type != "resume" && ss.mode == modeAwait {
-		ss.goLiveLocked()
+	if first && m.Type != "resume" && s.AwaitingLocked() {
+		s.GoLiveLocked()
 	}
 	switch m.Type {
 	case "ping":
@@ -335,176 +228,152 @@ func (s *Server) onMessage(ms *melody.Session, msg []byte) {
 		if len(id) == 0 {
 			id = json.RawMessage("null")
 		}
-		ss.writeLocked(append(append([]byte(`{"type":"pong","id":`), id...), '}'))
+		s.WriteLocked(append(append([]byte(`{"type":"pong","id":`), id...), '}'))
 	case "subscribe":
-		ss.subscribeLocked(m.Entities)
+		c.subscribeLocked(m.Entities)
 	case "resume":
-		if !first {
-			ss.writeLocked(errorFrame("bad_request", "resume must be the first message"))
-			break
-		}
-		if ss.mode != modeAwait {
+		switch {
+		case !first:
+			s.WriteLocked(errorFrame("bad_request", "resume must be the first message"))
+		case !s.AwaitingLocked():
 			// It came after the resume grace period, when live events had
 			// already gone out: replaying now would reorder them.
-			ss.writeLocked([]byte(`{"type":"resync","reason":"history_expired"}`))
-			s.metrics.Resync()
-			break
+			s.WriteLocked([]byte(`{"type":"resync","reason":"history_expired"}`))
+			c.metrics().Resync()
+		case m.Since == "":
+			s.WriteLocked(errorFrame("bad_request", "resume needs since"))
+			s.GoLiveLocked()
+		default:
+			s.ResumeLocked(m.Since)
 		}
-		if m.Since == "" {
-			ss.writeLocked(errorFrame("bad_request", "resume needs since"))
-			ss.goLiveLocked()
-			break
-		}
-		ctx, cancel := context.WithCancel(s.ctx)
-		ss.cancel = joinCancel(ss.cancel, cancel)
-		ss.mu.Unlock()
-		go ss.resume(ctx, m.Since)
-		return
 	case "auth":
-		ss.mu.Unlock()
-		ss.reauth(m.Token)
+		s.Unlock()
+		c.reauth(m.Token)
 		return
 	case "":
-		ss.writeLocked(errorFrame("bad_request", "message has no type"))
+		s.WriteLocked(errorFrame("bad_request", "message has no type"))
 	default:
-		ss.writeLocked(errorFrame("bad_request", "unknown message type "+strconvQuote(m.Type)))
+		s.WriteLocked(errorFrame("bad_request", "unknown message type "+strconvQuote(m.Type)))
 	}
-	ss.mu.Unlock()
+	s.Unlock()
 }
 
-func joinCancel(a, b context.CancelFunc) context.CancelFunc {
-	return func() { a(); b() }
-}
-
-func (ss *session) subscribeLocked(entities []string) {
+func (c *conn) subscribeLocked(entities []string) {
 	if entities == nil {
-		ss.writeLocked(errorFrame("bad_request", "subscribe needs entities, an array of entity types"))
+		c.s.WriteLocked(errorFrame("bad_request", "subscribe needs entities, an array of entity types"))
 		return
 	}
-	ss.filter = make(map[string]bool, len(entities))
-	for _, e := range entities {
-		ss.filter[e] = true
-	}
+	c.s.SetFilterLocked(entities)
 	b, _ := json.Marshal(struct {
 		Type     string   `json:"type"`
 		Entities []string `json:"entities"`
 	}{"subscribed", entities})
-	ss.writeLocked(b)
+	c.s.WriteLocked(b)
 }
 
 // reauth verifies a fresh token. The same user may refresh; a token for
 // another user, or an invalid one, closes the session with 4401. When the
 // token lists other teams the session follows them from now on.
-func (ss *session) reauth(token string) {
-	s := ss.srv
-	p, err := s.o.Verifier.Verify(token)
-	ss.mu.Lock()
-	if err != nil || p.UserID != ss.principal.UserID {
+func (c *conn) reauth(token string) {
+	s := c.s
+	p, err := s.Transport().Options().Verifier.Verify(token)
+	s.Lock()
+	if err != nil || p.UserID != s.PrincipalLocked().UserID {
 		msg := "token for another user"
 		if err != nil {
 			msg = err.Error()
 		}
-		ss.writeLocked(errorFrame("unauthorized", msg))
-		ss.closeLocked(CloseUnauthorized, "unauthorized")
-		ss.mu.Unlock()
+		s.WriteLocked(errorFrame("unauthorized", msg))
+		s.CloseLocked(CloseUnauthorized, "unauthorized")
+		s.Unlock()
 		return
 	}
-	oldStreams := ss.streams
-	newStreams := streamsFor(p)
-	ss.mu.Unlock()
-
-	if !slices.Equal(oldStreams, newStreams) {
-		var gone, added []string
-		for _, st := range oldStreams {
-			if !slices.Contains(newStreams, st) {
-				gone = append(gone, st)
-			}
-		}
-		for _, st := range newStreams {
-			if !slices.Contains(oldStreams, st) {
-				added = append(added, st)
-			}
-		}
-		s.o.Hub.Unsubscribe(ss, gone)
-		_, heads := s.o.Hub.Subscribe(ss, added)
-		ss.mu.Lock()
-		last := make([]int64, len(newStreams))
-		hd := make([]int64, len(newStreams))
-		for i, st := range newStreams {
-			if j := slices.Index(oldStreams, st); j >= 0 {
-				last[i], hd[i] = ss.last[j], ss.heads[j]
-			} else {
-				j := slices.Index(added, st)
-				last[i], hd[i] = heads[j], heads[j]
-			}
-		}
-		ss.streams, ss.last, ss.heads = newStreams, last, hd
-		ss.mu.Unlock()
-	}
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	ss.principal = p
-	ss.armExpiryLocked()
-	exp := expiresAt(p)
+	s.Unlock()
+	s.SetPrincipal(p)
+	s.Lock()
+	defer s.Unlock()
 	b, _ := json.Marshal(struct {
 		Type      string  `json:"type"`
 		ExpiresAt *string `json:"expiresAt"`
-	}{"auth_ok", exp})
-	ss.writeLocked(b)
+	}{"auth_ok", expiresAt(p)})
+	s.WriteLocked(b)
 }
 
-func (s *Server) onError(ms *melody.Session, err error) {
-	if errors.Is(err, melody.ErrMessageBufferFull) {
-		if ss := sessionOf(ms); ss != nil {
-			ss.mu.Lock()
-			ss.abortLocked()
-			ss.mu.Unlock()
+// Binary answers a binary frame with an error; the session stays open.
+func (c *conn) Binary([]byte) {
+	c.s.Lock()
+	c.s.WriteLocked(errorFrame("bad_request", "binary frames are not part of the protocol"))
+	c.s.Unlock()
+}
+
+// Closed stops the resume grace timer.
+func (c *conn) Closed() {
+	c.s.Lock()
+	defer c.s.Unlock()
+	if c.grace != nil {
+		c.grace.Stop()
+	}
+}
+
+// EventLocked frames an event: {"type":"event","event":…,"position":…,
+// "data":…}; a KindResync event's Data is its whole frame.
+func (c *conn) EventLocked(ev *relay.Event) []byte {
+	if ev.Kind == relay.KindResync {
+		return ev.Data
+	}
+	pos := c.s.PositionLocked()
+	frame := make([]byte, 0, 48+len(ev.Name)+len(pos)+len(ev.Data))
+	frame = append(frame, `{"type":"event","event":`...)
+	frame = mapping.AppendString(frame, ev.Name)
+	frame = append(frame, `,"position":"`...)
+	frame = append(frame, pos...)
+	frame = append(frame, `","data":`...)
+	frame = append(frame, ev.Data...)
+	return append(frame, '}')
+}
+
+// ResyncLocked sends {"type":"resync","reason":"history_expired"}.
+func (c *conn) ResyncLocked() {
+	c.s.WriteLocked([]byte(`{"type":"resync","reason":"history_expired"}`))
+}
+
+// ResumedLocked sends {"type":"resumed","position":…,"replayed":n}.
+func (c *conn) ResumedLocked(replayed int) {
+	b, _ := json.Marshal(struct {
+		Type     string `json:"type"`
+		Position string `json:"position"`
+		Replayed int    `json:"replayed"`
+	}{"resumed", c.s.PositionLocked(), replayed})
+	c.s.WriteLocked(b)
+}
+
+// ExpiredLocked sends the token_expired error and closes with 4401.
+func (c *conn) ExpiredLocked() {
+	c.s.WriteLocked(errorFrame("token_expired", "token expired"))
+	c.s.CloseLocked(CloseUnauthorized, "token expired")
+}
+
+// clientMessage is every field a client message may carry.
+type clientMessage struct {
+	Type     string          `json:"type"`
+	ID       json.RawMessage `json:"id"`
+	Token    string          `json:"token"`
+	Entities []string        `json:"entities"`
+	Since    string          `json:"since"`
+}
+
+func isJSONObject(b []byte) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '{':
+			return json.Valid(b)
 		}
+		return false
 	}
+	return false
 }
-
-func (s *Server) onDisconnect(ms *melody.Session) {
-	s.open.Add(-1)
-	select {
-	case s.gone <- struct{}{}:
-	default:
-	}
-	ss := sessionOf(ms)
-	if ss == nil {
-		return
-	}
-	ss.mu.Lock()
-	ss.mode = modeClosed
-	ss.pending = nil
-	if ss.expiry != nil {
-		ss.expiry.Stop()
-	}
-	if ss.grace != nil {
-		ss.grace.Stop()
-	}
-	streams := ss.streams
-	ss.cancel()
-	ss.mu.Unlock()
-	s.o.Hub.Unsubscribe(ss, streams)
-}
-
-// Drain refuses new sessions and closes every open one with 1001 (going
-// away), after what is queued for it. It returns when every session has
-// closed or ctx ends, whichever is first.
-func (s *Server) Drain(ctx context.Context) {
-	s.stop()
-	_ = s.m.CloseWithMsg(melody.FormatCloseMessage(CloseGoingAway, "relay draining"))
-	for s.open.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.gone:
-		}
-	}
-}
-
-// Sessions returns how many sessions are open.
-func (s *Server) Sessions() int { return int(s.open.Load()) }
 
 func errorFrame(code, message string) []byte {
 	b, _ := json.Marshal(struct {

@@ -1,0 +1,244 @@
+// Package core is the session core that rowcast's two WebSocket protocols
+// share: one melody instance, the hub subscription, per-stream positions and
+// the dedupe they give, resume replay from the history, the bounded outbound
+// queue with its slow-consumer close, the client message rate limit and the
+// token expiry timer.
+//
+// A wire protocol (relay/transport/ws, relay/transport/sio) plugs in as a
+// Handler per connection: the core decides what to send and when; the
+// handler frames it and interprets what the client sends. Both protocols run
+// on the same Transport, so they share the hub, the limits and draining.
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/olahol/melody"
+
+	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/hub"
+	"github.com/rowcast/rowcast/relay/metrics"
+)
+
+// Close codes of PROTOCOL.md section 7, used by both protocols.
+const (
+	CloseGoingAway    = 1001
+	CloseInternal     = 1011
+	CloseBadRequest   = 4400
+	CloseUnauthorized = 4401
+	CloseSlowConsumer = 4008
+	CloseRateLimited  = 4429
+)
+
+// Options configures a Transport. Hub, History, Mapper and Verifier are
+// required; zero limits select the PROTOCOL.md defaults.
+type Options struct {
+	Hub      *hub.Hub
+	History  relay.History
+	Mapper   relay.Mapper
+	Verifier *auth.Verifier
+	// Origins lists the browser origins allowed to connect
+	// ("https://crm.example.com"); requests without Origin are allowed.
+	Origins        []string
+	Heartbeat      time.Duration // default 25s
+	QueueSize      int           // outbound frames per session; default 1024
+	MaxMessageSize int64         // client frame limit; default 4096
+	RateLimit      float64       // client messages per second; default 20
+	RateBurst      int           // default 50
+	RateStrikes    int           // messages past the limit before the close; default 20
+	ReplayLimit    int           // events one resume replays before resync; default 100000
+	Logger         *slog.Logger
+	Metrics        *metrics.Metrics // nil: not measured
+}
+
+// Transport owns the melody instance every WebSocket session of the relay
+// runs on, whatever its protocol. It is safe for concurrent use.
+type Transport struct {
+	o       Options
+	m       *melody.Melody
+	origins map[string]bool
+	ctx     context.Context // ends when draining starts
+	stop    context.CancelFunc
+	gone    chan struct{} // signalled on every disconnect
+	open    atomic.Int64  // connected sessions, authenticated or not
+}
+
+// New returns a Transport with o's zero limits replaced by their defaults.
+// Close it with Drain.
+func New(o Options) *Transport {
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 25 * time.Second
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 1024
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = 4096
+	}
+	if o.RateLimit <= 0 {
+		o.RateLimit = 20
+	}
+	if o.RateBurst <= 0 {
+		o.RateBurst = 50
+	}
+	if o.RateStrikes <= 0 {
+		o.RateStrikes = 20
+	}
+	if o.ReplayLimit <= 0 {
+		o.ReplayLimit = 100000
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1)}
+	t.ctx, t.stop = context.WithCancel(context.Background())
+	for _, origin := range o.Origins {
+		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
+	}
+	t.m.Upgrader.CheckOrigin = t.checkOrigin
+	t.m.Upgrader.ReadBufferSize = 1024
+	t.m.Upgrader.WriteBufferSize = 4096
+	t.m.Config.MaxMessageSize = o.MaxMessageSize
+	t.m.Config.PingPeriod = o.Heartbeat
+	t.m.Config.PongWait = 2 * o.Heartbeat
+	// Room for every event frame the queue allows plus the control frames
+	// (errors, pongs, heartbeats, close) that follow them: events never hit
+	// melody's silent-drop path, the session closes with 4008 before.
+	t.m.Config.MessageBufferSize = o.QueueSize + 64
+	t.m.HandleConnect(t.onConnect)
+	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
+		if s := sessionOf(ms); s != nil {
+			s.h.Message(msg)
+		}
+	})
+	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
+		if s := sessionOf(ms); s != nil {
+			s.h.Binary(msg)
+		}
+	})
+	t.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
+		if s := sessionOf(ms); s != nil {
+			s.frameSent()
+		}
+	})
+	t.m.HandleError(t.onError)
+	t.m.HandleDisconnect(t.onDisconnect)
+	return t
+}
+
+// Options returns the options in force, defaults filled in.
+func (t *Transport) Options() Options { return t.o }
+
+// Metrics returns the metrics sessions report to; nil is valid (not
+// measured).
+func (t *Transport) Metrics() *metrics.Metrics { return t.o.Metrics }
+
+// Draining reports whether Drain was called: new connections are refused.
+func (t *Transport) Draining() bool { return t.ctx.Err() != nil }
+
+func (t *Transport) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	ok := t.origins[strings.ToLower(u.Scheme+"://"+u.Host)]
+	if !ok {
+		t.o.Metrics.Refused("origin")
+	}
+	return ok
+}
+
+// NewHandler makes the protocol handler of a freshly upgraded session.
+type NewHandler func(s *Session) Handler
+
+const (
+	keyHandler = "rowcast.handler"
+	keySession = "rowcast.session"
+)
+
+func sessionOf(ms *melody.Session) *Session {
+	v, ok := ms.Get(keySession)
+	if !ok {
+		return nil
+	}
+	return v.(*Session)
+}
+
+// Serve upgrades r (the origin allow-list is checked first: a foreign
+// origin gets 403) and runs the connection until it closes, with the
+// handler newHandler returns once the connection is upgraded. It returns an
+// error, having written an HTTP error, when the request could not be
+// upgraded or the transport is draining (503).
+func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
+	err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyHandler: newHandler})
+	if errors.Is(err, melody.ErrClosed) {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+	}
+	if err != nil {
+		return fmt.Errorf("transport: %w", err)
+	}
+	return nil
+}
+
+func (t *Transport) onConnect(ms *melody.Session) {
+	t.open.Add(1)
+	s := newSession(t, ms)
+	s.h = ms.MustGet(keyHandler).(NewHandler)(s)
+	ms.Set(keySession, s)
+	s.h.Open()
+}
+
+func (t *Transport) onError(ms *melody.Session, err error) {
+	if errors.Is(err, melody.ErrMessageBufferFull) {
+		if s := sessionOf(ms); s != nil {
+			s.mu.Lock()
+			s.abortLocked()
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (t *Transport) onDisconnect(ms *melody.Session) {
+	t.open.Add(-1)
+	select {
+	case t.gone <- struct{}{}:
+	default:
+	}
+	s := sessionOf(ms)
+	if s == nil {
+		return
+	}
+	s.disconnected()
+	s.h.Closed()
+}
+
+// Drain refuses new sessions and closes every open one with 1001 (going
+// away), after what is queued for it. It returns when every session has
+// closed or ctx ends, whichever is first.
+func (t *Transport) Drain(ctx context.Context) {
+	t.stop()
+	_ = t.m.CloseWithMsg(melody.FormatCloseMessage(CloseGoingAway, "relay draining"))
+	for t.open.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.gone:
+		}
+	}
+}
+
+// Sessions returns how many sessions are open, of either protocol.
+func (t *Transport) Sessions() int { return int(t.open.Load()) }

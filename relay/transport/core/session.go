@@ -1,0 +1,605 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/olahol/melody"
+	"golang.org/x/time/rate"
+
+	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/auth"
+)
+
+// Handler is one connection's wire protocol. The core calls Open, Message,
+// Binary and Closed without holding the session's lock, one at a time from
+// the connection's read goroutine (Closed last, once); the *Locked methods
+// are called with the lock held, from any goroutine, and may only call the
+// session's *Locked methods.
+type Handler interface {
+	// Open runs once the connection is upgraded, before any client frame
+	// is read.
+	Open()
+	// Message handles one text frame from the client.
+	Message(msg []byte)
+	// Binary handles one binary frame from the client.
+	Binary(msg []byte)
+	// Closed runs once after the connection closed and the session left
+	// the hub.
+	Closed()
+
+	// EventLocked returns the frame that carries ev (an entity event or a
+	// KindResync), or nil to send nothing. PositionLocked already includes
+	// ev when it is called.
+	EventLocked(ev *relay.Event) []byte
+	// ResyncLocked tells the client to refetch: a resume could not be
+	// served, or the history epoch changed. PositionLocked is the head.
+	ResyncLocked()
+	// ResumedLocked runs when a resume replayed everything after its
+	// position, before the live events held meanwhile are sent.
+	ResumedLocked(replayed int)
+	// ExpiredLocked runs when the session's token expired; it must close
+	// the session.
+	ExpiredLocked()
+}
+
+// Session modes.
+type mode uint8
+
+const (
+	// modeIdle: not subscribed (before Start, after Stop).
+	modeIdle mode = iota
+	// modeAwait holds live events until GoLiveLocked or ResumeLocked.
+	modeAwait
+	// modeReplay holds live events while history is replayed.
+	modeReplay
+	// modeLive sends events as they are delivered.
+	modeLive
+	// modeClosed drops everything.
+	modeClosed
+)
+
+// Session is one WebSocket connection as the core sees it: a hub subscriber
+// with positions, a bounded queue and a rate limiter. Its lock guards the
+// core's state and, by convention, the state of its Handler; it is taken by
+// the hub's Deliver (with a hub shard lock held, so the session never calls
+// the hub while holding it), by the handler and by replay.
+type Session struct {
+	t     *Transport
+	ms    *melody.Session
+	h     Handler
+	lim   *rate.Limiter
+	sent  atomic.Int64 // text frames written to the socket
+	space chan struct{}
+
+	mu         sync.Mutex
+	mode       mode
+	subscribed bool   // following streams in the hub
+	gen        uint64 // counts Starts; a replay of an earlier one stops
+	ctx        context.Context
+	cancel     context.CancelFunc
+	principal  auth.Principal
+	streams    []string // sorted stream keys
+	last       []int64  // per stream: last seq sent (or skipped)
+	heads      []int64  // per stream: head when subscribed
+	epoch      string
+	queued     int64 // text frames handed to melody
+	pending    []*relay.Event
+	filter     map[string]bool // nil: every entity
+	strikes    int
+	expiry     *time.Timer
+}
+
+func newSession(t *Transport, ms *melody.Session) *Session {
+	return &Session{
+		t: t, ms: ms,
+		lim:    rate.NewLimiter(rate.Limit(t.o.RateLimit), t.o.RateBurst),
+		space:  make(chan struct{}, 1),
+		ctx:    t.ctx,
+		cancel: func() {},
+	}
+}
+
+// Lock takes the session's lock.
+func (s *Session) Lock() { s.mu.Lock() }
+
+// Unlock releases the session's lock.
+func (s *Session) Unlock() { s.mu.Unlock() }
+
+// Request returns the upgraded HTTP request.
+func (s *Session) Request() *http.Request { return s.ms.Request }
+
+// Transport returns the transport the session runs on.
+func (s *Session) Transport() *Transport { return s.t }
+
+// streamsFor returns the sorted stream keys a principal follows.
+func streamsFor(p auth.Principal) []string {
+	s := make([]string, 0, len(p.TeamIDs)+2)
+	s = append(s, relay.AllStream, relay.UserStream(p.UserID))
+	for _, t := range p.TeamIDs {
+		s = append(s, relay.TeamStream(t))
+	}
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+// Start subscribes an idle session to the streams of p and holds live
+// events (they are delivered by GoLiveLocked or after ResumeLocked's
+// replay). The position starts at the hub's heads. then, if not nil, runs
+// with the lock held once the subscription is in place. Start arms the
+// token expiry. Call it without the lock from Open or Message; it does
+// nothing unless the session is idle (never started, or stopped).
+func (s *Session) Start(p auth.Principal, then func()) {
+	streams := streamsFor(p)
+	s.mu.Lock()
+	if s.mode != modeIdle || s.subscribed {
+		s.mu.Unlock()
+		return
+	}
+	// Events delivered while Subscribe runs are held (modeAwait) and
+	// deduplicated against the heads when they are flushed.
+	s.mode = modeAwait
+	s.subscribed = true
+	s.gen++
+	s.ctx, s.cancel = context.WithCancel(s.t.ctx)
+	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
+	s.last, s.heads = nil, nil
+	s.mu.Unlock()
+
+	epoch, heads := s.t.o.Hub.Subscribe(s, streams)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.epoch, s.heads, s.last = epoch, heads, slices.Clone(heads)
+	s.armExpiryLocked()
+	if then != nil {
+		then()
+	}
+}
+
+// Stop leaves the hub and makes the session idle again without closing the
+// connection; Start may follow. Call it without the lock.
+func (s *Session) Stop() {
+	s.mu.Lock()
+	if !s.subscribed || s.mode == modeClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.mode = modeIdle
+	s.subscribed = false
+	s.pending = nil
+	s.stopExpiryLocked()
+	s.cancel()
+	streams := s.streams
+	s.mu.Unlock()
+	s.t.o.Hub.Unsubscribe(s, streams)
+}
+
+// disconnected runs once the connection is gone: the session leaves the hub
+// for good.
+func (s *Session) disconnected() {
+	s.mu.Lock()
+	s.mode = modeClosed
+	s.pending = nil
+	s.stopExpiryLocked()
+	s.cancel()
+	var streams []string
+	if s.subscribed {
+		streams = s.streams
+		s.subscribed = false
+	}
+	s.mu.Unlock()
+	if streams != nil {
+		s.t.o.Hub.Unsubscribe(s, streams)
+	}
+}
+
+// SetPrincipal replaces a started session's principal (a refreshed token of
+// the same user): when the token lists other teams the session follows them
+// from now on, and the expiry is re-armed. Call it without the lock.
+func (s *Session) SetPrincipal(p auth.Principal) {
+	s.mu.Lock()
+	if !s.subscribed || s.mode == modeClosed {
+		s.mu.Unlock()
+		return
+	}
+	oldStreams := s.streams
+	s.mu.Unlock()
+	newStreams := streamsFor(p)
+
+	if !slices.Equal(oldStreams, newStreams) {
+		var gone, added []string
+		for _, st := range oldStreams {
+			if !slices.Contains(newStreams, st) {
+				gone = append(gone, st)
+			}
+		}
+		for _, st := range newStreams {
+			if !slices.Contains(oldStreams, st) {
+				added = append(added, st)
+			}
+		}
+		s.t.o.Hub.Unsubscribe(s, gone)
+		_, heads := s.t.o.Hub.Subscribe(s, added)
+		s.mu.Lock()
+		last := make([]int64, len(newStreams))
+		hd := make([]int64, len(newStreams))
+		for i, st := range newStreams {
+			if j := slices.Index(oldStreams, st); j >= 0 {
+				last[i], hd[i] = s.last[j], s.heads[j]
+			} else {
+				j := slices.Index(added, st)
+				last[i], hd[i] = heads[j], heads[j]
+			}
+		}
+		s.streams, s.last, s.heads = newStreams, last, hd
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.principal = p
+	s.armExpiryLocked()
+}
+
+// PrincipalLocked returns whom the session was started for.
+func (s *Session) PrincipalLocked() auth.Principal { return s.principal }
+
+// AwaitingLocked reports whether a started session still holds live events
+// waiting for GoLiveLocked or ResumeLocked.
+func (s *Session) AwaitingLocked() bool { return s.mode == modeAwait }
+
+// ClosedLocked reports whether the session is closing or closed.
+func (s *Session) ClosedLocked() bool { return s.mode == modeClosed }
+
+// SetFilterLocked limits entity events to the given entity types (events
+// without an entity, such as AI tasks and resyncs, always pass); nil lifts
+// the filter.
+func (s *Session) SetFilterLocked(entities []string) {
+	if entities == nil {
+		s.filter = nil
+		return
+	}
+	s.filter = make(map[string]bool, len(entities))
+	for _, e := range entities {
+		s.filter[e] = true
+	}
+}
+
+// AllowLocked takes one client message from the rate limiter. allowed is
+// false past the limit; closeNow is true once the client kept sending past
+// it for more than RateStrikes messages in a row.
+func (s *Session) AllowLocked() (allowed, closeNow bool) {
+	if s.lim.Allow() {
+		s.strikes = 0
+		return true, false
+	}
+	s.strikes++
+	s.t.o.Metrics.RateLimited()
+	return false, s.strikes > s.t.o.RateStrikes
+}
+
+// armExpiryLocked calls the handler's ExpiredLocked when the token
+// expires, unless a fresh principal arrived first.
+func (s *Session) armExpiryLocked() {
+	s.stopExpiryLocked()
+	if s.principal.ExpiresAt.IsZero() {
+		return
+	}
+	exp, gen := s.principal.ExpiresAt, s.gen
+	s.expiry = time.AfterFunc(time.Until(exp), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.gen != gen || !s.subscribed || s.mode == modeClosed || !s.principal.ExpiresAt.Equal(exp) {
+			return
+		}
+		s.h.ExpiredLocked()
+	})
+}
+
+func (s *Session) stopExpiryLocked() {
+	if s.expiry != nil {
+		s.expiry.Stop()
+		s.expiry = nil
+	}
+}
+
+// Deliver implements hub.Subscriber.
+func (s *Session) Deliver(ev *relay.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.mode {
+	case modeLive:
+		s.sendEventLocked(ev)
+	case modeAwait, modeReplay:
+		if len(s.pending) >= s.t.o.QueueSize {
+			s.slowLocked()
+			return
+		}
+		s.pending = append(s.pending, ev)
+	}
+}
+
+// Reset implements hub.Subscriber: the epoch changed, positions are void.
+func (s *Session) Reset(epoch string) {
+	streams := s.currentStreams()
+	heads := s.t.o.Hub.Heads(streams)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.subscribed || s.mode == modeClosed || !slices.Equal(streams, s.streams) {
+		return
+	}
+	s.epoch = epoch
+	copy(s.last, heads)
+	s.pending = nil
+	s.h.ResyncLocked()
+}
+
+func (s *Session) currentStreams() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.streams)
+}
+
+// sendEventLocked frames and queues one event unless it was already sent
+// (positions make delivery idempotent) or the subscribe filter hides it.
+func (s *Session) sendEventLocked(ev *relay.Event) {
+	i := slices.Index(s.streams, ev.Stream)
+	if i < 0 || ev.Seq <= s.last[i] {
+		return
+	}
+	s.last[i] = ev.Seq
+	if ev.Entity != "" && s.filter != nil && !s.filter[ev.Entity] {
+		return
+	}
+	if s.queued-s.sent.Load() >= int64(s.t.o.QueueSize) {
+		s.slowLocked()
+		return
+	}
+	frame := s.h.EventLocked(ev)
+	if frame == nil {
+		return
+	}
+	s.WriteLocked(frame)
+	if s.mode == modeLive {
+		s.t.o.Metrics.EventSent(ev.CommittedAt)
+	}
+}
+
+// frameSent is called by melody after a text frame was written.
+func (s *Session) frameSent() {
+	s.sent.Add(1)
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+}
+
+// PositionLocked returns the session's position: everything it was sent.
+func (s *Session) PositionLocked() string {
+	return relay.EncodePosition(s.epoch, s.streams, func(i int) int64 { return s.last[i] })
+}
+
+// WriteLocked queues a text frame after those already queued; it counts
+// against the queue until melody reports it written. It does nothing once
+// the session is closing.
+func (s *Session) WriteLocked(frame []byte) {
+	if s.mode == modeClosed {
+		return
+	}
+	s.queued++
+	if err := s.ms.Write(frame); err != nil {
+		s.mode = modeClosed
+	}
+}
+
+// CloseLocked sends a close frame with code and reason after what is
+// queued, and nothing after it. Code 0 sends a close frame without a status
+// (what socket.io's server does on a protocol error).
+func (s *Session) CloseLocked(code int, reason string) {
+	if s.mode == modeClosed {
+		return
+	}
+	s.mode = modeClosed
+	s.pending = nil
+	msg := []byte{}
+	if code != 0 {
+		msg = melody.FormatCloseMessage(code, reason)
+	}
+	_ = s.ms.CloseWithMsg(msg)
+}
+
+// slowLocked closes a session whose queue overflowed with 4008. The close
+// frame goes through the session's queue (which keeps room for it), so the
+// client first receives every frame it was sent, each with its position, and
+// then resumes from the last one without loss. A client that reads nothing
+// at all is cut off by the write timeout.
+func (s *Session) slowLocked() {
+	if s.mode == modeClosed {
+		return
+	}
+	s.t.o.Metrics.SlowClose()
+	s.CloseLocked(CloseSlowConsumer, "slow consumer")
+}
+
+// abortLocked closes the connection at once, ahead of what is queued, when
+// even the close frame cannot be queued.
+func (s *Session) abortLocked() {
+	s.mode = modeClosed
+	s.pending = nil
+	conn := s.ms.WebsocketConnection()
+	_ = conn.WriteControl(websocket.CloseMessage, melody.FormatCloseMessage(CloseSlowConsumer, "slow consumer"), time.Now().Add(100*time.Millisecond))
+	_ = conn.Close()
+}
+
+// GoLiveLocked sends the live events held so far and every later one as it
+// is delivered. It does nothing unless the session is started and holding.
+func (s *Session) GoLiveLocked() {
+	if s.mode != modeAwait && s.mode != modeReplay {
+		return
+	}
+	s.mode = modeLive
+	pending := s.pending
+	s.pending = nil
+	for _, ev := range pending {
+		s.sendEventLocked(ev)
+		if s.mode == modeClosed {
+			return
+		}
+	}
+}
+
+// ResumeLocked replays, in its own goroutine, every event after since that
+// the session's scope allows, in order, then calls the handler's
+// ResumedLocked and goes live. A since that cannot be served (malformed,
+// another epoch, pruned, or more than ReplayLimit events behind) calls
+// ResyncLocked instead and goes live from the head. It reports false, doing
+// nothing, unless the session is started and awaiting.
+func (s *Session) ResumeLocked(since string) bool {
+	if s.mode != modeAwait {
+		return false
+	}
+	s.mode = modeReplay
+	go s.resume(s.ctx, s.gen, since)
+	return true
+}
+
+// replayingLocked reports whether the replay of Start generation gen may
+// go on.
+func (s *Session) replayingLocked(gen uint64) bool {
+	return s.gen == gen && s.mode == modeReplay
+}
+
+func (s *Session) resume(ctx context.Context, gen uint64, since string) {
+	s.mu.Lock()
+	if !s.replayingLocked(gen) {
+		s.mu.Unlock()
+		return
+	}
+	epoch := s.epoch
+	streams := slices.Clone(s.streams)
+	s.mu.Unlock()
+
+	pos, err := relay.ParsePosition(since)
+	if err != nil || pos.Epoch != epoch {
+		s.resyncAndGoLive(gen)
+		return
+	}
+	from := make(map[string]int64, len(streams))
+	s.mu.Lock()
+	if !s.replayingLocked(gen) {
+		s.mu.Unlock()
+		return
+	}
+	for i, st := range s.streams {
+		seq, ok := pos.Seqs[st]
+		if !ok {
+			continue // a stream the position does not know starts live
+		}
+		if seq >= s.heads[i] {
+			// The client is at or ahead of this relay's head (another replica
+			// was ahead): send nothing up to its seq again.
+			s.last[i] = max(s.last[i], seq)
+			from[st] = seq
+			continue
+		}
+		s.last[i] = seq
+		from[st] = seq
+	}
+	s.mu.Unlock()
+
+	replayed := 0
+	limit := s.t.o.ReplayLimit
+	var events []relay.Event
+	err = s.t.o.History.Replay(ctx, from, func(changes []relay.Change) error {
+		for i := range changes {
+			events = s.t.o.Mapper.Map(events[:0], &changes[i])
+			for j := range events {
+				if err := s.waitSpace(ctx, gen); err != nil {
+					return err
+				}
+				ev := events[j]
+				s.mu.Lock()
+				if !s.replayingLocked(gen) {
+					s.mu.Unlock()
+					return errClosed
+				}
+				before := s.queued
+				s.sendEventLocked(&ev)
+				if s.queued > before {
+					replayed++
+				}
+				s.mu.Unlock()
+				if replayed > limit {
+					return relay.ErrHistoryExpired
+				}
+			}
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		if s.replayingLocked(gen) {
+			s.h.ResumedLocked(replayed)
+			s.GoLiveLocked()
+		}
+		s.mu.Unlock()
+		s.t.o.Metrics.Resumed(replayed)
+	case errors.Is(err, relay.ErrHistoryExpired):
+		s.resyncAndGoLive(gen)
+	case errors.Is(err, errClosed) || ctx.Err() != nil:
+	default:
+		s.t.o.Logger.Warn("resume failed", "err", err)
+		s.mu.Lock()
+		s.CloseLocked(CloseInternal, "resume failed, reconnect with since")
+		s.mu.Unlock()
+	}
+}
+
+// errClosed ends a replay whose session closed or restarted.
+const errClosed = relay.Error("session closed")
+
+// waitSpace blocks while the session's socket queue is more than half full,
+// so a long replay is paced by the client instead of overflowing.
+func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
+	half := int64(s.t.o.QueueSize / 2)
+	for {
+		s.mu.Lock()
+		inflight := s.queued - s.sent.Load()
+		ok := s.replayingLocked(gen)
+		s.mu.Unlock()
+		if !ok {
+			return errClosed
+		}
+		if inflight < half {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.space:
+		}
+	}
+}
+
+// resyncAndGoLive gives up a replay: the session's position jumps to the
+// head (never back below what was already sent), the handler tells the
+// client to resync, and live events flow.
+func (s *Session) resyncAndGoLive(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.replayingLocked(gen) {
+		return
+	}
+	for i := range s.last {
+		s.last[i] = max(s.last[i], s.heads[i])
+	}
+	s.h.ResyncLocked()
+	s.GoLiveLocked()
+	s.t.o.Metrics.Resync()
+}

@@ -1,0 +1,155 @@
+package sio_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/pgtest"
+	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+var pg pgtest.Server
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
+
+const nodeSecret = "node-e2e-secret-node-e2e-secret-0123456"
+
+// nodeDir holds the Node suite: package.json, package-lock.json and the
+// tests; node_modules is installed there by npm ci and not committed.
+const nodeDir = "testdata/node"
+
+// TestSocketIOClient runs the Node suite (testdata/node/sio.test.mjs: issue
+// 5's nine cases with the real socket.io-client) against a relay on a fresh
+// demo CRM database, and fails when it fails. Without node or npm it skips,
+// or fails under CI=true.
+func TestSocketIOClient(t *testing.T) {
+	node, npm := tool(t, "node"), tool(t, "npm")
+	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules")); os.IsNotExist(err) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		run(t, exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund"), "npm ci")
+	}
+
+	const heartbeat = time.Second
+	addr := startRelay(t, heartbeat)
+	dbURL := addr.db
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec", "sio.test.mjs")
+	cmd.Env = append(os.Environ(),
+		"ROWCAST_URL=http://"+addr.relay,
+		"ROWCAST_JWT_SECRET="+nodeSecret,
+		"ROWCAST_DATABASE_URL="+dbURL,
+		"ROWCAST_HEARTBEAT_MS="+strconv.FormatInt(heartbeat.Milliseconds(), 10),
+	)
+	run(t, cmd, "node --test")
+}
+
+// tool returns the path of a program the suite needs; without it the test
+// skips, or fails under CI=true.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		msg := name + " not found: the Socket.IO end-to-end suite needs Node.js 20+ and npm (apt-get install nodejs npm)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return p
+}
+
+// run runs cmd in nodeDir, logging its output line by line, and fails the
+// test when it fails.
+func run(t *testing.T, cmd *exec.Cmd, what string) {
+	t.Helper()
+	cmd.Dir = nodeDir
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			t.Log(sc.Text())
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Run()
+	pw.Close()
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+type relayAddr struct{ relay, db string }
+
+// startRelay runs a relay on a free port over a fresh demo CRM database with
+// the capture triggers installed, until the test ends.
+func startRelay(t *testing.T, heartbeat time.Duration) relayAddr {
+	t.Helper()
+	url := pg.NewDatabase(t)
+	ctx := context.Background()
+	if err := demo.Setup(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Defaults()
+	cfg.Database.URL = url
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Auth.JWTSecret = nodeSecret
+	cfg.Tables = demo.Tables()
+	cfg.Sessions.Heartbeat = heartbeat
+	cfg.Shutdown.Grace = 2 * time.Second
+
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := triggers.Render(cfg.Tables, triggers.Options{Notify: cfg.Capture.Notify == nil || *cfg.Capture.Notify})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := triggers.Install(ctx, conn, plan); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	r, err := server.New(server.Options{Config: &cfg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("relay run: %v", err)
+		}
+	})
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		t.Fatalf("relay did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay not ready after 30s")
+	}
+	return relayAddr{relay: r.Addr(), db: url}
+}
