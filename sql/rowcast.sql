@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS rowcast.meta (
     schema_version int  NOT NULL
 );
 INSERT INTO rowcast.meta (schema_version) VALUES (1) ON CONFLICT DO NOTHING;
+-- bell: a relay is idle and wants the doorbell rung. Relays arm it when they
+-- go idle and disarm it while changes flow (they poll then anyway), so
+-- committing transactions pay for a NOTIFY, which takes a cluster-wide lock
+-- at commit, only when it saves latency.
+ALTER TABLE rowcast.meta ADD COLUMN IF NOT EXISTS bell boolean NOT NULL DEFAULT true;
 
 CREATE TABLE IF NOT EXISTS rowcast.streams (
     stream         text PRIMARY KEY,
@@ -88,8 +93,10 @@ END
 $fn$;
 
 -- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
+-- Its statements are planned for each call (plan_cache_mode): a plan cached
+-- while the changelog was small would scan it whole once it has grown.
 CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan AS $fn$
 DECLARE
     x       xid8 := pg_current_xact_id();
     r       record;
@@ -135,7 +142,9 @@ BEGIN
     JOIN unnest(v_streams, v_bases) AS b (stream, base) ON b.stream = v.stream
     WHERE c.id = v.id;
 {{- if .Notify}}
-    PERFORM pg_notify('rowcast', '');
+    IF (SELECT bell FROM rowcast.meta) THEN
+        PERFORM pg_notify('rowcast', '');
+    END IF;
 {{- end}}
     RETURN NULL;
 END

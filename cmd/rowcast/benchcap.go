@@ -219,7 +219,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fail(err)
 	}
 	defer os.Remove(script)
-	fmt.Fprintf(stdout, "bench writepath: pgbench -c %d -T %d, one-row escrow UPDATE per transaction, fsync=%v\n",
+	fmt.Fprintf(stdout, "bench writepath: pgbench -c %d -T %d, one-row escrow UPDATE per transaction, 20 teams, fsync=%v\n",
 		*clients, *seconds, *durable)
 	type variant struct {
 		name, mode string
@@ -270,8 +270,11 @@ func seedEscrows(ctx context.Context, url string) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, `insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
-		select g, 1 + g % 2, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
+	// 1000 escrows over 20 teams: commits serialize per team (the stream's
+	// counter lock), so the spread matters; a CRM has many teams.
+	_, err = conn.Exec(ctx, `insert into teams (id, name) select g, 'Team ' || g from generate_series(3, 20) g;
+		insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
+		select g, 1 + g % 20, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
 		from generate_series(1, 1000) g`)
 	if err != nil {
 		return err

@@ -352,3 +352,49 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestLogicalSlotLostStartsNewEpoch: the slot disappears (as after a
+// failover, or invalidated by max_slot_wal_keep_size); the holder recreates
+// it, the history epoch changes, and every session is told to resync, then
+// receives live events again.
+func TestLogicalSlotLostStartsNewEpoch(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
+	c.event("lead:created")
+	old := c.last
+
+	// Drop the slot from under the holder: end its walsender first.
+	waitFor(t, func() string { return "the slot to be dropped" }, func() bool {
+		_, err := e.db.Exec(context.Background(), `
+select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = 'rowcast' and active_pid is not null;
+select pg_drop_replication_slot('rowcast') from pg_replication_slots where slot_name = 'rowcast' and not active`)
+		if err != nil {
+			return false
+		}
+		var gone bool
+		err = e.db.QueryRow(context.Background(), "select not exists (select 1 from pg_replication_slots where slot_name = 'rowcast')").Scan(&gone)
+		return err == nil && gone
+	})
+	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("want resync after the slot was lost, got %s", f.raw)
+	}
+	waitFor(t, func() string { return "the slot to be recreated" }, func() bool {
+		var back bool
+		err := e.db.QueryRow(context.Background(), "select exists (select 1 from pg_replication_slots where slot_name = 'rowcast')").Scan(&back)
+		return err == nil && back
+	})
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	if name := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "after" {
+		t.Fatalf("live after the new epoch: %v", name)
+	}
+	// A position from the old epoch is answered with resync.
+	c2, _, err := e.dial(userToken(t, "2", 1), "since="+old, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.next() // welcome
+	if f := c2.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("old-epoch position: got %s", f.raw)
+	}
+}

@@ -208,6 +208,19 @@ func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, e
 }
 
 func (h *Holder) recreateSlot(ctx context.Context, db *pgx.Conn, drop bool) (pglogrepl.LSN, error) {
+	// The new epoch first: if creating the slot fails, the next attempt
+	// finds it missing again and changes the epoch once more, which is
+	// harmless; the other order could leave a new slot under the old epoch.
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "update rowcast.meta set epoch = gen_random_uuid()"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "delete from rowcast.logical_state where slot = $1", h.o.Slot)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("logical new epoch: %w", err)
+	}
 	if drop {
 		if _, err := db.Exec(ctx, "select pg_drop_replication_slot($1)", h.o.Slot); err != nil {
 			return 0, fmt.Errorf("logical drop slot: %w", err)
@@ -216,11 +229,6 @@ func (h *Holder) recreateSlot(ctx context.Context, db *pgx.Conn, drop bool) (pgl
 	var lsn string
 	if err := db.QueryRow(ctx, "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", h.o.Slot).Scan(&lsn); err != nil {
 		return 0, fmt.Errorf("logical create slot: %w", err)
-	}
-	_, err := db.Exec(ctx, `update rowcast.meta set epoch = gen_random_uuid();
-		delete from rowcast.logical_state where slot = $1`, h.o.Slot)
-	if err != nil {
-		return 0, fmt.Errorf("logical new epoch: %w", err)
 	}
 	return pglogrepl.ParseLSN(lsn)
 }

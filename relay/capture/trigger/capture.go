@@ -208,6 +208,10 @@ func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 	c.o.Logger.Info("capture reading the changelog", "epoch", epoch, "doorbell", c.o.Listen)
 
 	interval := c.o.PollMin
+	idle, armed := 0, false
+	if err := c.setBell(ctx, conn, &armed, true); err != nil { // until changes flow
+		return err
+	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -232,12 +236,39 @@ func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 		if n > 0 {
 			st.progressed = true
 			interval = c.o.PollMin
+			idle = 0
+			// Changes flow: polling finds them; writers need not ring.
+			if err := c.setBell(ctx, conn, &armed, false); err != nil {
+				return err
+			}
 			timer.Reset(0)
 			continue
+		}
+		if idle++; idle == idleBeforeArming {
+			if err := c.setBell(ctx, conn, &armed, true); err != nil {
+				return err
+			}
 		}
 		interval = min(interval*2, c.o.PollMax)
 		timer.Reset(interval)
 	}
+}
+
+// idleBeforeArming is how many empty polls in a row make the relay ask for
+// the doorbell again (about 75ms at the default poll interval).
+const idleBeforeArming = 4
+
+// setBell arms or disarms the doorbell when the doorbell is in use and the
+// state differs from what this relay last set.
+func (c *Capture) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bool) error {
+	if !c.o.Listen || *armed == v {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "update rowcast.meta set bell = $1 where bell <> $1", v); err != nil {
+		return fmt.Errorf("capture doorbell: %w", err)
+	}
+	*armed = v
+	return nil
 }
 
 func readEpoch(ctx context.Context, conn *pgx.Conn) (string, error) {
