@@ -145,7 +145,14 @@ func (r *Relay) Hub() *hub.Hub { return r.hub }
 // fails for good.
 func (r *Relay) Run(ctx context.Context) error {
 	cfg := r.cfg
-	pool, err := pgxpool.New(ctx, cfg.Database.URL)
+	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
+	if err != nil {
+		return fmt.Errorf("serve: database: %w", err)
+	}
+	// Replay and pruning query a changelog whose size swings widely: plan
+	// each query for the table as it is.
+	pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
 	}

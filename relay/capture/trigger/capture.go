@@ -148,7 +148,14 @@ func (c *Capture) setConnected(v bool) {
 func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.url)
+	cc, err := pgx.ParseConfig(c.url)
+	if err != nil {
+		return fmt.Errorf("capture connect: %w", err)
+	}
+	// The changelog grows and shrinks by orders of magnitude; a generic plan
+	// cached while it was small would scan it whole later.
+	cc.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("capture connect: %w", err)
 	}
