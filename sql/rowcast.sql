@@ -93,10 +93,8 @@ END
 $fn$;
 
 -- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
--- Its statements are planned for each call (plan_cache_mode): a plan cached
--- while the changelog was small would scan it whole once it has grown.
 CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan AS $fn$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     x       xid8 := pg_current_xact_id();
     r       record;
