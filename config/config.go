@@ -77,7 +77,7 @@ type History struct {
 // Sessions configures per-session limits of the WebSocket transports.
 type Sessions struct {
 	Heartbeat      time.Duration `mapstructure:"heartbeat" yaml:"heartbeat"`               // default 25s
-	QueueSize      int           `mapstructure:"queue_size" yaml:"queue_size"`             // outbound frames; default 1024
+	QueueSize      int           `mapstructure:"queue_size" yaml:"queue_size"`             // outbound frames; default 256
 	MaxMessageSize int64         `mapstructure:"max_message_size" yaml:"max_message_size"` // client frame limit; default 4096
 	RateLimit      float64       `mapstructure:"rate_limit" yaml:"rate_limit"`             // client messages/s; default 20
 	RateBurst      int           `mapstructure:"rate_burst" yaml:"rate_burst"`             // default 50

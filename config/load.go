@@ -35,7 +35,7 @@ func Defaults() Config {
 		},
 		Sessions: Sessions{
 			Heartbeat:      25 * time.Second,
-			QueueSize:      1024,
+			QueueSize:      256,
 			MaxMessageSize: 4096,
 			RateLimit:      20,
 			RateBurst:      50,

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/demo"
 	"github.com/rowcast/rowcast/relay/pgembed"
 	"github.com/rowcast/rowcast/relay/server"
@@ -29,6 +33,7 @@ const benchUsage = `usage: rowcast bench [latency|capture|writepath] [flags]
   capture    sustained capture rate into the hub, changes/s, per capture mode
   writepath  pgbench tps of a CRM-like update with no capture, trigger mode
              (with and without the doorbell) and logical mode
+  idle       heap and goroutines per idle WebSocket session
 
 Every benchmark runs on its own throwaway PostgreSQL; "rowcast bench X -h"
 lists its flags.
@@ -46,6 +51,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchCapture(ctx, args[1:], stdout, stderr)
 	case "writepath":
 		return runBenchWritePath(ctx, args[1:], stdout, stderr)
+	case "idle":
+		return runBenchIdle(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return exitUsage
@@ -295,4 +302,111 @@ func pgbench(ctx context.Context, bin string, pg *pgembed.Server, db, script str
 		return 0, errors.New("pgbench printed no tps line:\n" + string(out))
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// runBenchIdle measures what an idle session costs the relay: it opens N
+// plain WebSocket sessions with raw connections (a hand-written upgrade
+// request, nothing read after the handshake, so the client side holds only a
+// socket) and reports the heap and goroutines per session once the relay
+// counts them all.
+func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench idle", stderr)
+	sessions := fs.Int("sessions", 5000, "idle sessions (each uses two file descriptors here)")
+	memprofile := fs.String("memprofile", "", "write a heap profile to this `file` once the sessions are open")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench idle: %v\n", err)
+		return exitFailed
+	}
+	pg, err := benchServer(ctx, false)
+	if err != nil {
+		return fail(err)
+	}
+	defer pg.Close()
+	url, err := pg.CreateDatabase(ctx, "idle")
+	if err != nil {
+		return fail(err)
+	}
+	if err := demo.Setup(ctx, url); err != nil {
+		return fail(err)
+	}
+	cfg := benchConfig(url, config.ModeTrigger, true)
+	if err := installDemo(ctx, cfg); err != nil {
+		return fail(err)
+	}
+	r, stop, err := startBenchRelay(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	defer stop()
+	token, err := auth.Sign([]byte(cfg.Auth.JWTSecret), map[string]any{"sub": "1", "teamId": 1})
+	if err != nil {
+		return fail(err)
+	}
+	request := "GET /ws HTTP/1.1\r\nHost: " + r.Addr() + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Authorization: Bearer " + token + "\r\n\r\n"
+	before := heapNow()
+	conns := make([]net.Conn, 0, *sessions)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	buf := make([]byte, 512)
+	for i := 0; i < *sessions; i++ {
+		c, err := net.Dial("tcp", r.Addr())
+		if err != nil {
+			return fail(fmt.Errorf("session %d: %w", i, err))
+		}
+		conns = append(conns, c)
+		if _, err := c.Write([]byte(request)); err != nil {
+			return fail(err)
+		}
+		// The 101 response; the welcome frame after it stays unread.
+		if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 101") {
+			return fail(fmt.Errorf("session %d: upgrade refused: %q %v", i, buf[:min(n, 80)], err))
+		}
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for r.Hub().Stats().Subscribers < int64(*sessions) {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return exitFailed
+		}
+	}
+	after := heapNow()
+	if *memprofile != "" {
+		f, err := os.Create(*memprofile)
+		if err != nil {
+			return fail(err)
+		}
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		f.Close()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	n := float64(*sessions)
+	fmt.Fprintf(stdout, "bench idle: %d sessions\n", *sessions)
+	fmt.Fprintf(stdout, "heap in use: %.1f KiB per session (client sockets in this process included)\n",
+		float64(after.heap-before.heap)/n/1024)
+	fmt.Fprintf(stdout, "goroutines:  %.2f per session\n", float64(after.goroutines-before.goroutines)/n)
+	return exitOK
+}
+
+type heapSample struct {
+	heap       uint64
+	goroutines int
+}
+
+func heapNow() heapSample {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return heapSample{heap: m.HeapInuse + m.StackInuse, goroutines: runtime.NumGoroutine()}
 }

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,7 +51,7 @@ type Options struct {
 	// ("https://crm.example.com"); requests without Origin are allowed.
 	Origins        []string
 	Heartbeat      time.Duration // default 25s
-	QueueSize      int           // outbound frames per session; default 1024
+	QueueSize      int           // outbound frames per session; default 256
 	MaxMessageSize int64         // client frame limit; default 4096
 	RateLimit      float64       // client messages per second; default 20
 	RateBurst      int           // default 50
@@ -79,7 +80,7 @@ func New(o Options) *Transport {
 		o.Heartbeat = 25 * time.Second
 	}
 	if o.QueueSize <= 0 {
-		o.QueueSize = 1024
+		o.QueueSize = 256
 	}
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = 4096
@@ -105,8 +106,12 @@ func New(o Options) *Transport {
 		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
 	}
 	t.m.Upgrader.CheckOrigin = t.checkOrigin
-	t.m.Upgrader.ReadBufferSize = 1024
+	// Idle sessions should cost little: reads reuse the HTTP server's
+	// buffered reader (ReadBufferSize 0), and write buffers are taken from a
+	// pool only while a frame is written.
+	t.m.Upgrader.ReadBufferSize = 0
 	t.m.Upgrader.WriteBufferSize = 4096
+	t.m.Upgrader.WriteBufferPool = &sync.Pool{}
 	t.m.Config.MaxMessageSize = o.MaxMessageSize
 	t.m.Config.PingPeriod = o.Heartbeat
 	t.m.Config.PongWait = 2 * o.Heartbeat
