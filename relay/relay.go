@@ -118,6 +118,9 @@ type Event struct {
 	Entity string
 	Stream string
 	Seq    int64
+	// Part tells apart the events one change maps to (0, then 1 for the
+	// legacy data:update that follows it): they share Stream and Seq.
+	Part uint8
 	// Data is the encoded JSON object: the event's data for KindEvent, the
 	// whole frame for KindResync.
 	Data []byte

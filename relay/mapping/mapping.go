@@ -177,7 +177,7 @@ func legacyEvent(r *rule, c *relay.Change, action, teamID string, payload json.R
 		b = append(b, payload...)
 	}
 	b = append(b, '}')
-	return relay.Event{Name: "data:update", Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Data: b, CommittedAt: c.CommittedAt}
+	return relay.Event{Name: "data:update", Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Part: 1, Data: b, CommittedAt: c.CommittedAt}
 }
 
 func appendActor(b []byte, c *relay.Change) []byte {

@@ -510,3 +510,52 @@ func TestDrainClosesWith1001(t *testing.T) {
 		t.Fatalf("close %d, want 1001", code)
 	}
 }
+
+func TestLegacyDataUpdate(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) { c.Events.Legacy = true })
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'L', 2)")
+	main := c.event("lead:created")
+	legacy := c.event("data:update")
+	d := legacy.data()
+	if d["entityType"] != "lead" || d["action"] != "create" || d["teamId"] != "1" || d["userId"] != "2" {
+		t.Errorf("data:update: %s", legacy.raw)
+	}
+	if legacy.Position != main.Position {
+		t.Errorf("both events of one change carry its position: %q vs %q", main.Position, legacy.Position)
+	}
+	// Resuming from before the change replays both, once.
+	c2, _, err := e.dial(userToken(t, "2", 1), "since="+startPosition(t, e, "2", "1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.next() // welcome
+	c2.event("lead:created")
+	c2.event("data:update")
+	if r := c2.next(); r.Type != "resumed" || r.Replayed != 2 {
+		t.Fatalf("got %s", r.raw)
+	}
+}
+
+// A client that floods the relay and reads nothing is cut off; it never
+// stalls delivery to anyone else.
+func TestFloodingClientDoesNotStallOthers(t *testing.T) {
+	e := startRelay(t, nil)
+	flooder := e.connect(userToken(t, "4", 2))
+	other := e.connect(userToken(t, "2", 1))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 300000; i++ {
+			if err := flooder.c.WriteMessage(websocket.BinaryMessage, []byte{1}); err != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		e.exec("insert into leads (team_id, first_name) values (1, $1)", fmt.Sprint(i))
+		e.exec("insert into leads (team_id, first_name) values (2, $1)", fmt.Sprint(i))
+		other.event("lead:created")
+	}
+	<-done
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/demo"
 	"github.com/rowcast/rowcast/relay/history"
@@ -317,4 +318,19 @@ func pruneNow(t *testing.T, e *env) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// startPosition is the position before any change, for a session of user
+// following teams.
+func startPosition(t *testing.T, e *env, user string, teams ...string) string {
+	t.Helper()
+	var epoch string
+	if err := e.db.QueryRow(context.Background(), "select replace(epoch::text, '-', '') from rowcast.meta").Scan(&epoch); err != nil {
+		t.Fatal(err)
+	}
+	seqs := map[string]int64{relay.AllStream: 0, relay.UserStream(user): 0}
+	for _, team := range teams {
+		seqs[relay.TeamStream(team)] = 0
+	}
+	return relay.Position{Epoch: epoch, Seqs: seqs}.Encode()
 }

@@ -118,7 +118,7 @@ func New(o Options) *Transport {
 	// Room for every event frame the queue allows plus the control frames
 	// (errors, pongs, heartbeats, close) that follow them: events never hit
 	// melody's silent-drop path, the session closes with 4008 before.
-	t.m.Config.MessageBufferSize = o.QueueSize + 64
+	t.m.Config.MessageBufferSize = o.QueueSize + queueHeadroom
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
 		if s := sessionOf(ms); s != nil {
@@ -198,6 +198,10 @@ func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler New
 	return nil
 }
 
+// queueHeadroom is the room melody's output channel keeps beyond the event
+// queue for control frames (errors, pongs, heartbeats, the close frame).
+const queueHeadroom = 64
+
 func (t *Transport) onConnect(ms *melody.Session) {
 	t.open.Add(1)
 	s := newSession(t, ms)
@@ -206,12 +210,12 @@ func (t *Transport) onConnect(ms *melody.Session) {
 	s.h.Open()
 }
 
+// onError may run inside Session.Write, with the session's lock held: it
+// must not take that lock.
 func (t *Transport) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		if s := sessionOf(ms); s != nil {
-			s.mu.Lock()
-			s.abortLocked()
-			s.mu.Unlock()
+			s.abort()
 		}
 	}
 }

@@ -71,12 +71,16 @@ const (
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {
-	t     *Transport
-	ms    *melody.Session
-	h     Handler
-	lim   *rate.Limiter
-	sent  atomic.Int64 // text frames written to the socket
-	space chan struct{}
+	t    *Transport
+	ms   *melody.Session
+	h    Handler
+	lim  *rate.Limiter
+	sent atomic.Int64 // text frames written to the socket
+	// lastPart is the last change part processed (see sendEventLocked).
+	lastPart partMark
+	// aborted is set once the connection is being cut off (abort).
+	aborted atomic.Bool
+	space   chan struct{}
 
 	mu         sync.Mutex
 	mode       mode
@@ -349,10 +353,19 @@ func (s *Session) currentStreams() []string {
 // (positions make delivery idempotent) or the subscribe filter hides it.
 func (s *Session) sendEventLocked(ev *relay.Event) {
 	i := slices.Index(s.streams, ev.Stream)
-	if i < 0 || ev.Seq <= s.last[i] {
+	if i < 0 {
+		return
+	}
+	// An event is new when its seq is past the stream's last, or when it is
+	// the next part of the change just processed (the legacy data:update
+	// that follows its event).
+	next := ev.Part > 0 && ev.Seq == s.last[i] && s.lastPart.stream == ev.Stream &&
+		s.lastPart.seq == ev.Seq && s.lastPart.part == ev.Part-1
+	if ev.Seq <= s.last[i] && !next {
 		return
 	}
 	s.last[i] = ev.Seq
+	s.lastPart = partMark{stream: ev.Stream, seq: ev.Seq, part: ev.Part}
 	if ev.Entity != "" && s.filter != nil && !s.filter[ev.Entity] {
 		return
 	}
@@ -389,6 +402,13 @@ func (s *Session) PositionLocked() string {
 // the session is closing.
 func (s *Session) WriteLocked(frame []byte) {
 	if s.mode == modeClosed {
+		return
+	}
+	// Every text frame counts, not only events: a client that keeps
+	// sending (pings, binary frames) and reads nothing fills the queue with
+	// answers. One slot stays free for a close frame.
+	if s.queued-s.sent.Load() >= int64(s.t.o.QueueSize+queueHeadroom-1) {
+		s.abortLocked()
 		return
 	}
 	s.queued++
@@ -431,9 +451,24 @@ func (s *Session) slowLocked() {
 func (s *Session) abortLocked() {
 	s.mode = modeClosed
 	s.pending = nil
+	s.abort()
+}
+
+// abort closes the connection with 4008 without taking any lock and
+// without blocking: the close frame may wait for a writer stuck on a client
+// that reads nothing, so it is sent from its own goroutine. It is what
+// melody's error handler calls, which can run inside Write with the
+// session's lock held.
+func (s *Session) abort() {
+	if !s.aborted.CompareAndSwap(false, true) {
+		return
+	}
+	s.t.o.Metrics.SlowClose()
 	conn := s.ms.WebsocketConnection()
-	_ = conn.WriteControl(websocket.CloseMessage, melody.FormatCloseMessage(CloseSlowConsumer, "slow consumer"), time.Now().Add(100*time.Millisecond))
-	_ = conn.Close()
+	go func() {
+		_ = conn.WriteControl(websocket.CloseMessage, melody.FormatCloseMessage(CloseSlowConsumer, "slow consumer"), time.Now().Add(time.Second))
+		_ = conn.Close()
+	}()
 }
 
 // GoLiveLocked sends the live events held so far and every later one as it
@@ -602,4 +637,11 @@ func (s *Session) resyncAndGoLive(gen uint64) {
 	s.h.ResyncLocked()
 	s.GoLiveLocked()
 	s.t.o.Metrics.Resync()
+}
+
+// partMark names one event of a change: its stream, seq and part.
+type partMark struct {
+	stream string
+	seq    int64
+	part   uint8
 }

@@ -209,13 +209,23 @@ func (c *conn) Message(msg []byte) {
 		s.Unlock()
 		return
 	}
-	var m clientMessage
-	if !isJSONObject(msg) || json.Unmarshal(msg, &m) != nil {
+	if !isJSONObject(msg) {
 		if first {
 			s.CloseLocked(CloseBadRequest, "first message must be a JSON object")
 		} else {
 			s.WriteLocked(errorFrame("bad_request", "message is not a JSON object"))
 		}
+		s.Unlock()
+		return
+	}
+	var m clientMessage
+	if err := json.Unmarshal(msg, &m); err != nil {
+		// A JSON object, but a field of the wrong type: a bad request, not
+		// a malformed first message.
+		if s.AwaitingLocked() {
+			s.GoLiveLocked()
+		}
+		s.WriteLocked(errorFrame("bad_request", "a field has the wrong type: "+err.Error()))
 		s.Unlock()
 		return
 	}
@@ -240,10 +250,8 @@ func (c *conn) Message(msg []byte) {
 			// already gone out: replaying now would reorder them.
 			s.WriteLocked([]byte(`{"type":"resync","reason":"history_expired"}`))
 			c.metrics().Resync()
-		case m.Since == "":
-			s.WriteLocked(errorFrame("bad_request", "resume needs since"))
-			s.GoLiveLocked()
 		default:
+			// An empty or malformed since is answered with resync.
 			s.ResumeLocked(m.Since)
 		}
 	case "auth":
@@ -299,11 +307,11 @@ func (c *conn) reauth(token string) {
 	s.WriteLocked(b)
 }
 
-// Binary answers a binary frame with an error; the session stays open.
+// Binary handles a binary frame like a message that is not JSON: a first
+// message closes with 4400, later ones are answered bad_request, within
+// the same rate limit as text messages.
 func (c *conn) Binary([]byte) {
-	c.s.Lock()
-	c.s.WriteLocked(errorFrame("bad_request", "binary frames are not part of the protocol"))
-	c.s.Unlock()
+	c.Message([]byte{0})
 }
 
 // Closed stops the resume grace timer.
