@@ -27,8 +27,15 @@ ALTER TABLE rowcast.meta ADD COLUMN IF NOT EXISTS bell boolean NOT NULL DEFAULT 
 CREATE TABLE IF NOT EXISTS rowcast.streams (
     stream         text PRIMARY KEY,
     last_seq       bigint NOT NULL DEFAULT 0,
-    last_at        timestamptz NOT NULL DEFAULT '-infinity',
-    pruned_through bigint NOT NULL DEFAULT 0
+    last_at        timestamptz NOT NULL DEFAULT '-infinity'
+);
+
+-- What pruning deleted, per stream: a resume from below it is answered with
+-- resync. A table of its own, so that the pruner never updates the counter
+-- rows that committing writers lock.
+CREATE TABLE IF NOT EXISTS rowcast.pruned (
+    stream  text PRIMARY KEY,
+    through bigint NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS rowcast.changelog (

@@ -83,6 +83,12 @@ func (s *Store) Replay(ctx context.Context, from map[string]int64, fn func([]rel
 		if len(batch) == 0 {
 			return nil
 		}
+		// A prune between the check and this page could have deleted rows
+		// right after a stream's position: the page would then start past a
+		// gap. Check again, now that the page is read.
+		if err := s.check(ctx, streams, after); err != nil {
+			return err
+		}
 		for _, ch := range batch {
 			if i, ok := idx[ch.Stream]; ok && ch.Seq > after[i] {
 				after[i] = ch.Seq
@@ -101,9 +107,10 @@ func (s *Store) Replay(ctx context.Context, from map[string]int64, fn func([]rel
 // pruned, or from is ahead of what the database has.
 func (s *Store) check(ctx context.Context, streams []string, after []int64) error {
 	rows, err := s.pool.Query(ctx, `
-select f.stream, f.after, coalesce(s.last_seq, 0), coalesce(s.pruned_through, 0)
+select f.stream, f.after, coalesce(s.last_seq, 0), coalesce(p.through, 0)
 from unnest($1::text[], $2::bigint[]) f (stream, after)
-left join rowcast.streams s on s.stream = f.stream`, streams, after)
+left join rowcast.streams s on s.stream = f.stream
+left join rowcast.pruned p on p.stream = f.stream`, streams, after)
 	if err != nil {
 		return fmt.Errorf("history check: %w", err)
 	}
@@ -163,9 +170,9 @@ with gone as (
     where committed_at < now() - $1::interval and seq is not null
     returning stream, seq
 ), upd as (
-    update rowcast.streams s set pruned_through = greatest(s.pruned_through, g.seq)
-    from (select stream, max(seq) as seq from gone group by stream) g
-    where s.stream = g.stream
+    insert into rowcast.pruned as p (stream, through)
+    select stream, max(seq) from gone group by stream
+    on conflict (stream) do update set through = greatest(p.through, excluded.through)
 )
 select count(*) from gone`, p.Retention).Scan(&n)
 	})
