@@ -34,7 +34,10 @@ const shardCount = 32
 type Hub struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
-	epoch  atomic.Pointer[string]
+	// resetMu makes Reset atomic: Reset holds it exclusively, everything
+	// that reads or moves heads holds it shared.
+	resetMu sync.RWMutex
+	epoch   atomic.Pointer[string]
 
 	published atomic.Uint64 // events published
 	delivered atomic.Uint64 // event deliveries to subscribers
@@ -77,6 +80,8 @@ func (h *Hub) Epoch() string { return *h.epoch.Load() }
 // those heads is delivered to s. The caller must not hold a lock that
 // Deliver takes, since events may be delivered before Subscribe returns.
 func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []int64) {
+	h.resetMu.RLock()
+	defer h.resetMu.RUnlock()
 	heads = make([]int64, len(streams))
 	added := 0
 	for i, st := range streams {
@@ -145,6 +150,8 @@ func (h *Hub) follow(s Subscriber, n int) {
 
 // Heads returns the current head of each stream.
 func (h *Hub) Heads(streams []string) []int64 {
+	h.resetMu.RLock()
+	defer h.resetMu.RUnlock()
 	out := make([]int64, len(streams))
 	for i, st := range streams {
 		sh := h.shard(st)
@@ -159,6 +166,8 @@ func (h *Hub) Heads(streams []string) []int64 {
 // subscriber of each event's stream, and advances the streams' heads. It is
 // called by one goroutine at a time (the capture's).
 func (h *Hub) Publish(events []relay.Event) {
+	h.resetMu.RLock()
+	defer h.resetMu.RUnlock()
 	for i := range events {
 		ev := &events[i]
 		sh := h.shard(ev.Stream)
@@ -180,6 +189,12 @@ func (h *Hub) Publish(events []relay.Event) {
 // Advance records a stream head without an event (a change that mapped to
 // nothing still moves its stream forward).
 func (h *Hub) Advance(stream string, seq int64) {
+	h.resetMu.RLock()
+	defer h.resetMu.RUnlock()
+	h.advance(stream, seq)
+}
+
+func (h *Hub) advance(stream string, seq int64) {
 	sh := h.shard(stream)
 	sh.mu.Lock()
 	if seq > sh.heads[stream] {
@@ -188,9 +203,11 @@ func (h *Hub) Advance(stream string, seq int64) {
 	sh.mu.Unlock()
 }
 
-// Reset replaces the epoch and every head. When the epoch changes from a
-// previous one, every subscriber is told to resync.
+// Reset replaces the epoch and every head in one step: no Subscribe sees a
+// new epoch with old or missing heads. When the epoch changes from a
+// previous one, every subscriber is then told to resync.
 func (h *Hub) Reset(epoch string, heads map[string]int64) {
+	h.resetMu.Lock()
 	old := h.Epoch()
 	h.epoch.Store(&epoch)
 	var all []Subscriber
@@ -210,8 +227,9 @@ func (h *Hub) Reset(epoch string, heads map[string]int64) {
 		sh.mu.Unlock()
 	}
 	for st, seq := range heads {
-		h.Advance(st, seq)
+		h.advance(st, seq)
 	}
+	h.resetMu.Unlock()
 	if old != "" && old != epoch {
 		for _, s := range all {
 			s.Reset(epoch)

@@ -280,8 +280,8 @@ func (e *DriftError) Error() string {
 
 func (r *Relay) mux(withMetrics bool) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("/ws", r.ws)
-	mux.Handle("/socket.io/", r.sio)
+	mux.Handle("/ws", r.whenReady(r.ws))
+	mux.Handle("/socket.io/", r.whenReady(r.sio))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -291,6 +291,19 @@ func (r *Relay) mux(withMetrics bool) *http.ServeMux {
 		mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
 	}
 	return mux
+}
+
+// whenReady answers 503 until the capture has read its starting point:
+// before that a session would get no epoch and no heads.
+func (r *Relay) whenReady(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		select {
+		case <-r.ready:
+			h.ServeHTTP(w, req)
+		default:
+			http.Error(w, "relay starting", http.StatusServiceUnavailable)
+		}
+	})
 }
 
 func (r *Relay) adminMux() *http.ServeMux {
