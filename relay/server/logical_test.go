@@ -259,7 +259,8 @@ func TestLogicalHolderKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills a rowcast process")
 	}
-	e := startRelay(t, logicalMode)
+	// The session reads after all 300 writes: room for them all.
+	e := startRelay(t, func(c *config.Config) { logicalMode(c); c.Sessions.QueueSize = 1024 })
 	e.shutdown() // let the subprocess take the slot first
 	bin := filepath.Join(t.TempDir(), "rowcast")
 	build := exec.Command("go", "build", "-o", bin, "github.com/rowcast/rowcast/cmd/rowcast")

@@ -328,7 +328,8 @@ order by committed_at, xid, id`
 func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin isolation level repeatable read read only")
-	b.Queue("select pg_current_snapshot()::text, (select " + epochExpr + " from rowcast.meta)")
+	b.Queue("select pg_current_snapshot()::text, (select "+epochExpr+" from rowcast.meta), "+
+		"pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot)", st.snapshot)
 	b.Queue(pollSQL, st.snapshot)
 	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
@@ -337,8 +338,23 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	var next, epoch string
-	if err := br.QueryRow().Scan(&next, &epoch); err != nil {
+	var backwards bool
+	if err := br.QueryRow().Scan(&next, &epoch, &backwards); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if backwards && epoch == st.epoch {
+		// Transaction ids went back: this is another database than the one
+		// read so far (restored from a backup, or a replica promoted before
+		// it had everything). Positions do not carry over; start a new
+		// epoch, once, whichever replica notices first.
+		c.o.Logger.Warn("transaction ids went backwards: the database was restored or failed over; starting a new history epoch")
+		if err := br.Close(); err != nil {
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
+		if _, err := conn.Exec(ctx, "update rowcast.meta set epoch = gen_random_uuid() where "+epochExpr+" = $1", epoch); err != nil {
+			return 0, fmt.Errorf("capture new epoch: %w", err)
+		}
+		return 0, errEpochChanged
 	}
 	if epoch != st.epoch {
 		// The history was restarted (a logical slot was recreated): what
