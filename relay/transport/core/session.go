@@ -76,6 +76,11 @@ type Session struct {
 	h    Handler
 	lim  *rate.Limiter
 	sent atomic.Int64 // text frames written to the socket
+	// joining names the streams SetPrincipal is subscribing to; joinBuf
+	// holds their events until the subscription's heads are known.
+	// Guarded by mu.
+	joining map[string]bool
+	joinBuf []*relay.Event
 	// lastPart is the last change part processed (see sendEventLocked).
 	lastPart partMark
 	// aborted is set once the connection is being cut off (abort).
@@ -228,6 +233,14 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 				added = append(added, st)
 			}
 		}
+		// Events of the added streams that arrive before their heads are
+		// known are held, then sent if they are past the heads.
+		s.mu.Lock()
+		s.joining = make(map[string]bool, len(added))
+		for _, st := range added {
+			s.joining[st] = true
+		}
+		s.mu.Unlock()
 		s.t.o.Hub.Unsubscribe(s, gone)
 		_, heads := s.t.o.Hub.Subscribe(s, added)
 		s.mu.Lock()
@@ -242,6 +255,11 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 			}
 		}
 		s.streams, s.last, s.heads = newStreams, last, hd
+		held := s.joinBuf
+		s.joining, s.joinBuf = nil, nil
+		for _, ev := range held {
+			s.deliverLocked(ev)
+		}
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
@@ -316,6 +334,15 @@ func (s *Session) stopExpiryLocked() {
 func (s *Session) Deliver(ev *relay.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.joining[ev.Stream] {
+		// A stream SetPrincipal is adding: held until its head is known.
+		s.joinBuf = append(s.joinBuf, ev)
+		return
+	}
+	s.deliverLocked(ev)
+}
+
+func (s *Session) deliverLocked(ev *relay.Event) {
 	switch s.mode {
 	case modeLive:
 		s.sendEventLocked(ev)
