@@ -25,6 +25,15 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("install: %w", err)
 		}
+		tables := make([]config.Table, len(p.Tables))
+		for i, t := range p.Tables {
+			tables[i] = t.Table
+		}
+		more, err := checkIdentityIndexes(ctx, conn, tables)
+		if err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+		problems = append(problems, more...)
 		if len(problems) > 0 {
 			return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
 		}

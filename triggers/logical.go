@@ -156,6 +156,39 @@ select current_setting('wal_level'), current_setting('max_replication_slots')::i
 	return problems, nil
 }
 
+// checkIdentityIndexes reports tables whose configured replica identity
+// index is missing, not unique, or lacks the team column: without the team
+// in the old key an update could not tell a team move, and a delete would
+// not know its team.
+func checkIdentityIndexes(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
+	var problems []string
+	for i, t := range tables {
+		if t.ReplicaIdentityIndex == "" {
+			continue
+		}
+		var found, unique, hasTeam bool
+		err := conn.QueryRow(ctx, `
+select true, i.indisunique,
+       exists (select 1 from pg_attribute a where a.attrelid = i.indrelid and a.attname = $3
+               and a.attnum = any (i.indkey))
+from pg_index i join pg_class c on c.oid = i.indexrelid
+where i.indrelid = to_regclass($1) and c.relname = $2`,
+			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, t.TeamColumn).Scan(&found, &unique, &hasTeam)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("check replica identity index: %w", err)
+		}
+		switch {
+		case !found:
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: %s has no index %q", i, t.Qualified(), t.ReplicaIdentityIndex))
+		case !unique:
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q is not unique", i, t.ReplicaIdentityIndex))
+		case !hasTeam:
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, t.TeamColumn))
+		}
+	}
+	return problems, nil
+}
+
 // createSlot creates the replication slot unless it exists; it must run
 // outside a transaction that wrote anything.
 func createSlot(ctx context.Context, conn *pgx.Conn, slot string) (bool, error) {

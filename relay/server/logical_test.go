@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/triggers"
 )
 
 func logicalMode(c *config.Config) { c.Capture.Mode = config.ModeLogical }
@@ -397,5 +399,41 @@ select pg_drop_replication_slot('rowcast') from pg_replication_slots where slot_
 	c2.next() // welcome
 	if f := c2.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
 		t.Fatalf("old-epoch position: got %s", f.raw)
+	}
+}
+
+func TestLogicalIdentityIndexMustHoldTheTeam(t *testing.T) {
+	url := pg.NewDatabase(t)
+	ctx := context.Background()
+	if err := demo.Setup(ctx, url); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "create unique index leads_email on leads (email); create unique index leads_team_id on leads (team_id, id)"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Defaults()
+	cfg.Database.URL = url
+	cfg.Capture.Mode = config.ModeLogical
+	for _, index := range []string{"leads_email", "leads_team_id"} {
+		cfg.Tables = []config.Table{config.Table{Table: "leads", ReplicaIdentityIndex: index}.WithDefaults()}
+		plan, err := triggers.Prepare(ctx, conn, &cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = triggers.Install(ctx, conn, plan)
+		if index == "leads_email" {
+			if err == nil || !strings.Contains(err.Error(), `index "leads_email" does not include the team column "team_id"`) {
+				t.Fatalf("an identity index without the team: %v", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("an identity index with the team: %v", err)
+		}
 	}
 }
