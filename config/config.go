@@ -76,7 +76,10 @@ type History struct {
 
 // Sessions configures per-session limits of the WebSocket transports.
 type Sessions struct {
-	Heartbeat      time.Duration `mapstructure:"heartbeat" yaml:"heartbeat"`               // default 25s
+	Heartbeat time.Duration `mapstructure:"heartbeat" yaml:"heartbeat"` // default 25s
+	// ConnectTimeout closes a Socket.IO connection that sent no accepted
+	// CONNECT this long after the upgrade. Default 45s (socket.io's).
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`
 	QueueSize      int           `mapstructure:"queue_size" yaml:"queue_size"`             // outbound frames; default 256
 	MaxMessageSize int64         `mapstructure:"max_message_size" yaml:"max_message_size"` // client frame limit; default 4096
 	RateLimit      float64       `mapstructure:"rate_limit" yaml:"rate_limit"`             // client messages/s; default 20

@@ -35,6 +35,7 @@ func Defaults() Config {
 		},
 		Sessions: Sessions{
 			Heartbeat:      25 * time.Second,
+			ConnectTimeout: 45 * time.Second,
 			QueueSize:      256,
 			MaxMessageSize: 4096,
 			RateLimit:      20,

@@ -135,6 +135,7 @@ func (c *Config) problems() []problem {
 	positive("history.prune_interval", c.History.PruneInterval)
 
 	positive("sessions.heartbeat", c.Sessions.Heartbeat)
+	positive("sessions.connect_timeout", c.Sessions.ConnectTimeout)
 	positiveInt("sessions.queue_size", int64(c.Sessions.QueueSize))
 	positiveInt("sessions.max_message_size", c.Sessions.MaxMessageSize)
 	if !(c.Sessions.RateLimit > 0) {

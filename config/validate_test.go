@@ -72,6 +72,7 @@ func TestValidate(t *testing.T) {
 			"history.retention: must be a positive duration, got 0s",
 			"history.prune_interval: must be a positive duration, got 0s",
 			"sessions.heartbeat: must be a positive duration, got 0s",
+			"sessions.connect_timeout: must be a positive duration, got 0s",
 			"sessions.queue_size: must be positive, got 0",
 			"sessions.max_message_size: must be positive, got 0",
 			"sessions.rate_limit: must be positive, got 0",
