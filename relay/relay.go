@@ -134,26 +134,14 @@ type Mapper interface {
 	Map(dst []Event, c *Change) []Event
 }
 
-// Publisher receives the events of one transaction at a time, in commit order.
-// Publish must not block on a slow subscriber.
-type Publisher interface {
-	Publish(events []Event)
-}
-
 // History replays committed changes after a position.
 type History interface {
-	// Epoch returns the current history epoch.
-	Epoch(ctx context.Context) (string, error)
 	// Replay calls fn with every change of the given streams whose seq is
-	// above from[stream], in commit order, in batches of whole transactions.
+	// above from[stream], in commit order, in batches (a batch may end in
+	// the middle of a transaction; the next one continues it).
 	// It returns ErrHistoryExpired when a stream's changes after from have
 	// been pruned or from is ahead of the stream.
 	Replay(ctx context.Context, from map[string]int64, fn func([]Change) error) error
-}
-
-// Heads reports, for the hub, the last seq captured in each stream so far.
-type Heads interface {
-	Head(stream string) int64
 }
 
 // Error is a relay error with a stable code.

@@ -62,7 +62,7 @@ func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, er
 // catalog facts Prepare adds).
 func OptionsFor(cfg *config.Config) Options {
 	return Options{
-		Notify:      cfg.Capture.Notify == nil || *cfg.Capture.Notify,
+		Notify:      cfg.Capture.NotifyEnabled(),
 		Logical:     cfg.Capture.Mode == config.ModeLogical,
 		Slot:        cfg.Capture.Slot,
 		Publication: cfg.Capture.Publication,
@@ -89,10 +89,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
-	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "(op text, new_j jsonb, old_j jsonb) RETURNS void\n" +
-		"LANGUAGE plpgsql\n" +
-		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
-		"AS $fn$\n#variable_conflict use_column\n" + body + "$fn$;\n"
+	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)

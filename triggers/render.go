@@ -160,10 +160,7 @@ func renderTable(t config.Table) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	fnSQL := "CREATE OR REPLACE FUNCTION " + fn + "() RETURNS trigger\n" +
-		"LANGUAGE plpgsql\n" +
-		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
-		"AS $fn$\n" + body + "$fn$;\n"
+	fnSQL := functionSQL(fn+"()", "trigger", body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)
@@ -201,6 +198,16 @@ const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1'
 const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
         FROM jsonb_each(n) e WHERE o -> e.key IS DISTINCT FROM e.value;
 `
+
+// functionSQL renders a capture or apply function: PL/pgSQL with the
+// rendering settings to_jsonb output depends on pinned, so events do not
+// depend on the writer's session.
+func functionSQL(signature, returns, body string) string {
+	return "CREATE OR REPLACE FUNCTION " + signature + " RETURNS " + returns + "\n" +
+		"LANGUAGE plpgsql\n" +
+		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
+		"AS $fn$\n" + body + "$fn$;\n"
+}
 
 // bodyFor renders the capture body of a table's kind.
 func bodyFor(t config.Table, r recs) (string, error) {

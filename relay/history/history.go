@@ -26,15 +26,6 @@ type Store struct {
 // New returns a Store on pool; the caller closes the pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool, page: 2000} }
 
-// Epoch implements relay.History.
-func (s *Store) Epoch(ctx context.Context) (string, error) {
-	var epoch string
-	if err := s.pool.QueryRow(ctx, "select replace(epoch::text, '-', '') from rowcast.meta").Scan(&epoch); err != nil {
-		return "", fmt.Errorf("history epoch: %w", err)
-	}
-	return epoch, nil
-}
-
 const replaySQL = `select ` + trigger.Columns + `
 from unnest($1::text[], $2::bigint[]) f (f_stream, f_after)
 cross join lateral (

@@ -98,7 +98,7 @@ func New(o Options) (*Relay, error) {
 		verifier: verifier, ready: make(chan struct{})}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
-	notify := cfg.Capture.Notify == nil || *cfg.Capture.Notify
+	notify := cfg.Capture.NotifyEnabled()
 	r.capture = trigger.New(cfg.Database.URL, trigger.Options{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
