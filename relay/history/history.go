@@ -26,11 +26,14 @@ type Store struct {
 // New returns a Store on pool; the caller closes the pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool, page: 2000} }
 
+// replaySQL reads a page of the changes after each stream's position, of
+// the transactions visible in snapshot $4.
 const replaySQL = `select ` + trigger.Columns + `
 from unnest($1::text[], $2::bigint[]) f (f_stream, f_after)
 cross join lateral (
     select * from rowcast.changelog c
     where c.stream = f.f_stream and c.seq > f.f_after and c.seq is not null
+      and pg_visible_in_snapshot(c.xid, $4::pg_snapshot)
     order by c.seq limit $3
 ) c
 order by committed_at, xid, id
@@ -39,6 +42,10 @@ limit $3`
 // Replay implements relay.History. It reads in pages of whole-or-partial
 // transactions; fn sees each change once, in commit order, per stream in
 // seq order.
+//
+// It replays the transactions committed when it starts, once the WAL holds
+// them durably (a commit made with synchronous_commit off is visible before
+// a crash could still forget it); later ones reach the session live.
 func (s *Store) Replay(ctx context.Context, from map[string]int64, fn func([]relay.Change) error) error {
 	streams := make([]string, 0, len(from))
 	after := make([]int64, 0, len(from))
@@ -49,13 +56,24 @@ func (s *Store) Replay(ctx context.Context, from map[string]int64, fn func([]rel
 	if err := s.check(ctx, streams, after); err != nil {
 		return err
 	}
+	var snap, lsn string
+	var durable bool
+	if err := s.pool.QueryRow(ctx, `select pg_current_snapshot()::text,
+		pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn(), pg_current_wal_insert_lsn()::text`).Scan(&snap, &durable, &lsn); err != nil {
+		return fmt.Errorf("history replay: %w", err)
+	}
+	if !durable {
+		if err := trigger.WaitFlushed(ctx, s.pool, lsn); err != nil {
+			return fmt.Errorf("history replay: %w", err)
+		}
+	}
 	idx := make(map[string]int, len(streams))
 	for i, st := range streams {
 		idx[st] = i
 	}
 	var sc trigger.Scanner
 	for {
-		rows, err := s.pool.Query(ctx, replaySQL, streams, after, s.page)
+		rows, err := s.pool.Query(ctx, replaySQL, streams, after, s.page, snap)
 		if err != nil {
 			return fmt.Errorf("history replay: %w", err)
 		}

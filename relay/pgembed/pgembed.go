@@ -271,6 +271,19 @@ func (s *Server) Stop(ctx context.Context) error {
 	return s.stopLocked(ctx, "fast")
 }
 
+// Crash stops the server the way a crash does (pg_ctl stop -m immediate:
+// no checkpoint, WAL not yet written is lost) and returns once it has
+// exited; Start then runs crash recovery. Crashing a stopped server does
+// nothing.
+func (s *Server) Crash(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("pgembed: crash: server is closed")
+	}
+	return s.stopLocked(ctx, "immediate")
+}
+
 // Start starts a stopped server again on the same port with the same data
 // and returns once it accepts connections. Starting a running server does
 // nothing. It fails if the port has been taken meanwhile.

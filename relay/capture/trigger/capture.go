@@ -17,11 +17,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/relay"
 )
@@ -136,6 +139,13 @@ type state struct {
 	epoch      string
 	snapshot   string // pg_snapshot text of the last poll; "" before the first
 	progressed bool
+	// started is the server's pg_postmaster_start_time() when last
+	// connected; a change means the server restarted.
+	started string
+	// sent is the last seq handed to the sink per stream. Changes at or
+	// below it are not handed on again: after a server restart the reader
+	// re-reads from the last snapshot's xmin (see session).
+	sent map[string]int64
 }
 
 func (c *Capture) setConnected(v bool) {
@@ -192,7 +202,7 @@ func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 		}()
 	}
 
-	epoch, err := readEpoch(ctx, conn)
+	epoch, started, err := readEpoch(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -205,9 +215,14 @@ func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
 		if err != nil {
 			return err
 		}
-		st.epoch, st.snapshot = epoch, snap
+		st.epoch, st.snapshot, st.sent = epoch, snap, maps.Clone(heads)
 		sink.Reset(epoch, heads)
+	} else if st.started != "" && started != st.started {
+		if err := c.restarted(ctx, conn, st); err != nil {
+			return err
+		}
 	}
+	st.started = started
 	c.setConnected(true)
 	if c.readyOnce.CompareAndSwap(false, true) {
 		close(c.ready)
@@ -278,16 +293,74 @@ func (c *Capture) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bo
 	return nil
 }
 
-func readEpoch(ctx context.Context, conn *pgx.Conn) (string, error) {
-	var epoch string
-	err := conn.QueryRow(ctx, "select "+epochExpr+" from rowcast.meta").Scan(&epoch)
+// readEpoch returns the history epoch and the server's start time.
+func readEpoch(ctx context.Context, conn *pgx.Conn) (epoch, started string, err error) {
+	err = conn.QueryRow(ctx, "select "+epochExpr+", pg_postmaster_start_time()::text from rowcast.meta").Scan(&epoch, &started)
 	if err != nil {
-		if strings.Contains(err.Error(), "does not exist") {
-			return "", fmt.Errorf("capture: %w", errNoSchema)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
+			return "", "", fmt.Errorf("capture: %w", errNoSchema)
 		}
-		return "", fmt.Errorf("capture read epoch: %w", err)
+		return "", "", fmt.Errorf("capture read epoch: %w", err)
 	}
-	return epoch, nil
+	return epoch, started, nil
+}
+
+// restarted prepares reading after the server restarted. A crash restart
+// forgets what its WAL had not made durable: a transaction id that wrote
+// nothing durable is handed out again, so a transaction the last snapshot
+// counted as finished may be a new one. Reading resumes from that
+// snapshot's xmin instead, and what was sent already is skipped by seq.
+//
+// Nothing sent can have been forgotten, since poll hands on only what the
+// WAL has flushed; should a stream's counter still be below what was sent
+// (a server whose storage lost acknowledged writes), the positions clients
+// hold no longer name the same changes, and a new epoch starts.
+func (c *Capture) restarted(ctx context.Context, conn *pgx.Conn, st *state) error {
+	rows, err := conn.Query(ctx, "select stream, last_seq from rowcast.streams")
+	if err != nil {
+		return fmt.Errorf("capture after restart: %w", err)
+	}
+	var stream string
+	var last int64
+	heads := make(map[string]int64)
+	if _, err := pgx.ForEachRow(rows, []any{&stream, &last}, func() error { heads[stream] = last; return nil }); err != nil {
+		return fmt.Errorf("capture after restart: %w", err)
+	}
+	var behind []string
+	for s, seq := range st.sent {
+		if heads[s] < seq {
+			behind = append(behind, s)
+		}
+	}
+	if len(behind) > 0 {
+		c.o.Logger.Error("the database lost committed changes that were already sent; starting a new history epoch",
+			"streams", behind)
+		return newEpoch(ctx, conn, st.epoch)
+	}
+	c.o.Logger.Info("the database restarted; re-reading from the oldest transaction still open before it")
+	st.snapshot = fromXmin(st.snapshot)
+	return nil
+}
+
+// fromXmin returns the pg_snapshot "xmin:xmax:xip,…" as "xmin:xmin:": every
+// transaction from xmin on counts as not yet seen.
+func fromXmin(snapshot string) string {
+	xmin, _, ok := strings.Cut(snapshot, ":")
+	if !ok {
+		return snapshot
+	}
+	return xmin + ":" + xmin + ":"
+}
+
+// newEpoch replaces the history epoch, once, whichever relay gets there
+// first, and returns errEpochChanged so that the session reconnects and
+// resets its sink.
+func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
+	if _, err := conn.Exec(ctx, "update rowcast.meta set epoch = gen_random_uuid() where "+epochExpr+" = $1", epoch); err != nil {
+		return fmt.Errorf("capture new epoch: %w", err)
+	}
+	return errEpochChanged
 }
 
 // start takes the starting snapshot and every stream's head in it.
@@ -318,18 +391,44 @@ const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_a
 coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
 coalesce(request_id, ''), row_data::text, changes::text, old_data::text`
 
+// pollSQL reads the changes of the transactions that became visible since
+// snapshot $1, in the reading transaction's own snapshot; it reads nothing
+// unless the rowcast.durable setting of that transaction is true.
 const pollSQL = `select ` + Columns + ` from rowcast.changelog
 where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
-  and seq is not null
+  and seq is not null and current_setting('rowcast.durable')::bool
 order by committed_at, xid, id`
+
+// laterSQL reads what pollSQL would have read in snapshot $2, from a later
+// snapshot.
+const laterSQL = `select ` + Columns + ` from rowcast.changelog
+where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
+  and pg_visible_in_snapshot(xid, $2::pg_snapshot)
+order by committed_at, xid, id`
+
+// headSQL takes the poll's snapshot and says whether every transaction
+// visible in it is durable: their commit records precede the WAL insert
+// position read after the snapshot was taken, so they are durable once the
+// WAL is flushed up to it. It also records the answer as rowcast.durable for
+// pollSQL. The flush position is read first, so the answer errs on the side
+// of waiting.
+const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` from rowcast.meta),
+  pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot),
+  set_config('rowcast.durable', (pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn())::text, true)::bool,
+  pg_current_wal_insert_lsn()::text`
 
 // poll reads every transaction that committed since the last snapshot and
 // hands them to the sink; it returns how many changes it read.
+//
+// A commit is handed on only once the WAL holds it durably: with
+// synchronous_commit off PostgreSQL acknowledges commits before their WAL
+// is flushed, and a crash forgets them (and reuses their positions). When
+// the snapshot's commits are not all flushed yet, poll waits for the WAL
+// flush (the WAL writer's rhythm, wal_writer_delay) before reading them.
 func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin isolation level repeatable read read only")
-	b.Queue("select pg_current_snapshot()::text, (select "+epochExpr+" from rowcast.meta), "+
-		"pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot)", st.snapshot)
+	b.Queue(headSQL, st.snapshot)
 	b.Queue(pollSQL, st.snapshot)
 	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
@@ -337,9 +436,9 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 	if _, err := br.Exec(); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	var next, epoch string
-	var backwards bool
-	if err := br.QueryRow().Scan(&next, &epoch, &backwards); err != nil {
+	var next, epoch, lsn string
+	var backwards, durable bool
+	if err := br.QueryRow().Scan(&next, &epoch, &backwards, &durable, &lsn); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if backwards && epoch == st.epoch {
@@ -351,10 +450,7 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 		if err := br.Close(); err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}
-		if _, err := conn.Exec(ctx, "update rowcast.meta set epoch = gen_random_uuid() where "+epochExpr+" = $1", epoch); err != nil {
-			return 0, fmt.Errorf("capture new epoch: %w", err)
-		}
-		return 0, errEpochChanged
+		return 0, newEpoch(ctx, conn, epoch)
 	}
 	if epoch != st.epoch {
 		// The history was restarted (a logical slot was recreated): what
@@ -365,6 +461,37 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 	if err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
+	n, err := st.read(rows, sink)
+	if err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if !durable {
+		if err := WaitFlushed(ctx, conn, lsn); err != nil {
+			return 0, err
+		}
+		rows, err := conn.Query(ctx, laterSQL, st.snapshot, next)
+		if err != nil {
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
+		if n, err = st.read(rows, sink); err != nil {
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
+	}
+	st.snapshot = next
+	return n, nil
+}
+
+// read hands the changes in rows to the sink one transaction at a time,
+// skipping what was sent already, and returns how many changes it read. It
+// closes rows.
+func (st *state) read(rows pgx.Rows, sink Sink) (int, error) {
+	defer rows.Close()
 	n := 0
 	var txn relay.Txn
 	flush := func() {
@@ -377,29 +504,75 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 	for rows.Next() {
 		ch, err := sc.Scan(rows)
 		if err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("capture poll: %w", err)
+			return 0, err
 		}
+		n++
+		if ch.Seq <= st.sent[ch.Stream] {
+			continue
+		}
+		st.sent[ch.Stream] = ch.Seq
 		if ch.XID != txn.XID {
 			flush()
 			txn.XID, txn.CommittedAt = ch.XID, ch.CommittedAt
 		}
 		txn.Changes = append(txn.Changes, ch)
-		n++
 	}
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("capture poll: %w", err)
-	}
-	if _, err := br.Exec(); err != nil {
-		return 0, fmt.Errorf("capture poll: %w", err)
-	}
-	if err := br.Close(); err != nil {
-		return 0, fmt.Errorf("capture poll: %w", err)
+		return 0, err
 	}
 	flush()
-	st.snapshot = next
 	return n, nil
 }
+
+// Querier is what WaitFlushed needs of a connection or a pool.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// WaitFlushed returns once the server has flushed its WAL through lsn.
+//
+// PostgreSQL flushes what a commit wrote when it commits synchronously, and
+// otherwise within wal_writer_delay; WAL that no commit covers (an aborted
+// transaction's, a page pruned by a reader) may wait for the next commit.
+// After nudgeAfter without the flush, WaitFlushed commits a one-row write
+// synchronously, which flushes everything before it.
+func WaitFlushed(ctx context.Context, conn Querier, lsn string) error {
+	wait, waited, nudged := time.Millisecond, time.Duration(0), false
+	for {
+		var ok bool
+		if err := conn.QueryRow(ctx, "select pg_current_wal_flush_lsn() >= $1::pg_lsn", lsn).Scan(&ok); err != nil {
+			return fmt.Errorf("capture wait for wal flush: %w", err)
+		}
+		if ok {
+			return nil
+		}
+		if waited >= nudgeAfter && !nudged {
+			if _, err := conn.Exec(ctx, nudgeSQL); err != nil {
+				return fmt.Errorf("capture flush wal: %w", err)
+			}
+			nudged = true
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		waited += wait
+		wait = min(2*wait, 10*time.Millisecond)
+	}
+}
+
+// nudgeAfter is how long WaitFlushed waits for PostgreSQL to flush by
+// itself.
+const nudgeAfter = 10 * time.Millisecond
+
+// nudgeSQL writes and commits synchronously: the commit flushes the WAL
+// through its own record.
+const nudgeSQL = `begin; set local synchronous_commit = on; update rowcast.meta set bell = bell; commit`
 
 // Scanner decodes changelog rows selected with Columns. Its zero value is
 // ready; it reuses a buffer between rows.

@@ -1,0 +1,279 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/rowcast/rowcast/config"
+)
+
+// TestCrashWithAsyncCommitSendsNothingForgotten: with synchronous_commit
+// off, PostgreSQL acknowledges commits before their WAL is flushed, and a
+// crash forgets the last of them and hands their positions to new commits.
+// 16 writers bump versions of hot rows; the server crashes twice: once
+// under load, once after the writers paused and the sessions received
+// every acknowledged version (a relay that sends unflushed commits has
+// then sent what the crash forgets). Every session must see every row's
+// versions 2, 3, …, N exactly once, in order.
+func TestCrashWithAsyncCommitSendsNothingForgotten(t *testing.T) {
+	// Without the doorbell no relay write flushes the WAL for the writers.
+	off := false
+	e := startRelay(t, func(c *config.Config) { c.Capture.Notify = &off })
+	emb := pg.Embedded()
+	if emb == nil {
+		t.Skip("outside PostgreSQL server: cannot crash it")
+	}
+	ctx := context.Background()
+	// A slow WAL writer leaves the asynchronous commits of the last ten
+	// seconds unflushed, which is what a crash forgets.
+	e.exec("alter system set wal_writer_delay = '10s'")
+	e.exec("select pg_reload_conf()")
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, e.url)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "alter system reset wal_writer_delay"); err != nil {
+			t.Error(err)
+		}
+		if _, err := conn.Exec(ctx, "select pg_reload_conf()"); err != nil {
+			t.Error(err)
+		}
+	})
+
+	type watched struct {
+		c      *client
+		w      *versionWatcher
+		teams  int
+		rows   []string // the hot rows of its teams
+		resync atomic.Int64
+	}
+	sessions := []*watched{
+		{c: e.connect(userToken(t, "1", 1)), teams: 1},
+		{c: e.connect(userToken(t, "4", 2)), teams: 1},
+		{c: e.connect(userToken(t, "2", 1, 2)), teams: 2},
+	}
+	var ids []string
+	for team := 1; team <= 2; team++ {
+		for range 4 {
+			var id int64
+			if err := e.db.QueryRow(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
+				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, fmt.Sprint(id))
+		}
+	}
+	sessions[0].rows, sessions[1].rows, sessions[2].rows = ids[:4], ids[4:], ids
+	delivered := make(chan struct{}, 1) // signalled after each frame a session reads
+	var readers sync.WaitGroup
+	for i, s := range sessions {
+		s.w = &versionWatcher{seen: map[string][]int{}}
+		for range 4 * s.teams {
+			s.c.event("escrow:created")
+		}
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for markers := 0; markers < s.teams; {
+				f, err := s.c.read(60 * time.Second)
+				if err != nil {
+					t.Errorf("session %d: %v", i, err)
+					return
+				}
+				switch {
+				case f.Type == "resync":
+					s.resync.Add(1)
+				case f.Event == "lead:created":
+					markers++
+				}
+				s.w.record(f)
+				select {
+				case delivered <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+
+	wcfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wcfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
+	wcfg.MaxConns = 16
+	writers, err := pgxpool.NewWithConfig(ctx, wcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writers.Close()
+	var (
+		mu    sync.Mutex
+		acked = map[string]int{} // highest version a commit acknowledged, per row
+		stop  atomic.Bool
+		up    atomic.Pointer[chan struct{}] // closed while the server is up
+		done  atomic.Int64
+		hit   = make(chan int64, 64) // done counts, every 500 commits
+		pause atomic.Bool
+	)
+	open := make(chan struct{})
+	close(open)
+	up.Store(&open)
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range 16 {
+		g.Go(func() error {
+			rnd := rand.New(rand.NewPCG(uint64(w), 7))
+			for !stop.Load() {
+				if pause.Load() {
+					<-*up.Load()
+					continue
+				}
+				id := ids[rnd.IntN(len(ids))]
+				var v int
+				err := writers.QueryRow(gctx, "update escrows set version = version + 1 where id = $1 returning version", id).Scan(&v)
+				if err != nil {
+					if gctx.Err() != nil {
+						return gctx.Err()
+					}
+					<-*up.Load() // the server is down: wait until it is back
+					continue
+				}
+				mu.Lock()
+				acked[id] = max(acked[id], v)
+				mu.Unlock()
+				if n := done.Add(1); n%500 == 0 {
+					select {
+					case hit <- n:
+					default:
+					}
+				}
+			}
+			return nil
+		})
+	}
+	waitCommits := func(n int64) {
+		t.Helper()
+		for {
+			select {
+			case got := <-hit:
+				if got >= n {
+					return
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("writers stalled at %d commits", done.Load())
+			}
+		}
+	}
+
+	// seenAll reports whether every session has received each row's last
+	// acknowledged version.
+	seenAll := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range sessions {
+			s.w.mu.Lock()
+			for _, id := range s.rows {
+				got := s.w.seen[id]
+				if acked[id] > 1 && (len(got) == 0 || got[len(got)-1] < acked[id]) {
+					s.w.mu.Unlock()
+					return false
+				}
+			}
+			s.w.mu.Unlock()
+		}
+		return true
+	}
+	for attempt, paused := range []bool{false, true} {
+		waitCommits(done.Load() + 1500)
+		down := make(chan struct{})
+		up.Store(&down)
+		if paused {
+			// The writers stop before their next commit; wait until the
+			// sessions have everything acknowledged.
+			pause.Store(true)
+			deadline := time.Now().Add(30 * time.Second)
+			for !seenAll() {
+				if time.Now().After(deadline) {
+					t.Fatal("sessions never received the acknowledged versions")
+				}
+				select {
+				case <-delivered:
+				case <-time.After(100 * time.Millisecond): // a writer's last commit may still be on its way
+				}
+			}
+		}
+		if err := emb.Crash(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := emb.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.db.Reset()
+		rows, err := e.db.Query(ctx, "select id::text, version from escrows where property_address = 'hot'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var id string
+		var v int
+		mu.Lock()
+		_, err = pgx.ForEachRow(rows, []any{&id, &v}, func() error {
+			if v < acked[id] {
+				t.Logf("crash %d forgot escrow %s versions %d..%d", attempt, id, v+1, acked[id])
+				acked[id] = v
+			}
+			return nil
+		})
+		mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pause.Store(false)
+		close(down)
+	}
+	waitCommits(done.Load() + 1500)
+	stop.Store(true)
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec("insert into leads (team_id, first_name) values (1, 'end'), (2, 'end')")
+	readers.Wait()
+
+	final := map[string]int{}
+	rows, err := e.db.Query(ctx, "select id::text, version from escrows where property_address = 'hot'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	var v int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { final[id] = v; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range sessions {
+		if n := s.resync.Load(); n > 0 {
+			t.Fatalf("session %d was told to resync %d times; nothing it was sent was lost, so it need not be", i, n)
+		}
+		for _, id := range s.rows {
+			got := s.w.seen[id]
+			for k, v := range got {
+				if v != k+2 {
+					t.Fatalf("session %d escrow %s: versions %v: want 2..%d in order, once each (a repeat or a gap is a commit sent before the crash forgot it)",
+						i, id, got, final[id])
+				}
+			}
+			if len(got) != final[id]-1 {
+				t.Fatalf("session %d escrow %s: saw %d versions, want %d (final %d)", i, id, len(got), final[id]-1, final[id])
+			}
+		}
+	}
+}
