@@ -49,6 +49,10 @@ type Principal struct {
 	TeamIDs []string
 	// ExpiresAt is the exp claim in UTC, or zero when the token has none.
 	ExpiresAt time.Time
+	// NoTeamClaim is true when the token lacks the team claim altogether
+	// (most likely a misconfigured auth.team_claim): the session follows
+	// no team.
+	NoTeamClaim bool
 }
 
 // Reason classifies a verification failure. Its values are stable and fit
@@ -59,7 +63,8 @@ type Reason string
 const (
 	ReasonMissing   Reason = "missing"    // no token
 	ReasonMalformed Reason = "malformed"  // not a JWT, or a registered claim of the wrong type
-	ReasonSignature Reason = "signature"  // bad signature, or an algorithm other than HS256
+	ReasonSignature Reason = "signature"  // bad signature
+	ReasonAlgorithm Reason = "algorithm"  // an algorithm other than HS256 ("none" included)
 	ReasonExpired   Reason = "expired"    // now is at or after exp
 	ReasonNotYet    Reason = "not_yet"    // now is before nbf
 	ReasonIssuer    Reason = "issuer"     // iss differs from Options.Issuer
@@ -75,7 +80,7 @@ const (
 type Error struct {
 	Reason Reason
 	// Claim names the claim for ReasonNoUser, ReasonUserClaim and
-	// ReasonTeamClaim.
+	// ReasonTeamClaim, and the token's algorithm for ReasonAlgorithm.
 	Claim string
 	// Err is the underlying cause, or nil.
 	Err error
@@ -90,6 +95,8 @@ func (e *Error) Error() string {
 		return "token malformed"
 	case ReasonSignature:
 		return "token signature invalid"
+	case ReasonAlgorithm:
+		return fmt.Sprintf("token algorithm %q not accepted", e.Claim)
 	case ReasonExpired:
 		return "token expired"
 	case ReasonNotYet:
@@ -175,15 +182,20 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("verify: token is %d bytes, over %d", len(token), MaxTokenLen)}
 	}
 	claims := jwt.MapClaims{}
-	_, err := v.parser.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) {
+	tok, err := v.parser.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) {
 		return v.secret, nil
 	})
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return Principal{}, &Error{Reason: ReasonMalformed, Err: err}
+	case tok != nil && tok.Method != jwt.SigningMethodHS256:
+		alg, _ := tok.Header["alg"].(string)
+		if len(alg) > 16 {
+			alg = alg[:16] + "…"
+		}
+		return Principal{}, &Error{Reason: ReasonAlgorithm, Claim: alg, Err: err}
 	default:
-		// Signature mismatch, a refused or unknown algorithm.
 		return Principal{}, &Error{Reason: ReasonSignature, Err: err}
 	}
 
@@ -239,16 +251,18 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, &Error{Reason: ReasonNoUser, Claim: v.userClaim}
 	}
 
-	teams, ok := teamIDs(claims[v.teamClaim])
+	claim, present := claims[v.teamClaim]
+	teams, ok := teamIDs(claim)
 	if !ok {
 		return Principal{}, &Error{Reason: ReasonTeamClaim, Claim: v.teamClaim}
 	}
-	p.TeamIDs = teams
+	p.TeamIDs, p.NoTeamClaim = teams, !present
 	return p, nil
 }
 
 // teamIDs renders a team claim; ok is false for a value of the wrong type.
-// Empty strings are skipped.
+// Empty strings are skipped; a UUID is written in lower case, as PostgreSQL
+// renders a uuid column.
 func teamIDs(claim any) ([]string, bool) {
 	var items []any
 	switch c := claim.(type) {
@@ -265,6 +279,9 @@ func teamIDs(claim any) ([]string, bool) {
 		switch x := item.(type) {
 		case string:
 			id = x
+			if isUUID(x) {
+				id = strings.ToLower(x)
+			}
 		case json.Number:
 			s, ok := numberString(x)
 			if !ok {
@@ -297,6 +314,26 @@ func numberString(n json.Number) (string, bool) {
 		return "0", true // also for -0
 	}
 	return strconv.FormatFloat(f, 'f', -1, 64), true
+}
+
+// isUUID reports whether s is a UUID in its hyphenated form, in any case.
+func isUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func isDigits(s string) bool {

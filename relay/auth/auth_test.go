@@ -65,22 +65,22 @@ func TestVerify(t *testing.T) {
 		{
 			name:  "user 3.0 renders as 3",
 			token: func(*testing.T) string { return rawToken(`{"sub":3.0}`) },
-			want:  Principal{UserID: "3", TeamIDs: []string{}},
+			want:  Principal{UserID: "3", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "user 3e2 renders without exponent",
 			token: func(*testing.T) string { return rawToken(`{"sub":3e2}`) },
-			want:  Principal{UserID: "300", TeamIDs: []string{}},
+			want:  Principal{UserID: "300", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "user beyond int64 kept digit for digit",
 			token: func(*testing.T) string { return rawToken(`{"sub":123456789012345678901234567890}`) },
-			want:  Principal{UserID: "123456789012345678901234567890", TeamIDs: []string{}},
+			want:  Principal{UserID: "123456789012345678901234567890", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "fractional user",
 			token: func(*testing.T) string { return rawToken(`{"sub":1.5}`) },
-			want:  Principal{UserID: "1.5", TeamIDs: []string{}},
+			want:  Principal{UserID: "1.5", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "team list of strings and numbers, duplicates removed, order kept",
@@ -90,7 +90,14 @@ func TestVerify(t *testing.T) {
 		{
 			name:  "no team claim means no teams",
 			token: func(*testing.T) string { return rawToken(`{"sub":"u"}`) },
-			want:  Principal{UserID: "u", TeamIDs: []string{}},
+			want:  Principal{UserID: "u", TeamIDs: []string{}, NoTeamClaim: true},
+		},
+		{
+			name: "UUID teams in lower case, as PostgreSQL renders uuid",
+			token: func(*testing.T) string {
+				return rawToken(`{"sub":"u","teamId":["3F2504E0-4F89-11D3-9A0C-0305E82C3301","ABC"]}`)
+			},
+			want: Principal{UserID: "u", TeamIDs: []string{"3f2504e0-4f89-11d3-9a0c-0305e82c3301", "ABC"}},
 		},
 		{
 			name:  "null team claim means no teams",
@@ -107,18 +114,18 @@ func TestVerify(t *testing.T) {
 			name:  "issuer and audience string match",
 			opts:  Options{Issuer: "crm", Audience: "rowcast"},
 			token: func(*testing.T) string { return rawToken(`{"sub":"u","iss":"crm","aud":"rowcast"}`) },
-			want:  Principal{UserID: "u", TeamIDs: []string{}},
+			want:  Principal{UserID: "u", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "audience list match",
 			opts:  Options{Audience: "rowcast"},
 			token: func(*testing.T) string { return rawToken(`{"sub":"u","aud":["api","rowcast"]}`) },
-			want:  Principal{UserID: "u", TeamIDs: []string{}},
+			want:  Principal{UserID: "u", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:  "nbf now is valid",
 			token: func(t *testing.T) string { return mustSign(t, []byte(testKey), map[string]any{"sub": "u", "nbf": now}) },
-			want:  Principal{UserID: "u", TeamIDs: []string{}},
+			want:  Principal{UserID: "u", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
 			name:   "missing",
@@ -171,22 +178,22 @@ func TestVerify(t *testing.T) {
 			token: func(*testing.T) string {
 				return enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + enc.EncodeToString([]byte(`{"sub":"u"}`)) + "."
 			},
-			reason: ReasonSignature, msg: "token signature invalid",
+			reason: ReasonAlgorithm, msg: `token algorithm "none" not accepted`,
 		},
 		{
 			name:   "HS512 refused",
 			token:  func(*testing.T) string { return signRaw([]byte(testKey), `{"alg":"HS512","typ":"JWT"}`, `{"sub":"u"}`) },
-			reason: ReasonSignature, msg: "token signature invalid",
+			reason: ReasonAlgorithm, msg: `token algorithm "HS512" not accepted`,
 		},
 		{
 			name:   "RS256 header refused",
 			token:  func(*testing.T) string { return signRaw([]byte(testKey), `{"alg":"RS256","typ":"JWT"}`, `{"sub":"u"}`) },
-			reason: ReasonSignature, msg: "token signature invalid",
+			reason: ReasonAlgorithm, msg: `token algorithm "RS256" not accepted`,
 		},
 		{
 			name:   "unknown alg refused",
 			token:  func(*testing.T) string { return signRaw([]byte(testKey), `{"alg":"XX1","typ":"JWT"}`, `{"sub":"u"}`) },
-			reason: ReasonSignature, msg: "token signature invalid",
+			reason: ReasonAlgorithm, msg: `token algorithm "XX1" not accepted`,
 		},
 		{
 			name: "expired",

@@ -16,6 +16,7 @@ type Metrics struct {
 	slowCloses  prometheus.Counter
 	refused     *prometheus.CounterVec
 	rateLimited prometheus.Counter
+	noTeams     prometheus.Counter
 	resumes     prometheus.Counter
 	replayed    prometheus.Counter
 	resyncs     prometheus.Counter
@@ -41,6 +42,8 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Sessions closed with 4008 because their queue overflowed."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_sessions_refused_total",
 			Help: "Connections refused, by reason (origin, unauthorized)."}, []string{"reason"}),
+		noTeams: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_sessions_without_team_claim_total",
+			Help: "Sessions whose token lacked the team claim (auth.team_claim) and so follow no team."}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_client_messages_rate_limited_total",
 			Help: "Client messages answered rate_limited."}),
 		resumes: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_resumes_total",
@@ -64,7 +67,7 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 		appliedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_applied_lsn",
 			Help: "Commit LSN of the last source transaction written to the changelog, as a number."}),
 	}
-	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.resumes,
+	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
 		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
@@ -95,6 +98,13 @@ func (m *Metrics) SlowClose() {
 func (m *Metrics) Refused(reason string) {
 	if m != nil {
 		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+// NoTeamClaim counts a session whose token lacked the team claim.
+func (m *Metrics) NoTeamClaim() {
+	if m != nil {
+		m.noTeams.Inc()
 	}
 }
 

@@ -71,6 +71,9 @@ type Transport struct {
 	stop    context.CancelFunc
 	gone    chan struct{} // signalled on every disconnect
 	open    atomic.Int64  // connected sessions, authenticated or not
+	// warnedTeams is set once a session without a team claim was logged
+	// at warning level; later ones are logged at debug level.
+	warnedTeams atomic.Bool
 }
 
 // New returns a Transport with o's zero limits replaced by their defaults.
@@ -247,6 +250,18 @@ func (t *Transport) Drain(ctx context.Context) {
 		case <-t.gone:
 		}
 	}
+}
+
+// noTeamClaim reports a session whose token lacked the team claim: it
+// follows no team, which is almost always a misconfigured auth.team_claim.
+func (t *Transport) noTeamClaim(p auth.Principal) {
+	t.o.Metrics.NoTeamClaim()
+	level := slog.LevelDebug
+	if t.warnedTeams.CompareAndSwap(false, true) {
+		level = slog.LevelWarn
+	}
+	t.o.Logger.Log(t.ctx, level, "token has no team claim: the session receives no team's events; check auth.team_claim",
+		"user", p.UserID)
 }
 
 // Sessions returns how many sessions are open, of either protocol.

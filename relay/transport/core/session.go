@@ -161,6 +161,9 @@ func (s *Session) Start(p auth.Principal, then func()) {
 	s.last, s.heads = nil, nil
 	s.mu.Unlock()
 
+	if p.NoTeamClaim {
+		s.t.noTeamClaim(p)
+	}
 	epoch, heads := s.t.o.Hub.Subscribe(s, streams)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -14,8 +14,11 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -172,8 +175,12 @@ func (c *conn) welcomeLocked() []byte {
 		Position    string   `json:"position"`
 		HeartbeatMs int64    `json:"heartbeatMs"`
 		ExpiresAt   *string  `json:"expiresAt"`
+		Warning     string   `json:"warning,omitempty"`
 	}{"welcome", Protocol, c.id, p.UserID, p.TeamIDs, c.s.PositionLocked(),
-		c.s.Transport().Options().Heartbeat.Milliseconds(), expiresAt(p)}
+		c.s.Transport().Options().Heartbeat.Milliseconds(), expiresAt(p), ""}
+	if p.NoTeamClaim {
+		w.Warning = "the token has no team claim: this session receives no team's events"
+	}
 	if w.TeamIDs == nil {
 		w.TeamIDs = []string{}
 	}
@@ -225,7 +232,7 @@ func (c *conn) Message(msg []byte) {
 		if s.AwaitingLocked() {
 			s.GoLiveLocked()
 		}
-		s.WriteLocked(errorFrame("bad_request", "a field has the wrong type: "+err.Error()))
+		s.WriteLocked(errorFrame("bad_request", fieldTypeMessage(err)))
 		s.Unlock()
 		return
 	}
@@ -359,6 +366,21 @@ func (c *conn) ResumedLocked(replayed int) {
 func (c *conn) ExpiredLocked() {
 	c.s.WriteLocked(errorFrame("token_expired", "token expired"))
 	c.s.CloseLocked(CloseUnauthorized, "token expired")
+}
+
+// fieldTypeMessage describes a client message that failed to decode
+// into clientMessage in the protocol's terms, never Go's.
+func fieldTypeMessage(err error) string {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || te.Field == "" {
+		return "a field has the wrong type"
+	}
+	want := map[string]string{"type": "a string", "token": "a string", "since": "a string",
+		"entities": "a list of strings"}[strings.SplitN(te.Field, ".", 2)[0]]
+	if want == "" {
+		return fmt.Sprintf("field %q has the wrong type", te.Field)
+	}
+	return fmt.Sprintf("field %q must be %s, not %s", strings.SplitN(te.Field, ".", 2)[0], want, te.Value)
 }
 
 // clientMessage is every field a client message may carry.
