@@ -100,7 +100,7 @@ func TestWrongFieldTypeSaysWhichField(t *testing.T) {
 	e := startRelay(t, nil)
 	c := e.connect(userToken(t, "2", 1))
 	for msg, want := range map[string]string{
-		`{"type":"resume","since":5}`:        `field "since" must be a string, not number`,
+		`{"type":"resume","since":5}`:         `field "since" must be a string, not number`,
 		`{"type":"subscribe","entities":"x"}`: `field "entities" must be a list of strings, not string`,
 		`{"type":"subscribe","entities":[1]}`: `field "entities" must be a list of strings, not number`,
 		`{"type":7}`:                          `field "type" must be a string, not number`,
