@@ -122,6 +122,10 @@ func Load(opts LoadOptions) (*Config, error) {
 	}
 	for _, raw := range slices.Sorted(maps.Keys(opts.Set)) {
 		k := strings.ToLower(strings.TrimSpace(raw))
+		if i, field, ok := tableKey(k); ok {
+			d.setTable(v, raw, i, field, opts.Set[raw])
+			continue
+		}
 		if !slices.Contains(keys, k) {
 			d.fail(raw, "unknown key (from a flag)%s", suggest(k, keys))
 			continue
@@ -152,6 +156,54 @@ func Load(opts LoadOptions) (*Config, error) {
 		}
 	}
 	return &cfg, newProblems(all)
+}
+
+// tableKey parses a flag key of the form tables[i].field.
+func tableKey(k string) (i int, field string, ok bool) {
+	rest, ok := strings.CutPrefix(k, "tables[")
+	if !ok {
+		return 0, "", false
+	}
+	idx, field, ok := strings.Cut(rest, "].")
+	if !ok {
+		return 0, "", false
+	}
+	i, err := strconv.Atoi(idx)
+	if err != nil || i < 0 {
+		return 0, "", false
+	}
+	return i, field, true
+}
+
+// setTable overrides one key of a table entry the file lists, from a flag
+// (tables[2].team_column=org_id); a list key takes a comma-separated list.
+func (d *decoder) setTable(v *viper.Viper, raw string, i int, field, val string) {
+	var known []string
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[Table]()) {
+		known = append(known, tagName(f))
+	}
+	if !slices.Contains(known, field) {
+		d.fail(raw, "unknown table key (from a flag)%s", suggest(field, known))
+		return
+	}
+	items, _ := v.Get("tables").([]any)
+	if i >= len(items) {
+		d.fail(raw, "the configuration lists %d table(s); a flag can change an entry the file lists, not add one (from a flag)", len(items))
+		return
+	}
+	items = slices.Clone(items)
+	entry := map[string]any{}
+	switch it := items[i].(type) {
+	case string:
+		entry["table"] = it
+	default:
+		if m, ok := asMap(it); ok {
+			maps.Copy(entry, m)
+		}
+	}
+	entry[field] = val
+	items[i] = entry
+	v.Set("tables", items)
 }
 
 // within reports whether path is base or lies under it.

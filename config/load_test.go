@@ -117,6 +117,8 @@ origins: [https://file.example]
 		{"later env entry wins", []string{"ROWCAST_LISTEN=:1", "ROWCAST_LISTEN=:2"}, nil, func(c *Config) any { return c.Listen }, ":2"},
 		{"set key case-insensitive", nil, map[string]string{"Log.Level": "debug"}, func(c *Config) any { return c.Log.Level }, "debug"},
 		{"env secret", []string{"ROWCAST_AUTH_JWT_SECRET=" + strings.Repeat("k", 40)}, nil, func(c *Config) any { return c.Auth.JWTSecret }, strings.Repeat("k", 40)},
+		{"set a table key", nil, map[string]string{"tables[0].team_column": "org_id"}, func(c *Config) any { return c.Tables[0].TeamColumn }, "org_id"},
+		{"set a table list key", nil, map[string]string{"tables[0].exclude_columns": "a, b"}, func(c *Config) any { return c.Tables[0].ExcludeColumns }, []string{"a", "b"}},
 		{"unrelated ROWCAST_ variables ignored", []string{"ROWCAST_TEST_DATABASE_URL=x", "ROWCAST_TABLES=x"}, nil, func(c *Config) any { return len(c.Tables) }, 1},
 	}
 	path := writeConfig(t, file)
@@ -190,6 +192,8 @@ func TestLoadUnknownKeys(t *testing.T) {
 		{"inside a table entry", "tables:\n  - escrows\n  - table: leads\n    exclude_colums: [notes]\n", nil, "tables[1].exclude_colums: unknown key; did you mean exclude_columns?"},
 		{"flag", tables, map[string]string{"admin-listen": ":9090"}, "admin-listen: unknown key (from a flag); did you mean admin_listen?"},
 		{"flag for tables", tables, map[string]string{"tables": "escrows"}, "tables: unknown key (from a flag)"},
+		{"flag for a table key", tables, map[string]string{"tables[0].team_colum": "x"}, "tables[0].team_colum: unknown table key (from a flag); did you mean team_column?"},
+		{"flag for a table the file lacks", tables, map[string]string{"tables[3].team_column": "x"}, "tables[3].team_column: the configuration lists 1 table(s); a flag can change an entry the file lists, not add one (from a flag)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,7 +28,7 @@ import (
 	"github.com/rowcast/rowcast/relay/server"
 )
 
-const benchUsage = `usage: rowcast bench [latency|capture|writepath] [flags]
+const benchUsage = `usage: rowcast bench [latency|capture|writepath|idle] [flags]
 
   latency    commit → client latency with N sessions (the default)
   capture    sustained capture rate into the hub, changes/s, per capture mode
@@ -41,6 +42,10 @@ lists its flags.
 
 // runBench dispatches to the benchmark named by the first argument.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help", "help"}, args[0]) {
+		fmt.Fprint(stdout, benchUsage)
+		return exitOK
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return runBenchLatency(ctx, args, stdout, stderr)
 	}

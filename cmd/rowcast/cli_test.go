@@ -424,3 +424,34 @@ func TestCLIVersionAndUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestBenchHelpListsEveryBenchmark(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"bench", "--help"}, &out, &errOut); code != exitOK {
+		t.Fatalf("exit %d; stderr %s", code, errOut.String())
+	}
+	for _, b := range []string{"latency", "capture", "writepath", "idle"} {
+		if !strings.Contains(out.String(), "\n  "+b+" ") {
+			t.Errorf("bench --help does not list %s:\n%s", b, out.String())
+		}
+	}
+}
+
+// With the default sslmode (prefer), a server without TLS is tried twice;
+// the refusal of TLS is not what a user needs to read first.
+func TestCLIConnectErrorSaysTheCause(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/no_such_database"
+	q := u.Query()
+	q.Del("sslmode")
+	u.RawQuery = q.Encode()
+	code, _, errOut := rowcast(t, "config", "check", "--config", writeFile(t, cliConfig(u.String())))
+	if code != exitUsage || !strings.Contains(errOut, `database "no_such_database" does not exist`) || strings.Contains(errOut, "TLS") {
+		t.Errorf("config check: exit %d, stderr:\n%s", code, errOut)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/server"
@@ -50,12 +51,39 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	return exitOK
 }
 
+// connectError returns a failed connection's error without the attempts
+// that failed only because the server does not speak TLS: with the default
+// sslmode=prefer, pgx tries TLS first and lists that refusal before the
+// real cause. pgconn gives the refusal no type, so it is recognised by its
+// text.
+func connectError(err error) error {
+	var ce *pgconn.ConnectError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	joined, ok := errors.Unwrap(ce).(interface{ Unwrap() []error })
+	if !ok {
+		return err
+	}
+	var kept []string
+	attempts := joined.Unwrap()
+	for _, a := range attempts {
+		if !strings.HasSuffix(a.Error(), "tls error: server refused TLS connection") {
+			kept = append(kept, a.Error())
+		}
+	}
+	if len(kept) == 0 || len(kept) == len(attempts) {
+		return err
+	}
+	return fmt.Errorf("user=%s database=%s: %s", ce.Config.User, ce.Config.Database, strings.Join(kept, "; "))
+}
+
 // checkDatabase reports configured tables and columns missing from the
 // database; err is set when the database cannot be reached.
 func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Database.URL)
 	if err != nil {
-		return nil, fmt.Errorf("database.url: cannot connect: %w", err)
+		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return triggers.CheckTables(ctx, conn, cfg.Tables)
@@ -93,7 +121,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	conn, err := pgx.Connect(ctx, cfg.Database.URL)
 	if err != nil {
-		fmt.Fprintf(stderr, "rowcast: database.url: cannot connect: %v\n", err)
+		fmt.Fprintf(stderr, "rowcast: database.url: cannot connect: %v\n", connectError(err))
 		return exitFailed
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
