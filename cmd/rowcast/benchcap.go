@@ -12,8 +12,8 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
