@@ -20,9 +20,25 @@ type Generated struct {
 }
 
 // Inspect reads what rendering the logical plan needs from the catalog: the
-// stored generated columns of each table, by Table.Qualified().
+// stored generated columns of each table, by Table.Qualified(). Their
+// expressions are read with search_path = pg_catalog, so every other name
+// in them is schema-qualified, as the apply function's pinned search_path
+// needs.
 func Inspect(ctx context.Context, conn *pgx.Conn, tables []config.Table) (map[string][]Generated, error) {
 	out := make(map[string][]Generated)
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "set local search_path = pg_catalog"); err != nil {
+			return fmt.Errorf("inspect: %w", err)
+		}
+		return inspectGenerated(ctx, tx, tables, out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func inspectGenerated(ctx context.Context, conn pgx.Tx, tables []config.Table, out map[string][]Generated) error {
 	for _, t := range tables {
 		rows, err := conn.Query(ctx, `
 select a.attname, pg_get_expr(d.adbin, d.adrelid)
@@ -30,7 +46,7 @@ from pg_attribute a join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.
 where a.attrelid = to_regclass($1) and a.attgenerated = 's' and not a.attisdropped
 order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 		if err != nil {
-			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+			return fmt.Errorf("inspect %s: %w", t.Qualified(), err)
 		}
 		var g Generated
 		_, err = pgx.ForEachRow(rows, []any{&g.Name, &g.Expr}, func() error {
@@ -38,10 +54,10 @@ order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+			return fmt.Errorf("inspect %s: %w", t.Qualified(), err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Prepare renders the plan for the configuration's capture mode, reading

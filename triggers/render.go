@@ -201,12 +201,20 @@ const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
 
 // functionSQL renders a capture or apply function: PL/pgSQL with the
 // rendering settings to_jsonb output depends on pinned, so events do not
-// depend on the writer's session.
+// depend on the writer's session. It runs with its owner's rights (SECURITY
+// DEFINER: the installing role), so a role that may write the table needs
+// no right on the rowcast schema; search_path is pinned to pg_catalog and
+// every other name is schema-qualified, so the writer cannot substitute
+// objects. EXECUTE is revoked from PUBLIC: a trigger fires without it, and
+// without it no other role can attach the function to a table of its own or
+// call an apply function to forge changelog rows.
 func functionSQL(signature, returns, body string) string {
 	return "CREATE OR REPLACE FUNCTION " + signature + " RETURNS " + returns + "\n" +
-		"LANGUAGE plpgsql\n" +
+		"LANGUAGE plpgsql SECURITY DEFINER\n" +
+		"SET search_path = pg_catalog, pg_temp\n" +
 		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
-		"AS $fn$\n" + body + "$fn$;\n"
+		"AS $fn$\n" + body + "$fn$;\n" +
+		"REVOKE ALL ON FUNCTION " + signature + " FROM PUBLIC;\n"
 }
 
 // bodyFor renders the capture body of a table's kind.
