@@ -108,7 +108,8 @@ type Table struct {
 	Table          string   `mapstructure:"table" yaml:"table"`                     // may be schema-qualified; default schema public
 	Entity         string   `mapstructure:"entity" yaml:"entity"`                   // default: singular of the table name
 	Kind           string   `mapstructure:"kind" yaml:"kind"`                       // "entity" (default) or "ai_task"
-	IDColumn       string   `mapstructure:"id_column" yaml:"id_column"`             // default id
+	IDColumn       string   `mapstructure:"id_column" yaml:"id_column"`             // identifies a row (primary key, or unique NOT NULL); default id unless IDColumns is set
+	IDColumns      []string `mapstructure:"id_columns" yaml:"id_columns"`           // a composite key instead (primary key or unique, NOT NULL), e.g. [deal_id, user_id]
 	TeamColumn     string   `mapstructure:"team_column" yaml:"team_column"`         // default team_id
 	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
 	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
@@ -151,9 +152,22 @@ func (t Table) Qualified() string {
 	return t.Schema() + "." + t.Name()
 }
 
+// KeyColumns returns the columns that identify a row: IDColumns when set,
+// else IDColumn alone.
+func (t Table) KeyColumns() []string {
+	if len(t.IDColumns) > 0 {
+		return t.IDColumns
+	}
+	return []string{t.IDColumn}
+}
+
+// CompositeKey reports whether rows are identified by more than one column.
+func (t Table) CompositeKey() bool { return len(t.IDColumns) > 1 }
+
 // WithDefaults returns t with every empty field that has a default filled
 // in: Entity (the singular of Name: "escrows" -> "escrow", "activities" ->
-// "activity", "addresses" -> "address"), Kind "entity", IDColumn "id",
+// "activity", "addresses" -> "address"), Kind "entity", IDColumn "id" (unless
+// IDColumns is set),
 // TeamColumn "team_id", and for kind ai_task UserColumn "user_id" and the
 // task columns status, progress, message, task_type, result and error.
 // Fields already set are kept. Load applies it to every table entry.
@@ -165,7 +179,9 @@ func (t Table) WithDefaults() Table {
 	}
 	fill(&t.Entity, singular(t.Name()))
 	fill(&t.Kind, KindEntity)
-	fill(&t.IDColumn, "id")
+	if len(t.IDColumns) == 0 {
+		fill(&t.IDColumn, "id")
+	}
 	fill(&t.TeamColumn, "team_id")
 	if t.Kind == KindAITask {
 		fill(&t.UserColumn, "user_id")

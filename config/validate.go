@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,7 +211,27 @@ func (c *Config) tableProblems() []problem {
 				add(p+key, "%q is not a column name", col)
 			}
 		}
-		column("id_column", t.IDColumn, true)
+		if len(t.IDColumns) == 0 {
+			column("id_column", t.IDColumn, true)
+		} else {
+			if t.IDColumn != "" {
+				add(p+"id_columns", "set either id_column (a one-column key) or id_columns (a composite key), not both")
+			}
+			if task {
+				add(p+"id_columns", "an ai_task table is identified by one column; use id_column")
+			}
+			seen := make(map[string]bool, len(t.IDColumns))
+			for j, col := range t.IDColumns {
+				path := fmt.Sprintf("%sid_columns[%d]", p, j)
+				switch {
+				case !validIdent(col):
+					add(path, "%q is not a column name", col)
+				case seen[col]:
+					add(path, "%q is listed twice", col)
+				}
+				seen[col] = true
+			}
+		}
 		column("team_column", t.TeamColumn, true)
 		column("user_column", t.UserColumn, task)
 		column("actor_column", t.ActorColumn, false)
@@ -223,8 +244,10 @@ func (c *Config) tableProblems() []problem {
 
 		keyColumn := func(col string) string {
 			switch {
-			case col == t.IDColumn:
+			case col == t.IDColumn && len(t.IDColumns) == 0:
 				return "the id column"
+			case slices.Contains(t.IDColumns, col):
+				return "a column of id_columns"
 			case col == t.TeamColumn:
 				return "the team column"
 			case col == t.UserColumn && t.UserColumn != "":

@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 -- transaction); committed_at stays the ordering key.
 ALTER TABLE rowcast.changelog ALTER COLUMN origin_at
     SET DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz;
+-- entity_key: for a table with a composite key, every key column under its
+-- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
+-- joined by ':' (each with '\' and ':' escaped by a '\').
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
 CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
 CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);

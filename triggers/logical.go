@@ -170,23 +170,25 @@ select current_setting('wal_level'), current_setting('max_replication_slots')::i
 }
 
 // checkIdentityIndexes reports tables whose configured replica identity
-// index is missing, not unique, or lacks the team column: without the team
-// in the old key an update could not tell a team move, and a delete would
-// not know its team.
+// index is missing, not unique, or lacks the team column or an id column:
+// without the team in the old key an update could not tell a team move, and
+// a delete would not know its team or which row it was.
 func checkIdentityIndexes(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
 	var problems []string
 	for i, t := range tables {
 		if t.ReplicaIdentityIndex == "" {
 			continue
 		}
-		var found, unique, hasTeam bool
+		var found, unique, hasTeam, hasKey bool
 		err := conn.QueryRow(ctx, `
 select true, i.indisunique,
        exists (select 1 from pg_attribute a where a.attrelid = i.indrelid and a.attname = $3
-               and a.attnum = any (i.indkey))
+               and a.attnum = any (i.indkey)),
+       (select count(*) from pg_attribute a where a.attrelid = i.indrelid and a.attname = any ($4::text[])
+               and a.attnum = any (i.indkey)) = cardinality($4::text[])
 from pg_index i join pg_class c on c.oid = i.indexrelid
 where i.indrelid = to_regclass($1) and c.relname = $2`,
-			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, t.TeamColumn).Scan(&found, &unique, &hasTeam)
+			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, t.TeamColumn, t.KeyColumns()).Scan(&found, &unique, &hasTeam, &hasKey)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("check replica identity index: %w", err)
 		}
@@ -197,6 +199,8 @@ where i.indrelid = to_regclass($1) and c.relname = $2`,
 			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q is not unique", i, t.ReplicaIdentityIndex))
 		case !hasTeam:
 			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, t.TeamColumn))
+		case !hasKey:
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include every id column (%s)", i, t.ReplicaIdentityIndex, strings.Join(t.KeyColumns(), ", ")))
 		}
 	}
 	return problems, nil

@@ -237,8 +237,26 @@ var (
 	applyRecs   = recs{new: "r_new", old: "r_old", op: "op", ret: "RETURN"}
 )
 
+// keySQL returns the SQL expressions of a row's entity id (text) and, for a
+// composite key, its key object (jsonb), for rec. A composite id is the
+// key values joined by ':', each with '\' and ':' escaped by a '\'
+// (relay.JoinKey); escape-string (E-prefixed) literals read the same
+// whatever standard_conforming_strings is.
+func keySQL(t config.Table, rec string) (id, key string) {
+	if !t.CompositeKey() {
+		return rec + "." + ident(t.KeyColumns()[0]) + "::text", ""
+	}
+	parts := make([]string, len(t.IDColumns))
+	pairs := make([]string, len(t.IDColumns))
+	for i, c := range t.IDColumns {
+		parts[i] = fmt.Sprintf(`replace(replace(%s.%s::text, E'\\', E'\\\\'), ':', E'\\:')`, rec, ident(c))
+		pairs[i] = literal(c) + ", " + rec + "." + ident(c)
+	}
+	return "concat_ws(':', " + strings.Join(parts, ", ") + ")", "jsonb_build_object(" + strings.Join(pairs, ", ") + ")"
+}
+
 func entityBody(t config.Table, r recs) string {
-	id, team := ident(t.IDColumn), ident(t.TeamColumn)
+	team := ident(t.TeamColumn)
 	tbl := literal(t.Qualified())
 	actorOf := func(rec string) string {
 		if t.ActorColumn == "" {
@@ -247,9 +265,14 @@ func entityBody(t config.Table, r recs) string {
 		return "coalesce(actor, " + rec + "." + ident(t.ActorColumn) + "::text)"
 	}
 	ins := func(stream, op, teamExpr, oldTeam, rec, rowData, changes string) string {
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, changes)
-            VALUES (%s, %s, %s, %s.%s::text, %s, %s, %s, req, %s, %s);
-`, stream, tbl, literal(op), rec, id, teamExpr, oldTeam, actorOf(rec), rowData, changes)
+		id, key := keySQL(t, rec)
+		keyCol := ""
+		if key != "" {
+			keyCol, key = ", entity_key", ", "+key
+		}
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, changes%s)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s);
+`, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, changes, key)
 	}
 	nw, od := r.new+"."+team, r.old+"."+team
 	newStream, oldStream := "'team:' || "+nw+"::text", "'team:' || "+od+"::text"

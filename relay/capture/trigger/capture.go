@@ -316,7 +316,7 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 // Columns read for each change, shared with package history.
 const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
 coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
-coalesce(request_id, ''), row_data::text, changes::text, old_data::text`
+coalesce(request_id, ''), row_data::text, changes::text, old_data::text, entity_key::text`
 
 const pollSQL = `select ` + Columns + ` from rowcast.changelog
 where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
@@ -406,7 +406,7 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 type Scanner struct {
 	xid                                int64
 	op                                 string
-	row, changes, old                  []byte
+	row, changes, old, key             []byte
 	stream, tbl, entity, team, oldTeam string
 	user, actor, request               string
 	seq                                int64
@@ -416,9 +416,9 @@ type Scanner struct {
 
 // Scan reads the current row.
 func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
-	s.row, s.changes, s.old = s.row[:0], s.changes[:0], s.old[:0]
+	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
 	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old); err != nil {
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
 		return relay.Change{}, err
 	}
 	ch := relay.Change{
@@ -437,6 +437,9 @@ func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
 		return relay.Change{}, err
 	}
 	if ch.OldRow, err = s.compactJSON(s.old); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.Key, err = s.compactJSON(s.key); err != nil {
 		return relay.Change{}, err
 	}
 	return ch, nil
