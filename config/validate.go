@@ -232,7 +232,22 @@ func (c *Config) tableProblems() []problem {
 				seen[col] = true
 			}
 		}
-		column("team_column", t.TeamColumn, true)
+		if f := t.TeamFrom; f != nil {
+			if t.TeamColumn != "" {
+				add(p+"team_from", "set either team_column (the table's own team column) or team_from (the team of a parent row), not both")
+			}
+			if task {
+				add(p+"team_from", "is not supported for ai_task tables; use team_column")
+			}
+			if !validTableName(f.Table) {
+				add(p+"team_from.table", "%q is not a table name: name the parent table, e.g. deals or crm.deals", f.Table)
+			}
+			column("team_from.key", f.Key, true)
+			column("team_from.column", f.Column, true)
+			column("team_from.parent_key", f.ParentKey, false)
+		} else {
+			column("team_column", t.TeamColumn, true)
+		}
 		column("user_column", t.UserColumn, task)
 		column("actor_column", t.ActorColumn, false)
 		column("status_column", t.StatusColumn, task)

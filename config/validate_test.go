@@ -139,6 +139,20 @@ func TestValidate(t *testing.T) {
 		{"composite key", func(c *Config) {
 			c.Tables = append(c.Tables, Table{Table: "deal_participants", IDColumns: []string{"deal_id", "user_id"}}.WithDefaults())
 		}, nil},
+		{"team from a parent row", func(c *Config) {
+			c.Tables = append(c.Tables, Table{Table: "deal_notes", TeamFrom: &TeamFrom{Table: "crm.deals", Key: "deal_id", Column: "organization_id"}}.WithDefaults())
+		}, nil},
+		{"team from problems", func(c *Config) {
+			c.Tables[0].TeamFrom = &TeamFrom{Table: "a.b.c", Column: "org id"}
+			c.Tables[1].TeamFrom = &TeamFrom{Table: "deals", Key: "deal_id", Column: "org"}
+			c.Tables[1].TeamColumn = ""
+		}, []string{
+			"tables[0].team_from: set either team_column (the table's own team column) or team_from (the team of a parent row), not both",
+			`tables[0].team_from.table: "a.b.c" is not a table name: name the parent table, e.g. deals or crm.deals`,
+			"tables[0].team_from.key: is empty",
+			`tables[0].team_from.column: "org id" is not a column name`,
+			"tables[1].team_from: is not supported for ai_task tables; use team_column",
+		}},
 		{"composite key problems", func(c *Config) {
 			c.Tables[0].IDColumns = []string{"deal_id", "bad col", "deal_id"}
 			c.Tables[0].ExcludeColumns = []string{"deal_id"}

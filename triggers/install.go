@@ -261,7 +261,22 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s", i, keyPath, p))
 			}
 		}
-		need("team_column", t.TeamColumn)
+		switch {
+		case t.TeamFrom != nil:
+			more, err := checkTeamFrom(ctx, conn, t, have)
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range more {
+				problems = append(problems, fmt.Sprintf("tables[%d].%s", i, m))
+			}
+		case t.TeamColumn != "" && !have[t.TeamColumn]:
+			hint, err := teamHint(ctx, conn, t)
+			if err != nil {
+				return nil, err
+			}
+			problems = append(problems, fmt.Sprintf("tables[%d].team_column: %s has no column %q: %s", i, t.Qualified(), t.TeamColumn, hint))
+		}
 		need("actor_column", t.ActorColumn)
 		for _, c := range t.ExcludeColumns {
 			need("exclude_columns", c)

@@ -61,17 +61,22 @@ order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 }
 
 // Prepare renders the plan for the configuration's capture mode, reading
-// the catalog first when the mode needs it.
+// the catalog first for what rendering needs (team_from parent keys, and in
+// logical mode stored generated columns).
 func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, error) {
 	o := OptionsFor(cfg)
+	tables, err := ResolveParents(ctx, conn, cfg.Tables)
+	if err != nil {
+		return nil, err
+	}
 	if o.Logical {
-		gen, err := Inspect(ctx, conn, cfg.Tables)
+		gen, err := Inspect(ctx, conn, tables)
 		if err != nil {
 			return nil, err
 		}
 		o.Generated = gen
 	}
-	return Render(cfg.Tables, o)
+	return Render(tables, o)
 }
 
 // OptionsFor returns the render options of a configuration (without the
@@ -179,6 +184,10 @@ func checkIdentityIndexes(ctx context.Context, conn *pgx.Conn, tables []config.T
 		if t.ReplicaIdentityIndex == "" {
 			continue
 		}
+		teamCol := t.TeamColumn
+		if t.TeamFrom != nil {
+			teamCol = t.TeamFrom.Key // the parent's key: the team is looked up from it
+		}
 		var found, unique, hasTeam, hasKey bool
 		err := conn.QueryRow(ctx, `
 select true, i.indisunique,
@@ -188,7 +197,7 @@ select true, i.indisunique,
                and a.attnum = any (i.indkey)) = cardinality($4::text[])
 from pg_index i join pg_class c on c.oid = i.indexrelid
 where i.indrelid = to_regclass($1) and c.relname = $2`,
-			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, t.TeamColumn, t.KeyColumns()).Scan(&found, &unique, &hasTeam, &hasKey)
+			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, teamCol, t.KeyColumns()).Scan(&found, &unique, &hasTeam, &hasKey)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("check replica identity index: %w", err)
 		}
@@ -198,7 +207,7 @@ where i.indrelid = to_regclass($1) and c.relname = $2`,
 		case !unique:
 			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q is not unique", i, t.ReplicaIdentityIndex))
 		case !hasTeam:
-			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, t.TeamColumn))
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, teamCol))
 		case !hasKey:
 			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include every id column (%s)", i, t.ReplicaIdentityIndex, strings.Join(t.KeyColumns(), ", ")))
 		}

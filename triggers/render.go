@@ -221,6 +221,9 @@ func functionSQL(signature, returns, body string) string {
 func bodyFor(t config.Table, r recs) (string, error) {
 	switch t.Kind {
 	case "", "entity":
+		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
+			return "", fmt.Errorf("render table %s: team_from.parent_key is unknown: set it, or render with Prepare, which reads the parent's primary key", t.Qualified())
+		}
 		return entityBody(t, r), nil
 	case "ai_task":
 		return taskBody(t, r), nil
@@ -255,8 +258,28 @@ func keySQL(t config.Table, rec string) (id, key string) {
 	return "concat_ws(':', " + strings.Join(parts, ", ") + ")", "jsonb_build_object(" + strings.Join(pairs, ", ") + ")"
 }
 
+// teamSQL returns the expressions of a row's team after and before the
+// change. With team_from they are variables that the returned declarations
+// and lookup fill from the parent rows (by their key; NULL when the parent
+// is not there), each looked up once and only when the operation has that
+// row.
+func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
+	f := t.TeamFrom
+	if f == nil {
+		team := ident(t.TeamColumn)
+		return r.new + "." + team, r.old + "." + team, "", ""
+	}
+	parent := ident(f.Parent().Schema()) + "." + ident(f.Parent().Name())
+	q := func(rec string) string {
+		return fmt.Sprintf("(SELECT p.%s::text FROM %s p WHERE p.%s = %s.%s)", ident(f.Column), parent, ident(f.ParentKey), rec, ident(f.Key))
+	}
+	decl = "    team_new text;\n    team_old text;\n"
+	lookup = fmt.Sprintf("    IF %[1]s <> 'DELETE' THEN team_new := %[2]s; END IF;\n    IF %[1]s <> 'INSERT' THEN team_old := %[3]s; END IF;\n",
+		r.op, q(r.new), q(r.old))
+	return "team_new", "team_old", decl, lookup
+}
+
 func entityBody(t config.Table, r recs) string {
-	team := ident(t.TeamColumn)
 	tbl := literal(t.Qualified())
 	actorOf := func(rec string) string {
 		if t.ActorColumn == "" {
@@ -274,11 +297,11 @@ func entityBody(t config.Table, r recs) string {
             VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s);
 `, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, changes, key)
 	}
-	nw, od := r.new+"."+team, r.old+"."+team
+	nw, od, decl, lookup := teamSQL(t, r)
 	newStream, oldStream := "'team:' || "+nw+"::text", "'team:' || "+od+"::text"
 	newTeam, oldTeam := nw+"::text", od+"::text"
 	var b strings.Builder
-	b.WriteString(declare)
+	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("        " + markSQL + "\n        ")

@@ -875,3 +875,37 @@ func TestCheckTablesKey(t *testing.T) {
 		t.Fatalf("install with an id column that is not a key: %v", err)
 	}
 }
+
+// A table whose team comes through a parent row: config check says how to
+// configure it, and checks the team_from rule against the database.
+func TestCheckTablesTeamFrom(t *testing.T) {
+	conn := demoDB(t)
+	exec(t, conn, `create table deals (id bigint primary key, organization_id bigint not null);
+		create table deal_notes (id bigint primary key, deal_id bigint references deals (id), body text);
+		create table nokey (ref bigint, org bigint);
+		create table listing_notes (id bigint primary key, listing_id bigint references listings (id))`)
+	from := func(table, parent, key, column string) config.Table {
+		return config.Table{Table: table, TeamFrom: &config.TeamFrom{Table: parent, Key: key, Column: column}}.WithDefaults()
+	}
+	tables := []config.Table{
+		from("deal_notes", "deals", "deal_id", "organization_id"),
+		config.Table{Table: "deal_notes"}.WithDefaults(),
+		config.Table{Table: "listing_notes"}.WithDefaults(),
+		from("deal_notes", "nodeals", "deal_id", "organization_id"),
+		from("deal_notes", "deals", "dealid", "org_id"),
+		from("deal_notes", "nokey", "deal_id", "org"),
+	}
+	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const how = `set team_column to the column that holds the row's team, or, when the team comes through a parent row, team_from: {table: <parent table>, key: <this table's column referencing it>, column: <the parent's team column>}`
+	sameLines(t, "problems", problems, []string{
+		`tables[1].team_column: public.deal_notes has no column "team_id": ` + how + ` (its foreign keys: deal_id → deals)`,
+		`tables[2].team_column: public.listing_notes has no column "team_id": ` + how + `; here: team_from: {table: listings, key: listing_id, column: team_id}`,
+		`tables[3].team_from.table: public.nodeals does not exist in the database`,
+		`tables[4].team_from.key: public.deal_notes has no column "dealid"`,
+		`tables[4].team_from.column: public.deals has no column "org_id"`,
+		`tables[5].team_from.table: public.nokey has no one-column primary key; name the column deal_id references with team_from.parent_key`,
+	})
+}

@@ -272,7 +272,7 @@ tables:
 		// An entry with a problem of its own is not looked up as well.
 		regexp.MustCompile(`(?m)^  - tables\[1\]\.kind: "task" is not one of`),
 		regexp.MustCompile(`(?m)^  - tables\[2\]\.table: public\.ghosts does not exist in the database$`),
-		regexp.MustCompile(`(?m)^  - tables\[3\]\.team_column: public\.leads has no column "squad_id"$`),
+		regexp.MustCompile(`(?m)^  - tables\[3\]\.team_column: public\.leads has no column "squad_id": set team_column to the column that holds the row's team, or, when the team comes through a parent row, team_from: \{table: .*\} \(its foreign keys: assigned_to → users, team_id → teams, updated_by → users\)$`),
 	}
 	for _, re := range wants {
 		if !re.MatchString(errOut) {
