@@ -201,6 +201,9 @@ $fn$;
 -- changes; rowcast.set_request_id(id) the API request they serve. A session
 -- setting never reaches logical decoding, so when wal_level is logical they
 -- also write a transactional logical message that the slot holder reads.
+-- They run with the caller's rights (granted to PUBLIC below):
+-- pg_logical_emit_message needs no privilege (tested as an ordinary role on
+-- PostgreSQL 15), and the message only names the caller's own transaction.
 CREATE OR REPLACE FUNCTION rowcast.set_actor(actor text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"slices"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -99,31 +100,36 @@ func appRoleWrites(t *testing.T, logical bool) {
 	defer app.Close()
 	c := e.connect(userToken(t, "1", 1))
 
-	var id int64
-	err = pgx.BeginFunc(ctx, app, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "select rowcast.set_actor('7'), rowcast.set_request_id('req-app')"); err != nil {
-			return err
-		}
-		return tx.QueryRow(ctx, "insert into leads (team_id, first_name) values (1, 'App') returning id").Scan(&id)
-	})
-	if err != nil {
-		t.Fatalf("the application role's insert: %v", err)
-	}
-	if d := c.event("lead:created").data(); d["userId"] != "7" || d["requestId"] != "req-app" {
-		t.Errorf("created: actor and request id: %v", d)
-	}
 	appExec := func(sql string, args ...any) {
 		t.Helper()
 		if _, err := app.Exec(ctx, sql, args...); err != nil {
 			t.Fatalf("the application role: %s: %v", sql, err)
 		}
 	}
-	appExec("update leads set first_name = 'App 2' where id = $1", id)
-	if d := c.event("lead:updated").data(); d["changes"].(map[string]any)["first_name"] != "App 2" {
-		t.Errorf("updated: %v", d)
+	cases := append(slices.Clip(entityCases), entityCase{"note", "notes",
+		`insert into notes (team_id, entity_type, entity_id, body) values ($1, 'lead', 1, 'call back') returning id`,
+		`update notes set body = 'called' where id = $1`, map[string]any{"body": "called"}})
+	for _, tc := range cases {
+		var id int64
+		err := pgx.BeginFunc(ctx, app, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "select rowcast.set_actor('7'), rowcast.set_request_id('req-app')"); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, tc.insert, 1).Scan(&id)
+		})
+		if err != nil {
+			t.Fatalf("the application role's insert into %s: %v", tc.table, err)
+		}
+		if d := c.event(tc.entity + ":created").data(); d["userId"] != "7" || d["requestId"] != "req-app" {
+			t.Errorf("%s created: actor and request id: %v", tc.entity, d)
+		}
+		appExec(tc.update, id)
+		if d := c.event(tc.entity + ":updated").data(); d["changes"] == nil {
+			t.Errorf("%s updated: %v", tc.entity, d)
+		}
+		appExec("delete from "+tc.table+" where id = $1", id)
+		c.event(tc.entity + ":deleted")
 	}
-	appExec("delete from leads where id = $1", id)
-	c.event("lead:deleted")
 
 	var task string
 	if err := app.QueryRow(ctx, "select rowcast.task_start('1', '1', 'summarize', '{}', 'Queued')::text").Scan(&task); err != nil {
