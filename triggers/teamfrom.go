@@ -10,11 +10,11 @@ import (
 	"github.com/rowcast/rowcast/config"
 )
 
-// ResolveParents returns a copy of tables in which every team_from rule
+// resolveParents returns a copy of tables in which every team_from rule
 // without a parent_key names the parent's one-column primary key, read from
 // the catalog. A parent that is missing or has no such key is left as it
 // is: CheckTables reports it, and Render refuses it.
-func ResolveParents(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]config.Table, error) {
+func resolveParents(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]config.Table, error) {
 	out := make([]config.Table, len(tables))
 	copy(out, tables)
 	for i, t := range out {
