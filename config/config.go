@@ -108,11 +108,14 @@ type Table struct {
 	Table          string   `mapstructure:"table" yaml:"table"`                     // may be schema-qualified; default schema public
 	Entity         string   `mapstructure:"entity" yaml:"entity"`                   // default: singular of the table name
 	Kind           string   `mapstructure:"kind" yaml:"kind"`                       // "entity" (default) or "ai_task"
-	IDColumn       string   `mapstructure:"id_column" yaml:"id_column"`             // default id
-	TeamColumn     string   `mapstructure:"team_column" yaml:"team_column"`         // default team_id
+	IDColumn       string   `mapstructure:"id_column" yaml:"id_column"`             // identifies a row (primary key, or unique NOT NULL); default id unless IDColumns is set
+	IDColumns      []string `mapstructure:"id_columns" yaml:"id_columns"`           // a composite key instead (primary key or unique, NOT NULL), e.g. [deal_id, user_id]
+	TeamColumn     string   `mapstructure:"team_column" yaml:"team_column"`         // default team_id unless TeamFrom is set
 	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
 	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
 	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never leave the database
+	// TeamFrom takes the team from a parent row instead of TeamColumn.
+	TeamFrom *TeamFrom `mapstructure:"team_from" yaml:"team_from"`
 	// ReplicaIdentityIndex, in logical mode, names a unique index that
 	// includes the team column to use as the table's replica identity;
 	// empty means REPLICA IDENTITY FULL (the default, and the only choice
@@ -127,6 +130,28 @@ type Table struct {
 	ErrorColumn    string `mapstructure:"error_column" yaml:"error_column"`       // default error
 	ParamsColumn   string `mapstructure:"params_column" yaml:"params_column"`     // default params (used by rowcast.task_start)
 }
+
+// TeamFrom takes a row's team from a parent row: the row's Key column
+// references the parent Table's ParentKey (its one-column primary key by
+// default), and the team is the parent's Column. The capture function looks
+// the parent up when it records a change; in logical mode that is when the
+// slot holder applies the change, so the team is the parent's at that time.
+// A later change of the parent's team is not retroactive (rows already
+// captured stay where they were, and no event moves the children), and a
+// change whose parent is not there (deleted in the same transaction, e.g. by
+// ON DELETE CASCADE, or in logical mode before the change was applied) has
+// no team and is not captured.
+type TeamFrom struct {
+	Table  string `mapstructure:"table" yaml:"table"`   // the parent table, optionally schema-qualified
+	Key    string `mapstructure:"key" yaml:"key"`       // the column of this table that references the parent
+	Column string `mapstructure:"column" yaml:"column"` // the parent's team column
+	// ParentKey is the parent's column that Key references; empty means
+	// its one-column primary key, read from the database.
+	ParentKey string `mapstructure:"parent_key" yaml:"parent_key"`
+}
+
+// Parent returns the parent table as a Table, for its Schema and Name.
+func (f TeamFrom) Parent() Table { return Table{Table: f.Table} }
 
 // Schema returns the table's schema: the part before the dot of a
 // schema-qualified name, else "public".
@@ -151,11 +176,24 @@ func (t Table) Qualified() string {
 	return t.Schema() + "." + t.Name()
 }
 
+// KeyColumns returns the columns that identify a row: IDColumns when set,
+// else IDColumn alone.
+func (t Table) KeyColumns() []string {
+	if len(t.IDColumns) > 0 {
+		return t.IDColumns
+	}
+	return []string{t.IDColumn}
+}
+
+// CompositeKey reports whether rows are identified by more than one column.
+func (t Table) CompositeKey() bool { return len(t.IDColumns) > 1 }
+
 // WithDefaults returns t with every empty field that has a default filled
 // in: Entity (the singular of Name: "escrows" -> "escrow", "activities" ->
-// "activity", "addresses" -> "address"), Kind "entity", IDColumn "id",
-// TeamColumn "team_id", and for kind ai_task UserColumn "user_id" and the
-// task columns status, progress, message, task_type, result and error.
+// "activity", "addresses" -> "address"), Kind "entity", IDColumn "id" (unless
+// IDColumns is set), TeamColumn "team_id" (unless TeamFrom is set), and for
+// kind ai_task UserColumn "user_id" and the task columns status, progress,
+// message, task_type, result and error.
 // Fields already set are kept. Load applies it to every table entry.
 func (t Table) WithDefaults() Table {
 	fill := func(f *string, v string) {
@@ -165,8 +203,12 @@ func (t Table) WithDefaults() Table {
 	}
 	fill(&t.Entity, singular(t.Name()))
 	fill(&t.Kind, KindEntity)
-	fill(&t.IDColumn, "id")
-	fill(&t.TeamColumn, "team_id")
+	if len(t.IDColumns) == 0 {
+		fill(&t.IDColumn, "id")
+	}
+	if t.TeamFrom == nil {
+		fill(&t.TeamColumn, "team_id")
+	}
 	if t.Kind == KindAITask {
 		fill(&t.UserColumn, "user_id")
 		fill(&t.StatusColumn, "status")

@@ -263,6 +263,8 @@ func TestLoadTables(t *testing.T) {
     entity: place
     id_column: address_id
     actor_column: updated_by
+  - table: deal_participants
+    id_columns: [deal_id, user_id]
 `,
 			want: []Table{
 				{Table: "escrows", Entity: "escrow", Kind: "entity", IDColumn: "id", TeamColumn: "team_id"},
@@ -273,6 +275,7 @@ func TestLoadTables(t *testing.T) {
 					StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message", TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params",
 				},
 				{Table: "addresses", Entity: "place", Kind: "entity", IDColumn: "address_id", TeamColumn: "team_id", ActorColumn: "updated_by"},
+				{Table: "deal_participants", Entity: "deal_participant", Kind: "entity", IDColumns: []string{"deal_id", "user_id"}, TeamColumn: "team_id"},
 			},
 		},
 		{

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,8 +211,43 @@ func (c *Config) tableProblems() []problem {
 				add(p+key, "%q is not a column name", col)
 			}
 		}
-		column("id_column", t.IDColumn, true)
-		column("team_column", t.TeamColumn, true)
+		if len(t.IDColumns) == 0 {
+			column("id_column", t.IDColumn, true)
+		} else {
+			if t.IDColumn != "" {
+				add(p+"id_columns", "set either id_column (a one-column key) or id_columns (a composite key), not both")
+			}
+			if task {
+				add(p+"id_columns", "an ai_task table is identified by one column; use id_column")
+			}
+			seen := make(map[string]bool, len(t.IDColumns))
+			for j, col := range t.IDColumns {
+				path := fmt.Sprintf("%sid_columns[%d]", p, j)
+				switch {
+				case !validIdent(col):
+					add(path, "%q is not a column name", col)
+				case seen[col]:
+					add(path, "%q is listed twice", col)
+				}
+				seen[col] = true
+			}
+		}
+		if f := t.TeamFrom; f != nil {
+			if t.TeamColumn != "" {
+				add(p+"team_from", "set either team_column (the table's own team column) or team_from (the team of a parent row), not both")
+			}
+			if task {
+				add(p+"team_from", "is not supported for ai_task tables; use team_column")
+			}
+			if !validTableName(f.Table) {
+				add(p+"team_from.table", "%q is not a table name: name the parent table, e.g. deals or crm.deals", f.Table)
+			}
+			column("team_from.key", f.Key, true)
+			column("team_from.column", f.Column, true)
+			column("team_from.parent_key", f.ParentKey, false)
+		} else {
+			column("team_column", t.TeamColumn, true)
+		}
 		column("user_column", t.UserColumn, task)
 		column("actor_column", t.ActorColumn, false)
 		column("status_column", t.StatusColumn, task)
@@ -223,8 +259,10 @@ func (c *Config) tableProblems() []problem {
 
 		keyColumn := func(col string) string {
 			switch {
-			case col == t.IDColumn:
+			case col == t.IDColumn && len(t.IDColumns) == 0:
 				return "the id column"
+			case slices.Contains(t.IDColumns, col):
+				return "a column of id_columns"
 			case col == t.TeamColumn:
 				return "the team column"
 			case col == t.UserColumn && t.UserColumn != "":

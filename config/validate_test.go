@@ -136,6 +136,35 @@ func TestValidate(t *testing.T) {
 			`tables[0].exclude_columns[1]: "team_id" is the team column; events need it, so it cannot be excluded`,
 			`tables[0].exclude_columns[2]: "bad-col" is not a column name`,
 		}},
+		{"composite key", func(c *Config) {
+			c.Tables = append(c.Tables, Table{Table: "deal_participants", IDColumns: []string{"deal_id", "user_id"}}.WithDefaults())
+		}, nil},
+		{"team from a parent row", func(c *Config) {
+			c.Tables = append(c.Tables, Table{Table: "deal_notes", TeamFrom: &TeamFrom{Table: "crm.deals", Key: "deal_id", Column: "organization_id"}}.WithDefaults())
+		}, nil},
+		{"team from problems", func(c *Config) {
+			c.Tables[0].TeamFrom = &TeamFrom{Table: "a.b.c", Column: "org id"}
+			c.Tables[1].TeamFrom = &TeamFrom{Table: "deals", Key: "deal_id", Column: "org"}
+			c.Tables[1].TeamColumn = ""
+		}, []string{
+			"tables[0].team_from: set either team_column (the table's own team column) or team_from (the team of a parent row), not both",
+			`tables[0].team_from.table: "a.b.c" is not a table name: name the parent table, e.g. deals or crm.deals`,
+			"tables[0].team_from.key: is empty",
+			`tables[0].team_from.column: "org id" is not a column name`,
+			"tables[1].team_from: is not supported for ai_task tables; use team_column",
+		}},
+		{"composite key problems", func(c *Config) {
+			c.Tables[0].IDColumns = []string{"deal_id", "bad col", "deal_id"}
+			c.Tables[0].ExcludeColumns = []string{"deal_id"}
+			c.Tables[1].IDColumns = []string{"id", "user_id"}
+		}, []string{
+			"tables[0].id_columns: set either id_column (a one-column key) or id_columns (a composite key), not both",
+			`tables[0].id_columns[1]: "bad col" is not a column name`,
+			`tables[0].id_columns[2]: "deal_id" is listed twice`,
+			`tables[0].exclude_columns[0]: "deal_id" is a column of id_columns; events need it, so it cannot be excluded`,
+			"tables[1].id_columns: set either id_column (a one-column key) or id_columns (a composite key), not both",
+			"tables[1].id_columns: an ai_task table is identified by one column; use id_column",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

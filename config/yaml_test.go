@@ -46,7 +46,10 @@ func TestWriteYAML(t *testing.T) {
 }
 
 func TestWriteYAMLRoundTrip(t *testing.T) {
-	src := validYAML(`
+	src := validYAML(`  - table: deal_participants
+    id_columns: [deal_id, user_id]
+  - table: deal_notes
+    team_from: {table: crm.deals, key: deal_id, column: organization_id}
 listen: 0.0.0.0:8080
 admin_listen: 127.0.0.1:9090
 origins: [https://app.example.com, http://localhost:3000]

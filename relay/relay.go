@@ -11,6 +11,7 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -56,7 +57,12 @@ type Change struct {
 	Table string
 	Op    Op
 	// EntityID is the row's id column rendered as text; empty for OpTruncate.
+	// For a composite key it is JoinKey of the key columns' text values.
 	EntityID string
+	// Key holds every key column under its own name, as to_jsonb renders it
+	// ({"deal_id":5,"user_id":9}), for tables with a composite key; nil
+	// otherwise.
+	Key json.RawMessage
 	// TeamID is the row's team after the change (before it, for OpDelete).
 	// OldTeamID is set on an OpUpdate that moved the row to another team; such
 	// an update is recorded once in each of the two teams' streams.
@@ -152,3 +158,24 @@ func (e Error) Error() string { return string(e) }
 // ErrHistoryExpired means a resume position can no longer be served: it is
 // older than the retained history, from another epoch, or unknown.
 const ErrHistoryExpired Error = "history expired"
+
+// JoinKey returns the entityId of a row with a composite key: the key
+// columns' text values, in the configured order, joined by ':', with every
+// backslash and ':' inside a value escaped by a preceding backslash:
+// ("5", "9") is "5:9", and ("a:b", `c\d`) is `a\:b:c\\d`. The capture
+// functions compute the same form in SQL.
+func JoinKey(values ...string) string {
+	var b strings.Builder
+	for i, v := range values {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		for j := 0; j < len(v); j++ {
+			if v[j] == '\\' || v[j] == ':' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(v[j])
+		}
+	}
+	return b.String()
+}

@@ -9,8 +9,21 @@
 -- sorted order, so no deadlock) and numbers the transaction's rows. The
 -- counter's row lock is held through the commit, so each stream's seq is
 -- gap-free and in commit order.
+--
+-- Privileges: everything here is owned by the role that runs install (the
+-- tables' owner, or a superuser). The capture path (the generated capture
+-- and apply functions, mark(), sequence(), truncated()) is SECURITY DEFINER
+-- with a pinned search_path and schema-qualified names, so a role that may
+-- write a captured table needs no right on this schema's tables. EXECUTE on
+-- every function that writes the changelog is revoked from PUBLIC (a trigger
+-- fires without it; without it nobody can attach a capture function to a
+-- table of their own, or call an apply function to forge a change). Only
+-- set_actor, set_request_id and the AI task helpers, which run with the
+-- caller's rights, are granted to PUBLIC.
 
 CREATE SCHEMA IF NOT EXISTS rowcast;
+-- Lets any role call the API-facing functions; the tables grant nothing.
+GRANT USAGE ON SCHEMA rowcast TO PUBLIC;
 
 CREATE TABLE IF NOT EXISTS rowcast.meta (
     singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -62,6 +75,10 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 -- transaction); committed_at stays the ordering key.
 ALTER TABLE rowcast.changelog ALTER COLUMN origin_at
     SET DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz;
+-- entity_key: for a table with a composite key, every key column under its
+-- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
+-- joined by ':' (each with '\' and ':' escaped by a '\').
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
 CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
 CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
@@ -90,7 +107,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);
 -- inserts the transaction's marker once (a transaction-local setting
 -- remembers it, and is rolled back with a savepoint just as the marker is).
 CREATE OR REPLACE FUNCTION rowcast.mark() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN
         INSERT INTO rowcast.pending (xid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
@@ -101,7 +118,7 @@ $fn$;
 
 -- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
 CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     x       xid8 := pg_current_xact_id();
     r       record;
@@ -162,7 +179,7 @@ CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
 -- rowcast.truncated() records a TRUNCATE of a captured table; every session
 -- is told to resync.
 CREATE OR REPLACE FUNCTION rowcast.truncated() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM rowcast.mark();
     INSERT INTO rowcast.changelog (stream, tbl, op)
@@ -173,7 +190,7 @@ $fn$;
 
 -- rowcast.truncated_logical(tbl) is the logical-mode form of truncated().
 CREATE OR REPLACE FUNCTION rowcast.truncated_logical(tbl text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM rowcast.mark();
     INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ('all', tbl, 'T');
@@ -184,6 +201,9 @@ $fn$;
 -- changes; rowcast.set_request_id(id) the API request they serve. A session
 -- setting never reaches logical decoding, so when wal_level is logical they
 -- also write a transactional logical message that the slot holder reads.
+-- They run with the caller's rights (granted to PUBLIC below):
+-- pg_logical_emit_message needs no privilege (tested as an ordinary role on
+-- PostgreSQL 15), and the message only names the caller's own transaction.
 CREATE OR REPLACE FUNCTION rowcast.set_actor(actor text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
@@ -203,3 +223,10 @@ BEGIN
     END IF;
 END
 $fn$;
+
+REVOKE ALL ON FUNCTION rowcast.mark() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.sequence() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.truncated() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.truncated_logical(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rowcast.set_actor(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION rowcast.set_request_id(text) TO PUBLIC;

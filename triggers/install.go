@@ -20,6 +20,17 @@ const installLock = "select pg_advisory_xact_lock(hashtext('rowcast.install'))"
 // returns one line per action taken, for the operator.
 func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	var done []string
+	configured := make([]config.Table, len(p.Tables))
+	for i, t := range p.Tables {
+		configured[i] = t.Table
+	}
+	problems, err := CheckTables(ctx, conn, configured)
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("install: %w:\n  - %s", ErrMismatch, strings.Join(problems, "\n  - "))
+	}
 	if p.Logical {
 		problems, err := CheckLogical(ctx, conn)
 		if err != nil {
@@ -38,7 +49,7 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
 		}
 	}
-	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "set local standard_conforming_strings = on; set local client_min_messages = warning; "+installLock); err != nil {
 			return err
 		}
@@ -98,6 +109,10 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	}
 	return done, nil
 }
+
+// ErrMismatch is returned by Install when the configured tables do not fit
+// the database (the problems CheckTables reports); the error lists each.
+var ErrMismatch = errors.New("the configured tables do not fit the database")
 
 // Remove drops the capture triggers from every table that has them, the
 // logical publication and slot when slot and publication are named, and
@@ -199,7 +214,9 @@ select to_regclass($1) is not null,
 }
 
 // CheckTables reports configured tables and columns missing from the
-// database, one line each.
+// database, and id columns that do not identify a row (not exactly the
+// primary key or a unique NOT NULL constraint or index), one line each.
+// Install runs it first.
 func CheckTables(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
 	var problems []string
 	for i, t := range tables {
@@ -227,8 +244,39 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s has no column %q", i, key, t.Qualified(), col))
 			}
 		}
-		need("id_column", t.IDColumn)
-		need("team_column", t.TeamColumn)
+		keyPath, keysExist := "id_column", true
+		if len(t.IDColumns) > 0 {
+			keyPath = "id_columns"
+		}
+		for _, c := range t.KeyColumns() {
+			keysExist = keysExist && have[c]
+			need(keyPath, c)
+		}
+		if keysExist {
+			p, err := checkKey(ctx, conn, t)
+			if err != nil {
+				return nil, err
+			}
+			if p != "" {
+				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s", i, keyPath, p))
+			}
+		}
+		switch {
+		case t.TeamFrom != nil:
+			more, err := checkTeamFrom(ctx, conn, t, have)
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range more {
+				problems = append(problems, fmt.Sprintf("tables[%d].%s", i, m))
+			}
+		case t.TeamColumn != "" && !have[t.TeamColumn]:
+			hint, err := teamHint(ctx, conn, t)
+			if err != nil {
+				return nil, err
+			}
+			problems = append(problems, fmt.Sprintf("tables[%d].team_column: %s has no column %q: %s", i, t.Qualified(), t.TeamColumn, hint))
+		}
 		need("actor_column", t.ActorColumn)
 		for _, c := range t.ExcludeColumns {
 			need("exclude_columns", c)
@@ -245,6 +293,62 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 		}
 	}
 	return problems, nil
+}
+
+// checkKey returns why the table's key columns do not identify its rows,
+// or "": they must be exactly the columns of its primary key or of a unique
+// constraint or index (not partial, no expressions), and all NOT NULL.
+// Otherwise two rows' events would carry the same entityId.
+func checkKey(ctx context.Context, conn querier, t config.Table) (string, error) {
+	var unique bool
+	var nullable, pkey []string
+	cols := t.KeyColumns()
+	rows, err := conn.Query(ctx, `
+select
+    exists (select 1 from pg_index i
+            where i.indrelid = to_regclass($1) and i.indisunique and i.indisvalid and i.indpred is null
+              and i.indnkeyatts = cardinality($2::text[])
+              and (select count(*) from pg_attribute a
+                   where a.attrelid = i.indrelid and a.attname = any ($2::text[])
+                     and a.attnum = any ((i.indkey::int2[])[0:i.indnkeyatts - 1])) = cardinality($2::text[])),
+    coalesce((select array_agg(a.attname::text order by a.attnum) from pg_attribute a
+              where a.attrelid = to_regclass($1) and a.attname = any ($2::text[]) and not a.attnotnull), '{}'),
+    coalesce((select array_agg(a.attname::text order by k.ord)
+              from pg_index i cross join unnest(i.indkey::int2[]) with ordinality k (attnum, ord)
+              join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+              where i.indrelid = to_regclass($1) and i.indisprimary), '{}')`,
+		ident(t.Schema())+"."+ident(t.Name()), cols)
+	if err != nil {
+		return "", fmt.Errorf("check key of %s: %w", t.Qualified(), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := rows.Scan(&unique, &nullable, &pkey); err != nil {
+			return "", fmt.Errorf("check key of %s: %w", t.Qualified(), err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("check key of %s: %w", t.Qualified(), err)
+	}
+	what := fmt.Sprintf("%q", cols[0])
+	if len(cols) > 1 {
+		what = "(" + strings.Join(cols, ", ") + ")"
+	}
+	switch {
+	case !unique:
+		hint := "add a primary key or a unique constraint, or name a unique NOT NULL column"
+		switch {
+		case len(pkey) == 1:
+			hint = fmt.Sprintf("the primary key is %q: set id_column: %s", pkey[0], pkey[0])
+		case len(pkey) > 1:
+			hint = fmt.Sprintf("the primary key is (%[1]s): set id_columns: [%[1]s]", strings.Join(pkey, ", "))
+		}
+		return fmt.Sprintf("%s does not identify a row of %s: it is neither its primary key nor a unique constraint or index of its own, so two rows' events would carry the same entityId; %s",
+			what, t.Qualified(), hint), nil
+	case len(nullable) > 0:
+		return fmt.Sprintf("%s is unique in %s but %s may be NULL: make it NOT NULL, or use the primary key", what, t.Qualified(), strings.Join(nullable, ", ")), nil
+	}
+	return "", nil
 }
 
 type staleTrigger struct{ table string }

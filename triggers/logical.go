@@ -20,9 +20,25 @@ type Generated struct {
 }
 
 // Inspect reads what rendering the logical plan needs from the catalog: the
-// stored generated columns of each table, by Table.Qualified().
+// stored generated columns of each table, by Table.Qualified(). Their
+// expressions are read with search_path = pg_catalog, so every other name
+// in them is schema-qualified, as the apply function's pinned search_path
+// needs.
 func Inspect(ctx context.Context, conn *pgx.Conn, tables []config.Table) (map[string][]Generated, error) {
 	out := make(map[string][]Generated)
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "set local search_path = pg_catalog"); err != nil {
+			return fmt.Errorf("inspect: %w", err)
+		}
+		return inspectGenerated(ctx, tx, tables, out)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func inspectGenerated(ctx context.Context, conn pgx.Tx, tables []config.Table, out map[string][]Generated) error {
 	for _, t := range tables {
 		rows, err := conn.Query(ctx, `
 select a.attname, pg_get_expr(d.adbin, d.adrelid)
@@ -30,7 +46,7 @@ from pg_attribute a join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.
 where a.attrelid = to_regclass($1) and a.attgenerated = 's' and not a.attisdropped
 order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 		if err != nil {
-			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+			return fmt.Errorf("inspect %s: %w", t.Qualified(), err)
 		}
 		var g Generated
 		_, err = pgx.ForEachRow(rows, []any{&g.Name, &g.Expr}, func() error {
@@ -38,24 +54,29 @@ order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+			return fmt.Errorf("inspect %s: %w", t.Qualified(), err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // Prepare renders the plan for the configuration's capture mode, reading
-// the catalog first when the mode needs it.
+// the catalog first for what rendering needs (team_from parent keys, and in
+// logical mode stored generated columns).
 func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, error) {
 	o := OptionsFor(cfg)
+	tables, err := resolveParents(ctx, conn, cfg.Tables)
+	if err != nil {
+		return nil, err
+	}
 	if o.Logical {
-		gen, err := Inspect(ctx, conn, cfg.Tables)
+		gen, err := Inspect(ctx, conn, tables)
 		if err != nil {
 			return nil, err
 		}
 		o.Generated = gen
 	}
-	return Render(cfg.Tables, o)
+	return Render(tables, o)
 }
 
 // OptionsFor returns the render options of a configuration (without the
@@ -154,23 +175,29 @@ select current_setting('wal_level'), current_setting('max_replication_slots')::i
 }
 
 // checkIdentityIndexes reports tables whose configured replica identity
-// index is missing, not unique, or lacks the team column: without the team
-// in the old key an update could not tell a team move, and a delete would
-// not know its team.
+// index is missing, not unique, or lacks the team column or an id column:
+// without the team in the old key an update could not tell a team move, and
+// a delete would not know its team or which row it was.
 func checkIdentityIndexes(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
 	var problems []string
 	for i, t := range tables {
 		if t.ReplicaIdentityIndex == "" {
 			continue
 		}
-		var found, unique, hasTeam bool
+		teamCol := t.TeamColumn
+		if t.TeamFrom != nil {
+			teamCol = t.TeamFrom.Key // the parent's key: the team is looked up from it
+		}
+		var found, unique, hasTeam, hasKey bool
 		err := conn.QueryRow(ctx, `
 select true, i.indisunique,
        exists (select 1 from pg_attribute a where a.attrelid = i.indrelid and a.attname = $3
-               and a.attnum = any (i.indkey))
+               and a.attnum = any (i.indkey)),
+       (select count(*) from pg_attribute a where a.attrelid = i.indrelid and a.attname = any ($4::text[])
+               and a.attnum = any (i.indkey)) = cardinality($4::text[])
 from pg_index i join pg_class c on c.oid = i.indexrelid
 where i.indrelid = to_regclass($1) and c.relname = $2`,
-			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, t.TeamColumn).Scan(&found, &unique, &hasTeam)
+			ident(t.Schema())+"."+ident(t.Name()), t.ReplicaIdentityIndex, teamCol, t.KeyColumns()).Scan(&found, &unique, &hasTeam, &hasKey)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("check replica identity index: %w", err)
 		}
@@ -180,7 +207,9 @@ where i.indrelid = to_regclass($1) and c.relname = $2`,
 		case !unique:
 			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q is not unique", i, t.ReplicaIdentityIndex))
 		case !hasTeam:
-			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, t.TeamColumn))
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include the team column %q", i, t.ReplicaIdentityIndex, teamCol))
+		case !hasKey:
+			problems = append(problems, fmt.Sprintf("tables[%d].replica_identity_index: index %q does not include every id column (%s)", i, t.ReplicaIdentityIndex, strings.Join(t.KeyColumns(), ", ")))
 		}
 	}
 	return problems, nil

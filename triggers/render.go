@@ -201,18 +201,29 @@ const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
 
 // functionSQL renders a capture or apply function: PL/pgSQL with the
 // rendering settings to_jsonb output depends on pinned, so events do not
-// depend on the writer's session.
+// depend on the writer's session. It runs with its owner's rights (SECURITY
+// DEFINER: the installing role), so a role that may write the table needs
+// no right on the rowcast schema; search_path is pinned to pg_catalog and
+// every other name is schema-qualified, so the writer cannot substitute
+// objects. EXECUTE is revoked from PUBLIC: a trigger fires without it, and
+// without it no other role can attach the function to a table of its own or
+// call an apply function to forge changelog rows.
 func functionSQL(signature, returns, body string) string {
 	return "CREATE OR REPLACE FUNCTION " + signature + " RETURNS " + returns + "\n" +
-		"LANGUAGE plpgsql\n" +
+		"LANGUAGE plpgsql SECURITY DEFINER\n" +
+		"SET search_path = pg_catalog, pg_temp\n" +
 		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
-		"AS $fn$\n" + body + "$fn$;\n"
+		"AS $fn$\n" + body + "$fn$;\n" +
+		"REVOKE ALL ON FUNCTION " + signature + " FROM PUBLIC;\n"
 }
 
 // bodyFor renders the capture body of a table's kind.
 func bodyFor(t config.Table, r recs) (string, error) {
 	switch t.Kind {
 	case "", "entity":
+		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
+			return "", fmt.Errorf("render table %s: team_from.parent_key is unknown: set it, or render with Prepare, which reads the parent's primary key", t.Qualified())
+		}
 		return entityBody(t, r), nil
 	case "ai_task":
 		return taskBody(t, r), nil
@@ -229,8 +240,46 @@ var (
 	applyRecs   = recs{new: "r_new", old: "r_old", op: "op", ret: "RETURN"}
 )
 
+// keySQL returns the SQL expressions of a row's entity id (text) and, for a
+// composite key, its key object (jsonb), for rec. A composite id is the
+// key values joined by ':', each with '\' and ':' escaped by a '\'
+// (relay.JoinKey); escape-string (E-prefixed) literals read the same
+// whatever standard_conforming_strings is.
+func keySQL(t config.Table, rec string) (id, key string) {
+	if !t.CompositeKey() {
+		return rec + "." + ident(t.KeyColumns()[0]) + "::text", ""
+	}
+	parts := make([]string, len(t.IDColumns))
+	pairs := make([]string, len(t.IDColumns))
+	for i, c := range t.IDColumns {
+		parts[i] = fmt.Sprintf(`replace(replace(%s.%s::text, E'\\', E'\\\\'), ':', E'\\:')`, rec, ident(c))
+		pairs[i] = literal(c) + ", " + rec + "." + ident(c)
+	}
+	return "concat_ws(':', " + strings.Join(parts, ", ") + ")", "jsonb_build_object(" + strings.Join(pairs, ", ") + ")"
+}
+
+// teamSQL returns the expressions of a row's team after and before the
+// change. With team_from they are variables that the returned declarations
+// and lookup fill from the parent rows (by their key; NULL when the parent
+// is not there), each looked up once and only when the operation has that
+// row.
+func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
+	f := t.TeamFrom
+	if f == nil {
+		team := ident(t.TeamColumn)
+		return r.new + "." + team, r.old + "." + team, "", ""
+	}
+	parent := ident(f.Parent().Schema()) + "." + ident(f.Parent().Name())
+	q := func(rec string) string {
+		return fmt.Sprintf("(SELECT p.%s::text FROM %s p WHERE p.%s = %s.%s)", ident(f.Column), parent, ident(f.ParentKey), rec, ident(f.Key))
+	}
+	decl = "    team_new text;\n    team_old text;\n"
+	lookup = fmt.Sprintf("    IF %[1]s <> 'DELETE' THEN team_new := %[2]s; END IF;\n    IF %[1]s <> 'INSERT' THEN team_old := %[3]s; END IF;\n",
+		r.op, q(r.new), q(r.old))
+	return "team_new", "team_old", decl, lookup
+}
+
 func entityBody(t config.Table, r recs) string {
-	id, team := ident(t.IDColumn), ident(t.TeamColumn)
 	tbl := literal(t.Qualified())
 	actorOf := func(rec string) string {
 		if t.ActorColumn == "" {
@@ -239,15 +288,20 @@ func entityBody(t config.Table, r recs) string {
 		return "coalesce(actor, " + rec + "." + ident(t.ActorColumn) + "::text)"
 	}
 	ins := func(stream, op, teamExpr, oldTeam, rec, rowData, changes string) string {
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, changes)
-            VALUES (%s, %s, %s, %s.%s::text, %s, %s, %s, req, %s, %s);
-`, stream, tbl, literal(op), rec, id, teamExpr, oldTeam, actorOf(rec), rowData, changes)
+		id, key := keySQL(t, rec)
+		keyCol := ""
+		if key != "" {
+			keyCol, key = ", entity_key", ", "+key
+		}
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, changes%s)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s);
+`, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, changes, key)
 	}
-	nw, od := r.new+"."+team, r.old+"."+team
+	nw, od, decl, lookup := teamSQL(t, r)
 	newStream, oldStream := "'team:' || "+nw+"::text", "'team:' || "+od+"::text"
 	newTeam, oldTeam := nw+"::text", od+"::text"
 	var b strings.Builder
-	b.WriteString(declare)
+	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("        " + markSQL + "\n        ")

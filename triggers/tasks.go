@@ -16,7 +16,10 @@ import (
 //	rowcast.task_fail(id, error)
 //
 // Each is one statement; a runner calls it in its own short transaction so
-// that the progress is committed, and so sent, at once. Values are passed
+// that the progress is committed, and so sent, at once. They run with the
+// caller's rights (SECURITY INVOKER, granted to PUBLIC): a role that may
+// write the task table may use them, and no other; the capture trigger that
+// their writes fire does the privileged part. Values are passed
 // as text and converted to the columns' types by jsonb_populate_record, so
 // the helpers fit whatever key types the table uses.
 func renderTaskHelpers(t config.Table) string {
@@ -88,5 +91,11 @@ BEGIN
 END
 $fn$;
 `, lookup, tbl, c(t.StatusColumn), c(t.ErrorColumn), c(t.IDColumn))
+	b.WriteString(`
+GRANT EXECUTE ON FUNCTION rowcast.task_start(text, text, text, jsonb, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION rowcast.task_progress(uuid, integer, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION rowcast.task_complete(uuid, jsonb, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION rowcast.task_fail(uuid, text) TO PUBLIC;
+`)
 	return b.String()
 }

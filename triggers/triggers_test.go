@@ -3,6 +3,7 @@ package triggers_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -828,4 +829,83 @@ func TestCheckTables(t *testing.T) {
 			t.Errorf("problem %d = %q, want %q…%q", i, problems[i], w.prefix, w.contains)
 		}
 	}
+}
+
+// An id column must identify a row: exactly the primary key or a unique
+// NOT NULL constraint or index; Install refuses what CheckTables reports.
+func TestCheckTablesKey(t *testing.T) {
+	conn := demoDB(t)
+	exec(t, conn, `create table tagged (id bigint primary key, team_id bigint, code text unique, slug text not null,
+		ref text not null, n int not null);
+		create unique index tagged_slug on tagged (slug) where n > 0;
+		create unique index tagged_ref_n on tagged (ref, n)`)
+	table := func(name string, ids ...string) config.Table {
+		t := config.Table{Table: name}
+		if len(ids) == 1 {
+			t.IDColumn = ids[0]
+		} else {
+			t.IDColumns = ids
+		}
+		return t.WithDefaults()
+	}
+	tables := []config.Table{
+		table("team_members", "team_id", "user_id"),
+		table("team_members", "user_id", "team_id"),
+		table("tagged", "ref", "n"),
+		table("tagged", "id"),
+		table("team_members", "user_id"),
+		table("tagged", "code"),
+		table("tagged", "slug"),
+		table("tagged", "ref"),
+		table("tagged", "id", "ref"),
+	}
+	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameLines(t, "problems", problems, []string{
+		`tables[4].id_column: "user_id" does not identify a row of public.team_members: it is neither its primary key nor a unique constraint or index of its own, so two rows' events would carry the same entityId; the primary key is (team_id, user_id): set id_columns: [team_id, user_id]`,
+		`tables[5].id_column: "code" is unique in public.tagged but code may be NULL: make it NOT NULL, or use the primary key`,
+		`tables[6].id_column: "slug" does not identify a row of public.tagged: it is neither its primary key nor a unique constraint or index of its own, so two rows' events would carry the same entityId; the primary key is "id": set id_column: id`,
+		`tables[7].id_column: "ref" does not identify a row of public.tagged: it is neither its primary key nor a unique constraint or index of its own, so two rows' events would carry the same entityId; the primary key is "id": set id_column: id`,
+		`tables[8].id_columns: (id, ref) does not identify a row of public.tagged: it is neither its primary key nor a unique constraint or index of its own, so two rows' events would carry the same entityId; the primary key is "id": set id_column: id`,
+	})
+	_, err = triggers.Install(t.Context(), conn, render(t, []config.Table{table("team_members", "user_id")}, true))
+	if !errors.Is(err, triggers.ErrMismatch) || !strings.Contains(err.Error(), `"user_id" does not identify a row`) {
+		t.Fatalf("install with an id column that is not a key: %v", err)
+	}
+}
+
+// A table whose team comes through a parent row: config check says how to
+// configure it, and checks the team_from rule against the database.
+func TestCheckTablesTeamFrom(t *testing.T) {
+	conn := demoDB(t)
+	exec(t, conn, `create table deals (id bigint primary key, organization_id bigint not null);
+		create table deal_notes (id bigint primary key, deal_id bigint references deals (id), body text);
+		create table nokey (ref bigint, org bigint);
+		create table listing_notes (id bigint primary key, listing_id bigint references listings (id))`)
+	from := func(table, parent, key, column string) config.Table {
+		return config.Table{Table: table, TeamFrom: &config.TeamFrom{Table: parent, Key: key, Column: column}}.WithDefaults()
+	}
+	tables := []config.Table{
+		from("deal_notes", "deals", "deal_id", "organization_id"),
+		config.Table{Table: "deal_notes"}.WithDefaults(),
+		config.Table{Table: "listing_notes"}.WithDefaults(),
+		from("deal_notes", "nodeals", "deal_id", "organization_id"),
+		from("deal_notes", "deals", "dealid", "org_id"),
+		from("deal_notes", "nokey", "deal_id", "org"),
+	}
+	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const how = `set team_column to the column that holds the row's team, or, when the team comes through a parent row, team_from: {table: <parent table>, key: <this table's column referencing it>, column: <the parent's team column>}`
+	sameLines(t, "problems", problems, []string{
+		`tables[1].team_column: public.deal_notes has no column "team_id": ` + how + ` (its foreign keys: deal_id → deals)`,
+		`tables[2].team_column: public.listing_notes has no column "team_id": ` + how + `; here: team_from: {table: listings, key: listing_id, column: team_id}`,
+		`tables[3].team_from.table: public.nodeals does not exist in the database`,
+		`tables[4].team_from.key: public.deal_notes has no column "dealid"`,
+		`tables[4].team_from.column: public.deals has no column "org_id"`,
+		`tables[5].team_from.table: public.nokey has no one-column primary key; name the column deal_id references with team_from.parent_key`,
+	})
 }

@@ -272,7 +272,7 @@ tables:
 		// An entry with a problem of its own is not looked up as well.
 		regexp.MustCompile(`(?m)^  - tables\[1\]\.kind: "task" is not one of`),
 		regexp.MustCompile(`(?m)^  - tables\[2\]\.table: public\.ghosts does not exist in the database$`),
-		regexp.MustCompile(`(?m)^  - tables\[3\]\.team_column: public\.leads has no column "squad_id"$`),
+		regexp.MustCompile(`(?m)^  - tables\[3\]\.team_column: public\.leads has no column "squad_id": set team_column to the column that holds the row's team, or, when the team comes through a parent row, team_from: \{table: .*\} \(its foreign keys: assigned_to → users, team_id → teams, updated_by → users\)$`),
 	}
 	for _, re := range wants {
 		if !re.MatchString(errOut) {
@@ -453,5 +453,32 @@ func TestCLIConnectErrorSaysTheCause(t *testing.T) {
 	code, _, errOut := rowcast(t, "config", "check", "--config", writeFile(t, cliConfig(u.String())))
 	if code != exitUsage || !strings.Contains(errOut, `database "no_such_database" does not exist`) || strings.Contains(errOut, "TLS") {
 		t.Errorf("config check: exit %d, stderr:\n%s", code, errOut)
+	}
+}
+
+// An id column that is not a key of its own would give two rows' events the
+// same entityId: config check and install refuse it and say which key to
+// name; the composite key itself passes.
+func TestCLIRefusesIDColumnThatIsNotAKey(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	conn := dbConnect(t, dbURL)
+	withMembers := func(key string) string {
+		return cliConfig(dbURL, "internal_notes") + "  - table: team_members\n    entity: membership\n    " + key + "\n"
+	}
+	bad := writeFile(t, withMembers("id_column: user_id"))
+	want := regexp.MustCompile(`(?m)^  - tables\[3\]\.id_column: "user_id" does not identify a row of public\.team_members: .*; the primary key is \(team_id, user_id\): set id_columns: \[team_id, user_id\]$`)
+	for _, cmd := range [][]string{{"config", "check"}, {"install"}} {
+		code, _, errOut := rowcast(t, append(cmd, "--config", bad)...)
+		if code != exitUsage || !want.MatchString(errOut) {
+			t.Errorf("%s: exit %d, stderr:\n%s", cmd, code, errOut)
+		}
+	}
+	if schemaInstalled(t, conn) {
+		t.Error("install went ahead with an id column that is not a key")
+	}
+	good := writeFile(t, withMembers("id_columns: [team_id, user_id]"))
+	if code, out, errOut := rowcast(t, "config", "check", "--config", good); code != exitOK {
+		t.Errorf("composite key: exit %d\n%s%s", code, out, errOut)
 	}
 }

@@ -100,7 +100,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if cfg == nil {
 		return code
 	}
-	if *dry && !*remove && cfg.Capture.Mode != config.ModeLogical {
+	if *dry && !*remove && cfg.Capture.Mode != config.ModeLogical && !needsCatalog(cfg.Tables) {
 		// Trigger mode renders from the configuration alone.
 		plan, err := triggers.Render(cfg.Tables, triggers.OptionsFor(cfg))
 		if err != nil {
@@ -153,6 +153,17 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stdout, line)
 	}
 	return exitOK
+}
+
+// needsCatalog reports whether rendering reads the database: a team_from
+// rule without parent_key takes the parent's primary key from it.
+func needsCatalog(tables []config.Table) bool {
+	for _, t := range tables {
+		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
+			return true
+		}
+	}
+	return false
 }
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -127,7 +127,7 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	case "deleted":
 		name = r.deleted
 	}
-	b := make([]byte, 0, 160+len(payload)+len(c.Actor)+len(c.RequestID))
+	b := make([]byte, 0, 160+len(payload)+len(c.Key)+len(c.Actor)+len(c.RequestID))
 	b = append(b, r.typePrefix...)
 	b = appendString(b, c.EntityID)
 	b = append(b, `,"action":"`...)
@@ -139,6 +139,12 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	b = append(b, r.idKey...)
 	b = append(b, ':')
 	b = appendString(b, c.EntityID)
+	if len(c.Key) > 0 {
+		// A composite key: every key column under its own name, so that a
+		// client can find the row whichever the action.
+		b = append(b, `,"key":`...)
+		b = append(b, c.Key...)
+	}
 	if payloadKey != "" {
 		b = append(b, ',')
 		b = append(b, payloadKey...)

@@ -312,6 +312,57 @@ func TestMapEntity(t *testing.T) {
 	}
 }
 
+// A composite key: entityId is the joined form the capture function wrote,
+// and every action carries the key columns under "key".
+func TestMapCompositeKey(t *testing.T) {
+	m := newMapper(t, Options{})
+	const key = `{"deal_id":5,"user_id":9}`
+	base := relay.Change{
+		Stream: "team:7", Seq: 3, Table: "public.escrows", EntityID: relay.JoinKey("5", "9"),
+		TeamID: "7", Key: json.RawMessage(key), CommittedAt: committed,
+	}
+	const ids = `{"entityType":"escrow","entityId":"5:9","action":"%s","teamId":"7","escrowId":"5:9","key":` + key
+	for _, tc := range []struct {
+		op      relay.Op
+		row     string
+		changes string
+		want    wantEvent
+	}{
+		{relay.OpInsert, `{"deal_id":5,"user_id":9,"role":"buyer"}`, "",
+			escrowEvent("escrow:created", fmt.Sprintf(ids, "created")+`,"escrow":{"deal_id":5,"user_id":9,"role":"buyer"},`+committedJSON+`}`)},
+		{relay.OpUpdate, "", `{"role":"seller"}`,
+			escrowEvent("escrow:updated", fmt.Sprintf(ids, "updated")+`,"changes":{"role":"seller"},`+committedJSON+`}`)},
+		{relay.OpDelete, "", "",
+			escrowEvent("escrow:deleted", fmt.Sprintf(ids, "deleted")+`,`+committedJSON+`}`)},
+	} {
+		c := base
+		c.Op = tc.op
+		if tc.row != "" {
+			c.Row = json.RawMessage(tc.row)
+		}
+		if tc.changes != "" {
+			c.Changes = json.RawMessage(tc.changes)
+		}
+		checkEvents(t, &c, m.Map(nil, &c), []wantEvent{tc.want})
+	}
+}
+
+func TestJoinKey(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want string
+	}{
+		{[]string{"5", "9"}, "5:9"},
+		{[]string{"a:b", `c\d`}, `a\:b:c\\d`},
+		{[]string{"", ""}, ":"},
+		{[]string{"x"}, "x"},
+	} {
+		if got := relay.JoinKey(tc.in...); got != tc.want {
+			t.Errorf("JoinKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestMapAppendsToDst(t *testing.T) {
 	m := newMapper(t, Options{})
 	prev := relay.Event{Name: "earlier"}

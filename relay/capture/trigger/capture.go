@@ -389,7 +389,7 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 // Columns read for each change, shared with package history.
 const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
 coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
-coalesce(request_id, ''), row_data::text, changes::text, old_data::text`
+coalesce(request_id, ''), row_data::text, changes::text, old_data::text, entity_key::text`
 
 // pollSQL reads the changes of the transactions that became visible since
 // snapshot $1, in the reading transaction's own snapshot; it reads nothing
@@ -579,7 +579,7 @@ const nudgeSQL = `begin; set local synchronous_commit = on; update rowcast.meta 
 type Scanner struct {
 	xid                                int64
 	op                                 string
-	row, changes, old                  []byte
+	row, changes, old, key             []byte
 	stream, tbl, entity, team, oldTeam string
 	user, actor, request               string
 	seq                                int64
@@ -589,9 +589,9 @@ type Scanner struct {
 
 // Scan reads the current row.
 func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
-	s.row, s.changes, s.old = s.row[:0], s.changes[:0], s.old[:0]
+	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
 	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old); err != nil {
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
 		return relay.Change{}, err
 	}
 	ch := relay.Change{
@@ -610,6 +610,9 @@ func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
 		return relay.Change{}, err
 	}
 	if ch.OldRow, err = s.compactJSON(s.old); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.Key, err = s.compactJSON(s.key); err != nil {
 		return relay.Change{}, err
 	}
 	return ch, nil
