@@ -3,6 +3,7 @@ package server_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +87,40 @@ func TestSocketIOSharesHubAndDrain(t *testing.T) {
 			t.Fatalf("socket.io: %v, want close 1001", err)
 		}
 		break
+	}
+}
+
+// TestSocketIORateLimitBurst: a burst of client events sent at once, of any
+// size, ends in close 4429 whose close frame reaches the client; the events
+// that asked for an ack past the limit are answered with an error first.
+func TestSocketIORateLimitBurst(t *testing.T) {
+	e := startRelay(t, nil)
+	for _, n := range []int{200, 1000, 5000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			c := sioDial(t, e, userToken(t, "2", 1))
+			for i := 1; i <= n; i++ {
+				if err := c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`42%d["hello"]`, i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			acks := 0
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, b, err := c.ReadMessage()
+				if err != nil {
+					var ce *websocket.CloseError
+					if !errors.As(err, &ce) || ce.Code != 4429 {
+						t.Fatalf("after %d acks: %v, want close 4429", acks, err)
+					}
+					break
+				}
+				if strings.HasPrefix(string(b), "43") {
+					acks++
+				}
+			}
+			if acks < 49+20 {
+				t.Fatalf("%d acks before the close, want every message before it answered", acks)
+			}
+		})
 	}
 }
