@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/rowcast/rowcast/config"
 )
 
 // sioDial opens a raw Socket.IO connection (no client library) to the
@@ -122,5 +126,29 @@ func TestSocketIORateLimitBurst(t *testing.T) {
 				t.Fatalf("%d acks before the close, want every message before it answered", acks)
 			}
 		})
+	}
+}
+
+// TestSocketIOPollingSetting: with the default sessions.sio_polling a
+// polling handshake opens a session that offers the upgrade; with it off,
+// polling is refused as before, with "Transport unknown".
+func TestSocketIOPollingSetting(t *testing.T) {
+	get := func(e *env) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + e.relay.Addr() + "/socket.io/?EIO=4&transport=polling")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	on := startRelay(t, nil)
+	if status, body := get(on); status != 200 || !strings.HasPrefix(body, `0{"sid":`) || !strings.Contains(body, `"upgrades":["websocket"]`) {
+		t.Fatalf("polling handshake by default: %d %s", status, body)
+	}
+	off := startRelay(t, func(c *config.Config) { c.Sessions.SIOPolling = new(false) })
+	if status, body := get(off); status != 400 || body != `{"code":0,"message":"Transport unknown"}` {
+		t.Fatalf("polling with sessions.sio_polling false: %d %s", status, body)
 	}
 }

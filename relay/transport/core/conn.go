@@ -13,7 +13,7 @@ import (
 
 // Conn is the client connection a Session writes to: a WebSocket (WSConn)
 // or another transport, such as Engine.IO's long-polling. The session calls
-// Write, Close and Abort with its lock held, so they must not block and
+// Write and Close with its lock held, so they must not block and
 // must not call back into the session; the Conn reports each text frame
 // written to the client by calling the session's Sent, and its end by
 // calling Gone, both without holding any lock the Conn's methods take.
@@ -24,9 +24,6 @@ type Conn interface {
 	// Close sends a close with code and reason (code 0: a close without
 	// status) after every queued frame, and writes nothing after it.
 	Close(code int, reason string)
-	// Abort closes the connection at once, ahead of what is queued, telling
-	// the client it was too slow (4008) where the transport can.
-	Abort()
 	// Request returns the HTTP request that opened the connection.
 	Request() *http.Request
 }

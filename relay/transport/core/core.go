@@ -8,6 +8,9 @@
 // Handler per connection: the core decides what to send and when; the
 // handler frames it and interprets what the client sends. Both protocols run
 // on the same Transport, so they share the hub, the limits and draining.
+//
+// A session writes to a Conn: a WSConn on the melody instance, or another
+// transport's connection (Engine.IO long-polling) attached with Attach.
 package core
 
 import (
@@ -153,6 +156,10 @@ func (t *Transport) Metrics() *metrics.Metrics { return t.o.Metrics }
 
 // Draining reports whether Drain was called: new connections are refused.
 func (t *Transport) Draining() bool { return t.ctx.Err() != nil }
+
+// AllowOrigin reports whether r's Origin may connect: it is absent or in
+// the allow-list. The WebSocket upgrade checks it; other transports call it.
+func (t *Transport) AllowOrigin(r *http.Request) bool { return t.checkOrigin(r) }
 
 func (t *Transport) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")

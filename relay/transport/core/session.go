@@ -17,7 +17,8 @@ import (
 
 // Handler is one connection's wire protocol. The core calls Open, Message,
 // Binary and Closed without holding the session's lock, one at a time from
-// the connection's read goroutine (Closed last, once); the *Locked methods
+// the connection's reader (a WebSocket's read goroutine, or one polling
+// request at a time; Closed last, once); the *Locked methods
 // are called with the lock held, from any goroutine, and may only call the
 // session's *Locked methods.
 type Handler interface {
@@ -63,8 +64,9 @@ const (
 	modeClosed
 )
 
-// Session is one WebSocket connection as the core sees it: a hub subscriber
-// with positions, a bounded queue and a rate limiter. Its lock guards the
+// Session is one client connection as the core sees it (a WebSocket, or
+// another transport's Conn): a hub subscriber with positions, a bounded
+// queue and a rate limiter. Its lock guards the
 // core's state and, by convention, the state of its Handler; it is taken by
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
