@@ -611,3 +611,36 @@ func TestRateLimitBurst(t *testing.T) {
 		})
 	}
 }
+
+// TestAnswersPastTheQueueClose4008: a client that sends more than its queue
+// and headroom can hold in answers, reading nothing meanwhile, gets them
+// and then close 4008 with its close frame, never a silent abort.
+func TestAnswersPastTheQueueClose4008(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) {
+		c.Sessions.QueueSize = 8
+		c.Sessions.RateBurst = 1000
+	})
+	c := e.connect(userToken(t, "2", 1))
+	const n = 2000
+	for i := 1; i <= n; i++ {
+		c.send(fmt.Sprintf(`{"type":"ping","id":%d}`, i))
+	}
+	pongs := 0
+	for {
+		f, err := c.read(10 * time.Second)
+		if err != nil {
+			var ce *websocket.CloseError
+			if !asClose(err, &ce) || ce.Code != 4008 {
+				t.Fatalf("after %d pongs: %v, want close 4008", pongs, err)
+			}
+			break
+		}
+		if f.Type != "pong" {
+			t.Fatalf("unexpected frame %s", f.raw)
+		}
+		pongs++
+	}
+	if pongs == 0 || pongs >= n {
+		t.Fatalf("%d pongs before the close", pongs)
+	}
+}

@@ -60,6 +60,7 @@ type WSConn struct {
 
 	queued  atomic.Int64 // text frames handed to melody
 	sent    atomic.Int64 // text frames written
+	closing atomic.Bool  // Close or Abort was called
 	closeMu sync.Mutex
 	closeAt int64  // queued count the close waits for; -1: no close yet
 	closeMs []byte // the close frame's payload, until written
@@ -73,10 +74,7 @@ func newWSConn(ms *melody.Session) *WSConn {
 
 // Write queues a text frame. It does not block.
 func (c *WSConn) Write(frame []byte) error {
-	c.closeMu.Lock()
-	closing := c.closeAt >= 0 || c.done
-	c.closeMu.Unlock()
-	if closing {
+	if c.closing.Load() {
 		return ErrConnClosed
 	}
 	c.queued.Add(1)
@@ -99,6 +97,7 @@ func (c *WSConn) Close(code int, reason string) {
 		return
 	}
 	c.closeAt, c.closeMs = c.queued.Load(), msg
+	c.closing.Store(true)
 	c.closeMu.Unlock()
 	c.maybeWriteClose()
 }
@@ -137,6 +136,7 @@ func (c *WSConn) Abort() {
 	}
 	c.closeMu.Lock()
 	c.done = true
+	c.closing.Store(true)
 	c.closeMu.Unlock()
 	conn := c.ms.WebsocketConnection()
 	go func() {
@@ -151,6 +151,8 @@ func (c *WSConn) Request() *http.Request { return c.ms.Request }
 // frameSent runs after melody wrote a text frame.
 func (c *WSConn) frameSent() {
 	c.sent.Add(1)
-	c.maybeWriteClose()
+	if c.closing.Load() {
+		c.maybeWriteClose()
+	}
 	c.recv.Sent()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -308,6 +309,21 @@ func TestPollingCloses(t *testing.T) {
 		}
 		if n == 0 || n >= 300 {
 			t.Fatalf("%d events before the close packet", n)
+		}
+	})
+	t.Run("token expiry", func(t *testing.T) {
+		e := newPollEnv(t, time.Minute, Options{})
+		c, _ := e.handshake()
+		c.post("40" + authJSON("token", e.token("1", []string{"7"}, 1200*time.Millisecond)))
+		if got := c.next(); !strings.HasPrefix(got[0], `40{"sid":`) {
+			t.Fatalf("CONNECT reply %q", got)
+		}
+		var got []string
+		for len(got) == 0 || got[len(got)-1] != "1" {
+			got = c.get()
+			if slices.Contains(got, "41") {
+				t.Fatal("DISCONNECT sent: the client would not reconnect")
+			}
 		}
 	})
 	t.Run("heartbeat", func(t *testing.T) {
