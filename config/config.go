@@ -90,6 +90,11 @@ type Sessions struct {
 	// ReplayLimit caps the events one resume replays before it answers
 	// resync instead. Default 100000.
 	ReplayLimit int `mapstructure:"replay_limit" yaml:"replay_limit"`
+	// SIOPolling serves Socket.IO's HTTP long-polling transport (and its
+	// upgrade to WebSocket), so socket.io-client with default options
+	// connects. false: WebSocket only, polling answered 400 "Transport
+	// unknown". nil (not set) means true; see SIOPollingEnabled.
+	SIOPolling *bool `mapstructure:"sio_polling" yaml:"sio_polling"`
 }
 
 // Log configures the process logger.

@@ -42,10 +42,17 @@ func Defaults() Config {
 			RateBurst:      50,
 			RateStrikes:    20,
 			ReplayLimit:    100000,
+			SIOPolling:     new(true),
 		},
 		Log:      Log{Level: "info", Format: "text"},
 		Shutdown: Shutdown{Grace: 10 * time.Second},
 	}
+}
+
+// SIOPollingEnabled reports whether Socket.IO's polling transport is served:
+// SIOPolling, or true when SIOPolling is nil.
+func (s Sessions) SIOPollingEnabled() bool {
+	return s.SIOPolling == nil || *s.SIOPolling
 }
 
 // NotifyEnabled reports whether the pg_notify doorbell is on: Notify, or

@@ -559,3 +559,88 @@ func TestFloodingClientDoesNotStallOthers(t *testing.T) {
 	}
 	<-done
 }
+
+// TestRateLimitBurst: a burst of pings sent at once, of any size, is
+// answered pong for the first messages, then rate_limited, then closed with
+// 4429, and the close frame reaches the client (issue 8: 200 at once ended
+// in 1006 with nothing received).
+func TestRateLimitBurst(t *testing.T) {
+	e := startRelay(t, nil)
+	for _, n := range []int{200, 1000, 5000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			e := e.forT(t)
+			c := e.connect(userToken(t, "2", 1))
+			for i := 1; i <= n; i++ {
+				c.send(fmt.Sprintf(`{"type":"ping","id":%d}`, i))
+			}
+			pongs, limited := 0, 0
+			lastID := 0
+			for {
+				f, err := c.read(10 * time.Second)
+				if err != nil {
+					var ce *websocket.CloseError
+					if !asClose(err, &ce) || ce.Code != 4429 {
+						t.Fatalf("after %d pongs and %d rate_limited: %v, want close 4429", pongs, limited, err)
+					}
+					break
+				}
+				switch {
+				case f.Type == "pong":
+					var id int
+					if err := json.Unmarshal(f.raw, &struct {
+						ID *int `json:"id"`
+					}{&id}); err != nil || id <= lastID {
+						t.Fatalf("pong %s after id %d", f.raw, lastID)
+					}
+					lastID = id
+					pongs++
+				case f.Code == "rate_limited":
+					if pongs == 0 {
+						t.Fatalf("rate_limited before any pong")
+					}
+					limited++
+				default:
+					t.Fatalf("unexpected frame %s", f.raw)
+				}
+			}
+			// Burst 50 (one token spent by connect) answered; 20 strikes
+			// answered rate_limited, and the 21st too, before the close.
+			if pongs < 49 || limited < 21 {
+				t.Fatalf("%d pongs, %d rate_limited; want >= 49 and >= 21", pongs, limited)
+			}
+		})
+	}
+}
+
+// TestAnswersPastTheQueueClose4008: a client that sends more than its queue
+// and headroom can hold in answers, reading nothing meanwhile, gets them
+// and then close 4008 with its close frame, never a silent abort.
+func TestAnswersPastTheQueueClose4008(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) {
+		c.Sessions.QueueSize = 8
+		c.Sessions.RateBurst = 1000
+	})
+	c := e.connect(userToken(t, "2", 1))
+	const n = 2000
+	for i := 1; i <= n; i++ {
+		c.send(fmt.Sprintf(`{"type":"ping","id":%d}`, i))
+	}
+	pongs := 0
+	for {
+		f, err := c.read(10 * time.Second)
+		if err != nil {
+			var ce *websocket.CloseError
+			if !asClose(err, &ce) || ce.Code != 4008 {
+				t.Fatalf("after %d pongs: %v, want close 4008", pongs, err)
+			}
+			break
+		}
+		if f.Type != "pong" {
+			t.Fatalf("unexpected frame %s", f.raw)
+		}
+		pongs++
+	}
+	if pongs == 0 || pongs >= n {
+		t.Fatalf("%d pongs before the close", pongs)
+	}
+}

@@ -3,11 +3,16 @@ package server_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/rowcast/rowcast/config"
 )
 
 // sioDial opens a raw Socket.IO connection (no client library) to the
@@ -86,5 +91,64 @@ func TestSocketIOSharesHubAndDrain(t *testing.T) {
 			t.Fatalf("socket.io: %v, want close 1001", err)
 		}
 		break
+	}
+}
+
+// TestSocketIORateLimitBurst: a burst of client events sent at once, of any
+// size, ends in close 4429 whose close frame reaches the client; the events
+// that asked for an ack past the limit are answered with an error first.
+func TestSocketIORateLimitBurst(t *testing.T) {
+	e := startRelay(t, nil)
+	for _, n := range []int{200, 1000, 5000} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			c := sioDial(t, e, userToken(t, "2", 1))
+			for i := 1; i <= n; i++ {
+				if err := c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`42%d["hello"]`, i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			acks := 0
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				_, b, err := c.ReadMessage()
+				if err != nil {
+					var ce *websocket.CloseError
+					if !errors.As(err, &ce) || ce.Code != 4429 {
+						t.Fatalf("after %d acks: %v, want close 4429", acks, err)
+					}
+					break
+				}
+				if strings.HasPrefix(string(b), "43") {
+					acks++
+				}
+			}
+			if acks < 49+20 {
+				t.Fatalf("%d acks before the close, want every message before it answered", acks)
+			}
+		})
+	}
+}
+
+// TestSocketIOPollingSetting: with the default sessions.sio_polling a
+// polling handshake opens a session that offers the upgrade; with it off,
+// polling is refused as before, with "Transport unknown".
+func TestSocketIOPollingSetting(t *testing.T) {
+	get := func(e *env) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + e.relay.Addr() + "/socket.io/?EIO=4&transport=polling")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	on := startRelay(t, nil)
+	if status, body := get(on); status != 200 || !strings.HasPrefix(body, `0{"sid":`) || !strings.Contains(body, `"upgrades":["websocket"]`) {
+		t.Fatalf("polling handshake by default: %d %s", status, body)
+	}
+	off := startRelay(t, func(c *config.Config) { c.Sessions.SIOPolling = new(false) })
+	if status, body := get(off); status != 400 || body != `{"code":0,"message":"Transport unknown"}` {
+		t.Fatalf("polling with sessions.sio_polling false: %d %s", status, body)
 	}
 }

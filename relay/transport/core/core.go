@@ -8,6 +8,9 @@
 // Handler per connection: the core decides what to send and when; the
 // handler frames it and interprets what the client sends. Both protocols run
 // on the same Transport, so they share the hub, the limits and draining.
+//
+// A session writes to a Conn: a WSConn on the melody instance, or another
+// transport's connection (Engine.IO long-polling) attached with Attach.
 package core
 
 import (
@@ -74,6 +77,9 @@ type Transport struct {
 	// warnedTeams is set once a session without a team claim was logged
 	// at warning level; later ones are logged at debug level.
 	warnedTeams atomic.Bool
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{} // open sessions, for Drain
 }
 
 // New returns a Transport with o's zero limits replaced by their defaults.
@@ -103,7 +109,8 @@ func New(o Options) *Transport {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1)}
+	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1),
+		sessions: make(map[*Session]struct{})}
 	t.ctx, t.stop = context.WithCancel(context.Background())
 	for _, origin := range o.Origins {
 		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
@@ -124,18 +131,18 @@ func New(o Options) *Transport {
 	t.m.Config.MessageBufferSize = o.QueueSize + queueHeadroom
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
-		if s := sessionOf(ms); s != nil {
-			s.h.Message(msg)
+		if c := wsConnOf(ms); c != nil {
+			c.recv.Receive(msg)
 		}
 	})
 	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
-		if s := sessionOf(ms); s != nil {
-			s.h.Binary(msg)
+		if c := wsConnOf(ms); c != nil {
+			c.recv.ReceiveBinary(msg)
 		}
 	})
 	t.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
-		if s := sessionOf(ms); s != nil {
-			s.frameSent()
+		if c := wsConnOf(ms); c != nil {
+			c.frameSent()
 		}
 	})
 	t.m.HandleError(t.onError)
@@ -153,6 +160,10 @@ func (t *Transport) Metrics() *metrics.Metrics { return t.o.Metrics }
 // Draining reports whether Drain was called: new connections are refused.
 func (t *Transport) Draining() bool { return t.ctx.Err() != nil }
 
+// AllowOrigin reports whether r's Origin may connect: it is absent or in
+// the allow-list. The WebSocket upgrade checks it; other transports call it.
+func (t *Transport) AllowOrigin(r *http.Request) bool { return t.checkOrigin(r) }
+
 func (t *Transport) checkOrigin(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
@@ -169,29 +180,45 @@ func (t *Transport) checkOrigin(r *http.Request) bool {
 	return ok
 }
 
-// NewHandler makes the protocol handler of a freshly upgraded session.
+// NewHandler makes the protocol handler of a freshly opened session.
 type NewHandler func(s *Session) Handler
 
-const (
-	keyHandler = "rowcast.handler"
-	keySession = "rowcast.session"
-)
+const keyConn = "rowcast.conn"
 
-func sessionOf(ms *melody.Session) *Session {
-	v, ok := ms.Get(keySession)
+// keys holds what onConnect needs to set up a melody session.
+type keys struct {
+	newHandler NewHandler               // a session with this handler
+	open       func(c *WSConn) Receiver // or a raw connection for open
+}
+
+func wsConnOf(ms *melody.Session) *WSConn {
+	v, ok := ms.Get(keyConn)
 	if !ok {
 		return nil
 	}
-	return v.(*Session)
+	return v.(*WSConn)
 }
 
 // Serve upgrades r (the origin allow-list is checked first: a foreign
-// origin gets 403) and runs the connection until it closes, with the
-// handler newHandler returns once the connection is upgraded. It returns an
-// error, having written an HTTP error, when the request could not be
-// upgraded or the transport is draining (503).
+// origin gets 403) and runs the connection as a session, with the handler
+// newHandler returns once the connection is upgraded, until it closes. It
+// returns an error, having written an HTTP error, when the request could
+// not be upgraded or the transport is draining (503).
 func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
-	err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyHandler: newHandler})
+	return t.serve(w, r, keys{newHandler: newHandler})
+}
+
+// ServeConn upgrades r as Serve does, but runs the connection without a
+// session of its own: open receives it once upgraded and returns what
+// takes its frames (another transport's session switching to this
+// WebSocket, for one). It returns when the connection closed, after the
+// receiver's Gone.
+func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(c *WSConn) Receiver) error {
+	return t.serve(w, r, keys{open: open})
+}
+
+func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys) error {
+	err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: k})
 	if errors.Is(err, melody.ErrClosed) {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 	}
@@ -202,39 +229,82 @@ func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler New
 }
 
 // queueHeadroom is the room melody's output channel keeps beyond the event
-// queue for control frames (errors, pongs, heartbeats, the close frame).
+// queue for the frames that are not events (errors, pongs, protocol
+// frames). A session whose frames in flight reach it is closed with 4008
+// through the queue (see Session.WriteLocked), so melody's channel never
+// overflows.
 const queueHeadroom = 64
 
 func (t *Transport) onConnect(ms *melody.Session) {
-	t.open.Add(1)
-	s := newSession(t, ms)
-	s.h = ms.MustGet(keyHandler).(NewHandler)(s)
-	ms.Set(keySession, s)
-	s.h.Open()
+	k := ms.MustGet(keyConn).(keys)
+	c := newWSConn(ms)
+	if k.open != nil {
+		c.recv = k.open(c)
+		ms.Set(keyConn, c)
+		return
+	}
+	s := t.newSession(c)
+	c.recv = s
+	ms.Set(keyConn, c)
+	t.openSession(s, k.newHandler)
 }
 
-// onError may run inside Session.Write, with the session's lock held: it
+// Attach runs a session over c, a connection of another transport than
+// melody's WebSocket, with the handler newHandler returns; it calls the
+// handler's Open before it returns. c reports to the session through its
+// Receive, ReceiveBinary, Sent and Gone methods. It returns nil, attaching
+// nothing, when the transport is draining.
+func (t *Transport) Attach(c Conn, newHandler NewHandler) *Session {
+	if t.Draining() {
+		return nil
+	}
+	s := t.newSession(c)
+	t.openSession(s, newHandler)
+	return s
+}
+
+func (t *Transport) openSession(s *Session, newHandler NewHandler) {
+	t.open.Add(1)
+	s.h = newHandler(s)
+	t.mu.Lock()
+	t.sessions[s] = struct{}{}
+	t.mu.Unlock()
+	s.h.Open()
+	if t.Draining() {
+		// Drain may have listed the sessions before this one joined.
+		s.Lock()
+		s.CloseLocked(CloseGoingAway, "relay draining")
+		s.Unlock()
+	}
+}
+
+// onError may run inside a melody write, with the session's lock held: it
 // must not take that lock.
 func (t *Transport) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		if s := sessionOf(ms); s != nil {
-			s.abort()
+		if c := wsConnOf(ms); c != nil {
+			t.o.Metrics.SlowClose()
+			c.Abort()
 		}
 	}
 }
 
 func (t *Transport) onDisconnect(ms *melody.Session) {
+	if c := wsConnOf(ms); c != nil {
+		c.recv.Gone()
+	}
+}
+
+// closed runs once a session's connection is gone.
+func (t *Transport) closed(s *Session) {
+	t.mu.Lock()
+	delete(t.sessions, s)
+	t.mu.Unlock()
 	t.open.Add(-1)
 	select {
 	case t.gone <- struct{}{}:
 	default:
 	}
-	s := sessionOf(ms)
-	if s == nil {
-		return
-	}
-	s.disconnected()
-	s.h.Closed()
 }
 
 // Drain refuses new sessions and closes every open one with 1001 (going
@@ -242,7 +312,20 @@ func (t *Transport) onDisconnect(ms *melody.Session) {
 // closed or ctx ends, whichever is first.
 func (t *Transport) Drain(ctx context.Context) {
 	t.stop()
-	_ = t.m.CloseWithMsg(melody.FormatCloseMessage(CloseGoingAway, "relay draining"))
+	// Last, raw connections (a transport switching to WebSocket) and
+	// whatever is still open when ctx ends.
+	defer func() { _ = t.m.CloseWithMsg(melody.FormatCloseMessage(CloseGoingAway, "relay draining")) }()
+	t.mu.Lock()
+	open := make([]*Session, 0, len(t.sessions))
+	for s := range t.sessions {
+		open = append(open, s)
+	}
+	t.mu.Unlock()
+	for _, s := range open {
+		s.Lock()
+		s.CloseLocked(CloseGoingAway, "relay draining")
+		s.Unlock()
+	}
 	for t.open.Load() > 0 {
 		select {
 		case <-ctx.Done():

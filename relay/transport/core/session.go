@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gorilla/websocket"
-	"github.com/olahol/melody"
 	"golang.org/x/time/rate"
 
 	"github.com/rowcast/rowcast/relay"
@@ -19,7 +17,8 @@ import (
 
 // Handler is one connection's wire protocol. The core calls Open, Message,
 // Binary and Closed without holding the session's lock, one at a time from
-// the connection's read goroutine (Closed last, once); the *Locked methods
+// the connection's reader (a WebSocket's read goroutine, or one polling
+// request at a time; Closed last, once); the *Locked methods
 // are called with the lock held, from any goroutine, and may only call the
 // session's *Locked methods.
 type Handler interface {
@@ -65,14 +64,15 @@ const (
 	modeClosed
 )
 
-// Session is one WebSocket connection as the core sees it: a hub subscriber
-// with positions, a bounded queue and a rate limiter. Its lock guards the
+// Session is one client connection as the core sees it (a WebSocket, or
+// another transport's Conn): a hub subscriber with positions, a bounded
+// queue and a rate limiter. Its lock guards the
 // core's state and, by convention, the state of its Handler; it is taken by
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {
 	t    *Transport
-	ms   *melody.Session
+	c    Conn
 	h    Handler
 	lim  *rate.Limiter
 	sent atomic.Int64 // text frames written to the socket
@@ -83,9 +83,7 @@ type Session struct {
 	joinBuf []*relay.Event
 	// lastPart is the last change part processed (see sendEventLocked).
 	lastPart partMark
-	// aborted is set once the connection is being cut off (abort).
-	aborted atomic.Bool
-	space   chan struct{}
+	space    chan struct{}
 
 	mu         sync.Mutex
 	mode       mode
@@ -105,9 +103,9 @@ type Session struct {
 	expiry     *time.Timer
 }
 
-func newSession(t *Transport, ms *melody.Session) *Session {
+func (t *Transport) newSession(c Conn) *Session {
 	return &Session{
-		t: t, ms: ms,
+		t: t, c: c,
 		lim:    rate.NewLimiter(rate.Limit(t.o.RateLimit), t.o.RateBurst),
 		space:  make(chan struct{}, 1),
 		ctx:    t.ctx,
@@ -121,8 +119,33 @@ func (s *Session) Lock() { s.mu.Lock() }
 // Unlock releases the session's lock.
 func (s *Session) Unlock() { s.mu.Unlock() }
 
-// Request returns the upgraded HTTP request.
-func (s *Session) Request() *http.Request { return s.ms.Request }
+// Request returns the HTTP request that opened the session's connection.
+func (s *Session) Request() *http.Request { return s.c.Request() }
+
+// Receive handles one text message from the client; the session's Conn
+// calls it, one message at a time, without holding the session's lock.
+func (s *Session) Receive(msg []byte) { s.h.Message(msg) }
+
+// ReceiveBinary handles one binary message from the client, as Receive.
+func (s *Session) ReceiveBinary(msg []byte) { s.h.Binary(msg) }
+
+// Sent tells the session that its Conn wrote one more of its text frames
+// to the client. It takes no lock.
+func (s *Session) Sent() {
+	s.sent.Add(1)
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+}
+
+// Gone tells the session that its connection closed: it leaves the hub
+// and its handler's Closed runs. The Conn calls it once, last.
+func (s *Session) Gone() {
+	s.disconnected()
+	s.h.Closed()
+	s.t.closed(s)
+}
 
 // Transport returns the transport the session runs on.
 func (s *Session) Transport() *Transport { return s.t }
@@ -413,22 +436,13 @@ func (s *Session) sendEventLocked(ev *relay.Event) {
 	}
 }
 
-// frameSent is called by melody after a text frame was written.
-func (s *Session) frameSent() {
-	s.sent.Add(1)
-	select {
-	case s.space <- struct{}{}:
-	default:
-	}
-}
-
 // PositionLocked returns the session's position: everything it was sent.
 func (s *Session) PositionLocked() string {
 	return relay.EncodePosition(s.epoch, s.streams, func(i int) int64 { return s.last[i] })
 }
 
 // WriteLocked queues a text frame after those already queued; it counts
-// against the queue until melody reports it written. It does nothing once
+// against the queue until the Conn reports it written. It does nothing once
 // the session is closing.
 func (s *Session) WriteLocked(frame []byte) {
 	if s.mode == modeClosed {
@@ -436,31 +450,31 @@ func (s *Session) WriteLocked(frame []byte) {
 	}
 	// Every text frame counts, not only events: a client that keeps
 	// sending (pings, binary frames) and reads nothing fills the queue with
-	// answers. One slot stays free for a close frame.
+	// answers. When they reach the headroom the session closes with 4008
+	// through the queue, whose last slot stays free for the close, so an
+	// answer never overflows melody's channel into the abort.
 	if s.queued-s.sent.Load() >= int64(s.t.o.QueueSize+queueHeadroom-1) {
-		s.abortLocked()
+		s.slowLocked()
 		return
 	}
 	s.queued++
-	if err := s.ms.Write(frame); err != nil {
+	if err := s.c.Write(frame); err != nil {
 		s.mode = modeClosed
+		s.pending = nil
 	}
 }
 
-// CloseLocked sends a close frame with code and reason after what is
-// queued, and nothing after it. Code 0 sends a close frame without a status
-// (what socket.io's server does on a protocol error).
+// CloseLocked sends a close with code and reason after what is queued, and
+// nothing after it; client messages are ignored from then on. Code 0 sends
+// a close frame without a status (what socket.io's server does on a
+// protocol error).
 func (s *Session) CloseLocked(code int, reason string) {
 	if s.mode == modeClosed {
 		return
 	}
 	s.mode = modeClosed
 	s.pending = nil
-	msg := []byte{}
-	if code != 0 {
-		msg = melody.FormatCloseMessage(code, reason)
-	}
-	_ = s.ms.CloseWithMsg(msg)
+	s.c.Close(code, reason)
 }
 
 // slowLocked closes a session whose queue overflowed with 4008. The close
@@ -474,31 +488,6 @@ func (s *Session) slowLocked() {
 	}
 	s.t.o.Metrics.SlowClose()
 	s.CloseLocked(CloseSlowConsumer, "slow consumer")
-}
-
-// abortLocked closes the connection at once, ahead of what is queued, when
-// even the close frame cannot be queued.
-func (s *Session) abortLocked() {
-	s.mode = modeClosed
-	s.pending = nil
-	s.abort()
-}
-
-// abort closes the connection with 4008 without taking any lock and
-// without blocking: the close frame may wait for a writer stuck on a client
-// that reads nothing, so it is sent from its own goroutine. It is what
-// melody's error handler calls, which can run inside Write with the
-// session's lock held.
-func (s *Session) abort() {
-	if !s.aborted.CompareAndSwap(false, true) {
-		return
-	}
-	s.t.o.Metrics.SlowClose()
-	conn := s.ms.WebsocketConnection()
-	go func() {
-		_ = conn.WriteControl(websocket.CloseMessage, melody.FormatCloseMessage(CloseSlowConsumer, "slow consumer"), time.Now().Add(time.Second))
-		_ = conn.Close()
-	}()
 }
 
 // GoLiveLocked sends the live events held so far and every later one as it

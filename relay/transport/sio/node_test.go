@@ -32,8 +32,10 @@ const nodeSecret = "node-e2e-secret-node-e2e-secret-0123456"
 const nodeDir = "testdata/node"
 
 // TestSocketIOClient runs the Node suite (testdata/node/sio.test.mjs: issue
-// 5's nine cases with the real socket.io-client) against a relay on a fresh
-// demo CRM database, and fails when it fails. Without node or npm it skips,
+// 5's nine cases and issue 8's polling cases with the real
+// socket.io-client) against a relay on a fresh demo CRM database, plus a
+// second one with sessions.sio_polling off for the cases about refusing
+// polling, and fails when it fails. Without node or npm it skips,
 // or fails under CI=true.
 func TestSocketIOClient(t *testing.T) {
 	node, npm := tool(t, "node"), tool(t, "npm")
@@ -44,13 +46,15 @@ func TestSocketIOClient(t *testing.T) {
 	}
 
 	const heartbeat = time.Second
-	addr := startRelay(t, heartbeat)
+	addr := startRelay(t, heartbeat, true)
+	wsOnly := startRelay(t, heartbeat, false)
 	dbURL := addr.db
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "--test", "--test-reporter=spec", "sio.test.mjs")
 	cmd.Env = append(os.Environ(),
 		"ROWCAST_URL=http://"+addr.relay,
+		"ROWCAST_WS_ONLY_URL=http://"+wsOnly.relay,
 		"ROWCAST_JWT_SECRET="+nodeSecret,
 		"ROWCAST_DATABASE_URL="+dbURL,
 		"ROWCAST_HEARTBEAT_MS="+strconv.FormatInt(heartbeat.Milliseconds(), 10),
@@ -102,8 +106,9 @@ func run(t *testing.T, cmd *exec.Cmd, what string) {
 type relayAddr struct{ relay, db string }
 
 // startRelay runs a relay on a free port over a fresh demo CRM database with
-// the capture triggers installed, until the test ends.
-func startRelay(t *testing.T, heartbeat time.Duration) relayAddr {
+// the capture triggers installed, until the test ends; polling sets
+// sessions.sio_polling.
+func startRelay(t *testing.T, heartbeat time.Duration, polling bool) relayAddr {
 	t.Helper()
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
@@ -116,6 +121,7 @@ func startRelay(t *testing.T, heartbeat time.Duration) relayAddr {
 	cfg.Auth.JWTSecret = nodeSecret
 	cfg.Tables = demo.Tables()
 	cfg.Sessions.Heartbeat = heartbeat
+	cfg.Sessions.SIOPolling = &polling
 	cfg.Shutdown.Grace = 2 * time.Second
 
 	conn, err := pgx.Connect(ctx, url)

@@ -238,14 +238,18 @@ func connectFrame(sid, pid string) []byte {
 
 // openFrame is the Engine.IO open packet, its fields in the reference
 // server's order.
-func openFrame(sid string, pingInterval, pingTimeout, maxPayload int64) []byte {
+// upgrades lists the transports the session may upgrade to (none: []).
+func openFrame(sid string, upgrades []string, pingInterval, pingTimeout, maxPayload int64) []byte {
+	if upgrades == nil {
+		upgrades = []string{}
+	}
 	data, _ := json.Marshal(struct {
 		SID          string   `json:"sid"`
 		Upgrades     []string `json:"upgrades"`
 		PingInterval int64    `json:"pingInterval"`
 		PingTimeout  int64    `json:"pingTimeout"`
 		MaxPayload   int64    `json:"maxPayload"`
-	}{sid, []string{}, pingInterval, pingTimeout, maxPayload})
+	}{sid, upgrades, pingInterval, pingTimeout, maxPayload})
 	return append([]byte{engineOpen}, data...)
 }
 

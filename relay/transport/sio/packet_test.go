@@ -79,8 +79,10 @@ func TestDecodePacketMalformed(t *testing.T) {
 
 func TestEncodeFrames(t *testing.T) {
 	cases := map[string]struct{ got, want string }{
-		"open": {string(openFrame("abc", 25000, 20000, 4096)),
+		"open": {string(openFrame("abc", nil, 25000, 20000, 4096)),
 			`0{"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":4096}`},
+		"open on polling": {string(openFrame("abc", []string{"websocket"}, 25000, 20000, 4096)),
+			`0{"sid":"abc","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":4096}`},
 		"connect":           {string(connectFrame("s1", "p1")), `40{"sid":"s1","pid":"p1"}`},
 		"unauthorized":      {string(connectErrorFrame("/", "unauthorized")), `44{"message":"unauthorized"}`},
 		"invalid namespace": {string(connectErrorFrame("/admin", "Invalid namespace")), `44/admin,{"message":"Invalid namespace"}`},

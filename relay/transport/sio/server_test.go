@@ -74,6 +74,8 @@ type testEnv struct {
 	hist *memHistory
 	ts   *httptest.Server
 	seqs map[string]int64
+
+	transport *core.Transport
 }
 
 func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
@@ -93,7 +95,7 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 		tr.Drain(ctx)
 		ts.Close()
 	})
-	return &testEnv{t: t, hub: h, hist: hist, ts: ts, seqs: map[string]int64{}}
+	return &testEnv{t: t, hub: h, hist: hist, ts: ts, seqs: map[string]int64{}, transport: tr}
 }
 
 // publish commits one change per stream-less name on stream and hands its

@@ -1,18 +1,24 @@
 // Package sio serves rowcast's events to socket.io-client v4 apps
 // (PROTOCOL.md section 9): Engine.IO 4 and Socket.IO 5 over the WebSocket
-// transport only, default namespace only, on the relay's shared session core
-// (relay/transport/core), so it uses the same melody instance, hub, limits
-// and drain as the plain protocol.
+// transport and, with Options.Polling, over HTTP long-polling with its
+// upgrade to WebSocket (polling.go), default namespace only, on the relay's
+// shared session core (relay/transport/core), so it uses the same melody
+// instance, hub, limits and drain as the plain protocol.
 //
 // What it does, matching socket.io's reference server (engine.io 6.6,
 // socket.io 4.8) where the reference defines a behaviour:
 //
-//   - A request that is not a WebSocket upgrade of transport=websocket with
-//     EIO=4 gets HTTP 400 with the reference's JSON error body, e.g.
-//     {"code":0,"message":"Transport unknown"} for transport=polling and
-//     {"code":5,"message":"Unsupported protocol version"} for EIO=3.
-//   - After the upgrade the server sends the open packet
-//     0{"sid","upgrades":[],"pingInterval","pingTimeout","maxPayload"} and
+//   - A request that is neither a WebSocket upgrade of transport=websocket
+//     nor (with Options.Polling) a polling request, with EIO=4, gets HTTP
+//     400 with the reference's JSON error body, e.g.
+//     {"code":0,"message":"Transport unknown"} for transport=polling when
+//     polling is off and {"code":5,"message":"Unsupported protocol
+//     version"} for EIO=3; an unknown sid gets
+//     {"code":1,"message":"Session ID unknown"}.
+//   - After the upgrade (or in the polling handshake's response) the server
+//     sends the open packet
+//     0{"sid","upgrades","pingInterval","pingTimeout","maxPayload"}, upgrades
+//     being ["websocket"] on polling and [] on WebSocket, and
 //     drives the heartbeat: "2" every pingInterval, closing when no "3"
 //     came back within pingTimeout. A client "2" closes the connection
 //     (EIO 4 heartbeats go server to client), as does a malformed packet.
@@ -33,7 +39,8 @@
 //     socket.recovered is true). An unusable history gives a fresh pid and a
 //     resync event; a pid of another user, or none, gives a fresh session.
 //   - An expired token, a slow consumer, rate limit abuse and draining close
-//     the transport (never with a DISCONNECT packet), so the client
+//     the transport (never with a DISCONNECT packet; over polling, with the
+//     Engine.IO close packet after what was queued), so the client
 //     reconnects, fetches a fresh token through its auth callback, and
 //     recovers.
 package sio
@@ -47,6 +54,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -70,7 +78,12 @@ type Options struct {
 	// each "2". Default: four fifths of the heartbeat (20s for socket.io's
 	// 25s pingInterval, its defaults).
 	PingTimeout time.Duration
-	Logger      *slog.Logger
+	// Polling serves Engine.IO's HTTP long-polling transport and its
+	// upgrade to WebSocket, so clients with socket.io-client's default
+	// options connect. When false, only transport=websocket is served and
+	// polling requests get 400 "Transport unknown".
+	Polling bool
+	Logger  *slog.Logger
 }
 
 // Server is the /socket.io/ endpoint. It implements http.Handler.
@@ -79,13 +92,18 @@ type Server struct {
 	pingInterval   time.Duration
 	pingTimeout    time.Duration
 	connectTimeout time.Duration
+	polling        bool
 	log            *slog.Logger
+
+	mu      sync.Mutex
+	sockets map[string]*pollSocket // polling sessions by sid
 }
 
 // New returns a Server whose sessions run on t, beside t's other protocol.
 func New(t *core.Transport, o Options) *Server {
 	s := &Server{t: t, pingInterval: t.Options().Heartbeat, pingTimeout: o.PingTimeout,
-		connectTimeout: o.ConnectTimeout, log: o.Logger}
+		connectTimeout: o.ConnectTimeout, polling: o.Polling, log: o.Logger,
+		sockets: make(map[string]*pollSocket)}
 	if s.pingTimeout <= 0 {
 		s.pingTimeout = s.pingInterval * 4 / 5
 	}
@@ -107,28 +125,63 @@ const (
 	errUnsupportedVersion = 5
 )
 
-// ServeHTTP checks the handshake request as the reference server does, in
-// its order, and upgrades it.
+// ServeHTTP checks the request as the reference server does, in its
+// order, and upgrades it, opens a polling session, or serves a polling
+// session's poll, post or upgrade.
 func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	transport := q.Get("transport")
 	switch {
-	case q.Get("transport") != "websocket":
+	case transport != "websocket" && (transport != "polling" || !srv.polling):
 		handshakeError(w, http.StatusBadRequest, errUnknownTransport, "Transport unknown")
+	case transport == "polling" && !srv.t.AllowOrigin(r):
+		// The WebSocket upgrade checks the origin the same way.
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+	case r.Method == http.MethodOptions && transport == "polling":
+		srv.cors(w, r)
+		w.WriteHeader(http.StatusNoContent)
 	case q.Has("sid"):
-		// Only polling sessions upgrade with a sid, and there are none.
-		handshakeError(w, http.StatusBadRequest, errUnknownSID, "Session ID unknown")
+		so := srv.lookup(q.Get("sid"))
+		switch {
+		case so == nil:
+			handshakeError(w, http.StatusBadRequest, errUnknownSID, "Session ID unknown")
+		case transport == "websocket" && !websocket.IsWebSocketUpgrade(r):
+			handshakeError(w, http.StatusBadRequest, errBadRequest, "Bad request")
+		default:
+			so.serve(w, r, transport)
+		}
 	case r.Method != http.MethodGet:
 		handshakeError(w, http.StatusBadRequest, errBadHandshakeMethod, "Bad handshake method")
-	case !websocket.IsWebSocketUpgrade(r):
+	case transport == "websocket" && !websocket.IsWebSocketUpgrade(r):
 		handshakeError(w, http.StatusBadRequest, errBadRequest, "Bad request")
 	case q.Get("EIO") != "4":
 		handshakeError(w, http.StatusBadRequest, errUnsupportedVersion, "Unsupported protocol version")
 	case srv.t.Draining():
 		handshakeError(w, http.StatusServiceUnavailable, errBadRequest, "relay draining")
+	case transport == "polling":
+		srv.handshakePolling(w, r)
 	default:
 		_ = srv.t.Serve(w, r, func(s *core.Session) core.Handler {
 			return &conn{srv: srv, s: s, sid: randomID()}
 		})
+	}
+}
+
+// cors lets a browser page of an allowed origin read polling responses.
+func (srv *Server) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Set("Access-Control-Allow-Credentials", "true")
+	h.Add("Vary", "Origin")
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, POST")
+		if rh := r.Header.Get("Access-Control-Request-Headers"); rh != "" {
+			h.Set("Access-Control-Allow-Headers", rh)
+		}
 	}
 }
 
@@ -156,9 +209,10 @@ const (
 // conn is one Socket.IO client. The fields after the first group are
 // guarded by the core session's lock.
 type conn struct {
-	srv *Server
-	s   *core.Session
-	sid string // the Engine.IO session id
+	srv     *Server
+	s       *core.Session
+	sid     string // the Engine.IO session id
+	polling bool   // started on polling: the open packet offers the upgrade
 
 	state        state
 	pid          string // the Socket.IO private session id
@@ -176,7 +230,11 @@ func (c *conn) Open() {
 	srv := c.srv
 	c.s.Lock()
 	defer c.s.Unlock()
-	c.s.WriteLocked(openFrame(c.sid, srv.pingInterval.Milliseconds(), srv.pingTimeout.Milliseconds(),
+	var upgrades []string
+	if c.polling {
+		upgrades = []string{"websocket"}
+	}
+	c.s.WriteLocked(openFrame(c.sid, upgrades, srv.pingInterval.Milliseconds(), srv.pingTimeout.Milliseconds(),
 		srv.t.Options().MaxMessageSize))
 	c.pingTimer = time.AfterFunc(srv.pingInterval, c.ping)
 	c.connectTimer = time.AfterFunc(srv.connectTimeout, c.connectTimedOut)

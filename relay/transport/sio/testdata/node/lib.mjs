@@ -3,6 +3,7 @@
 // database and passes:
 //
 //   ROWCAST_URL           http://host:port of the relay
+//   ROWCAST_WS_ONLY_URL   http://host:port of a relay with sessions.sio_polling off
 //   ROWCAST_JWT_SECRET    the HS256 secret the relay verifies tokens with
 //   ROWCAST_DATABASE_URL  the demo CRM database the relay captures
 //   ROWCAST_HEARTBEAT_MS  the relay's heartbeat (Socket.IO pingInterval)
@@ -19,6 +20,7 @@ function env(name) {
 }
 
 export const URL = env("ROWCAST_URL");
+export const WS_ONLY_URL = env("ROWCAST_WS_ONLY_URL");
 export const SECRET = env("ROWCAST_JWT_SECRET");
 export const HEARTBEAT_MS = Number(env("ROWCAST_HEARTBEAT_MS"));
 export const db = new pg.Pool({ connectionString: env("ROWCAST_DATABASE_URL"), max: 8 });
@@ -49,12 +51,18 @@ export async function ensure({ teams = [], users = [] }) {
   }
 }
 
-// client opens a socket.io-client connection to the relay, websocket only
-// unless opts says otherwise, with quick reconnects. It is closed when the
-// test ends.
-export function client(t, opts = {}) {
-  const socket = io(URL, {
-    transports: ["websocket"],
+// client opens a socket.io-client connection to the relay (url, default
+// URL), websocket only unless opts says otherwise, with quick reconnects. It
+// is closed when the test ends.
+export function client(t, opts = {}, url = URL) {
+  return defaultClient(t, { transports: ["websocket"], ...opts }, url);
+}
+
+// defaultClient opens a socket.io-client connection with the client's
+// default transports (polling first, then the upgrade to websocket) and
+// quick reconnects. It is closed when the test ends.
+export function defaultClient(t, opts = {}, url = URL) {
+  const socket = io(url, {
     forceNew: true,
     reconnectionDelay: 100,
     reconnectionDelayMax: 300,

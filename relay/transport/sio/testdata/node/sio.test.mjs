@@ -1,12 +1,26 @@
 // The Socket.IO transport against the real socket.io-client (issue 5's nine
-// cases), on a relay capturing a real PostgreSQL. Each test uses its own
+// cases, issue 8's polling cases 10 and 11), on a relay capturing a real PostgreSQL. Each test uses its own
 // teams and users, so the tests do not see each other's events.
 
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { createHmac } from "node:crypto";
 import { WebSocket } from "ws";
-import { HEARTBEAT_MS, Recorder, URL, client, db, ensure, next, rawSocket, sign, token, within } from "./lib.mjs";
+import {
+  HEARTBEAT_MS,
+  Recorder,
+  URL,
+  WS_ONLY_URL,
+  client,
+  db,
+  defaultClient,
+  ensure,
+  next,
+  rawSocket,
+  sign,
+  token,
+  within,
+} from "./lib.mjs";
 
 after(() => db.end());
 
@@ -50,9 +64,9 @@ test("1. the open packet has exactly the Engine.IO fields; a 3 answers each 2 an
   assert.match(reply, /^40\{"sid":"[^"]+","pid":"[^"]+"\}$/);
 });
 
-test("2. EIO=3, transport=polling, a malformed packet and a client-sent 2 are refused as the reference server refuses them", async (t) => {
+test("2. EIO=3, transport=polling (with sessions.sio_polling off), a malformed packet and a client-sent 2 are refused as the reference server refuses them", async (t) => {
   for (const query of ["EIO=4&transport=polling&t=abc", "EIO=3&transport=polling&t=abc"]) {
-    const res = await fetch(`${URL}/socket.io/?${query}`);
+    const res = await fetch(`${WS_ONLY_URL}/socket.io/?${query}`);
     assert.equal(res.status, 400, query);
     assert.equal(res.headers.get("content-type"), "application/json", query);
     assert.deepEqual(await res.json(), { code: 0, message: "Transport unknown" }, query);
@@ -318,12 +332,94 @@ test("8. token expiry closes the transport; the client reconnects with a fresh t
   assert.notEqual(rec.events[0].offset, rec.events[1].offset);
 });
 
-test("9. a client that is not websocket-only connects with tryAllTransports", async (t) => {
-  const socket = client(t, {
-    transports: ["polling", "websocket"],
-    tryAllTransports: true,
-    auth: { token: token(90, [90]) },
-  });
+test("9. a client that is not websocket-only connects with tryAllTransports (with sessions.sio_polling off)", async (t) => {
+  const socket = client(
+    t,
+    {
+      transports: ["polling", "websocket"],
+      tryAllTransports: true,
+      auth: { token: token(90, [90]) },
+    },
+    WS_ONLY_URL,
+  );
   await next(socket, "connect");
   assert.equal(socket.io.engine.transport.name, "websocket");
+});
+
+// awayAuth returns an auth callback for user in teams that, from the second
+// call on (a reconnect), first writes a lead named "while away <n>" for
+// team: a change the client misses while its transport is down.
+function awayAuth(user, team) {
+  const auth = async (cb) => {
+    auth.calls++;
+    if (auth.calls > 1) {
+      await db.query("insert into leads (team_id, first_name) values ($1, $2)", [team, `while away ${auth.calls}`]);
+    }
+    cb({ token: token(user, [team]) });
+  };
+  auth.calls = 0;
+  return auth;
+}
+
+test("10. default options: starts on polling, upgrades to websocket, receives events, recovers after a dropped transport", async (t) => {
+  await ensure({ teams: [100], users: [100] });
+  const auth = awayAuth(100, 100);
+  const socket = defaultClient(t, { auth });
+  const rec = new Recorder(socket);
+  let first;
+  const upgraded = new Promise((resolve) =>
+    socket.io.once("open", () => {
+      first = socket.io.engine.transport.name;
+      socket.io.engine.once("upgrade", resolve);
+    }),
+  );
+  await next(socket, "connect");
+  assert.equal(socket.recovered, false);
+  await within(upgraded, 10000, "the upgrade");
+  assert.equal(first, "polling", "the client started on polling");
+  assert.equal(socket.io.engine.transport.name, "websocket");
+
+  await db.query("insert into leads (team_id, first_name) values (100, 'upgraded')");
+  await rec.count(1);
+
+  const reconnected = next(socket, "connect", 15000);
+  socket.io.engine.transport.ws.terminate(); // a dropped connection: no close frame
+  await reconnected;
+  assert.equal(auth.calls, 2);
+  assert.equal(socket.recovered, true, "the session was recovered");
+  await rec.count(2);
+  assert.deepEqual(
+    rec.events.map((e) => e.data.lead.first_name),
+    ["upgraded", "while away 2"],
+  );
+  // Still live after the recovery.
+  await db.query("insert into leads (team_id, first_name) values (100, 'after')");
+  await rec.count(3);
+  assert.equal(rec.events[2].data.lead.first_name, "after");
+});
+
+test("11. transports: ['polling'] receives events and recovers after its transport closed", async (t) => {
+  await ensure({ teams: [110], users: [110] });
+  const auth = awayAuth(110, 110);
+  const socket = defaultClient(t, { transports: ["polling"], auth });
+  const rec = new Recorder(socket);
+  await next(socket, "connect");
+  assert.equal(socket.io.engine.transport.name, "polling");
+  await db.query("insert into leads (team_id, first_name) values (110, 'polled 1')");
+  await db.query("insert into leads (team_id, first_name) values (110, 'polled 2')");
+  await rec.count(2);
+
+  const reconnected = next(socket, "connect", 15000);
+  socket.io.engine.close(); // the transport, not the Socket.IO session
+  await reconnected;
+  assert.equal(auth.calls, 2);
+  assert.equal(socket.recovered, true, "the session was recovered");
+  assert.equal(socket.io.engine.transport.name, "polling");
+  await rec.count(3);
+  assert.deepEqual(
+    rec.events.map((e) => e.data.lead.first_name),
+    ["polled 1", "polled 2", "while away 2"],
+  );
+  const offsets = rec.events.map((e) => e.offset);
+  assert.equal(new Set(offsets).size, 3, "each event has its own offset");
 });
