@@ -69,11 +69,20 @@ func OptionsFor(cfg *config.Config) Options {
 	}
 }
 
-// renderApply renders a table's logical-mode apply function: it turns the
-// decoded row values back into rows of the table's type and runs the same
-// body as the capture trigger on them, so both modes write byte-identical
-// changelog rows. It also drops the table's capture triggers (both modes at
-// once would capture twice) and sets the replica identity.
+// renderApply renders a table's logical-mode apply function: it runs the
+// same body as the capture trigger on the rows the slot holder decoded, so
+// both modes write byte-identical changelog rows. new_j and old_j are the
+// rows' JSON as the holder rendered them with the column types of the
+// relation message that preceded the change, that is as the table was when
+// the change was committed, not as it is when the holder applies it (a
+// later migration may have added, dropped, renamed or retyped columns).
+// They are used where the trigger uses to_jsonb(NEW) and to_jsonb(OLD).
+// Rows of the table's type (jsonb_populate_record) serve only to read the
+// fields the body needs (id, team, actor, task columns), and, for a table
+// with stored generated columns (which pgoutput does not send), to compute
+// those with their own expressions on the table as it is, merged into the
+// JSON. It also drops the table's capture triggers (both modes at once
+// would capture twice) and sets the replica identity.
 func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
@@ -81,12 +90,27 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, new_j);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, old_j);\n", tbl)
+	fields := func(j string) string { return j }
+	if len(gen) == 0 {
+		// Only the fields the body reads: a column retyped since the
+		// change could not take its old value, and need not.
+		fields = func(j string) string {
+			var args []string
+			for _, c := range fieldColumns(t) {
+				args = append(args, literal(c)+", "+j+" -> "+literal(c))
+			}
+			return "jsonb_build_object(" + strings.Join(args, ", ") + ")"
+		}
+	}
+	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, %[2]s);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, %[3]s);\n",
+		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	var g strings.Builder
 	for _, c := range gen {
-		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
-		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); new_j := new_j || jsonb_build_object(%[3]s, r_new.%[1]s); END IF;\n",
+			ident(c.Name), c.Expr, literal(c.Name))
+		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); old_j := old_j || jsonb_build_object(%[3]s, r_old.%[1]s); END IF;\n",
+			ident(c.Name), c.Expr, literal(c.Name))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
 	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
@@ -101,6 +125,27 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY FULL;\n", tbl)
 	}
 	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+}
+
+// fieldColumns lists the columns the capture body reads from a row, as
+// opposed to rendering it whole.
+func fieldColumns(t config.Table) []string {
+	cols := []string{t.IDColumn, t.TeamColumn}
+	if t.ActorColumn != "" {
+		cols = append(cols, t.ActorColumn)
+	}
+	if t.Kind == "ai_task" {
+		cols = append(cols, t.UserColumn, t.StatusColumn, t.ProgressColumn)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range cols {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // renderPublication creates the publication, or sets its tables.

@@ -437,3 +437,78 @@ func TestLogicalIdentityIndexMustHoldTheTeam(t *testing.T) {
 		}
 	}
 }
+
+// migrationWorkload changes leads through migrations: a column added,
+// written and dropped; a column written then renamed; a column written then
+// retyped.
+var migrationWorkload = []string{
+	"alter table leads add column referral text",
+	"insert into leads (team_id, first_name, referral, score, created_at, updated_at) values (1, 'ref', 'friend', 3, '2026-01-02', '2026-01-02')",
+	"alter table leads drop column referral",
+	"update leads set last_name = 'Before rename' where first_name = 'ref'",
+	"alter table leads rename column last_name to surname",
+	"update leads set score = 7 where first_name = 'ref'",
+	"alter table leads alter column score type text",
+	"update leads set budget_min = 12.5 where first_name = 'ref'",
+	"alter table leads alter column budget_min type numeric(12, 4)",
+	"delete from leads where first_name = 'ref'",
+	"insert into leads (team_id, first_name, surname, score, created_at, updated_at) values (1, 'end', 'x', 'high', '2026-01-02', '2026-01-02')",
+}
+
+// runMigrations runs migrationWorkload while no relay runs (a logical slot
+// holder lagging behind the migrations), then starts the relay and returns
+// each event's data, committedAt removed, replayed from the start.
+func runMigrations(t *testing.T, tweak func(*config.Config)) []string {
+	e := startRelay(t, tweak)
+	since := startPosition(t, e, "9", "1")
+	e.shutdown()
+	for _, sql := range migrationWorkload {
+		e.exec(sql)
+	}
+	e.start()
+	c, _, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := regexp.MustCompile(`,"committedAt":"[^"]*"`)
+	var out []string
+	for {
+		f := c.next()
+		if f.Type != "event" {
+			continue // welcome, resumed
+		}
+		out = append(out, f.Event+" "+committed.ReplaceAllString(string(f.Data), ""))
+		if f.Event == "lead:created" && bytes.Contains(f.Data, []byte(`"first_name":"end"`)) {
+			return out
+		}
+	}
+}
+
+// TestLogicalRendersTheTableAsCommitted: a holder that applies changes after
+// later migrations renders each change with the columns and types the table
+// had when the change was committed, byte for byte as trigger mode does.
+func TestLogicalRendersTheTableAsCommitted(t *testing.T) {
+	trig := runMigrations(t, nil)
+	logi := runMigrations(t, logicalMode)
+	if len(trig) != 6 {
+		t.Errorf("trigger mode sent %d events, want 6:\n%s", len(trig), strings.Join(trig, "\n"))
+	}
+	for i := range max(len(trig), len(logi)) {
+		var a, b string
+		if i < len(trig) {
+			a = trig[i]
+		}
+		if i < len(logi) {
+			b = logi[i]
+		}
+		if a != b {
+			t.Errorf("event %d differs\ntrigger: %s\nlogical: %s", i, a, b)
+		}
+	}
+	for i, want := range []string{`"referral":"friend"`, `"changes":{"last_name":"Before rename"}`,
+		`"changes":{"score":7}`, `"changes":{"budget_min":12.50}`} {
+		if i < len(trig) && !strings.Contains(strings.Join(trig, "\n"), want) {
+			t.Errorf("trigger mode's events lack %s", want)
+		}
+	}
+}

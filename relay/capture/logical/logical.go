@@ -14,10 +14,12 @@
 // the replay is skipped by LSN.
 //
 // Values reach the changelog rendered by PostgreSQL itself: each change's
-// text-format columns are turned back into a row of the table's type
-// (jsonb_populate_record) and rendered with to_jsonb by a generated per-table
-// apply function that shares its body with the trigger function, so the
-// event data is byte-identical in both modes.
+// text-format columns are cast to their types as named by the relation
+// message that precedes the change (so as the table was when the change
+// was committed, whatever migrations ran since) and rendered to JSON, which
+// a generated per-table apply function, sharing its body with the trigger
+// function, uses where the trigger uses to_jsonb(NEW); so the event data is
+// byte-identical in both modes.
 package logical
 
 import (
@@ -246,13 +248,49 @@ func replicationURL(url string) string {
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// relation is a cached Relation message.
+// relation is a cached Relation message: the table's columns as they were
+// when the changes that follow it were committed.
 type relation struct {
 	table   string // schema.name as configured
-	fn      string // quoted apply function
 	columns []string
 	json    []bool // column is json or jsonb: embedded, not a string
 	key     []bool // column is part of the replica identity
+	// sql applies a run of this relation's changes: it renders each row's
+	// JSON from its text values with the column types of this relation
+	// message and passes it to the table's apply function.
+	sql string
+}
+
+// maxBuildArgs is how many columns one jsonb_build_object call renders
+// (PostgreSQL functions take at most 100 arguments: 50 pairs).
+const maxBuildArgs = 50
+
+// renderSQL returns the expression that renders a row's JSON from x, a
+// jsonb object of the row's text values (json and jsonb embedded), and
+// absent, the text form of a text[] of the columns the tuple lacks
+// (unchanged TOAST values that could not be recovered) or NULL. Each value
+// is cast to its column's type as format_type names it, so PostgreSQL
+// renders it exactly as to_jsonb renders the row in trigger mode; absent
+// columns are left out, never null.
+func renderSQL(columns, types []string, json []bool, x, absent string) string {
+	var chunks []string
+	for start := 0; start < len(columns); start += maxBuildArgs {
+		var args []string
+		for i := start; i < min(start+maxBuildArgs, len(columns)); i++ {
+			key := quoteLiteral(columns[i])
+			if json[i] {
+				args = append(args, key+", "+x+" -> "+key)
+			} else {
+				args = append(args, key+", ("+x+" ->> "+key+")::"+types[i])
+			}
+		}
+		chunks = append(chunks, "jsonb_build_object("+strings.Join(args, ", ")+")")
+	}
+	if len(chunks) == 0 {
+		chunks = []string{"'{}'::jsonb"}
+	}
+	return "CASE WHEN " + x + " IS NULL THEN NULL ELSE (" + strings.Join(chunks, " || ") +
+		") - coalesce(" + absent + "::text[], '{}'::text[]) END"
 }
 
 // applier replicates one connected period. Source transactions are applied
@@ -283,11 +321,12 @@ type applier struct {
 	committed bool          // the transaction covers at least one whole source transaction
 	beganAt   pglogrepl.LSN // FinalLSN of the last source transaction that queued something
 
-	// A run of changes of one relation, sent as one statement.
+	// A run of changes of one relation version, sent as one statement.
 	run struct {
-		fn         string
-		ops        []string
-		news, olds []*string
+		rel                  *relation
+		ops                  []string
+		news, olds           []*string
+		newAbsent, oldAbsent []*string
 	}
 }
 
@@ -436,7 +475,7 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessageV2:
-		a.relation(&m.RelationMessage)
+		return 0, a.relation(ctx, &m.RelationMessage)
 	case *pglogrepl.BeginMessage:
 		a.inTxn, a.begin = true, *m
 		a.skip = m.FinalLSN <= a.applied
@@ -474,15 +513,33 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 // touched reports whether the current source transaction queued anything.
 func (a *applier) touched() bool { return a.tx != nil && a.beganAt == a.begin.FinalLSN }
 
-func (a *applier) relation(m *pglogrepl.RelationMessage) {
-	rel := &relation{table: m.Namespace + "." + m.RelationName,
-		fn: `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`}
-	for _, c := range m.Columns {
+// relation caches a Relation message with the statement that applies its
+// changes; the column types are named by the database once per message.
+func (a *applier) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	rel := &relation{table: m.Namespace + "." + m.RelationName}
+	oids := make([]uint32, len(m.Columns))
+	mods := make([]int32, len(m.Columns))
+	for i, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		rel.json = append(rel.json, c.DataType == 114 || c.DataType == 3802) // json, jsonb
 		rel.key = append(rel.key, c.Flags&1 != 0)
+		oids[i], mods[i] = c.DataType, c.TypeModifier
 	}
+	var types []string
+	err := a.db.QueryRow(ctx, `select coalesce(array_agg(format_type(t.oid, t.mod) order by t.n), '{}')
+		from unnest($1::oid[], $2::int4[]) with ordinality as t (oid, mod, n)`, oids, mods).Scan(&types)
+	if err != nil {
+		return fmt.Errorf("logical relation %s: %w", rel.table, err)
+	}
+	if len(types) != len(rel.columns) {
+		return fmt.Errorf("logical relation %s: %d types for %d columns", rel.table, len(types), len(rel.columns))
+	}
+	fn := `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`
+	rel.sql = "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.json, "u.n", "u.na") + ", " +
+		renderSQL(rel.columns, types, rel.json, "u.o", "u.oa") + "))" +
+		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[]) as u (op, n, o, na, oa)"
 	a.rels[m.RelationID] = rel
+	return nil
 }
 
 // keyOf returns the replica identity columns of a new tuple, standing in for
@@ -537,13 +594,15 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	if err := a.open(ctx); err != nil {
 		return err
 	}
-	if a.run.fn != rel.fn {
+	if a.run.rel != rel {
 		a.endRun()
-		a.run.fn = rel.fn
+		a.run.rel = rel
 	}
 	a.run.ops = append(a.run.ops, op)
-	a.run.news = append(a.run.news, tupleJSON(rel, newT, oldT))
-	a.run.olds = append(a.run.olds, tupleJSON(rel, oldT, nil))
+	n, na := tupleJSON(rel, newT, oldT)
+	o, oa := tupleJSON(rel, oldT, nil)
+	a.run.news, a.run.newAbsent = append(a.run.news, n), append(a.run.newAbsent, na)
+	a.run.olds, a.run.oldAbsent = append(a.run.olds, o), append(a.run.oldAbsent, oa)
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
 		return a.send(ctx)
@@ -552,24 +611,29 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 }
 
 // tupleJSON renders a tuple as a JSON object of text values (json and
-// jsonb columns embedded as JSON) for jsonb_populate_record, or nil. A
-// column sent as unchanged TOAST ('u') takes its value from fallback (the
-// old tuple, complete with REPLICA IDENTITY FULL) and is left out when
-// fallback lacks it, so it reads as unchanged, never as null.
-func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) *string {
+// jsonb columns embedded as JSON), or nil, and lists the columns it lacks as
+// a text[] literal, or nil when it lacks none. A column sent as unchanged
+// TOAST ('u') takes its value from fallback (the old tuple, complete with
+// REPLICA IDENTITY FULL) and is absent when fallback lacks it, so it reads
+// as unchanged, never as null.
+func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) (*string, *string) {
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	b := make([]byte, 0, 256)
 	b = append(b, '{')
+	var absent []byte
 	first := true
-	for i, col := range t.Columns {
-		if i >= len(rel.columns) {
-			break
+	for i := range rel.columns {
+		if i >= len(t.Columns) {
+			absent = appendArrayElem(absent, rel.columns[i])
+			continue
 		}
+		col := t.Columns[i]
 		val, kind := col.Data, col.DataType
 		if kind == 'u' {
 			if fallback == nil || i >= len(fallback.Columns) || fallback.Columns[i].DataType == 'u' {
+				absent = appendArrayElem(absent, rel.columns[i])
 				continue
 			}
 			val, kind = fallback.Columns[i].Data, fallback.Columns[i].DataType
@@ -591,7 +655,26 @@ func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) *string {
 	}
 	b = append(b, '}')
 	out := string(b)
-	return &out
+	if absent == nil {
+		return &out, nil
+	}
+	list := "{" + string(absent) + "}"
+	return &out, &list
+}
+
+// appendArrayElem appends s as a quoted element of a text[] literal.
+func appendArrayElem(b []byte, s string) []byte {
+	if len(b) > 0 {
+		b = append(b, ',')
+	}
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return append(b, '"')
 }
 
 func appendJSONString(b []byte, s string) []byte {
@@ -624,9 +707,8 @@ func (a *applier) endRun() {
 	if len(a.run.ops) == 0 {
 		return
 	}
-	a.batch.Queue("select count("+a.run.fn+"(u.op, u.n, u.o)) from unnest($1::text[], $2::jsonb[], $3::jsonb[]) as u (op, n, o)",
-		a.run.ops, a.run.news, a.run.olds)
-	a.run.ops, a.run.news, a.run.olds = nil, nil, nil
+	a.batch.Queue(a.run.rel.sql, a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent)
+	a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent = nil, nil, nil, nil, nil
 }
 
 func (a *applier) queueSQL(sql string, args ...any) {
