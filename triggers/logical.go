@@ -198,6 +198,76 @@ select current_setting('wal_level'), current_setting('max_replication_slots')::i
 	return problems, nil
 }
 
+// CheckSlot reports why the replication slot named slot cannot serve
+// logical capture of the connected database: slot names are cluster-wide,
+// so a slot of that name may belong to another database of the same
+// server, or be a physical slot, or decode with another plugin than
+// pgoutput. Each problem names the setting to change (capture.slot). A
+// missing slot is no problem: install creates it.
+func CheckSlot(ctx context.Context, conn *pgx.Conn, slot string) ([]string, error) {
+	var kind, here string
+	var plugin, db *string
+	err := conn.QueryRow(ctx, `
+select s.slot_type, s.plugin, s.database, current_database()
+from pg_replication_slots s where s.slot_name = $1`, slot).Scan(&kind, &plugin, &db, &here)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("check slot: %w", err)
+	}
+	other := "set capture.slot to a name no other database or tool on this server uses"
+	switch {
+	case kind != "logical":
+		return []string{fmt.Sprintf("capture.slot: replication slot %q is a %s slot, not rowcast's: %s", slot, kind, other)}, nil
+	case db == nil || *db != here:
+		owner := "another database"
+		if db != nil {
+			owner = fmt.Sprintf("database %q", *db)
+		}
+		return []string{fmt.Sprintf("capture.slot: replication slot %q belongs to %s, not %q (slot names are cluster-wide): %s",
+			slot, owner, here, other)}, nil
+	case plugin == nil || *plugin != "pgoutput":
+		p := ""
+		if plugin != nil {
+			p = *plugin
+		}
+		return []string{fmt.Sprintf("capture.slot: replication slot %q decodes with plugin %q, not pgoutput: %s", slot, p, other)}, nil
+	}
+	return nil, nil
+}
+
+// slotInUse returns a description of what holds the slot, or "" when
+// nothing does: a relay holding rowcast's election lock for it, or any
+// process streaming from it.
+func slotInUse(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	var who *string
+	err := conn.QueryRow(ctx, `
+with h as (
+    select s.active_pid as pid, 'streams from it' as what
+    from pg_replication_slots s where s.slot_name = $1 and s.active_pid is not null
+    union all
+    select l.pid, 'holds the relays'' election lock for it'
+    from pg_locks l
+    where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.pid <> pg_backend_pid()
+      and ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($2)::bigint
+)
+select string_agg(format('pid %s (application %L, client %s) %s', h.pid, coalesce(a.application_name, ''),
+                         coalesce(a.client_addr::text, 'local'), h.what), '; ' order by h.pid)
+from h left join pg_stat_activity a on a.pid = h.pid`, slot, slotLockKey(slot)).Scan(&who)
+	if err != nil {
+		return "", fmt.Errorf("check slot in use: %w", err)
+	}
+	if who == nil {
+		return "", nil
+	}
+	return *who, nil
+}
+
+// slotLockKey is the advisory lock key (hashtext of it) that elects the
+// relay holding a slot; relay/capture/logical takes the same lock.
+func slotLockKey(slot string) string { return "rowcast.slot:" + slot }
+
 // checkIdentityIndexes reports tables whose configured replica identity
 // index is missing, not unique, or lacks the team column: without the team
 // in the old key an update could not tell a team move, and a delete would
@@ -246,22 +316,69 @@ select count(*) > 0 from (
 	return created, nil
 }
 
-// removeLogical drops the publication and the slot if they exist.
+// removeLogical drops the publication and the slot if they exist, and sets
+// the replica identity of the published tables back to DEFAULT. It checks
+// first, before dropping anything, that no relay or other process uses the
+// slot; and it leaves alone a slot of that name that belongs to another
+// database.
 func removeLogical(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]string, error) {
-	var done []string
-	if _, err := conn.Exec(ctx, "drop publication if exists "+ident(publication)); err != nil {
-		return nil, fmt.Errorf("drop publication: %w", err)
+	// Hold the relays' election lock meanwhile, so none starts reading.
+	var got bool
+	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock(hashtext($1))", slotLockKey(slot)).Scan(&got); err != nil {
+		return nil, fmt.Errorf("check slot in use: %w", err)
 	}
+	if got {
+		defer conn.Exec(context.WithoutCancel(ctx), "select pg_advisory_unlock(hashtext($1))", slotLockKey(slot))
+	}
+	who, err := slotInUse(ctx, conn, slot)
+	if err != nil {
+		return nil, err
+	}
+	if who == "" && !got {
+		who = "another session holds the relays' election lock"
+	}
+	if who != "" {
+		return nil, fmt.Errorf("replication slot %s is in use: %s; stop every relay (and whatever else reads the slot) first; nothing was removed",
+			slot, who)
+	}
+	var done []string
 	var dropped bool
-	err := conn.QueryRow(ctx, `
+	err = conn.QueryRow(ctx, `
 select count(*) > 0 from (
-    select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1
+    select pg_drop_replication_slot(slot_name) from pg_replication_slots
+    where slot_name = $1 and database = current_database()
 ) s`, slot).Scan(&dropped)
 	if err != nil {
-		return nil, fmt.Errorf("drop replication slot %s (stop every relay first, or it is in use): %w", slot, err)
+		return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
 	}
 	if dropped {
 		done = append(done, "dropped replication slot "+slot)
+	}
+	rows, err := conn.Query(ctx, `
+select format('%I.%I', c.relnamespace::regnamespace::text, c.relname)
+from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid join pg_class c on c.oid = pr.prrelid
+where p.pubname = $1 and c.relreplident in ('f', 'i') order by 1`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("list published tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list published tables: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for _, t := range tables {
+			if _, err := tx.Exec(ctx, "alter table "+t+" replica identity default"); err != nil {
+				return describe(t, err)
+			}
+			done = append(done, "set REPLICA IDENTITY DEFAULT on "+t+" (logical capture had changed it)")
+		}
+		if _, err := tx.Exec(ctx, "drop publication if exists "+ident(publication)); err != nil {
+			return fmt.Errorf("drop publication: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return append(done, "dropped publication "+publication+" (if it existed)"), nil
 }

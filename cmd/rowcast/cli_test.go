@@ -424,3 +424,70 @@ func TestCLIVersionAndUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIInstallDryRunRunsTheChecks: --dry-run makes the database checks
+// install makes, reading only, and fails on a problem instead of printing a
+// script that cannot run.
+func TestCLIInstallDryRunRunsTheChecks(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	cfg := writeFile(t, cliConfig(dbURL, "internal_notes", "no_such_column"))
+	code, out, errOut := rowcast(t, "install", "--config", cfg, "--dry-run")
+	if code != exitUsage || !strings.Contains(errOut, `"no_such_column"`) || strings.Contains(out, "CREATE") {
+		t.Errorf("install --dry-run with a missing column: exit %d\nstdout:\n%.300s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+// TestCLILogicalChecks: config check, install (--dry-run too) and serve
+// report what logical capture lacks: a slot name that another database of
+// the cluster owns, and a role that may not replicate.
+func TestCLILogicalChecks(t *testing.T) {
+	cliEnv(t)
+	logical := "capture:\n  mode: logical\n"
+	firstURL, _ := cliDatabase(t)
+	first := writeFile(t, cliConfig(firstURL, "internal_notes")+logical)
+	if code, out, errOut := rowcast(t, "install", "--config", first); code != exitOK {
+		t.Fatalf("install on the first database: exit %d\n%s%s", code, out, errOut)
+	}
+	owner := dbName(t, firstURL)
+
+	secondURL, _ := cliDatabase(t)
+	second := writeFile(t, cliConfig(secondURL, "internal_notes")+logical)
+	wantSlot := `replication slot "rowcast" belongs to database "` + owner + `"`
+	for _, args := range [][]string{{"config", "check"}, {"install"}, {"install", "--dry-run"}, {"serve"}} {
+		code, out, errOut := rowcast(t, append(args, "--config", second)...)
+		if code == exitOK || !strings.Contains(errOut, wantSlot) || !strings.Contains(errOut, "capture.slot") {
+			t.Errorf("%v on a second database: exit %d\nstdout:\n%.300s\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
+	if schemaInstalled(t, dbConnect(t, secondURL)) {
+		t.Error("install went ahead on the second database")
+	}
+
+	// A role that may not replicate.
+	conn := dbConnect(t, firstURL)
+	role := strings.ToLower("rowcast_norep_" + owner[len(owner)-6:])
+	if _, err := conn.Exec(t.Context(), "create role "+role+" login nosuperuser noreplication"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), "drop role if exists "+role) })
+	u, err := url.Parse(firstURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(role, "x")
+	norep := writeFile(t, cliConfig(u.String(), "internal_notes")+logical)
+	code, out, errOut := rowcast(t, "config", "check", "--config", norep)
+	if code == exitOK || !strings.Contains(errOut, "may not replicate") {
+		t.Errorf("config check as a role without REPLICATION: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+func dbName(t *testing.T, dbURL string) string {
+	t.Helper()
+	var name string
+	if err := dbConnect(t, dbURL).QueryRow(t.Context(), "select current_database()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}

@@ -39,7 +39,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	}
 	if err := r.Run(ctx); err != nil {
 		var drift *server.DriftError
-		if errors.As(err, &drift) {
+		var setup *server.SetupError
+		if errors.As(err, &drift) || errors.As(err, &setup) {
 			fmt.Fprintf(stderr, "rowcast: %v\n", err)
 			return exitUsage
 		}
@@ -50,15 +51,28 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	return exitOK
 }
 
-// checkDatabase reports configured tables and columns missing from the
-// database; err is set when the database cannot be reached.
+// checkDatabase reports, reading only, what the database lacks for the
+// configuration: configured tables and columns, and in logical mode what
+// triggers.Check reports (wal_level, the role's REPLICATION right, replica
+// identity indexes, a slot name taken by another database); err is set
+// when the database cannot be reached.
 func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Database.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database.url: cannot connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return triggers.CheckTables(ctx, conn, cfg.Tables)
+	problems, err := triggers.CheckTables(ctx, conn, cfg.Tables)
+	if err != nil || cfg.Capture.Mode != config.ModeLogical {
+		return problems, err
+	}
+	// Render without the catalog: the checks need only names.
+	plan, err := triggers.Render(cfg.Tables, triggers.OptionsFor(cfg))
+	if err != nil {
+		return problems, err
+	}
+	more, err := triggers.Check(ctx, conn, plan)
+	return append(problems, more...), err
 }
 
 func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -72,17 +86,9 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if cfg == nil {
 		return code
 	}
-	if *dry && !*remove && cfg.Capture.Mode != config.ModeLogical {
-		// Trigger mode renders from the configuration alone.
-		plan, err := triggers.Render(cfg.Tables, triggers.OptionsFor(cfg))
-		if err != nil {
-			fmt.Fprintf(stderr, "rowcast: %v\n", err)
-			return exitUsage
-		}
-		fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
-		return exitOK
-	}
 	if !*remove {
+		// The same read-only checks with --dry-run: a script printed for a
+		// database that cannot take it would only fail later.
 		if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
 			if err != nil {
 				problems = append(problems, err.Error())
@@ -101,7 +107,9 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if *remove {
 		if *dry {
 			fmt.Fprintf(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table,\n"+
-				"-- publication %s and replication slot %s if they exist, then:\nDROP SCHEMA IF EXISTS rowcast CASCADE;\n",
+				"-- replication slot %[2]s (refusing, before anything, while a relay or another process uses it) and\n"+
+				"-- publication %[1]s if they exist, setting the published tables' replica identity back to DEFAULT, then:\n"+
+				"DROP SCHEMA IF EXISTS rowcast CASCADE;\n",
 				cfg.Capture.Publication, cfg.Capture.Slot)
 			return exitOK
 		}
@@ -110,7 +118,10 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		var plan *triggers.Plan
 		plan, err = triggers.Prepare(ctx, conn, cfg)
 		if err == nil && *dry {
-			fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n-- then: select pg_create_logical_replication_slot('"+cfg.Capture.Slot+"', 'pgoutput');\n")
+			fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
+			if plan.Logical {
+				fmt.Fprint(stdout, "-- then: select pg_create_logical_replication_slot('"+cfg.Capture.Slot+"', 'pgoutput');\n")
+			}
 			return exitOK
 		}
 		if err == nil {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/server"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -510,5 +514,99 @@ func TestLogicalRendersTheTableAsCommitted(t *testing.T) {
 		if i < len(trig) && !strings.Contains(strings.Join(trig, "\n"), want) {
 			t.Errorf("trigger mode's events lack %s", want)
 		}
+	}
+}
+
+// TestLogicalServeRefusesSlotOfAnotherDatabase: slot names are
+// cluster-wide; a relay of a second database configured with the slot name
+// another database owns refuses to start, naming that database and the
+// setting to change, instead of reporting ready and never delivering.
+func TestLogicalServeRefusesSlotOfAnotherDatabase(t *testing.T) {
+	first := startRelay(t, logicalMode)
+	var owner string
+	if err := first.db.QueryRow(context.Background(), "select current_database()").Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	url := pg.NewDatabase(t)
+	if err := demo.Setup(context.Background(), url); err != nil {
+		t.Fatal(err)
+	}
+	cfg := *first.cfg
+	cfg.Database.URL = url
+	// The schema, as an install in the old days would have left it.
+	trig := cfg
+	trig.Capture.Mode = config.ModeTrigger
+	install(t, &trig)
+	r, err := server.New(server.Options{Config: &cfg, SkipDriftCheck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	select {
+	case err := <-done:
+		var setup *server.SetupError
+		if !errors.As(err, &setup) || !strings.Contains(err.Error(), `belongs to database "`+owner+`"`) ||
+			!strings.Contains(err.Error(), "capture.slot") {
+			t.Fatalf("serve on a second database: %v", err)
+		}
+	case <-r.Ready():
+		t.Fatal("the relay of the second database reported ready")
+	case <-ctx.Done():
+		t.Fatal("the relay of the second database neither refused nor stopped")
+	}
+}
+
+// readyz returns /readyz's status and body.
+func (e *env) readyz() (int, string) {
+	resp, err := http.Get("http://" + e.relay.Addr() + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestLogicalReadinessFollowsTheHolder: the publication disappears under a
+// running holder (as a failed install --remove left it); the holder fails
+// attempt after attempt, and /readyz says 503 with the reason and what to
+// do. Once install creates the publication again, the holder recovers by
+// itself: the slot, whose history lacks the publication, is recreated with a
+// new history epoch, sessions are told to resync, /readyz says 200 and
+// changes flow again.
+func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	e.logicalRetry = 100 * time.Millisecond
+	e.start()
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
+	c.event("lead:created")
+	waitFor(t, func() string { return "/readyz 200" }, func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+
+	e.exec("drop publication rowcast")
+	e.exec("insert into leads (team_id, first_name) values (1, 'lost')")
+	var body string
+	waitFor(t, func() string { return "/readyz 503; last body: " + body }, func() bool {
+		var code int
+		code, body = e.readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, "publication rowcast does not exist") || !strings.Contains(body, "rowcast install") {
+		t.Errorf("/readyz body does not say why and what to do: %q", body)
+	}
+
+	install(t, e.cfg)
+	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("want resync after the slot was recreated, got %s", f.raw)
+	}
+	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
+		func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	if name := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "after" {
+		t.Fatalf("live after recovery: %v", name)
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -66,6 +67,15 @@ type Options struct {
 	// OnProgress is called after each acknowledgement with the last commit
 	// LSN applied and the slot's lag in bytes behind the server's WAL end.
 	OnProgress func(applied uint64, lagBytes uint64)
+	// Failures is how many consecutive failed attempts make Failing report
+	// true (default 3). An attempt fails when this replica holds the slot
+	// and its replication ends in an error before it made progress, or when
+	// another replica holds the election lock but nothing streams from the
+	// slot.
+	Failures int
+	// OnFailing is called with true and the reason when Failing turns
+	// true, and with false and "" when it turns false again.
+	OnFailing func(failing bool, reason string)
 }
 
 // Holder campaigns for the slot and, while holding it, replicates into the
@@ -74,6 +84,10 @@ type Holder struct {
 	url     string
 	o       Options
 	holding atomic.Bool
+
+	mu       sync.Mutex
+	failures int    // consecutive failed attempts
+	reason   string // why the last attempt failed
 }
 
 // New returns a Holder for the database at url.
@@ -99,6 +113,9 @@ func New(url string, o Options) *Holder {
 	if o.GroupDelay <= 0 {
 		o.GroupDelay = 20 * time.Millisecond
 	}
+	if o.Failures <= 0 {
+		o.Failures = 3
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -107,6 +124,47 @@ func New(url string, o Options) *Holder {
 
 // Holding reports whether this replica holds the slot.
 func (h *Holder) Holding() bool { return h.holding.Load() }
+
+// Failing reports whether logical capture has failed for Options.Failures
+// consecutive attempts, and why, with what to do when it is known. It turns
+// false again as soon as an attempt succeeds: this replica streams from the
+// slot and makes progress, or sees another replica streaming from it.
+func (h *Holder) Failing() (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failures < h.o.Failures {
+		return false, ""
+	}
+	return true, h.reason
+}
+
+// attempt records the outcome of one attempt: err nil is a success.
+func (h *Holder) attempt(err error) {
+	h.mu.Lock()
+	was := h.failures >= h.o.Failures
+	if err == nil {
+		h.failures, h.reason = 0, ""
+	} else {
+		h.failures++
+		h.reason = err.Error()
+	}
+	now, reason, n := h.failures >= h.o.Failures, h.reason, h.failures
+	h.mu.Unlock()
+	switch {
+	case now && !was:
+		h.o.Logger.Error("logical capture is failing; this relay reports not ready (/readyz 503) until it recovers by itself once the cause is fixed",
+			"attempts", n, "reason", reason)
+	case was && !now:
+		h.o.Logger.Info("logical capture recovered")
+	}
+	if now != was && h.o.OnFailing != nil {
+		h.o.OnFailing(now, reason)
+	}
+}
+
+// errNotStreaming is an attempt's failure on a replica that does not hold
+// the slot when nothing streams from it.
+var errNotStreaming = errors.New("another relay holds the slot's election lock but nothing streams from the slot: see that relay's log")
 
 // Run campaigns and replicates until ctx ends, then returns ctx's error.
 // Every failure (lost connection, lost lock, invalidated slot) lets the slot
@@ -118,8 +176,11 @@ func (h *Holder) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, errNotStreaming) {
 			h.o.Logger.Warn("logical capture stopped; will campaign again", "err", err)
+		}
+		if !errors.Is(err, errProgress) {
+			h.attempt(err)
 		}
 		t := time.NewTimer(h.o.Retry)
 		select {
@@ -130,6 +191,10 @@ func (h *Holder) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// errProgress wraps an error that ended an attempt after it had made
+// progress (already recorded as a success).
+var errProgress = errors.New("after progress")
 
 func (h *Holder) setHolding(v bool) {
 	if h.holding.Swap(v) != v && h.o.OnHolder != nil {
@@ -155,6 +220,15 @@ func (h *Holder) campaign(ctx context.Context) error {
 		return fmt.Errorf("logical campaign: %w", err)
 	}
 	if !got {
+		// Another replica is elected: capture works if something streams.
+		var streaming bool
+		err := db.QueryRow(ctx, "select exists (select 1 from pg_replication_slots where slot_name = $1 and active)", h.o.Slot).Scan(&streaming)
+		if err != nil {
+			return fmt.Errorf("logical campaign: %w", err)
+		}
+		if !streaming {
+			return fmt.Errorf("replication slot %s: %w", h.o.Slot, errNotStreaming)
+		}
 		return nil
 	}
 	h.setHolding(true)
@@ -180,18 +254,58 @@ func (h *Holder) campaign(ctx context.Context) error {
 			"messages 'true'", "streaming 'false'"},
 	})
 	if err != nil {
-		return fmt.Errorf("logical start replication: %w", err)
+		err = fmt.Errorf("logical start replication: %w", err)
+	} else {
+		err = a.stream(ctx, rconn, start)
 	}
-	return a.stream(ctx, rconn, start)
+	var pgErr *pgconn.PgError
+	if ctx.Err() == nil && errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined_object
+		rconn.Close(context.WithoutCancel(ctx)) // let the slot go
+		return h.missingPublication(ctx, db, err)
+	}
+	if a.progressed && err != nil {
+		return fmt.Errorf("%w: %w", errProgress, err)
+	}
+	return err
+}
+
+// missingPublication handles decoding that failed on an undefined object,
+// which is how pgoutput reports a publication missing at the position it
+// decodes. While the publication does not exist, that is the reason to
+// report. Once it exists again, decoding still fails where it is missing
+// in the slot's history (the publication was dropped and created anew, as
+// by a failed install --remove and an install): the slot is recreated with
+// a new history epoch, so every session resyncs, as for a lost slot.
+func (h *Holder) missingPublication(ctx context.Context, db *pgx.Conn, cause error) error {
+	var exists bool
+	if err := db.QueryRow(ctx, "select exists (select 1 from pg_publication where pubname = $1)", h.o.Publication).Scan(&exists); err != nil {
+		return fmt.Errorf("logical publication: %w", err)
+	}
+	if !exists {
+		return fmt.Errorf("publication %s does not exist: run `rowcast install` (capture.publication): %w", h.o.Publication, cause)
+	}
+	h.o.Logger.Warn("publication missing from the replication slot's history; recreating the slot and starting a new history epoch",
+		"slot", h.o.Slot, "publication", h.o.Publication, "err", cause)
+	if _, err := h.recreateSlot(ctx, db, true); err != nil {
+		return err
+	}
+	return fmt.Errorf("logical: slot %s recreated after %w", h.o.Slot, cause)
 }
 
 // ensureSlot returns where to start: the slot's confirmed position. A slot
 // that is missing (after a failover) or invalidated (max_slot_wal_keep_size)
 // is recreated and the history epoch changed, so every client resyncs.
 func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, error) {
+	problems, err := triggers.CheckSlot(ctx, db, h.o.Slot)
+	if err != nil {
+		return 0, fmt.Errorf("logical slot: %w", err)
+	}
+	if len(problems) > 0 {
+		return 0, fmt.Errorf("logical slot: %s", strings.Join(problems, "; "))
+	}
 	var lsn *string
 	var status *string
-	err := db.QueryRow(ctx, `select confirmed_flush_lsn::text, wal_status from pg_replication_slots where slot_name = $1`,
+	err = db.QueryRow(ctx, `select confirmed_flush_lsn::text, wal_status from pg_replication_slots where slot_name = $1`,
 		h.o.Slot).Scan(&lsn, &status)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -307,6 +421,11 @@ type applier struct {
 	rels    map[uint32]*relation
 	applied pglogrepl.LSN // last source commit LSN written to the changelog
 
+	// progressed is set once this attempt counts as a success: it
+	// committed into the changelog, or streamed for Retry without error.
+	progressed bool
+	started    time.Time
+
 	inTxn bool // between a source Begin and Commit
 	skip  bool // the source transaction was written before a crash
 	begin pglogrepl.BeginMessage
@@ -373,11 +492,19 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		}
 		return nil
 	}
+	a.started = time.Now()
+	progress := func() {
+		if !a.progressed {
+			a.progressed = true
+			a.h.attempt(nil)
+		}
+	}
 	groupCommit := func() error {
 		end, err := a.commitGroup(ctx)
 		if err != nil {
 			return err
 		}
+		progress()
 		if end > acked {
 			acked = end
 			soon(200 * time.Millisecond)
@@ -391,6 +518,9 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	}()
 	for {
 		now := time.Now()
+		if now.Sub(a.started) >= a.h.o.Retry {
+			progress()
+		}
 		if a.committed && !a.inTxn && (a.rows >= a.h.o.GroupRows || now.Sub(a.txStart) >= a.h.o.GroupDelay) {
 			if err := groupCommit(); err != nil {
 				return err
