@@ -58,9 +58,11 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 		return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
 	}
 	// Switching modes replaces one capture with the other; say so.
-	triggered, err := capturedByTriggers(ctx, conn, p)
-	if err != nil {
-		return nil, fmt.Errorf("install: %w", err)
+	var triggered map[string]bool
+	if p.Logical {
+		if triggered, err = capturedByTriggers(ctx, conn, p); err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
 	}
 	var wasLogical bool
 	if !p.Logical && p.Slot != "" && p.Publication != "" {

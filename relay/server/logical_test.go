@@ -444,9 +444,10 @@ func TestLogicalIdentityIndexMustHoldTheTeam(t *testing.T) {
 
 // migrationWorkload changes leads through migrations: a column added,
 // written and dropped; a column written then renamed; a column written then
-// retyped.
+// retyped. 60 more columns make the holder render a row in more than one
+// jsonb_build_object call (at most 100 arguments each).
 var migrationWorkload = []string{
-	"alter table leads add column referral text",
+	"alter table leads add column referral text, " + manyColumns(60),
 	"insert into leads (team_id, first_name, referral, score, created_at, updated_at) values (1, 'ref', 'friend', 3, '2026-01-02', '2026-01-02')",
 	"alter table leads drop column referral",
 	"update leads set last_name = 'Before rename' where first_name = 'ref'",
@@ -457,6 +458,15 @@ var migrationWorkload = []string{
 	"alter table leads alter column budget_min type numeric(12, 4)",
 	"delete from leads where first_name = 'ref'",
 	"insert into leads (team_id, first_name, surname, score, created_at, updated_at) values (1, 'end', 'x', 'high', '2026-01-02', '2026-01-02')",
+}
+
+// manyColumns returns n column definitions for ALTER TABLE … ADD.
+func manyColumns(n int) string {
+	cols := make([]string, n)
+	for i := range cols {
+		cols[i] = fmt.Sprintf("add column extra_%02d int default %d", i, i)
+	}
+	return strings.Join(cols, ", ")
 }
 
 // runMigrations runs migrationWorkload while no relay runs (a logical slot

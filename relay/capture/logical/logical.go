@@ -532,6 +532,9 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 			}
 		}
 		deadline := nextStatus
+		if t := a.started.Add(a.h.o.Retry); !a.progressed && t.Before(deadline) {
+			deadline = t // wake to record the attempt's success
+		}
 		if a.committed && !a.inTxn {
 			// Whole source transactions are waiting: commit them as soon as
 			// the stream pauses.
