@@ -237,6 +237,13 @@ from pg_replication_slots s where s.slot_name = $1`, slot).Scan(&kind, &plugin, 
 	return nil, nil
 }
 
+// SlotInUse describes what uses the replication slot, or returns "" when
+// nothing does: a relay holding rowcast's election lock for it, or any
+// process streaming from it. Remove refuses to start while something does.
+func SlotInUse(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	return slotInUse(ctx, conn, slot)
+}
+
 // slotInUse returns a description of what holds the slot, or "" when
 // nothing does: a relay holding rowcast's election lock for it, or any
 // process streaming from it.

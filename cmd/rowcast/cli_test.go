@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/relay/demo"
 )
@@ -490,4 +492,44 @@ func dbName(t *testing.T, dbURL string) string {
 		t.Fatal(err)
 	}
 	return name
+}
+
+// TestCLIRemoveRefusesSlotInUse: while something streams from the slot,
+// install --remove (and its --dry-run) refuses before dropping anything and
+// names what uses the slot.
+func TestCLIRemoveRefusesSlotInUse(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	cfg := writeFile(t, cliConfig(dbURL, "internal_notes")+"capture:\n  mode: logical\n")
+	if code, out, errOut := rowcast(t, "install", "--config", cfg); code != exitOK {
+		t.Fatalf("install: exit %d\n%s%s", code, out, errOut)
+	}
+	sep := "?"
+	if strings.Contains(dbURL, "?") {
+		sep = "&"
+	}
+	rconn, err := pgconn.Connect(t.Context(), dbURL+sep+"replication=database&application_name=relay-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close(context.Background())
+	if err := pglogrepl.StartReplication(t.Context(), rconn, "rowcast", 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '2'", "publication_names 'rowcast'"}}); err != nil {
+		t.Fatal(err)
+	}
+	conn := dbConnect(t, dbURL)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !dbBool(t, conn, "select coalesce((select active from pg_replication_slots where slot_name = 'rowcast'), false)") {
+		<-tick.C
+	}
+	for _, args := range [][]string{{"install", "--remove", "--dry-run"}, {"install", "--remove"}} {
+		code, out, errOut := rowcast(t, append(args, "--config", cfg)...)
+		if code == exitOK || !strings.Contains(errOut, "in use") || !strings.Contains(errOut, "relay-7") {
+			t.Errorf("%v while the slot is in use: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
+	if !schemaInstalled(t, conn) || !dbBool(t, conn, "select exists (select 1 from pg_publication where pubname = 'rowcast')") {
+		t.Error("remove dropped something although the slot is in use")
+	}
 }

@@ -106,6 +106,17 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var done []string
 	if *remove {
 		if *dry {
+			// The check remove makes before it drops anything.
+			who, err := triggers.SlotInUse(ctx, conn, cfg.Capture.Slot)
+			if err != nil {
+				fmt.Fprintf(stderr, "rowcast: %v\n", err)
+				return exitFailed
+			}
+			if who != "" {
+				fmt.Fprintf(stderr, "rowcast: replication slot %s is in use: %s; stop every relay first: install --remove would remove nothing\n",
+					cfg.Capture.Slot, who)
+				return exitFailed
+			}
 			fmt.Fprintf(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table,\n"+
 				"-- replication slot %[2]s (refusing, before anything, while a relay or another process uses it) and\n"+
 				"-- publication %[1]s if they exist, setting the published tables' replica identity back to DEFAULT, then:\n"+
