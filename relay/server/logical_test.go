@@ -620,3 +620,40 @@ func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
 		t.Fatalf("live after recovery: %v", name)
 	}
 }
+
+// TestLogicalReadinessWhenAnotherHolds: a replica that does not hold the
+// slot is not ready while the replica that holds the election lock streams
+// nothing (here a session that took the lock and does nothing), and is
+// ready again, and delivering, once the lock is free.
+func TestLogicalReadinessWhenAnotherHolds(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	ctx := context.Background()
+	stuck, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close(ctx)
+	if _, err := stuck.Exec(ctx, "select pg_advisory_lock(hashtext('rowcast.slot:rowcast'))"); err != nil {
+		t.Fatal(err)
+	}
+	e.logicalRetry = 100 * time.Millisecond
+	e.start()
+	c := e.connect(userToken(t, "2", 1))
+	var body string
+	waitFor(t, func() string { return "/readyz 503; last body: " + body }, func() bool {
+		var code int
+		code, body = e.readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, "nothing has been streaming from the slot") {
+		t.Errorf("/readyz body: %q", body)
+	}
+	if err := stuck.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
+		func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	c.event("lead:created")
+}

@@ -70,8 +70,8 @@ type Options struct {
 	// Failures is how many consecutive failed attempts make Failing report
 	// true (default 3). An attempt fails when this replica holds the slot
 	// and its replication ends in an error before it made progress, or when
-	// another replica holds the election lock but nothing streams from the
-	// slot.
+	// another replica holds the election lock but no connection has been
+	// streaming from the slot for Retry.
 	Failures int
 	// OnFailing is called with true and the reason when Failing turns
 	// true, and with false and "" when it turns false again.
@@ -163,8 +163,8 @@ func (h *Holder) attempt(err error) {
 }
 
 // errNotStreaming is an attempt's failure on a replica that does not hold
-// the slot when nothing streams from it.
-var errNotStreaming = errors.New("another relay holds the slot's election lock but nothing streams from the slot: see that relay's log")
+// the slot when nothing has been streaming from it for Retry.
+var errNotStreaming = errors.New("another relay holds the slot's election lock but nothing has been streaming from the slot: see that relay's log")
 
 // Run campaigns and replicates until ctx ends, then returns ctx's error.
 // Every failure (lost connection, lost lock, invalidated slot) lets the slot
@@ -220,9 +220,14 @@ func (h *Holder) campaign(ctx context.Context) error {
 		return fmt.Errorf("logical campaign: %w", err)
 	}
 	if !got {
-		// Another replica is elected: capture works if something streams.
+		// Another replica is elected: capture works if something has been
+		// streaming from the slot for at least Retry (a holder failing
+		// attempt after attempt streams for moments, each time anew).
 		var streaming bool
-		err := db.QueryRow(ctx, "select exists (select 1 from pg_replication_slots where slot_name = $1 and active)", h.o.Slot).Scan(&streaming)
+		err := db.QueryRow(ctx, `select exists (
+			select 1 from pg_replication_slots s join pg_stat_activity a on a.pid = s.active_pid
+			where s.slot_name = $1 and a.backend_start <= now() - make_interval(secs => $2))`,
+			h.o.Slot, h.o.Retry.Seconds()).Scan(&streaming)
 		if err != nil {
 			return fmt.Errorf("logical campaign: %w", err)
 		}
