@@ -15,6 +15,36 @@ import (
 // installLock serialises concurrent installs across processes.
 const installLock = "select pg_advisory_xact_lock(hashtext('rowcast.install'))"
 
+// Check reports, without changing anything, what the database lacks for
+// the plan beyond its tables and columns (see CheckTables): for logical
+// capture the server settings and the role's right to replicate
+// (CheckLogical), the configured replica identity indexes, and a slot name
+// taken elsewhere in the cluster (CheckSlot). Install refuses to start
+// while there is any.
+func Check(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
+	if !p.Logical {
+		return nil, nil
+	}
+	problems, err := CheckLogical(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	tables := make([]config.Table, len(p.Tables))
+	for i, t := range p.Tables {
+		tables[i] = t.Table
+	}
+	more, err := checkIdentityIndexes(ctx, conn, tables)
+	if err != nil {
+		return nil, err
+	}
+	problems = append(problems, more...)
+	more, err = CheckSlot(ctx, conn, p.Slot)
+	if err != nil {
+		return nil, err
+	}
+	return append(problems, more...), nil
+}
+
 // Install applies the plan in one transaction and removes the capture
 // triggers of tables that are no longer configured. It is idempotent. It
 // returns one line per action taken, for the operator.
@@ -31,22 +61,36 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("install: %w:\n  - %s", ErrMismatch, strings.Join(problems, "\n  - "))
 	}
+	problems, err = Check(ctx, conn, p)
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
+	}
+	// Switching modes replaces one capture with the other; say so.
+	var triggered map[string]bool
 	if p.Logical {
-		problems, err := CheckLogical(ctx, conn)
-		if err != nil {
+		if triggered, err = capturedByTriggers(ctx, conn, p); err != nil {
 			return nil, fmt.Errorf("install: %w", err)
 		}
-		tables := make([]config.Table, len(p.Tables))
-		for i, t := range p.Tables {
-			tables[i] = t.Table
-		}
-		more, err := checkIdentityIndexes(ctx, conn, tables)
-		if err != nil {
+	}
+	var wasLogical bool
+	if !p.Logical && p.Slot != "" && p.Publication != "" {
+		if wasLogical, err = logicalInstalled(ctx, conn, p.Slot, p.Publication); err != nil {
 			return nil, fmt.Errorf("install: %w", err)
 		}
-		problems = append(problems, more...)
-		if len(problems) > 0 {
-			return nil, fmt.Errorf("install: %w:\n  - %s", ErrNotReady, strings.Join(problems, "\n  - "))
+		if wasLogical {
+			// Check before changing anything: a relay still reading the
+			// slot would capture every change a second time.
+			who, err := slotInUse(ctx, conn, p.Slot)
+			if err != nil {
+				return nil, fmt.Errorf("install: %w", err)
+			}
+			if who != "" {
+				return nil, fmt.Errorf("install: switching to trigger capture: replication slot %s is in use: %s; stop the relays in logical mode first; nothing was changed",
+					p.Slot, who)
+			}
 		}
 	}
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -67,6 +111,10 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 					ri = "REPLICA IDENTITY USING INDEX " + t.Table.ReplicaIdentityIndex
 				}
 				done = append(done, "logical apply function for "+t.Table.Qualified()+"; set "+ri)
+				if triggered[t.Table.Qualified()] {
+					done = append(done, "removed capture trigger from "+t.Table.Qualified()+
+						" (switching to logical capture: the slot holder captures it from now on)")
+				}
 			} else {
 				done = append(done, "capture trigger on "+t.Table.Qualified())
 			}
@@ -107,6 +155,15 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			done = append(done, "replication slot "+p.Slot+" (pgoutput); it holds WAL until a relay reads it")
 		}
 	}
+	if wasLogical {
+		d, err := removeLogical(ctx, conn, p.Slot, p.Publication)
+		if err != nil {
+			return nil, fmt.Errorf("install: switching to trigger capture: %w", err)
+		}
+		for _, line := range d {
+			done = append(done, line+" (switching to trigger capture)")
+		}
+	}
 	return done, nil
 }
 
@@ -114,11 +171,41 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 // the database (the problems CheckTables reports); the error lists each.
 var ErrMismatch = errors.New("the configured tables do not fit the database")
 
+// capturedByTriggers returns the plan's tables that have a capture
+// trigger, by Table.Qualified().
+func capturedByTriggers(ctx context.Context, conn *pgx.Conn, p *Plan) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, t := range p.Tables {
+		var has bool
+		err := conn.QueryRow(ctx, "select exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = $2)",
+			ident(t.Table.Schema())+"."+ident(t.Table.Name()), captureTrigger).Scan(&has)
+		if err != nil {
+			return nil, fmt.Errorf("list capture triggers: %w", err)
+		}
+		out[t.Table.Qualified()] = has
+	}
+	return out, nil
+}
+
+// logicalInstalled reports whether the publication, or the slot in this
+// database, exists.
+func logicalInstalled(ctx context.Context, conn *pgx.Conn, slot, publication string) (bool, error) {
+	var found bool
+	err := conn.QueryRow(ctx, `select exists (select 1 from pg_publication where pubname = $2)
+		or exists (select 1 from pg_replication_slots where slot_name = $1 and database = current_database())`,
+		slot, publication).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("check logical capture: %w", err)
+	}
+	return found, nil
+}
+
 // Remove drops the capture triggers from every table that has them, the
-// logical publication and slot when slot and publication are named, and
+// logical publication and slot when slot and publication are named
+// (setting the published tables' replica identity back to DEFAULT), and
 // the rowcast schema with its history. Sessions resuming afterwards get
-// resync. A slot still in use by a relay cannot be dropped: stop the relays
-// first.
+// resync. It removes nothing while a relay or another process uses the
+// slot, and says which: stop the relays first.
 func Remove(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]string, error) {
 	var done []string
 	if slot != "" && publication != "" {

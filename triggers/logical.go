@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -90,11 +91,20 @@ func OptionsFor(cfg *config.Config) Options {
 	}
 }
 
-// renderApply renders a table's logical-mode apply function: it turns the
-// decoded row values back into rows of the table's type and runs the same
-// body as the capture trigger on them, so both modes write byte-identical
-// changelog rows. It also drops the table's capture triggers (both modes at
-// once would capture twice) and sets the replica identity.
+// renderApply renders a table's logical-mode apply function: it runs the
+// same body as the capture trigger on the rows the slot holder decoded, so
+// both modes write byte-identical changelog rows. new_j and old_j are the
+// rows' JSON as the holder rendered them with the column types of the
+// relation message that preceded the change, that is as the table was when
+// the change was committed, not as it is when the holder applies it (a
+// later migration may have added, dropped, renamed or retyped columns).
+// They are used where the trigger uses to_jsonb(NEW) and to_jsonb(OLD).
+// Rows of the table's type (jsonb_populate_record) serve only to read the
+// fields the body needs (id, team, actor, task columns), and, for a table
+// with stored generated columns (which pgoutput does not send), to compute
+// those with their own expressions on the table as it is, merged into the
+// JSON. It also drops the table's capture triggers (both modes at once
+// would capture twice) and sets the replica identity.
 func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
@@ -102,12 +112,27 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, new_j);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, old_j);\n", tbl)
+	fields := func(j string) string { return j }
+	if len(gen) == 0 {
+		// Only the fields the body reads: a column retyped since the
+		// change could not take its old value, and need not.
+		fields = func(j string) string {
+			var args []string
+			for _, c := range fieldColumns(t) {
+				args = append(args, literal(c)+", "+j+" -> "+literal(c))
+			}
+			return "jsonb_build_object(" + strings.Join(args, ", ") + ")"
+		}
+	}
+	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, %[2]s);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, %[3]s);\n",
+		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	var g strings.Builder
 	for _, c := range gen {
-		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
-		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); new_j := new_j || jsonb_build_object(%[3]s, r_new.%[1]s); END IF;\n",
+			ident(c.Name), c.Expr, literal(c.Name))
+		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); old_j := old_j || jsonb_build_object(%[3]s, r_old.%[1]s); END IF;\n",
+			ident(c.Name), c.Expr, literal(c.Name))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
 	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
@@ -122,6 +147,30 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY FULL;\n", tbl)
 	}
 	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+}
+
+// fieldColumns lists the columns the capture body reads from a row, as
+// opposed to rendering it whole.
+func fieldColumns(t config.Table) []string {
+	cols := append(slices.Clone(t.KeyColumns()), t.TeamColumn)
+	if t.TeamFrom != nil {
+		cols = append(cols, t.TeamFrom.Key)
+	}
+	if t.ActorColumn != "" {
+		cols = append(cols, t.ActorColumn)
+	}
+	if t.Kind == "ai_task" {
+		cols = append(cols, t.UserColumn, t.StatusColumn, t.ProgressColumn)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range cols {
+		if c != "" && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // renderPublication creates the publication, or sets its tables.
@@ -173,6 +222,83 @@ select current_setting('wal_level'), current_setting('max_replication_slots')::i
 	}
 	return problems, nil
 }
+
+// CheckSlot reports why the replication slot named slot cannot serve
+// logical capture of the connected database: slot names are cluster-wide,
+// so a slot of that name may belong to another database of the same
+// server, or be a physical slot, or decode with another plugin than
+// pgoutput. Each problem names the setting to change (capture.slot). A
+// missing slot is no problem: install creates it.
+func CheckSlot(ctx context.Context, conn *pgx.Conn, slot string) ([]string, error) {
+	var kind, here string
+	var plugin, db *string
+	err := conn.QueryRow(ctx, `
+select s.slot_type, s.plugin, s.database, current_database()
+from pg_replication_slots s where s.slot_name = $1`, slot).Scan(&kind, &plugin, &db, &here)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("check slot: %w", err)
+	}
+	other := "set capture.slot to a name no other database or tool on this server uses"
+	switch {
+	case kind != "logical":
+		return []string{fmt.Sprintf("capture.slot: replication slot %q is a %s slot, not rowcast's: %s", slot, kind, other)}, nil
+	case db == nil || *db != here:
+		owner := "another database"
+		if db != nil {
+			owner = fmt.Sprintf("database %q", *db)
+		}
+		return []string{fmt.Sprintf("capture.slot: replication slot %q belongs to %s, not %q (slot names are cluster-wide): %s",
+			slot, owner, here, other)}, nil
+	case plugin == nil || *plugin != "pgoutput":
+		p := ""
+		if plugin != nil {
+			p = *plugin
+		}
+		return []string{fmt.Sprintf("capture.slot: replication slot %q decodes with plugin %q, not pgoutput: %s", slot, p, other)}, nil
+	}
+	return nil, nil
+}
+
+// SlotInUse describes what uses the replication slot, or returns "" when
+// nothing does: a relay holding rowcast's election lock for it, or any
+// process streaming from it. Remove refuses to start while something does.
+func SlotInUse(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	return slotInUse(ctx, conn, slot)
+}
+
+// slotInUse returns a description of what holds the slot, or "" when
+// nothing does: a relay holding rowcast's election lock for it, or any
+// process streaming from it.
+func slotInUse(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	var who *string
+	err := conn.QueryRow(ctx, `
+with h as (
+    select s.active_pid as pid, 'streams from it' as what
+    from pg_replication_slots s where s.slot_name = $1 and s.active_pid is not null
+    union all
+    select l.pid, 'holds the relays'' election lock for it'
+    from pg_locks l
+    where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.pid <> pg_backend_pid()
+      and ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($2)::bigint
+)
+select string_agg(format('pid %s (application %L, client %s) %s', h.pid, coalesce(a.application_name, ''),
+                         coalesce(a.client_addr::text, 'local'), h.what), '; ' order by h.pid)
+from h left join pg_stat_activity a on a.pid = h.pid`, slot, slotLockKey(slot)).Scan(&who)
+	if err != nil {
+		return "", fmt.Errorf("check slot in use: %w", err)
+	}
+	if who == nil {
+		return "", nil
+	}
+	return *who, nil
+}
+
+// slotLockKey is the advisory lock key (hashtext of it) that elects the
+// relay holding a slot; relay/capture/logical takes the same lock.
+func slotLockKey(slot string) string { return "rowcast.slot:" + slot }
 
 // checkIdentityIndexes reports tables whose configured replica identity
 // index is missing, not unique, or lacks the team column or an id column:
@@ -230,22 +356,69 @@ select count(*) > 0 from (
 	return created, nil
 }
 
-// removeLogical drops the publication and the slot if they exist.
+// removeLogical drops the publication and the slot if they exist, and sets
+// the replica identity of the published tables back to DEFAULT. It checks
+// first, before dropping anything, that no relay or other process uses the
+// slot; and it leaves alone a slot of that name that belongs to another
+// database.
 func removeLogical(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]string, error) {
-	var done []string
-	if _, err := conn.Exec(ctx, "drop publication if exists "+ident(publication)); err != nil {
-		return nil, fmt.Errorf("drop publication: %w", err)
+	// Hold the relays' election lock meanwhile, so none starts reading.
+	var got bool
+	if err := conn.QueryRow(ctx, "select pg_try_advisory_lock(hashtext($1))", slotLockKey(slot)).Scan(&got); err != nil {
+		return nil, fmt.Errorf("check slot in use: %w", err)
 	}
+	if got {
+		defer conn.Exec(context.WithoutCancel(ctx), "select pg_advisory_unlock(hashtext($1))", slotLockKey(slot))
+	}
+	who, err := slotInUse(ctx, conn, slot)
+	if err != nil {
+		return nil, err
+	}
+	if who == "" && !got {
+		who = "another session holds the relays' election lock"
+	}
+	if who != "" {
+		return nil, fmt.Errorf("replication slot %s is in use: %s; stop every relay (and whatever else reads the slot) first; nothing was removed",
+			slot, who)
+	}
+	var done []string
 	var dropped bool
-	err := conn.QueryRow(ctx, `
+	err = conn.QueryRow(ctx, `
 select count(*) > 0 from (
-    select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1
+    select pg_drop_replication_slot(slot_name) from pg_replication_slots
+    where slot_name = $1 and database = current_database()
 ) s`, slot).Scan(&dropped)
 	if err != nil {
-		return nil, fmt.Errorf("drop replication slot %s (stop every relay first, or it is in use): %w", slot, err)
+		return nil, fmt.Errorf("drop replication slot %s: %w", slot, err)
 	}
 	if dropped {
 		done = append(done, "dropped replication slot "+slot)
+	}
+	rows, err := conn.Query(ctx, `
+select format('%I.%I', c.relnamespace::regnamespace::text, c.relname)
+from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid join pg_class c on c.oid = pr.prrelid
+where p.pubname = $1 and c.relreplident in ('f', 'i') order by 1`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("list published tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list published tables: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for _, t := range tables {
+			if _, err := tx.Exec(ctx, "alter table "+t+" replica identity default"); err != nil {
+				return describe(t, err)
+			}
+			done = append(done, "set REPLICA IDENTITY DEFAULT on "+t+" (logical capture had changed it)")
+		}
+		if _, err := tx.Exec(ctx, "drop publication if exists "+ident(publication)); err != nil {
+			return fmt.Errorf("drop publication: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return append(done, "dropped publication "+publication+" (if it existed)"), nil
 }

@@ -172,12 +172,13 @@ func renderTable(t config.Table) (TablePlan, error) {
 	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
 }
 
-// rowJSON renders the expression for a row's JSON with exclusions removed.
-func rowJSON(rec string, t config.Table) string {
+// rowJSON renders the expression for a row's JSON (j, e.g. to_jsonb(NEW))
+// with exclusions removed.
+func rowJSON(j string, t config.Table) string {
 	if len(t.ExcludeColumns) == 0 {
-		return "to_jsonb(" + rec + ")"
+		return j
 	}
-	return "(to_jsonb(" + rec + ") - " + textArray(t.ExcludeColumns) + ")"
+	return "(" + j + " - " + textArray(t.ExcludeColumns) + ")"
 }
 
 const declare = `DECLARE
@@ -232,12 +233,15 @@ func bodyFor(t config.Table, r recs) (string, error) {
 }
 
 // recs names what a body works on: the trigger's NEW, OLD and TG_OP, or the
-// apply function's decoded rows and operation. ret is how the body returns.
-type recs struct{ new, old, op, ret string }
+// apply function's decoded rows and operation. newJ and oldJ are the rows'
+// JSON: to_jsonb of the trigger's rows, or the apply function's rows as the
+// holder rendered them from the table as it was at the change. ret is how
+// the body returns.
+type recs struct{ new, old, newJ, oldJ, op, ret string }
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", op: "TG_OP", ret: "RETURN NULL"}
-	applyRecs   = recs{new: "r_new", old: "r_old", op: "op", ret: "RETURN"}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL"}
+	applyRecs   = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
 )
 
 // keySQL returns the SQL expressions of a row's entity id (text) and, for a
@@ -305,9 +309,9 @@ func entityBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("        " + markSQL + "\n        ")
-	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.new, t), "NULL"))
+	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.newJ, t), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
-	fmt.Fprintf(&b, "        n := %s;\n        o := to_jsonb(%s);\n", rowJSON(r.new, t), r.old)
+	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), r.oldJ)
 	b.WriteString(diff)
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
@@ -354,10 +358,10 @@ func taskBody(t config.Table, r recs) string {
 	var b strings.Builder
 	b.WriteString(declare)
 	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
-	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.new, t))
+	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.newJ, t))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        "+markSQL+"\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
-	fmt.Fprintf(&b, "    ELSE\n        o := to_jsonb(%s);\n", r.old)
+	fmt.Fprintf(&b, "    ELSE\n        o := %s;\n", r.oldJ)
 	b.WriteString(diff)
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        "+markSQL+"\n", r.ret)
 	// The highest progress sent so far, so that a lower write is sent

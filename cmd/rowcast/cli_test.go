@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/relay/demo"
 )
@@ -480,5 +482,112 @@ func TestCLIRefusesIDColumnThatIsNotAKey(t *testing.T) {
 	good := writeFile(t, withMembers("id_columns: [team_id, user_id]"))
 	if code, out, errOut := rowcast(t, "config", "check", "--config", good); code != exitOK {
 		t.Errorf("composite key: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// TestCLIInstallDryRunRunsTheChecks: --dry-run makes the database checks
+// install makes, reading only, and fails on a problem instead of printing a
+// script that cannot run.
+func TestCLIInstallDryRunRunsTheChecks(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	cfg := writeFile(t, cliConfig(dbURL, "internal_notes", "no_such_column"))
+	code, out, errOut := rowcast(t, "install", "--config", cfg, "--dry-run")
+	if code != exitUsage || !strings.Contains(errOut, `"no_such_column"`) || strings.Contains(out, "CREATE") {
+		t.Errorf("install --dry-run with a missing column: exit %d\nstdout:\n%.300s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+// TestCLILogicalChecks: config check, install (--dry-run too) and serve
+// report what logical capture lacks: a slot name that another database of
+// the cluster owns, and a role that may not replicate.
+func TestCLILogicalChecks(t *testing.T) {
+	cliEnv(t)
+	logical := "capture:\n  mode: logical\n"
+	firstURL, _ := cliDatabase(t)
+	first := writeFile(t, cliConfig(firstURL, "internal_notes")+logical)
+	if code, out, errOut := rowcast(t, "install", "--config", first); code != exitOK {
+		t.Fatalf("install on the first database: exit %d\n%s%s", code, out, errOut)
+	}
+	owner := dbName(t, firstURL)
+
+	secondURL, _ := cliDatabase(t)
+	second := writeFile(t, cliConfig(secondURL, "internal_notes")+logical)
+	wantSlot := `replication slot "rowcast" belongs to database "` + owner + `"`
+	for _, args := range [][]string{{"config", "check"}, {"install"}, {"install", "--dry-run"}, {"serve"}} {
+		code, out, errOut := rowcast(t, append(args, "--config", second)...)
+		if code == exitOK || !strings.Contains(errOut, wantSlot) || !strings.Contains(errOut, "capture.slot") {
+			t.Errorf("%v on a second database: exit %d\nstdout:\n%.300s\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
+	if schemaInstalled(t, dbConnect(t, secondURL)) {
+		t.Error("install went ahead on the second database")
+	}
+
+	// A role that may not replicate.
+	conn := dbConnect(t, firstURL)
+	role := strings.ToLower("rowcast_norep_" + owner[len(owner)-6:])
+	if _, err := conn.Exec(t.Context(), "create role "+role+" login nosuperuser noreplication"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), "drop role if exists "+role) })
+	u, err := url.Parse(firstURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(role, "x")
+	norep := writeFile(t, cliConfig(u.String(), "internal_notes")+logical)
+	code, out, errOut := rowcast(t, "config", "check", "--config", norep)
+	if code == exitOK || !strings.Contains(errOut, "may not replicate") {
+		t.Errorf("config check as a role without REPLICATION: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+func dbName(t *testing.T, dbURL string) string {
+	t.Helper()
+	var name string
+	if err := dbConnect(t, dbURL).QueryRow(t.Context(), "select current_database()").Scan(&name); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// TestCLIRemoveRefusesSlotInUse: while something streams from the slot,
+// install --remove (and its --dry-run) refuses before dropping anything and
+// names what uses the slot.
+func TestCLIRemoveRefusesSlotInUse(t *testing.T) {
+	cliEnv(t)
+	dbURL, _ := cliDatabase(t)
+	cfg := writeFile(t, cliConfig(dbURL, "internal_notes")+"capture:\n  mode: logical\n")
+	if code, out, errOut := rowcast(t, "install", "--config", cfg); code != exitOK {
+		t.Fatalf("install: exit %d\n%s%s", code, out, errOut)
+	}
+	sep := "?"
+	if strings.Contains(dbURL, "?") {
+		sep = "&"
+	}
+	rconn, err := pgconn.Connect(t.Context(), dbURL+sep+"replication=database&application_name=relay-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close(context.Background())
+	if err := pglogrepl.StartReplication(t.Context(), rconn, "rowcast", 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '2'", "publication_names 'rowcast'"}}); err != nil {
+		t.Fatal(err)
+	}
+	conn := dbConnect(t, dbURL)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !dbBool(t, conn, "select coalesce((select active from pg_replication_slots where slot_name = 'rowcast'), false)") {
+		<-tick.C
+	}
+	for _, args := range [][]string{{"install", "--remove", "--dry-run"}, {"install", "--remove"}} {
+		code, out, errOut := rowcast(t, append(args, "--config", cfg)...)
+		if code == exitOK || !strings.Contains(errOut, "in use") || !strings.Contains(errOut, "relay-7") {
+			t.Errorf("%v while the slot is in use: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
+	if !schemaInstalled(t, conn) || !dbBool(t, conn, "select exists (select 1 from pg_publication where pubname = 'rowcast')") {
+		t.Error("remove dropped something although the slot is in use")
 	}
 }

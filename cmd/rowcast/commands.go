@@ -40,7 +40,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 	}
 	if err := r.Run(ctx); err != nil {
 		var drift *server.DriftError
-		if errors.As(err, &drift) {
+		var setup *server.SetupError
+		if errors.As(err, &drift) || errors.As(err, &setup) {
 			fmt.Fprintf(stderr, "rowcast: %v\n", err)
 			return exitUsage
 		}
@@ -78,15 +79,27 @@ func connectError(err error) error {
 	return fmt.Errorf("user=%s database=%s: %s", ce.Config.User, ce.Config.Database, strings.Join(kept, "; "))
 }
 
-// checkDatabase reports configured tables and columns missing from the
-// database; err is set when the database cannot be reached.
+// checkDatabase reports, reading only, what the database lacks for the
+// configuration: configured tables and columns, and in logical mode what
+// triggers.Check reports (wal_level, the role's REPLICATION right, replica
+// identity indexes, a slot name taken by another database); err is set
+// when the database cannot be reached.
 func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
 	conn, err := pgx.Connect(ctx, cfg.Database.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return triggers.CheckTables(ctx, conn, cfg.Tables)
+	problems, err := triggers.CheckTables(ctx, conn, cfg.Tables)
+	if err != nil || cfg.Capture.Mode != config.ModeLogical {
+		return problems, err
+	}
+	plan, err := triggers.Prepare(ctx, conn, cfg)
+	if err != nil {
+		return problems, err
+	}
+	more, err := triggers.Check(ctx, conn, plan)
+	return append(problems, more...), err
 }
 
 func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -100,17 +113,9 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if cfg == nil {
 		return code
 	}
-	if *dry && !*remove && cfg.Capture.Mode != config.ModeLogical && !needsCatalog(cfg.Tables) {
-		// Trigger mode renders from the configuration alone.
-		plan, err := triggers.Render(cfg.Tables, triggers.OptionsFor(cfg))
-		if err != nil {
-			fmt.Fprintf(stderr, "rowcast: %v\n", err)
-			return exitUsage
-		}
-		fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
-		return exitOK
-	}
 	if !*remove {
+		// The same read-only checks with --dry-run: a script printed for a
+		// database that cannot take it would only fail later.
 		if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
 			if err != nil {
 				problems = append(problems, err.Error())
@@ -128,8 +133,21 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	var done []string
 	if *remove {
 		if *dry {
+			// The check remove makes before it drops anything.
+			who, err := triggers.SlotInUse(ctx, conn, cfg.Capture.Slot)
+			if err != nil {
+				fmt.Fprintf(stderr, "rowcast: %v\n", err)
+				return exitFailed
+			}
+			if who != "" {
+				fmt.Fprintf(stderr, "rowcast: replication slot %s is in use: %s; stop every relay first: install --remove would remove nothing\n",
+					cfg.Capture.Slot, who)
+				return exitFailed
+			}
 			fmt.Fprintf(stdout, "-- would drop the rowcast_capture and rowcast_truncate triggers from every table,\n"+
-				"-- publication %s and replication slot %s if they exist, then:\nDROP SCHEMA IF EXISTS rowcast CASCADE;\n",
+				"-- replication slot %[2]s (refusing, before anything, while a relay or another process uses it) and\n"+
+				"-- publication %[1]s if they exist, setting the published tables' replica identity back to DEFAULT, then:\n"+
+				"DROP SCHEMA IF EXISTS rowcast CASCADE;\n",
 				cfg.Capture.Publication, cfg.Capture.Slot)
 			return exitOK
 		}
@@ -138,7 +156,10 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		var plan *triggers.Plan
 		plan, err = triggers.Prepare(ctx, conn, cfg)
 		if err == nil && *dry {
-			fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n-- then: select pg_create_logical_replication_slot('"+cfg.Capture.Slot+"', 'pgoutput');\n")
+			fmt.Fprint(stdout, "BEGIN;\n"+plan.SQL()+"COMMIT;\n")
+			if plan.Logical {
+				fmt.Fprint(stdout, "-- then: select pg_create_logical_replication_slot('"+cfg.Capture.Slot+"', 'pgoutput');\n")
+			}
 			return exitOK
 		}
 		if err == nil {
@@ -153,17 +174,6 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stdout, line)
 	}
 	return exitOK
-}
-
-// needsCatalog reports whether rendering reads the database: a team_from
-// rule without parent_key takes the parent's primary key from it.
-func needsCatalog(tables []config.Table) bool {
-	for _, t := range tables {
-		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
-			return true
-		}
-	}
-	return false
 }
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {

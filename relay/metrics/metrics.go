@@ -27,6 +27,7 @@ type Metrics struct {
 	holder      prometheus.Gauge
 	slotLag     prometheus.Gauge
 	appliedLSN  prometheus.Gauge
+	failing     prometheus.Gauge
 }
 
 // New creates the collectors and registers them on reg. sessions, when not
@@ -66,9 +67,11 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Bytes of WAL between the server's end and the slot's acknowledged position, as last reported."}),
 		appliedLSN: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_applied_lsn",
 			Help: "Commit LSN of the last source transaction written to the changelog, as a number."}),
+		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_capture_failing",
+			Help: "1 while logical capture has failed for several consecutive attempts (the relay is then not ready)."}),
 	}
 	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
-		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN)
+		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN, m.failing)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Open WebSocket sessions."}, sessions))
@@ -173,4 +176,16 @@ func (m *Metrics) SlotProgress(applied, lagBytes uint64) {
 	}
 	m.appliedLSN.Set(float64(applied))
 	m.slotLag.Set(float64(lagBytes))
+}
+
+// CaptureFailing records whether logical capture is failing persistently.
+func (m *Metrics) CaptureFailing(v bool, _ string) {
+	if m == nil {
+		return
+	}
+	if v {
+		m.failing.Set(1)
+	} else {
+		m.failing.Set(0)
+	}
 }

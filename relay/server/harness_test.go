@@ -40,6 +40,9 @@ type env struct {
 	db    *pgxpool.Pool
 	stop  context.CancelFunc
 	done  chan error
+	// logicalRetry is the slot holder's pause between attempts (zero: the
+	// default), for relays started from now on.
+	logicalRetry time.Duration
 }
 
 // forT returns a copy of e that reports to t (a subtest).
@@ -114,7 +117,7 @@ func install(t *testing.T, cfg *config.Config) {
 
 func (e *env) start() {
 	e.t.Helper()
-	r, err := server.New(server.Options{Config: e.cfg, Version: "test"})
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry})
 	if err != nil {
 		e.t.Fatal(err)
 	}

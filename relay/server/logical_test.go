@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/relay/server"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -436,4 +440,220 @@ func TestLogicalIdentityIndexMustHoldTheTeam(t *testing.T) {
 			t.Fatalf("an identity index with the team: %v", err)
 		}
 	}
+}
+
+// migrationWorkload changes leads through migrations: a column added,
+// written and dropped; a column written then renamed; a column written then
+// retyped. 60 more columns make the holder render a row in more than one
+// jsonb_build_object call (at most 100 arguments each).
+var migrationWorkload = []string{
+	"alter table leads add column referral text, " + manyColumns(60),
+	"insert into leads (team_id, first_name, referral, score, created_at, updated_at) values (1, 'ref', 'friend', 3, '2026-01-02', '2026-01-02')",
+	"alter table leads drop column referral",
+	"update leads set last_name = 'Before rename' where first_name = 'ref'",
+	"alter table leads rename column last_name to surname",
+	"update leads set score = 7 where first_name = 'ref'",
+	"alter table leads alter column score type text",
+	"update leads set budget_min = 12.5 where first_name = 'ref'",
+	"alter table leads alter column budget_min type numeric(12, 4)",
+	"delete from leads where first_name = 'ref'",
+	"insert into leads (team_id, first_name, surname, score, created_at, updated_at) values (1, 'end', 'x', 'high', '2026-01-02', '2026-01-02')",
+}
+
+// manyColumns returns n column definitions for ALTER TABLE … ADD.
+func manyColumns(n int) string {
+	cols := make([]string, n)
+	for i := range cols {
+		cols[i] = fmt.Sprintf("add column extra_%02d int default %d", i, i)
+	}
+	return strings.Join(cols, ", ")
+}
+
+// runMigrations runs migrationWorkload while no relay runs (a logical slot
+// holder lagging behind the migrations), then starts the relay and returns
+// each event's data, committedAt removed, replayed from the start.
+func runMigrations(t *testing.T, tweak func(*config.Config)) []string {
+	e := startRelay(t, tweak)
+	since := startPosition(t, e, "9", "1")
+	e.shutdown()
+	for _, sql := range migrationWorkload {
+		e.exec(sql)
+	}
+	e.start()
+	c, _, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := regexp.MustCompile(`,"committedAt":"[^"]*"`)
+	var out []string
+	for {
+		f := c.next()
+		if f.Type != "event" {
+			continue // welcome, resumed
+		}
+		out = append(out, f.Event+" "+committed.ReplaceAllString(string(f.Data), ""))
+		if f.Event == "lead:created" && bytes.Contains(f.Data, []byte(`"first_name":"end"`)) {
+			return out
+		}
+	}
+}
+
+// TestLogicalRendersTheTableAsCommitted: a holder that applies changes after
+// later migrations renders each change with the columns and types the table
+// had when the change was committed, byte for byte as trigger mode does.
+func TestLogicalRendersTheTableAsCommitted(t *testing.T) {
+	trig := runMigrations(t, nil)
+	logi := runMigrations(t, logicalMode)
+	if len(trig) != 6 {
+		t.Errorf("trigger mode sent %d events, want 6:\n%s", len(trig), strings.Join(trig, "\n"))
+	}
+	for i := range max(len(trig), len(logi)) {
+		var a, b string
+		if i < len(trig) {
+			a = trig[i]
+		}
+		if i < len(logi) {
+			b = logi[i]
+		}
+		if a != b {
+			t.Errorf("event %d differs\ntrigger: %s\nlogical: %s", i, a, b)
+		}
+	}
+	for i, want := range []string{`"referral":"friend"`, `"changes":{"last_name":"Before rename"}`,
+		`"changes":{"score":7}`, `"changes":{"budget_min":12.50}`} {
+		if i < len(trig) && !strings.Contains(strings.Join(trig, "\n"), want) {
+			t.Errorf("trigger mode's events lack %s", want)
+		}
+	}
+}
+
+// TestLogicalServeRefusesSlotOfAnotherDatabase: slot names are
+// cluster-wide; a relay of a second database configured with the slot name
+// another database owns refuses to start, naming that database and the
+// setting to change, instead of reporting ready and never delivering.
+func TestLogicalServeRefusesSlotOfAnotherDatabase(t *testing.T) {
+	first := startRelay(t, logicalMode)
+	var owner string
+	if err := first.db.QueryRow(context.Background(), "select current_database()").Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	url := pg.NewDatabase(t)
+	if err := demo.Setup(context.Background(), url); err != nil {
+		t.Fatal(err)
+	}
+	cfg := *first.cfg
+	cfg.Database.URL = url
+	// The schema, as an install in the old days would have left it.
+	trig := cfg
+	trig.Capture.Mode = config.ModeTrigger
+	install(t, &trig)
+	r, err := server.New(server.Options{Config: &cfg, SkipDriftCheck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	select {
+	case err := <-done:
+		var setup *server.SetupError
+		if !errors.As(err, &setup) || !strings.Contains(err.Error(), `belongs to database "`+owner+`"`) ||
+			!strings.Contains(err.Error(), "capture.slot") {
+			t.Fatalf("serve on a second database: %v", err)
+		}
+	case <-r.Ready():
+		t.Fatal("the relay of the second database reported ready")
+	case <-ctx.Done():
+		t.Fatal("the relay of the second database neither refused nor stopped")
+	}
+}
+
+// readyz returns /readyz's status and body.
+func (e *env) readyz() (int, string) {
+	resp, err := http.Get("http://" + e.relay.Addr() + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestLogicalReadinessFollowsTheHolder: the publication disappears under a
+// running holder (as a failed install --remove left it); the holder fails
+// attempt after attempt, and /readyz says 503 with the reason and what to
+// do. Once install creates the publication again, the holder recovers by
+// itself: the slot, whose history lacks the publication, is recreated with a
+// new history epoch, sessions are told to resync, /readyz says 200 and
+// changes flow again.
+func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	e.logicalRetry = 100 * time.Millisecond
+	e.start()
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
+	c.event("lead:created")
+	waitFor(t, func() string { return "/readyz 200" }, func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+
+	e.exec("drop publication rowcast")
+	e.exec("insert into leads (team_id, first_name) values (1, 'lost')")
+	var body string
+	waitFor(t, func() string { return "/readyz 503; last body: " + body }, func() bool {
+		var code int
+		code, body = e.readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, "publication rowcast does not exist") || !strings.Contains(body, "rowcast install") {
+		t.Errorf("/readyz body does not say why and what to do: %q", body)
+	}
+
+	install(t, e.cfg)
+	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("want resync after the slot was recreated, got %s", f.raw)
+	}
+	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
+		func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	if name := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "after" {
+		t.Fatalf("live after recovery: %v", name)
+	}
+}
+
+// TestLogicalReadinessWhenAnotherHolds: a replica that does not hold the
+// slot is not ready while the replica that holds the election lock streams
+// nothing (here a session that took the lock and does nothing), and is
+// ready again, and delivering, once the lock is free.
+func TestLogicalReadinessWhenAnotherHolds(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	ctx := context.Background()
+	stuck, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close(ctx)
+	if _, err := stuck.Exec(ctx, "select pg_advisory_lock(hashtext('rowcast.slot:rowcast'))"); err != nil {
+		t.Fatal(err)
+	}
+	e.logicalRetry = 100 * time.Millisecond
+	e.start()
+	c := e.connect(userToken(t, "2", 1))
+	var body string
+	waitFor(t, func() string { return "/readyz 503; last body: " + body }, func() bool {
+		var code int
+		code, body = e.readyz()
+		return code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, "nothing has been streaming from the slot") {
+		t.Errorf("/readyz body: %q", body)
+	}
+	if err := stuck.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
+		func() bool { code, _ := e.readyz(); return code == http.StatusOK })
+	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
+	c.event("lead:created")
 }

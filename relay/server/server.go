@@ -49,6 +49,9 @@ type Options struct {
 	// SkipDriftCheck starts even when the installed triggers differ from the
 	// configuration (tests that install their own).
 	SkipDriftCheck bool
+	// LogicalRetry is the logical slot holder's pause between attempts
+	// (zero: its default).
+	LogicalRetry time.Duration
 }
 
 // Relay is one relay process's worth of components. Create it with New,
@@ -63,6 +66,7 @@ type Relay struct {
 	mapper   *mapping.Mapper
 	verifier *auth.Verifier
 	capture  *trigger.Capture
+	holder   *logical.Holder // logical mode only
 	ws       *ws.Server
 	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
 
@@ -103,6 +107,14 @@ func New(o Options) (*Relay, error) {
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
 	})
+	if cfg.Capture.Mode == config.ModeLogical {
+		r.holder = logical.New(cfg.Database.URL, logical.Options{
+			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
+			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
+			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
+			Retry: o.LogicalRetry,
+		})
+	}
 	return r, nil
 }
 
@@ -162,6 +174,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.holder != nil {
+		if err := r.checkSlot(ctx); err != nil {
+			return err
+		}
+	}
 	hist := history.New(pool)
 	r.ws = ws.New(ws.Options{
 		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: cfg.Origins,
@@ -198,13 +215,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return r.capture.Run(gctx, pipeline) })
-	if cfg.Capture.Mode == config.ModeLogical {
-		holder := logical.New(cfg.Database.URL, logical.Options{
-			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
-			Logger: r.log.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
-			OnProgress: r.metrics.SlotProgress,
-		})
-		g.Go(func() error { return holder.Run(gctx) })
+	if r.holder != nil {
+		g.Go(func() error { return r.holder.Run(gctx) })
 	}
 	g.Go(func() error {
 		p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
@@ -270,6 +282,33 @@ func (r *Relay) checkDrift(ctx context.Context) error {
 	return nil
 }
 
+// checkSlot refuses to start logical capture on a replication slot that
+// cannot serve it (one of the same name in another database: slot names
+// are cluster-wide), which no retry would fix.
+func (r *Relay) checkSlot(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, r.cfg.Database.URL)
+	if err != nil {
+		return fmt.Errorf("serve: database: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	problems, err := triggers.CheckSlot(ctx, conn, r.cfg.Capture.Slot)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if len(problems) > 0 {
+		return &SetupError{Problems: problems}
+	}
+	return nil
+}
+
+// SetupError says the database cannot serve the configuration as it is,
+// and install would not change that: the configuration must change.
+type SetupError struct{ Problems []string }
+
+func (e *SetupError) Error() string {
+	return "the database cannot serve this configuration:\n  - " + strings.Join(e.Problems, "\n  - ")
+}
+
 // DriftError says the database's capture triggers do not match the
 // configuration.
 type DriftError struct{ Drift []string }
@@ -315,12 +354,23 @@ func (r *Relay) adminMux() *http.ServeMux {
 	return mux
 }
 
+// readyz answers 200 only while the relay is capturing: its changelog
+// reader is connected and, in logical mode, the slot holder's attempts are
+// not failing persistently (this relay's, when it holds the slot; when
+// another relay holds it, something must be streaming from the slot).
 func (r *Relay) readyz(w http.ResponseWriter, _ *http.Request) {
+	var failing bool
+	var reason string
+	if r.holder != nil {
+		failing, reason = r.holder.Failing()
+	}
 	switch {
 	case r.draining.Load():
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 	case !r.capture.Connected():
 		http.Error(w, "not capturing: database unreachable", http.StatusServiceUnavailable)
+	case failing:
+		http.Error(w, "not capturing: logical capture is failing: "+reason, http.StatusServiceUnavailable)
 	default:
 		w.Write([]byte("ready\n"))
 	}

@@ -14,10 +14,12 @@
 // the replay is skipped by LSN.
 //
 // Values reach the changelog rendered by PostgreSQL itself: each change's
-// text-format columns are turned back into a row of the table's type
-// (jsonb_populate_record) and rendered with to_jsonb by a generated per-table
-// apply function that shares its body with the trigger function, so the
-// event data is byte-identical in both modes.
+// text-format columns are cast to their types as named by the relation
+// message that precedes the change (so as the table was when the change
+// was committed, whatever migrations ran since) and rendered to JSON, which
+// a generated per-table apply function, sharing its body with the trigger
+// function, uses where the trigger uses to_jsonb(NEW); so the event data is
+// byte-identical in both modes.
 package logical
 
 import (
@@ -27,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,6 +67,15 @@ type Options struct {
 	// OnProgress is called after each acknowledgement with the last commit
 	// LSN applied and the slot's lag in bytes behind the server's WAL end.
 	OnProgress func(applied uint64, lagBytes uint64)
+	// Failures is how many consecutive failed attempts make Failing report
+	// true (default 3). An attempt fails when this replica holds the slot
+	// and its replication ends in an error before it made progress, or when
+	// another replica holds the election lock but no connection has been
+	// streaming from the slot for Retry.
+	Failures int
+	// OnFailing is called with true and the reason when Failing turns
+	// true, and with false and "" when it turns false again.
+	OnFailing func(failing bool, reason string)
 }
 
 // Holder campaigns for the slot and, while holding it, replicates into the
@@ -72,6 +84,10 @@ type Holder struct {
 	url     string
 	o       Options
 	holding atomic.Bool
+
+	mu       sync.Mutex
+	failures int    // consecutive failed attempts
+	reason   string // why the last attempt failed
 }
 
 // New returns a Holder for the database at url.
@@ -97,6 +113,9 @@ func New(url string, o Options) *Holder {
 	if o.GroupDelay <= 0 {
 		o.GroupDelay = 20 * time.Millisecond
 	}
+	if o.Failures <= 0 {
+		o.Failures = 3
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -105,6 +124,47 @@ func New(url string, o Options) *Holder {
 
 // Holding reports whether this replica holds the slot.
 func (h *Holder) Holding() bool { return h.holding.Load() }
+
+// Failing reports whether logical capture has failed for Options.Failures
+// consecutive attempts, and why, with what to do when it is known. It turns
+// false again as soon as an attempt succeeds: this replica streams from the
+// slot and makes progress, or sees another replica streaming from it.
+func (h *Holder) Failing() (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failures < h.o.Failures {
+		return false, ""
+	}
+	return true, h.reason
+}
+
+// attempt records the outcome of one attempt: err nil is a success.
+func (h *Holder) attempt(err error) {
+	h.mu.Lock()
+	was := h.failures >= h.o.Failures
+	if err == nil {
+		h.failures, h.reason = 0, ""
+	} else {
+		h.failures++
+		h.reason = err.Error()
+	}
+	now, reason, n := h.failures >= h.o.Failures, h.reason, h.failures
+	h.mu.Unlock()
+	switch {
+	case now && !was:
+		h.o.Logger.Error("logical capture is failing; this relay reports not ready (/readyz 503) until it recovers by itself once the cause is fixed",
+			"attempts", n, "reason", reason)
+	case was && !now:
+		h.o.Logger.Info("logical capture recovered")
+	}
+	if now != was && h.o.OnFailing != nil {
+		h.o.OnFailing(now, reason)
+	}
+}
+
+// errNotStreaming is an attempt's failure on a replica that does not hold
+// the slot when nothing has been streaming from it for Retry.
+var errNotStreaming = errors.New("another relay holds the slot's election lock but nothing has been streaming from the slot: see that relay's log")
 
 // Run campaigns and replicates until ctx ends, then returns ctx's error.
 // Every failure (lost connection, lost lock, invalidated slot) lets the slot
@@ -116,8 +176,11 @@ func (h *Holder) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, errNotStreaming) {
 			h.o.Logger.Warn("logical capture stopped; will campaign again", "err", err)
+		}
+		if !errors.Is(err, errProgress) {
+			h.attempt(err)
 		}
 		t := time.NewTimer(h.o.Retry)
 		select {
@@ -128,6 +191,10 @@ func (h *Holder) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// errProgress wraps an error that ended an attempt after it had made
+// progress (already recorded as a success).
+var errProgress = errors.New("after progress")
 
 func (h *Holder) setHolding(v bool) {
 	if h.holding.Swap(v) != v && h.o.OnHolder != nil {
@@ -153,6 +220,20 @@ func (h *Holder) campaign(ctx context.Context) error {
 		return fmt.Errorf("logical campaign: %w", err)
 	}
 	if !got {
+		// Another replica is elected: capture works if something has been
+		// streaming from the slot for at least Retry (a holder failing
+		// attempt after attempt streams for moments, each time anew).
+		var streaming bool
+		err := db.QueryRow(ctx, `select exists (
+			select 1 from pg_replication_slots s join pg_stat_activity a on a.pid = s.active_pid
+			where s.slot_name = $1 and a.backend_start <= now() - make_interval(secs => $2))`,
+			h.o.Slot, h.o.Retry.Seconds()).Scan(&streaming)
+		if err != nil {
+			return fmt.Errorf("logical campaign: %w", err)
+		}
+		if !streaming {
+			return fmt.Errorf("replication slot %s: %w", h.o.Slot, errNotStreaming)
+		}
 		return nil
 	}
 	h.setHolding(true)
@@ -178,18 +259,58 @@ func (h *Holder) campaign(ctx context.Context) error {
 			"messages 'true'", "streaming 'false'"},
 	})
 	if err != nil {
-		return fmt.Errorf("logical start replication: %w", err)
+		err = fmt.Errorf("logical start replication: %w", err)
+	} else {
+		err = a.stream(ctx, rconn, start)
 	}
-	return a.stream(ctx, rconn, start)
+	var pgErr *pgconn.PgError
+	if ctx.Err() == nil && errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined_object
+		rconn.Close(context.WithoutCancel(ctx)) // let the slot go
+		return h.missingPublication(ctx, db, err)
+	}
+	if a.progressed && err != nil {
+		return fmt.Errorf("%w: %w", errProgress, err)
+	}
+	return err
+}
+
+// missingPublication handles decoding that failed on an undefined object,
+// which is how pgoutput reports a publication missing at the position it
+// decodes. While the publication does not exist, that is the reason to
+// report. Once it exists again, decoding still fails where it is missing
+// in the slot's history (the publication was dropped and created anew, as
+// by a failed install --remove and an install): the slot is recreated with
+// a new history epoch, so every session resyncs, as for a lost slot.
+func (h *Holder) missingPublication(ctx context.Context, db *pgx.Conn, cause error) error {
+	var exists bool
+	if err := db.QueryRow(ctx, "select exists (select 1 from pg_publication where pubname = $1)", h.o.Publication).Scan(&exists); err != nil {
+		return fmt.Errorf("logical publication: %w", err)
+	}
+	if !exists {
+		return fmt.Errorf("publication %s does not exist: run `rowcast install` (capture.publication): %w", h.o.Publication, cause)
+	}
+	h.o.Logger.Warn("publication missing from the replication slot's history; recreating the slot and starting a new history epoch",
+		"slot", h.o.Slot, "publication", h.o.Publication, "err", cause)
+	if _, err := h.recreateSlot(ctx, db, true); err != nil {
+		return err
+	}
+	return fmt.Errorf("logical: slot %s recreated after %w", h.o.Slot, cause)
 }
 
 // ensureSlot returns where to start: the slot's confirmed position. A slot
 // that is missing (after a failover) or invalidated (max_slot_wal_keep_size)
 // is recreated and the history epoch changed, so every client resyncs.
 func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, error) {
+	problems, err := triggers.CheckSlot(ctx, db, h.o.Slot)
+	if err != nil {
+		return 0, fmt.Errorf("logical slot: %w", err)
+	}
+	if len(problems) > 0 {
+		return 0, fmt.Errorf("logical slot: %s", strings.Join(problems, "; "))
+	}
 	var lsn *string
 	var status *string
-	err := db.QueryRow(ctx, `select confirmed_flush_lsn::text, wal_status from pg_replication_slots where slot_name = $1`,
+	err = db.QueryRow(ctx, `select confirmed_flush_lsn::text, wal_status from pg_replication_slots where slot_name = $1`,
 		h.o.Slot).Scan(&lsn, &status)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
@@ -246,13 +367,49 @@ func replicationURL(url string) string {
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// relation is a cached Relation message.
+// relation is a cached Relation message: the table's columns as they were
+// when the changes that follow it were committed.
 type relation struct {
 	table   string // schema.name as configured
-	fn      string // quoted apply function
 	columns []string
 	json    []bool // column is json or jsonb: embedded, not a string
 	key     []bool // column is part of the replica identity
+	// sql applies a run of this relation's changes: it renders each row's
+	// JSON from its text values with the column types of this relation
+	// message and passes it to the table's apply function.
+	sql string
+}
+
+// maxBuildArgs is how many columns one jsonb_build_object call renders
+// (PostgreSQL functions take at most 100 arguments: 50 pairs).
+const maxBuildArgs = 50
+
+// renderSQL returns the expression that renders a row's JSON from x, a
+// jsonb object of the row's text values (json and jsonb embedded), and
+// absent, the text form of a text[] of the columns the tuple lacks
+// (unchanged TOAST values that could not be recovered) or NULL. Each value
+// is cast to its column's type as format_type names it, so PostgreSQL
+// renders it exactly as to_jsonb renders the row in trigger mode; absent
+// columns are left out, never null.
+func renderSQL(columns, types []string, json []bool, x, absent string) string {
+	var chunks []string
+	for start := 0; start < len(columns); start += maxBuildArgs {
+		var args []string
+		for i := start; i < min(start+maxBuildArgs, len(columns)); i++ {
+			key := quoteLiteral(columns[i])
+			if json[i] {
+				args = append(args, key+", "+x+" -> "+key)
+			} else {
+				args = append(args, key+", ("+x+" ->> "+key+")::"+types[i])
+			}
+		}
+		chunks = append(chunks, "jsonb_build_object("+strings.Join(args, ", ")+")")
+	}
+	if len(chunks) == 0 {
+		chunks = []string{"'{}'::jsonb"}
+	}
+	return "CASE WHEN " + x + " IS NULL THEN NULL ELSE (" + strings.Join(chunks, " || ") +
+		") - coalesce(" + absent + "::text[], '{}'::text[]) END"
 }
 
 // applier replicates one connected period. Source transactions are applied
@@ -269,6 +426,11 @@ type applier struct {
 	rels    map[uint32]*relation
 	applied pglogrepl.LSN // last source commit LSN written to the changelog
 
+	// progressed is set once this attempt counts as a success: it
+	// committed into the changelog, or streamed for Retry without error.
+	progressed bool
+	started    time.Time
+
 	inTxn bool // between a source Begin and Commit
 	skip  bool // the source transaction was written before a crash
 	begin pglogrepl.BeginMessage
@@ -283,11 +445,12 @@ type applier struct {
 	committed bool          // the transaction covers at least one whole source transaction
 	beganAt   pglogrepl.LSN // FinalLSN of the last source transaction that queued something
 
-	// A run of changes of one relation, sent as one statement.
+	// A run of changes of one relation version, sent as one statement.
 	run struct {
-		fn         string
-		ops        []string
-		news, olds []*string
+		rel                  *relation
+		ops                  []string
+		news, olds           []*string
+		newAbsent, oldAbsent []*string
 	}
 }
 
@@ -334,11 +497,19 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		}
 		return nil
 	}
+	a.started = time.Now()
+	progress := func() {
+		if !a.progressed {
+			a.progressed = true
+			a.h.attempt(nil)
+		}
+	}
 	groupCommit := func() error {
 		end, err := a.commitGroup(ctx)
 		if err != nil {
 			return err
 		}
+		progress()
 		if end > acked {
 			acked = end
 			soon(200 * time.Millisecond)
@@ -352,6 +523,9 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	}()
 	for {
 		now := time.Now()
+		if now.Sub(a.started) >= a.h.o.Retry {
+			progress()
+		}
 		if a.committed && !a.inTxn && (a.rows >= a.h.o.GroupRows || now.Sub(a.txStart) >= a.h.o.GroupDelay) {
 			if err := groupCommit(); err != nil {
 				return err
@@ -363,6 +537,9 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 			}
 		}
 		deadline := nextStatus
+		if t := a.started.Add(a.h.o.Retry); !a.progressed && t.Before(deadline) {
+			deadline = t // wake to record the attempt's success
+		}
 		if a.committed && !a.inTxn {
 			// Whole source transactions are waiting: commit them as soon as
 			// the stream pauses.
@@ -436,7 +613,7 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessageV2:
-		a.relation(&m.RelationMessage)
+		return 0, a.relation(ctx, &m.RelationMessage)
 	case *pglogrepl.BeginMessage:
 		a.inTxn, a.begin = true, *m
 		a.skip = m.FinalLSN <= a.applied
@@ -474,15 +651,33 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 // touched reports whether the current source transaction queued anything.
 func (a *applier) touched() bool { return a.tx != nil && a.beganAt == a.begin.FinalLSN }
 
-func (a *applier) relation(m *pglogrepl.RelationMessage) {
-	rel := &relation{table: m.Namespace + "." + m.RelationName,
-		fn: `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`}
-	for _, c := range m.Columns {
+// relation caches a Relation message with the statement that applies its
+// changes; the column types are named by the database once per message.
+func (a *applier) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	rel := &relation{table: m.Namespace + "." + m.RelationName}
+	oids := make([]uint32, len(m.Columns))
+	mods := make([]int32, len(m.Columns))
+	for i, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
 		rel.json = append(rel.json, c.DataType == 114 || c.DataType == 3802) // json, jsonb
 		rel.key = append(rel.key, c.Flags&1 != 0)
+		oids[i], mods[i] = c.DataType, c.TypeModifier
 	}
+	var types []string
+	err := a.db.QueryRow(ctx, `select coalesce(array_agg(format_type(t.oid, t.mod) order by t.n), '{}')
+		from unnest($1::oid[], $2::int4[]) with ordinality as t (oid, mod, n)`, oids, mods).Scan(&types)
+	if err != nil {
+		return fmt.Errorf("logical relation %s: %w", rel.table, err)
+	}
+	if len(types) != len(rel.columns) {
+		return fmt.Errorf("logical relation %s: %d types for %d columns", rel.table, len(types), len(rel.columns))
+	}
+	fn := `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`
+	rel.sql = "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.json, "u.n", "u.na") + ", " +
+		renderSQL(rel.columns, types, rel.json, "u.o", "u.oa") + "))" +
+		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[]) as u (op, n, o, na, oa)"
 	a.rels[m.RelationID] = rel
+	return nil
 }
 
 // keyOf returns the replica identity columns of a new tuple, standing in for
@@ -537,13 +732,15 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	if err := a.open(ctx); err != nil {
 		return err
 	}
-	if a.run.fn != rel.fn {
+	if a.run.rel != rel {
 		a.endRun()
-		a.run.fn = rel.fn
+		a.run.rel = rel
 	}
 	a.run.ops = append(a.run.ops, op)
-	a.run.news = append(a.run.news, tupleJSON(rel, newT, oldT))
-	a.run.olds = append(a.run.olds, tupleJSON(rel, oldT, nil))
+	n, na := tupleJSON(rel, newT, oldT)
+	o, oa := tupleJSON(rel, oldT, nil)
+	a.run.news, a.run.newAbsent = append(a.run.news, n), append(a.run.newAbsent, na)
+	a.run.olds, a.run.oldAbsent = append(a.run.olds, o), append(a.run.oldAbsent, oa)
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
 		return a.send(ctx)
@@ -552,24 +749,29 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 }
 
 // tupleJSON renders a tuple as a JSON object of text values (json and
-// jsonb columns embedded as JSON) for jsonb_populate_record, or nil. A
-// column sent as unchanged TOAST ('u') takes its value from fallback (the
-// old tuple, complete with REPLICA IDENTITY FULL) and is left out when
-// fallback lacks it, so it reads as unchanged, never as null.
-func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) *string {
+// jsonb columns embedded as JSON), or nil, and lists the columns it lacks as
+// a text[] literal, or nil when it lacks none. A column sent as unchanged
+// TOAST ('u') takes its value from fallback (the old tuple, complete with
+// REPLICA IDENTITY FULL) and is absent when fallback lacks it, so it reads
+// as unchanged, never as null.
+func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) (*string, *string) {
 	if t == nil {
-		return nil
+		return nil, nil
 	}
 	b := make([]byte, 0, 256)
 	b = append(b, '{')
+	var absent []byte
 	first := true
-	for i, col := range t.Columns {
-		if i >= len(rel.columns) {
-			break
+	for i := range rel.columns {
+		if i >= len(t.Columns) {
+			absent = appendArrayElem(absent, rel.columns[i])
+			continue
 		}
+		col := t.Columns[i]
 		val, kind := col.Data, col.DataType
 		if kind == 'u' {
 			if fallback == nil || i >= len(fallback.Columns) || fallback.Columns[i].DataType == 'u' {
+				absent = appendArrayElem(absent, rel.columns[i])
 				continue
 			}
 			val, kind = fallback.Columns[i].Data, fallback.Columns[i].DataType
@@ -591,7 +793,26 @@ func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) *string {
 	}
 	b = append(b, '}')
 	out := string(b)
-	return &out
+	if absent == nil {
+		return &out, nil
+	}
+	list := "{" + string(absent) + "}"
+	return &out, &list
+}
+
+// appendArrayElem appends s as a quoted element of a text[] literal.
+func appendArrayElem(b []byte, s string) []byte {
+	if len(b) > 0 {
+		b = append(b, ',')
+	}
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return append(b, '"')
 }
 
 func appendJSONString(b []byte, s string) []byte {
@@ -624,9 +845,8 @@ func (a *applier) endRun() {
 	if len(a.run.ops) == 0 {
 		return
 	}
-	a.batch.Queue("select count("+a.run.fn+"(u.op, u.n, u.o)) from unnest($1::text[], $2::jsonb[], $3::jsonb[]) as u (op, n, o)",
-		a.run.ops, a.run.news, a.run.olds)
-	a.run.ops, a.run.news, a.run.olds = nil, nil, nil
+	a.batch.Queue(a.run.rel.sql, a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent)
+	a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent = nil, nil, nil, nil, nil
 }
 
 func (a *applier) queueSQL(sql string, args ...any) {

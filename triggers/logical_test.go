@@ -1,0 +1,187 @@
+package triggers_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+// logicalPlan prepares the logical-mode plan of the demo tables with the
+// default slot and publication names.
+func logicalPlan(t *testing.T, conn *pgx.Conn, logical bool) *triggers.Plan {
+	t.Helper()
+	cfg := config.Defaults()
+	cfg.Tables = demo.Tables()
+	if logical {
+		cfg.Capture.Mode = config.ModeLogical
+	}
+	p, err := triggers.Prepare(t.Context(), conn, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func hasLine(lines []string, sub string) bool {
+	for _, l := range lines {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func replicaIdentity(t *testing.T, conn *pgx.Conn, table string) string {
+	t.Helper()
+	var ri string
+	if err := conn.QueryRow(t.Context(), "select relreplident::text from pg_class where oid = to_regclass($1)", table).Scan(&ri); err != nil {
+		t.Fatal(err)
+	}
+	return ri
+}
+
+// TestInstallSaysWhenItSwitchesModes: switching capture modes replaces one
+// capture with the other, and install says so; switching back to trigger
+// mode drops the slot (which would hold WAL forever) and the publication
+// and restores the replica identity.
+func TestInstallSaysWhenItSwitchesModes(t *testing.T) {
+	conn := demoDB(t)
+	install(t, conn, logicalPlan(t, conn, false))
+
+	lines := install(t, conn, logicalPlan(t, conn, true))
+	if !hasLine(lines, "removed capture trigger from public.leads (switching to logical capture") {
+		t.Errorf("trigger → logical: lines do not say the triggers were removed:\n%s", strings.Join(lines, "\n"))
+	}
+	if hasLine(install(t, conn, logicalPlan(t, conn, true)), "switching") {
+		t.Error("a second logical install says it switches modes")
+	}
+
+	lines = install(t, conn, logicalPlan(t, conn, false))
+	for _, want := range []string{"dropped replication slot rowcast (switching to trigger capture)",
+		"dropped publication rowcast", `set REPLICA IDENTITY DEFAULT on public.leads`} {
+		if !hasLine(lines, want) {
+			t.Errorf("logical → trigger: lines lack %q:\n%s", want, strings.Join(lines, "\n"))
+		}
+	}
+	if queryBool(t, conn, "select exists (select 1 from pg_replication_slots where slot_name = 'rowcast')") {
+		t.Error("the slot survived the switch to trigger mode")
+	}
+	if ri := replicaIdentity(t, conn, "leads"); ri != "d" {
+		t.Errorf("leads' replica identity is %q after the switch to trigger mode, want d", ri)
+	}
+}
+
+// TestRemoveRestoresReplicaIdentity: install set REPLICA IDENTITY FULL;
+// remove sets it back.
+func TestRemoveRestoresReplicaIdentity(t *testing.T) {
+	conn := demoDB(t)
+	install(t, conn, logicalPlan(t, conn, true))
+	if ri := replicaIdentity(t, conn, "leads"); ri != "f" {
+		t.Fatalf("after a logical install leads' replica identity is %q", ri)
+	}
+	lines, err := triggers.Remove(t.Context(), conn, "rowcast", "rowcast")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasLine(lines, "set REPLICA IDENTITY DEFAULT on public.leads") {
+		t.Errorf("remove lines: %q", lines)
+	}
+	for _, tbl := range []string{"leads", "escrows", "ai_tasks"} {
+		if ri := replicaIdentity(t, conn, tbl); ri != "d" {
+			t.Errorf("%s: replica identity %q after remove, want d", tbl, ri)
+		}
+	}
+}
+
+// TestSlotOfAnotherDatabase: slot names are cluster-wide; a second
+// database configured with the same slot name is refused, naming the
+// database that owns the slot and the setting to change, before anything
+// is installed.
+func TestSlotOfAnotherDatabase(t *testing.T) {
+	first := demoDB(t)
+	install(t, first, logicalPlan(t, first, true))
+	var owner string
+	if err := first.QueryRow(t.Context(), "select current_database()").Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+
+	second := demoDB(t)
+	_, err := triggers.Install(t.Context(), second, logicalPlan(t, second, true))
+	if err == nil || !strings.Contains(err.Error(), `replication slot "rowcast" belongs to database "`+owner+`"`) ||
+		!strings.Contains(err.Error(), "capture.slot") {
+		t.Fatalf("install on a second database: %v", err)
+	}
+	if queryBool(t, second, "select to_regnamespace('rowcast') is not null") {
+		t.Error("install went ahead")
+	}
+	problems, err := triggers.CheckSlot(t.Context(), second, "rowcast")
+	if err != nil || len(problems) != 1 {
+		t.Errorf("CheckSlot: %q, %v", problems, err)
+	}
+	if problems, err := triggers.CheckSlot(t.Context(), first, "rowcast"); err != nil || len(problems) != 0 {
+		t.Errorf("CheckSlot on the owner: %q, %v", problems, err)
+	}
+}
+
+// TestRemoveRefusesSlotInUse: remove checks, before dropping anything, that
+// nothing streams from the slot, and names what does.
+func TestRemoveRefusesSlotInUse(t *testing.T) {
+	url := pg.NewDatabase(t)
+	if err := demo.Setup(t.Context(), url); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, url)
+	install(t, conn, logicalPlan(t, conn, true))
+
+	// A replication connection streaming from the slot, as a relay's.
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	rconn, err := pgconn.Connect(t.Context(), url+sep+"replication=database&application_name=some-relay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rconn.Close(context.Background())
+	err = pglogrepl.StartReplication(t.Context(), rconn, "rowcast", 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '2'", "publication_names 'rowcast'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the slot to be active", func() bool {
+		return queryBool(t, conn, "select active from pg_replication_slots where slot_name = 'rowcast'")
+	})
+
+	_, err = triggers.Remove(t.Context(), conn, "rowcast", "rowcast")
+	if err == nil || !strings.Contains(err.Error(), "in use") || !strings.Contains(err.Error(), "some-relay") {
+		t.Fatalf("remove while the slot is in use: %v", err)
+	}
+	if !queryBool(t, conn, "select exists (select 1 from pg_publication where pubname = 'rowcast')") ||
+		!queryBool(t, conn, "select to_regnamespace('rowcast') is not null") {
+		t.Error("remove dropped something although it refused")
+	}
+}
+
+// waitUntil polls cond every 20ms for up to 30s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
