@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/rowcast/rowcast/relay/pgtest"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -589,5 +590,26 @@ func TestCLIRemoveRefusesSlotInUse(t *testing.T) {
 	}
 	if !schemaInstalled(t, conn) || !dbBool(t, conn, "select exists (select 1 from pg_publication where pubname = 'rowcast')") {
 		t.Error("remove dropped something although the slot is in use")
+	}
+}
+
+// TestCLIServeWaitsForAnUnreachableDatabase: serve started while the
+// database is down keeps running (and says it waits) instead of exiting 2;
+// stopped, it drains and exits 0.
+func TestCLIServeWaitsForAnUnreachableDatabase(t *testing.T) {
+	cliEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	cfg := writeFile(t, cliConfig("postgres://rowcast@"+addr+"/crm?sslmode=disable&connect_timeout=1"))
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	code := run(ctx, []string{"serve", "--config", cfg}, &out, &errOut)
+	if code != exitOK || !strings.Contains(errOut.String(), "waits for it") {
+		t.Fatalf("serve with the database down: exit %d (want 0 after the deadline), stderr:\n%s", code, errOut.String())
 	}
 }

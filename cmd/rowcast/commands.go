@@ -26,7 +26,14 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return code
 	}
 	log := newLogger(cfg, stderr)
-	if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
+	problems, err := checkDatabase(ctx, cfg)
+	var unreachable *pgconn.ConnectError
+	switch {
+	case errors.As(err, &unreachable):
+		// Start anyway and wait for it, as a running relay does when it
+		// loses the database: readiness says why meanwhile.
+		log.Warn("the database is unreachable; the relay waits for it", "err", err)
+	case err != nil || len(problems) > 0:
 		if err != nil {
 			problems = append(problems, err.Error())
 		}
@@ -76,8 +83,18 @@ func connectError(err error) error {
 	if len(kept) == 0 || len(kept) == len(attempts) {
 		return err
 	}
-	return fmt.Errorf("user=%s database=%s: %s", ce.Config.User, ce.Config.Database, strings.Join(kept, "; "))
+	return &cleanError{msg: fmt.Sprintf("user=%s database=%s: %s", ce.Config.User, ce.Config.Database, strings.Join(kept, "; ")), err: err}
 }
+
+// cleanError is an error with a message of its own in front of the
+// original, which errors.As still finds.
+type cleanError struct {
+	msg string
+	err error
+}
+
+func (e *cleanError) Error() string { return e.msg }
+func (e *cleanError) Unwrap() error { return e.err }
 
 // checkDatabase reports, reading only, what the database lacks for the
 // configuration: configured tables and columns, and in logical mode what

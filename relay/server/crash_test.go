@@ -3,7 +3,10 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/server"
 )
 
 // TestCrashWithAsyncCommitSendsNothingForgotten: with synchronous_commit
@@ -276,4 +280,78 @@ func TestCrashWithAsyncCommitSendsNothingForgotten(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRelayStartedWhileDatabaseDownWaits: a relay started while PostgreSQL
+// is down listens, answers /readyz and sessions with 503 and the reason,
+// and once PostgreSQL is up captures what is committed after its first
+// position.
+func TestRelayStartedWhileDatabaseDownWaits(t *testing.T) {
+	e := startRelay(t, nil)
+	emb := pg.Embedded()
+	if emb == nil {
+		t.Skip("outside PostgreSQL server: cannot stop it")
+	}
+	e.shutdown()
+	ctx := context.Background()
+	if err := emb.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = emb.Start(ctx)
+		}
+	})
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(rctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("relay run: %v", err)
+		}
+	}()
+	select {
+	case <-r.Listening():
+	case err := <-done:
+		t.Fatalf("relay stopped while the database is down: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay not listening after 30s")
+	}
+	base := "http://" + r.Addr()
+	for _, path := range []string{"/readyz", "/ws"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "waiting for the database") {
+			t.Fatalf("%s while the database is down: %d %q, want 503 saying it waits for the database", path, resp.StatusCode, body)
+		}
+	}
+	if err := emb.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	select {
+	case <-r.Ready():
+	case err := <-done:
+		t.Fatalf("relay stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay not ready 30s after the database started")
+	}
+	e.relay = r
+	e.db.Reset()
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'after the wait')")
+	if name := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "after the wait" {
+		t.Fatalf("got %v", name)
+	}
+	waitReady(t, e, http.StatusOK)
 }

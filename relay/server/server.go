@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -70,9 +72,13 @@ type Relay struct {
 	ws       *ws.Server
 	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
 
-	draining atomic.Bool
-	addr     atomic.Pointer[string]
-	ready    chan struct{}
+	draining  atomic.Bool
+	addr      atomic.Pointer[string]
+	listening chan struct{}
+	ready     chan struct{}
+	// waiting says why the relay is not capturing yet while its start-up
+	// checks wait for the database; nil once they passed.
+	waiting atomic.Pointer[string]
 }
 
 // New builds the components; it opens no connection.
@@ -99,7 +105,9 @@ func New(o Options) (*Relay, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	r := &Relay{o: o, cfg: cfg, log: o.Logger, reg: o.Registry, hub: hub.New(), mapper: mapper,
-		verifier: verifier, ready: make(chan struct{})}
+		verifier: verifier, listening: make(chan struct{}), ready: make(chan struct{})}
+	starting := "starting"
+	r.waiting.Store(&starting)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
 	notify := cfg.Capture.NotifyEnabled()
@@ -138,8 +146,12 @@ func Rules(tables []config.Table) []mapping.Rule {
 // Ready is closed once the relay listens and its capture has started.
 func (r *Relay) Ready() <-chan struct{} { return r.ready }
 
+// Listening is closed once the relay's listener is bound: /healthz and
+// /readyz answer from then on, sessions only once Ready is closed.
+func (r *Relay) Listening() <-chan struct{} { return r.listening }
+
 // Addr returns the address the WebSocket and HTTP listener is bound to, once
-// Ready is closed.
+// Listening is closed.
 func (r *Relay) Addr() string {
 	if p := r.addr.Load(); p != nil {
 		return *p
@@ -150,11 +162,14 @@ func (r *Relay) Addr() string {
 // Hub returns the relay's hub (for benchmarks and tests).
 func (r *Relay) Hub() *hub.Hub { return r.hub }
 
-// Run connects, checks that the installed triggers match the configuration,
-// listens, and serves until ctx ends; then it drains (readiness 503, every
-// session closed with 1001, HTTP shut down within Shutdown.Grace) and
-// returns nil. It returns an error when it cannot start or a component
-// fails for good.
+// Run listens, waits for the database and checks that what is installed
+// matches the configuration, then captures and serves until ctx ends; then
+// it drains (readiness 503, every session closed with 1001, HTTP shut down
+// within Shutdown.Grace) and returns nil. While the database cannot be
+// reached at start, Run keeps trying, as capture does once running, and
+// /readyz answers 503 with the reason. It returns an error when it cannot
+// listen, when the database does not match the configuration (a
+// *DriftError or *SetupError), or when a component fails for good.
 func (r *Relay) Run(ctx context.Context) error {
 	cfg := r.cfg
 	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
@@ -164,21 +179,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	// Replay and pruning query a changelog whose size swings widely: plan
 	// each query for the table as it is.
 	pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	pool, err := pgxpool.NewWithConfig(ctx, pc) // connects lazily
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
 	}
 	defer pool.Close()
-	if !r.o.SkipDriftCheck {
-		if err := r.checkDrift(ctx); err != nil {
-			return err
-		}
-	}
-	if r.holder != nil {
-		if err := r.checkSlot(ctx); err != nil {
-			return err
-		}
-	}
 	hist := history.New(pool)
 	r.ws = ws.New(ws.Options{
 		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: cfg.Origins,
@@ -208,25 +213,33 @@ func (r *Relay) Run(ctx context.Context) error {
 	if adminLn != nil {
 		admin = &http.Server{Handler: r.adminMux(), ReadHeaderTimeout: 10 * time.Second}
 	}
+	close(r.listening)
 
 	pipeline := &relay.Pipeline{Mapper: r.mapper, Fanout: r.hub,
 		Observe: func(changes, _ int, at time.Time) { r.metrics.Captured(changes, at) }}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { return r.capture.Run(gctx, pipeline) })
-	if r.holder != nil {
-		g.Go(func() error { return r.holder.Run(gctx) })
-	}
-	g.Go(func() error {
-		p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
-			Logger: r.log.With("component", "history")}
-		return p.Run(gctx)
-	})
 	g.Go(func() error { return serveHTTP(main, ln) })
 	if admin != nil {
 		g.Go(func() error { return serveHTTP(admin, adminLn) })
 	}
+	g.Go(func() error {
+		if err := r.startChecks(gctx); err != nil {
+			return err
+		}
+		r.waiting.Store(nil)
+		g.Go(func() error { return r.capture.Run(gctx, pipeline) })
+		if r.holder != nil {
+			g.Go(func() error { return r.holder.Run(gctx) })
+		}
+		g.Go(func() error {
+			p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
+				Logger: r.log.With("component", "history")}
+			return p.Run(gctx)
+		})
+		return nil
+	})
 	g.Go(func() error {
 		select {
 		case <-r.capture.Ready():
@@ -249,7 +262,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	})
 	err = g.Wait()
-	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return nil
 	}
 	return err
@@ -262,7 +275,66 @@ func serveHTTP(s *http.Server, ln net.Listener) error {
 	return nil
 }
 
+// startChecks runs the start-up checks (drift, the logical slot) until
+// they pass or fail for a reason a retry cannot fix. While the database
+// cannot be reached it retries with capped exponential backoff, saying so
+// in the log and on /readyz; it returns ctx's error when ctx ends first.
+func (r *Relay) startChecks(ctx context.Context) error {
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := r.checkDrift(ctx)
+		if err == nil && r.holder != nil {
+			err = r.checkSlot(ctx)
+		}
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		reason := "waiting for the database: " + err.Error()
+		r.waiting.Store(&reason)
+		level := slog.LevelDebug
+		if attempt == 1 || attempt%20 == 0 {
+			level = slog.LevelWarn
+		}
+		r.log.Log(ctx, level, "cannot reach the database; sessions are refused until it answers",
+			"err", err, "attempt", attempt, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// retryable reports whether a start-up check failed because the database
+// could not be reached or went away (a connection that failed, SQLSTATE
+// classes 08 connection exception and 57 operator intervention, such as a
+// server starting up or shutting down), as opposed to answering that
+// something is wrong.
+func retryable(err error) bool {
+	var drift *DriftError
+	var setup *SetupError
+	if errors.As(err, &drift) || errors.As(err, &setup) {
+		return false
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57")
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, io.ErrUnexpectedEOF) || pgconn.SafeToRetry(err)
+}
+
 func (r *Relay) checkDrift(ctx context.Context) error {
+	if r.o.SkipDriftCheck {
+		return nil
+	}
 	conn, err := pgx.Connect(ctx, r.cfg.Database.URL)
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
@@ -341,7 +413,11 @@ func (r *Relay) whenReady(h http.Handler) http.Handler {
 		case <-r.ready:
 			h.ServeHTTP(w, req)
 		default:
-			http.Error(w, "relay starting", http.StatusServiceUnavailable)
+			reason := "relay starting"
+			if waiting := r.waiting.Load(); waiting != nil {
+				reason += ": " + *waiting
+			}
+			http.Error(w, reason, http.StatusServiceUnavailable)
 		}
 	})
 }
@@ -364,9 +440,11 @@ func (r *Relay) readyz(w http.ResponseWriter, _ *http.Request) {
 	if r.holder != nil {
 		failing, reason = r.holder.Failing()
 	}
-	switch {
+	switch waiting := r.waiting.Load(); {
 	case r.draining.Load():
 		http.Error(w, "draining", http.StatusServiceUnavailable)
+	case waiting != nil:
+		http.Error(w, "not capturing: "+*waiting, http.StatusServiceUnavailable)
 	case !r.capture.Connected():
 		http.Error(w, "not capturing: database unreachable", http.StatusServiceUnavailable)
 	case failing:
