@@ -2,7 +2,7 @@
 -- idempotent. This file is a text/template: {{"{{"}}.Notify{{"}}"}} switches the commit-time
 -- doorbell.
 --
--- Ordering design (see DESIGN.md, "Capture modes"): row triggers append to
+-- Ordering design (see docs/design.md, "Order"): row triggers append to
 -- rowcast.changelog with no seq and mark the transaction in rowcast.pending; a
 -- deferred constraint trigger on that marker runs once per transaction at
 -- COMMIT, locks the counter row of every stream the transaction touched (in

@@ -628,7 +628,7 @@ func tailReadError(err error) error {
 	return fmt.Errorf("closed by relay: %s", desc)
 }
 
-// tailCloseCodeName names the close codes of PROTOCOL.md section 7.
+// tailCloseCodeName names the close codes of docs/protocol.md section 7.
 func tailCloseCodeName(code int) string {
 	switch code {
 	case websocket.CloseNormalClosure:
@@ -705,7 +705,7 @@ func (s *tailID) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// frame is any frame the relay sends (PROTOCOL.md sections 2, 3, 5, 6).
+// frame is any frame the relay sends (docs/protocol.md sections 2, 3, 5, 6).
 type tailFrame struct {
 	Type     string          `json:"type"`
 	Event    string          `json:"event"`

@@ -18,7 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Frames as PROTOCOL.md shows them.
+// Frames as docs/protocol.md shows them.
 const (
 	welcomeFrame = `{"type":"welcome","protocol":1,"sessionId":"s_9f2c","userId":"3",` +
 		`"teamIds":["7"],"position":"p0","heartbeatMs":25000,"expiresAt":"2026-11-25T20:05:15Z"}`

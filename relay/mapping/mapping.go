@@ -1,6 +1,6 @@
 // Package mapping turns captured changes into wire events: table to entity,
 // action naming, team or user scope, changed columns only, team moves, AI
-// task progress and the legacy data:update form (PROTOCOL.md section 3).
+// task progress and the legacy data:update form (docs/protocol.md section 3).
 //
 // Mapping is pure: no I/O, no clock, no driver types. The same change always
 // maps to the same bytes, which is what lets both capture modes and every

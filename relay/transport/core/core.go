@@ -33,7 +33,7 @@ import (
 	"github.com/rowcast/rowcast/relay/metrics"
 )
 
-// Close codes of PROTOCOL.md section 7, used by both protocols.
+// Close codes of docs/protocol.md section 7, used by both protocols.
 const (
 	CloseGoingAway    = 1001
 	CloseInternal     = 1011
@@ -44,7 +44,7 @@ const (
 )
 
 // Options configures a Transport. Hub, History, Mapper and Verifier are
-// required; zero limits select the PROTOCOL.md defaults.
+// required; zero limits select the docs/protocol.md defaults.
 type Options struct {
 	Hub      *hub.Hub
 	History  relay.History

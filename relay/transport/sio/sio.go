@@ -1,5 +1,5 @@
 // Package sio serves rowcast's events to socket.io-client v4 apps
-// (PROTOCOL.md section 9): Engine.IO 4 and Socket.IO 5 over the WebSocket
+// (docs/protocol.md section 9): Engine.IO 4 and Socket.IO 5 over the WebSocket
 // transport and, with Options.Polling, over HTTP long-polling with its
 // upgrade to WebSocket (polling.go), default namespace only, on the relay's
 // shared session core (relay/transport/core), so it uses the same melody
@@ -29,7 +29,7 @@
 //     A connection with no accepted CONNECT within the connect timeout is
 //     closed. Other namespaces get 44/<nsp>,{"message":"Invalid namespace"}.
 //   - Every event is 42["<event>",<data>,"<offset>"], the offset being the
-//     event's position (PROTOCOL.md section 3); resync is an event too.
+//     event's position (docs/protocol.md section 3); resync is an event too.
 //     Names Socket.IO reserves are never sent.
 //   - Client events are discarded, answered 43<id>[{"message":…}] when they
 //     ask for an ack; binary packets and their attachments are discarded.

@@ -1,4 +1,4 @@
-// Package ws serves rowcast's plain WebSocket protocol (PROTOCOL.md sections
+// Package ws serves rowcast's plain WebSocket protocol (docs/protocol.md sections
 // 1-7): authentication from the upgrade request, welcome, resume, client
 // messages and their errors. Subscription, positions, replay, the bounded
 // queue, rate limits, heartbeats and token expiry are the session core's
@@ -31,7 +31,7 @@ import (
 	"github.com/rowcast/rowcast/relay/transport/core"
 )
 
-// Close codes of PROTOCOL.md section 7.
+// Close codes of docs/protocol.md section 7.
 const (
 	CloseGoingAway    = core.CloseGoingAway
 	CloseInternal     = core.CloseInternal
@@ -45,7 +45,7 @@ const (
 const Protocol = 1
 
 // Options configures a Server. Hub, History, Mapper and Verifier are
-// required; zero limits select the PROTOCOL.md defaults.
+// required; zero limits select the docs/protocol.md defaults.
 type Options struct {
 	Hub      *hub.Hub
 	History  relay.History
@@ -196,7 +196,7 @@ func expiresAt(p auth.Principal) *string {
 	return &s
 }
 
-// Message handles one client message (PROTOCOL.md section 6).
+// Message handles one client message (docs/protocol.md section 6).
 func (c *conn) Message(msg []byte) {
 	s := c.s
 	s.Lock()
