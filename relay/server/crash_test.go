@@ -308,31 +308,48 @@ func TestRelayStartedWhileDatabaseDownWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(rctx) }()
+	var runErr error
+	finished := make(chan struct{}) // closed when Run returned runErr
+	go func() { runErr = r.Run(rctx); close(finished) }()
 	defer func() {
 		stop()
-		if err := <-done; err != nil {
-			t.Errorf("relay run: %v", err)
+		<-finished
+		if runErr != nil {
+			t.Errorf("relay run: %v", runErr)
 		}
 	}()
 	select {
 	case <-r.Listening():
-	case err := <-done:
-		t.Fatalf("relay stopped while the database is down: %v", err)
+	case <-finished:
+		t.Fatalf("relay stopped while the database is down: %v", runErr)
 	case <-time.After(30 * time.Second):
 		t.Fatal("relay not listening after 30s")
 	}
 	base := "http://" + r.Addr()
 	for _, path := range []string{"/readyz", "/ws"} {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "waiting for the database") {
-			t.Fatalf("%s while the database is down: %d %q, want 503 saying it waits for the database", path, resp.StatusCode, body)
+		// "starting" until the first attempt to reach the database fails.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("%s while the database is down: %d %q, want 503", path, resp.StatusCode, body)
+			}
+			if strings.Contains(string(body), "waiting for the database") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s while the database is down: %q, want it to say it waits for the database", path, body)
+			}
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-finished:
+				t.Fatalf("relay stopped while the database is down: %v", runErr)
+			}
 		}
 	}
 	if err := emb.Start(ctx); err != nil {
@@ -341,8 +358,8 @@ func TestRelayStartedWhileDatabaseDownWaits(t *testing.T) {
 	restarted = true
 	select {
 	case <-r.Ready():
-	case err := <-done:
-		t.Fatalf("relay stopped: %v", err)
+	case <-finished:
+		t.Fatalf("relay stopped: %v", runErr)
 	case <-time.After(30 * time.Second):
 		t.Fatal("relay not ready 30s after the database started")
 	}
