@@ -149,7 +149,7 @@ func Load(opts LoadOptions) (*Config, error) {
 
 	all := d.probs
 	for _, p := range cfg.problems() {
-		if !slices.ContainsFunc(d.probs, func(q problem) bool { return within(p.path, q.path) }) {
+		if !slices.ContainsFunc(d.probs, func(q Problem) bool { return within(p.Key, q.Key) }) {
 			all = append(all, p)
 		}
 	}
@@ -157,9 +157,9 @@ func Load(opts LoadOptions) (*Config, error) {
 		return &cfg, nil
 	}
 	for i, p := range all {
-		key, _, _ := strings.Cut(p.path, "[")
-		if o, ok := origin[key]; ok && !strings.Contains(p.msg, "(from ") {
-			all[i].msg += " (from " + o + ")"
+		key, _, _ := strings.Cut(p.Key, "[")
+		if o, ok := origin[key]; ok && !strings.Contains(p.Msg, "(from ") {
+			all[i].Msg += " (from " + o + ")"
 		}
 	}
 	return &cfg, newProblems(all)
@@ -283,11 +283,11 @@ func isSecret(path string) bool {
 // decoder copies a generic settings tree onto typed fields, recording a
 // problem for every unknown key and every value of the wrong type.
 type decoder struct {
-	probs []problem
+	probs []Problem
 }
 
 func (d *decoder) fail(path, format string, args ...any) {
-	d.probs = append(d.probs, problem{path: path, msg: fmt.Sprintf(format, args...)})
+	d.probs = append(d.probs, Problem{Key: path, Msg: fmt.Sprintf(format, args...)})
 }
 
 // decode stores in into out and reports whether it did. A nil in (YAML

@@ -39,7 +39,7 @@ func problemsOf(t *testing.T, err error) []string {
 	if !errors.As(err, &p) {
 		t.Fatalf("error = %v (%T), want *Problems", err, err)
 	}
-	return p.List
+	return p.Lines()
 }
 
 func TestDefaults(t *testing.T) {

@@ -10,39 +10,58 @@ import (
 	"time"
 )
 
-// Problems is every problem found in a configuration, each one line of the
-// form "key.path: what is wrong", e.g.
+// Problem is one finding in a configuration.
+type Problem struct {
+	// Key is the path of the key it is about ("tables[2].kind"), or ""
+	// for a problem of the configuration as a whole.
+	Key string
+	// Msg says what is wrong, for a person.
+	Msg string
+}
+
+// String renders the problem as one line, "key.path: what is wrong".
+func (p Problem) String() string {
+	if p.Key == "" {
+		return p.Msg
+	}
+	return p.Key + ": " + p.Msg
+}
+
+// Problems is every problem found in a configuration, e.g.
 //
 //	tables[2].kind: "task" is not one of entity, ai_task
 //
 // Load and Validate return it as a *Problems; use errors.As to get the list.
 type Problems struct {
-	List []string
+	List []Problem
 }
 
 // Error returns the problems one per line.
 func (p *Problems) Error() string {
-	return strings.Join(p.List, "\n")
+	return strings.Join(p.Lines(), "\n")
 }
 
-// problem is one finding before it is rendered, kept with its path so that
-// Load can relate findings to each other and to their sources.
-type problem struct {
-	path string
-	msg  string
+// Lines returns the problems rendered one per line.
+func (p *Problems) Lines() []string {
+	lines := make([]string, len(p.List))
+	for i, q := range p.List {
+		lines[i] = q.String()
+	}
+	return lines
 }
 
-func newProblems(ps []problem) *Problems {
-	list := make([]string, len(ps))
-	for i, p := range ps {
-		if p.path == "" {
-			list[i] = p.msg
-		} else {
-			list[i] = p.path + ": " + p.msg
+// About reports whether a problem concerns key or a key under it
+// ("tables[1]" covers "tables[1].kind" and "tables[1].exclude_columns[0]").
+func (p *Problems) About(key string) bool {
+	for _, q := range p.List {
+		if within(q.Key, key) {
+			return true
 		}
 	}
-	return &Problems{List: list}
+	return false
 }
+
+func newProblems(ps []Problem) *Problems { return &Problems{List: ps} }
 
 // minSecretLen is the shortest accepted HS256 key: RFC 7518 section 3.2
 // requires a key at least as long as the hash output.
@@ -63,10 +82,10 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (c *Config) problems() []problem {
-	var ps []problem
+func (c *Config) problems() []Problem {
+	var ps []Problem
 	add := func(path, format string, args ...any) {
-		ps = append(ps, problem{path: path, msg: fmt.Sprintf(format, args...)})
+		ps = append(ps, Problem{Key: path, Msg: fmt.Sprintf(format, args...)})
 	}
 	positive := func(path string, d time.Duration) {
 		if d <= 0 {
@@ -157,10 +176,10 @@ func (c *Config) problems() []problem {
 	return ps
 }
 
-func (c *Config) tableProblems() []problem {
-	var ps []problem
+func (c *Config) tableProblems() []Problem {
+	var ps []Problem
 	add := func(path, format string, args ...any) {
-		ps = append(ps, problem{path: path, msg: fmt.Sprintf(format, args...)})
+		ps = append(ps, Problem{Key: path, Msg: fmt.Sprintf(format, args...)})
 	}
 	if len(c.Tables) == 0 {
 		add("tables", "no tables configured; list at least one table to capture")

@@ -181,8 +181,8 @@ func TestValidate(t *testing.T) {
 			if !errors.As(err, &p) {
 				t.Fatalf("Validate = %v (%T), want *Problems", err, err)
 			}
-			if !reflect.DeepEqual(p.List, tt.want) {
-				t.Errorf("problems =\n%s\nwant\n%s", strings.Join(p.List, "\n"), strings.Join(tt.want, "\n"))
+			if !reflect.DeepEqual(p.Lines(), tt.want) {
+				t.Errorf("problems =\n%s\nwant\n%s", strings.Join(p.Lines(), "\n"), strings.Join(tt.want, "\n"))
 			}
 		})
 	}

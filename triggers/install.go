@@ -54,14 +54,15 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	for i, t := range p.Tables {
 		configured[i] = t.Table
 	}
-	problems, err := CheckTables(ctx, conn, configured)
+	mismatch, err := CheckTables(ctx, conn, configured)
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
-	if len(problems) > 0 {
-		return nil, fmt.Errorf("install: %w:\n  - %s", ErrMismatch, strings.Join(problems, "\n  - "))
+	if len(mismatch) > 0 {
+		return nil, fmt.Errorf("install: %w:\n  - %s", ErrMismatch,
+			strings.Join((&config.Problems{List: mismatch}).Lines(), "\n  - "))
 	}
-	problems, err = Check(ctx, conn, p)
+	problems, err := Check(ctx, conn, p)
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
@@ -302,10 +303,13 @@ select to_regclass($1) is not null,
 
 // CheckTables reports configured tables and columns missing from the
 // database, and id columns that do not identify a row (not exactly the
-// primary key or a unique NOT NULL constraint or index), one line each.
+// primary key or a unique NOT NULL constraint or index), each with its key path (tables[i].…).
 // Install runs it first.
-func CheckTables(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]string, error) {
-	var problems []string
+func CheckTables(ctx context.Context, conn *pgx.Conn, tables []config.Table) ([]config.Problem, error) {
+	var problems []config.Problem
+	add := func(i int, key, format string, args ...any) {
+		problems = append(problems, config.Problem{Key: fmt.Sprintf("tables[%d].%s", i, key), Msg: fmt.Sprintf(format, args...)})
+	}
 	for i, t := range tables {
 		rows, err := conn.Query(ctx, `
 select a.attname from pg_attribute a
@@ -319,7 +323,7 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 			return nil, fmt.Errorf("check tables: %w", err)
 		}
 		if len(cols) == 0 {
-			problems = append(problems, fmt.Sprintf("tables[%d].table: %s does not exist in the database", i, t.Qualified()))
+			add(i, "table", "%s does not exist in the database", t.Qualified())
 			continue
 		}
 		have := make(map[string]bool, len(cols))
@@ -328,7 +332,7 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 		}
 		need := func(key, col string) {
 			if col != "" && !have[col] {
-				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s has no column %q", i, key, t.Qualified(), col))
+				add(i, key, "%s has no column %q", t.Qualified(), col)
 			}
 		}
 		keyPath, keysExist := "id_column", true
@@ -345,7 +349,7 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 				return nil, err
 			}
 			if p != "" {
-				problems = append(problems, fmt.Sprintf("tables[%d].%s: %s", i, keyPath, p))
+				add(i, keyPath, "%s", p)
 			}
 		}
 		switch {
@@ -355,14 +359,14 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 				return nil, err
 			}
 			for _, m := range more {
-				problems = append(problems, fmt.Sprintf("tables[%d].%s", i, m))
+				add(i, m.Key, "%s", m.Msg)
 			}
 		case t.TeamColumn != "" && !have[t.TeamColumn]:
 			hint, err := teamHint(ctx, conn, t)
 			if err != nil {
 				return nil, err
 			}
-			problems = append(problems, fmt.Sprintf("tables[%d].team_column: %s has no column %q: %s", i, t.Qualified(), t.TeamColumn, hint))
+			add(i, "team_column", "%s has no column %q: %s", t.Qualified(), t.TeamColumn, hint)
 		}
 		need("actor_column", t.ActorColumn)
 		for _, c := range t.ExcludeColumns {

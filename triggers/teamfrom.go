@@ -73,25 +73,26 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 	return have, nil
 }
 
-// checkTeamFrom returns what is wrong with t's team_from rule, one line
-// each without the tables[i] prefix: the parent table, its key and its team
-// column must exist, and the key must identify a parent row.
-func checkTeamFrom(ctx context.Context, conn querier, t config.Table, have map[string]bool) ([]string, error) {
+// checkTeamFrom returns what is wrong with t's team_from rule, each with
+// its key relative to the table entry ("team_from.key"): the parent table,
+// its key and its team column must exist, and the key must identify a
+// parent row.
+func checkTeamFrom(ctx context.Context, conn querier, t config.Table, have map[string]bool) ([]config.Problem, error) {
 	f := t.TeamFrom
 	parent := f.Parent()
-	var problems []string
+	var problems []config.Problem
 	if !have[f.Key] {
-		problems = append(problems, fmt.Sprintf("team_from.key: %s has no column %q", t.Qualified(), f.Key))
+		problems = append(problems, teamFromProblem("team_from.key", "%s has no column %q", t.Qualified(), f.Key))
 	}
 	pcols, err := columnsOf(ctx, conn, parent)
 	if err != nil {
 		return nil, err
 	}
 	if len(pcols) == 0 {
-		return append(problems, fmt.Sprintf("team_from.table: %s does not exist in the database", parent.Qualified())), nil
+		return append(problems, teamFromProblem("team_from.table", "%s does not exist in the database", parent.Qualified())), nil
 	}
 	if !pcols[f.Column] {
-		problems = append(problems, fmt.Sprintf("team_from.column: %s has no column %q", parent.Qualified(), f.Column))
+		problems = append(problems, teamFromProblem("team_from.column", "%s has no column %q", parent.Qualified(), f.Column))
 	}
 	if f.ParentKey == "" {
 		pk, err := primaryKey(ctx, conn, parent)
@@ -99,19 +100,19 @@ func checkTeamFrom(ctx context.Context, conn querier, t config.Table, have map[s
 			return nil, err
 		}
 		if len(pk) != 1 {
-			return append(problems, fmt.Sprintf("team_from.table: %s has no one-column primary key; name the column %s references with team_from.parent_key", parent.Qualified(), f.Key)), nil
+			return append(problems, teamFromProblem("team_from.table", "%s has no one-column primary key; name the column %s references with team_from.parent_key", parent.Qualified(), f.Key)), nil
 		}
 		return problems, nil
 	}
 	if !pcols[f.ParentKey] {
-		return append(problems, fmt.Sprintf("team_from.parent_key: %s has no column %q", parent.Qualified(), f.ParentKey)), nil
+		return append(problems, teamFromProblem("team_from.parent_key", "%s has no column %q", parent.Qualified(), f.ParentKey)), nil
 	}
 	p, err := checkKey(ctx, conn, config.Table{Table: f.Table, IDColumn: f.ParentKey})
 	if err != nil {
 		return nil, err
 	}
 	if p != "" {
-		problems = append(problems, "team_from.parent_key: "+p)
+		problems = append(problems, config.Problem{Key: "team_from.parent_key", Msg: p})
 	}
 	return problems, nil
 }
@@ -158,4 +159,8 @@ order by 1, 2, 3`, ident(t.Schema())+"."+ident(t.Name()), t.TeamColumn)
 		hint += " (its foreign keys: " + strings.Join(others, ", ") + ")"
 	}
 	return hint, nil
+}
+
+func teamFromProblem(key, format string, args ...any) config.Problem {
+	return config.Problem{Key: key, Msg: fmt.Sprintf(format, args...)}
 }

@@ -810,7 +810,8 @@ func TestCheckTables(t *testing.T) {
 	tables[4].ProgressColumn = "pct"
 	tables = append(tables, config.Table{Table: "nowhere.things"}.WithDefaults())
 
-	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	found, err := triggers.CheckTables(t.Context(), conn, tables)
+	problems := (&config.Problems{List: found}).Lines()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -859,7 +860,8 @@ func TestCheckTablesKey(t *testing.T) {
 		table("tagged", "ref"),
 		table("tagged", "id", "ref"),
 	}
-	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	found, err := triggers.CheckTables(t.Context(), conn, tables)
+	problems := (&config.Problems{List: found}).Lines()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -895,7 +897,8 @@ func TestCheckTablesTeamFrom(t *testing.T) {
 		from("deal_notes", "deals", "dealid", "org_id"),
 		from("deal_notes", "nokey", "deal_id", "org"),
 	}
-	problems, err := triggers.CheckTables(t.Context(), conn, tables)
+	found, err := triggers.CheckTables(t.Context(), conn, tables)
+	problems := (&config.Problems{List: found}).Lines()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		log.Warn("the database is unreachable; the relay waits for it", "err", err)
 	case err != nil || len(problems) > 0:
 		if err != nil {
-			problems = append(problems, err.Error())
+			problems = append(problems, config.Problem{Msg: err.Error()})
 		}
 		printProblems(stderr, &config.Problems{List: problems})
 		return exitUsage
@@ -101,7 +101,7 @@ func (e *cleanError) Unwrap() error { return e.err }
 // triggers.Check reports (wal_level, the role's REPLICATION right, replica
 // identity indexes, a slot name taken by another database); err is set
 // when the database cannot be reached.
-func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
+func checkDatabase(ctx context.Context, cfg *config.Config) ([]config.Problem, error) {
 	conn, err := pgx.Connect(ctx, cfg.Database.URL)
 	if err != nil {
 		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
@@ -116,7 +116,10 @@ func checkDatabase(ctx context.Context, cfg *config.Config) ([]string, error) {
 		return problems, err
 	}
 	more, err := triggers.Check(ctx, conn, plan)
-	return append(problems, more...), err
+	for _, m := range more {
+		problems = append(problems, config.Problem{Msg: m})
+	}
+	return problems, err
 }
 
 func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -135,7 +138,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		// database that cannot take it would only fail later.
 		if problems, err := checkDatabase(ctx, cfg); err != nil || len(problems) > 0 {
 			if err != nil {
-				problems = append(problems, err.Error())
+				problems = append(problems, config.Problem{Msg: err.Error()})
 			}
 			printProblems(stderr, &config.Problems{List: problems})
 			return exitUsage
@@ -220,13 +223,12 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		printProblems(stderr, err)
 		return exitUsage
 	}
-	var problems []string
-	if found != nil {
-		problems = found.List
+	if found == nil {
+		found = &config.Problems{}
 	}
-	problems = append(problems, databaseProblems(ctx, cfg, problems)...)
-	if len(problems) > 0 {
-		printProblems(stderr, &config.Problems{List: problems})
+	found.List = append(found.List, databaseProblems(ctx, cfg, found)...)
+	if len(found.List) > 0 {
+		printProblems(stderr, found)
 		return exitUsage
 	}
 	if drift := installedDrift(ctx, cfg); len(drift) > 0 {
@@ -239,43 +241,32 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return exitOK
 }
 
-// databaseProblems reports the configured tables and columns that the
-// database lacks, for a configuration in which Load found the problems
-// known: it checks nothing when database.url has a problem, and skips the
-// table entries that have one.
-func databaseProblems(ctx context.Context, cfg *config.Config, known []string) []string {
-	has := func(key string) bool {
-		for _, p := range known {
-			if rest, ok := strings.CutPrefix(p, key); ok && (strings.HasPrefix(rest, ":") ||
-				strings.HasPrefix(rest, ".") || strings.HasPrefix(rest, "[")) {
-				return true
-			}
-		}
-		return false
-	}
-	if has("database.url") {
+// databaseProblems reports what the database lacks for a configuration in
+// which Load found the problems known: it checks nothing when database.url
+// has a problem, and skips the table entries that have one.
+func databaseProblems(ctx context.Context, cfg *config.Config, known *config.Problems) []config.Problem {
+	if known.About("database.url") {
 		return nil
 	}
 	sub := *cfg
 	sub.Tables = nil
 	var index []int // index in cfg.Tables of each entry of sub.Tables
 	for i, t := range cfg.Tables {
-		if !has(fmt.Sprintf("tables[%d]", i)) {
+		if !known.About(fmt.Sprintf("tables[%d]", i)) {
 			sub.Tables = append(sub.Tables, t)
 			index = append(index, i)
 		}
 	}
 	problems, err := checkDatabase(ctx, &sub)
-	for n, line := range problems {
-		for j, i := range index {
-			if rest, ok := strings.CutPrefix(line, fmt.Sprintf("tables[%d].", j)); ok {
-				problems[n] = fmt.Sprintf("tables[%d].%s", i, rest)
-				break
-			}
+	for n, p := range problems {
+		// Keys name entries of sub.Tables; name those of cfg.Tables.
+		var j int
+		if _, scanErr := fmt.Sscanf(p.Key, "tables[%d]", &j); scanErr == nil && j < len(index) {
+			problems[n].Key = fmt.Sprintf("tables[%d]", index[j]) + p.Key[strings.Index(p.Key, "]")+1:]
 		}
 	}
 	if err != nil {
-		problems = append(problems, err.Error())
+		problems = append(problems, config.Problem{Msg: err.Error()})
 	}
 	return problems
 }
