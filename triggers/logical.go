@@ -159,7 +159,7 @@ func fieldColumns(t config.Table) []string {
 	if t.ActorColumn != "" {
 		cols = append(cols, t.ActorColumn)
 	}
-	if t.Kind == "ai_task" {
+	if t.Kind == config.KindAITask {
 		cols = append(cols, t.UserColumn, t.StatusColumn, t.ProgressColumn)
 	}
 	var out []string

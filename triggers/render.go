@@ -114,7 +114,7 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 			return nil, err
 		}
 		p.Tables = append(p.Tables, tp)
-		if t.Kind == "ai_task" && p.Helpers == "" {
+		if t.Kind == config.KindAITask && p.Helpers == "" {
 			p.Helpers = renderTaskHelpers(t)
 		}
 	}
@@ -221,12 +221,12 @@ func functionSQL(signature, returns, body string) string {
 // bodyFor renders the capture body of a table's kind.
 func bodyFor(t config.Table, r recs) (string, error) {
 	switch t.Kind {
-	case "", "entity":
+	case "", config.KindEntity:
 		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
 			return "", fmt.Errorf("render table %s: team_from.parent_key is unknown: set it, or render with Prepare, which reads the parent's primary key", t.Qualified())
 		}
 		return entityBody(t, r), nil
-	case "ai_task":
+	case config.KindAITask:
 		return taskBody(t, r), nil
 	}
 	return "", fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)

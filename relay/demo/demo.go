@@ -23,7 +23,7 @@ import (
 // the defaults that config.Load would fill in.
 func Tables() []config.Table {
 	entity := func(table, entity string, exclude ...string) config.Table {
-		return config.Table{Table: table, Entity: entity, Kind: "entity", IDColumn: "id", TeamColumn: "team_id",
+		return config.Table{Table: table, Entity: entity, Kind: config.KindEntity, IDColumn: "id", TeamColumn: "team_id",
 			ActorColumn: "updated_by", ExcludeColumns: exclude}
 	}
 	return []config.Table{
@@ -33,7 +33,7 @@ func Tables() []config.Table {
 		entity("appointments", "appointment"),
 		entity("leads", "lead"),
 		entity("notes", "note"),
-		{Table: "ai_tasks", Entity: "ai_task", Kind: "ai_task", IDColumn: "id", TeamColumn: "team_id",
+		{Table: "ai_tasks", Entity: "ai_task", Kind: config.KindAITask, IDColumn: "id", TeamColumn: "team_id",
 			UserColumn: "user_id", StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message",
 			TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params"},
 	}

@@ -131,7 +131,7 @@ func Rules(tables []config.Table) []mapping.Rule {
 	rules := make([]mapping.Rule, 0, len(tables))
 	for _, t := range tables {
 		kind := mapping.Entity
-		if t.Kind == "ai_task" {
+		if t.Kind == config.KindAITask {
 			kind = mapping.AITask
 		}
 		rules = append(rules, mapping.Rule{
