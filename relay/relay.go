@@ -93,14 +93,19 @@ type Txn struct {
 }
 
 // Stream keys. Every session follows AllStream, its user's stream and one
-// stream per team its token lists.
-const AllStream = "all"
+// stream per team its token lists. The capture SQL that package triggers
+// renders writes the same keys, from these constants.
+const (
+	AllStream  = "all"
+	TeamPrefix = "team:"
+	UserPrefix = "user:"
+)
 
 // TeamStream returns the stream key of a team.
-func TeamStream(teamID string) string { return "team:" + teamID }
+func TeamStream(teamID string) string { return TeamPrefix + teamID }
 
 // UserStream returns the stream key of a user.
-func UserStream(userID string) string { return "user:" + userID }
+func UserStream(userID string) string { return UserPrefix + userID }
 
 // EventKind says how a transport frames an Event.
 type EventKind uint8

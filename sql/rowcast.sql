@@ -1,6 +1,6 @@
 -- rowcast schema, version 1. Installed by `rowcast install`; every statement is
 -- idempotent. This file is a text/template: {{"{{"}}.Notify{{"}}"}} switches the commit-time
--- doorbell.
+-- doorbell, {{"{{"}}.AllStream{{"}}"}} is relay.AllStream as an SQL literal.
 --
 -- Ordering design (see docs/design.md, "Order"): row triggers append to
 -- rowcast.changelog with no seq and mark the transaction in rowcast.pending; a
@@ -183,7 +183,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM rowcast.mark();
     INSERT INTO rowcast.changelog (stream, tbl, op)
-    VALUES ('all', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'T');
+    VALUES ({{.AllStream}}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'T');
     RETURN NULL;
 END
 $fn$;
@@ -193,7 +193,7 @@ CREATE OR REPLACE FUNCTION rowcast.truncated_logical(tbl text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     PERFORM rowcast.mark();
-    INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ('all', tbl, 'T');
+    INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ({{.AllStream}}, tbl, 'T');
 END
 $fn$;
 

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay"
 	rowcastsql "github.com/rowcast/rowcast/sql"
 )
 
@@ -41,6 +42,10 @@ type Options struct {
 	// by Table.Qualified(); logical mode only.
 	Generated map[string][]Generated
 }
+
+// AllStream is the rowcast.sql template's spelling of relay.AllStream, the
+// stream a TRUNCATE is recorded in.
+func (Options) AllStream() string { return literal(relay.AllStream) }
 
 // Plan is everything one install does, in order.
 type Plan struct {
@@ -302,7 +307,8 @@ func entityBody(t config.Table, r recs) string {
 `, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, changes, key)
 	}
 	nw, od, decl, lookup := teamSQL(t, r)
-	newStream, oldStream := "'team:' || "+nw+"::text", "'team:' || "+od+"::text"
+	teamKey := literal(relay.TeamPrefix) + " || "
+	newStream, oldStream := teamKey+nw+"::text", teamKey+od+"::text"
 	newTeam, oldTeam := nw+"::text", od+"::text"
 	var b strings.Builder
 	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
@@ -352,8 +358,8 @@ func taskBody(t config.Table, r recs) string {
 	nw := func(col string) string { return r.new + "." + col }
 	ins := func(op, changes, old string) string {
 		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, user_id, actor, request_id, row_data, changes, old_data)
-        VALUES ('user:' || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s);
-`, nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old)
+        VALUES (%s || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s);
+`, literal(relay.UserPrefix), nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old)
 	}
 	var b strings.Builder
 	b.WriteString(declare)
