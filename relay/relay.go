@@ -84,8 +84,11 @@ type Change struct {
 	CommittedAt time.Time
 }
 
-// Txn is one committed transaction's captured changes, in the order they were
-// made.
+// Txn is a run of captured changes in commit order, handed on as one unit:
+// one committed transaction's changes in trigger mode, in the order they
+// were made. In logical mode the slot holder writes several source
+// transactions in one changelog transaction, so a Txn may hold the changes
+// of several (each keeps its own CommittedAt).
 type Txn struct {
 	XID         uint64
 	CommittedAt time.Time

@@ -74,7 +74,7 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN, m.failing)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
-			Help: "Open WebSocket sessions."}, sessions))
+			Help: "Sessions subscribed to the hub (authenticated, either protocol)."}, sessions))
 	}
 	return m
 }

@@ -516,13 +516,17 @@ func randomID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// A pid is "<random>.<mac>.<start position>": mac binds the pid to one
-// user, and the start position is where its session began, which serves a
-// reconnect that carries no offset (its client received no event yet). It
-// needs no server state, so a client recovers on any replica.
+// A pid is "<random>.<sum>.<start position>": the start position is where
+// its session began, which serves a reconnect that carries no offset (its
+// client received no event yet), and sum, a hash of the user, the random
+// part and the start, ties the pid to its user. The hash is not keyed, so
+// it is a check, not a secret: a pid lets a client ask for nothing it could
+// not ask for with a since position, and a resume never leaves the scope of
+// the token that makes it. It needs no server state, so a client recovers
+// on any replica.
 
-// pidMAC binds a pid's random part and start position to a user.
-func pidMAC(userID, random, start string) string {
+// pidSum ties a pid's random part and start position to a user.
+func pidSum(userID, random, start string) string {
 	h := sha256.New()
 	for _, s := range []string{"rowcast sio pid", userID, random, start} {
 		h.Write([]byte(s))
@@ -534,7 +538,7 @@ func pidMAC(userID, random, start string) string {
 // newPID returns a fresh pid for userID's session starting at start.
 func newPID(userID, start string) string {
 	r := randomID()
-	return r + "." + pidMAC(userID, r, start) + "." + start
+	return r + "." + pidSum(userID, r, start) + "." + start
 }
 
 // maxPIDLen bounds the pids checkPID examines.
@@ -546,8 +550,8 @@ func checkPID(pid, userID string) (start string, ok bool) {
 		return "", false
 	}
 	r, rest, ok1 := strings.Cut(pid, ".")
-	mac, start, ok2 := strings.Cut(rest, ".")
-	if !ok1 || !ok2 || subtle.ConstantTimeCompare([]byte(mac), []byte(pidMAC(userID, r, start))) != 1 {
+	sum, start, ok2 := strings.Cut(rest, ".")
+	if !ok1 || !ok2 || subtle.ConstantTimeCompare([]byte(sum), []byte(pidSum(userID, r, start))) != 1 {
 		return "", false
 	}
 	return start, true

@@ -55,7 +55,7 @@ type Options struct {
 	// ("https://crm.example.com"); requests without Origin are allowed.
 	Origins        []string
 	Heartbeat      time.Duration // default 25s
-	QueueSize      int           // default 1024
+	QueueSize      int           // default 256
 	MaxMessageSize int64         // default 4096
 	RateLimit      float64       // default 20/s
 	RateBurst      int           // default 50
