@@ -78,8 +78,10 @@ type Change struct {
 	// Changes holds only the changed columns with their new values (OpUpdate).
 	Row     json.RawMessage
 	Changes json.RawMessage
-	// OldRow is the previous values of the columns a mapping rule asked for
-	// (AI tasks: {"status":…,"progress":…} under those fixed keys); nil otherwise.
+	// OldRow holds what a mapping rule needs beyond the row, under fixed
+	// keys; nil otherwise. For AI tasks: {"status": the previous status,
+	// "progress": the highest progress sent for the task so far, the
+	// high-water mark that keeps progress from going backwards}.
 	OldRow      json.RawMessage
 	CommittedAt time.Time
 }

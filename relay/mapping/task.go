@@ -23,7 +23,8 @@ const (
 //	  while the task is running              → ai:task:progress
 //
 // Progress never goes backwards on the wire: a lower write is sent with the
-// previous value.
+// highest value sent for the task so far, which the capture keeps per task
+// (rowcast.task_progress) and hands over as OldRow's "progress".
 func mapTask(dst []relay.Event, r *rule, c *relay.Change) []relay.Event {
 	var row, changes, old map[string]json.RawMessage
 	if json.Unmarshal(c.Row, &row) != nil {
