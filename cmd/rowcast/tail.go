@@ -8,9 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -19,7 +16,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
+	"github.com/rowcast/rowcast/relay/client"
 )
 
 // Defaults and limits of `rowcast tail`.
@@ -209,184 +206,49 @@ type tailer struct {
 	live   *tailBoard // nil unless stdout is a terminal
 }
 
-// tailState survives reconnects.
-type tailState struct {
-	pos    string // last position processed; sent as since on reconnect
-	events int    // events printed, for --count
-}
-
-// tailDropError is a lost connection that a reconnect with since recovers from.
-type tailDropError struct{ err error }
-
-func (e *tailDropError) Error() string { return e.err.Error() }
-func (e *tailDropError) Unwrap() error { return e.err }
-
 // run connects, prints, and reconnects until ctx ends (nil), --count events
 // were printed (nil), or a failure that reconnecting cannot cure (an error).
+// The protocol (resume by position, backoff, heartbeat deadlines, close
+// codes) is package client's; tail prints.
 func (t *tailer) run(ctx context.Context) error {
-	st := tailState{pos: t.cfg.since}
-	attempt := 0
-	for {
-		welcomed, err := t.session(ctx, &st)
-		if ctx.Err() != nil || err == nil {
+	events := 0
+	s := &client.Session{
+		Options: client.Options{URL: t.cfg.url.String(), Token: t.cfg.token, Since: t.cfg.since,
+			HandshakeTimeout: tailHandshakeTimeout, WelcomeTimeout: tailWelcomeTimeout, ReadLimit: tailReadLimit},
+		Entities:   t.cfg.entities,
+		MinBackoff: t.cfg.minBackoff, MaxBackoff: t.cfg.maxBackoff,
+		NoReconnect: !t.cfg.reconnect,
+	}
+	var writeErr error
+	s.OnDrop = func(err error, wait time.Duration) {
+		if e := t.emit(true, fmt.Sprintf("%v; reconnecting in %v", err, wait.Round(time.Millisecond))); e != nil && writeErr == nil {
+			writeErr = e
+		}
+	}
+	err := s.Run(ctx, func(f client.Frame) error {
+		if writeErr != nil {
+			return writeErr
+		}
+		var tf tailFrame
+		parsed := tailDecode(f.Raw, &tf)
+		wanted := !parsed || tf.Type != "event" || t.wants(tf)
+		if !wanted {
 			return nil
 		}
-		var drop *tailDropError
-		if !errors.As(err, &drop) {
+		if err := t.print(f.Raw); err != nil {
 			return err
 		}
-		if !t.cfg.reconnect {
-			return fmt.Errorf("%w (--no-reconnect)", err)
+		if tf.Type == "event" {
+			if events++; t.cfg.count > 0 && events >= t.cfg.count {
+				return client.ErrStop
+			}
 		}
-		if welcomed {
-			attempt = 0
-		}
-		d := tailBackoff(attempt, t.cfg.minBackoff, t.cfg.maxBackoff)
-		attempt++
-		if err := t.emit(true, fmt.Sprintf("%v; reconnecting in %v", err, d.Round(time.Millisecond))); err != nil {
-			return err
-		}
-		timer := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-timer.C:
-		}
-	}
-}
-
-// tailBackoff returns the wait before reconnect attempt n (from 0): a
-// random duration in [d/2, d] where d = min(lo·2ⁿ, hi).
-func tailBackoff(attempt int, lo, hi time.Duration) time.Duration {
-	d := hi
-	if attempt < 30 {
-		if e := lo << attempt; e > 0 && e < hi {
-			d = e
-		}
-	}
-	half := d / 2
-	return half + rand.N(d-half+1)
-}
-
-// session runs one connection. It returns nil when ctx ended or --count was
-// reached, a *tailDropError when a reconnect should follow, and any other error
-// when tail should exit 1. welcomed reports whether the relay sent welcome.
-func (t *tailer) session(ctx context.Context, st *tailState) (welcomed bool, err error) {
-	u := *t.cfg.url
-	resuming := st.pos != ""
-	if resuming {
-		q := u.Query()
-		q.Set("since", st.pos)
-		u.RawQuery = q.Encode()
-	}
-	header := http.Header{}
-	if t.cfg.token != "" {
-		header.Set("Authorization", "Bearer "+t.cfg.token)
-	}
-	dialer := websocket.Dialer{Proxy: http.ProxyFromEnvironment, HandshakeTimeout: tailHandshakeTimeout}
-	conn, resp, err := dialer.DialContext(ctx, u.String(), header)
-	if err != nil {
-		if ctx.Err() != nil {
-			return false, nil
-		}
-		return false, tailDialError(err, resp)
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { tailCloseNormally(conn) })
-	defer stop()
-
-	conn.SetReadLimit(tailReadLimit)
-	timeout := tailWelcomeTimeout
-	extend := func() {
-		if timeout > 0 {
-			_ = conn.SetReadDeadline(time.Now().Add(timeout))
-		} else {
-			_ = conn.SetReadDeadline(time.Time{})
-		}
-	}
-	extend()
-	conn.SetPingHandler(func(data string) error {
-		extend()
-		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(tailWriteWait))
-		var ne net.Error
-		if errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &ne) {
-			return nil
-		}
-		return err
+		return nil
 	})
-
-	var welcomePos string
-	for {
-		kind, msg, err := conn.ReadMessage()
-		if err != nil {
-			if ctx.Err() != nil {
-				return welcomed, nil
-			}
-			return welcomed, tailReadError(err)
-		}
-		extend()
-		if kind != websocket.TextMessage {
-			if err := t.emit(true, fmt.Sprintf("ignoring a binary frame of %d bytes", len(msg))); err != nil {
-				return welcomed, err
-			}
-			continue
-		}
-		var f tailFrame
-		parsed := tailDecode(msg, &f)
-		wanted := !parsed || f.Type != "event" || t.wants(f)
-		if wanted {
-			if err := t.print(msg); err != nil {
-				return welcomed, err
-			}
-		}
-		if !parsed {
-			continue
-		}
-		switch f.Type {
-		case "welcome":
-			welcomed = true
-			welcomePos = f.Position
-			if !resuming && st.pos == "" {
-				st.pos = f.Position
-			}
-			if f.HeartbeatMs > 0 {
-				timeout = 2*time.Duration(f.HeartbeatMs)*time.Millisecond + tailHeartbeatSlack
-			} else {
-				timeout = 0
-			}
-			extend()
-			if len(t.cfg.entities) > 0 {
-				if err := t.subscribe(conn); err != nil {
-					if ctx.Err() != nil {
-						return welcomed, nil
-					}
-					return welcomed, &tailDropError{err: err}
-				}
-			}
-		case "event":
-			if f.Position != "" {
-				st.pos = f.Position
-			}
-			if wanted {
-				st.events++
-				if t.cfg.count > 0 && st.events >= t.cfg.count {
-					tailCloseNormally(conn)
-					return welcomed, nil
-				}
-			}
-		case "resumed":
-			if f.Position != "" {
-				st.pos = f.Position
-			}
-		case "resync":
-			// The position we resumed from is gone; live events follow the
-			// head this connection's welcome named.
-			if f.Reason == "history_expired" {
-				st.pos = welcomePos
-			}
-		}
+	if err == nil {
+		err = writeErr
 	}
+	return err
 }
 
 // wants reports whether an event frame passes the --entities filter. The
@@ -550,109 +412,6 @@ func (b *tailBoard) draw(w io.Writer) error {
 	}
 	b.drawn = len(b.ids)
 	return nil
-}
-
-// subscribe sends {"type":"subscribe","entities":[…]}.
-func (t *tailer) subscribe(conn *websocket.Conn) error {
-	msg, err := json.Marshal(struct {
-		Type     string   `json:"type"`
-		Entities []string `json:"entities"`
-	}{"subscribe", t.cfg.entities})
-	if err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
-	_ = conn.SetWriteDeadline(time.Now().Add(tailWriteWait))
-	if err := conn.WriteMessage(websocket.TextMessage, msg); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
-	}
-	return nil
-}
-
-// tailCloseNormally sends a 1000 close frame and closes the connection. It is
-// safe to call concurrently with a read.
-func tailCloseNormally(conn *websocket.Conn) {
-	_ = conn.WriteControl(websocket.CloseMessage,
-		websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""),
-		time.Now().Add(time.Second))
-	_ = conn.Close()
-}
-
-// tailDialError classifies a failed handshake: HTTP 403 and other 4xx answers
-// (but 408 and 429) are final; 5xx answers and network errors are drops.
-func tailDialError(err error, resp *http.Response) error {
-	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil {
-		return &tailDropError{err: fmt.Errorf("connect: %w", err)}
-	}
-	status := resp.Status
-	if status == "" {
-		status = strconv.Itoa(resp.StatusCode)
-	}
-	var body []byte
-	if resp.Body != nil {
-		body, _ = io.ReadAll(io.LimitReader(resp.Body, 512))
-		_ = resp.Body.Close()
-	}
-	reason := fmt.Sprintf("HTTP %s", status)
-	if b := tailTruncate(tailOneLine(string(bytes.TrimSpace(body))), tailMaxMessageRunes); b != "" {
-		reason += ": " + b
-	}
-	err = fmt.Errorf("connect: %w: %s", err, reason)
-	code := resp.StatusCode
-	if code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests {
-		return &tailDropError{err: err}
-	}
-	return err
-}
-
-// tailReadError classifies the error that ended a connection: close codes 1001,
-// 1005, 1006, 1011, 1012, 1013 and 4008 and network errors are drops; any
-// other close code (4400, 4401, 4429, 1000, …) is final.
-func tailReadError(err error) error {
-	var ce *websocket.CloseError
-	if !errors.As(err, &ce) {
-		return &tailDropError{err: fmt.Errorf("connection lost: %w", err)}
-	}
-	text := tailOneLine(ce.Text)
-	if text == "" {
-		text = tailCloseCodeName(ce.Code)
-	}
-	desc := strconv.Itoa(ce.Code)
-	if text != "" {
-		desc += " " + text
-	}
-	switch ce.Code {
-	case websocket.CloseGoingAway, websocket.CloseNoStatusReceived, websocket.CloseAbnormalClosure,
-		websocket.CloseInternalServerErr, websocket.CloseServiceRestart, websocket.CloseTryAgainLater, 4008:
-		return &tailDropError{err: fmt.Errorf("connection closed: %s", desc)}
-	}
-	return fmt.Errorf("closed by relay: %s", desc)
-}
-
-// tailCloseCodeName names the close codes of docs/protocol.md section 7.
-func tailCloseCodeName(code int) string {
-	switch code {
-	case websocket.CloseNormalClosure:
-		return "normal closure"
-	case websocket.CloseGoingAway:
-		return "relay draining"
-	case websocket.CloseNoStatusReceived:
-		return "no status"
-	case websocket.CloseAbnormalClosure:
-		return "connection dropped"
-	case websocket.CloseMessageTooBig:
-		return "message too big"
-	case websocket.CloseInternalServerErr:
-		return "internal error"
-	case 4008:
-		return "slow consumer"
-	case 4400:
-		return "bad request"
-	case 4401:
-		return "unauthorized"
-	case 4429:
-		return "rate limited"
-	}
-	return ""
 }
 
 // tailColorEnabled reports whether lines written to w may carry ANSI colour: w is

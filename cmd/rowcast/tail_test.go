@@ -215,19 +215,6 @@ func TestNormalizeTailURL(t *testing.T) {
 	}
 }
 
-func TestTailBackoff(t *testing.T) {
-	lo, hi := 500*time.Millisecond, 30*time.Second
-	for attempt := range 70 {
-		d := min(lo<<min(attempt, 20), hi)
-		for range 20 {
-			got := tailBackoff(attempt, lo, hi)
-			if got < d/2 || got > d {
-				t.Fatalf("attempt %d: %v outside [%v, %v]", attempt, got, d/2, d)
-			}
-		}
-	}
-}
-
 func TestTailUsage(t *testing.T) {
 	t.Setenv(tailTokenEnv, "s3cret-env-token")
 	for _, args := range [][]string{
