@@ -5,18 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/client"
 	"github.com/rowcast/rowcast/relay/demo"
 	"github.com/rowcast/rowcast/relay/pgembed"
 	"github.com/rowcast/rowcast/relay/server"
@@ -92,10 +91,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 
 	var mu sync.Mutex
 	var lat []time.Duration
-	conns := make([]*websocket.Conn, *sessions)
+	conns := make([]*client.Conn, *sessions)
 	for i := range conns {
-		c, _, err := websocket.DefaultDialer.DialContext(ctx, "ws://"+r.Addr()+"/ws",
-			http.Header{"Authorization": {"Bearer " + token}})
+		c, err := client.Dial(ctx, client.Options{URL: "ws://" + r.Addr() + "/ws", Token: token})
 		if err != nil {
 			return fail(fmt.Errorf("dial session %d: %w", i, err))
 		}
@@ -103,13 +101,13 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		conns[i] = c
 		// Read the welcome and go live at once: a session that sends nothing
 		// holds events for the resume grace period first.
-		if _, _, err := c.ReadMessage(); err != nil {
+		if _, err := c.Next(); err != nil {
 			return fail(fmt.Errorf("session %d welcome: %w", i, err))
 		}
-		if err := c.WriteMessage(websocket.TextMessage, []byte(`{"type":"ping","id":0}`)); err != nil {
+		if err := c.Send(`{"type":"ping","id":0}`); err != nil {
 			return fail(err)
 		}
-		if _, _, err := c.ReadMessage(); err != nil {
+		if _, err := c.Next(); err != nil {
 			return fail(fmt.Errorf("session %d pong: %w", i, err))
 		}
 	}
@@ -121,21 +119,18 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 			var local []time.Duration
 			got := 0
 			for got < *writes {
-				_, msg, err := c.ReadMessage()
+				f, err := c.Next()
 				if err != nil {
 					break
 				}
 				now := time.Now()
-				var f struct {
-					Type string `json:"type"`
-					Data struct {
-						CommittedAt time.Time `json:"committedAt"`
-					} `json:"data"`
+				var d struct {
+					CommittedAt time.Time `json:"committedAt"`
 				}
-				if json.Unmarshal(msg, &f) != nil || f.Type != "event" {
+				if f.Type != "event" || json.Unmarshal(f.Data, &d) != nil {
 					continue
 				}
-				local = append(local, now.Sub(f.Data.CommittedAt))
+				local = append(local, now.Sub(d.CommittedAt))
 				got++
 			}
 			mu.Lock()
