@@ -79,6 +79,10 @@ ALTER TABLE rowcast.changelog ALTER COLUMN origin_at
 -- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
 -- joined by ':' (each with '\' and ':' escaped by a '\').
 ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
+-- async_commit: the writing transaction committed with synchronous_commit
+-- off, so its commit may be visible before the WAL holds it; relays wait for
+-- the WAL flush before they hand such a transaction on.
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS async_commit boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
 CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
 CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
@@ -156,7 +160,8 @@ BEGIN
         UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams) AND last_at < ts;
     END IF;
     UPDATE rowcast.changelog c
-    SET seq = b.base + v.rn, committed_at = ts
+    SET seq = b.base + v.rn, committed_at = ts,
+        async_commit = current_setting('synchronous_commit') = 'off'
     FROM (
         SELECT id, stream, row_number() OVER (PARTITION BY stream ORDER BY id) AS rn
         FROM rowcast.changelog WHERE xid = x AND seq IS NULL

@@ -403,18 +403,23 @@ order by committed_at, xid, id`
 // snapshot.
 const laterSQL = `select ` + Columns + ` from rowcast.changelog
 where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
-  and pg_visible_in_snapshot(xid, $2::pg_snapshot)
+  and pg_visible_in_snapshot(xid, $2::pg_snapshot) and seq is not null
 order by committed_at, xid, id`
 
 // headSQL takes the poll's snapshot and says whether every transaction
-// visible in it is durable: their commit records precede the WAL insert
-// position read after the snapshot was taken, so they are durable once the
-// WAL is flushed up to it. It also records the answer as rowcast.durable for
-// pollSQL. The flush position is read first, so the answer errs on the side
-// of waiting.
+// that became visible in it is durable. One committed with synchronous_commit
+// on is (PostgreSQL flushed its commit before making it visible); one
+// committed with it off (the sequencer marks its rows async_commit) is once
+// the WAL is flushed up to the insert position read after the snapshot was
+// taken, which its commit record precedes. It also records the answer as
+// rowcast.durable for pollSQL. The flush position is read first, so the
+// answer errs on the side of waiting.
 const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` from rowcast.meta),
   pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot),
-  set_config('rowcast.durable', (pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn())::text, true)::bool,
+  set_config('rowcast.durable', (pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()
+    or not exists (select from rowcast.changelog
+      where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
+        and async_commit))::text, true)::bool,
   pg_current_wal_insert_lsn()::text`
 
 // poll reads every transaction that committed since the last snapshot and
@@ -570,9 +575,10 @@ func WaitFlushed(ctx context.Context, conn Querier, lsn string) error {
 // itself.
 const nudgeAfter = 10 * time.Millisecond
 
-// nudgeSQL writes and commits synchronously: the commit flushes the WAL
-// through its own record.
-const nudgeSQL = `begin; set local synchronous_commit = on; update rowcast.meta set bell = bell; commit`
+// nudgeSQL writes and commits synchronously on this server (local: never
+// waiting for a synchronous standby, which may be down): the commit
+// flushes the WAL through its own record.
+const nudgeSQL = `begin; set local synchronous_commit = local; update rowcast.meta set bell = bell; commit`
 
 // Scanner decodes changelog rows selected with Columns. Its zero value is
 // ready; it reuses a buffer between rows.
