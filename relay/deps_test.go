@@ -79,11 +79,11 @@ func TestCoreImportsNoDriver(t *testing.T) {
 	}
 }
 
-// The check finds a driver where there is one: the trigger capture reads the
+// The check finds a driver where there is one: package changelog reads the
 // changelog with pgx.
 func TestDriverDepsDetectsDriver(t *testing.T) {
 	gobin := goCommand(t)
-	const pkg = "github.com/rowcast/rowcast/relay/capture/trigger"
+	const pkg = "github.com/rowcast/rowcast/relay/changelog"
 	deps := listDeps(t, gobin, pkg)
 	if bad := driverDeps(deps); !slices.Contains(bad, "github.com/jackc/pgx/v5") {
 		t.Fatalf("driverDeps of %s = %q, want github.com/jackc/pgx/v5 among them", pkg, bad)

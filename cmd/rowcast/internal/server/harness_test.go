@@ -19,7 +19,7 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/history"
+	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
 	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
@@ -315,7 +315,7 @@ func asClose(err error, ce **websocket.CloseError) bool { return errors.As(err, 
 // deleted.
 func pruneNow(t *testing.T, e *env) int64 {
 	t.Helper()
-	p := &history.Pruner{Pool: e.db, Retention: e.cfg.History.Retention}
+	p := &changelog.Pruner{Pool: e.db, Retention: e.cfg.History.Retention}
 	n, err := p.Prune(context.Background())
 	if err != nil {
 		t.Fatal(err)
