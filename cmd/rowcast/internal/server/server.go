@@ -1,8 +1,10 @@
-// Package server assembles a running relay from a configuration: capture,
-// mapping, hub, history, the WebSocket transport and the HTTP endpoints
-// beside it (/healthz, /readyz, /metrics, /version), and owns their
-// lifecycle: Run starts them as a group and drains them when its context
-// ends.
+// Package server is the command's wiring: it assembles a running relay from
+// a configuration (the changelog tail, in logical mode the slot holder,
+// mapping, hub, history and pruning, both WebSocket transports and the HTTP
+// endpoints beside them: /healthz, /readyz, /metrics, /version) and owns
+// their lifecycle: Run starts them as a group and drains them when its
+// context ends. The components take options; only this package reads the
+// configuration to build them.
 package server
 
 import (
