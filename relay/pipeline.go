@@ -10,8 +10,8 @@ type Fanout interface {
 }
 
 // Pipeline connects capture to fan-out: it maps each captured transaction's
-// changes and publishes the events as one unit. It implements the capture
-// sink; its methods are called from one goroutine.
+// changes and publishes the events as one unit. It implements Sink; its
+// methods are called from one goroutine.
 type Pipeline struct {
 	Mapper Mapper
 	Fanout Fanout

@@ -97,6 +97,18 @@ type Txn struct {
 	Changes     []Change
 }
 
+// Sink receives what is read from the changelog (changelog.Tail calls it;
+// Pipeline implements it). Its methods are called from the reader's
+// goroutine, one at a time, and must not block on subscribers.
+type Sink interface {
+	// Reset is called before the first transaction, and again whenever the
+	// history epoch changes (the database was restored or replaced), with the
+	// last seq of every stream at that point.
+	Reset(epoch string, heads map[string]int64)
+	// Txn is called once per committed transaction, in commit order.
+	Txn(txn *Txn)
+}
+
 // Stream keys. Every session follows AllStream, its user's stream and one
 // stream per team its token lists. The capture SQL that package triggers
 // renders writes the same keys, from these constants.

@@ -1,6 +1,6 @@
 // Package sql embeds rowcast's SQL: the rowcast schema that capture needs
 // (a text/template, rendered by package triggers) and the demo CRM schema
-// with its seed data.
+// with its seed data (package sql/crm sets it up).
 package sql
 
 import _ "embed"

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -20,7 +20,7 @@ import (
 func logicalPlan(t *testing.T, conn *pgx.Conn, logical bool) *triggers.Plan {
 	t.Helper()
 	cfg := config.Defaults()
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	if logical {
 		cfg.Capture.Mode = config.ModeLogical
 	}
@@ -136,7 +136,7 @@ func TestSlotOfAnotherDatabase(t *testing.T) {
 // nothing streams from the slot, and names what does.
 func TestRemoveRefusesSlotInUse(t *testing.T) {
 	url := pg.NewDatabase(t)
-	if err := demo.Setup(t.Context(), url); err != nil {
+	if err := crm.Setup(t.Context(), url); err != nil {
 		t.Fatal(err)
 	}
 	conn := connect(t, url)

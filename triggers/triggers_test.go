@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -33,7 +33,7 @@ func connect(t *testing.T, url string) *pgx.Conn {
 func demoDB(t *testing.T) *pgx.Conn {
 	t.Helper()
 	url := pg.NewDatabase(t)
-	if err := demo.Setup(t.Context(), url); err != nil {
+	if err := crm.Setup(t.Context(), url); err != nil {
 		t.Fatal(err)
 	}
 	return connect(t, url)
@@ -117,7 +117,7 @@ func verify(t *testing.T, conn *pgx.Conn, p *triggers.Plan) []string {
 // demoTables picks demo tables by name, in the order given.
 func demoTables(t *testing.T, names ...string) []config.Table {
 	t.Helper()
-	all := demo.Tables()
+	all := crm.Tables()
 	var out []config.Table
 	for _, n := range names {
 		i := slices.IndexFunc(all, func(tb config.Table) bool { return tb.Table == n })
@@ -303,13 +303,13 @@ create table "Odd Schema"."we""ird" (
 }
 
 func TestRenderIsDeterministic(t *testing.T) {
-	a := render(t, demo.Tables(), true)
-	b := render(t, demo.Tables(), true)
+	a := render(t, crm.Tables(), true)
+	b := render(t, crm.Tables(), true)
 	if a.SQL() != b.SQL() || a.SchemaHash != b.SchemaHash {
 		t.Fatal("two renders of the same input differ")
 	}
-	if len(a.Tables) != len(demo.Tables()) {
-		t.Fatalf("%d table plans for %d tables", len(a.Tables), len(demo.Tables()))
+	if len(a.Tables) != len(crm.Tables()) {
+		t.Fatalf("%d table plans for %d tables", len(a.Tables), len(crm.Tables()))
 	}
 	for i := range a.Tables {
 		if a.Tables[i].Hash != b.Tables[i].Hash || a.Tables[i].Function != b.Tables[i].Function {
@@ -323,7 +323,7 @@ func TestRenderIsDeterministic(t *testing.T) {
 		t.Error("the schema SQL does not record its hash")
 	}
 
-	quiet := render(t, demo.Tables(), false)
+	quiet := render(t, crm.Tables(), false)
 	if quiet.SchemaHash == a.SchemaHash {
 		t.Error("notify on and off render the same schema hash")
 	}
@@ -336,7 +336,7 @@ func TestRenderIsDeterministic(t *testing.T) {
 		}
 	}
 
-	changed := demo.Tables()
+	changed := crm.Tables()
 	changed[0].ExcludeColumns = []string{"internal_notes", "notes"}
 	c := render(t, changed, true)
 	if c.Tables[0].Hash == a.Tables[0].Hash {
@@ -423,7 +423,7 @@ func TestInstallLongAndLookalikeNames(t *testing.T) {
 
 func TestInstallIsIdempotent(t *testing.T) {
 	conn := demoDB(t)
-	plan := render(t, demo.Tables(), true)
+	plan := render(t, crm.Tables(), true)
 	first := install(t, conn, plan)
 	for _, want := range []string{
 		"rowcast schema: changelog, stream counters, commit-time sequencer",
@@ -451,7 +451,7 @@ func TestInstallIsIdempotent(t *testing.T) {
 }
 
 func TestVerifyReportsDrift(t *testing.T) {
-	all := demo.Tables()
+	all := crm.Tables()
 	tests := []struct {
 		name    string
 		install []config.Table // nil: do not install
@@ -481,7 +481,7 @@ func TestVerifyReportsDrift(t *testing.T) {
 		},
 		{
 			name: "extra excluded column", install: all, verify: func() []config.Table {
-				ts := demo.Tables()
+				ts := crm.Tables()
 				ts[0].ExcludeColumns = []string{"internal_notes", "notes"}
 				return ts
 			}(), notify: true,
@@ -503,7 +503,7 @@ func TestVerifyReportsDrift(t *testing.T) {
 		},
 		{
 			name: "configured table does not exist", install: all,
-			verify: append(demo.Tables(), config.Table{Table: "ghosts"}.WithDefaults()), notify: true,
+			verify: append(crm.Tables(), config.Table{Table: "ghosts"}.WithDefaults()), notify: true,
 			want: []string{"public.ghosts: table does not exist"},
 		},
 	}
@@ -548,7 +548,7 @@ func TestInstallRemovesUnconfiguredTable(t *testing.T) {
 
 func TestRemove(t *testing.T) {
 	conn := demoDB(t)
-	plan := render(t, demo.Tables(), true)
+	plan := render(t, crm.Tables(), true)
 	install(t, conn, plan)
 	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'Ada')")
 
@@ -799,7 +799,7 @@ func TestTransactionTouchingTwoTeams(t *testing.T) {
 
 func TestCheckTables(t *testing.T) {
 	conn := demoDB(t)
-	if problems, err := triggers.CheckTables(t.Context(), conn, demo.Tables()); err != nil || len(problems) > 0 {
+	if problems, err := triggers.CheckTables(t.Context(), conn, crm.Tables()); err != nil || len(problems) > 0 {
 		t.Fatalf("demo tables: %q, %v; want no problem", problems, err)
 	}
 

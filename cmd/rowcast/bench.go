@@ -13,12 +13,12 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/client"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/pgembed"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
+	"github.com/rowcast/rowcast/sql/crm"
 )
 
 // runBenchLatency measures commit → client latency end to end: a throwaway
@@ -49,14 +49,14 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return fail(err)
 	}
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		return fail(err)
 	}
 	cfg := config.Defaults()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Database.URL = url
 	cfg.Auth.JWTSecret = "bench-secret-bench-secret-bench-secret"
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	cfg.Capture.Notify = notify
 	cfg.Sessions.QueueSize = 4096
 	if err := installDemo(ctx, &cfg); err != nil {

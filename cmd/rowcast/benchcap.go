@@ -21,11 +21,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/pgembed"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
+	"github.com/rowcast/rowcast/sql/crm"
 )
 
 const benchUsage = `usage: rowcast bench [latency|capture|writepath|idle] [flags]
@@ -78,7 +78,7 @@ func benchConfig(url, mode string, notify bool) *config.Config {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Database.URL = url
 	cfg.Auth.JWTSecret = "bench-secret-bench-secret-bench-secret"
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	cfg.Capture.Mode = mode
 	cfg.Capture.Notify = &notify
 	return &cfg
@@ -141,7 +141,7 @@ func runBenchCapture(ctx context.Context, args []string, stdout, stderr io.Write
 }
 
 func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, writers int) (float64, error) {
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		return 0, err
 	}
 	cfg := benchConfig(url, mode, true)
@@ -245,7 +245,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		if err != nil {
 			return fail(err)
 		}
-		if err := demo.Setup(ctx, url); err != nil {
+		if err := crm.Setup(ctx, url); err != nil {
 			return fail(err)
 		}
 		if err := seedEscrows(ctx, url); err != nil {
@@ -334,7 +334,7 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fail(err)
 	}
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		return fail(err)
 	}
 	cfg := benchConfig(url, config.ModeTrigger, true)

@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/rowcast/rowcast/relay/demo"
+	"github.com/rowcast/rowcast/sql/crm"
 )
 
 const (
@@ -45,7 +45,7 @@ func cliEnv(t *testing.T) {
 func cliDatabase(t *testing.T) (dbURL, password string) {
 	t.Helper()
 	raw := pg.NewDatabase(t)
-	if err := demo.Setup(t.Context(), raw); err != nil {
+	if err := crm.Setup(t.Context(), raw); err != nil {
 		t.Fatal(err)
 	}
 	u, err := url.Parse(raw)

@@ -12,12 +12,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/aitask"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/demo/aitask"
-	"github.com/rowcast/rowcast/relay/pgembed"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -54,7 +55,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		return fail(err)
 	}
 	secret := make([]byte, 32)
@@ -62,7 +63,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg.Database.URL = url
 	cfg.Auth.JWTSecret = hex.EncodeToString(secret)
 	cfg.Origins = []string{"http://localhost:5173", "http://127.0.0.1:5173"}
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	if err := cfg.Validate(); err != nil {
 		return fail(err)
 	}

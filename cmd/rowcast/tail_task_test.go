@@ -11,11 +11,11 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/aitask"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/demo/aitask"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/sql/crm"
 )
 
 // tail renders the frames a real relay sends for a task the reference
@@ -23,11 +23,11 @@ import (
 func TestTailRendersRealTaskEvents(t *testing.T) {
 	ctx := t.Context()
 	dbURL := pg.NewDatabase(t)
-	if err := demo.Setup(ctx, dbURL); err != nil {
+	if err := crm.Setup(ctx, dbURL); err != nil {
 		t.Fatal(err)
 	}
 	cfg := config.Defaults()
-	cfg.Database.URL, cfg.Listen, cfg.Auth.JWTSecret, cfg.Tables = dbURL, "127.0.0.1:0", cliSecret, demo.Tables()
+	cfg.Database.URL, cfg.Listen, cfg.Auth.JWTSecret, cfg.Tables = dbURL, "127.0.0.1:0", cliSecret, crm.Tables()
 	if err := installDemo(ctx, &cfg); err != nil {
 		t.Fatal(err)
 	}

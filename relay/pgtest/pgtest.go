@@ -35,7 +35,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/rowcast/rowcast/relay/pgembed"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
 )
 
 // EnvURL names the environment variable holding the URL of an outside server

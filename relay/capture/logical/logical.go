@@ -1,9 +1,9 @@
 // Package logical captures changes through a logical replication slot
 // (pgoutput, protocol 2, streaming off, so only committed transactions
 // arrive, in commit order) and writes each decoded transaction into the same
-// changelog that trigger capture fills, so both modes share one history, one
-// sequencing and one resume path; relays then read the changelog exactly as
-// in trigger mode.
+// changelog that the row triggers fill in trigger mode, so both modes share
+// one history, one sequencing and one resume path; relays then read the
+// changelog (package changelog) exactly as in trigger mode.
 //
 // One relay replica at a time holds the slot, elected by a session-level
 // advisory lock; the others keep serving their sessions from the changelog
@@ -37,8 +37,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/rowcast/rowcast/triggers"
 )
 
 // Options configures a Holder. Zero values select the defaults.
@@ -76,6 +74,15 @@ type Options struct {
 	// OnFailing is called with true and the reason when Failing turns
 	// true, and with false and "" when it turns false again.
 	OnFailing func(failing bool, reason string)
+	// ApplyName returns the unquoted name, in schema rowcast, of the apply
+	// function the installer generated for a source table (the wiring passes
+	// triggers.ApplyName). Required: New panics without it.
+	ApplyName func(schema, table string) string
+	// CheckSlot reports why the replication slot named slot cannot serve
+	// logical capture of the connected database, one problem a string (the
+	// wiring passes triggers.CheckSlot, which install uses too); each attempt
+	// to take the slot runs it first. Required: New panics without it.
+	CheckSlot func(ctx context.Context, conn *pgx.Conn, slot string) ([]string, error)
 }
 
 // Holder campaigns for the slot and, while holding it, replicates into the
@@ -90,8 +97,12 @@ type Holder struct {
 	reason   string // why the last attempt failed
 }
 
-// New returns a Holder for the database at url.
+// New returns a Holder for the database at url. It panics when
+// o.ApplyName or o.CheckSlot is nil.
 func New(url string, o Options) *Holder {
+	if o.ApplyName == nil || o.CheckSlot == nil {
+		panic("logical.New: Options.ApplyName and Options.CheckSlot are required")
+	}
 	if o.Slot == "" {
 		o.Slot = "rowcast"
 	}
@@ -301,7 +312,7 @@ func (h *Holder) missingPublication(ctx context.Context, db *pgx.Conn, cause err
 // that is missing (after a failover) or invalidated (max_slot_wal_keep_size)
 // is recreated and the history epoch changed, so every client resyncs.
 func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, error) {
-	problems, err := triggers.CheckSlot(ctx, db, h.o.Slot)
+	problems, err := h.o.CheckSlot(ctx, db, h.o.Slot)
 	if err != nil {
 		return 0, fmt.Errorf("logical slot: %w", err)
 	}
@@ -672,7 +683,7 @@ func (a *applier) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	if len(types) != len(rel.columns) {
 		return fmt.Errorf("logical relation %s: %d types for %d columns", rel.table, len(types), len(rel.columns))
 	}
-	fn := `rowcast."` + strings.ReplaceAll(triggers.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`
+	fn := `rowcast."` + strings.ReplaceAll(a.h.o.ApplyName(m.Namespace, m.RelationName), `"`, `""`) + `"`
 	rel.sql = "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.json, "u.n", "u.na") + ", " +
 		renderSQL(rel.columns, types, rel.json, "u.o", "u.oa") + "))" +
 		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[]) as u (op, n, o, na, oa)"

@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/rowcast/rowcast/relay/transport/core"
+	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
 // Engine.IO's HTTP long-polling transport, and its upgrade to WebSocket.
@@ -25,7 +25,7 @@ import (
 // "2probe" is answered "3probe" and the pending poll is released with what
 // is queued or a noop, so the client can pause polling; the client's "5"
 // then moves what is still queued to the WebSocket, which carries the
-// session from then on. The Socket.IO session (and the core session under
+// session from then on. The Socket.IO session (and the session.Session under
 // it, with its positions and queue) is the same before and after.
 //
 // A close over polling (slow consumer, rate limit, token expiry, draining,
@@ -40,13 +40,13 @@ const recordSeparator = 0x1e
 const upgradeTimeout = 10 * time.Second
 
 // pollSocket is one Engine.IO session that started on polling: the
-// core.Conn its Socket.IO session writes to. Until the upgrade it holds the
+// session.Conn its Socket.IO session writes to. Until the upgrade it holds the
 // session's frames for the next poll; after it, frames go to the WebSocket.
 type pollSocket struct {
 	srv *Server
 	sid string
 	req *http.Request
-	s   *core.Session // set before the socket is registered, then fixed
+	s   *session.Session // set before the socket is registered, then fixed
 
 	wake      chan struct{} // capacity 1: a pending poll has something to do
 	uncounted atomic.Int32  // frames written to the probe that are not the session's
@@ -58,8 +58,8 @@ type pollSocket struct {
 	closing    bool     // Close was called: flush buf, then "1"
 	gone       bool     // the session ended; nothing more is sent
 	upgrading  bool     // "3probe" sent; polls are answered at once
-	probe      *core.WSConn
-	ws         *core.WSConn // after the upgrade
+	probe      *session.WSConn
+	ws         *session.WSConn // after the upgrade
 	closeTimer *time.Timer
 	probeTimer *time.Timer
 }
@@ -68,7 +68,7 @@ type pollSocket struct {
 // GET with its open packet.
 func (srv *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
 	so := &pollSocket{srv: srv, sid: randomID(), req: r, wake: make(chan struct{}, 1)}
-	s := srv.t.Attach(so, func(s *core.Session) core.Handler {
+	s := srv.t.Attach(so, func(s *session.Session) session.Handler {
 		return &conn{srv: srv, s: s, sid: so.sid, polling: true}
 	})
 	if s == nil {
@@ -105,12 +105,12 @@ func (so *pollSocket) signal() {
 }
 
 // Write queues frame for the next poll, or writes it to the WebSocket
-// after the upgrade. The core calls it with the session's lock held.
+// after the upgrade. The session.Session calls it with its lock held.
 func (so *pollSocket) Write(frame []byte) error {
 	so.mu.Lock()
 	if so.gone || so.closing {
 		so.mu.Unlock()
-		return core.ErrConnClosed
+		return session.ErrConnClosed
 	}
 	if ws := so.ws; ws != nil {
 		so.mu.Unlock()
@@ -152,8 +152,8 @@ func (so *pollSocket) Close(code int, reason string) {
 func (so *pollSocket) Request() *http.Request { return so.req }
 
 // finish ends the session for good: it is forgotten, a pending poll gets
-// the close packet, and the core session is told. It must be called
-// without the core session's lock.
+// the close packet, and the session.Session is told. It must be called
+// without the session.Session's lock.
 func (so *pollSocket) finish() {
 	so.mu.Lock()
 	if so.gone {
@@ -338,7 +338,7 @@ func (so *pollSocket) upgrade(w http.ResponseWriter, r *http.Request) {
 		handshakeError(w, http.StatusBadRequest, errBadRequest, "Bad request")
 		return
 	}
-	_ = so.srv.t.ServeConn(w, r, func(c *core.WSConn) core.Receiver {
+	_ = so.srv.t.ServeConn(w, r, func(c *session.WSConn) session.Receiver {
 		so.mu.Lock()
 		defer so.mu.Unlock()
 		if so.gone || so.closing || so.probe != nil || so.ws != nil {
@@ -364,7 +364,7 @@ func (so *pollSocket) upgrade(w http.ResponseWriter, r *http.Request) {
 // upgradeConn is the WebSocket a polling session upgrades to.
 type upgradeConn struct {
 	so *pollSocket
-	c  *core.WSConn
+	c  *session.WSConn
 }
 
 func (u *upgradeConn) upgraded() bool {

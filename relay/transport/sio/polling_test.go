@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rowcast/rowcast/relay/transport/core"
+	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
 // pollClient speaks Engine.IO's polling transport byte for byte.
@@ -366,4 +366,4 @@ func TestPollingDrain(t *testing.T) {
 	}
 }
 
-var _ core.Conn = (*pollSocket)(nil)
+var _ session.Conn = (*pollSocket)(nil)

@@ -19,10 +19,10 @@ import (
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/hub"
-	"github.com/rowcast/rowcast/relay/transport/core"
+	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
-// These tests run the Socket.IO endpoint on a core Transport with an
+// These tests run the Socket.IO endpoint on a session.Transport with an
 // in-memory hub and history, and speak the protocol with a raw WebSocket
 // client, byte for byte. The end-to-end suite (node_test.go) runs the real
 // socket.io-client against a relay on PostgreSQL.
@@ -75,7 +75,7 @@ type testEnv struct {
 	ts   *httptest.Server
 	seqs map[string]int64
 
-	transport *core.Transport
+	transport *session.Transport
 }
 
 func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
@@ -87,7 +87,7 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 		t.Fatal(err)
 	}
 	hist := &memHistory{pruned: map[string]int64{}}
-	tr := core.New(core.Options{Hub: h, History: hist, Mapper: eventMapper{}, Verifier: v, Heartbeat: heartbeat})
+	tr := session.New(session.Options{Hub: h, History: hist, Mapper: eventMapper{}, Verifier: v, Heartbeat: heartbeat})
 	ts := httptest.NewServer(New(tr, o))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -588,7 +588,7 @@ func TestTokenExpiryClosesTransport(t *testing.T) {
 			continue
 		}
 		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != core.CloseUnauthorized {
+		if !errors.As(err, &ce) || ce.Code != session.CloseUnauthorized {
 			t.Fatalf("want close 4401, got %v", err)
 		}
 		return

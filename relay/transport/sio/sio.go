@@ -2,7 +2,7 @@
 // (docs/protocol.md section 9): Engine.IO 4 and Socket.IO 5 over the WebSocket
 // transport and, with Options.Polling, over HTTP long-polling with its
 // upgrade to WebSocket (polling.go), default namespace only, on the relay's
-// shared session core (relay/transport/core), so it uses the same melody
+// shared session layer (relay/transport/session), so it uses the same melody
 // instance, hub, limits and drain as the plain protocol.
 //
 // What it does, matching socket.io's reference server (engine.io 6.6,
@@ -61,7 +61,7 @@ import (
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/transport/core"
+	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
 // DefaultConnectTimeout is socket.io's connectTimeout: how long a
@@ -69,7 +69,7 @@ import (
 const DefaultConnectTimeout = 45 * time.Second
 
 // Options configures a Server. The heartbeat interval, queue, rate limits
-// and frame size limit are the core Transport's.
+// and frame size limit are the session.Transport's.
 type Options struct {
 	// ConnectTimeout closes a connection that has no accepted CONNECT this
 	// long after the upgrade. Default DefaultConnectTimeout.
@@ -88,7 +88,7 @@ type Options struct {
 
 // Server is the /socket.io/ endpoint. It implements http.Handler.
 type Server struct {
-	t              *core.Transport
+	t              *session.Transport
 	pingInterval   time.Duration
 	pingTimeout    time.Duration
 	connectTimeout time.Duration
@@ -100,7 +100,7 @@ type Server struct {
 }
 
 // New returns a Server whose sessions run on t, beside t's other protocol.
-func New(t *core.Transport, o Options) *Server {
+func New(t *session.Transport, o Options) *Server {
 	s := &Server{t: t, pingInterval: t.Options().Heartbeat, pingTimeout: o.PingTimeout,
 		connectTimeout: o.ConnectTimeout, polling: o.Polling, log: o.Logger,
 		sockets: make(map[string]*pollSocket)}
@@ -161,7 +161,7 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case transport == "polling":
 		srv.handshakePolling(w, r)
 	default:
-		_ = srv.t.Serve(w, r, func(s *core.Session) core.Handler {
+		_ = srv.t.Serve(w, r, func(s *session.Session) session.Handler {
 			return &conn{srv: srv, s: s, sid: randomID()}
 		})
 	}
@@ -207,10 +207,10 @@ const (
 )
 
 // conn is one Socket.IO client. The fields after the first group are
-// guarded by the core session's lock.
+// guarded by the session.Session's lock.
 type conn struct {
 	srv     *Server
-	s       *core.Session
+	s       *session.Session
 	sid     string // the Engine.IO session id
 	polling bool   // started on polling: the open packet offers the upgrade
 
@@ -338,7 +338,7 @@ func (c *conn) message(data []byte) {
 	}
 	if allowed, closeNow := s.AllowLocked(); !allowed {
 		if closeNow {
-			s.CloseLocked(core.CloseRateLimited, "rate limited")
+			s.CloseLocked(session.CloseRateLimited, "rate limited")
 		} else if (p.Type == Event || p.Type == BinaryEvent) && p.ID >= 0 {
 			s.WriteLocked(ackErrorFrame(p.ID, "rate limited"))
 		}
@@ -505,7 +505,7 @@ func (c *conn) ResumedLocked(int) {
 // ExpiredLocked closes the transport (not the Socket.IO session), so the
 // client reconnects with a fresh token from its auth callback and recovers.
 func (c *conn) ExpiredLocked() {
-	c.s.CloseLocked(core.CloseUnauthorized, "token expired")
+	c.s.CloseLocked(session.CloseUnauthorized, "token expired")
 }
 
 // randomID returns 15 random bytes in URL-safe base64 (20 characters), the
@@ -567,7 +567,7 @@ func socketIDFor(pid string) string {
 // resumeFrom returns the position a recovering session replays after: the
 // offset, never before the pid's start position (stream by stream), or the
 // start position when the client has no offset. An offset of another epoch
-// or a malformed one is returned as is, for the core to answer with resync.
+// or a malformed one is returned as is, for the session to answer with resync.
 func resumeFrom(start, offset string, hasOffset bool) string {
 	if !hasOffset {
 		return start

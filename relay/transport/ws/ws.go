@@ -1,10 +1,10 @@
 // Package ws serves rowcast's plain WebSocket protocol (docs/protocol.md sections
 // 1-7): authentication from the upgrade request, welcome, resume, client
 // messages and their errors. Subscription, positions, replay, the bounded
-// queue, rate limits, heartbeats and token expiry are the session core's
-// (relay/transport/core), which this package frames as JSON text frames.
+// queue, rate limits, heartbeats and token expiry are the shared session's
+// (relay/transport/session), which this package frames as JSON text frames.
 //
-// A Server owns the relay's core Transport; the Socket.IO endpoint
+// A Server owns the relay's session.Transport; the Socket.IO endpoint
 // (relay/transport/sio) mounts on the same one, so both protocols share one
 // melody instance, one hub and one drain.
 package ws
@@ -28,17 +28,17 @@ import (
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
-	"github.com/rowcast/rowcast/relay/transport/core"
+	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
 // Close codes of docs/protocol.md section 7.
 const (
-	CloseGoingAway    = core.CloseGoingAway
-	CloseInternal     = core.CloseInternal
-	CloseBadRequest   = core.CloseBadRequest
-	CloseUnauthorized = core.CloseUnauthorized
-	CloseSlowConsumer = core.CloseSlowConsumer
-	CloseRateLimited  = core.CloseRateLimited
+	CloseGoingAway    = session.CloseGoingAway
+	CloseInternal     = session.CloseInternal
+	CloseBadRequest   = session.CloseBadRequest
+	CloseUnauthorized = session.CloseUnauthorized
+	CloseSlowConsumer = session.CloseSlowConsumer
+	CloseRateLimited  = session.CloseRateLimited
 )
 
 // Protocol is the wire protocol version sent in welcome.
@@ -70,16 +70,16 @@ type Options struct {
 
 // Server is the /ws endpoint. It implements http.Handler.
 type Server struct {
-	t     *core.Transport
+	t     *session.Transport
 	grace time.Duration
 }
 
-// New returns a Server on a new core Transport. Close it with Drain.
+// New returns a Server on a new session.Transport. Close it with Drain.
 func New(o Options) *Server {
 	if o.ResumeGrace <= 0 {
 		o.ResumeGrace = 250 * time.Millisecond
 	}
-	t := core.New(core.Options{
+	t := session.New(session.Options{
 		Hub: o.Hub, History: o.History, Mapper: o.Mapper, Verifier: o.Verifier, Origins: o.Origins,
 		Heartbeat: o.Heartbeat, QueueSize: o.QueueSize, MaxMessageSize: o.MaxMessageSize,
 		RateLimit: o.RateLimit, RateBurst: o.RateBurst, RateStrikes: o.RateStrikes,
@@ -88,9 +88,9 @@ func New(o Options) *Server {
 	return &Server{t: t, grace: o.ResumeGrace}
 }
 
-// Transport returns the core Transport the server's sessions run on, for
+// Transport returns the session.Transport the server's sessions run on, for
 // other protocols to mount on the same melody instance and hub.
-func (s *Server) Transport() *core.Transport { return s.t }
+func (s *Server) Transport() *session.Transport { return s.t }
 
 // ServeHTTP upgrades /ws requests. The token is verified here, but a bad
 // token is answered after the upgrade, with an error frame and close 4401,
@@ -106,7 +106,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	since := r.URL.Query().Get("since")
 	p, err := s.t.Options().Verifier.Verify(auth.TokenFromRequest(r))
-	_ = s.t.Serve(w, r, func(cs *core.Session) core.Handler {
+	_ = s.t.Serve(w, r, func(cs *session.Session) session.Handler {
 		return &conn{srv: s, s: cs, id: newSessionID(), since: since, principal: p, authErr: err}
 	})
 }
@@ -120,10 +120,10 @@ func (s *Server) Drain(ctx context.Context) { s.t.Drain(ctx) }
 func (s *Server) Sessions() int { return s.t.Sessions() }
 
 // conn is one plain-protocol client. Its fields after the first group are
-// guarded by the core session's lock.
+// guarded by the session.Session's lock.
 type conn struct {
 	srv       *Server
-	s         *core.Session
+	s         *session.Session
 	id        string
 	since     string
 	principal auth.Principal

@@ -1,7 +1,6 @@
-// Package demo is the demo CRM: its table configuration, its schema and
-// seed, and a simulator that writes to it the way the CRM's REST API would,
-// one short transaction per request, naming the actor and the request id.
-// `rowcast demo` and the end-to-end tests use it.
+// Package demo simulates the demo CRM (package sql/crm): a simulator that
+// writes to it the way the CRM's REST API would, one short transaction per
+// request, naming the actor and the request id. `rowcast demo` uses it.
 package demo
 
 import (
@@ -14,46 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/rowcast/rowcast/config"
-	rowcastsql "github.com/rowcast/rowcast/sql"
 )
-
-// Tables returns the capture configuration of the demo CRM's tables, with
-// the defaults that config.Load would fill in.
-func Tables() []config.Table {
-	entity := func(table, entity string, exclude ...string) config.Table {
-		return config.Table{Table: table, Entity: entity, Kind: config.KindEntity, IDColumn: "id", TeamColumn: "team_id",
-			ActorColumn: "updated_by", ExcludeColumns: exclude}
-	}
-	return []config.Table{
-		entity("escrows", "escrow", "internal_notes"),
-		entity("listings", "listing"),
-		entity("clients", "client", "internal_notes"),
-		entity("appointments", "appointment"),
-		entity("leads", "lead"),
-		entity("notes", "note"),
-		{Table: "ai_tasks", Entity: "ai_task", Kind: config.KindAITask, IDColumn: "id", TeamColumn: "team_id",
-			UserColumn: "user_id", StatusColumn: "status", ProgressColumn: "progress", MessageColumn: "message",
-			TypeColumn: "task_type", ResultColumn: "result", ErrorColumn: "error", ParamsColumn: "params"},
-	}
-}
-
-// Setup creates the demo CRM's tables and seed rows in the database at url.
-func Setup(ctx context.Context, url string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return fmt.Errorf("demo setup: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, rowcastsql.DemoSchema); err != nil {
-		return fmt.Errorf("demo setup schema: %w", err)
-	}
-	if _, err := conn.Exec(ctx, rowcastsql.DemoSeed); err != nil {
-		return fmt.Errorf("demo setup seed: %w", err)
-	}
-	return nil
-}
 
 // Simulator writes CRM activity.
 type Simulator struct {

@@ -16,8 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/server"
 )
 
 // TestCrashWithAsyncCommitSendsNothingForgotten: with synchronous_commit

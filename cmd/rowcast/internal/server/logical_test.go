@@ -20,9 +20,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -409,7 +409,7 @@ select pg_drop_replication_slot('rowcast') from pg_replication_slots where slot_
 func TestLogicalIdentityIndexMustHoldTheTeam(t *testing.T) {
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, url)
@@ -538,7 +538,7 @@ func TestLogicalServeRefusesSlotOfAnotherDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := pg.NewDatabase(t)
-	if err := demo.Setup(context.Background(), url); err != nil {
+	if err := crm.Setup(context.Background(), url); err != nil {
 		t.Fatal(err)
 	}
 	cfg := *first.cfg

@@ -1,5 +1,5 @@
 // Helpers for the Socket.IO end-to-end suite. The Go test that runs it
-// (relay/transport/sio/node_test.go) starts a relay on a fresh demo CRM
+// (cmd/rowcast/internal/server/node_test.go) starts a relay on a fresh demo CRM
 // database and passes:
 //
 //   ROWCAST_URL           http://host:port of the relay

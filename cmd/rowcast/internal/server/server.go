@@ -1,8 +1,10 @@
-// Package server assembles a running relay from a configuration: capture,
-// mapping, hub, history, the WebSocket transport and the HTTP endpoints
-// beside it (/healthz, /readyz, /metrics, /version), and owns their
-// lifecycle: Run starts them as a group and drains them when its context
-// ends.
+// Package server is the command's wiring: it assembles a running relay from
+// a configuration (the changelog tail, in logical mode the slot holder,
+// mapping, hub, history and pruning, both WebSocket transports and the HTTP
+// endpoints beside them: /healthz, /readyz, /metrics, /version) and owns
+// their lifecycle: Run starts them as a group and drains them when its
+// context ends. The components take options; only this package reads the
+// configuration to build them.
 package server
 
 import (
@@ -31,8 +33,7 @@ import (
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/capture/logical"
-	"github.com/rowcast/rowcast/relay/capture/trigger"
-	"github.com/rowcast/rowcast/relay/history"
+	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
@@ -67,7 +68,7 @@ type Relay struct {
 	hub      *hub.Hub
 	mapper   *mapping.Mapper
 	verifier *auth.Verifier
-	capture  *trigger.Capture
+	capture  *changelog.Tail
 	holder   *logical.Holder // logical mode only
 	ws       *ws.Server
 	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
@@ -111,7 +112,7 @@ func New(o Options) (*Relay, error) {
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
 	notify := cfg.Capture.NotifyEnabled()
-	r.capture = trigger.New(cfg.Database.URL, trigger.Options{
+	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
 	})
@@ -120,7 +121,7 @@ func New(o Options) (*Relay, error) {
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
-			Retry: o.LogicalRetry,
+			Retry: o.LogicalRetry, ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
 		})
 	}
 	return r, nil
@@ -184,7 +185,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return fmt.Errorf("serve: database: %w", err)
 	}
 	defer pool.Close()
-	hist := history.New(pool)
+	hist := changelog.NewHistory(pool)
 	r.ws = ws.New(ws.Options{
 		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: cfg.Origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
@@ -234,7 +235,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			g.Go(func() error { return r.holder.Run(gctx) })
 		}
 		g.Go(func() error {
-			p := &history.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
+			p := &changelog.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
 				Logger: r.log.With("component", "history")}
 			return p.Run(gctx)
 		})

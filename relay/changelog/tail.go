@@ -1,19 +1,21 @@
-// Package trigger reads the changelog that rowcast's row triggers write, in
-// commit order, and hands each committed transaction to a Sink.
+// Package changelog owns rowcast.changelog, the table both capture modes
+// fill (the row triggers in trigger mode, the slot holder of package
+// capture/logical in logical mode): its row format (Columns, Scanner),
+// tailing it in commit order (Tail), replaying it after a position (History)
+// and pruning it (Pruner).
 //
-// Reading is PgQ-style: each poll runs in one REPEATABLE READ transaction that
-// takes pg_current_snapshot() and reads the rows of every transaction that
-// was not visible in the previous poll's snapshot but is visible now, so a
-// long transaction never holds back short ones and arrives once, when it
+// Tailing is PgQ-style: each poll runs in one REPEATABLE READ transaction
+// that takes pg_current_snapshot() and reads the rows of every transaction
+// that was not visible in the previous poll's snapshot but is visible now, so
+// a long transaction never holds back short ones and arrives once, when it
 // commits. A LISTEN doorbell (an empty pg_notify at commit) wakes the reader
 // at once; adaptive polling is the backstop when a notification is missed or
-// the doorbell is switched off.
-package trigger
+// the doorbell is switched off. Nothing is handed on, tailed or replayed,
+// before the WAL holds it durably (WaitFlushed).
+package changelog
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,19 +34,8 @@ import (
 // Channel is the LISTEN channel the commit-time sequencer notifies.
 const Channel = "rowcast"
 
-// Sink receives what the capture reads. Its methods are called from the
-// capture's goroutine, one at a time, and must not block on subscribers.
-type Sink interface {
-	// Reset is called before the first transaction, and again whenever the
-	// history epoch changes (the database was restored or replaced), with the
-	// last seq of every stream at that point.
-	Reset(epoch string, heads map[string]int64)
-	// Txn is called once per committed transaction, in commit order.
-	Txn(txn *relay.Txn)
-}
-
-// Options tunes a Capture. Zero values select the defaults.
-type Options struct {
+// TailOptions tunes a Tail. Zero values select the defaults.
+type TailOptions struct {
 	// PollMin is the poll interval while changes flow (default 5ms); PollMax
 	// the interval the reader backs off to when idle (default 1s).
 	PollMin, PollMax time.Duration
@@ -58,17 +49,18 @@ type Options struct {
 	OnConnected func(bool)
 }
 
-// Capture tails the changelog. Create it with New and call Run once.
-type Capture struct {
+// Tail reads the changelog in commit order and hands each committed
+// transaction to a relay.Sink. Create it with NewTail and call Run once.
+type Tail struct {
 	url       string
-	o         Options
+	o         TailOptions
 	connected atomic.Bool
 	ready     chan struct{}
 	readyOnce atomic.Bool
 }
 
-// New returns a Capture for the database at url.
-func New(url string, o Options) *Capture {
+// NewTail returns a Tail of the changelog in the database at url.
+func NewTail(url string, o TailOptions) *Tail {
 	if o.PollMin <= 0 {
 		o.PollMin = 5 * time.Millisecond
 	}
@@ -81,23 +73,23 @@ func New(url string, o Options) *Capture {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Capture{url: url, o: o, ready: make(chan struct{})}
+	return &Tail{url: url, o: o, ready: make(chan struct{})}
 }
 
 // Ready is closed once the capture has read its starting snapshot and
-// called Sink.Reset: every transaction that commits after Ready is closed
+// called relay.Sink.Reset: every transaction that commits after Ready is closed
 // reaches the sink.
-func (c *Capture) Ready() <-chan struct{} { return c.ready }
+func (c *Tail) Ready() <-chan struct{} { return c.ready }
 
 // Connected reports whether the capture is currently reading.
-func (c *Capture) Connected() bool { return c.connected.Load() }
+func (c *Tail) Connected() bool { return c.connected.Load() }
 
 // Run reads until ctx ends, then returns ctx's error. Any database error
 // closes the connections, waits with capped exponential backoff, reconnects
 // and continues from the last snapshot read, so nothing committed meanwhile is
 // lost. It returns early only for errors that retrying cannot fix (the
 // rowcast schema is missing).
-func (c *Capture) Run(ctx context.Context, sink Sink) error {
+func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
 	st := &state{}
 	backoff := 100 * time.Millisecond
 	for {
@@ -148,14 +140,14 @@ type state struct {
 	sent map[string]int64
 }
 
-func (c *Capture) setConnected(v bool) {
+func (c *Tail) setConnected(v bool) {
 	if c.connected.Swap(v) != v && c.o.OnConnected != nil {
 		c.o.OnConnected(v)
 	}
 }
 
 // session runs one connected period: it returns on the first error.
-func (c *Capture) session(ctx context.Context, sink Sink, st *state) error {
+func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cc, err := pgx.ParseConfig(c.url)
@@ -282,7 +274,7 @@ const idleBeforeArming = 4
 
 // setBell arms or disarms the doorbell when the doorbell is in use and the
 // state differs from what this relay last set.
-func (c *Capture) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bool) error {
+func (c *Tail) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bool) error {
 	if !c.o.Listen || *armed == v {
 		return nil
 	}
@@ -316,7 +308,7 @@ func readEpoch(ctx context.Context, conn *pgx.Conn) (epoch, started string, err 
 // WAL has flushed; should a stream's counter still be below what was sent
 // (a server whose storage lost acknowledged writes), the positions clients
 // hold no longer name the same changes, and a new epoch starts.
-func (c *Capture) restarted(ctx context.Context, conn *pgx.Conn, st *state) error {
+func (c *Tail) restarted(ctx context.Context, conn *pgx.Conn, st *state) error {
 	rows, err := conn.Query(ctx, "select stream, last_seq from rowcast.streams")
 	if err != nil {
 		return fmt.Errorf("capture after restart: %w", err)
@@ -386,11 +378,6 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 	return snap, heads, nil
 }
 
-// Columns read for each change, shared with package history.
-const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
-coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
-coalesce(request_id, ''), row_data::text, changes::text, old_data::text, entity_key::text`
-
 // pollSQL reads the changes of the transactions that became visible since
 // snapshot $1, in the reading transaction's own snapshot; it reads nothing
 // unless the rowcast.durable setting of that transaction is true.
@@ -430,7 +417,7 @@ const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` f
 // is flushed, and a crash forgets them (and reuses their positions). When
 // the snapshot's commits are not all flushed yet, poll waits for the WAL
 // flush (the WAL writer's rhythm, wal_writer_delay) before reading them.
-func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state) (int, error) {
+func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin isolation level repeatable read read only")
 	b.Queue(headSQL, st.snapshot)
@@ -495,7 +482,7 @@ func (c *Capture) poll(ctx context.Context, conn *pgx.Conn, sink Sink, st *state
 // read hands the changes in rows to the sink one transaction at a time,
 // skipping what was sent already, and returns how many changes it read. It
 // closes rows.
-func (st *state) read(rows pgx.Rows, sink Sink) (int, error) {
+func (st *state) read(rows pgx.Rows, sink relay.Sink) (int, error) {
 	defer rows.Close()
 	n := 0
 	var txn relay.Txn
@@ -527,112 +514,4 @@ func (st *state) read(rows pgx.Rows, sink Sink) (int, error) {
 	}
 	flush()
 	return n, nil
-}
-
-// Querier is what WaitFlushed needs of a connection or a pool.
-type Querier interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-}
-
-// WaitFlushed returns once the server has flushed its WAL through lsn.
-//
-// PostgreSQL flushes what a commit wrote when it commits synchronously, and
-// otherwise within wal_writer_delay; WAL that no commit covers (an aborted
-// transaction's, a page pruned by a reader) may wait for the next commit.
-// After nudgeAfter without the flush, WaitFlushed commits a one-row write
-// synchronously, which flushes everything before it.
-func WaitFlushed(ctx context.Context, conn Querier, lsn string) error {
-	wait, waited, nudged := time.Millisecond, time.Duration(0), false
-	for {
-		var ok bool
-		if err := conn.QueryRow(ctx, "select pg_current_wal_flush_lsn() >= $1::pg_lsn", lsn).Scan(&ok); err != nil {
-			return fmt.Errorf("capture wait for wal flush: %w", err)
-		}
-		if ok {
-			return nil
-		}
-		if waited >= nudgeAfter && !nudged {
-			if _, err := conn.Exec(ctx, nudgeSQL); err != nil {
-				return fmt.Errorf("capture flush wal: %w", err)
-			}
-			nudged = true
-			continue
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		waited += wait
-		wait = min(2*wait, 10*time.Millisecond)
-	}
-}
-
-// nudgeAfter is how long WaitFlushed waits for PostgreSQL to flush by
-// itself.
-const nudgeAfter = 10 * time.Millisecond
-
-// nudgeSQL writes and commits synchronously on this server (local: never
-// waiting for a synchronous standby, which may be down): the commit
-// flushes the WAL through its own record.
-const nudgeSQL = `begin; set local synchronous_commit = local; update rowcast.meta set bell = bell; commit`
-
-// Scanner decodes changelog rows selected with Columns. Its zero value is
-// ready; it reuses a buffer between rows.
-type Scanner struct {
-	xid                                int64
-	op                                 string
-	row, changes, old, key             []byte
-	stream, tbl, entity, team, oldTeam string
-	user, actor, request               string
-	seq                                int64
-	committed                          time.Time
-	compact                            bytes.Buffer
-}
-
-// Scan reads the current row.
-func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
-	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
-	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
-		return relay.Change{}, err
-	}
-	ch := relay.Change{
-		Stream: s.stream, Seq: s.seq, XID: uint64(s.xid), Table: s.tbl, EntityID: s.entity,
-		TeamID: s.team, OldTeamID: s.oldTeam, UserID: s.user, Actor: s.actor, RequestID: s.request,
-		CommittedAt: s.committed.UTC(),
-	}
-	if len(s.op) == 1 {
-		ch.Op = relay.Op(s.op[0])
-	}
-	var err error
-	if ch.Row, err = s.compactJSON(s.row); err != nil {
-		return relay.Change{}, err
-	}
-	if ch.Changes, err = s.compactJSON(s.changes); err != nil {
-		return relay.Change{}, err
-	}
-	if ch.OldRow, err = s.compactJSON(s.old); err != nil {
-		return relay.Change{}, err
-	}
-	if ch.Key, err = s.compactJSON(s.key); err != nil {
-		return relay.Change{}, err
-	}
-	return ch, nil
-}
-
-// compactJSON returns a fresh compact copy of jsonb text (PostgreSQL puts a
-// space after every ':' and ','), or nil for SQL NULL.
-func (s *Scanner) compactJSON(src []byte) (json.RawMessage, error) {
-	if src == nil {
-		return nil, nil
-	}
-	s.compact.Reset()
-	if err := json.Compact(&s.compact, src); err != nil {
-		return nil, fmt.Errorf("compact changelog json: %w", err)
-	}
-	return bytes.Clone(s.compact.Bytes()), nil
 }

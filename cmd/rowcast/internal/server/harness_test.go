@@ -15,13 +15,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/history"
+	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -58,7 +58,7 @@ func startRelay(t *testing.T, tweak func(*config.Config), schema ...string) *env
 	t.Helper()
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		t.Fatal(err)
 	}
 	if len(schema) > 0 {
@@ -78,7 +78,7 @@ func startRelay(t *testing.T, tweak func(*config.Config), schema ...string) *env
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Auth.JWTSecret = secret
 	cfg.Origins = []string{"http://localhost:5173"}
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	cfg.Shutdown.Grace = 2 * time.Second
 	if tweak != nil {
 		tweak(&cfg)
@@ -315,7 +315,7 @@ func asClose(err error, ce **websocket.CloseError) bool { return errors.As(err, 
 // deleted.
 func pruneNow(t *testing.T, e *env) int64 {
 	t.Helper()
-	p := &history.Pruner{Pool: e.db, Retention: e.cfg.History.Retention}
+	p := &changelog.Pruner{Pool: e.db, Retention: e.cfg.History.Retention}
 	n, err := p.Prune(context.Background())
 	if err != nil {
 		t.Fatal(err)

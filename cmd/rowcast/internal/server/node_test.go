@@ -1,4 +1,4 @@
-package sio_test
+package server_test
 
 import (
 	"bufio"
@@ -14,16 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/pgtest"
-	"github.com/rowcast/rowcast/relay/server"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
-
-var pg pgtest.Server
-
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 
 const nodeSecret = "node-e2e-secret-node-e2e-secret-0123456"
 
@@ -38,16 +33,16 @@ const nodeDir = "testdata/node"
 // polling, and fails when it fails. Without node or npm it skips,
 // or fails under CI=true.
 func TestSocketIOClient(t *testing.T) {
-	node, npm := tool(t, "node"), tool(t, "npm")
+	node, npm := nodeTool(t, "node"), nodeTool(t, "npm")
 	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules")); os.IsNotExist(err) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		run(t, exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund"), "npm ci")
+		runNode(t, exec.CommandContext(ctx, npm, "ci", "--no-audit", "--no-fund"), "npm ci")
 	}
 
 	const heartbeat = time.Second
-	addr := startRelay(t, heartbeat, true)
-	wsOnly := startRelay(t, heartbeat, false)
+	addr := startNodeRelay(t, heartbeat, true)
+	wsOnly := startNodeRelay(t, heartbeat, false)
 	dbURL := addr.db
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -59,12 +54,12 @@ func TestSocketIOClient(t *testing.T) {
 		"ROWCAST_DATABASE_URL="+dbURL,
 		"ROWCAST_HEARTBEAT_MS="+strconv.FormatInt(heartbeat.Milliseconds(), 10),
 	)
-	run(t, cmd, "node --test")
+	runNode(t, cmd, "node --test")
 }
 
-// tool returns the path of a program the suite needs; without it the test
+// nodeTool returns the path of a program the suite needs; without it the test
 // skips, or fails under CI=true.
-func tool(t *testing.T, name string) string {
+func nodeTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -77,9 +72,9 @@ func tool(t *testing.T, name string) string {
 	return p
 }
 
-// run runs cmd in nodeDir, logging its output line by line, and fails the
+// runNode runs cmd in nodeDir, logging its output line by line, and fails the
 // test when it fails.
-func run(t *testing.T, cmd *exec.Cmd, what string) {
+func runNode(t *testing.T, cmd *exec.Cmd, what string) {
 	t.Helper()
 	cmd.Dir = nodeDir
 	pr, pw := io.Pipe()
@@ -105,21 +100,21 @@ func run(t *testing.T, cmd *exec.Cmd, what string) {
 
 type relayAddr struct{ relay, db string }
 
-// startRelay runs a relay on a free port over a fresh demo CRM database with
+// startNodeRelay runs a relay on a free port over a fresh demo CRM database with
 // the capture triggers installed, until the test ends; polling sets
 // sessions.sio_polling.
-func startRelay(t *testing.T, heartbeat time.Duration, polling bool) relayAddr {
+func startNodeRelay(t *testing.T, heartbeat time.Duration, polling bool) relayAddr {
 	t.Helper()
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		t.Fatal(err)
 	}
 	cfg := config.Defaults()
 	cfg.Database.URL = url
 	cfg.Listen = "127.0.0.1:0"
 	cfg.Auth.JWTSecret = nodeSecret
-	cfg.Tables = demo.Tables()
+	cfg.Tables = crm.Tables()
 	cfg.Sessions.Heartbeat = heartbeat
 	cfg.Sessions.SIOPolling = &polling
 	cfg.Shutdown.Grace = 2 * time.Second

@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/rowcast/rowcast/relay/demo"
-	"github.com/rowcast/rowcast/relay/demo/aitask"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/aitask"
 	"github.com/rowcast/rowcast/relay/pgtest"
+	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -21,12 +21,12 @@ var pg pgtest.Server
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }
 
-// crm returns a pool on a fresh demo CRM database with rowcast installed.
-func crm(t *testing.T) *pgxpool.Pool {
+// crmPool returns a pool on a fresh demo CRM database with rowcast installed.
+func crmPool(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	url := pg.NewDatabase(t)
 	ctx := t.Context()
-	if err := demo.Setup(ctx, url); err != nil {
+	if err := crm.Setup(ctx, url); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, url)
@@ -34,7 +34,7 @@ func crm(t *testing.T) *pgxpool.Pool {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	plan, err := triggers.Render(demo.Tables(), triggers.Options{Notify: true})
+	plan, err := triggers.Render(crm.Tables(), triggers.Options{Notify: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func loadTask(t *testing.T, pool *pgxpool.Pool, id string) taskRow {
 }
 
 func TestCreateEscrow(t *testing.T) {
-	pool := crm(t)
+	pool := crmPool(t)
 	ctx := t.Context()
 	var listing int64
 	if err := pool.QueryRow(ctx, `insert into listings (team_id, mls_number, street_address, city, state, zip_code, list_price)
@@ -114,7 +114,7 @@ func TestCreateEscrow(t *testing.T) {
 func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
 func TestImportLeads(t *testing.T) {
-	pool := crm(t)
+	pool := crmPool(t)
 	ctx := t.Context()
 	r := &aitask.Runner{Pool: pool}
 	id, err := r.Create(ctx, "5", "2", aitask.ImportLeads,
@@ -153,7 +153,7 @@ func TestImportLeads(t *testing.T) {
 }
 
 func TestBadInputFailsTheTask(t *testing.T) {
-	pool := crm(t)
+	pool := crmPool(t)
 	ctx := t.Context()
 	r := &aitask.Runner{Pool: pool}
 	tests := []struct{ typ, params, reason string }{
@@ -183,7 +183,7 @@ func TestBadInputFailsTheTask(t *testing.T) {
 }
 
 func TestCreateRefuses(t *testing.T) {
-	pool := crm(t)
+	pool := crmPool(t)
 	r := &aitask.Runner{Pool: pool}
 	for _, c := range []struct{ typ, params string }{
 		{"summarize", `{}`}, {aitask.ImportLeads, `[]`}, {aitask.ImportLeads, `null`}, {aitask.ImportLeads, `{`},
@@ -201,7 +201,7 @@ func TestCreateRefuses(t *testing.T) {
 // A runner that stops in the middle of a step records that the task was
 // cancelled, even though its context has ended.
 func TestCancelledTaskIsFailed(t *testing.T) {
-	pool := crm(t)
+	pool := crmPool(t)
 	ctx := t.Context()
 	// Each commit that touches a captured table rings the doorbell: it tells
 	// when the first step is committed, and the runner in its hour-long work.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/rowcast/rowcast/relay/pgembed"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
 )
 
 // requireBinaries skips the test when PostgreSQL is not installed, or fails

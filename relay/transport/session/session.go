@@ -1,4 +1,4 @@
-package core
+package session
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/rowcast/rowcast/relay/auth"
 )
 
-// Handler is one connection's wire protocol. The core calls Open, Message,
+// Handler is one connection's wire protocol. The Session calls Open, Message,
 // Binary and Closed without holding the session's lock, one at a time from
 // the connection's reader (a WebSocket's read goroutine, or one polling
 // request at a time; Closed last, once); the *Locked methods
@@ -64,10 +64,10 @@ const (
 	modeClosed
 )
 
-// Session is one client connection as the core sees it (a WebSocket, or
+// Session is one client connection as this package sees it (a WebSocket, or
 // another transport's Conn): a hub subscriber with positions, a bounded
 // queue and a rate limiter. Its lock guards the
-// core's state and, by convention, the state of its Handler; it is taken by
+// Session's state and, by convention, the state of its Handler; it is taken by
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rowcast/rowcast/relay/demo/aitask"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/aitask"
 )
 
 // taskData is the data of an ai:task:* event.

@@ -1,17 +1,17 @@
-// Package core is the session core that rowcast's two WebSocket protocols
-// share: one melody instance, the hub subscription, per-stream positions and
-// the dedupe they give, resume replay from the history, the bounded outbound
-// queue with its slow-consumer close, the client message rate limit and the
-// token expiry timer.
+// Package session is what rowcast's two WebSocket protocols share, around a
+// Session per connection: one melody instance, the hub subscription,
+// per-stream positions and the dedupe they give, resume replay from the
+// history, the bounded outbound queue with its slow-consumer close, the
+// client message rate limit and the token expiry timer.
 //
 // A wire protocol (relay/transport/ws, relay/transport/sio) plugs in as a
-// Handler per connection: the core decides what to send and when; the
+// Handler per connection: the session decides what to send and when; the
 // handler frames it and interprets what the client sends. Both protocols run
 // on the same Transport, so they share the hub, the limits and draining.
 //
 // A session writes to a Conn: a WSConn on the melody instance, or another
 // transport's connection (Engine.IO long-polling) attached with Attach.
-package core
+package session
 
 import (
 	"context"

@@ -1,0 +1,69 @@
+package changelog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Pruner deletes changelog rows older than the retention.
+type Pruner struct {
+	Pool      *pgxpool.Pool
+	Retention time.Duration
+	Interval  time.Duration
+	Logger    *slog.Logger
+}
+
+// Run prunes every Interval until ctx ends, then returns nil. Only one
+// replica prunes at a time (a transaction-level advisory lock); errors are
+// logged and retried at the next interval.
+func (p *Pruner) Run(ctx context.Context) error {
+	t := time.NewTicker(p.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		n, err := p.Prune(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			p.Logger.Warn("history prune failed", "err", err)
+		case n > 0:
+			p.Logger.Debug("history pruned", "rows", n)
+		}
+	}
+}
+
+// Prune deletes the rows committed before now - Retention and records, per
+// stream, the highest seq deleted. It returns how many rows it deleted.
+func (p *Pruner) Prune(ctx context.Context) (int64, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, p.Pool, func(tx pgx.Tx) error {
+		var got bool
+		if err := tx.QueryRow(ctx, "select pg_try_advisory_xact_lock(hashtext('rowcast.prune'))").Scan(&got); err != nil || !got {
+			return err
+		}
+		return tx.QueryRow(ctx, `
+with gone as (
+    delete from rowcast.changelog
+    where committed_at < now() - $1::interval and seq is not null
+    returning stream, seq
+), upd as (
+    insert into rowcast.pruned as p (stream, through)
+    select stream, max(seq) from gone group by stream
+    on conflict (stream) do update set through = greatest(p.through, excluded.through)
+)
+select count(*) from gone`, p.Retention).Scan(&n)
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return 0, fmt.Errorf("history prune: %w", err)
+	}
+	return n, err
+}

@@ -1,0 +1,75 @@
+package changelog
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/relay"
+)
+
+// Columns are the changelog columns a Scanner reads, in its order: every
+// query that reads changes selects them.
+const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
+coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
+coalesce(request_id, ''), row_data::text, changes::text, old_data::text, entity_key::text`
+
+// Scanner decodes changelog rows selected with Columns. Its zero value is
+// ready; it reuses a buffer between rows.
+type Scanner struct {
+	xid                                int64
+	op                                 string
+	row, changes, old, key             []byte
+	stream, tbl, entity, team, oldTeam string
+	user, actor, request               string
+	seq                                int64
+	committed                          time.Time
+	compact                            bytes.Buffer
+}
+
+// Scan reads the current row.
+func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
+	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
+	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
+		return relay.Change{}, err
+	}
+	ch := relay.Change{
+		Stream: s.stream, Seq: s.seq, XID: uint64(s.xid), Table: s.tbl, EntityID: s.entity,
+		TeamID: s.team, OldTeamID: s.oldTeam, UserID: s.user, Actor: s.actor, RequestID: s.request,
+		CommittedAt: s.committed.UTC(),
+	}
+	if len(s.op) == 1 {
+		ch.Op = relay.Op(s.op[0])
+	}
+	var err error
+	if ch.Row, err = s.compactJSON(s.row); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.Changes, err = s.compactJSON(s.changes); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.OldRow, err = s.compactJSON(s.old); err != nil {
+		return relay.Change{}, err
+	}
+	if ch.Key, err = s.compactJSON(s.key); err != nil {
+		return relay.Change{}, err
+	}
+	return ch, nil
+}
+
+// compactJSON returns a fresh compact copy of jsonb text (PostgreSQL puts a
+// space after every ':' and ','), or nil for SQL NULL.
+func (s *Scanner) compactJSON(src []byte) (json.RawMessage, error) {
+	if src == nil {
+		return nil, nil
+	}
+	s.compact.Reset()
+	if err := json.Compact(&s.compact, src); err != nil {
+		return nil, fmt.Errorf("compact changelog json: %w", err)
+	}
+	return bytes.Clone(s.compact.Bytes()), nil
+}
