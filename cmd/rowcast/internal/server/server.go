@@ -40,6 +40,7 @@ import (
 	"github.com/rowcast/rowcast/relay/transport/sio"
 	"github.com/rowcast/rowcast/relay/transport/ws"
 	"github.com/rowcast/rowcast/triggers"
+	"github.com/rowcast/rowcast/web"
 )
 
 // Options configures a Relay.
@@ -400,6 +401,10 @@ func (r *Relay) mux(withMetrics bool) *http.ServeMux {
 	})
 	mux.HandleFunc("/readyz", r.readyz)
 	mux.HandleFunc("/version", r.version)
+	assets := web.Handler()
+	for _, p := range web.Paths() {
+		mux.Handle(p, assets)
+	}
 	if withMetrics {
 		mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
 	}
