@@ -31,6 +31,8 @@ export interface Optimistic {
   id: string
   /** Resolves with the event whose requestId is this one (the echo). */
   echo: Promise<Record<string, unknown>>
+  /** Puts the write's answer (the stored row) in the optimistic row's place, in case the echo is late. */
+  confirm(row: Record<string, unknown>): void
   /** Undoes exactly this change, keeping what arrived meanwhile. */
   rollback(): void
 }

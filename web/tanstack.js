@@ -175,6 +175,22 @@ export function syncQueries(rc, queryClient, entities, options = {}) {
       return {
         id,
         echo,
+        confirm(row) {
+          // The write's own answer: the row as stored. It takes the
+          // temporary row's place (or the row's, by id) in case the echo
+          // comes late or never; an echo after it changes nothing more.
+          if (!row || typeof row !== 'object' || change.action === 'deleted') return
+          const realId = String(row[spec.idField])
+          for (const query of cache.findAll({ queryKey: spec.list })) {
+            if (!Array.isArray(query.state.data)) continue
+            queryClient.setQueryData(query.queryKey, (rows) => {
+              if (!Array.isArray(rows)) return rows
+              const i = rows.findIndex((r) => r?.[spec.requestIdField] === requestId || String(r?.[spec.idField]) === realId)
+              if (i < 0) return rows
+              return rows.filter((r, j) => j === i || String(r?.[spec.idField]) !== realId).map((r) => (r === rows[i] ? row : r))
+            })
+          }
+        },
         rollback() {
           pending.delete(requestId)
           for (const u of undo.reverse()) u()

@@ -158,6 +158,17 @@ test('an optimistic create is replaced by its echo, not doubled', async () => {
   await op.echo
 })
 
+test('the write\'s answer replaces the temporary row; the late echo adds nothing', async () => {
+  const { qc, sync, send } = await setup()
+  qc.setQueryData(['escrows'], escrows())
+  const rid = newRequestId()
+  const op = sync.optimistic('escrow', rid, { action: 'created', row: { address: '9 New Rd' } })
+  op.confirm({ id: 9, address: '9 New Rd', status: 'open' })
+  assert.deepEqual(qc.getQueryData(['escrows']).map((r) => r.id), [9, 1, 2])
+  send('escrow:created', { entityType: 'escrow', entityId: '9', action: 'created', requestId: rid, escrow: { id: 9, address: '9 New Rd', status: 'open' } })
+  assert.deepEqual(qc.getQueryData(['escrows']).map((r) => r.id), [9, 1, 2])
+})
+
 test('an optimistic delete rolls back into its place', async () => {
   const { qc, sync } = await setup()
   qc.setQueryData(['escrows'], escrows())
