@@ -511,7 +511,7 @@ function TaskCard({ task, onDismiss }) {
 
 const SAMPLE_CSV = 'first_name,last_name,email,phone\nMaya,Garcia,maya@example.com,555-0101\nNoah,Chen,noah@example.com,555-0102\nZoe,Okafor,zoe@example.com,555-0103'
 
-function Assistant() {
+function Assistant({ onHide }) {
   const [tasks, dismiss] = useTasks()
   const [address, setAddress] = useState('1200 Ocean Ave, Santa Monica, CA 90401')
   const [price, setPrice] = useState('985000')
@@ -521,7 +521,8 @@ function Assistant() {
   return h(
     'aside',
     { className: 'card assistant', 'data-testid': 'assistant' },
-    h('div', { className: 'card-head' }, h('h2', null, 'AI assistant')),
+    h('div', { className: 'card-head' }, h('h2', null, 'AI assistant'),
+      h('button', { className: 'btn small ghost', 'data-action': 'hide-assistant', onClick: onHide }, 'Hide')),
     h('form', { className: 'ai-form', 'data-testid': 'ai-escrow', onSubmit: (e) => { e.preventDefault(); start('create_escrow_from_address', { address, price: Number(price) }) } },
       h('label', null, h('span', null, 'Create escrow from address'), h('input', { name: 'address', value: address, onChange: (e) => setAddress(e.target.value) })),
       h('div', { className: 'inline' }, h('input', { name: 'price', type: 'number', value: price, 'aria-label': 'Price', onChange: (e) => setPrice(e.target.value) }),
@@ -542,6 +543,7 @@ function Toasts() {
 
 function App() {
   const [users, setUsers] = useState([])
+  const [showAssistant, setShowAssistant] = useState(true)
   useEffect(() => {
     fetch('/api/demo/users').then((r) => r.json()).then(setUsers, () => {})
   }, [])
@@ -556,7 +558,10 @@ function App() {
         h(EntityList, { entity: 'appointment' }),
         h(EntityList, { entity: 'listing' }),
         h(EntityList, { entity: 'client' })),
-      h(Assistant)),
+      showAssistant
+        ? h(Assistant, { onHide: () => setShowAssistant(false) })
+        : h('aside', { className: 'assistant-collapsed' },
+            h('button', { className: 'btn', 'data-action': 'show-assistant', onClick: () => setShowAssistant(true) }, 'Show AI assistant'))),
     h(Toasts),
   )
 }
