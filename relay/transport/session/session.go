@@ -568,29 +568,25 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string) {
 
 	replayed := 0
 	limit := s.t.o.ReplayLimit
-	var events []relay.Event
-	err = s.t.o.History.Replay(ctx, from, func(changes []relay.Change) error {
-		for i := range changes {
-			events = s.t.o.Mapper.Map(events[:0], &changes[i])
-			for j := range events {
-				if err := s.waitSpace(ctx, gen); err != nil {
-					return err
-				}
-				ev := events[j]
-				s.mu.Lock()
-				if !s.replayingLocked(gen) {
-					s.mu.Unlock()
-					return errClosed
-				}
-				before := s.queued
-				s.sendEventLocked(&ev)
-				if s.queued > before {
-					replayed++
-				}
+	err = s.t.o.History.Replay(ctx, from, func(events []relay.Event) error {
+		for j := range events {
+			if err := s.waitSpace(ctx, gen); err != nil {
+				return err
+			}
+			ev := events[j]
+			s.mu.Lock()
+			if !s.replayingLocked(gen) {
 				s.mu.Unlock()
-				if replayed > limit {
-					return relay.ErrHistoryExpired
-				}
+				return errClosed
+			}
+			before := s.queued
+			s.sendEventLocked(&ev)
+			if s.queued > before {
+				replayed++
+			}
+			s.mu.Unlock()
+			if replayed > limit {
+				return relay.ErrHistoryExpired
 			}
 		}
 		return nil
