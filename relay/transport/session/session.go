@@ -371,6 +371,9 @@ func (s *Session) deliverLocked(ev *relay.Event) {
 }
 
 // Reset implements hub.Subscriber: the epoch changed, positions are void.
+// The handler's ResyncLocked tells the client; a replay in flight ends
+// there (it replays the old epoch, and must not say resumed after the
+// resync), and the session goes live from the new heads.
 func (s *Session) Reset(epoch string) {
 	streams := s.currentStreams()
 	heads := s.t.o.Hub.Heads(streams)
@@ -383,6 +386,11 @@ func (s *Session) Reset(epoch string) {
 	copy(s.last, heads)
 	s.pending = nil
 	s.h.ResyncLocked()
+	if s.mode == modeReplay {
+		// replayingLocked is false from now on: the replay stops before
+		// its next event.
+		s.mode = modeLive
+	}
 }
 
 func (s *Session) currentStreams() []string {

@@ -307,3 +307,29 @@ func TestResumePastReplayLimitResyncs(t *testing.T) {
 	c.expect("all@6.0")
 	c.expectNone()
 }
+
+// An epoch change during a replay ends the replay: the client gets resync,
+// and after it neither the replayed events (of the old epoch) nor resumed,
+// only live events of the new epoch.
+func TestResetEndsReplay(t *testing.T) {
+	e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0))
+	e.hist.entered, e.hist.gate, e.hist.done = make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
+	c := e.attach(pos("e1", map[string]int64{"all": 0}))
+	<-e.hist.entered
+	// The database was restored: a new epoch whose streams start over.
+	e.hub.Reset("e2", nil)
+	c.expect("resync")
+	close(e.hist.gate)
+	<-e.hist.done
+	// A live event of the new epoch: once it is out, anything the replay
+	// would have sent is out too (a replay that went on would have held it
+	// until after its resumed).
+	e.publish(ev("user:u", 1, 0))
+	c.expect("user:u@1.0")
+	c.expectNone()
+	c.s.Lock()
+	defer c.s.Unlock()
+	if got, want := c.s.PositionLocked(), pos("e2", map[string]int64{"all": 0, "user:u": 1}); got != want {
+		t.Errorf("position %q, want %q", got, want)
+	}
+}
