@@ -43,12 +43,13 @@ const (
 	CloseRateLimited  = 4429
 )
 
-// Options configures a Transport. Hub, History, Mapper and Verifier are
-// required; zero limits select the docs/protocol.md defaults.
+// Options configures a Transport. Hub, History and Verifier are required;
+// zero limits select the docs/protocol.md defaults.
 type Options struct {
-	Hub      *hub.Hub
+	Hub *hub.Hub
+	// History replays the events a resume asks for, mapped as the live
+	// events the hub delivers are (relay.MappedHistory).
 	History  relay.History
-	Mapper   relay.Mapper
 	Verifier *auth.Verifier
 	// Origins lists the browser origins allowed to connect
 	// ("https://crm.example.com"); requests without Origin are allowed.

@@ -37,6 +37,7 @@ import (
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
+	"github.com/rowcast/rowcast/relay/transport/session"
 	"github.com/rowcast/rowcast/relay/transport/sio"
 	"github.com/rowcast/rowcast/relay/transport/ws"
 	"github.com/rowcast/rowcast/triggers"
@@ -185,14 +186,16 @@ func (r *Relay) Run(ctx context.Context) error {
 		return fmt.Errorf("serve: database: %w", err)
 	}
 	defer pool.Close()
-	hist := changelog.NewHistory(pool)
-	r.ws = ws.New(ws.Options{
-		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: cfg.Origins,
+	// Replayed changes are mapped by the pipeline's mapper, so a resumed
+	// session gets the events a live one got.
+	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
+	r.ws = ws.New(ws.Options{Options: session.Options{
+		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: cfg.Origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
-	})
+	}})
 	r.sio = sio.New(r.ws.Transport(), sio.Options{ConnectTimeout: cfg.Sessions.ConnectTimeout,
 		Polling: cfg.Sessions.SIOPollingEnabled(), Logger: r.log.With("component", "sio")})
 
