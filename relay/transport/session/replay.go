@@ -105,9 +105,12 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string) {
 		s.resyncAndGoLive(gen)
 	case errors.Is(err, errClosed) || ctx.Err() != nil:
 	default:
+		// PROTOCOL.md section 7 has one code for "this relay cannot serve
+		// you now; reconnect with jitter, with since": 1001. A client that
+		// does so resumes where it was, here or on another replica.
 		s.t.o.Logger.Warn("resume failed", "err", err)
 		s.mu.Lock()
-		s.CloseLocked(CloseInternal, "resume failed, reconnect with since")
+		s.CloseLocked(CloseGoingAway, "resume failed, reconnect with since")
 		s.mu.Unlock()
 	}
 }

@@ -36,7 +36,6 @@ import (
 // Close codes of docs/protocol.md section 7, used by both protocols.
 const (
 	CloseGoingAway    = 1001
-	CloseInternal     = 1011
 	CloseBadRequest   = 4400
 	CloseUnauthorized = 4401
 	CloseSlowConsumer = 4008
