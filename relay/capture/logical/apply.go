@@ -207,7 +207,7 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 // transaction that needed no writing (nothing captured, or written before a
 // crash), and 0 otherwise.
 func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error) {
-	msg, err := pglogrepl.ParseV2(data, false)
+	msg, err := decodeMessage(data)
 	if err != nil {
 		return 0, fmt.Errorf("logical decode: %w", err)
 	}
@@ -228,7 +228,7 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	case *pglogrepl.UpdateMessageV2:
 		old := m.OldTuple
 		if old == nil {
-			old = a.keyOf(m.RelationID, m.NewTuple)
+			old = a.rels[m.RelationID].keyOf(m.NewTuple)
 		}
 		return 0, a.change(ctx, m.RelationID, "UPDATE", m.NewTuple, old)
 	case *pglogrepl.DeleteMessageV2:
