@@ -143,11 +143,13 @@ func TestRemoveRefusesSlotInUse(t *testing.T) {
 	install(t, conn, logicalPlan(t, conn, true))
 
 	// A replication connection streaming from the slot, as a relay's.
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
+	rcfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	rconn, err := pgconn.Connect(t.Context(), url+sep+"replication=database&application_name=some-relay")
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "some-relay"
+	rconn, err := pgconn.ConnectConfig(t.Context(), rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

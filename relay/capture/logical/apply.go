@@ -84,7 +84,7 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	report := func() error {
 		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: acked})
 		if err != nil {
-			return fmt.Errorf("logical standby status: %w", err)
+			return fmt.Errorf("logical standby status: %w", &replicationError{err})
 		}
 		lastReport = time.Now()
 		nextStatus = lastReport.Add(a.h.o.StandbyInterval)
@@ -157,11 +157,11 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 				}
 				continue
 			}
-			return fmt.Errorf("logical receive: %w", err)
+			return fmt.Errorf("logical receive: %w", &replicationError{err})
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("logical receive: %w", pgconn.ErrorResponseToPgError(m))
+			return fmt.Errorf("logical receive: %w", &replicationError{pgconn.ErrorResponseToPgError(m)})
 		case *pgproto3.CopyData:
 			switch m.Data[0] {
 			case pglogrepl.PrimaryKeepaliveMessageByteID:

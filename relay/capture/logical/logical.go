@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Options configures a Holder. Zero values select the defaults.
@@ -77,12 +78,42 @@ type Options struct {
 	// wiring passes triggers.CheckSlot, which install uses too); each attempt
 	// to take the slot runs it first. Required: New panics without it.
 	CheckSlot func(ctx context.Context, conn *pgx.Conn, slot string) ([]string, error)
+	// Connect opens a connection to the database the slot decodes; each
+	// attempt opens one, which takes the election lock, manages the slot
+	// and writes the changelog (with synchronous_commit = local, so a
+	// synchronous standby that is down cannot stall capture). The Holder
+	// closes every connection Connect returns, when the attempt ends.
+	// Required: New panics without it.
+	Connect func(ctx context.Context) (*pgx.Conn, error)
+	// ConnectReplication opens a replication connection (runtime parameter
+	// replication=database) to the same database; each attempt that holds
+	// the election lock opens one to stream from the slot. The Holder
+	// closes every connection ConnectReplication returns, when the attempt
+	// ends or sooner to let the slot go. Required: New panics without it.
+	// ReplicationConfig builds both from one parsed configuration.
+	ConnectReplication func(ctx context.Context) (*pgconn.PgConn, error)
+}
+
+// ReplicationConfig returns a copy of cfg with the runtime parameter that
+// makes a connection a logical replication connection to cfg's database
+// (replication=database), for Options.ConnectReplication:
+//
+//	rc := logical.ReplicationConfig(&cfg.Config)
+//	o.ConnectReplication = func(ctx context.Context) (*pgconn.PgConn, error) {
+//		return pgconn.ConnectConfig(ctx, rc)
+//	}
+func ReplicationConfig(cfg *pgconn.Config) *pgconn.Config {
+	rc := cfg.Copy()
+	if rc.RuntimeParams == nil {
+		rc.RuntimeParams = map[string]string{}
+	}
+	rc.RuntimeParams["replication"] = "database"
+	return rc
 }
 
 // Holder campaigns for the slot and, while holding it, replicates into the
 // changelog. Create it with New and call Run once.
 type Holder struct {
-	url     string
 	o       Options
 	holding atomic.Bool
 
@@ -91,11 +122,11 @@ type Holder struct {
 	reason   string // why the last attempt failed
 }
 
-// New returns a Holder for the database at url. It panics when
-// o.ApplyName or o.CheckSlot is nil.
-func New(url string, o Options) *Holder {
-	if o.ApplyName == nil || o.CheckSlot == nil {
-		panic("logical.New: Options.ApplyName and Options.CheckSlot are required")
+// New returns a Holder. It panics when o.ApplyName, o.CheckSlot,
+// o.Connect or o.ConnectReplication is nil.
+func New(o Options) *Holder {
+	if o.ApplyName == nil || o.CheckSlot == nil || o.Connect == nil || o.ConnectReplication == nil {
+		panic("logical.New: Options.ApplyName, CheckSlot, Connect and ConnectReplication are required")
 	}
 	if o.Slot == "" {
 		o.Slot = "rowcast"
@@ -124,7 +155,7 @@ func New(url string, o Options) *Holder {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Holder{url: url, o: o}
+	return &Holder{o: o}
 }
 
 // Holding reports whether this replica holds the slot.

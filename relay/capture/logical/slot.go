@@ -6,10 +6,27 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// prepareSession pins the settings of the connection that writes the
+// changelog: the rendering settings of the trigger functions, so values
+// render as in trigger mode, and synchronous_commit = local, so that a
+// commit into the changelog, after which its source transaction is
+// acknowledged, never waits for a synchronous standby (one that is down
+// would stall capture; the acknowledgement needs only the local flush,
+// and the source transaction is in the slot's WAL until it is
+// acknowledged).
+func prepareSession(ctx context.Context, db *pgx.Conn) error {
+	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local")
+	if err != nil {
+		return fmt.Errorf("logical session: %w", err)
+	}
+	return nil
+}
 
 // lockKey is the advisory lock that elects the holder of a slot.
 func lockKey(slot string) string { return "rowcast.slot:" + slot }
@@ -19,7 +36,7 @@ func lockKey(slot string) string { return "rowcast.slot:" + slot }
 func (h *Holder) campaign(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	db, err := pgx.Connect(ctx, h.url)
+	db, err := h.o.Connect(ctx)
 	if err != nil {
 		return fmt.Errorf("logical connect: %w", err)
 	}
@@ -47,14 +64,14 @@ func (h *Holder) campaign(ctx context.Context) error {
 	}
 	h.setHolding(true)
 	h.o.Logger.Info("holding the replication slot", "slot", h.o.Slot)
-	if _, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'"); err != nil {
-		return fmt.Errorf("logical session: %w", err)
+	if err := prepareSession(ctx, db); err != nil {
+		return err
 	}
 	start, err := h.ensureSlot(ctx, db)
 	if err != nil {
 		return err
 	}
-	rconn, err := pgconn.Connect(ctx, replicationURL(h.url))
+	rconn, err := h.o.ConnectReplication(ctx)
 	if err != nil {
 		return fmt.Errorf("logical replication connect: %w", err)
 	}
@@ -68,12 +85,11 @@ func (h *Holder) campaign(ctx context.Context) error {
 			"messages 'true'", "streaming 'false'"},
 	})
 	if err != nil {
-		err = fmt.Errorf("logical start replication: %w", err)
+		err = fmt.Errorf("logical start replication: %w", &replicationError{err})
 	} else {
 		err = a.stream(ctx, rconn, start)
 	}
-	var pgErr *pgconn.PgError
-	if ctx.Err() == nil && errors.As(err, &pgErr) && pgErr.Code == "42704" { // undefined_object
+	if ctx.Err() == nil && publicationMissing(err) {
 		rconn.Close(context.WithoutCancel(ctx)) // let the slot go
 		return h.missingPublication(ctx, db, err)
 	}
@@ -81,6 +97,28 @@ func (h *Holder) campaign(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", errProgress, err)
 	}
 	return err
+}
+
+// replicationError marks an error reported by the replication connection,
+// as opposed to the connection that writes the changelog: the two report
+// some of the same SQLSTATEs for different reasons.
+type replicationError struct{ err error }
+
+func (e *replicationError) Error() string { return e.err.Error() }
+func (e *replicationError) Unwrap() error { return e.err }
+
+// publicationMissing reports whether err is how pgoutput reports a
+// publication missing at the position it decodes: undefined_object
+// (42704) from the replication connection. The same SQLSTATE from the
+// connection that writes the changelog (a type or object the apply
+// statement names that does not exist) is an apply failure, retried as
+// any other. (A slot dropped between ensureSlot and START_REPLICATION is
+// also undefined_object there; missingPublication then recreates it, as
+// ensureSlot would.)
+func publicationMissing(err error) bool {
+	var re *replicationError
+	var pgErr *pgconn.PgError
+	return errors.As(err, &re) && errors.As(re.err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject
 }
 
 // missingPublication handles decoding that failed on an undefined object,
@@ -161,17 +199,6 @@ func (h *Holder) recreateSlot(ctx context.Context, db *pgx.Conn, drop bool) (pgl
 		return 0, fmt.Errorf("logical create slot: %w", err)
 	}
 	return pglogrepl.ParseLSN(lsn)
-}
-
-// replicationURL adds replication=database to a connection URL or DSN.
-func replicationURL(url string) string {
-	if strings.Contains(url, "://") {
-		if strings.Contains(url, "?") {
-			return url + "&replication=database"
-		}
-		return url + "?replication=database"
-	}
-	return url + " replication=database"
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
