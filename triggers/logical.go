@@ -105,6 +105,20 @@ func OptionsFor(cfg *config.Config) Options {
 // those with their own expressions on the table as it is, merged into the
 // JSON. It also drops the table's capture triggers (both modes at once
 // would capture twice) and sets the replica identity.
+//
+// A team_from table's team is looked up in the parent table when the holder
+// applies the change, not as the source transaction saw the parent:
+// pgoutput carries only the child's tuple, and the database keeps no
+// version of the parent that a query could read as of the source commit
+// (the historic snapshot exists only inside the decoding plugin). So when
+// the parent changes between the child's commit and its apply (the
+// holder's lag: milliseconds while it keeps up, longer while it is down or
+// catching up), the child's change goes to the parent's team at apply
+// time, or, if the parent was deleted meanwhile, has no team and is not
+// sent. The apply order cannot repair this, since the parent's later
+// change may not have been decoded yet. Where that window matters, give
+// the child a team column of its own (team_column), which travels in its
+// tuple; the README's "Team through a parent row" says the same.
 func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
