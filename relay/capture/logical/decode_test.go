@@ -239,6 +239,12 @@ func FuzzTupleJSON(f *testing.F) {
 		{Name: "meta", DataType: pgtype.JSONBOID}, {Name: "doc", DataType: pgtype.JSONOID}, {Name: "b\\ody"},
 	}})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// Only changes (other kinds, such as Truncate's relation count,
+		// also make pglogrepl allocate what they declare), minus the empty
+		// message, on which pglogrepl panics: the corpus holds one.
+		if len(b) > 0 && !strings.ContainsRune("IUD", rune(b[0])) || declaresLongColumn(b) {
+			return
+		}
 		m, err := decodeMessage(b)
 		if err != nil {
 			return
@@ -290,6 +296,20 @@ func FuzzTupleJSON(f *testing.F) {
 		check(newT, oldT)
 		check(oldT, nil)
 	})
+}
+
+// declaresLongColumn reports whether b may declare a text or binary column
+// longer than b itself: pglogrepl allocates a column's declared length
+// (up to 4 GiB) before it finds the bytes missing, which exhausts the
+// fuzzer's memory; the server never sends such a message. Any 't' or 'b'
+// byte counts as a column kind, so this skips more inputs than it must.
+func declaresLongColumn(b []byte) bool {
+	for i := 0; i+5 <= len(b); i++ {
+		if (b[i] == 't' || b[i] == 'b') && binary.BigEndian.Uint32(b[i+1:]) > uint32(len(b)) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseTextArray parses a one-dimensional text[] literal whose elements are
