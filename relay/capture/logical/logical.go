@@ -20,6 +20,13 @@
 // a generated per-table apply function, sharing its body with the trigger
 // function, uses where the trigger uses to_jsonb(NEW); so the event data is
 // byte-identical in both modes.
+//
+// The Holder opens its connections through Options.Connect and
+// Options.ConnectReplication and closes them itself. Files: logical.go
+// (Holder, options, attempt accounting), slot.go (election, slot and
+// publication management, session settings), decode.go (pgoutput messages
+// and tuples into row JSON, the relation cache), apply.go (the receive
+// loop, group commits, acknowledgements).
 package logical
 
 import (
