@@ -118,11 +118,20 @@ func New(o Options) (*Relay, error) {
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
-		r.holder = logical.New(cfg.Database.URL, logical.Options{
+		dbcfg, err := pgx.ParseConfig(cfg.Database.URL)
+		if err != nil {
+			return nil, fmt.Errorf("server: database url: %w", err)
+		}
+		rcfg := logical.ReplicationConfig(&dbcfg.Config)
+		r.holder = logical.New(logical.Options{
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
 			Retry: o.LogicalRetry, ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
+			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
+			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
+				return pgconn.ConnectConfig(ctx, rcfg)
+			},
 		})
 	}
 	return r, nil
