@@ -197,7 +197,10 @@ BEGIN
 `
 
 // markSQL marks the transaction for the commit-time sequencer; the setting
-// check spares the call for every change after a transaction's first.
+// check spares the call for every change after a transaction's first. Bodies
+// run it once, after their inserts and only when they inserted: when the
+// writer made the sequencer immediate (SET CONSTRAINTS ALL IMMEDIATE), the
+// marker fires it at once, and it must find the rows it is to number.
 const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.mark(); END IF;"
 
 // diff sets ch to the changed columns of n against o, or NULL.
@@ -314,7 +317,7 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("        " + markSQL + "\n        ")
+	b.WriteString("        ")
 	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.newJ, t), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
 	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), r.oldJ)
@@ -322,11 +325,10 @@ func entityBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
 	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("            " + markSQL + "\n            ")
+	b.WriteString("            ")
 	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "NULL", "ch"))
 	b.WriteString("        ELSE\n")
 	b.WriteString("            -- A team move is recorded in both teams' streams.\n")
-	b.WriteString("            " + markSQL + "\n")
 	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", od)
 	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", nw)
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.new, "NULL", "NULL"))
@@ -342,9 +344,9 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString("        END IF;\n")
 	b.WriteString("    ELSE\n")
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
-	b.WriteString("        " + markSQL + "\n        ")
+	b.WriteString("        ")
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
-	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
 	return b.String()
 }
 
@@ -365,11 +367,11 @@ func taskBody(t config.Table, r recs) string {
 	b.WriteString(declare)
 	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
 	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.newJ, t))
-	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        "+markSQL+"\n        ", r.op)
+	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
 	fmt.Fprintf(&b, "    ELSE\n        o := %s;\n", r.oldJ)
 	b.WriteString(diff)
-	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        "+markSQL+"\n", r.ret)
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	// The highest progress sent so far, so that a lower write is sent
 	// with it: progress never goes backwards on the wire.
 	fmt.Fprintf(&b, `        IF %[1]s::text IN ('completed', 'failed') THEN
@@ -383,7 +385,7 @@ func taskBody(t config.Table, r recs) string {
         END IF;
         `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
 	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
-	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
 	return b.String()
 }
 
