@@ -213,6 +213,40 @@ DROP TRIGGER IF EXISTS sequence_at_commit ON rowcast.pending;
 CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rowcast.sequence();
 
+-- team_from in trigger mode: the team of every parent row a transaction
+-- deleted, so that a child's capture trigger still finds it when the parent
+-- is gone (the child deleted, or its key set to NULL, by ON DELETE CASCADE or
+-- SET NULL, which run after the parent's row is deleted).
+-- rowcast.parent_deleting(key, col) fills it BEFORE each parent row's
+-- DELETE. Readers look only at their own transaction's rows; the pruner
+-- deletes those of finished transactions. They cannot go earlier: the
+-- children's capture triggers fire after every other AFTER trigger of the
+-- parent's statement, and at COMMIT is too late for a writer that made the
+-- sequencer immediate. Unlogged: a crash aborts their transactions anyway.
+CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.gone (
+    xid  xid8  NOT NULL DEFAULT pg_current_xact_id(),
+    tbl  text  NOT NULL,
+    col  text  NOT NULL,
+    key  jsonb NOT NULL,
+    team text,
+    PRIMARY KEY (xid, tbl, col, key)
+);
+
+CREATE OR REPLACE FUNCTION rowcast.parent_deleting() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET timezone = 'UTC' SET intervalstyle = 'iso_8601' SET bytea_output = 'hex' AS $fn$
+DECLARE
+    o jsonb := to_jsonb(OLD);
+BEGIN
+    IF o -> TG_ARGV[0] IS NOT NULL AND o -> TG_ARGV[0] <> 'null' THEN
+        INSERT INTO rowcast.gone AS g (tbl, col, key, team)
+        VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_ARGV[1], o -> TG_ARGV[0], o ->> TG_ARGV[1])
+        ON CONFLICT (xid, tbl, col, key) DO UPDATE SET team = excluded.team;
+    END IF;
+    RETURN OLD;
+END
+$fn$;
+
 -- rowcast.truncated() records a TRUNCATE of a captured table; every session
 -- is told to resync.
 CREATE OR REPLACE FUNCTION rowcast.truncated() RETURNS trigger
@@ -265,5 +299,6 @@ REVOKE ALL ON FUNCTION rowcast.mark() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.sequence() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated_logical(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.parent_deleting() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rowcast.set_actor(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION rowcast.set_request_id(text) TO PUBLIC;

@@ -27,7 +27,11 @@ import (
 const (
 	captureTrigger  = "rowcast_capture"
 	truncateTrigger = "rowcast_truncate"
-	hashPrefix      = "rowcast sha256:"
+	// parentTrigger, with a suffix per team_from key and column, names
+	// the trigger on a team_from parent that keeps the team of the rows it
+	// deletes (rowcast.parent_deleting).
+	parentTrigger = "rowcast_parent_"
+	hashPrefix    = "rowcast sha256:"
 )
 
 // Options says how to render.
@@ -70,6 +74,18 @@ type TablePlan struct {
 	Function string // schema-qualified, quoted function name
 	Hash     string // recorded in the function's comment
 	SQL      string // CREATE FUNCTION, triggers and comment
+	// Parent is the trigger this table's team_from rule needs on the
+	// parent table, in trigger mode; zero otherwise.
+	Parent ParentTrigger
+}
+
+// ParentTrigger is a trigger on a team_from parent table: BEFORE a parent
+// row is deleted it keeps the row's team for the statement, so the capture
+// trigger of a child deleted (or detached) by ON DELETE CASCADE or SET NULL
+// still finds its team.
+type ParentTrigger struct {
+	Table string // the parent, quoted and schema-qualified; "" for none
+	Name  string // unquoted trigger name
 }
 
 // SQL returns the whole plan as one script.
@@ -174,7 +190,20 @@ func renderTable(t config.Table) (TablePlan, error) {
 	fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s();\n", captureTrigger, tbl, fn)
 	fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", truncateTrigger, tbl)
 	fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION rowcast.truncated();\n", truncateTrigger, tbl)
-	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+	var parent ParentTrigger
+	if f := t.TeamFrom; f != nil {
+		parent = ParentTrigger{Table: ident(f.Parent().Schema()) + "." + ident(f.Parent().Name()), Name: parentTriggerName(f)}
+		fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", ident(parent.Name), parent.Table)
+		fmt.Fprintf(&b, "CREATE TRIGGER %s BEFORE DELETE ON %s FOR EACH ROW EXECUTE FUNCTION rowcast.parent_deleting(%s, %s);\n",
+			ident(parent.Name), parent.Table, literal(f.ParentKey), literal(f.Column))
+	}
+	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String(), Parent: parent}, nil
+}
+
+// parentTriggerName names the parent trigger of a team_from rule, by its
+// parent key and team column, so that children sharing both share it.
+func parentTriggerName(f *config.TeamFrom) string {
+	return parentTrigger + hashOf(f.ParentKey + "\x00" + f.Column)[:12]
 }
 
 // rowJSON renders the expression for a row's JSON (j, e.g. to_jsonb(NEW))
@@ -245,10 +274,15 @@ func bodyFor(t config.Table, r recs) (string, error) {
 // JSON: to_jsonb of the trigger's rows, or the apply function's rows as the
 // holder rendered them from the table as it was at the change. ret is how
 // the body returns.
-type recs struct{ new, old, newJ, oldJ, op, ret string }
+// gone says whether a team_from lookup may fall back on rowcast.gone (the
+// parent's trigger fills it in trigger mode only).
+type recs struct {
+	new, old, newJ, oldJ, op, ret string
+	gone                          bool
+}
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL"}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL", gone: true}
 	applyRecs   = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
 )
 
@@ -274,7 +308,8 @@ func keySQL(t config.Table, rec string) (id, key string) {
 // change. With team_from they are variables that the returned declarations
 // and lookup fill from the parent rows (by their key; NULL when the parent
 // is not there), each looked up once and only when the operation has that
-// row.
+// row. In trigger mode the old row's parent, when the current statement
+// deleted it (ON DELETE CASCADE or SET NULL), is found in rowcast.gone.
 func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
 	f := t.TeamFrom
 	if f == nil {
@@ -286,8 +321,13 @@ func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
 		return fmt.Sprintf("(SELECT p.%s::text FROM %s p WHERE p.%s = %s.%s)", ident(f.Column), parent, ident(f.ParentKey), rec, ident(f.Key))
 	}
 	decl = "    team_new text;\n    team_old text;\n"
+	old := q(r.old)
+	if r.gone {
+		old = fmt.Sprintf("coalesce(%s, (SELECT g.team FROM rowcast.gone g WHERE g.xid = pg_current_xact_id() AND g.tbl = %s AND g.col = %s AND g.key = to_jsonb(%s.%s)))",
+			old, literal(f.Parent().Qualified()), literal(f.Column), r.old, ident(f.Key))
+	}
 	lookup = fmt.Sprintf("    IF %[1]s <> 'DELETE' THEN team_new := %[2]s; END IF;\n    IF %[1]s <> 'INSERT' THEN team_old := %[3]s; END IF;\n",
-		r.op, q(r.new), q(r.old))
+		r.op, q(r.new), old)
 	return "team_new", "team_old", decl, lookup
 }
 

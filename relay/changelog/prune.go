@@ -60,12 +60,18 @@ func (p *Pruner) Run(ctx context.Context) error {
 }
 
 // Prune deletes the rows committed before now - Retention and records, per
-// stream, the highest seq deleted. It returns how many rows it deleted.
+// stream, the highest seq deleted. It returns how many rows it deleted. It
+// also deletes what finished transactions left in rowcast.gone (the teams
+// of deleted team_from parents, which a transaction reads only while it
+// runs).
 func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, p.Pool, func(tx pgx.Tx) error {
 		var got bool
 		if err := tx.QueryRow(ctx, "select pg_try_advisory_xact_lock(hashtext('rowcast.prune'))").Scan(&got); err != nil || !got {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "delete from rowcast.gone where xid < pg_snapshot_xmin(pg_current_snapshot())"); err != nil {
 			return err
 		}
 		return tx.QueryRow(ctx, `
