@@ -18,11 +18,13 @@ import (
 )
 
 // schema is the application the tests capture: items carry their team;
-// notes take theirs from their deal, and go with it (ON DELETE CASCADE).
+// notes take theirs from their deal, and go with it (ON DELETE CASCADE);
+// links too, and lose it (ON DELETE SET NULL).
 const schema = `
 create table items (id bigint primary key, team_id bigint, v int not null default 0);
 create table deals (id bigint primary key, team_id bigint not null);
 create table notes (id bigint primary key, deal_id bigint not null references deals on delete cascade, body text);
+create table links (id bigint primary key, deal_id bigint references deals on delete set null);
 `
 
 // db is a fresh database with schema and rowcast installed.
@@ -42,6 +44,7 @@ func newDB(t *testing.T) *db {
 		config.Table{Table: "items"}.WithDefaults(),
 		config.Table{Table: "deals"}.WithDefaults(),
 		config.Table{Table: "notes", TeamFrom: &config.TeamFrom{Table: "deals", Key: "deal_id", Column: "team_id"}}.WithDefaults(),
+		config.Table{Table: "links", TeamFrom: &config.TeamFrom{Table: "deals", Key: "deal_id", Column: "team_id"}}.WithDefaults(),
 	}}
 	cfg.Capture.Mode = config.ModeTrigger
 	p, err := triggers.Prepare(t.Context(), d.conn, cfg)

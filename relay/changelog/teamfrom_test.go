@@ -73,3 +73,22 @@ func TestTeamFromCascadeDeleteImmediate(t *testing.T) {
 		t.Fatalf("got\n%swant %v", describe(got), want)
 	}
 }
+
+// TestTeamFromSetNull: a link whose deal is deleted loses its deal (ON DELETE
+// SET NULL) and with it its team: it leaves the deal's team's stream.
+func TestTeamFromSetNull(t *testing.T) {
+	d := newDB(t)
+	d.exec("insert into deals (id, team_id) values (1, 7)")
+	d.exec("insert into links (id, deal_id) values (20, 1)")
+	rec := d.tail()
+
+	d.exec("delete from deals where id = 1")
+	got := rec.waitChanges(t, 2)
+	want := []key{
+		{"team:7", 3, "deals", relay.OpDelete, "1"},
+		{"team:7", 4, "links", relay.OpDelete, "20"},
+	}
+	if !slices.Equal(keys(got), want) {
+		t.Fatalf("got\n%swant %v", describe(got), want)
+	}
+}
