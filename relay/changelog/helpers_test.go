@@ -185,10 +185,17 @@ func describe(chs []relay.Change) string {
 func (d *db) tail() *recorder {
 	d.t.Helper()
 	rec := newRecorder()
+	d.tailInto(rec)
+	return rec
+}
+
+// tailInto starts a Tail of d into sink and waits until it is ready.
+func (d *db) tailInto(sink relay.Sink) {
+	d.t.Helper()
 	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Millisecond, PollMax: 20 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, rec) }()
+	go func() { done <- tl.Run(ctx, sink) }()
 	d.t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-tl.Ready():
@@ -197,7 +204,6 @@ func (d *db) tail() *recorder {
 	case <-time.After(30 * time.Second):
 		d.t.Fatal("tail not ready after 30s")
 	}
-	return rec
 }
 
 // key is what identifies a change in a test's expectations.

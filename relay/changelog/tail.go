@@ -355,12 +355,19 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 	return errEpochChanged
 }
 
-// start takes the starting snapshot and every stream's head in it.
+// start takes the starting snapshot and every stream's head in it, and
+// returns once the WAL holds every commit the snapshot shows: the heads go
+// to the sink (and on to clients as positions), and a crash that forgot a
+// commit made with synchronous_commit off would hand its seq to another
+// change. The flush position is compared with the insert position read after
+// the snapshot was taken, which every commit it shows precedes.
 func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error) {
-	var snap string
+	var snap, lsn string
+	var durable bool
 	heads := make(map[string]int64)
 	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snap); err != nil {
+		if err := tx.QueryRow(ctx, `select pg_current_snapshot()::text,
+			pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn(), pg_current_wal_insert_lsn()::text`).Scan(&snap, &durable, &lsn); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, "select stream, last_seq from rowcast.streams")
@@ -374,6 +381,11 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("capture start: %w", err)
+	}
+	if !durable {
+		if err := WaitFlushed(ctx, conn, lsn); err != nil {
+			return "", nil, fmt.Errorf("capture start: %w", err)
+		}
 	}
 	return snap, heads, nil
 }
