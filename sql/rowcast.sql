@@ -103,6 +103,16 @@ CREATE TABLE IF NOT EXISTS rowcast.task_progress (
     PRIMARY KEY (tbl, id)
 );
 
+-- boot: a token that changes whenever the server forgets unflushed commits
+-- without restarting (crash recovery after a backend died) or another server
+-- takes over (a promoted standby): both empty unlogged tables. A relay
+-- writes it when it finds none, and re-reads from an older position when it
+-- changed.
+CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.boot (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    token     uuid NOT NULL DEFAULT gen_random_uuid()
+);
+
 -- One row per open transaction that wrote to the changelog. Unlogged: a
 -- crash aborts those transactions anyway.
 CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);

@@ -192,7 +192,15 @@ func (d *db) tail() *recorder {
 // tailInto starts a Tail of d into sink and waits until it is ready.
 func (d *db) tailInto(sink relay.Sink) {
 	d.t.Helper()
-	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Millisecond, PollMax: 20 * time.Millisecond})
+	d.tailWith(sink, changelog.TailOptions{})
+}
+
+// tailWith starts a Tail of d into sink, with o (but polling at least every
+// 20ms), and waits until it is ready.
+func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
+	d.t.Helper()
+	o.PollMin, o.PollMax = time.Millisecond, 20*time.Millisecond
+	tl := changelog.NewTail(d.url, o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- tl.Run(ctx, sink) }()
