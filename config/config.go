@@ -142,10 +142,12 @@ type Table struct {
 // the parent up when it records a change; in logical mode that is when the
 // slot holder applies the change, so the team is the parent's at that time.
 // A later change of the parent's team is not retroactive (rows already
-// captured stay where they were, and no event moves the children), and a
-// change whose parent is not there (deleted in the same transaction, e.g. by
-// ON DELETE CASCADE, or in logical mode before the change was applied) has
-// no team and is not captured.
+// captured stay where they were, and no event moves the children). In
+// trigger mode a trigger on the parent keeps the team of every parent row a
+// transaction deletes, so a child deleted or detached with it (ON DELETE
+// CASCADE or SET NULL) is still captured in the parent's team. Otherwise a
+// change whose parent is not there (in logical mode, deleted before the
+// change was applied) has no team and is not captured.
 type TeamFrom struct {
 	Table  string `mapstructure:"table" yaml:"table"`   // the parent table, optionally schema-qualified
 	Key    string `mapstructure:"key" yaml:"key"`       // the column of this table that references the parent

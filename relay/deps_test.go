@@ -152,15 +152,25 @@ func TestLayerRules(t *testing.T) {
 	}
 }
 
-// Transports will receive events already mapped (issue 9): today ws and sio
-// still import relay/mapping for a JSON helper and the session maps replayed
-// changes, so this rule waits for that change.
+// mappingPrefix is the mapper: events reach transports already mapped,
+// live from the hub and replayed from relay.History.
+const mappingPrefix = module + "/relay/mapping"
+
+// A transport needs only the hub, history and auth: it imports neither the
+// mapper nor a capture.
 func TestTransportsImportNoMapping(t *testing.T) {
-	t.Skip("issue 9, phase B: transports still import relay/mapping; enable when events reach them already mapped")
 	gobin := goCommand(t)
-	for _, pkg := range listPackages(t, gobin, module+"/relay/transport/...") {
-		if bad := matching(listDeps(t, gobin, pkg), []string{module + "/relay/mapping"}); len(bad) > 0 {
-			t.Errorf("%s depends on %q: events reach transports already mapped", pkg, bad)
+	pkgs := listPackages(t, gobin, module+"/relay/transport/...")
+	if len(pkgs) == 0 {
+		t.Fatalf("go list %s/relay/transport/... names no package", module)
+	}
+	for _, pkg := range pkgs {
+		deps := listDeps(t, gobin, pkg)
+		if !slices.Contains(deps, pkg) {
+			t.Fatalf("go list -deps %s does not list the package: %q", pkg, deps)
+		}
+		if bad := matching(deps, []string{mappingPrefix, capturePrefix}); len(bad) > 0 {
+			t.Errorf("%s depends on %q: events reach transports already mapped, and transports know no capture", pkg, bad)
 		}
 	}
 }
@@ -188,6 +198,9 @@ func TestMatchingDetectsForbidden(t *testing.T) {
 		if !slices.Contains(bad, want) {
 			t.Errorf("matching of %s = %q, want %s among them", pkg, bad, want)
 		}
+	}
+	if bad := matching(deps, []string{mappingPrefix}); !slices.Contains(bad, mappingPrefix) {
+		t.Errorf("matching of %s = %q, want %s among them", pkg, bad, mappingPrefix)
 	}
 	if bad := matching([]string{module + "/configx", module + "/relay/captured"}, forbid); len(bad) > 0 {
 		t.Errorf("matching took siblings for the forbidden packages: %q", bad)

@@ -1,7 +1,7 @@
 // Package relay holds rowcast's domain types and the seams between its
 // stages: capture produces Txns of Changes in commit order, mapping turns each
 // Change into Events, the hub fans Events out to sessions, and history replays
-// Changes after a Position.
+// the Events of the Changes after a Position, mapped by the same Mapper.
 //
 // This package imports the standard library only. Driver types (pgx, pglogrepl,
 // melody) stop at the packages that use them; everything that crosses a seam is
@@ -162,14 +162,33 @@ type Mapper interface {
 	Map(dst []Event, c *Change) []Event
 }
 
-// History replays committed changes after a position.
-type History interface {
+// ChangeHistory replays committed changes after a position (package
+// changelog implements it on the changelog). MappedHistory turns it into
+// the History transports replay from.
+type ChangeHistory interface {
 	// Replay calls fn with every change of the given streams whose seq is
 	// above from[stream], in commit order, in batches (a batch may end in
 	// the middle of a transaction; the next one continues it).
 	// It returns ErrHistoryExpired when a stream's changes after from have
-	// been pruned or from is ahead of the stream.
+	// been pruned or from is ahead of the stream, and fn's error when fn
+	// fails, without calling it again.
 	Replay(ctx context.Context, from map[string]int64, fn func([]Change) error) error
+}
+
+// History replays the events of committed changes after a position,
+// mapped as the Pipeline maps live ones: this is what a transport resumes
+// a session from.
+type History interface {
+	// Replay calls fn with the events of every change of the given streams
+	// whose seq is above from[stream], in commit order, in batches (a batch
+	// may end in the middle of a transaction, never between the events of
+	// one change; the next batch continues it). Changes that map to no
+	// event are skipped; a batch is never empty. fn must not keep the
+	// slice after it returns (the events themselves it may keep).
+	// Replay returns ErrHistoryExpired when a stream's changes after from
+	// have been pruned or from is ahead of the stream, and fn's error when
+	// fn fails, without calling it again.
+	Replay(ctx context.Context, from map[string]int64, fn func([]Event) error) error
 }
 
 // Error is a relay error with a stable code.

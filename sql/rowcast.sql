@@ -3,7 +3,7 @@
 -- doorbell, {{"{{"}}.AllStream{{"}}"}} is relay.AllStream as an SQL literal.
 --
 -- Ordering design (see docs/design.md, "Order"): row triggers append to
--- rowcast.changelog with no seq and mark the transaction in rowcast.pending; a
+-- rowcast.changelog with no seq and then mark the transaction in rowcast.pending; a
 -- deferred constraint trigger on that marker runs once per transaction at
 -- COMMIT, locks the counter row of every stream the transaction touched (in
 -- sorted order, so no deadlock) and numbers the transaction's rows. The
@@ -103,24 +103,46 @@ CREATE TABLE IF NOT EXISTS rowcast.task_progress (
     PRIMARY KEY (tbl, id)
 );
 
+-- boot: a token that changes whenever the server forgets unflushed commits
+-- without restarting (crash recovery after a backend died) or another server
+-- takes over (a promoted standby): both empty unlogged tables. A relay
+-- writes it when it finds none, and re-reads from an older position when it
+-- changed.
+CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.boot (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    token     uuid NOT NULL DEFAULT gen_random_uuid()
+);
+
 -- One row per open transaction that wrote to the changelog. Unlogged: a
 -- crash aborts those transactions anyway.
 CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);
 
--- rowcast.mark() is called by every capture trigger before it appends. It
+-- rowcast.mark() is called by every capture trigger after it appends. It
 -- inserts the transaction's marker once (a transaction-local setting
 -- remembers it, and is rolled back with a savepoint just as the marker is).
+-- After, not before: a writer that runs SET CONSTRAINTS ALL IMMEDIATE makes
+-- the sequencer fire as soon as the marker is inserted, and it must find the
+-- row to number then (see sequence()).
 CREATE OR REPLACE FUNCTION rowcast.mark() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN
-        INSERT INTO rowcast.pending (xid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
+        -- Set before the insert: an immediate sequencer clears it again.
         PERFORM set_config('rowcast.marked', '1', true);
+        INSERT INTO rowcast.pending (xid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
     END IF;
 END
 $fn$;
 
 -- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
+--
+-- A writer can make it fire earlier: SET CONSTRAINTS ALL IMMEDIATE fires it
+-- at once, and every marker inserted after it (the next change) fires it
+-- again at the end of that statement. Each run numbers the rows not yet
+-- numbered; the counter locks it takes are held to the commit all the same,
+-- so the order stays the commit order. A run after the first also moves the
+-- transaction's earlier rows, and the last_at of every stream they are in,
+-- to its commit time, so that the transaction keeps one commit time.
 CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -128,11 +150,14 @@ DECLARE
     r       record;
     v_streams text[] := '{}';
     v_bases   bigint[] := '{}';
+    v_earlier text[];
     base    bigint;
     at      timestamptz;
     ts      timestamptz := '-infinity';
+    again   boolean := current_setting('rowcast.sequenced', true) = '1';
 BEGIN
-    -- Changes made after this point (by another deferred trigger) mark again.
+    -- Changes made after this point (by another deferred trigger, or by the
+    -- writer when it made this trigger immediate) mark again.
     PERFORM set_config('rowcast.marked', '', true);
     DELETE FROM rowcast.pending WHERE xid = x;
     FOR r IN
@@ -151,6 +176,18 @@ BEGIN
     IF cardinality(v_streams) = 0 THEN
         RETURN NULL;
     END IF;
+    PERFORM set_config('rowcast.sequenced', '1', true);
+    IF again THEN
+        -- Streams numbered by an earlier run: their counter rows are locked
+        -- by this transaction already.
+        SELECT array_agg(DISTINCT stream) INTO v_earlier FROM rowcast.changelog
+        WHERE xid = x AND seq IS NOT NULL AND NOT stream = ANY (v_streams);
+        IF v_earlier IS NOT NULL THEN
+            SELECT greatest(ts, max(last_at) + interval '1 microsecond') INTO ts
+            FROM rowcast.streams WHERE stream = ANY (v_earlier);
+            v_streams := v_streams || v_earlier;
+        END IF;
+    END IF;
     -- The commit time is taken under every counter lock and kept above each
     -- stream's last commit time, so that for two transactions sharing a
     -- stream the later one in seq order has the strictly later commit time:
@@ -158,6 +195,11 @@ BEGIN
     -- One time for the whole transaction keeps its changes together.
     IF cardinality(v_streams) > 1 THEN
         UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams) AND last_at < ts;
+    END IF;
+    IF again THEN
+        UPDATE rowcast.changelog SET committed_at = ts,
+            async_commit = current_setting('synchronous_commit') = 'off'
+        WHERE xid = x AND seq IS NOT NULL;
     END IF;
     UPDATE rowcast.changelog c
     SET seq = b.base + v.rn, committed_at = ts,
@@ -181,14 +223,48 @@ DROP TRIGGER IF EXISTS sequence_at_commit ON rowcast.pending;
 CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rowcast.sequence();
 
+-- team_from in trigger mode: the team of every parent row a transaction
+-- deleted, so that a child's capture trigger still finds it when the parent
+-- is gone (the child deleted, or its key set to NULL, by ON DELETE CASCADE or
+-- SET NULL, which run after the parent's row is deleted).
+-- rowcast.parent_deleting(key, col) fills it BEFORE each parent row's
+-- DELETE. Readers look only at their own transaction's rows; the pruner
+-- deletes those of finished transactions. They cannot go earlier: the
+-- children's capture triggers fire after every other AFTER trigger of the
+-- parent's statement, and at COMMIT is too late for a writer that made the
+-- sequencer immediate. Unlogged: a crash aborts their transactions anyway.
+CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.gone (
+    xid  xid8  NOT NULL DEFAULT pg_current_xact_id(),
+    tbl  text  NOT NULL,
+    col  text  NOT NULL,
+    key  jsonb NOT NULL,
+    team text,
+    PRIMARY KEY (xid, tbl, col, key)
+);
+
+CREATE OR REPLACE FUNCTION rowcast.parent_deleting() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET timezone = 'UTC' SET intervalstyle = 'iso_8601' SET bytea_output = 'hex' AS $fn$
+DECLARE
+    o jsonb := to_jsonb(OLD);
+BEGIN
+    IF o -> TG_ARGV[0] IS NOT NULL AND o -> TG_ARGV[0] <> 'null' THEN
+        INSERT INTO rowcast.gone AS g (tbl, col, key, team)
+        VALUES (TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, TG_ARGV[1], o -> TG_ARGV[0], o ->> TG_ARGV[1])
+        ON CONFLICT (xid, tbl, col, key) DO UPDATE SET team = excluded.team;
+    END IF;
+    RETURN OLD;
+END
+$fn$;
+
 -- rowcast.truncated() records a TRUNCATE of a captured table; every session
 -- is told to resync.
 CREATE OR REPLACE FUNCTION rowcast.truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    PERFORM rowcast.mark();
     INSERT INTO rowcast.changelog (stream, tbl, op)
     VALUES ({{.AllStream}}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'T');
+    PERFORM rowcast.mark();
     RETURN NULL;
 END
 $fn$;
@@ -197,8 +273,8 @@ $fn$;
 CREATE OR REPLACE FUNCTION rowcast.truncated_logical(tbl text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    PERFORM rowcast.mark();
     INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ({{.AllStream}}, tbl, 'T');
+    PERFORM rowcast.mark();
 END
 $fn$;
 
@@ -233,5 +309,6 @@ REVOKE ALL ON FUNCTION rowcast.mark() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.sequence() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated_logical(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.parent_deleting() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rowcast.set_actor(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION rowcast.set_request_id(text) TO PUBLIC;

@@ -142,6 +142,16 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			}
 			done = append(done, "removed capture trigger from "+s.table+" (not configured)")
 		}
+		parents, err := staleParentTriggers(ctx, tx, p)
+		if err != nil {
+			return err
+		}
+		for _, s := range parents {
+			if _, err := tx.Exec(ctx, "drop trigger if exists "+ident(s.Name)+" on "+s.Table); err != nil {
+				return describe(s.Table, err)
+			}
+			done = append(done, "removed team_from parent trigger "+s.Name+" from "+s.Table+" (not configured)")
+		}
 		return nil
 	})
 	if err != nil {
@@ -290,6 +300,18 @@ select to_regclass($1) is not null,
 		case *fnComment != hashPrefix+t.Hash:
 			drift = append(drift, t.Table.Qualified()+": capture trigger differs from the configuration")
 		}
+		if t.Parent.Table == "" {
+			continue
+		}
+		var parent bool
+		err = conn.QueryRow(ctx, `select exists (select 1 from pg_trigger where tgrelid = to_regclass($1) and tgname = $2
+			and tgfoid = to_regprocedure('rowcast.parent_deleting()') and tgenabled <> 'D')`, t.Parent.Table, t.Parent.Name).Scan(&parent)
+		if err != nil {
+			return nil, fmt.Errorf("verify %s: %w", t.Table.Qualified(), err)
+		}
+		if !parent {
+			drift = append(drift, t.Table.Qualified()+": team_from parent trigger on "+t.Parent.Table+" missing or disabled")
+		}
 	}
 	stale, err := staleTriggers(ctx, conn, p)
 	if err != nil {
@@ -297,6 +319,13 @@ select to_regclass($1) is not null,
 	}
 	for _, s := range stale {
 		drift = append(drift, s.table+": has a capture trigger but is not configured")
+	}
+	parents, err := staleParentTriggers(ctx, conn, p)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	for _, s := range parents {
+		drift = append(drift, s.Table+": has team_from parent trigger "+s.Name+" but no configured table needs it")
 	}
 	return drift, nil
 }
@@ -473,6 +502,34 @@ where t.tgname = $1 order by 1, 2`, captureTrigger)
 		}
 	}
 	return out, rows.Err()
+}
+
+// staleParentTriggers lists the team_from parent triggers installed that
+// the plan does not name (every one, in logical mode). Tables are quoted as
+// ident quotes them, so that they compare equal to the plan's.
+func staleParentTriggers(ctx context.Context, q querier, p *Plan) ([]ParentTrigger, error) {
+	rows, err := q.Query(ctx, `
+select '"' || replace(n.nspname, '"', '""') || '"."' || replace(c.relname, '"', '""') || '"', t.tgname::text from pg_trigger t
+join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+where starts_with(t.tgname, $1) and not t.tgisinternal order by 1, 2`, parentTrigger)
+	if err != nil {
+		return nil, fmt.Errorf("list team_from parent triggers: %w", err)
+	}
+	installed, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ParentTrigger])
+	if err != nil {
+		return nil, fmt.Errorf("list team_from parent triggers: %w", err)
+	}
+	planned := make(map[ParentTrigger]bool, len(p.Tables))
+	for _, t := range p.Tables {
+		planned[t.Parent] = true
+	}
+	var out []ParentTrigger
+	for _, s := range installed {
+		if !planned[s] {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 func dropTriggersSQL(table string) string {

@@ -105,6 +105,20 @@ func OptionsFor(cfg *config.Config) Options {
 // those with their own expressions on the table as it is, merged into the
 // JSON. It also drops the table's capture triggers (both modes at once
 // would capture twice) and sets the replica identity.
+//
+// A team_from table's team is looked up in the parent table when the holder
+// applies the change, not as the source transaction saw the parent:
+// pgoutput carries only the child's tuple, and the database keeps no
+// version of the parent that a query could read as of the source commit
+// (the historic snapshot exists only inside the decoding plugin). So when
+// the parent changes between the child's commit and its apply (the
+// holder's lag: milliseconds while it keeps up, longer while it is down or
+// catching up), the child's change goes to the parent's team at apply
+// time, or, if the parent was deleted meanwhile, has no team and is not
+// sent. The apply order cannot repair this, since the parent's later
+// change may not have been decoded yet. Where that window matters, give
+// the child a team column of its own (team_column), which travels in its
+// tuple; the README's "Team through a parent row" says the same.
 func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
@@ -394,9 +408,12 @@ select count(*) > 0 from (
 	if dropped {
 		done = append(done, "dropped replication slot "+slot)
 	}
+	// Each name quoted once, where it needs quotes (regnamespace::text is
+	// quoted already: quoting it again broke schemas that need quotes).
 	rows, err := conn.Query(ctx, `
-select format('%I.%I', c.relnamespace::regnamespace::text, c.relname)
+select format('%I.%I', n.nspname, c.relname)
 from pg_publication_rel pr join pg_publication p on p.oid = pr.prpubid join pg_class c on c.oid = pr.prrelid
+join pg_namespace n on n.oid = c.relnamespace
 where p.pubname = $1 and c.relreplident in ('f', 'i') order by 1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("list published tables: %w", err)
@@ -435,7 +452,8 @@ func verifyLogical(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, erro
 select c.oid is not null,
        obj_description(to_regprocedure($2), 'pg_proc'),
        coalesce(c.relreplident::text, ''),
-       coalesce((select i.indexrelid::regclass::text from pg_index i where i.indrelid = c.oid and i.indisreplident), ''),
+       coalesce((select ic.relname::text from pg_index i join pg_class ic on ic.oid = i.indexrelid
+                 where i.indrelid = c.oid and i.indisreplident), ''),
        exists (select 1 from pg_trigger where tgrelid = c.oid and tgname = $3)
 from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
 			tbl, t.Function+"(text, jsonb, jsonb)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
@@ -458,7 +476,7 @@ from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
 		if t.Table.ReplicaIdentityIndex != "" {
 			want = "i"
 		}
-		if replident != want || (want == "i" && !strings.HasSuffix(strings.Trim(index, `"`), t.Table.ReplicaIdentityIndex)) {
+		if replident != want || (want == "i" && index != t.Table.ReplicaIdentityIndex) {
 			drift = append(drift, t.Table.Qualified()+": replica identity is not what the configuration asks")
 		}
 	}

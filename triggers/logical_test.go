@@ -143,11 +143,13 @@ func TestRemoveRefusesSlotInUse(t *testing.T) {
 	install(t, conn, logicalPlan(t, conn, true))
 
 	// A replication connection streaming from the slot, as a relay's.
-	sep := "?"
-	if strings.Contains(url, "?") {
-		sep = "&"
+	rcfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
 	}
-	rconn, err := pgconn.Connect(t.Context(), url+sep+"replication=database&application_name=some-relay")
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "some-relay"
+	rconn, err := pgconn.ConnectConfig(t.Context(), rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,5 +185,42 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		case <-deadline:
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// TestQuotedNames: verify compares the replica identity index by its
+// exact name, and remove restores the replica identity of a published
+// table whose schema and name need quoting (mixed case, a space), naming
+// it as SQL would.
+func TestQuotedNames(t *testing.T) {
+	conn := connect(t, pg.NewDatabase(t))
+	exec(t, conn, `create schema "Sales"; create table "Sales"."Big Deals" (id bigint primary key, team_id bigint not null);
+		create unique index "Idx" on "Sales"."Big Deals" (team_id, id); create unique index "xIdx" on "Sales"."Big Deals" (team_id, id)`)
+	tb := config.Table{Table: "Sales.Big Deals", Kind: config.KindEntity, IDColumn: "id", TeamColumn: "team_id",
+		ReplicaIdentityIndex: "Idx"}.WithDefaults()
+	plan, err := triggers.Render([]config.Table{tb}, triggers.Options{Logical: true, Slot: "rowcast", Publication: "rowcast"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	install(t, conn, plan)
+	if ri := replicaIdentity(t, conn, `"Sales"."Big Deals"`); ri != "i" {
+		t.Fatalf("after a logical install the replica identity is %q, want i", ri)
+	}
+	if drift := verify(t, conn, plan); len(drift) > 0 {
+		t.Errorf("drift right after install: %q", drift)
+	}
+	exec(t, conn, `alter table "Sales"."Big Deals" replica identity using index "xIdx"`)
+	if drift := verify(t, conn, plan); !hasLine(drift, "replica identity is not what the configuration asks") {
+		t.Errorf("identity index xIdx where Idx is configured: drift %q", drift)
+	}
+	lines, err := triggers.Remove(t.Context(), conn, "rowcast", "rowcast")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasLine(lines, `set REPLICA IDENTITY DEFAULT on "Sales"."Big Deals"`) {
+		t.Errorf("remove lines: %q", lines)
+	}
+	if ri := replicaIdentity(t, conn, `"Sales"."Big Deals"`); ri != "d" {
+		t.Errorf("replica identity %q after remove, want d", ri)
 	}
 }

@@ -27,7 +27,11 @@ import (
 const (
 	captureTrigger  = "rowcast_capture"
 	truncateTrigger = "rowcast_truncate"
-	hashPrefix      = "rowcast sha256:"
+	// parentTrigger, with a suffix per team_from key and column, names
+	// the trigger on a team_from parent that keeps the team of the rows it
+	// deletes (rowcast.parent_deleting).
+	parentTrigger = "rowcast_parent_"
+	hashPrefix    = "rowcast sha256:"
 )
 
 // Options says how to render.
@@ -70,6 +74,18 @@ type TablePlan struct {
 	Function string // schema-qualified, quoted function name
 	Hash     string // recorded in the function's comment
 	SQL      string // CREATE FUNCTION, triggers and comment
+	// Parent is the trigger this table's team_from rule needs on the
+	// parent table, in trigger mode; zero otherwise.
+	Parent ParentTrigger
+}
+
+// ParentTrigger is a trigger on a team_from parent table: BEFORE a parent
+// row is deleted it keeps the row's team for the statement, so the capture
+// trigger of a child deleted (or detached) by ON DELETE CASCADE or SET NULL
+// still finds its team.
+type ParentTrigger struct {
+	Table string // the parent, quoted and schema-qualified; "" for none
+	Name  string // unquoted trigger name
 }
 
 // SQL returns the whole plan as one script.
@@ -174,7 +190,20 @@ func renderTable(t config.Table) (TablePlan, error) {
 	fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s();\n", captureTrigger, tbl, fn)
 	fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", truncateTrigger, tbl)
 	fmt.Fprintf(&b, "CREATE TRIGGER %s AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION rowcast.truncated();\n", truncateTrigger, tbl)
-	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+	var parent ParentTrigger
+	if f := t.TeamFrom; f != nil {
+		parent = ParentTrigger{Table: ident(f.Parent().Schema()) + "." + ident(f.Parent().Name()), Name: parentTriggerName(f)}
+		fmt.Fprintf(&b, "DROP TRIGGER IF EXISTS %s ON %s;\n", ident(parent.Name), parent.Table)
+		fmt.Fprintf(&b, "CREATE TRIGGER %s BEFORE DELETE ON %s FOR EACH ROW EXECUTE FUNCTION rowcast.parent_deleting(%s, %s);\n",
+			ident(parent.Name), parent.Table, literal(f.ParentKey), literal(f.Column))
+	}
+	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String(), Parent: parent}, nil
+}
+
+// parentTriggerName names the parent trigger of a team_from rule, by its
+// parent key and team column, so that children sharing both share it.
+func parentTriggerName(f *config.TeamFrom) string {
+	return parentTrigger + hashOf(f.ParentKey + "\x00" + f.Column)[:12]
 }
 
 // rowJSON renders the expression for a row's JSON (j, e.g. to_jsonb(NEW))
@@ -197,7 +226,10 @@ BEGIN
 `
 
 // markSQL marks the transaction for the commit-time sequencer; the setting
-// check spares the call for every change after a transaction's first.
+// check spares the call for every change after a transaction's first. Bodies
+// run it once, after their inserts and only when they inserted: when the
+// writer made the sequencer immediate (SET CONSTRAINTS ALL IMMEDIATE), the
+// marker fires it at once, and it must find the rows it is to number.
 const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.mark(); END IF;"
 
 // diff sets ch to the changed columns of n against o, or NULL.
@@ -242,10 +274,15 @@ func bodyFor(t config.Table, r recs) (string, error) {
 // JSON: to_jsonb of the trigger's rows, or the apply function's rows as the
 // holder rendered them from the table as it was at the change. ret is how
 // the body returns.
-type recs struct{ new, old, newJ, oldJ, op, ret string }
+// gone says whether a team_from lookup may fall back on rowcast.gone (the
+// parent's trigger fills it in trigger mode only).
+type recs struct {
+	new, old, newJ, oldJ, op, ret string
+	gone                          bool
+}
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL"}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL", gone: true}
 	applyRecs   = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
 )
 
@@ -271,7 +308,8 @@ func keySQL(t config.Table, rec string) (id, key string) {
 // change. With team_from they are variables that the returned declarations
 // and lookup fill from the parent rows (by their key; NULL when the parent
 // is not there), each looked up once and only when the operation has that
-// row.
+// row. In trigger mode the old row's parent, when the current statement
+// deleted it (ON DELETE CASCADE or SET NULL), is found in rowcast.gone.
 func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
 	f := t.TeamFrom
 	if f == nil {
@@ -283,8 +321,13 @@ func teamSQL(t config.Table, r recs) (nw, od, decl, lookup string) {
 		return fmt.Sprintf("(SELECT p.%s::text FROM %s p WHERE p.%s = %s.%s)", ident(f.Column), parent, ident(f.ParentKey), rec, ident(f.Key))
 	}
 	decl = "    team_new text;\n    team_old text;\n"
+	old := q(r.old)
+	if r.gone {
+		old = fmt.Sprintf("coalesce(%s, (SELECT g.team FROM rowcast.gone g WHERE g.xid = pg_current_xact_id() AND g.tbl = %s AND g.col = %s AND g.key = to_jsonb(%s.%s)))",
+			old, literal(f.Parent().Qualified()), literal(f.Column), r.old, ident(f.Key))
+	}
 	lookup = fmt.Sprintf("    IF %[1]s <> 'DELETE' THEN team_new := %[2]s; END IF;\n    IF %[1]s <> 'INSERT' THEN team_old := %[3]s; END IF;\n",
-		r.op, q(r.new), q(r.old))
+		r.op, q(r.new), old)
 	return "team_new", "team_old", decl, lookup
 }
 
@@ -314,7 +357,7 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("        " + markSQL + "\n        ")
+	b.WriteString("        ")
 	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.newJ, t), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
 	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), r.oldJ)
@@ -322,11 +365,10 @@ func entityBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
 	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
-	b.WriteString("            " + markSQL + "\n            ")
+	b.WriteString("            ")
 	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "NULL", "ch"))
 	b.WriteString("        ELSE\n")
 	b.WriteString("            -- A team move is recorded in both teams' streams.\n")
-	b.WriteString("            " + markSQL + "\n")
 	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", od)
 	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", nw)
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.new, "NULL", "NULL"))
@@ -342,9 +384,9 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString("        END IF;\n")
 	b.WriteString("    ELSE\n")
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
-	b.WriteString("        " + markSQL + "\n        ")
+	b.WriteString("        ")
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
-	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
 	return b.String()
 }
 
@@ -365,11 +407,11 @@ func taskBody(t config.Table, r recs) string {
 	b.WriteString(declare)
 	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
 	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.newJ, t))
-	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        "+markSQL+"\n        ", r.op)
+	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
 	fmt.Fprintf(&b, "    ELSE\n        o := %s;\n", r.oldJ)
 	b.WriteString(diff)
-	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n        "+markSQL+"\n", r.ret)
+	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	// The highest progress sent so far, so that a lower write is sent
 	// with it: progress never goes backwards on the wire.
 	fmt.Fprintf(&b, `        IF %[1]s::text IN ('completed', 'failed') THEN
@@ -383,7 +425,7 @@ func taskBody(t config.Table, r recs) string {
         END IF;
         `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
 	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
-	fmt.Fprintf(&b, "    END IF;\n    %s;\nEND\n", r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
 	return b.String()
 }
 

@@ -11,19 +11,37 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Pruner deletes changelog rows older than the retention.
+// Pruner deletes changelog rows older than the retention. Set its fields
+// before Run or Prune and do not change them after.
 type Pruner struct {
-	Pool      *pgxpool.Pool
+	// Pool is the database; the caller closes it. Required.
+	Pool *pgxpool.Pool
+	// Retention is how long a committed change is kept. Zero or negative
+	// keeps none: every committed change is pruned.
 	Retention time.Duration
-	Interval  time.Duration
-	Logger    *slog.Logger
+	// Interval is how often Run prunes. If set to 0 (or less), the default
+	// of 1 minute is used.
+	Interval time.Duration
+	// Logger receives prune failures (Warn) and counts (Debug). If nil,
+	// nothing is logged.
+	Logger *slog.Logger
 }
+
+// DefaultPruneInterval is the Interval a Pruner uses when it has none.
+const DefaultPruneInterval = time.Minute
 
 // Run prunes every Interval until ctx ends, then returns nil. Only one
 // replica prunes at a time (a transaction-level advisory lock); errors are
 // logged and retried at the next interval.
 func (p *Pruner) Run(ctx context.Context) error {
-	t := time.NewTicker(p.Interval)
+	interval, log := p.Interval, p.Logger
+	if interval <= 0 {
+		interval = DefaultPruneInterval
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -34,20 +52,26 @@ func (p *Pruner) Run(ctx context.Context) error {
 		n, err := p.Prune(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			p.Logger.Warn("history prune failed", "err", err)
+			log.Warn("history prune failed", "err", err)
 		case n > 0:
-			p.Logger.Debug("history pruned", "rows", n)
+			log.Debug("history pruned", "rows", n)
 		}
 	}
 }
 
 // Prune deletes the rows committed before now - Retention and records, per
-// stream, the highest seq deleted. It returns how many rows it deleted.
+// stream, the highest seq deleted. It returns how many rows it deleted. It
+// also deletes what finished transactions left in rowcast.gone (the teams
+// of deleted team_from parents, which a transaction reads only while it
+// runs).
 func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, p.Pool, func(tx pgx.Tx) error {
 		var got bool
 		if err := tx.QueryRow(ctx, "select pg_try_advisory_xact_lock(hashtext('rowcast.prune'))").Scan(&got); err != nil || !got {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "delete from rowcast.gone where xid < pg_snapshot_xmin(pg_current_snapshot())"); err != nil {
 			return err
 		}
 		return tx.QueryRow(ctx, `

@@ -35,7 +35,8 @@ cross join lateral (
 order by committed_at, xid, id
 limit $3`
 
-// Replay implements relay.History. It reads in pages of whole-or-partial
+// Replay implements relay.ChangeHistory (relay.MappedHistory maps what it
+// replays for the transports). It reads in pages of whole-or-partial
 // transactions; fn sees each change once, in commit order, per stream in
 // seq order.
 //

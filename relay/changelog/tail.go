@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -131,13 +130,21 @@ type state struct {
 	epoch      string
 	snapshot   string // pg_snapshot text of the last poll; "" before the first
 	progressed bool
-	// started is the server's pg_postmaster_start_time() when last
-	// connected; a change means the server restarted.
-	started string
+	// server identifies the server run read from when last connected;
+	// zero before the first connection.
+	server run
 	// sent is the last seq handed to the sink per stream. Changes at or
 	// below it are not handed on again: after a server restart the reader
-	// re-reads from the last snapshot's xmin (see session).
+	// re-reads from safe (see restarted).
 	sent map[string]int64
+	// safe is the latest snapshot known to be durable: the WAL was flushed
+	// through the insert position read after it was taken, so no
+	// transaction it shows finished can be forgotten by a crash.
+	safe string
+	// cand is the last poll's snapshot and candLSN the insert position
+	// read after it; the next poll makes it safe if the WAL was flushed
+	// through candLSN by then.
+	cand, candLSN string
 }
 
 func (c *Tail) setConnected(v bool) {
@@ -194,7 +201,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 		}()
 	}
 
-	epoch, started, err := readEpoch(ctx, conn)
+	epoch, server, err := readEpoch(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -208,13 +215,14 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 			return err
 		}
 		st.epoch, st.snapshot, st.sent = epoch, snap, maps.Clone(heads)
+		st.safe, st.cand, st.candLSN = snap, "", "" // start waited for the flush
 		sink.Reset(epoch, heads)
-	} else if st.started != "" && started != st.started {
+	} else if server.restartedSince(st.server) {
 		if err := c.restarted(ctx, conn, st); err != nil {
 			return err
 		}
 	}
-	st.started = started
+	st.server = server
 	c.setConnected(true)
 	if c.readyOnce.CompareAndSwap(false, true) {
 		close(c.ready)
@@ -285,24 +293,64 @@ func (c *Tail) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bool)
 	return nil
 }
 
-// readEpoch returns the history epoch and the server's start time.
-func readEpoch(ctx context.Context, conn *pgx.Conn) (epoch, started string, err error) {
-	err = conn.QueryRow(ctx, "select "+epochExpr+", pg_postmaster_start_time()::text from rowcast.meta").Scan(&epoch, &started)
+// run identifies one run of the database server: what may have forgotten
+// asynchronous commits (and reused their transaction ids) changes it.
+type run struct {
+	// started is pg_postmaster_start_time(): a restart of the whole server
+	// (or a failover to another one) changes it.
+	started string
+	// boot is the token in the unlogged table rowcast.boot. Crash recovery
+	// empties unlogged tables, and so does promoting a standby (they are
+	// never replicated); the next relay to connect writes a new token. It
+	// catches what started misses: a backend that crashed (killed by the
+	// OOM killer, say) makes the postmaster recover from the WAL and lose
+	// unflushed commits without restarting.
+	boot string
+}
+
+// restartedSince reports whether r is another server run than prev, which
+// is the zero run before the first connection (then it reports false).
+func (r run) restartedSince(prev run) bool {
+	if prev == (run{}) {
+		return false
+	}
+	return r.started != prev.started || r.boot != prev.boot
+}
+
+// bootSQL writes a boot token unless there is one, and reads the epoch, the
+// server's start time and the token that this statement wrote (one that
+// another relay wrote concurrently is not visible to it: NULL then).
+const bootSQL = `with b as (insert into rowcast.boot default values on conflict do nothing returning token)
+select ` + epochExpr + `, pg_postmaster_start_time()::text,
+  coalesce((select token::text from b), (select token::text from rowcast.boot))
+from rowcast.meta`
+
+// readEpoch returns the history epoch and the server run.
+func readEpoch(ctx context.Context, conn *pgx.Conn) (epoch string, r run, err error) {
+	var boot *string
+	err = conn.QueryRow(ctx, bootSQL).Scan(&epoch, &r.started, &boot)
+	if err == nil && boot == nil {
+		err = conn.QueryRow(ctx, "select token::text from rowcast.boot").Scan(&r.boot)
+	} else if err == nil {
+		r.boot = *boot
+	}
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
-			return "", "", fmt.Errorf("capture: %w", errNoSchema)
+			return "", run{}, fmt.Errorf("capture: %w", errNoSchema)
 		}
-		return "", "", fmt.Errorf("capture read epoch: %w", err)
+		return "", run{}, fmt.Errorf("capture read epoch: %w", err)
 	}
-	return epoch, started, nil
+	return epoch, r, nil
 }
 
-// restarted prepares reading after the server restarted. A crash restart
-// forgets what its WAL had not made durable: a transaction id that wrote
-// nothing durable is handed out again, so a transaction the last snapshot
-// counted as finished may be a new one. Reading resumes from that
-// snapshot's xmin instead, and what was sent already is skipped by seq.
+// restarted prepares reading after the server restarted (see run). A crash
+// restart forgets what its WAL had not made durable: a transaction id that
+// wrote nothing durable is handed out again, so a transaction the last
+// snapshot counted as finished may be a new one, and its id may be below
+// that snapshot's xmin. Reading resumes from the last snapshot known to be
+// durable (st.safe), whose finished transactions no crash forgets, and what
+// was sent already is skipped by seq.
 //
 // Nothing sent can have been forgotten, since poll hands on only what the
 // WAL has flushed; should a stream's counter still be below what was sent
@@ -330,19 +378,9 @@ func (c *Tail) restarted(ctx context.Context, conn *pgx.Conn, st *state) error {
 			"streams", behind)
 		return newEpoch(ctx, conn, st.epoch)
 	}
-	c.o.Logger.Info("the database restarted; re-reading from the oldest transaction still open before it")
-	st.snapshot = fromXmin(st.snapshot)
+	c.o.Logger.Info("the database restarted; re-reading from the last snapshot known to be durable")
+	st.snapshot, st.cand, st.candLSN = st.safe, "", ""
 	return nil
-}
-
-// fromXmin returns the pg_snapshot "xmin:xmax:xip,…" as "xmin:xmin:": every
-// transaction from xmin on counts as not yet seen.
-func fromXmin(snapshot string) string {
-	xmin, _, ok := strings.Cut(snapshot, ":")
-	if !ok {
-		return snapshot
-	}
-	return xmin + ":" + xmin + ":"
 }
 
 // newEpoch replaces the history epoch, once, whichever relay gets there
@@ -355,12 +393,19 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 	return errEpochChanged
 }
 
-// start takes the starting snapshot and every stream's head in it.
+// start takes the starting snapshot and every stream's head in it, and
+// returns once the WAL holds every commit the snapshot shows: the heads go
+// to the sink (and on to clients as positions), and a crash that forgot a
+// commit made with synchronous_commit off would hand its seq to another
+// change. The flush position is compared with the insert position read after
+// the snapshot was taken, which every commit it shows precedes.
 func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error) {
-	var snap string
+	var snap, lsn string
+	var durable bool
 	heads := make(map[string]int64)
 	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snap); err != nil {
+		if err := tx.QueryRow(ctx, `select pg_current_snapshot()::text,
+			pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn(), pg_current_wal_insert_lsn()::text`).Scan(&snap, &durable, &lsn); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, "select stream, last_seq from rowcast.streams")
@@ -374,6 +419,11 @@ func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("capture start: %w", err)
+	}
+	if !durable {
+		if err := WaitFlushed(ctx, conn, lsn); err != nil {
+			return "", nil, fmt.Errorf("capture start: %w", err)
+		}
 	}
 	return snap, heads, nil
 }
@@ -400,14 +450,16 @@ order by committed_at, xid, id`
 // the WAL is flushed up to the insert position read after the snapshot was
 // taken, which its commit record precedes. It also records the answer as
 // rowcast.durable for pollSQL. The flush position is read first, so the
-// answer errs on the side of waiting.
+// answer errs on the side of waiting. Last, it says whether the WAL is
+// flushed through $2, the insert position read after the previous poll's
+// snapshot.
 const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` from rowcast.meta),
   pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot),
   set_config('rowcast.durable', (pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()
     or not exists (select from rowcast.changelog
       where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
         and async_commit))::text, true)::bool,
-  pg_current_wal_insert_lsn()::text`
+  pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn() >= $2::pg_lsn`
 
 // poll reads every transaction that committed since the last snapshot and
 // hands them to the sink; it returns how many changes it read.
@@ -420,7 +472,11 @@ const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` f
 func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin isolation level repeatable read read only")
-	b.Queue(headSQL, st.snapshot)
+	candLSN := st.candLSN
+	if candLSN == "" {
+		candLSN = "FFFFFFFF/FFFFFFFF" // no candidate: never flushed through
+	}
+	b.Queue(headSQL, st.snapshot, candLSN)
 	b.Queue(pollSQL, st.snapshot)
 	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
@@ -429,9 +485,12 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	var next, epoch, lsn string
-	var backwards, durable bool
-	if err := br.QueryRow().Scan(&next, &epoch, &backwards, &durable, &lsn); err != nil {
+	var backwards, durable, candFlushed bool
+	if err := br.QueryRow().Scan(&next, &epoch, &backwards, &durable, &lsn, &candFlushed); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if candFlushed {
+		st.safe = st.cand
 	}
 	if backwards && epoch == st.epoch {
 		// Transaction ids went back: this is another database than the one
@@ -467,6 +526,7 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		if err := WaitFlushed(ctx, conn, lsn); err != nil {
 			return 0, err
 		}
+		st.cand, st.candLSN = "", ""
 		rows, err := conn.Query(ctx, laterSQL, st.snapshot, next)
 		if err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
@@ -474,6 +534,11 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		if n, err = st.read(rows, sink); err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}
+	}
+	if durable {
+		st.cand, st.candLSN = next, lsn
+	} else {
+		st.safe = next // the WAL was flushed through lsn above
 	}
 	st.snapshot = next
 	return n, nil

@@ -12,9 +12,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/internal/jsonstr"
 )
 
 // Kind is how a table maps.
@@ -75,10 +75,10 @@ func New(rules []Rule, o Options) (*Mapper, error) {
 			created:    r.Entity + ":created",
 			updated:    r.Entity + ":updated",
 			deleted:    r.Entity + ":deleted",
-			idKey:      string(appendString(nil, camel+"Id")),
-			rowKey:     string(appendString(nil, camel)),
-			typePrefix: `{"entityType":` + string(appendString(nil, r.Entity)) + `,"entityId":`,
-			resync:     append(append([]byte(`{"type":"resync","reason":"truncate","entityType":`), appendString(nil, r.Entity)...), '}'),
+			idKey:      string(jsonstr.Append(nil, camel+"Id")),
+			rowKey:     string(jsonstr.Append(nil, camel)),
+			typePrefix: `{"entityType":` + string(jsonstr.Append(nil, r.Entity)) + `,"entityId":`,
+			resync:     append(append([]byte(`{"type":"resync","reason":"truncate","entityType":`), jsonstr.Append(nil, r.Entity)...), '}'),
 		}
 	}
 	return m, nil
@@ -129,16 +129,16 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	}
 	b := make([]byte, 0, 160+len(payload)+len(c.Key)+len(c.Actor)+len(c.RequestID))
 	b = append(b, r.typePrefix...)
-	b = appendString(b, c.EntityID)
+	b = jsonstr.Append(b, c.EntityID)
 	b = append(b, `,"action":"`...)
 	b = append(b, action...)
 	b = append(b, `","teamId":`...)
-	b = appendString(b, teamID)
+	b = jsonstr.Append(b, teamID)
 	b = appendActor(b, c)
 	b = append(b, ',')
 	b = append(b, r.idKey...)
 	b = append(b, ':')
-	b = appendString(b, c.EntityID)
+	b = jsonstr.Append(b, c.EntityID)
 	if len(c.Key) > 0 {
 		// A composite key: every key column under its own name, so that a
 		// client can find the row whichever the action.
@@ -166,16 +166,16 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 func legacyEvent(r *rule, c *relay.Change, action, teamID string, payload json.RawMessage) relay.Event {
 	b := make([]byte, 0, 128+len(payload))
 	b = append(b, r.typePrefix...)
-	b = appendString(b, c.EntityID)
+	b = jsonstr.Append(b, c.EntityID)
 	b = append(b, `,"action":"`...)
 	b = append(b, strings.TrimSuffix(action, "d")...)
 	b = append(b, '"')
 	if c.Actor != "" {
 		b = append(b, `,"userId":`...)
-		b = appendString(b, c.Actor)
+		b = jsonstr.Append(b, c.Actor)
 	}
 	b = append(b, `,"teamId":`...)
-	b = appendString(b, teamID)
+	b = jsonstr.Append(b, teamID)
 	b = append(b, `,"data":`...)
 	if payload == nil {
 		b = append(b, "null"...)
@@ -189,11 +189,11 @@ func legacyEvent(r *rule, c *relay.Change, action, teamID string, payload json.R
 func appendActor(b []byte, c *relay.Change) []byte {
 	if c.Actor != "" {
 		b = append(b, `,"userId":`...)
-		b = appendString(b, c.Actor)
+		b = jsonstr.Append(b, c.Actor)
 	}
 	if c.RequestID != "" {
 		b = append(b, `,"requestId":`...)
-		b = appendString(b, c.RequestID)
+		b = jsonstr.Append(b, c.RequestID)
 	}
 	return b
 }
@@ -218,51 +218,3 @@ func camelCase(s string) string {
 	}
 	return strings.Join(parts, "")
 }
-
-const hex = "0123456789abcdef"
-
-// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
-
-// AppendString appends s as a JSON string; transports use it for the
-// fields they add around an event's data.
-func AppendString(b []byte, s string) []byte { return appendString(b, s) }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/internal/jsonstr"
 )
 
 // Task statuses that end a task.
@@ -37,7 +38,7 @@ func mapTask(dst []relay.Event, r *rule, c *relay.Change) []relay.Event {
 
 	b := make([]byte, 0, 256)
 	b = append(b, `{"taskId":`...)
-	b = appendString(b, c.EntityID)
+	b = jsonstr.Append(b, c.EntityID)
 	var name string
 	switch {
 	case c.Op == relay.OpInsert:

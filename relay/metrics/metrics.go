@@ -31,7 +31,9 @@ type Metrics struct {
 }
 
 // New creates the collectors and registers them on reg. sessions, when not
-// nil, is read at scrape time for the open-sessions gauge.
+// nil, is read at scrape time for the rowcast_sessions gauge: the sessions
+// subscribed to the hub (the hub's subscribers), not every open connection
+// (one not authenticated yet does not count).
 func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 	m := &Metrics{

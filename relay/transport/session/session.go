@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"slices"
 	"sync"
@@ -128,16 +127,6 @@ func (s *Session) Receive(msg []byte) { s.h.Message(msg) }
 
 // ReceiveBinary handles one binary message from the client, as Receive.
 func (s *Session) ReceiveBinary(msg []byte) { s.h.Binary(msg) }
-
-// Sent tells the session that its Conn wrote one more of its text frames
-// to the client. It takes no lock.
-func (s *Session) Sent() {
-	s.sent.Add(1)
-	select {
-	case s.space <- struct{}{}:
-	default:
-	}
-}
 
 // Gone tells the session that its connection closed: it leaves the hub
 // and its handler's Closed runs. The Conn calls it once, last.
@@ -382,6 +371,9 @@ func (s *Session) deliverLocked(ev *relay.Event) {
 }
 
 // Reset implements hub.Subscriber: the epoch changed, positions are void.
+// The handler's ResyncLocked tells the client; a replay in flight ends
+// there (it replays the old epoch, and must not say resumed after the
+// resync), and the session goes live from the new heads.
 func (s *Session) Reset(epoch string) {
 	streams := s.currentStreams()
 	heads := s.t.o.Hub.Heads(streams)
@@ -394,6 +386,11 @@ func (s *Session) Reset(epoch string) {
 	copy(s.last, heads)
 	s.pending = nil
 	s.h.ResyncLocked()
+	if s.mode == modeReplay {
+		// replayingLocked is false from now on: the replay stops before
+		// its next event.
+		s.mode = modeLive
+	}
 }
 
 func (s *Session) currentStreams() []string {
@@ -441,55 +438,6 @@ func (s *Session) PositionLocked() string {
 	return relay.EncodePosition(s.epoch, s.streams, func(i int) int64 { return s.last[i] })
 }
 
-// WriteLocked queues a text frame after those already queued; it counts
-// against the queue until the Conn reports it written. It does nothing once
-// the session is closing.
-func (s *Session) WriteLocked(frame []byte) {
-	if s.mode == modeClosed {
-		return
-	}
-	// Every text frame counts, not only events: a client that keeps
-	// sending (pings, binary frames) and reads nothing fills the queue with
-	// answers. When they reach the headroom the session closes with 4008
-	// through the queue, whose last slot stays free for the close, so an
-	// answer never overflows melody's channel into the abort.
-	if s.queued-s.sent.Load() >= int64(s.t.o.QueueSize+queueHeadroom-1) {
-		s.slowLocked()
-		return
-	}
-	s.queued++
-	if err := s.c.Write(frame); err != nil {
-		s.mode = modeClosed
-		s.pending = nil
-	}
-}
-
-// CloseLocked sends a close with code and reason after what is queued, and
-// nothing after it; client messages are ignored from then on. Code 0 sends
-// a close frame without a status (what socket.io's server does on a
-// protocol error).
-func (s *Session) CloseLocked(code int, reason string) {
-	if s.mode == modeClosed {
-		return
-	}
-	s.mode = modeClosed
-	s.pending = nil
-	s.c.Close(code, reason)
-}
-
-// slowLocked closes a session whose queue overflowed with 4008. The close
-// frame goes through the session's queue (which keeps room for it), so the
-// client first receives every frame it was sent, each with its position, and
-// then resumes from the last one without loss. A client that reads nothing
-// at all is cut off by the write timeout.
-func (s *Session) slowLocked() {
-	if s.mode == modeClosed {
-		return
-	}
-	s.t.o.Metrics.SlowClose()
-	s.CloseLocked(CloseSlowConsumer, "slow consumer")
-}
-
 // GoLiveLocked sends the live events held so far and every later one as it
 // is delivered. It does nothing unless the session is started and holding.
 func (s *Session) GoLiveLocked() {
@@ -505,157 +453,6 @@ func (s *Session) GoLiveLocked() {
 			return
 		}
 	}
-}
-
-// ResumeLocked replays, in its own goroutine, every event after since that
-// the session's scope allows, in order, then calls the handler's
-// ResumedLocked and goes live. A since that cannot be served (malformed,
-// another epoch, pruned, or more than ReplayLimit events behind) calls
-// ResyncLocked instead and goes live from the head. It reports false, doing
-// nothing, unless the session is started and awaiting.
-func (s *Session) ResumeLocked(since string) bool {
-	if s.mode != modeAwait {
-		return false
-	}
-	s.mode = modeReplay
-	go s.resume(s.ctx, s.gen, since)
-	return true
-}
-
-// replayingLocked reports whether the replay of Start generation gen may
-// go on.
-func (s *Session) replayingLocked(gen uint64) bool {
-	return s.gen == gen && s.mode == modeReplay
-}
-
-func (s *Session) resume(ctx context.Context, gen uint64, since string) {
-	s.mu.Lock()
-	if !s.replayingLocked(gen) {
-		s.mu.Unlock()
-		return
-	}
-	epoch := s.epoch
-	streams := slices.Clone(s.streams)
-	s.mu.Unlock()
-
-	pos, err := relay.ParsePosition(since)
-	if err != nil || pos.Epoch != epoch {
-		s.resyncAndGoLive(gen)
-		return
-	}
-	from := make(map[string]int64, len(streams))
-	s.mu.Lock()
-	if !s.replayingLocked(gen) {
-		s.mu.Unlock()
-		return
-	}
-	for i, st := range s.streams {
-		seq, ok := pos.Seqs[st]
-		if !ok {
-			continue // a stream the position does not know starts live
-		}
-		if seq >= s.heads[i] {
-			// The client is at or ahead of this relay's head (another replica
-			// was ahead): send nothing up to its seq again.
-			s.last[i] = max(s.last[i], seq)
-			from[st] = seq
-			continue
-		}
-		s.last[i] = seq
-		from[st] = seq
-	}
-	s.mu.Unlock()
-
-	replayed := 0
-	limit := s.t.o.ReplayLimit
-	var events []relay.Event
-	err = s.t.o.History.Replay(ctx, from, func(changes []relay.Change) error {
-		for i := range changes {
-			events = s.t.o.Mapper.Map(events[:0], &changes[i])
-			for j := range events {
-				if err := s.waitSpace(ctx, gen); err != nil {
-					return err
-				}
-				ev := events[j]
-				s.mu.Lock()
-				if !s.replayingLocked(gen) {
-					s.mu.Unlock()
-					return errClosed
-				}
-				before := s.queued
-				s.sendEventLocked(&ev)
-				if s.queued > before {
-					replayed++
-				}
-				s.mu.Unlock()
-				if replayed > limit {
-					return relay.ErrHistoryExpired
-				}
-			}
-		}
-		return nil
-	})
-	switch {
-	case err == nil:
-		s.mu.Lock()
-		if s.replayingLocked(gen) {
-			s.h.ResumedLocked(replayed)
-			s.GoLiveLocked()
-		}
-		s.mu.Unlock()
-		s.t.o.Metrics.Resumed(replayed)
-	case errors.Is(err, relay.ErrHistoryExpired):
-		s.resyncAndGoLive(gen)
-	case errors.Is(err, errClosed) || ctx.Err() != nil:
-	default:
-		s.t.o.Logger.Warn("resume failed", "err", err)
-		s.mu.Lock()
-		s.CloseLocked(CloseInternal, "resume failed, reconnect with since")
-		s.mu.Unlock()
-	}
-}
-
-// errClosed ends a replay whose session closed or restarted.
-const errClosed = relay.Error("session closed")
-
-// waitSpace blocks while the session's socket queue is more than half full,
-// so a long replay is paced by the client instead of overflowing.
-func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
-	half := int64(s.t.o.QueueSize / 2)
-	for {
-		s.mu.Lock()
-		inflight := s.queued - s.sent.Load()
-		ok := s.replayingLocked(gen)
-		s.mu.Unlock()
-		if !ok {
-			return errClosed
-		}
-		if inflight < half {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.space:
-		}
-	}
-}
-
-// resyncAndGoLive gives up a replay: the session's position jumps to the
-// head (never back below what was already sent), the handler tells the
-// client to resync, and live events flow.
-func (s *Session) resyncAndGoLive(gen uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.replayingLocked(gen) {
-		return
-	}
-	for i := range s.last {
-		s.last[i] = max(s.last[i], s.heads[i])
-	}
-	s.h.ResyncLocked()
-	s.GoLiveLocked()
-	s.t.o.Metrics.Resync()
 }
 
 // partMark names one event of a change: its stream, seq and part.

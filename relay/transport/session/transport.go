@@ -36,19 +36,19 @@ import (
 // Close codes of docs/protocol.md section 7, used by both protocols.
 const (
 	CloseGoingAway    = 1001
-	CloseInternal     = 1011
 	CloseBadRequest   = 4400
 	CloseUnauthorized = 4401
 	CloseSlowConsumer = 4008
 	CloseRateLimited  = 4429
 )
 
-// Options configures a Transport. Hub, History, Mapper and Verifier are
-// required; zero limits select the docs/protocol.md defaults.
+// Options configures a Transport. Hub, History and Verifier are required;
+// zero limits select the docs/protocol.md defaults.
 type Options struct {
-	Hub      *hub.Hub
+	Hub *hub.Hub
+	// History replays the events a resume asks for, mapped as the live
+	// events the hub delivers are (relay.MappedHistory).
 	History  relay.History
-	Mapper   relay.Mapper
 	Verifier *auth.Verifier
 	// Origins lists the browser origins allowed to connect
 	// ("https://crm.example.com"); requests without Origin are allowed.

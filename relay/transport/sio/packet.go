@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/rowcast/rowcast/relay/mapping"
+	"github.com/rowcast/rowcast/relay/internal/jsonstr"
 )
 
 // Engine.IO 4 packet types: the first byte of a WebSocket text frame.
@@ -269,4 +269,4 @@ func resyncData(frame []byte) []byte {
 }
 
 // appendJSONString appends s as a JSON string.
-func appendJSONString(dst []byte, s string) []byte { return mapping.AppendString(dst, s) }
+func appendJSONString(dst []byte, s string) []byte { return jsonstr.Append(dst, s) }

@@ -29,7 +29,8 @@ import (
 
 const testSecret = "sio-test-secret-sio-test-secret-0123456"
 
-// memHistory is an in-memory relay.History: the changes published so far.
+// memHistory is an in-memory relay.ChangeHistory: the changes published so
+// far. The transport replays them through relay.MappedHistory.
 type memHistory struct {
 	mu      sync.Mutex
 	changes []relay.Change
@@ -87,7 +88,7 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 		t.Fatal(err)
 	}
 	hist := &memHistory{pruned: map[string]int64{}}
-	tr := session.New(session.Options{Hub: h, History: hist, Mapper: eventMapper{}, Verifier: v, Heartbeat: heartbeat})
+	tr := session.New(session.Options{Hub: h, History: relay.MappedHistory{Changes: hist, Mapper: eventMapper{}}, Verifier: v, Heartbeat: heartbeat})
 	ts := httptest.NewServer(New(tr, o))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

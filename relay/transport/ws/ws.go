@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -25,47 +24,22 @@ import (
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/hub"
-	"github.com/rowcast/rowcast/relay/mapping"
+	"github.com/rowcast/rowcast/relay/internal/jsonstr"
 	"github.com/rowcast/rowcast/relay/metrics"
 	"github.com/rowcast/rowcast/relay/transport/session"
-)
-
-// Close codes of docs/protocol.md section 7.
-const (
-	CloseGoingAway    = session.CloseGoingAway
-	CloseInternal     = session.CloseInternal
-	CloseBadRequest   = session.CloseBadRequest
-	CloseUnauthorized = session.CloseUnauthorized
-	CloseSlowConsumer = session.CloseSlowConsumer
-	CloseRateLimited  = session.CloseRateLimited
 )
 
 // Protocol is the wire protocol version sent in welcome.
 const Protocol = 1
 
-// Options configures a Server. Hub, History, Mapper and Verifier are
-// required; zero limits select the docs/protocol.md defaults.
+// Options configures a Server: the session.Options of its Transport (Hub,
+// History and Verifier required; zero limits select the docs/protocol.md
+// defaults) and the plain protocol's own settings.
 type Options struct {
-	Hub      *hub.Hub
-	History  relay.History
-	Mapper   relay.Mapper
-	Verifier *auth.Verifier
-	// Origins lists the browser origins allowed to connect
-	// ("https://crm.example.com"); requests without Origin are allowed.
-	Origins        []string
-	Heartbeat      time.Duration // default 25s
-	QueueSize      int           // default 256
-	MaxMessageSize int64         // default 4096
-	RateLimit      float64       // default 20/s
-	RateBurst      int           // default 50
-	RateStrikes    int           // default 20
-	ReplayLimit    int           // default 100000
+	session.Options
 	// ResumeGrace is how long a new session without since holds live events
 	// waiting for a resume message. Default 250ms.
 	ResumeGrace time.Duration
-	Logger      *slog.Logger
-	Metrics     *metrics.Metrics // nil: not measured
 }
 
 // Server is the /ws endpoint. It implements http.Handler.
@@ -79,12 +53,7 @@ func New(o Options) *Server {
 	if o.ResumeGrace <= 0 {
 		o.ResumeGrace = 250 * time.Millisecond
 	}
-	t := session.New(session.Options{
-		Hub: o.Hub, History: o.History, Mapper: o.Mapper, Verifier: o.Verifier, Origins: o.Origins,
-		Heartbeat: o.Heartbeat, QueueSize: o.QueueSize, MaxMessageSize: o.MaxMessageSize,
-		RateLimit: o.RateLimit, RateBurst: o.RateBurst, RateStrikes: o.RateStrikes,
-		ReplayLimit: o.ReplayLimit, Logger: o.Logger, Metrics: o.Metrics,
-	})
+	t := session.New(o.Options)
 	return &Server{t: t, grace: o.ResumeGrace}
 }
 
@@ -143,7 +112,7 @@ func (c *conn) Open() {
 		c.metrics().Refused("unauthorized")
 		c.s.Lock()
 		c.s.WriteLocked(errorFrame("unauthorized", c.authErr.Error()))
-		c.s.CloseLocked(CloseUnauthorized, "unauthorized")
+		c.s.CloseLocked(session.CloseUnauthorized, "unauthorized")
 		c.s.Unlock()
 		return
 	}
@@ -209,7 +178,7 @@ func (c *conn) Message(msg []byte) {
 	if allowed, closeNow := s.AllowLocked(); !allowed {
 		if closeNow {
 			s.WriteLocked(errorFrame("rate_limited", "too many messages"))
-			s.CloseLocked(CloseRateLimited, "rate limited")
+			s.CloseLocked(session.CloseRateLimited, "rate limited")
 		} else {
 			s.WriteLocked(errorFrame("rate_limited", "message rate limit exceeded"))
 		}
@@ -218,7 +187,7 @@ func (c *conn) Message(msg []byte) {
 	}
 	if !isJSONObject(msg) {
 		if first {
-			s.CloseLocked(CloseBadRequest, "first message must be a JSON object")
+			s.CloseLocked(session.CloseBadRequest, "first message must be a JSON object")
 		} else {
 			s.WriteLocked(errorFrame("bad_request", "message is not a JSON object"))
 		}
@@ -299,7 +268,7 @@ func (c *conn) reauth(token string) {
 			msg = err.Error()
 		}
 		s.WriteLocked(errorFrame("unauthorized", msg))
-		s.CloseLocked(CloseUnauthorized, "unauthorized")
+		s.CloseLocked(session.CloseUnauthorized, "unauthorized")
 		s.Unlock()
 		return
 	}
@@ -339,7 +308,7 @@ func (c *conn) EventLocked(ev *relay.Event) []byte {
 	pos := c.s.PositionLocked()
 	frame := make([]byte, 0, 48+len(ev.Name)+len(pos)+len(ev.Data))
 	frame = append(frame, `{"type":"event","event":`...)
-	frame = mapping.AppendString(frame, ev.Name)
+	frame = jsonstr.Append(frame, ev.Name)
 	frame = append(frame, `,"position":"`...)
 	frame = append(frame, pos...)
 	frame = append(frame, `","data":`...)
@@ -365,7 +334,7 @@ func (c *conn) ResumedLocked(replayed int) {
 // ExpiredLocked sends the token_expired error and closes with 4401.
 func (c *conn) ExpiredLocked() {
 	c.s.WriteLocked(errorFrame("token_expired", "token expired"))
-	c.s.CloseLocked(CloseUnauthorized, "token expired")
+	c.s.CloseLocked(session.CloseUnauthorized, "token expired")
 }
 
 // fieldTypeMessage describes a client message that failed to decode

@@ -39,6 +39,7 @@ import (
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
+	"github.com/rowcast/rowcast/relay/transport/session"
 	"github.com/rowcast/rowcast/relay/transport/sio"
 	"github.com/rowcast/rowcast/relay/transport/ws"
 	"github.com/rowcast/rowcast/triggers"
@@ -127,11 +128,20 @@ func New(o Options) (*Relay, error) {
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
-		r.holder = logical.New(cfg.Database.URL, logical.Options{
+		dbcfg, err := pgx.ParseConfig(cfg.Database.URL)
+		if err != nil {
+			return nil, fmt.Errorf("server: database url: %w", err)
+		}
+		rcfg := logical.ReplicationConfig(&dbcfg.Config)
+		r.holder = logical.New(logical.Options{
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
 			Retry: o.LogicalRetry, ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
+			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
+			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
+				return pgconn.ConnectConfig(ctx, rcfg)
+			},
 		})
 	}
 	return r, nil
@@ -205,14 +215,16 @@ func (r *Relay) Run(ctx context.Context) error {
 	if len(r.o.Pages) > 0 {
 		origins = append(slices.Clip(origins), ownOrigins(ln.Addr())...)
 	}
-	hist := changelog.NewHistory(pool)
-	r.ws = ws.New(ws.Options{
-		Hub: r.hub, History: hist, Mapper: r.mapper, Verifier: r.verifier, Origins: origins,
+	// Replayed changes are mapped by the pipeline's mapper, so a resumed
+	// session gets the events a live one got.
+	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
+	r.ws = ws.New(ws.Options{Options: session.Options{
+		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
-	})
+	}})
 	r.sio = sio.New(r.ws.Transport(), sio.Options{ConnectTimeout: cfg.Sessions.ConnectTimeout,
 		Polling: cfg.Sessions.SIOPollingEnabled(), Logger: r.log.With("component", "sio")})
 

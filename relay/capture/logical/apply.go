@@ -1,0 +1,370 @@
+package logical
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// applier replicates one connected period. Source transactions are applied
+// in group commits: consecutive source transactions share one database
+// transaction until it holds GroupRows changes, GroupDelay has passed, or
+// the stream has nothing more to deliver at once. Every row records its own
+// source commit time (rowcast.commit_time, the changelog's origin_at
+// default), and the database transaction also records the last source
+// commit LSN it covers; only after it commits is that source transaction's
+// end LSN acknowledged.
+type applier struct {
+	h       *Holder
+	db      *pgx.Conn
+	rels    map[uint32]*relation
+	applied pglogrepl.LSN // last source commit LSN written to the changelog
+
+	// progressed is set once this attempt counts as a success: it
+	// committed into the changelog, or streamed for Retry without error.
+	progressed bool
+	started    time.Time
+
+	inTxn bool // between a source Begin and Commit
+	skip  bool // the source transaction was written before a crash
+	begin pglogrepl.BeginMessage
+
+	// The open database transaction and what it covers.
+	tx        pgx.Tx
+	txStart   time.Time
+	batch     *pgx.Batch
+	rows      int // changes queued in this database transaction
+	lastLSN   pglogrepl.LSN
+	lastEnd   pglogrepl.LSN
+	committed bool          // the transaction covers at least one whole source transaction
+	beganAt   pglogrepl.LSN // FinalLSN of the last source transaction that queued something
+
+	// A run of changes of one relation version, sent as one statement.
+	run struct {
+		rel                  *relation
+		ops                  []string
+		news, olds           []*string
+		newAbsent, oldAbsent []*string
+	}
+}
+
+func (a *applier) loadApplied(ctx context.Context) error {
+	var lsn *string
+	err := a.db.QueryRow(ctx, "select commit_lsn::text from rowcast.logical_state where slot = $1", a.h.o.Slot).Scan(&lsn)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("logical state: %w", err)
+	}
+	if lsn != nil {
+		l, err := pglogrepl.ParseLSN(*lsn)
+		if err != nil {
+			return fmt.Errorf("logical state: %w", err)
+		}
+		a.applied = l
+	}
+	return nil
+}
+
+// stream receives and applies until an error or ctx ends.
+func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogrepl.LSN) error {
+	acked := max(start, a.applied)
+	var serverEnd pglogrepl.LSN
+	nextStatus := time.Now().Add(a.h.o.StandbyInterval)
+	var lastReport time.Time
+	soon := func(d time.Duration) {
+		if t := lastReport.Add(d); t.Before(nextStatus) {
+			nextStatus = t
+		}
+	}
+	report := func() error {
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: acked})
+		if err != nil {
+			return fmt.Errorf("logical standby status: %w", &replicationError{err})
+		}
+		lastReport = time.Now()
+		nextStatus = lastReport.Add(a.h.o.StandbyInterval)
+		if a.h.o.OnProgress != nil {
+			lag := uint64(0)
+			if serverEnd > acked {
+				lag = uint64(serverEnd - acked)
+			}
+			a.h.o.OnProgress(uint64(a.applied), lag)
+		}
+		return nil
+	}
+	a.started = time.Now()
+	progress := func() {
+		if !a.progressed {
+			a.progressed = true
+			a.h.attempt(nil)
+		}
+	}
+	groupCommit := func() error {
+		end, err := a.commitGroup(ctx)
+		if err != nil {
+			return err
+		}
+		progress()
+		if end > acked {
+			acked = end
+			soon(200 * time.Millisecond)
+		}
+		return nil
+	}
+	defer func() {
+		if a.tx != nil {
+			_ = a.tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	for {
+		now := time.Now()
+		if now.Sub(a.started) >= a.h.o.Retry {
+			progress()
+		}
+		if a.committed && !a.inTxn && (a.rows >= a.h.o.GroupRows || now.Sub(a.txStart) >= a.h.o.GroupDelay) {
+			if err := groupCommit(); err != nil {
+				return err
+			}
+		}
+		if now.After(nextStatus) {
+			if err := report(); err != nil {
+				return err
+			}
+		}
+		deadline := nextStatus
+		if t := a.started.Add(a.h.o.Retry); !a.progressed && t.Before(deadline) {
+			deadline = t // wake to record the attempt's success
+		}
+		if a.committed && !a.inTxn {
+			// Whole source transactions are waiting: commit them as soon as
+			// the stream pauses.
+			deadline = now.Add(time.Millisecond)
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				if a.committed && !a.inTxn {
+					if err := groupCommit(); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			return fmt.Errorf("logical receive: %w", &replicationError{err})
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("logical receive: %w", &replicationError{pgconn.ErrorResponseToPgError(m)})
+		case *pgproto3.CopyData:
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("logical keepalive: %w", err)
+				}
+				serverEnd = max(serverEnd, ka.ServerWALEnd)
+				// With nothing received but unwritten, everything up to
+				// the server's position is handled: move the slot forward
+				// so an idle slot holds no WAL, and say so within a second.
+				if !a.inTxn && a.tx == nil && ka.ServerWALEnd > acked {
+					acked = ka.ServerWALEnd
+					soon(time.Second)
+				}
+				if ka.ReplyRequested {
+					if err := report(); err != nil {
+						return err
+					}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("logical xlogdata: %w", err)
+				}
+				serverEnd = max(serverEnd, xld.ServerWALEnd)
+				end, err := a.handle(ctx, xld.WALData)
+				if err != nil {
+					return err
+				}
+				if end > acked && a.tx == nil {
+					// A source transaction with nothing to write, or one
+					// already written before a restart.
+					acked = end
+					soon(200 * time.Millisecond)
+				}
+			}
+		}
+	}
+}
+
+// handle applies one pgoutput message. It returns the end LSN of a source
+// transaction that needed no writing (nothing captured, or written before a
+// crash), and 0 otherwise.
+func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error) {
+	msg, err := decodeMessage(data)
+	if err != nil {
+		return 0, fmt.Errorf("logical decode: %w", err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessageV2:
+		return 0, a.relation(ctx, &m.RelationMessage)
+	case *pglogrepl.BeginMessage:
+		a.inTxn, a.begin = true, *m
+		a.skip = m.FinalLSN <= a.applied
+	case *pglogrepl.CommitMessage:
+		a.inTxn = false
+		if a.skip || !a.touched() {
+			return m.TransactionEndLSN, nil
+		}
+		a.lastLSN, a.lastEnd, a.committed = m.CommitLSN, m.TransactionEndLSN, true
+	case *pglogrepl.InsertMessageV2:
+		return 0, a.change(ctx, m.RelationID, "INSERT", m.Tuple, nil)
+	case *pglogrepl.UpdateMessageV2:
+		old := m.OldTuple
+		if old == nil {
+			old = a.rels[m.RelationID].keyOf(m.NewTuple)
+		}
+		return 0, a.change(ctx, m.RelationID, "UPDATE", m.NewTuple, old)
+	case *pglogrepl.DeleteMessageV2:
+		return 0, a.change(ctx, m.RelationID, "DELETE", nil, m.OldTuple)
+	case *pglogrepl.TruncateMessageV2:
+		for _, id := range m.RelationIDs {
+			if rel := a.rels[id]; rel != nil && !a.skip {
+				if err := a.open(ctx); err != nil {
+					return 0, err
+				}
+				a.queueSQL("select rowcast.truncated_logical($1)", rel.table)
+			}
+		}
+	case *pglogrepl.LogicalDecodingMessageV2:
+		return 0, a.message(ctx, &m.LogicalDecodingMessage)
+	}
+	return 0, nil
+}
+
+// touched reports whether the current source transaction queued anything.
+func (a *applier) touched() bool { return a.tx != nil && a.beganAt == a.begin.FinalLSN }
+
+// message handles rowcast's transactional logical messages: the actor and
+// the request id named by rowcast.set_actor / rowcast.set_request_id.
+func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
+	if !m.Transactional || !a.inTxn || a.skip {
+		return nil
+	}
+	var setting string
+	switch m.Prefix {
+	case "rowcast.actor":
+		setting = "rowcast.actor_id"
+	case "rowcast.request_id":
+		setting = "rowcast.request_id"
+	default:
+		return nil
+	}
+	if err := a.open(ctx); err != nil {
+		return err
+	}
+	a.queueSQL("select set_config($1, $2, true)", setting, string(m.Content))
+	return nil
+}
+
+func (a *applier) change(ctx context.Context, relID uint32, op string, newT, oldT *pglogrepl.TupleData) error {
+	if a.skip {
+		return nil
+	}
+	rel := a.rels[relID]
+	if rel == nil {
+		return fmt.Errorf("logical decode: change for unknown relation %d", relID)
+	}
+	if err := a.open(ctx); err != nil {
+		return err
+	}
+	if a.run.rel != rel {
+		a.endRun()
+		a.run.rel = rel
+	}
+	a.run.ops = append(a.run.ops, op)
+	n, na := tupleJSON(rel, newT, oldT)
+	o, oa := tupleJSON(rel, oldT, nil)
+	a.run.news, a.run.newAbsent = append(a.run.news, n), append(a.run.newAbsent, na)
+	a.run.olds, a.run.oldAbsent = append(a.run.olds, o), append(a.run.oldAbsent, oa)
+	a.rows++
+	if len(a.run.ops) >= a.h.o.Batch {
+		return a.send(ctx)
+	}
+	return nil
+}
+
+// open starts the database transaction if none is open and marks the
+// current source transaction as touched.
+func (a *applier) open(ctx context.Context) error {
+	if a.tx == nil {
+		tx, err := a.db.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("logical apply: %w", err)
+		}
+		a.tx, a.batch, a.txStart, a.rows, a.committed = tx, &pgx.Batch{}, time.Now(), 0, false
+		a.beganAt = 0
+	}
+	if a.beganAt != a.begin.FinalLSN {
+		a.beganAt = a.begin.FinalLSN
+		a.endRun()
+		a.queueSQL("select set_config('rowcast.commit_time', $1, true), set_config('rowcast.actor_id', '', true), set_config('rowcast.request_id', '', true)",
+			a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
+// endRun queues the current run of one relation's changes as one statement.
+func (a *applier) endRun() {
+	if len(a.run.ops) == 0 {
+		return
+	}
+	a.batch.Queue(a.run.rel.sql, a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent)
+	a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent = nil, nil, nil, nil, nil
+}
+
+func (a *applier) queueSQL(sql string, args ...any) {
+	a.endRun()
+	a.batch.Queue(sql, args...)
+}
+
+// send sends what is queued.
+func (a *applier) send(ctx context.Context) error {
+	a.endRun()
+	if a.batch == nil || a.batch.Len() == 0 {
+		return nil
+	}
+	err := a.tx.SendBatch(ctx, a.batch).Close()
+	a.batch = &pgx.Batch{}
+	if err != nil {
+		return fmt.Errorf("logical apply: %w", err)
+	}
+	return nil
+}
+
+// commitGroup writes the open database transaction with the last source
+// commit LSN it covers and returns that transaction's end LSN, which may
+// now be acknowledged.
+func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
+	if a.tx == nil || !a.committed {
+		return 0, nil
+	}
+	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
+		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
+	if err := a.send(ctx); err != nil {
+		return 0, err
+	}
+	err := a.tx.Commit(ctx)
+	a.tx = nil
+	if err != nil {
+		return 0, fmt.Errorf("logical apply commit: %w", err)
+	}
+	a.applied, a.committed = a.lastLSN, false
+	return a.lastEnd, nil
+}

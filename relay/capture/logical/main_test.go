@@ -1,0 +1,12 @@
+package logical
+
+import (
+	"os"
+	"testing"
+
+	"github.com/rowcast/rowcast/relay/pgtest"
+)
+
+var pg pgtest.Server
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg)) }

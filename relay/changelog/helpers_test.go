@@ -1,0 +1,232 @@
+package changelog_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/triggers"
+)
+
+// schema is the application the tests capture: items carry their team;
+// notes take theirs from their deal, and go with it (ON DELETE CASCADE);
+// links too, and lose it (ON DELETE SET NULL).
+const schema = `
+create table items (id bigint primary key, team_id bigint, v int not null default 0);
+create table deals (id bigint primary key, team_id bigint not null);
+create table notes (id bigint primary key, deal_id bigint not null references deals on delete cascade, body text);
+create table links (id bigint primary key, deal_id bigint references deals on delete set null);
+`
+
+// db is a fresh database with schema and rowcast installed.
+type db struct {
+	t    *testing.T
+	url  string
+	conn *pgx.Conn
+	pool *pgxpool.Pool
+}
+
+func newDB(t *testing.T) *db {
+	t.Helper()
+	url := pg.NewDatabase(t)
+	d := &db{t: t, url: url, conn: connect(t, url)}
+	d.exec(schema)
+	cfg := &config.Config{Tables: []config.Table{
+		config.Table{Table: "items"}.WithDefaults(),
+		config.Table{Table: "deals"}.WithDefaults(),
+		config.Table{Table: "notes", TeamFrom: &config.TeamFrom{Table: "deals", Key: "deal_id", Column: "team_id"}}.WithDefaults(),
+		config.Table{Table: "links", TeamFrom: &config.TeamFrom{Table: "deals", Key: "deal_id", Column: "team_id"}}.WithDefaults(),
+	}}
+	cfg.Capture.Mode = config.ModeTrigger
+	p, err := triggers.Prepare(t.Context(), d.conn, cfg)
+	if err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	if _, err := triggers.Install(t.Context(), d.conn, p); err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	pool, err := pgxpool.New(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	d.pool = pool
+	return d
+}
+
+func connect(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func (d *db) exec(sql string, args ...any) {
+	d.t.Helper()
+	if _, err := d.conn.Exec(d.t.Context(), sql, args...); err != nil {
+		d.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (d *db) begin() pgx.Tx {
+	d.t.Helper()
+	tx, err := connect(d.t, d.url).Begin(d.t.Context())
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return tx
+}
+
+func txExec(t *testing.T, tx pgx.Tx, sql string, args ...any) {
+	t.Helper()
+	if _, err := tx.Exec(t.Context(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func commit(t *testing.T, tx pgx.Tx) {
+	t.Helper()
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+}
+
+func (d *db) queryInt(sql string, args ...any) int64 {
+	d.t.Helper()
+	var n int64
+	if err := d.conn.QueryRow(d.t.Context(), sql, args...).Scan(&n); err != nil {
+		d.t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// recorder is a relay.Sink that keeps what it is handed.
+type recorder struct {
+	mu     sync.Mutex
+	resets []map[string]int64
+	txns   []relay.Txn
+	more   chan struct{} // signalled after every call
+}
+
+func newRecorder() *recorder { return &recorder{more: make(chan struct{}, 1)} }
+
+func (r *recorder) Reset(epoch string, heads map[string]int64) {
+	r.mu.Lock()
+	r.resets = append(r.resets, heads)
+	r.mu.Unlock()
+	r.signal()
+}
+
+func (r *recorder) Txn(txn *relay.Txn) {
+	r.mu.Lock()
+	r.txns = append(r.txns, *txn)
+	r.mu.Unlock()
+	r.signal()
+}
+
+func (r *recorder) signal() {
+	select {
+	case r.more <- struct{}{}:
+	default:
+	}
+}
+
+// changes returns every change handed on so far, in order.
+func (r *recorder) changes() []relay.Change {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var all []relay.Change
+	for _, txn := range r.txns {
+		all = append(all, txn.Changes...)
+	}
+	return all
+}
+
+// waitChanges waits until n changes were handed on and returns them; it
+// fails the test after 10 seconds.
+func (r *recorder) waitChanges(t *testing.T, n int) []relay.Change {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		if all := r.changes(); len(all) >= n {
+			return all
+		}
+		select {
+		case <-r.more:
+		case <-deadline.C:
+			t.Fatalf("got %d changes, want %d:\n%s", len(r.changes()), n, describe(r.changes()))
+		}
+	}
+}
+
+// describe renders changes one per line, for failure messages.
+func describe(chs []relay.Change) string {
+	var b strings.Builder
+	for _, ch := range chs {
+		fmt.Fprintf(&b, "  xid %d %s #%d %s %c %s\n", ch.XID, ch.Stream, ch.Seq, ch.Table, ch.Op, ch.EntityID)
+	}
+	return b.String()
+}
+
+// tail starts a Tail of d into a new recorder and waits until it is ready.
+func (d *db) tail() *recorder {
+	d.t.Helper()
+	rec := newRecorder()
+	d.tailInto(rec)
+	return rec
+}
+
+// tailInto starts a Tail of d into sink and waits until it is ready.
+func (d *db) tailInto(sink relay.Sink) {
+	d.t.Helper()
+	d.tailWith(sink, changelog.TailOptions{})
+}
+
+// tailWith starts a Tail of d into sink, with o (but polling at least every
+// 20ms), and waits until it is ready.
+func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
+	d.t.Helper()
+	o.PollMin, o.PollMax = time.Millisecond, 20*time.Millisecond
+	tl := changelog.NewTail(d.url, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, sink) }()
+	d.t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-tl.Ready():
+	case err := <-done:
+		d.t.Fatalf("tail: %v", err)
+	case <-time.After(30 * time.Second):
+		d.t.Fatal("tail not ready after 30s")
+	}
+}
+
+// key is what identifies a change in a test's expectations.
+type key struct {
+	Stream string
+	Seq    int64
+	Table  string
+	Op     relay.Op
+	Entity string
+}
+
+func keys(chs []relay.Change) []key {
+	out := make([]key, len(chs))
+	for i, ch := range chs {
+		out[i] = key{ch.Stream, ch.Seq, strings.TrimPrefix(ch.Table, "public."), ch.Op, ch.EntityID}
+	}
+	return out
+}

@@ -1,0 +1,159 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/rowcast/rowcast/relay"
+)
+
+// ResumeLocked replays, in its own goroutine, every event after since that
+// the session's scope allows, in order, then calls the handler's
+// ResumedLocked and goes live. A since that cannot be served (malformed,
+// another epoch, pruned, or more than ReplayLimit events behind) calls
+// ResyncLocked instead and goes live from the head. It reports false, doing
+// nothing, unless the session is started and awaiting.
+func (s *Session) ResumeLocked(since string) bool {
+	if s.mode != modeAwait {
+		return false
+	}
+	s.mode = modeReplay
+	go s.resume(s.ctx, s.gen, since)
+	return true
+}
+
+// replayingLocked reports whether the replay of Start generation gen may
+// go on.
+func (s *Session) replayingLocked(gen uint64) bool {
+	return s.gen == gen && s.mode == modeReplay
+}
+
+func (s *Session) resume(ctx context.Context, gen uint64, since string) {
+	s.mu.Lock()
+	if !s.replayingLocked(gen) {
+		s.mu.Unlock()
+		return
+	}
+	epoch := s.epoch
+	streams := slices.Clone(s.streams)
+	s.mu.Unlock()
+
+	pos, err := relay.ParsePosition(since)
+	if err != nil || pos.Epoch != epoch {
+		s.resyncAndGoLive(gen)
+		return
+	}
+	from := make(map[string]int64, len(streams))
+	s.mu.Lock()
+	if !s.replayingLocked(gen) {
+		s.mu.Unlock()
+		return
+	}
+	for i, st := range s.streams {
+		seq, ok := pos.Seqs[st]
+		if !ok {
+			continue // a stream the position does not know starts live
+		}
+		if seq >= s.heads[i] {
+			// The client is at or ahead of this relay's head (another replica
+			// was ahead): send nothing up to its seq again.
+			s.last[i] = max(s.last[i], seq)
+			from[st] = seq
+			continue
+		}
+		s.last[i] = seq
+		from[st] = seq
+	}
+	s.mu.Unlock()
+
+	replayed := 0
+	limit := s.t.o.ReplayLimit
+	err = s.t.o.History.Replay(ctx, from, func(events []relay.Event) error {
+		for j := range events {
+			if err := s.waitSpace(ctx, gen); err != nil {
+				return err
+			}
+			ev := events[j]
+			s.mu.Lock()
+			if !s.replayingLocked(gen) {
+				s.mu.Unlock()
+				return errClosed
+			}
+			before := s.queued
+			s.sendEventLocked(&ev)
+			if s.queued > before {
+				replayed++
+			}
+			s.mu.Unlock()
+			if replayed > limit {
+				return relay.ErrHistoryExpired
+			}
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		if s.replayingLocked(gen) {
+			s.h.ResumedLocked(replayed)
+			s.GoLiveLocked()
+		}
+		s.mu.Unlock()
+		s.t.o.Metrics.Resumed(replayed)
+	case errors.Is(err, relay.ErrHistoryExpired):
+		s.resyncAndGoLive(gen)
+	case errors.Is(err, errClosed) || ctx.Err() != nil:
+	default:
+		// PROTOCOL.md section 7 has one code for "this relay cannot serve
+		// you now; reconnect with jitter, with since": 1001. A client that
+		// does so resumes where it was, here or on another replica.
+		s.t.o.Logger.Warn("resume failed", "err", err)
+		s.mu.Lock()
+		s.CloseLocked(CloseGoingAway, "resume failed, reconnect with since")
+		s.mu.Unlock()
+	}
+}
+
+// errClosed ends a replay whose session closed or restarted.
+const errClosed = relay.Error("session closed")
+
+// waitSpace blocks while the session's socket queue is more than half full,
+// so a long replay is paced by the client instead of overflowing.
+func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
+	half := int64(s.t.o.QueueSize / 2)
+	for {
+		s.mu.Lock()
+		inflight := s.queued - s.sent.Load()
+		ok := s.replayingLocked(gen)
+		s.mu.Unlock()
+		if !ok {
+			return errClosed
+		}
+		if inflight < half {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.space:
+		}
+	}
+}
+
+// resyncAndGoLive gives up a replay: the session's position jumps to the
+// head (never back below what was already sent), the handler tells the
+// client to resync, and live events flow.
+func (s *Session) resyncAndGoLive(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.replayingLocked(gen) {
+		return
+	}
+	for i := range s.last {
+		s.last[i] = max(s.last[i], s.heads[i])
+	}
+	s.h.ResyncLocked()
+	s.GoLiveLocked()
+	s.t.o.Metrics.Resync()
+}

@@ -1,0 +1,335 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/hub"
+)
+
+// These tests run the Session's await/replay/live state machine on an
+// in-memory hub and history and a Conn that records frames: no database,
+// no socket. The end-to-end suites (cmd/rowcast/internal/server) run the
+// same paths against PostgreSQL and real sockets.
+
+// memHistory is an in-memory relay.History: the events published so far,
+// replayed one change (all its parts) per batch.
+type memHistory struct {
+	mu     sync.Mutex
+	events []relay.Event    // in commit order
+	pruned map[string]int64 // per stream: the seq through which events are gone
+
+	// entered, when set, receives once each Replay has read what it will
+	// replay; gate, when set, then holds the Replay until it is closed.
+	entered chan struct{}
+	gate    chan struct{}
+	// done, when set, receives what each Replay returns, as it returns.
+	done chan error
+}
+
+// Replay implements relay.History.
+func (h *memHistory) Replay(ctx context.Context, from map[string]int64, fn func([]relay.Event) error) (err error) {
+	if h.done != nil {
+		defer func() { h.done <- err }()
+	}
+	h.mu.Lock()
+	last := map[string]int64{}
+	var replay []relay.Event
+	for _, ev := range h.events {
+		last[ev.Stream] = ev.Seq
+		if seq, ok := from[ev.Stream]; ok && ev.Seq > seq {
+			replay = append(replay, ev)
+		}
+	}
+	for st, seq := range from {
+		if seq > last[st] || seq < h.pruned[st] {
+			h.mu.Unlock()
+			return relay.ErrHistoryExpired
+		}
+	}
+	h.mu.Unlock()
+	if h.entered != nil {
+		h.entered <- struct{}{}
+	}
+	if h.gate != nil {
+		select {
+		case <-h.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for len(replay) > 0 {
+		n := 1
+		for n < len(replay) && replay[n].Stream == replay[0].Stream && replay[n].Seq == replay[0].Seq {
+			n++
+		}
+		if err := fn(replay[:n]); err != nil {
+			return err
+		}
+		replay = replay[n:]
+	}
+	return nil
+}
+
+// recConn is a Conn that records what the session writes, as text, and
+// reports each frame written at once.
+type recConn struct {
+	s      *Session
+	frames chan string
+}
+
+func (c *recConn) Write(frame []byte) error {
+	c.frames <- string(frame)
+	c.s.Sent()
+	return nil
+}
+
+func (c *recConn) Close(code int, reason string) {
+	c.frames <- fmt.Sprintf("close %d %s", code, reason)
+	go c.s.Gone()
+}
+
+func (c *recConn) Request() *http.Request { return nil }
+
+// recHandler renders what the session sends as short text frames:
+// "<stream>@<seq>.<part>" for an event, "resync", "resumed <n>".
+type recHandler struct {
+	s     *Session
+	p     auth.Principal
+	since string // resumed from at Open when not empty
+}
+
+func (h *recHandler) Open() {
+	h.s.Start(h.p, func() {
+		if h.since != "" {
+			h.s.ResumeLocked(h.since)
+		}
+	})
+}
+func (h *recHandler) Message([]byte) {}
+func (h *recHandler) Binary([]byte)  {}
+func (h *recHandler) Closed()        {}
+func (h *recHandler) EventLocked(ev *relay.Event) []byte {
+	return fmt.Appendf(nil, "%s@%d.%d", ev.Stream, ev.Seq, ev.Part)
+}
+func (h *recHandler) ResyncLocked() { h.s.WriteLocked([]byte("resync")) }
+func (h *recHandler) ResumedLocked(n int) {
+	h.s.WriteLocked(fmt.Appendf(nil, "resumed %d", n))
+}
+func (h *recHandler) ExpiredLocked() { h.s.CloseLocked(CloseUnauthorized, "token expired") }
+
+type env struct {
+	t    *testing.T
+	hub  *hub.Hub
+	hist *memHistory
+	tr   *Transport
+}
+
+// newEnv runs a Transport on a hub at epoch e1 whose heads are those of
+// events, which hist holds.
+func newEnv(t *testing.T, o Options, events ...relay.Event) *env {
+	t.Helper()
+	h := hub.New()
+	heads := map[string]int64{}
+	for _, ev := range events {
+		heads[ev.Stream] = ev.Seq
+	}
+	h.Reset("e1", heads)
+	hist := &memHistory{events: events, pruned: map[string]int64{}}
+	o.Hub, o.History = h, hist
+	tr := New(o)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tr.Drain(ctx)
+		if n := tr.Sessions(); n != 0 {
+			t.Errorf("%d sessions still open after Drain", n)
+		}
+	})
+	return &env{t: t, hub: h, hist: hist, tr: tr}
+}
+
+// publish records events in the history and delivers them, as the pipeline
+// does with one transaction.
+func (e *env) publish(events ...relay.Event) {
+	e.hist.mu.Lock()
+	e.hist.events = append(e.hist.events, events...)
+	e.hist.mu.Unlock()
+	e.hub.Publish(events)
+}
+
+func ev(stream string, seq int64, part uint8) relay.Event {
+	return relay.Event{Name: "lead:updated", Entity: "lead", Stream: stream, Seq: seq, Part: part, Data: []byte(`{}`)}
+}
+
+// pos encodes a position of epoch with the given stream seqs.
+func pos(epoch string, seqs map[string]int64) string {
+	return relay.Position{Epoch: epoch, Seqs: seqs}.Encode()
+}
+
+type client struct {
+	t *testing.T
+	s *Session
+	c *recConn
+}
+
+// attach opens a session for user u (streams "all" and "user:u"), resuming
+// from since when it is not empty.
+func (e *env) attach(since string) *client {
+	e.t.Helper()
+	c := &recConn{frames: make(chan string, 1024)}
+	s := e.tr.Attach(c, func(s *Session) Handler {
+		c.s = s
+		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: since}
+	})
+	if s == nil {
+		e.t.Fatal("Attach refused the session")
+	}
+	return &client{t: e.t, s: s, c: c}
+}
+
+// next returns the next frame the session wrote, waiting for it.
+func (c *client) next() string {
+	c.t.Helper()
+	select {
+	case f := <-c.c.frames:
+		return f
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("no frame within 5s")
+		return ""
+	}
+}
+
+// expect checks the next frames, in order.
+func (c *client) expect(want ...string) {
+	c.t.Helper()
+	var got []string
+	for range want {
+		got = append(got, c.next())
+	}
+	if !slices.Equal(got, want) {
+		c.t.Fatalf("frames %q, want %q", got, want)
+	}
+}
+
+// expectNone checks that nothing was written so far.
+func (c *client) expectNone() {
+	c.t.Helper()
+	select {
+	case f := <-c.c.frames:
+		c.t.Fatalf("unexpected frame %q", f)
+	default:
+	}
+}
+
+// A session that has not gone live holds live events (they are not lost),
+// and sends them, past its position, once it goes live.
+func TestAwaitHoldsLiveEventsUntilGoLive(t *testing.T) {
+	e := newEnv(t, Options{}, ev("all", 1, 0))
+	c := e.attach("")
+	e.publish(ev("all", 1, 0)) // at the head: already covered by the position
+	e.publish(ev("all", 2, 0), ev("user:u", 1, 0))
+	e.publish(ev("team:9", 1, 0)) // a stream the session does not follow
+	c.expectNone()
+	c.s.Lock()
+	if !c.s.AwaitingLocked() {
+		t.Error("a started session that was not resumed is not awaiting")
+	}
+	c.s.GoLiveLocked()
+	c.s.Unlock()
+	c.expect("all@2.0", "user:u@1.0")
+	e.publish(ev("all", 3, 0))
+	c.expect("all@3.0")
+	c.expectNone()
+}
+
+// A resume replays every event after its position in commit order, all
+// parts of a change, then says resumed with the count, then sends the live
+// events held during the replay; nothing twice.
+func TestResumeReplaysThenGoesLive(t *testing.T) {
+	e := newEnv(t, Options{},
+		ev("all", 1, 0), ev("all", 2, 0), ev("user:u", 1, 0), ev("user:u", 1, 1), ev("all", 3, 0))
+	e.hist.entered, e.hist.gate, e.hist.done = make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
+	c := e.attach(pos("e1", map[string]int64{"all": 1, "user:u": 0}))
+	<-e.hist.entered
+	e.hub.Publish([]relay.Event{ev("all", 3, 0)}) // delivered live too: sent once
+	e.publish(ev("all", 4, 0))
+	c.expectNone()
+	close(e.hist.gate)
+	c.expect("all@2.0", "user:u@1.0", "user:u@1.1", "all@3.0", "resumed 4", "all@4.0")
+	if err := <-e.hist.done; err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	e.publish(ev("all", 5, 0))
+	c.expect("all@5.0")
+	c.expectNone()
+}
+
+// A resume whose history is gone, or of another epoch, tells the client to
+// resync and goes live from the head, replaying nothing.
+func TestResumeUnservableResyncs(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		since  string
+		pruned int64
+	}{
+		{"pruned", pos("e1", map[string]int64{"all": 1}), 2},
+		{"other epoch", pos("e0", map[string]int64{"all": 1}), 0},
+		{"malformed", "p1.!!", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0))
+			e.hist.pruned["all"] = tt.pruned
+			c := e.attach(tt.since)
+			c.expect("resync")
+			e.publish(ev("all", 4, 0))
+			c.expect("all@4.0")
+			c.expectNone()
+		})
+	}
+}
+
+// A resume more than ReplayLimit events behind stops replaying once past
+// the limit and resyncs instead of saying resumed.
+func TestResumePastReplayLimitResyncs(t *testing.T) {
+	e := newEnv(t, Options{ReplayLimit: 2},
+		ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0), ev("all", 4, 0), ev("all", 5, 0))
+	c := e.attach(pos("e1", map[string]int64{"all": 0}))
+	c.expect("all@1.0", "all@2.0", "all@3.0", "resync")
+	e.publish(ev("all", 6, 0))
+	c.expect("all@6.0")
+	c.expectNone()
+}
+
+// An epoch change during a replay ends the replay: the client gets resync,
+// and after it neither the replayed events (of the old epoch) nor resumed,
+// only live events of the new epoch.
+func TestResetEndsReplay(t *testing.T) {
+	e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0))
+	e.hist.entered, e.hist.gate, e.hist.done = make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
+	c := e.attach(pos("e1", map[string]int64{"all": 0}))
+	<-e.hist.entered
+	// The database was restored: a new epoch whose streams start over.
+	e.hub.Reset("e2", nil)
+	c.expect("resync")
+	close(e.hist.gate)
+	<-e.hist.done
+	// A live event of the new epoch: once it is out, anything the replay
+	// would have sent is out too (a replay that went on would have held it
+	// until after its resumed).
+	e.publish(ev("user:u", 1, 0))
+	c.expect("user:u@1.0")
+	c.expectNone()
+	c.s.Lock()
+	defer c.s.Unlock()
+	if got, want := c.s.PositionLocked(), pos("e2", map[string]int64{"all": 0, "user:u": 1}); got != want {
+		t.Errorf("position %q, want %q", got, want)
+	}
+}
