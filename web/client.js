@@ -150,6 +150,11 @@ class Client {
   async _open() {
     if (this._closed || this._fatal || !this._online) return
     const gen = ++this._gen
+    // The attempt's deadline covers the token callback too: one that never
+    // settles must not leave the client waiting for ever.
+    this._after(this._o.welcomeTimeoutMs, () => {
+      this._failed(new RowcastError('timeout', 'no welcome from the relay'))
+    })
     let token = null
     try {
       token = await this._token()
@@ -178,9 +183,6 @@ class Client {
     ws.onmessage = (e) => gen === this._gen && this._frame(e.data)
     ws.onclose = (e) => gen === this._gen && this._closedBy(e.code, e.reason)
     ws.onerror = () => {} // onclose follows and carries the code
-    this._after(this._o.welcomeTimeoutMs, () => {
-      this._failed(new RowcastError('timeout', 'no welcome from the relay'))
-    })
   }
 
   async _token() {

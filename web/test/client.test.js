@@ -176,6 +176,29 @@ test('a refused fresh token stops retrying; an expired session gets a new token'
   }
 })
 
+test('a token callback that never settles fails the attempt at the welcome deadline', async () => {
+  let calls = 0
+  const { rc, clock, sockets } = setup({ token: () => (++calls === 1 ? new Promise(() => {}) : Promise.resolve('t')) })
+  await settle()
+  assert.equal(sockets.length, 0)
+  await clock.advance(15000)
+  assert.equal(rc.attempt, 1)
+  await clock.advance(rc.nextDelay)
+  assert.equal(calls, 2)
+  assert.equal(sockets.length, 1, 'the next attempt connects')
+})
+
+test('a relay that never welcomes fails the attempt', async () => {
+  const { rc, clock, sockets, last } = setup()
+  await settle()
+  last().open()
+  await clock.advance(15000)
+  assert.equal(rc.attempt, 1)
+  assert.equal(sockets[0].closedWith.code, 4000)
+  await clock.advance(rc.nextDelay)
+  assert.equal(sockets.length, 2)
+})
+
 test('4403 and 4400 are final; 4008 and 4429 retry', async () => {
   for (const [code, want] of [[4403, 'offline'], [4400, 'offline'], [4008, 'reconnecting'], [4429, 'reconnecting']]) {
     const { rc, last } = setup()
