@@ -93,7 +93,11 @@ export function syncQueries(rc, queryClient, entities, options = {}) {
     cache.subscribe((e) => {
       if (e.type !== 'updated' || !held.has(e.query.queryHash)) return
       const t = e.action?.type
-      if (t === 'success' && !e.action.manual) {
+      if (t === 'fetch') {
+        // A new fetch reads after the held events committed: its result
+        // has them, and a later result must not get them again.
+        held.delete(e.query.queryHash)
+      } else if (t === 'success' && !e.action.manual) {
         const events = held.get(e.query.queryHash)
         held.delete(e.query.queryHash)
         queryClient.setQueryData(e.query.queryKey, (rows) => {
@@ -103,7 +107,8 @@ export function syncQueries(rc, queryClient, entities, options = {}) {
           }
           return out
         })
-      } else if (t === 'error') {
+      } else if (e.query.state.fetchStatus !== 'fetching') {
+        // Failed or cancelled: no result will overwrite the events.
         held.delete(e.query.queryHash)
       }
     }),

@@ -110,6 +110,29 @@ test('events that arrive during a list fetch are applied again to its result, wi
   unsub()
 })
 
+test('events held for a cancelled fetch are not applied to a later one', async () => {
+  const { qc, send } = await setup()
+  qc.setQueryData(['escrows'], escrows())
+  let calls = 0
+  const fetched = [escrows(), [{ id: 1, address: '1 Main St', status: 'open' }, { id: 2, address: '2 Oak Ave', status: 'open' }]]
+  const queryFn = ({ signal }) =>
+    new Promise((resolve, reject) => {
+      const n = calls++
+      if (n === 0) signal.addEventListener('abort', () => reject(new Error('aborted')))
+      else resolve(fetched[1])
+    })
+  const first = qc.fetchQuery({ queryKey: ['escrows'], queryFn, staleTime: 0 }).catch(() => {})
+  await settle()
+  send('escrow:updated', { entityType: 'escrow', entityId: '2', action: 'updated', changes: { status: 'closed' } })
+  await qc.cancelQueries({ queryKey: ['escrows'] })
+  await first
+  // Later, a teammate reopens it; then a refetch returns the reopened row.
+  send('escrow:updated', { entityType: 'escrow', entityId: '2', action: 'updated', changes: { status: 'open' } })
+  await qc.fetchQuery({ queryKey: ['escrows'], queryFn, staleTime: 0 })
+  await settle()
+  assert.equal(qc.getQueryData(['escrows'])[1].status, 'open', 'a stale held event was applied to a later fetch')
+})
+
 test('a list whose data has not arrived yet is not touched', async () => {
   const { qc, send } = await setup()
   send('escrow:created', { entityType: 'escrow', entityId: '3', action: 'created', escrow: { id: 3 } })
