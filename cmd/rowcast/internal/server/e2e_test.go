@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"io"
 	"net/http"
 	"strings"
@@ -419,6 +421,58 @@ func TestClientMessages(t *testing.T) {
 	}
 }
 
+// A token refresh that changes the team list moves the session's scope from
+// then on: the new team's events come, the dropped team's stop.
+func TestTokenRefreshChangesTeams(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	insertLead := func(team int, name string) {
+		e.exec("insert into leads (team_id, first_name) values ($1, $2)", team, name)
+	}
+	leadName := func(f frame) string {
+		var d struct {
+			Lead struct {
+				FirstName string `json:"first_name"`
+			} `json:"lead"`
+		}
+		if err := json.Unmarshal(f.Data, &d); err != nil {
+			t.Fatalf("lead:created data %s: %v", f.Data, err)
+		}
+		return d.Lead.FirstName
+	}
+	insertLead(2, "before, team 2")
+	insertLead(1, "before, team 1")
+	if got := leadName(c.event("lead:created")); got != "before, team 1" {
+		t.Fatalf("before the refresh got %q, want only team 1's lead", got)
+	}
+
+	c.send(`{"type":"auth","token":"` + userToken(t, "2", 2) + `"}`)
+	if f := c.next(); f.Type != "auth_ok" {
+		t.Fatalf("auth: %s", f.raw)
+	}
+	insertLead(1, "after, team 1")
+	insertLead(2, "after, team 2")
+	if got := leadName(c.event("lead:created")); got != "after, team 2" {
+		t.Fatalf("after moving to team 2 got %q, want team 2's lead and not team 1's", got)
+	}
+
+	c.send(`{"type":"auth","token":"` + userToken(t, "2", 1, 2) + `"}`)
+	if f := c.next(); f.Type != "auth_ok" {
+		t.Fatalf("auth: %s", f.raw)
+	}
+	insertLead(1, "both, team 1")
+	insertLead(2, "both, team 2")
+	got := []string{leadName(c.event("lead:created")), leadName(c.event("lead:created"))}
+	if got[0] != "both, team 1" || got[1] != "both, team 2" {
+		t.Fatalf("with both teams got %q, want both leads in commit order", got)
+	}
+	// Nothing else is pending: a ping is answered next.
+	c.send(`{"type":"ping","id":1}`)
+	if f := c.next(); f.Type != "pong" {
+		t.Fatalf("after the events: %s, want pong", f.raw)
+	}
+}
+
 func TestTokenExpiryCloses(t *testing.T) {
 	e := startRelay(t, nil)
 	tok := token(t, map[string]any{"sub": "2", "teamId": 1, "exp": time.Now().Add(1500 * time.Millisecond).Unix()})
@@ -490,8 +544,19 @@ func TestHTTPEndpoints(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
 		}
-		if path == "/metrics" && !bytes.Contains(body, []byte("rowcast_capture_connected 1")) {
-			t.Errorf("/metrics lacks rowcast_capture_connected 1")
+		if path == "/metrics" {
+			// The endpoint serves the registry, in the text format.
+			parser := expfmt.NewTextParser(model.UTF8Validation)
+			families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+			if err != nil {
+				t.Fatalf("/metrics: %v", err)
+			}
+			if f := families["rowcast_capture_connected"]; f == nil || len(f.GetMetric()) != 1 || f.GetMetric()[0].GetGauge().GetValue() != 1 {
+				t.Errorf("/metrics rowcast_capture_connected: %v, want 1", f)
+			}
+			if v := metric(t, e, "rowcast_capture_connected"); v != 1 {
+				t.Errorf("registry rowcast_capture_connected %v, want 1", v)
+			}
 		}
 		if path == "/version" {
 			var v map[string]any
@@ -558,6 +623,19 @@ func TestFloodingClientDoesNotStallOthers(t *testing.T) {
 		other.event("lead:created")
 	}
 	<-done
+	// The flooder itself is cut off: rate limited (4429), or closed as a
+	// slow consumer (4008) when it reads none of the answers.
+	for {
+		_, err := flooder.read(10 * time.Second)
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if !asClose(err, &ce) || (ce.Code != 4429 && ce.Code != 4008) {
+			t.Fatalf("flooder: %v, want close 4429 or 4008", err)
+		}
+		break
+	}
 }
 
 // TestRateLimitBurst: a burst of pings sent at once, of any size, is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"net/http"
 	"net/url"
 	"os"
@@ -37,6 +38,7 @@ type env struct {
 	url   string
 	cfg   *config.Config
 	relay *server.Relay
+	reg   *prometheus.Registry // the running relay's metrics
 	db    *pgxpool.Pool
 	stop  context.CancelFunc
 	done  chan error
@@ -117,12 +119,13 @@ func install(t *testing.T, cfg *config.Config) {
 
 func (e *env) start() {
 	e.t.Helper()
-	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry})
+	reg := prometheus.NewRegistry()
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.relay, e.stop, e.done = r, cancel, make(chan error, 1)
+	e.relay, e.reg, e.stop, e.done = r, reg, cancel, make(chan error, 1)
 	go func() { e.done <- r.Run(ctx) }()
 	select {
 	case <-r.Ready():

@@ -2,42 +2,41 @@ package server_test
 
 import (
 	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rowcast/rowcast/config"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// metric returns the value of an unlabelled counter or gauge from the
-// relay's /metrics, or -1 when it is not there.
+// metric returns the value of an unlabelled counter or gauge gathered
+// from the relay's registry, or -1 when it is not there.
 func metric(t *testing.T, e *env, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + e.relay.Addr() + "/metrics")
+	families, err := e.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, ok := families[name]
-	if !ok || len(f.GetMetric()) == 0 {
-		return -1
-	}
-	m := f.GetMetric()[0]
-	switch {
-	case m.GetCounter() != nil:
-		return m.GetCounter().GetValue()
-	case m.GetGauge() != nil:
-		return m.GetGauge().GetValue()
+	return familyValue(families, name)
+}
+
+// familyValue returns the value of the unlabelled counter or gauge name in
+// families, or -1.
+func familyValue(families []*dto.MetricFamily, name string) float64 {
+	for _, f := range families {
+		if f.GetName() != name || len(f.GetMetric()) == 0 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		}
 	}
 	return -1
 }
