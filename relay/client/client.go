@@ -256,16 +256,28 @@ func dialError(err error, resp *http.Response) error {
 		body, _ = io.ReadAll(io.LimitReader(resp.Body, 512))
 		_ = resp.Body.Close()
 	}
-	reason := "HTTP " + status
-	if b := oneLine(string(bytes.TrimSpace(body))); b != "" {
-		reason += ": " + b
-	}
-	err = fmt.Errorf("connect: %w: %s", err, reason)
+	he := &HandshakeError{StatusCode: resp.StatusCode, Status: status, Body: oneLine(string(bytes.TrimSpace(body)))}
+	err = fmt.Errorf("connect: %w: %w", err, he)
 	code := resp.StatusCode
 	if code >= 500 || code == http.StatusRequestTimeout || code == http.StatusTooManyRequests {
 		return &dropError{err: err}
 	}
 	return err
+}
+
+// HandshakeError is an upgrade the relay refused with an HTTP answer (a
+// foreign Origin gets 403, a draining relay 503); errors from Dial wrap it.
+type HandshakeError struct {
+	StatusCode int
+	Status     string // "403 Forbidden"
+	Body       string // the start of the body, on one line
+}
+
+func (e *HandshakeError) Error() string {
+	if e.Body == "" {
+		return "HTTP " + e.Status
+	}
+	return "HTTP " + e.Status + ": " + e.Body
 }
 
 // readError classifies the error that ended a connection.

@@ -105,6 +105,10 @@ func TestDialRefusalIsFinalOr503Drops(t *testing.T) {
 		if err == nil || IsDrop(err) != drop || !strings.Contains(err.Error(), "no thanks") {
 			t.Errorf("HTTP %d: %v (drop %v), want drop %v and the body", code, err, IsDrop(err), drop)
 		}
+		var he *HandshakeError
+		if !errors.As(err, &he) || he.StatusCode != code || he.Body != "no thanks" {
+			t.Errorf("HTTP %d: %v does not wrap a HandshakeError with the status and body (%+v)", code, err, he)
+		}
 	}
 }
 

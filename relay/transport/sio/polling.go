@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
@@ -48,13 +50,16 @@ type pollSocket struct {
 	req *http.Request
 	s   *session.Session // set before the socket is registered, then fixed
 
-	wake      chan struct{} // capacity 1: a pending poll has something to do
-	uncounted atomic.Int32  // frames written to the probe that are not the session's
+	wake chan struct{} // capacity 1: a pending poll has something to do
+	// deliver hands one client packet to the session (the session's
+	// Receive); a test may wrap it, before the first POST, to hold a
+	// delivery.
+	deliver func(packet []byte)
 
 	mu         sync.Mutex
 	buf        [][]byte // frames waiting for a poll
 	polling    bool     // a GET is pending
-	posting    bool     // a POST is being read
+	posting    bool     // a POST is being read or its packets delivered
 	closing    bool     // Close was called: flush buf, then "1"
 	gone       bool     // the session ended; nothing more is sent
 	upgrading  bool     // "3probe" sent; polls are answered at once
@@ -75,7 +80,7 @@ func (srv *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
 		handshakeError(w, http.StatusServiceUnavailable, errBadRequest, "relay draining")
 		return
 	}
-	so.s = s
+	so.s, so.deliver = s, s.Receive
 	srv.mu.Lock()
 	srv.sockets[so.sid] = so
 	srv.mu.Unlock()
@@ -280,7 +285,13 @@ wait:
 	}
 }
 
-// post reads a POST's packets and hands them to the session in order.
+// post reads a POST's packets and hands them to the session in order. A
+// POST that arrives while another is read or delivered is answered 400 and
+// ends the session, as with the reference server, so the packets of two
+// POSTs are never delivered concurrently or out of order. A body over the
+// message size limit is answered 413 and closes the session like an
+// oversized WebSocket frame (1009): the next poll gets what is queued and
+// the close packet.
 func (so *pollSocket) post(w http.ResponseWriter, r *http.Request) {
 	so.mu.Lock()
 	switch {
@@ -299,12 +310,15 @@ func (so *pollSocket) post(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	so.posting = true
+	deliver := so.deliver
 	so.mu.Unlock()
+	defer func() {
+		so.mu.Lock()
+		so.posting = false
+		so.mu.Unlock()
+	}()
 	limit := so.srv.t.Options().MaxMessageSize
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
-	so.mu.Lock()
-	so.posting = false
-	so.mu.Unlock()
 	switch {
 	case err != nil:
 		w.WriteHeader(http.StatusBadRequest)
@@ -312,7 +326,9 @@ func (so *pollSocket) post(w http.ResponseWriter, r *http.Request) {
 		return
 	case int64(len(body)) > limit:
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
-		so.finish()
+		so.s.Lock()
+		so.s.CloseLocked(websocket.CloseMessageTooBig, "message too big")
+		so.s.Unlock()
 		return
 	}
 	for p := range bytes.SplitSeq(body, []byte{recordSeparator}) {
@@ -321,7 +337,7 @@ func (so *pollSocket) post(w http.ResponseWriter, r *http.Request) {
 			so.finish()
 			break
 		}
-		so.s.Receive(p)
+		deliver(p)
 	}
 	so.srv.cors(w, r)
 	w.Header().Set("Content-Type", "text/html")
@@ -365,6 +381,11 @@ func (so *pollSocket) upgrade(w http.ResponseWriter, r *http.Request) {
 type upgradeConn struct {
 	so *pollSocket
 	c  *session.WSConn
+	// uncounted is the number of this WebSocket's probe answers ("3probe")
+	// not yet reported written: they are not the session's frames. It is
+	// per WebSocket, so an answer a failed probe never wrote cannot swallow
+	// the count of a session frame on a later one.
+	uncounted atomic.Int32
 }
 
 func (u *upgradeConn) upgraded() bool {
@@ -389,7 +410,7 @@ func (u *upgradeConn) Receive(msg []byte) {
 	switch {
 	case string(msg) == "2probe":
 		so.upgrading = true
-		so.uncounted.Add(1)
+		u.uncounted.Add(1)
 		_ = u.c.Write([]byte("3probe"))
 		so.mu.Unlock()
 		// Release a pending poll so the client can pause polling.
@@ -425,12 +446,12 @@ func (u *upgradeConn) ReceiveBinary(msg []byte) {
 // Sent counts the session's frames, not the probe's answer.
 func (u *upgradeConn) Sent() {
 	for {
-		n := u.so.uncounted.Load()
+		n := u.uncounted.Load()
 		if n == 0 {
 			u.so.s.Sent()
 			return
 		}
-		if u.so.uncounted.CompareAndSwap(n, n-1) {
+		if u.uncounted.CompareAndSwap(n, n-1) {
 			return
 		}
 	}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -367,3 +369,123 @@ func TestPollingDrain(t *testing.T) {
 }
 
 var _ session.Conn = (*pollSocket)(nil)
+
+// pollSocketOf returns the server side of the polling session sid.
+func (e *testEnv) pollSocketOf(sid string) *pollSocket {
+	e.t.Helper()
+	so := e.ts.Config.Handler.(*Server).lookup(sid)
+	if so == nil {
+		e.t.Fatalf("no polling session %s", sid)
+	}
+	return so
+}
+
+// TestPollingOverlappingPOSTCloses: a POST that arrives while the packets
+// of the previous one are still being delivered is answered 400 and ends
+// the session, as with the reference server: the packets of two POSTs are
+// never delivered concurrently, out of order.
+func TestPollingOverlappingPOSTCloses(t *testing.T) {
+	e := newPollEnv(t, time.Minute, Options{})
+	c, _ := e.handshake()
+	c.connect(e, "1")
+	so := e.pollSocketOf(c.sid)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
+	so.mu.Lock()
+	deliver := so.deliver
+	so.deliver = func(p []byte) {
+		if held.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+		deliver(p)
+	}
+	so.mu.Unlock()
+	type result struct {
+		status int
+		body   string
+	}
+	first := make(chan result, 1)
+	go func() {
+		status, body, err := doRequest("POST", c.sidURL(), `421["a"]`)
+		if err != nil {
+			body = err.Error()
+		}
+		first <- result{status, body}
+	}()
+	<-entered
+	status, body, err := doRequest("POST", c.sidURL(), `422["b"]`)
+	close(release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != 400 {
+		t.Fatalf("a POST while the previous one is delivered: %d %q, want 400", status, body)
+	}
+	if r := <-first; r.status != 200 || r.body != "ok" {
+		t.Fatalf("the first POST: %v, want 200 ok", r)
+	}
+	if status, body, _ := doRequest("GET", c.sidURL(), ""); status != 400 || body != `{"code":1,"message":"Session ID unknown"}` {
+		t.Fatalf("after the overlap: %d %s", status, body)
+	}
+}
+
+// TestPollingOversizedPOSTCloses: a POST body over the message size limit
+// is answered 413 and closes the session like an oversized WebSocket frame:
+// the next poll gets the close packet, and the sid is unknown after.
+func TestPollingOversizedPOSTCloses(t *testing.T) {
+	e := newPollEnv(t, time.Minute, Options{})
+	c, _ := e.handshake()
+	c.connect(e, "1")
+	big := `42["x","` + strings.Repeat("a", int(e.transport.Options().MaxMessageSize)) + `"]`
+	if status, body := c.do("POST", c.sidURL(), big); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized POST: %d %q, want 413", status, body)
+	}
+	if got := c.get(); got[len(got)-1] != "1" {
+		t.Fatalf("the poll after an oversized POST: %q, want the close packet", got)
+	}
+	if status, body, _ := doRequest("GET", c.sidURL(), ""); status != 400 || body != `{"code":1,"message":"Session ID unknown"}` {
+		t.Fatalf("after the close packet: %d %s", status, body)
+	}
+}
+
+// TestPollingProbeAnswersCountedPerProbe: a probe answer that an earlier,
+// failed probe never wrote does not swallow the count of a session frame
+// written on a later WebSocket, so the session's queue keeps its full
+// room. The room is measured as the frames the session takes before it
+// closes as a slow consumer, against a session without the failed probe.
+func TestPollingProbeAnswersCountedPerProbe(t *testing.T) {
+	e := newPollEnv(t, time.Minute, Options{})
+	srv := e.ts.Config.Handler.(*Server)
+	// room opens a session (synchronously, so every frame written so far
+	// is counted), reports one frame written on a second probe after
+	// failed probes, and returns how many frames the session then takes.
+	room := func(failedProbe bool) int {
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest("GET", "/socket.io/?EIO=4&transport=polling", nil))
+		var open struct {
+			SID string `json:"sid"`
+		}
+		if body := rec.Body.String(); rec.Code != 200 || !strings.HasPrefix(body, "0{") || json.Unmarshal([]byte(body[1:]), &open) != nil {
+			t.Fatalf("handshake: %d %q", rec.Code, body)
+		}
+		so := e.pollSocketOf(open.SID)
+		if failedProbe {
+			// Its "3probe" was queued but never written.
+			first := &upgradeConn{so: so}
+			first.uncounted.Add(1)
+		}
+		second := &upgradeConn{so: so}
+		second.Sent()
+		so.s.Lock()
+		defer so.s.Unlock()
+		n := 0
+		for ; !so.s.ClosedLocked(); n++ {
+			so.s.WriteLocked([]byte("4x"))
+		}
+		return n
+	}
+	if without, with := room(false), room(true); with != without {
+		t.Fatalf("the session takes %d frames after a failed probe, %d without one", with, without)
+	}
+}

@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	rowclient "github.com/rowcast/rowcast/relay/client"
 	"io"
 	"net/http"
 	"strings"
@@ -76,18 +80,18 @@ func TestEntityEventsEachAction(t *testing.T) {
 				"userId": "2", "requestId": "req-1", camel: ids}
 			for k, v := range want {
 				if d[k] != v {
-					t.Errorf("created %s = %#v, want %#v (frame %s)", k, d[k], v, f.raw)
+					t.Errorf("created %s = %#v, want %#v (frame %s)", k, d[k], v, f.Raw)
 				}
 			}
 			row, ok := d[tc.entity].(map[string]any)
 			if !ok || row["id"] != float64(id) || row["team_id"] != 1.0 {
-				t.Errorf("created carries no whole row under %q: %s", tc.entity, f.raw)
+				t.Errorf("created carries no whole row under %q: %s", tc.entity, f.Raw)
 			}
 			if _, leaked := row["internal_notes"]; leaked {
-				t.Errorf("excluded column internal_notes left the database: %s", f.raw)
+				t.Errorf("excluded column internal_notes left the database: %s", f.Raw)
 			}
 			if _, ok := d["changes"]; ok {
-				t.Errorf("created has changes: %s", f.raw)
+				t.Errorf("created has changes: %s", f.Raw)
 			}
 			if _, err := time.Parse(time.RFC3339Nano, fmt.Sprint(d["committedAt"])); err != nil {
 				t.Errorf("committedAt: %v", err)
@@ -99,22 +103,22 @@ func TestEntityEventsEachAction(t *testing.T) {
 			changes, _ := d["changes"].(map[string]any)
 			for k, v := range tc.changed {
 				if changes[k] != v {
-					t.Errorf("updated changes[%s] = %#v, want %#v (%s)", k, changes[k], v, f.raw)
+					t.Errorf("updated changes[%s] = %#v, want %#v (%s)", k, changes[k], v, f.Raw)
 				}
 			}
 			// updated_at is not touched by these statements; only the changed columns travel.
 			if len(changes) != len(tc.changed) {
-				t.Errorf("updated carries %d columns, want only the %d changed: %s", len(changes), len(tc.changed), f.raw)
+				t.Errorf("updated carries %d columns, want only the %d changed: %s", len(changes), len(tc.changed), f.Raw)
 			}
 			if d["userId"] != "2" || d[tc.entity] != nil {
-				t.Errorf("updated: actor from column or stray row: %s", f.raw)
+				t.Errorf("updated: actor from column or stray row: %s", f.Raw)
 			}
 
 			e.exec("delete from "+tc.table+" where id = $1", id)
 			f = c.event(tc.entity + ":deleted")
 			d = f.data()
 			if d["entityId"] != ids || d[camel] != ids || d["teamId"] != "1" || d["changes"] != nil || d[tc.entity] != nil {
-				t.Errorf("deleted: %s", f.raw)
+				t.Errorf("deleted: %s", f.Raw)
 			}
 		})
 	}
@@ -133,7 +137,7 @@ func TestNoEventForNoopOrExcludedUpdate(t *testing.T) {
 	e.exec("update escrows set city = 'Dallas' where id = $1", id)
 	f := c.event("escrow:updated")
 	if got := string(f.Data); !strings.Contains(got, `"changes":{"city":"Dallas"}`) {
-		t.Fatalf("the first update event must be the city change: %s", f.raw)
+		t.Fatalf("the first update event must be the city change: %s", f.Raw)
 	}
 }
 
@@ -196,7 +200,7 @@ func TestTeamIsolationAndMove(t *testing.T) {
 	d := f.data()
 	row, _ := d["lead"].(map[string]any)
 	if d["teamId"] != "2" || row["score"] != 7.0 || row["first_name"] != "one" {
-		t.Errorf("new team gets the whole row: %s", f.raw)
+		t.Errorf("new team gets the whole row: %s", f.Raw)
 	}
 	// A member of both teams sees both halves, each once.
 	got := []string{both.next().Event, both.next().Event}
@@ -221,8 +225,8 @@ func TestTruncateSendsResync(t *testing.T) {
 	e.exec("truncate notes")
 	for _, cl := range []*client{c, other} {
 		f := cl.next()
-		if string(f.raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
-			t.Errorf("got %s", f.raw)
+		if string(f.Raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
+			t.Errorf("got %s", f.Raw)
 		}
 	}
 }
@@ -234,17 +238,17 @@ func TestResumeAfterDisconnect(t *testing.T) {
 	e.exec("insert into leads (team_id, first_name) values (1, 'L1')")
 	c.event("lead:created")
 	pos := c.last
-	c.c.Close()
+	c.drop()
 	for i := 2; i <= 6; i++ {
 		e.exec("insert into leads (team_id, first_name) values (1, $1)", fmt.Sprintf("L%d", i))
 	}
 	e.exec("insert into leads (team_id, first_name) values (2, 'other team')")
-	c2, _, err := e.dial(tok, "since="+pos, nil)
+	c2, err := e.dial(tok, "since="+pos, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if w := c2.next(); w.Type != "welcome" {
-		t.Fatalf("want welcome, got %s", w.raw)
+		t.Fatalf("want welcome, got %s", w.Raw)
 	}
 	for i := 2; i <= 6; i++ {
 		d := c2.event("lead:created").data()
@@ -254,7 +258,7 @@ func TestResumeAfterDisconnect(t *testing.T) {
 	}
 	r := c2.next()
 	if r.Type != "resumed" || r.Replayed != 5 || r.Position != c2.last {
-		t.Fatalf("want resumed replayed=5 at the last event's position, got %s", r.raw)
+		t.Fatalf("want resumed replayed=5 at the last event's position, got %s", r.Raw)
 	}
 	e.exec("insert into leads (team_id, first_name) values (1, 'L7')")
 	if name := c2.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "L7" {
@@ -263,9 +267,9 @@ func TestResumeAfterDisconnect(t *testing.T) {
 
 	// The resume message form, as the first message.
 	pos = c2.last
-	c2.c.Close()
+	c2.drop()
 	e.exec("insert into leads (team_id, first_name) values (1, 'L8')")
-	c3, _, err := e.dial(tok, "", nil)
+	c3, err := e.dial(tok, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +279,7 @@ func TestResumeAfterDisconnect(t *testing.T) {
 		t.Fatalf("resume message replay: %v", name)
 	}
 	if r := c3.next(); r.Type != "resumed" || r.Replayed != 1 {
-		t.Fatalf("got %s", r.raw)
+		t.Fatalf("got %s", r.Raw)
 	}
 }
 
@@ -288,7 +292,7 @@ func TestResyncForUnservablePositions(t *testing.T) {
 	old := c.last
 	e.exec("insert into leads (team_id, first_name) values (1, 'b')")
 	c.event("lead:created")
-	c.c.Close()
+	c.drop()
 
 	// Prune everything older than the retention (1ms).
 	if _, err := e.db.Exec(context.Background(), "select pg_sleep(0.01)"); err != nil {
@@ -308,13 +312,13 @@ func TestResyncForUnservablePositions(t *testing.T) {
 	for name, since := range cases {
 		t.Run(name, func(t *testing.T) {
 			e := e.forT(t)
-			c, _, err := e.dial(tok, "since="+since, nil)
+			c, err := e.dial(tok, "since="+since, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			c.next() // welcome
-			if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
-				t.Fatalf("got %s", f.raw)
+			if f := c.next(); string(f.Raw) != `{"type":"resync","reason":"history_expired"}` {
+				t.Fatalf("got %s", f.Raw)
 			}
 			e.exec("insert into leads (team_id, first_name) values (1, 'live')")
 			c.event("lead:created")
@@ -337,7 +341,7 @@ func TestAuthFailuresClose4401(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			e := e.forT(t)
-			c, _, err := e.dial(tc.tok, "", nil)
+			c, err := e.dial(tc.tok, "", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -345,7 +349,7 @@ func TestAuthFailuresClose4401(t *testing.T) {
 			e.exec("insert into leads (team_id, first_name) values (1, 'x')")
 			f := c.next()
 			if f.Type != "error" || f.Code != "unauthorized" || f.Message != tc.msg {
-				t.Fatalf("got %s, want unauthorized %q", f.raw, tc.msg)
+				t.Fatalf("got %s, want unauthorized %q", f.Raw, tc.msg)
 			}
 			start := time.Now()
 			if code := c.closed(); code != 4401 {
@@ -361,16 +365,17 @@ func TestAuthFailuresClose4401(t *testing.T) {
 func TestOriginAllowList(t *testing.T) {
 	e := startRelay(t, nil)
 	tok := userToken(t, "2", 1)
-	_, resp, err := e.dial(tok, "", http.Header{"Origin": {"https://evil.example"}})
-	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("foreign origin: err %v resp %v, want 403", err, resp)
+	_, err := e.dial(tok, "", http.Header{"Origin": {"https://evil.example"}})
+	var refused *rowclient.HandshakeError
+	if !errors.As(err, &refused) || refused.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin: %v, want HTTP 403", err)
 	}
-	c, _, err := e.dial(tok, "", http.Header{"Origin": {"http://localhost:5173"}})
+	c, err := e.dial(tok, "", http.Header{"Origin": {"http://localhost:5173"}})
 	if err != nil {
 		t.Fatalf("allowed origin refused: %v", err)
 	}
 	if w := c.next(); w.Type != "welcome" {
-		t.Fatalf("got %s", w.raw)
+		t.Fatalf("got %s", w.Raw)
 	}
 }
 
@@ -379,20 +384,20 @@ func TestClientMessages(t *testing.T) {
 	tok := userToken(t, "2", 1)
 	c := e.connect(tok)
 	c.send(`{"type":"ping","id":7}`)
-	if f := c.next(); string(f.raw) != `{"type":"pong","id":7}` {
-		t.Errorf("pong: %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"pong","id":7}` {
+		t.Errorf("pong: %s", f.Raw)
 	}
 	c.send(`{"type":"nope"}`)
 	if f := c.next(); f.Type != "error" || f.Code != "bad_request" {
-		t.Errorf("unknown type: %s", f.raw)
+		t.Errorf("unknown type: %s", f.Raw)
 	}
 	c.send(`[1,2]`)
 	if f := c.next(); f.Type != "error" || f.Code != "bad_request" {
-		t.Errorf("non-object: %s", f.raw)
+		t.Errorf("non-object: %s", f.Raw)
 	}
 	c.send(`{"type":"subscribe","entities":["lead"]}`)
-	if f := c.next(); string(f.raw) != `{"type":"subscribed","entities":["lead"]}` {
-		t.Errorf("subscribed: %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"subscribed","entities":["lead"]}` {
+		t.Errorf("subscribed: %s", f.Raw)
 	}
 	e.exec("insert into escrows (team_id, property_address, city, state, zip_code, purchase_price) values (1, 'a', 'b', 'TX', '1', 1)")
 	e.exec("insert into leads (team_id, first_name) values (1, 'only leads')")
@@ -400,7 +405,7 @@ func TestClientMessages(t *testing.T) {
 	fresh := userToken(t, "2", 1)
 	c.send(`{"type":"auth","token":"` + fresh + `"}`)
 	if f := c.next(); f.Type != "auth_ok" {
-		t.Errorf("auth: %s", f.raw)
+		t.Errorf("auth: %s", f.Raw)
 	}
 	c.send(`{"type":"auth","token":"` + userToken(t, "3", 1) + `"}`)
 	c.next() // error unauthorized
@@ -408,7 +413,7 @@ func TestClientMessages(t *testing.T) {
 		t.Errorf("auth as another user: close %d, want 4401", code)
 	}
 
-	bad, _, err := e.dial(tok, "", nil)
+	bad, err := e.dial(tok, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,13 +424,65 @@ func TestClientMessages(t *testing.T) {
 	}
 }
 
+// A token refresh that changes the team list moves the session's scope from
+// then on: the new team's events come, the dropped team's stop.
+func TestTokenRefreshChangesTeams(t *testing.T) {
+	e := startRelay(t, nil)
+	c := e.connect(userToken(t, "2", 1))
+	insertLead := func(team int, name string) {
+		e.exec("insert into leads (team_id, first_name) values ($1, $2)", team, name)
+	}
+	leadName := func(f frame) string {
+		var d struct {
+			Lead struct {
+				FirstName string `json:"first_name"`
+			} `json:"lead"`
+		}
+		if err := json.Unmarshal(f.Data, &d); err != nil {
+			t.Fatalf("lead:created data %s: %v", f.Data, err)
+		}
+		return d.Lead.FirstName
+	}
+	insertLead(2, "before, team 2")
+	insertLead(1, "before, team 1")
+	if got := leadName(c.event("lead:created")); got != "before, team 1" {
+		t.Fatalf("before the refresh got %q, want only team 1's lead", got)
+	}
+
+	c.send(`{"type":"auth","token":"` + userToken(t, "2", 2) + `"}`)
+	if f := c.next(); f.Type != "auth_ok" {
+		t.Fatalf("auth: %s", f.Raw)
+	}
+	insertLead(1, "after, team 1")
+	insertLead(2, "after, team 2")
+	if got := leadName(c.event("lead:created")); got != "after, team 2" {
+		t.Fatalf("after moving to team 2 got %q, want team 2's lead and not team 1's", got)
+	}
+
+	c.send(`{"type":"auth","token":"` + userToken(t, "2", 1, 2) + `"}`)
+	if f := c.next(); f.Type != "auth_ok" {
+		t.Fatalf("auth: %s", f.Raw)
+	}
+	insertLead(1, "both, team 1")
+	insertLead(2, "both, team 2")
+	got := []string{leadName(c.event("lead:created")), leadName(c.event("lead:created"))}
+	if got[0] != "both, team 1" || got[1] != "both, team 2" {
+		t.Fatalf("with both teams got %q, want both leads in commit order", got)
+	}
+	// Nothing else is pending: a ping is answered next.
+	c.send(`{"type":"ping","id":1}`)
+	if f := c.next(); f.Type != "pong" {
+		t.Fatalf("after the events: %s, want pong", f.Raw)
+	}
+}
+
 func TestTokenExpiryCloses(t *testing.T) {
 	e := startRelay(t, nil)
 	tok := token(t, map[string]any{"sub": "2", "teamId": 1, "exp": time.Now().Add(1500 * time.Millisecond).Unix()})
 	c := e.connect(tok)
 	f := c.next()
 	if f.Type != "error" || f.Code != "token_expired" {
-		t.Fatalf("got %s", f.raw)
+		t.Fatalf("got %s", f.Raw)
 	}
 	if code := c.closed(); code != 4401 {
 		t.Fatalf("close %d", code)
@@ -446,7 +503,7 @@ func TestRateLimitAndFrameSize(t *testing.T) {
 		c.send(`{"type":"ping","id":1}`)
 		f, err := c.read(10 * time.Second)
 		if err != nil {
-			var ce *websocket.CloseError
+			var ce *rowclient.CloseError
 			if !asClose(err, &ce) || ce.Code != 4429 {
 				t.Fatalf("want close 4429, got %v", err)
 			}
@@ -457,7 +514,7 @@ func TestRateLimitAndFrameSize(t *testing.T) {
 			// The closing message is answered with rate_limited too, then the close.
 			if limited > 20 {
 				if _, err := c.read(10 * time.Second); err != nil {
-					var ce *websocket.CloseError
+					var ce *rowclient.CloseError
 					if !asClose(err, &ce) || ce.Code != 4429 {
 						t.Fatalf("want close 4429, got %v", err)
 					}
@@ -490,8 +547,19 @@ func TestHTTPEndpoints(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d %s", path, resp.StatusCode, body)
 		}
-		if path == "/metrics" && !bytes.Contains(body, []byte("rowcast_capture_connected 1")) {
-			t.Errorf("/metrics lacks rowcast_capture_connected 1")
+		if path == "/metrics" {
+			// The endpoint serves the registry, in the text format.
+			parser := expfmt.NewTextParser(model.UTF8Validation)
+			families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+			if err != nil {
+				t.Fatalf("/metrics: %v", err)
+			}
+			if f := families["rowcast_capture_connected"]; f == nil || len(f.GetMetric()) != 1 || f.GetMetric()[0].GetGauge().GetValue() != 1 {
+				t.Errorf("/metrics rowcast_capture_connected: %v, want 1", f)
+			}
+			if v := metric(t, e, "rowcast_capture_connected"); v != 1 {
+				t.Errorf("registry rowcast_capture_connected %v, want 1", v)
+			}
 		}
 		if path == "/version" {
 			var v map[string]any
@@ -519,13 +587,13 @@ func TestLegacyDataUpdate(t *testing.T) {
 	legacy := c.event("data:update")
 	d := legacy.data()
 	if d["entityType"] != "lead" || d["action"] != "create" || d["teamId"] != "1" || d["userId"] != "2" {
-		t.Errorf("data:update: %s", legacy.raw)
+		t.Errorf("data:update: %s", legacy.Raw)
 	}
 	if legacy.Position != main.Position {
 		t.Errorf("both events of one change carry its position: %q vs %q", main.Position, legacy.Position)
 	}
 	// Resuming from before the change replays both, once.
-	c2, _, err := e.dial(userToken(t, "2", 1), "since="+startPosition(t, e, "2", "1"), nil)
+	c2, err := e.dial(userToken(t, "2", 1), "since="+startPosition(t, e, "2", "1"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +601,7 @@ func TestLegacyDataUpdate(t *testing.T) {
 	c2.event("lead:created")
 	c2.event("data:update")
 	if r := c2.next(); r.Type != "resumed" || r.Replayed != 2 {
-		t.Fatalf("got %s", r.raw)
+		t.Fatalf("got %s", r.Raw)
 	}
 }
 
@@ -547,7 +615,7 @@ func TestFloodingClientDoesNotStallOthers(t *testing.T) {
 	go func() {
 		defer close(done)
 		for i := 0; i < 300000; i++ {
-			if err := flooder.c.WriteMessage(websocket.BinaryMessage, []byte{1}); err != nil {
+			if err := flooder.conn.WebSocket().WriteMessage(websocket.BinaryMessage, []byte{1}); err != nil {
 				return
 			}
 		}
@@ -558,6 +626,19 @@ func TestFloodingClientDoesNotStallOthers(t *testing.T) {
 		other.event("lead:created")
 	}
 	<-done
+	// The flooder itself is cut off: rate limited (4429), or closed as a
+	// slow consumer (4008) when it reads none of the answers.
+	for {
+		_, err := flooder.read(10 * time.Second)
+		if err == nil {
+			continue
+		}
+		var ce *rowclient.CloseError
+		if !asClose(err, &ce) || (ce.Code != 4429 && ce.Code != 4008) {
+			t.Fatalf("flooder: %v, want close 4429 or 4008", err)
+		}
+		break
+	}
 }
 
 // TestRateLimitBurst: a burst of pings sent at once, of any size, is
@@ -578,7 +659,7 @@ func TestRateLimitBurst(t *testing.T) {
 			for {
 				f, err := c.read(10 * time.Second)
 				if err != nil {
-					var ce *websocket.CloseError
+					var ce *rowclient.CloseError
 					if !asClose(err, &ce) || ce.Code != 4429 {
 						t.Fatalf("after %d pongs and %d rate_limited: %v, want close 4429", pongs, limited, err)
 					}
@@ -587,10 +668,10 @@ func TestRateLimitBurst(t *testing.T) {
 				switch {
 				case f.Type == "pong":
 					var id int
-					if err := json.Unmarshal(f.raw, &struct {
+					if err := json.Unmarshal(f.Raw, &struct {
 						ID *int `json:"id"`
 					}{&id}); err != nil || id <= lastID {
-						t.Fatalf("pong %s after id %d", f.raw, lastID)
+						t.Fatalf("pong %s after id %d", f.Raw, lastID)
 					}
 					lastID = id
 					pongs++
@@ -600,7 +681,7 @@ func TestRateLimitBurst(t *testing.T) {
 					}
 					limited++
 				default:
-					t.Fatalf("unexpected frame %s", f.raw)
+					t.Fatalf("unexpected frame %s", f.Raw)
 				}
 			}
 			// Burst 50 (one token spent by connect) answered; 20 strikes
@@ -629,14 +710,14 @@ func TestAnswersPastTheQueueClose4008(t *testing.T) {
 	for {
 		f, err := c.read(10 * time.Second)
 		if err != nil {
-			var ce *websocket.CloseError
+			var ce *rowclient.CloseError
 			if !asClose(err, &ce) || ce.Code != 4008 {
 				t.Fatalf("after %d pongs: %v, want close 4008", pongs, err)
 			}
 			break
 		}
 		if f.Type != "pong" {
-			t.Fatalf("unexpected frame %s", f.raw)
+			t.Fatalf("unexpected frame %s", f.Raw)
 		}
 		pongs++
 	}

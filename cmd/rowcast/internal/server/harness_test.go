@@ -4,22 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/changelog"
+	rowclient "github.com/rowcast/rowcast/relay/client"
 	"github.com/rowcast/rowcast/relay/pgtest"
 	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
@@ -37,6 +40,7 @@ type env struct {
 	url   string
 	cfg   *config.Config
 	relay *server.Relay
+	reg   *prometheus.Registry // the running relay's metrics
 	db    *pgxpool.Pool
 	stop  context.CancelFunc
 	done  chan error
@@ -117,12 +121,13 @@ func install(t *testing.T, cfg *config.Config) {
 
 func (e *env) start() {
 	e.t.Helper()
-	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry})
+	reg := prometheus.NewRegistry()
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.relay, e.stop, e.done = r, cancel, make(chan error, 1)
+	e.relay, e.reg, e.stop, e.done = r, reg, cancel, make(chan error, 1)
 	go func() { e.done <- r.Run(ctx) }()
 	select {
 	case <-r.Ready():
@@ -176,19 +181,9 @@ func userToken(t testing.TB, user string, teams ...int) string {
 	return token(t, map[string]any{"sub": user, "teamId": teams})
 }
 
-// frame is any server frame.
-type frame struct {
-	Type      string          `json:"type"`
-	Event     string          `json:"event"`
-	Position  string          `json:"position"`
-	Data      json.RawMessage `json:"data"`
-	Reason    string          `json:"reason"`
-	Code      string          `json:"code"`
-	Message   string          `json:"message"`
-	Replayed  int             `json:"replayed"`
-	SessionID string          `json:"sessionId"`
-	raw       []byte
-}
+// frame is any server frame, as relay/client reads it (Raw is the frame as
+// received).
+type frame struct{ rowclient.Frame }
 
 func (f frame) data() map[string]any {
 	var m map[string]any
@@ -196,55 +191,55 @@ func (f frame) data() map[string]any {
 	return m
 }
 
+// client is one plain-protocol connection through relay/client, the
+// project's one client of the protocol.
 type client struct {
 	t    testing.TB
-	c    *websocket.Conn
+	conn *rowclient.Conn
 	last string // last event position seen
 }
 
-// dial connects to /ws; query is added to the URL as is ("since=…").
-func (e *env) dial(tok string, query string, hdr http.Header) (*client, *http.Response, error) {
+// dial connects to /ws; query is added to the URL as is ("since=…"). A
+// refused upgrade's error wraps a *rowclient.HandshakeError.
+func (e *env) dial(tok string, query string, hdr http.Header) (*client, error) {
 	u := url.URL{Scheme: "ws", Host: e.relay.Addr(), Path: "/ws", RawQuery: query}
-	if hdr == nil {
-		hdr = http.Header{}
-	}
-	if tok != "" {
-		hdr.Set("Authorization", "Bearer "+tok)
-	}
-	c, resp, err := websocket.DefaultDialer.Dial(u.String(), hdr)
+	conn, err := rowclient.Dial(context.Background(), rowclient.Options{URL: u.String(), Token: tok, Header: hdr})
 	if err != nil {
-		return nil, resp, err
+		return nil, err
 	}
-	cl := &client{t: e.t, c: c}
-	e.t.Cleanup(func() { c.Close() })
-	return cl, resp, nil
+	e.t.Cleanup(func() { conn.WebSocket().Close() })
+	return &client{t: e.t, conn: conn}, nil
 }
 
 // connect dials and reads the welcome; it sends a ping so the session goes
 // live at once instead of waiting out the resume grace period.
 func (e *env) connect(tok string) *client {
 	e.t.Helper()
-	c, _, err := e.dial(tok, "", nil)
+	c, err := e.dial(tok, "", nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	w := c.next()
 	if w.Type != "welcome" {
-		e.t.Fatalf("first frame %s, want welcome", w.raw)
+		e.t.Fatalf("first frame %s, want welcome", w.Raw)
 	}
 	c.send(`{"type":"ping","id":0}`)
 	if p := c.next(); p.Type != "pong" {
-		e.t.Fatalf("want pong, got %s", p.raw)
+		e.t.Fatalf("want pong, got %s", p.Raw)
 	}
 	return c
 }
 
 func (c *client) send(s string) {
 	c.t.Helper()
-	if err := c.c.WriteMessage(websocket.TextMessage, []byte(s)); err != nil {
+	if err := c.conn.Send(s); err != nil {
 		c.t.Fatal(err)
 	}
 }
+
+// drop closes the TCP connection without a close frame, as a lost network
+// does.
+func (c *client) drop() { c.conn.WebSocket().Close() }
 
 // next reads one frame, failing the test after 10s.
 func (c *client) next() frame {
@@ -256,21 +251,20 @@ func (c *client) next() frame {
 	return f
 }
 
+// read reads one frame within timeout; a frame that is not JSON is an
+// error. A close from the relay is an error wrapping *rowclient.CloseError.
 func (c *client) read(timeout time.Duration) (frame, error) {
-	_ = c.c.SetReadDeadline(time.Now().Add(timeout))
-	_, msg, err := c.c.ReadMessage()
+	f, err := c.conn.NextWithin(timeout)
 	if err != nil {
 		return frame{}, err
 	}
-	var f frame
-	if err := json.Unmarshal(msg, &f); err != nil {
-		return frame{}, err
+	if !json.Valid(f.Raw) {
+		return frame{}, fmt.Errorf("frame is not JSON: %q", f.Raw)
 	}
-	f.raw = msg
 	if f.Type == "event" {
 		c.last = f.Position
 	}
-	return f, nil
+	return frame{f}, nil
 }
 
 // event reads the next frame and checks it is the named event.
@@ -278,12 +272,13 @@ func (c *client) event(name string) frame {
 	c.t.Helper()
 	f := c.next()
 	if f.Type != "event" || f.Event != name {
-		c.t.Fatalf("want event %s, got %s", name, f.raw)
+		c.t.Fatalf("want event %s, got %s", name, f.Raw)
 	}
 	return f
 }
 
-// closed reads until the connection closes and returns the close code.
+// closed reads until the connection closes and returns the close code
+// (1006 when it ended without a close frame).
 func (c *client) closed() int {
 	c.t.Helper()
 	for {
@@ -291,11 +286,12 @@ func (c *client) closed() int {
 		if err == nil {
 			continue
 		}
-		var ce *websocket.CloseError
-		if errors.As(err, &ce) {
+		var ce *rowclient.CloseError
+		if asClose(err, &ce) {
 			return ce.Code
 		}
-		if strings.Contains(err.Error(), "timeout") {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
 			c.t.Fatalf("connection not closed: %v", err)
 		}
 		return websocket.CloseAbnormalClosure
@@ -309,7 +305,7 @@ func signWith(key string, claims map[string]any) (string, error) {
 	return auth.Sign([]byte(key), claims)
 }
 
-func asClose(err error, ce **websocket.CloseError) bool { return errors.As(err, ce) }
+func asClose(err error, ce **rowclient.CloseError) bool { return errors.As(err, ce) }
 
 // pruneNow runs one prune with the relay's retention and returns the rows
 // deleted.

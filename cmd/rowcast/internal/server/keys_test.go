@@ -72,11 +72,11 @@ func TestCompositeKeyEvents(t *testing.T) {
 			key := map[string]any{"deal_ref": "d:5", "user_id": w.user}
 			switch {
 			case f.Type != "event" || f.Event != w.event:
-				t.Errorf("%s: frame %d is %s, want %s", mode, i, f.raw, w.event)
+				t.Errorf("%s: frame %d is %s, want %s", mode, i, f.Raw, w.event)
 			case d["entityId"] != w.id || d["dealParticipantId"] != w.id:
-				t.Errorf("%s: %s: entityId %v, want %q: %s", mode, w.event, d["entityId"], w.id, f.raw)
+				t.Errorf("%s: %s: entityId %v, want %q: %s", mode, w.event, d["entityId"], w.id, f.Raw)
 			case !reflect.DeepEqual(d["key"], key):
-				t.Errorf("%s: %s: key %v, want %v: %s", mode, w.event, d["key"], key, f.raw)
+				t.Errorf("%s: %s: key %v, want %v: %s", mode, w.event, d["key"], key, f.Raw)
 			case w.changes != nil && !reflect.DeepEqual(d["changes"], w.changes):
 				t.Errorf("%s: %s: changes %v, want %v", mode, w.event, d["changes"], w.changes)
 			}

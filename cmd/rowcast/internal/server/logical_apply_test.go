@@ -24,7 +24,7 @@ func TestLogicalDroppedTypeDoesNotStall(t *testing.T) {
 	e.exec("alter table leads drop column mood")
 	e.exec("drop type mood")
 	e.start()
-	c, _, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
+	c, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestLogicalDroppedTypeDoesNotStall(t *testing.T) {
 			continue
 		}
 		if lead["mood"] != "busy" {
-			t.Errorf("mood %v, want busy: %s", lead["mood"], f.raw)
+			t.Errorf("mood %v, want busy: %s", lead["mood"], f.Raw)
 		}
 		return
 	}
@@ -89,7 +89,7 @@ func TestLogicalApplyUndefinedObjectIsNotAMissingPublication(t *testing.T) {
 	e.exec("drop trigger undefined_object on rowcast.logical_state")
 	f := c.next()
 	if f.Type != "event" || f.Event != "lead:created" {
-		t.Fatalf("after the cause is gone: want lead:created, got %s", f.raw)
+		t.Fatalf("after the cause is gone: want lead:created, got %s", f.Raw)
 	}
 	if name := f.data()["lead"].(map[string]any)["first_name"]; name != "during" {
 		t.Fatalf("after the cause is gone: lead %v, want during", name)
@@ -149,7 +149,7 @@ func TestLogicalSynchronousStandbyDown(t *testing.T) {
 	}
 	f := c.next()
 	if f.Type != "event" || f.Event != "lead:created" || f.data()["lead"].(map[string]any)["first_name"] != "during" {
-		t.Fatalf("with the synchronous standby down: got %s, want lead:created of during", f.raw)
+		t.Fatalf("with the synchronous standby down: got %s, want lead:created of during", f.Raw)
 	}
 }
 

@@ -87,7 +87,7 @@ func runWide(t *testing.T, tweak func(*config.Config)) []string {
 			break
 		}
 		if f.Type != "event" {
-			t.Fatalf("unexpected frame %s", f.raw)
+			t.Fatalf("unexpected frame %s", f.Raw)
 		}
 		out = append(out, f.Event+" "+committed.ReplaceAllString(string(f.Data), ""))
 	}
@@ -177,12 +177,12 @@ func TestLogicalAlterTableTruncateRollback(t *testing.T) {
 	e.exec("alter table leads add column nickname text")
 	e.exec("update leads set nickname = 'Nico' where first_name = 'before'")
 	if f := c.event("lead:updated"); !bytes.Contains(f.Data, []byte(`"changes":{"nickname":"Nico"}`)) {
-		t.Errorf("added column: %s", f.raw)
+		t.Errorf("added column: %s", f.Raw)
 	}
 	e.exec("alter table leads drop column phone")
 	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
 	if f := c.event("lead:created"); bytes.Contains(f.Data, []byte(`"phone"`)) || !bytes.Contains(f.Data, []byte(`"nickname":null`)) {
-		t.Errorf("dropped column still sent, or added one missing: %s", f.raw)
+		t.Errorf("dropped column still sent, or added one missing: %s", f.Raw)
 	}
 
 	// A rolled-back transaction sends nothing.
@@ -198,8 +198,8 @@ func TestLogicalAlterTableTruncateRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.exec("truncate notes")
-	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
-		t.Fatalf("after a rollback and a truncate got %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
+		t.Fatalf("after a rollback and a truncate got %s", f.Raw)
 	}
 }
 
@@ -319,7 +319,7 @@ func TestLogicalHolderKilled(t *testing.T) {
 			Changes struct{ Version int } `json:"changes"`
 		}
 		if err := json.Unmarshal(f.Data, &d); err != nil || d.Changes.Version != v {
-			t.Fatalf("want version %d, got %s\nsubprocess log:\n%s", v, f.raw, logs.String())
+			t.Fatalf("want version %d, got %s\nsubprocess log:\n%s", v, f.Raw, logs.String())
 		}
 	}
 	if !strings.Contains(logs.String(), "holding the replication slot") {
@@ -383,8 +383,8 @@ select pg_drop_replication_slot('rowcast') from pg_replication_slots where slot_
 		err = e.db.QueryRow(context.Background(), "select not exists (select 1 from pg_replication_slots where slot_name = 'rowcast')").Scan(&gone)
 		return err == nil && gone
 	})
-	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
-		t.Fatalf("want resync after the slot was lost, got %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("want resync after the slot was lost, got %s", f.Raw)
 	}
 	waitFor(t, func() string { return "the slot to be recreated" }, func() bool {
 		var back bool
@@ -396,13 +396,13 @@ select pg_drop_replication_slot('rowcast') from pg_replication_slots where slot_
 		t.Fatalf("live after the new epoch: %v", name)
 	}
 	// A position from the old epoch is answered with resync.
-	c2, _, err := e.dial(userToken(t, "2", 1), "since="+old, nil)
+	c2, err := e.dial(userToken(t, "2", 1), "since="+old, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c2.next() // welcome
-	if f := c2.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
-		t.Fatalf("old-epoch position: got %s", f.raw)
+	if f := c2.next(); string(f.Raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("old-epoch position: got %s", f.Raw)
 	}
 }
 
@@ -480,7 +480,7 @@ func runMigrations(t *testing.T, tweak func(*config.Config)) []string {
 		e.exec(sql)
 	}
 	e.start()
-	c, _, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
+	c, err := e.dial(userToken(t, "9", 1), "since="+since, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -610,8 +610,8 @@ func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
 	}
 
 	install(t, e.cfg)
-	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"history_expired"}` {
-		t.Fatalf("want resync after the slot was recreated, got %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"resync","reason":"history_expired"}` {
+		t.Fatalf("want resync after the slot was recreated, got %s", f.Raw)
 	}
 	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
 		func() bool { code, _ := e.readyz(); return code == http.StatusOK })

@@ -148,8 +148,8 @@ func appRoleWrites(t *testing.T, logical bool) {
 	c.event("ai:task:failed")
 
 	appExec("truncate notes")
-	if f := c.next(); string(f.raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
-		t.Fatalf("truncate: got %s", f.raw)
+	if f := c.next(); string(f.Raw) != `{"type":"resync","reason":"truncate","entityType":"note"}` {
+		t.Fatalf("truncate: got %s", f.Raw)
 	}
 
 	// Nothing the application role can reach writes the changelog.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	rowclient "github.com/rowcast/rowcast/relay/client"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -12,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 
@@ -27,7 +27,7 @@ func readNotes(t *testing.T, c *client) ([]int, int) {
 	for {
 		f, err := c.read(20 * time.Second)
 		if err != nil {
-			var ce *websocket.CloseError
+			var ce *rowclient.CloseError
 			if errors.As(err, &ce) {
 				return ids, ce.Code
 			}
@@ -64,12 +64,12 @@ func TestSlowConsumerClosed4008ThenResumesWithoutLoss(t *testing.T) {
 	if len(first) >= n {
 		t.Fatalf("received all %d events before the close; the queue never overflowed", len(first))
 	}
-	c2, _, err := e.dial(tok, "since="+c.last, nil)
+	c2, err := e.dial(tok, "since="+c.last, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if w := c2.next(); w.Type != "welcome" {
-		t.Fatalf("got %s", w.raw)
+		t.Fatalf("got %s", w.Raw)
 	}
 	rest, _ := readNotes(t, c2)
 	all := append(first, rest...)
@@ -266,7 +266,7 @@ func orderingOracle(t *testing.T, tweak func(*config.Config)) {
 	}
 	// Disconnect the resumer in the middle, then resume with its position.
 	<-stopReading
-	resumer.c.c.Close()
+	resumer.c.drop()
 	resumerDone.Wait()
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
@@ -284,12 +284,12 @@ func orderingOracle(t *testing.T, tweak func(*config.Config)) {
 		t.Fatal(err)
 	}
 	// Resume the resumer and read everything it missed.
-	rc, _, err := e.dial(userToken(t, "3", 1, 2), "since="+resumer.c.last, nil)
+	rc, err := e.dial(userToken(t, "3", 1, 2), "since="+resumer.c.last, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if f := rc.next(); f.Type != "welcome" {
-		t.Fatalf("got %s", f.raw)
+		t.Fatalf("got %s", f.Raw)
 	}
 	for {
 		f := rc.next()

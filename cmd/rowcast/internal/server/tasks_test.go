@@ -26,7 +26,7 @@ func (f frame) task(t testing.TB) taskData {
 	t.Helper()
 	var d taskData
 	if err := json.Unmarshal(f.Data, &d); err != nil {
-		t.Fatalf("task event data: %v (%s)", err, f.raw)
+		t.Fatalf("task event data: %v (%s)", err, f.Raw)
 	}
 	return d
 }
@@ -78,14 +78,14 @@ func checkTrace(t testing.TB, frames []frame, id, wantEnd string, minProgress in
 	for _, f := range evs[1 : len(evs)-1] {
 		d := f.task(t)
 		if f.Event != "ai:task:progress" || d.Progress == nil {
-			t.Fatalf("task %s: between started and the end: %s", id, f.raw)
+			t.Fatalf("task %s: between started and the end: %s", id, f.Raw)
 		}
 		if *d.Progress <= last {
 			t.Errorf("task %s: progress %d after %d: %v", id, *d.Progress, last, names)
 		}
 		last = *d.Progress
 		if d.Message == nil || *d.Message == "" {
-			t.Errorf("task %s: progress without a message: %s", id, f.raw)
+			t.Errorf("task %s: progress without a message: %s", id, f.Raw)
 		}
 	}
 	return evs
@@ -117,7 +117,7 @@ func TestAITaskEndToEnd(t *testing.T) {
 		evs := checkTrace(t, frames, id, "ai:task:completed", 3)
 		if d := evs[0].task(t); d.TaskType != aitask.CreateEscrow || d.Message == nil ||
 			*d.Message != "Creating an escrow for 12 Oak St, Austin, TX 78701" || d.Timestamp == "" {
-			t.Errorf("session %d: started: %s", i, evs[0].raw)
+			t.Errorf("session %d: started: %s", i, evs[0].Raw)
 		}
 		done := evs[len(evs)-1]
 		if want := `{"taskId":"` + id + `","result":{"escrowId":"` + escrowID + `"},"message":"Escrow created","timestamp":`; !strings.HasPrefix(string(done.Data), want) {
@@ -137,17 +137,17 @@ func TestAITaskEndToEnd(t *testing.T) {
 	// and none of the task's events.
 	f := mate.next()
 	if f.Event != "escrow:created" {
-		t.Fatalf("teammate: want escrow:created first, got %s", f.raw)
+		t.Fatalf("teammate: want escrow:created first, got %s", f.Raw)
 	}
 	d := f.data()
 	row, _ := d["escrow"].(map[string]any)
 	if d["entityId"] != escrowID || d["userId"] != "1" || d["requestId"] != "ai-task:"+id ||
 		row["purchase_price"] != 450000.0 || row["state"] != "TX" || row["zip_code"] != "78701" || row["updated_by"] != 1.0 {
-		t.Errorf("teammate: escrow:created %s", f.raw)
+		t.Errorf("teammate: escrow:created %s", f.Raw)
 	}
 	e.exec("insert into leads (team_id, first_name) values (1, 'marker')")
 	if f := mate.next(); f.Event != "lead:created" {
-		t.Errorf("teammate: want the marker lead next, got %s", f.raw)
+		t.Errorf("teammate: want the marker lead next, got %s", f.Raw)
 	}
 }
 
@@ -271,7 +271,7 @@ func TestAITasksOfThreeUsersAtOnce(t *testing.T) {
 		}
 		for _, f := range frames {
 			if isTaskEvent(f) && owner[f.task(t).TaskID] != u.id {
-				t.Errorf("user %s received an event of a task of user %q: %s", u.id, owner[f.task(t).TaskID], f.raw)
+				t.Errorf("user %s received an event of a task of user %q: %s", u.id, owner[f.task(t).TaskID], f.Raw)
 			}
 		}
 		for _, id := range mine {
@@ -308,7 +308,7 @@ func TestAITaskResumeInTheMiddle(t *testing.T) {
 		t.Fatalf("second progress %d", *p.Progress)
 	}
 	pos := c.last
-	c.c.Close()
+	c.drop()
 
 	if err := lock.Commit(ctx); err != nil {
 		t.Fatal(err)
@@ -316,12 +316,12 @@ func TestAITaskResumeInTheMiddle(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("execute: %v", err)
 	}
-	c2, _, err := e.dial(tok, "since="+pos, nil)
+	c2, err := e.dial(tok, "since="+pos, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if w := c2.next(); w.Type != "welcome" {
-		t.Fatalf("want welcome, got %s", w.raw)
+		t.Fatalf("want welcome, got %s", w.Raw)
 	}
 	for _, want := range []int{60, 85} {
 		if p := c2.event("ai:task:progress").task(t); p.TaskID != id || *p.Progress != want {
@@ -337,7 +337,7 @@ func TestAITaskResumeInTheMiddle(t *testing.T) {
 		t.Fatalf("after the progress: %v, want escrow:created and ai:task:completed", got)
 	}
 	if f := c2.next(); f.Type != "resumed" || f.Replayed != 4 || f.Position != c2.last {
-		t.Fatalf("want resumed after 4 replayed events, got %s", f.raw)
+		t.Fatalf("want resumed after 4 replayed events, got %s", f.Raw)
 	}
 }
 

@@ -2,42 +2,41 @@ package server_test
 
 import (
 	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rowcast/rowcast/config"
 )
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// metric returns the value of an unlabelled counter or gauge from the
-// relay's /metrics, or -1 when it is not there.
+// metric returns the value of an unlabelled counter or gauge gathered
+// from the relay's registry, or -1 when it is not there.
 func metric(t *testing.T, e *env, name string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + e.relay.Addr() + "/metrics")
+	families, err := e.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, ok := families[name]
-	if !ok || len(f.GetMetric()) == 0 {
-		return -1
-	}
-	m := f.GetMetric()[0]
-	switch {
-	case m.GetCounter() != nil:
-		return m.GetCounter().GetValue()
-	case m.GetGauge() != nil:
-		return m.GetGauge().GetValue()
+	return familyValue(families, name)
+}
+
+// familyValue returns the value of the unlabelled counter or gauge name in
+// families, or -1.
+func familyValue(families []*dto.MetricFamily, name string) float64 {
+	for _, f := range families {
+		if f.GetName() != name || len(f.GetMetric()) == 0 {
+			continue
+		}
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		}
 	}
 	return -1
 }
@@ -46,7 +45,7 @@ func metric(t *testing.T, e *env, name string) float64 {
 // token with the claim is not.
 func TestTokenWithoutTeamClaimIsToldInWelcome(t *testing.T) {
 	e := startRelay(t, nil)
-	c, _, err := e.dial(token(t, map[string]any{"sub": "5", "team_id": 1}), "", nil)
+	c, err := e.dial(token(t, map[string]any{"sub": "5", "team_id": 1}), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,23 +55,23 @@ func TestTokenWithoutTeamClaimIsToldInWelcome(t *testing.T) {
 		Warning string   `json:"warning"`
 	}
 	f := c.next()
-	if err := jsonUnmarshal(f.raw, &w); err != nil || w.Type != "welcome" {
-		t.Fatalf("want welcome, got %s", f.raw)
+	if err := jsonUnmarshal(f.Raw, &w); err != nil || w.Type != "welcome" {
+		t.Fatalf("want welcome, got %s", f.Raw)
 	}
 	if len(w.TeamIDs) != 0 || w.Warning == "" {
-		t.Fatalf("welcome %s: want no teams and a warning", f.raw)
+		t.Fatalf("welcome %s: want no teams and a warning", f.Raw)
 	}
 	if n := metric(t, e, "rowcast_sessions_without_team_claim_total"); n != 1 {
 		t.Fatalf("rowcast_sessions_without_team_claim_total = %v, want 1", n)
 	}
-	c2, _, err := e.dial(userToken(t, "5"), "", nil)
+	c2, err := e.dial(userToken(t, "5"), "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f = c2.next()
 	w.Warning = ""
-	if err := jsonUnmarshal(f.raw, &w); err != nil || w.Type != "welcome" || w.Warning != "" {
-		t.Fatalf("a token with an empty team list: got %s, want a welcome without warning", f.raw)
+	if err := jsonUnmarshal(f.Raw, &w); err != nil || w.Type != "welcome" || w.Warning != "" {
+		t.Fatalf("a token with an empty team list: got %s, want a welcome without warning", f.Raw)
 	}
 	if n := metric(t, e, "rowcast_sessions_without_team_claim_total"); n != 1 {
 		t.Fatalf("rowcast_sessions_without_team_claim_total = %v, want still 1", n)
@@ -108,7 +107,7 @@ func TestWrongFieldTypeSaysWhichField(t *testing.T) {
 		c.send(msg)
 		f := c.next()
 		if f.Type != "error" || f.Code != "bad_request" || f.Message != want {
-			t.Errorf("%s: got %s, want bad_request %q", msg, f.raw, want)
+			t.Errorf("%s: got %s, want bad_request %q", msg, f.Raw, want)
 		}
 		if strings.Contains(f.Message, "Go") || strings.Contains(f.Message, "clientMessage") {
 			t.Errorf("%s: %q names Go types", msg, f.Message)
