@@ -76,6 +76,7 @@ CREATE TABLE escrows (
     notes                text,
     internal_notes       text,
     version              integer NOT NULL DEFAULT 1,
+    archived_at          timestamptz,
     updated_by           bigint REFERENCES users (id),
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,6 +17,8 @@ import (
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo"
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/aitask"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/api"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/demo/app"
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/auth"
@@ -70,17 +75,23 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := installDemo(ctx, &cfg); err != nil {
 		return fail(err)
 	}
-	relay, err := server.New(server.Options{Config: &cfg, Logger: log, Version: version()})
-	if err != nil {
-		return fail(err)
-	}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return fail(err)
 	}
 	defer pool.Close()
-
 	g, gctx := errgroup.WithContext(ctx)
+	runner := &aitask.Runner{Pool: pool, StepDelay: 900 * time.Millisecond, Logger: log.With("component", "ai-tasks")}
+	crmAPI, err := demoAPI(gctx, &cfg, pool, runner, log)
+	if err != nil {
+		return fail(err)
+	}
+	relay, err := server.New(server.Options{Config: &cfg, Logger: log, Version: version(),
+		Pages: map[string]http.Handler{"/": app.Handler(), "/api/": crmAPI}})
+	if err != nil {
+		return fail(err)
+	}
+
 	g.Go(func() error { return relay.Run(gctx) })
 	g.Go(func() error {
 		select {
@@ -105,13 +116,35 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if *tasks <= 0 {
 			return nil
 		}
-		runner := &aitask.Runner{Pool: pool, StepDelay: 900 * time.Millisecond, Logger: log.With("component", "ai-tasks")}
 		return runner.Simulate(gctx, *tasks)
 	})
 	if err := g.Wait(); err != nil {
 		return fail(err)
 	}
 	return exitOK
+}
+
+// demoAPI returns the demo CRM's REST API on pool, with tokens signed by the
+// relay's secret and AI tasks run by runner until ctx ends.
+func demoAPI(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, runner *aitask.Runner, log *slog.Logger) (*api.API, error) {
+	verifier, err := auth.NewVerifier(auth.Options{Secret: []byte(cfg.Auth.JWTSecret),
+		UserClaim: cfg.Auth.UserClaim, TeamClaim: cfg.Auth.TeamClaim})
+	if err != nil {
+		return nil, err
+	}
+	exclude := map[string][]string{}
+	for _, t := range cfg.Tables {
+		exclude[t.Table] = t.ExcludeColumns
+	}
+	return api.New(api.Options{
+		Pool: pool, Verifier: verifier, Secret: []byte(cfg.Auth.JWTSecret), Exclude: exclude,
+		Logger: log.With("component", "demo-api"),
+		StartTask: func(_ context.Context, user, team, taskType string, params json.RawMessage) (string, error) {
+			// The task outlives the request that started it.
+			id, _, err := runner.Start(ctx, user, team, taskType, params)
+			return id, err
+		},
+	})
 }
 
 func installDemo(ctx context.Context, cfg *config.Config) error {
@@ -142,6 +175,7 @@ func printDemoBanner(w io.Writer, cfg *config.Config, addr, dbURL string) {
 	fmt.Fprintf(w, `
 rowcast demo is running.
 
+  app        http://%[1]s/   (as another teammate: http://%[1]s/?user=2; team 2: ?user=4)
   relay      ws://%[1]s/ws   (metrics: http://%[1]s/metrics)
   database   %[2]s
   CRM        team 1 "Pacific Realty" (users 1-3), team 2 "Summit Homes" (users 4-5);

@@ -17,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -41,6 +43,7 @@ import (
 	"github.com/rowcast/rowcast/relay/transport/sio"
 	"github.com/rowcast/rowcast/relay/transport/ws"
 	"github.com/rowcast/rowcast/triggers"
+	"github.com/rowcast/rowcast/web"
 )
 
 // Options configures a Relay.
@@ -56,6 +59,13 @@ type Options struct {
 	// LogicalRetry is the logical slot holder's pause between attempts
 	// (zero: its default).
 	LogicalRetry time.Duration
+	// Pages are extra handlers on the main listener, by http.ServeMux
+	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
+	// soon as the listener is bound, ready or not. When there are any, the
+	// listener's own origin (http://<listen address>, and localhost for a
+	// loopback address) may open sessions too, since its pages are the
+	// relay's.
+	Pages map[string]http.Handler
 }
 
 // Relay is one relay process's worth of components. Create it with New,
@@ -195,11 +205,21 @@ func (r *Relay) Run(ctx context.Context) error {
 		return fmt.Errorf("serve: database: %w", err)
 	}
 	defer pool.Close()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen: %w", err)
+	}
+	addr := ln.Addr().String()
+	r.addr.Store(&addr)
+	origins := cfg.Origins
+	if len(r.o.Pages) > 0 {
+		origins = append(slices.Clip(origins), ownOrigins(ln.Addr())...)
+	}
 	// Replayed changes are mapped by the pipeline's mapper, so a resumed
 	// session gets the events a live one got.
 	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
 	r.ws = ws.New(ws.Options{Options: session.Options{
-		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: cfg.Origins,
+		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
@@ -208,12 +228,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.sio = sio.New(r.ws.Transport(), sio.Options{ConnectTimeout: cfg.Sessions.ConnectTimeout,
 		Polling: cfg.Sessions.SIOPollingEnabled(), Logger: r.log.With("component", "sio")})
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("serve: listen: %w", err)
-	}
-	addr := ln.Addr().String()
-	r.addr.Store(&addr)
 	var adminLn net.Listener
 	if cfg.AdminListen != "" {
 		if adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
@@ -412,6 +426,13 @@ func (r *Relay) mux(withMetrics bool) *http.ServeMux {
 	})
 	mux.HandleFunc("/readyz", r.readyz)
 	mux.HandleFunc("/version", r.version)
+	assets := web.Handler()
+	for _, p := range web.Paths() {
+		mux.Handle(p, assets)
+	}
+	for pattern, h := range r.o.Pages {
+		mux.Handle(pattern, h)
+	}
 	if withMetrics {
 		mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
 	}
@@ -472,4 +493,19 @@ func (r *Relay) version(w http.ResponseWriter, _ *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{
 		"version": r.o.Version, "protocol": ws.Protocol, "go": runtime.Version(), "capture": r.cfg.Capture.Mode,
 	})
+}
+
+// ownOrigins returns the origins of pages served on the listener at addr:
+// http://<addr>, and http://localhost:<port> when addr is a loopback one.
+func ownOrigins(addr net.Addr) []string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return []string{"http://" + addr.String()}
+	}
+	port := strconv.Itoa(tcp.Port)
+	out := []string{"http://" + net.JoinHostPort(tcp.IP.String(), port)}
+	if tcp.IP.IsLoopback() {
+		out = append(out, "http://localhost:"+port, "http://127.0.0.1:"+port)
+	}
+	return out
 }
