@@ -32,7 +32,14 @@ import (
 func TestCrashWithAsyncCommitSendsNothingForgotten(t *testing.T) {
 	// Without the doorbell no relay write flushes the WAL for the writers.
 	off := false
-	e := startRelay(t, func(c *config.Config) { c.Capture.Notify = &off })
+	e := startRelay(t, func(c *config.Config) {
+		c.Capture.Notify = &off
+		// The sessions read every version of hot rows while the writers
+		// run flat out (under -race on two shared cores): a queue that
+		// holds a whole burst keeps this test about crashes, not about
+		// slow consumers (4008 has its own tests).
+		c.Sessions.QueueSize = 1 << 16
+	})
 	emb := pg.Embedded()
 	if emb == nil {
 		t.Skip("outside PostgreSQL server: cannot crash it")
