@@ -164,6 +164,10 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	// The changelog grows and shrinks by orders of magnitude; a generic plan
 	// cached while it was small would scan it whole later.
 	cc.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	// The reader's own writes (the doorbell's arming) commit locally: with
+	// a synchronous standby down, a commit that waits for it would stop
+	// the reader, and with it every relay's events.
+	cc.RuntimeParams["synchronous_commit"] = "local"
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("capture connect: %w", err)

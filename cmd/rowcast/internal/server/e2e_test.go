@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-	rowclient "github.com/rowcast/rowcast/relay/client"
 	"io"
 	"net/http"
 	"strings"
@@ -17,8 +14,11 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/rowcast/rowcast/config"
+	rowclient "github.com/rowcast/rowcast/relay/client"
 )
 
 // entityCase describes how to create, update and delete one demo entity.

@@ -151,6 +151,21 @@ func TestLogicalSynchronousStandbyDown(t *testing.T) {
 	if f.Type != "event" || f.Event != "lead:created" || f.data()["lead"].(map[string]any)["first_name"] != "during" {
 		t.Fatalf("with the synchronous standby down: got %s, want lead:created of during", f.Raw)
 	}
+	// The relay's reader disarmed its doorbell when "during" flowed and
+	// arms it again once idle: those writes must not wait for the standby
+	// either, or this second change never comes.
+	waitFor(t, func() string { return "the relay's doorbell armed again" }, func() bool {
+		var armed bool
+		err := e.db.QueryRow(ctx, "select bell from rowcast.meta").Scan(&armed)
+		return err == nil && armed
+	})
+	if _, err := w.Exec(ctx, "insert into leads (team_id, first_name) values (1, 'after')"); err != nil {
+		t.Fatal(err)
+	}
+	f = c.next()
+	if f.Type != "event" || f.Event != "lead:created" || f.data()["lead"].(map[string]any)["first_name"] != "after" {
+		t.Fatalf("with the synchronous standby down, after the doorbell moved: got %s, want lead:created of after", f.Raw)
+	}
 }
 
 // probe is a commit that may wait for a synchronous standby.

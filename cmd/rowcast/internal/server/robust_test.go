@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	rowclient "github.com/rowcast/rowcast/relay/client"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
+	rowclient "github.com/rowcast/rowcast/relay/client"
 )
 
 // noteIDs reads event frames until the connection closes and returns the

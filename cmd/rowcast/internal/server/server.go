@@ -200,6 +200,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	// Replay and pruning query a changelog whose size swings widely: plan
 	// each query for the table as it is.
 	pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	// The relay's own writes (pruning, bookkeeping) commit locally: with a
+	// synchronous standby down, commits waiting for it would pile up and
+	// hold every pooled connection, and resumes would wait for ever.
+	pc.ConnConfig.RuntimeParams["synchronous_commit"] = "local"
 	pool, err := pgxpool.NewWithConfig(ctx, pc) // connects lazily
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
