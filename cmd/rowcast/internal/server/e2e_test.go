@@ -443,26 +443,28 @@ func TestTokenRefreshChangesTeams(t *testing.T) {
 		}
 		return d.Lead.FirstName
 	}
+	// reauth refreshes the token of user 2 with these teams.
+	reauth := func(teams ...int) {
+		t.Helper()
+		c.send(`{"type":"auth","token":"` + userToken(t, "2", teams...) + `"}`)
+		if f := c.next(); f.Type != "auth_ok" {
+			t.Fatalf("auth with teams %v: %s", teams, f.Raw)
+		}
+	}
 	insertLead(2, "before, team 2")
 	insertLead(1, "before, team 1")
 	if got := leadName(c.event("lead:created")); got != "before, team 1" {
 		t.Fatalf("before the refresh got %q, want only team 1's lead", got)
 	}
 
-	c.send(`{"type":"auth","token":"` + userToken(t, "2", 2) + `"}`)
-	if f := c.next(); f.Type != "auth_ok" {
-		t.Fatalf("auth: %s", f.Raw)
-	}
+	reauth(2)
 	insertLead(1, "after, team 1")
 	insertLead(2, "after, team 2")
 	if got := leadName(c.event("lead:created")); got != "after, team 2" {
 		t.Fatalf("after moving to team 2 got %q, want team 2's lead and not team 1's", got)
 	}
 
-	c.send(`{"type":"auth","token":"` + userToken(t, "2", 1, 2) + `"}`)
-	if f := c.next(); f.Type != "auth_ok" {
-		t.Fatalf("auth: %s", f.Raw)
-	}
+	reauth(1, 2)
 	insertLead(1, "both, team 1")
 	insertLead(2, "both, team 2")
 	got := []string{leadName(c.event("lead:created")), leadName(c.event("lead:created"))}

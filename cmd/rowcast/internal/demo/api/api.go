@@ -168,6 +168,17 @@ func (a *API) resource(w http.ResponseWriter, r *http.Request) (entity, bool) {
 	return e, ok
 }
 
+// row returns the entity and the row id the path names, or answers 404 or
+// 400.
+func (a *API) row(w http.ResponseWriter, r *http.Request) (entity, int64, bool) {
+	e, ok := a.resource(w, r)
+	if !ok {
+		return entity{}, 0, false
+	}
+	id, ok := pathID(w, r)
+	return e, id, ok
+}
+
 // rowJSON is the SELECT list of one row as the relay renders it: to_jsonb
 // without the excluded columns.
 func (a *API) rowJSON(table string) string {
@@ -198,11 +209,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request, c caller) {
-	e, ok := a.resource(w, r)
-	if !ok {
-		return
-	}
-	id, ok := pathID(w, r)
+	e, id, ok := a.row(w, r)
 	if !ok {
 		return
 	}
@@ -243,11 +250,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (a *API) update(w http.ResponseWriter, r *http.Request, c caller) {
-	e, ok := a.resource(w, r)
-	if !ok {
-		return
-	}
-	id, ok := pathID(w, r)
+	e, id, ok := a.row(w, r)
 	if !ok {
 		return
 	}
@@ -271,11 +274,7 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (a *API) remove(w http.ResponseWriter, r *http.Request, c caller) {
-	e, ok := a.resource(w, r)
-	if !ok {
-		return
-	}
-	id, ok := pathID(w, r)
+	e, id, ok := a.row(w, r)
 	if !ok {
 		return
 	}
@@ -319,11 +318,7 @@ func (a *API) leadStatus(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (a *API) addNote(w http.ResponseWriter, r *http.Request, c caller) {
-	e, ok := a.resource(w, r)
-	if !ok {
-		return
-	}
-	id, ok := pathID(w, r)
+	e, id, ok := a.row(w, r)
 	if !ok {
 		return
 	}
