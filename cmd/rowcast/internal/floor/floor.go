@@ -55,8 +55,9 @@ type Relay struct {
 	ln      net.Listener
 	srv     *http.Server
 	ready   chan struct{}
-	dropped atomic.Int64
-	sent    atomic.Int64
+	dropped  atomic.Int64
+	sent     atomic.Int64
+	received atomic.Int64
 
 	mu    sync.RWMutex
 	teams map[int64]map[*melody.Session]struct{}
@@ -117,9 +118,21 @@ func (r *Relay) Addr() string { return r.ln.Addr().String() }
 // reach the sessions connected at the time.
 func (r *Relay) Ready() <-chan struct{} { return r.ready }
 
-// Stats returns the frames queued to sessions and the frames dropped on a
-// full queue so far.
-func (r *Relay) Stats() (sent, dropped int64) { return r.sent.Load(), r.dropped.Load() }
+// Stats is a snapshot of the relay's counters.
+type Stats struct {
+	// Received counts the notifications read from PostgreSQL.
+	Received int64
+	// Sent counts the frames handed to sessions, Dropped those of them
+	// dropped on a full queue.
+	Sent, Dropped int64
+	// Sessions is the number of sessions connected now.
+	Sessions int
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	return Stats{Received: r.received.Load(), Sent: r.sent.Load(), Dropped: r.dropped.Load(), Sessions: r.m.Len()}
+}
 
 // Run serves sessions and forwards notifications until ctx ends (it then
 // returns nil) or the LISTEN connection fails.
@@ -149,6 +162,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("floor: wait for notification: %w", err)
 		}
+		r.received.Add(1)
 		team, ok := payloadTeam(n.Payload)
 		if !ok {
 			continue
