@@ -50,11 +50,11 @@ type Options struct {
 // sends them the text frame "hello" once they are registered, then every
 // payload of their team's rows as a text frame.
 type Relay struct {
-	o       Options
-	m       *melody.Melody
-	ln      net.Listener
-	srv     *http.Server
-	ready   chan struct{}
+	o        Options
+	m        *melody.Melody
+	ln       net.Listener
+	srv      *http.Server
+	ready    chan struct{}
 	dropped  atomic.Int64
 	sent     atomic.Int64
 	received atomic.Int64
