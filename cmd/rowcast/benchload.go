@@ -34,31 +34,37 @@ const escrowsPerTeam = 10
 // so a client finds the change in a frame without decoding it.
 const loadMarker = "~rcb"
 
-// setupLoadDB creates database name with the demo CRM, teams 1..teams and
-// escrowsPerTeam escrows per team: escrow id g is in team 1 + (g-1) % teams.
+// setupLoadDB creates database name on pg and seeds it with seedLoadDB.
 func setupLoadDB(ctx context.Context, pg *pgembed.Server, name string, teams int) (string, error) {
 	url, err := pg.CreateDatabase(ctx, name)
 	if err != nil {
 		return "", err
 	}
+	return url, seedLoadDB(ctx, url, teams)
+}
+
+// seedLoadDB creates the demo CRM in the empty database at url, with teams
+// 1..teams and escrowsPerTeam escrows per team: escrow id g is in team
+// 1 + (g-1) % teams.
+func seedLoadDB(ctx context.Context, url string, teams int) error {
 	if err := crm.Setup(ctx, url); err != nil {
-		return "", err
+		return err
 	}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, `insert into teams (id, name) select g, 'Team ' || g from generate_series(1, $1::int) g
 		on conflict (id) do nothing`, teams); err != nil {
-		return "", fmt.Errorf("load teams: %w", err)
+		return fmt.Errorf("load teams: %w", err)
 	}
 	if _, err := conn.Exec(ctx, `insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price)
 		select g, 1 + (g - 1) % $1::int, g || ' Bench St', 'Austin', 'TX', '78701', 300000
 		from generate_series(1, $1::int * $2::int) g`, teams, escrowsPerTeam); err != nil {
-		return "", fmt.Errorf("load escrows: %w", err)
+		return fmt.Errorf("load escrows: %w", err)
 	}
-	return url, nil
+	return nil
 }
 
 // loadTarget is a relay under load: how sessions connect to it live, and

@@ -433,7 +433,7 @@ func TestBenchHelpListsEveryBenchmark(t *testing.T) {
 	if code := run(context.Background(), []string{"bench", "--help"}, &out, &errOut); code != exitOK {
 		t.Fatalf("exit %d; stderr %s", code, errOut.String())
 	}
-	for _, b := range []string{"latency", "capture", "writepath", "idle"} {
+	for _, b := range []string{"latency", "capture", "writepath", "fanout", "idle"} {
 		if !strings.Contains(out.String(), "\n  "+b+" ") {
 			t.Errorf("bench --help does not list %s:\n%s", b, out.String())
 		}
