@@ -144,6 +144,7 @@ func latencyRun(ctx context.Context, pg *pgembed.Server, url string, spec loadSp
 // PostgreSQL CPU per change.
 func printLatency(w io.Writer, name string, r loadResult) {
 	fmt.Fprintf(w, "\n%s:\n", name)
+	fmt.Fprintf(w, "  wrote %d transactions in %v (%.0f/s)\n", r.writes, r.wrote.Round(time.Millisecond), float64(r.writes)/r.wrote.Seconds())
 	fmt.Fprintf(w, "  delivered %d of %d events (%d sessions incomplete), last after %v\n",
 		r.delivered, r.expected, r.incomplete, r.elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "  commit returned → frame received: p50 %v  p90 %v  p99 %v  max %v",
