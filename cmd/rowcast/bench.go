@@ -84,6 +84,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(fmt.Errorf("rowcast: %w", err))
 	}
 	printLatency(stdout, "rowcast "+*mode, rc)
+	fmt.Fprintf(stdout, "  load average %s after the run\n", loadAverage())
 	code := exitOK
 	if rc.delivered < rc.expected {
 		code = exitFailed
@@ -110,6 +111,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(fmt.Errorf("floor: %w", err))
 	}
 	printLatency(stdout, "floor (NOTIFY)", fl)
+	fmt.Fprintf(stdout, "  load average %s after the run\n", loadAverage())
 	if fl.delivered < fl.expected {
 		code = exitFailed
 	}

@@ -180,6 +180,7 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 			return nil, err
 		}
 		if s.ok(fs.limit) {
+			fmt.Fprintf(fs.out, "load average %s\n", loadAverage())
 			fmt.Fprintf(fs.out, "%s sustains %.0f deliveries/s (%.1f writes/s written × %d sessions)\n",
 				t.name, s.deliveriesPerSec(), float64(res.writes)/res.wrote.Seconds(), fs.sessions)
 			return &s, nil

@@ -142,3 +142,18 @@ func pinPostgres(ctx context.Context, pg *pgembed.Server, cpus string) error {
 	}
 	return nil
 }
+
+// loadAverage returns the 1-minute load average from /proc/loadavg, for
+// benchmarks to print beside their figures: on a shared machine a load above
+// the CPU count means other work ran during the measurement.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[0]
+}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,6 +134,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		}
 		variants = append(variants, v)
 	}
+	load0 := loadAverage()
 	placement := "everything on all CPUs"
 	if pgCPUs != "" {
 		placement = fmt.Sprintf("relay on CPU %s, PostgreSQL and pgbench on CPU %s", *relayCPUs, pgCPUs)
@@ -155,6 +157,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		}
 	}
 	printWritePath(stdout, variants, clients)
+	fmt.Fprintf(stdout, "load average %s at the start, %s at the end (%d CPUs)\n", load0, loadAverage(), runtime.NumCPU())
 	return exitOK
 }
 
