@@ -101,7 +101,7 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 		if _, err := tx.Exec(ctx, p.Schema); err != nil {
 			return describe("rowcast schema", err)
 		}
-		done = append(done, "rowcast schema: changelog, stream counters, commit-time sequencer")
+		done = append(done, "rowcast schema: changelog, ticks")
 		for _, t := range p.Tables {
 			if _, err := tx.Exec(ctx, t.SQL); err != nil {
 				return describe(t.Table.Qualified(), err)
@@ -257,7 +257,7 @@ func Remove(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]st
 func Verify(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	var drift []string
 	var comment *string
-	err := conn.QueryRow(ctx, "select obj_description(to_regprocedure('rowcast.sequence()'), 'pg_proc')").Scan(&comment)
+	err := conn.QueryRow(ctx, "select obj_description(to_regprocedure('rowcast.tick()'), 'pg_proc')").Scan(&comment)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}

@@ -1,6 +1,6 @@
 // Package triggers renders, installs, verifies and removes what trigger
-// capture needs in the database: the rowcast schema (changelog, stream
-// counters, the commit-time sequencer) and one generated capture function
+// capture needs in the database: the rowcast schema (changelog, ticks) and
+// one generated capture function
 // and trigger pair per configured table.
 //
 // Every identifier is quoted and every value is a quoted literal; nothing
@@ -36,7 +36,8 @@ const (
 
 // Options says how to render.
 type Options struct {
-	// Notify makes the commit-time sequencer ring the pg_notify doorbell.
+	// Notify makes capture ring the pg_notify doorbell when the ticker
+	// asks for it.
 	Notify bool
 	// Logical renders logical mode: per-table apply functions, replica
 	// identity and the publication instead of capture triggers.
@@ -55,7 +56,7 @@ func (Options) AllStream() string { return literal(relay.AllStream) }
 type Plan struct {
 	// Schema is the rowcast schema DDL.
 	Schema string
-	// SchemaHash is recorded in rowcast.sequence()'s comment.
+	// SchemaHash is recorded in rowcast.tick()'s comment.
 	SchemaHash string
 	// Tables holds one rendered unit per configured table.
 	Tables []TablePlan
@@ -115,7 +116,7 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 	}
 	h := hashOf(schema.String())
 	p := &Plan{
-		Schema:     schema.String() + "COMMENT ON FUNCTION rowcast.sequence() IS " + literal(hashPrefix+h) + ";\n",
+		Schema:     schema.String() + "COMMENT ON FUNCTION rowcast.tick() IS " + literal(hashPrefix+h) + ";\n",
 		SchemaHash: h,
 		Logical:    o.Logical, Slot: o.Slot, Publication: o.Publication,
 	}
@@ -225,12 +226,10 @@ const declare = `DECLARE
 BEGIN
 `
 
-// markSQL marks the transaction for the commit-time sequencer; the setting
-// check spares the call for every change after a transaction's first. Bodies
-// run it once, after their inserts and only when they inserted: when the
-// writer made the sequencer immediate (SET CONSTRAINTS ALL IMMEDIATE), the
-// marker fires it at once, and it must find the rows it is to number.
-const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.mark(); END IF;"
+// ringSQL rings the doorbell once per transaction (rowcast.ring); the
+// setting check spares the call for every change after a transaction's
+// first.
+const ringSQL = "IF current_setting('rowcast.rung', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.ring(); END IF;"
 
 // diff sets ch to the changed columns of n against o, or NULL.
 const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
@@ -386,7 +385,7 @@ func entityBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
 	b.WriteString("        ")
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
-	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", ringSQL, r.ret)
 	return b.String()
 }
 
@@ -425,7 +424,7 @@ func taskBody(t config.Table, r recs) string {
         END IF;
         `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
 	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
-	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", ringSQL, r.ret)
 	return b.String()
 }
 

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -129,34 +128,42 @@ func demoTables(t *testing.T, names ...string) []config.Table {
 	return out
 }
 
-// logRow is one rowcast.changelog row.
+// logRow is one rowcast.changelog row, placed in the global order: its tick
+// and its transaction's place in it (the highest id the transaction wrote).
 type logRow struct {
-	ID          int64
-	XID         string
-	Stream      string
-	Seq         *int64
-	CommittedAt *time.Time
-	Tbl         string
-	Op          string
-	EntityID    *string
-	TeamID      *string
-	OldTeamID   *string
-	Actor       *string
-	RowData     map[string]any
-	Changes     map[string]any
+	ID        int64
+	XID       string
+	Tick, Tx  *int64
+	Stream    string
+	Tbl       string
+	Op        string
+	EntityID  *string
+	TeamID    *string
+	OldTeamID *string
+	Actor     *string
+	RowData   map[string]any
+	Changes   map[string]any
 }
 
+// changelog ticks (as the ticker would), then returns every changelog row
+// in the global order; a row no tick shows yet (its transaction is still
+// open) comes last, with no tick.
 func changelog(t *testing.T, conn *pgx.Conn) []logRow {
 	t.Helper()
+	exec(t, conn, "select rowcast.tick()")
 	rows, err := conn.Query(t.Context(), `
-select id, xid::text, stream, seq, committed_at, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes
-from rowcast.changelog order by id`)
+select id, xid::text,
+  (select t.tick from rowcast.ticks t where t.snap_xmax > c.xid and pg_visible_in_snapshot(c.xid, t.snap)
+   order by t.snap_xmax, t.tick limit 1) as tick,
+  (select max(x.id) from rowcast.changelog x where x.xid = c.xid) as tx,
+  stream, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes
+from rowcast.changelog c order by tick nulls last, tx, id`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (logRow, error) {
 		var l logRow
-		err := r.Scan(&l.ID, &l.XID, &l.Stream, &l.Seq, &l.CommittedAt, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
+		err := r.Scan(&l.ID, &l.XID, &l.Tick, &l.Tx, &l.Stream, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
 			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes)
 		return l, err
 	})
@@ -173,46 +180,15 @@ func str(p *string) string {
 	return *p
 }
 
-func seq(p *int64) int64 {
-	if p == nil {
-		return -1
-	}
-	return *p
-}
-
-// checkSequenced fails unless every changelog row has a seq and a commit
-// time, no transaction is left pending, and each stream's counter equals
-// its number of rows, numbered 1..n without gaps.
-func checkSequenced(t *testing.T, conn *pgx.Conn) []logRow {
+// checkTicked returns the changelog in the global order, and fails unless a
+// tick shows every row (every writing transaction committed).
+func checkTicked(t *testing.T, conn *pgx.Conn) []logRow {
 	t.Helper()
 	rows := changelog(t, conn)
-	perStream := map[string][]int64{}
-	unsequenced := false
 	for _, r := range rows {
-		if r.Seq == nil || r.CommittedAt == nil {
-			t.Errorf("changelog row %d (%s %s) has seq %v, committed_at %v after commit", r.ID, r.Stream, r.Op, r.Seq, r.CommittedAt)
-			unsequenced = true
-			continue
+		if r.Tick == nil {
+			t.Fatalf("changelog row %d (%s %s) is in no tick after commit", r.ID, r.Stream, r.Op)
 		}
-		perStream[r.Stream] = append(perStream[r.Stream], *r.Seq)
-	}
-	if unsequenced {
-		t.FailNow()
-	}
-	for stream, seqs := range perStream {
-		slices.Sort(seqs)
-		for i, s := range seqs {
-			if s != int64(i+1) {
-				t.Errorf("stream %s has seqs %v, want 1..%d", stream, seqs, len(seqs))
-				break
-			}
-		}
-		if last := queryInt(t, conn, "select last_seq from rowcast.streams where stream = $1", stream); last != int64(len(seqs)) {
-			t.Errorf("stream %s: last_seq %d, want %d", stream, last, len(seqs))
-		}
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
-		t.Errorf("rowcast.pending has %d rows after commit", n)
 	}
 	return rows
 }
@@ -269,7 +245,7 @@ create table "Odd Schema"."we""ird" (
 	exec(t, conn, `insert into `+q+` (team_id, payload) values (7, 'again')`)
 	exec(t, conn, `truncate `+q)
 
-	rows := checkSequenced(t, conn)
+	rows := checkTicked(t, conn)
 	var ops []string
 	for _, r := range rows {
 		ops = append(ops, r.Op)
@@ -327,8 +303,8 @@ func TestRenderIsDeterministic(t *testing.T) {
 	if quiet.SchemaHash == a.SchemaHash {
 		t.Error("notify on and off render the same schema hash")
 	}
-	if !strings.Contains(a.Schema, "pg_notify") || strings.Contains(quiet.Schema, "pg_notify") {
-		t.Error("pg_notify should be rendered exactly when notify is on")
+	if !strings.Contains(a.Schema, "pg_notify('rowcast', '')") || strings.Contains(quiet.Schema, "pg_notify('rowcast', '')") {
+		t.Error("the writers' doorbell should be rendered exactly when notify is on")
 	}
 	for i := range a.Tables {
 		if a.Tables[i].Hash != quiet.Tables[i].Hash {
@@ -409,7 +385,7 @@ func TestInstallLongAndLookalikeNames(t *testing.T) {
 		exec(t, conn, "insert into "+pgx.Identifier{tb.Schema(), tb.Name()}.Sanitize()+" (team_id) values (1)")
 	}
 	var got []string
-	for _, r := range checkSequenced(t, conn) {
+	for _, r := range checkTicked(t, conn) {
 		got = append(got, r.Tbl)
 	}
 	want := make([]string, len(tables))
@@ -426,7 +402,7 @@ func TestInstallIsIdempotent(t *testing.T) {
 	plan := render(t, crm.Tables(), true)
 	first := install(t, conn, plan)
 	for _, want := range []string{
-		"rowcast schema: changelog, stream counters, commit-time sequencer",
+		"rowcast schema: changelog, ticks",
 		"capture trigger on public.escrows",
 		"capture trigger on public.ai_tasks",
 	} {
@@ -445,7 +421,7 @@ func TestInstallIsIdempotent(t *testing.T) {
 	if n != int64(2*len(plan.Tables)) {
 		t.Errorf("%d rowcast triggers, want %d", n, 2*len(plan.Tables))
 	}
-	if rows := checkSequenced(t, conn); len(rows) != 1 || rows[0].Tbl != "public.leads" {
+	if rows := checkTicked(t, conn); len(rows) != 1 || rows[0].Tbl != "public.leads" {
 		t.Errorf("changelog after a second install: %+v, want the one lead insert", rows)
 	}
 }
@@ -619,12 +595,6 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	if rows := changelog(t, conn); len(rows) != 0 {
 		t.Errorf("changes of a team-less row were captured: %+v", rows)
 	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
-		t.Errorf("rowcast.pending has %d rows", n)
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.streams"); n != 0 {
-		t.Errorf("rowcast.streams has %d rows", n)
-	}
 
 	// Moving a row into a team, across teams and out of a team.
 	exec(t, conn, "insert into deals (team_id, name) values (null, 'mover')")
@@ -633,7 +603,7 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	exec(t, conn, "update deals set team_id = null")
 	type got struct{ stream, op, team, oldTeam string }
 	var have []got
-	for _, r := range checkSequenced(t, conn) {
+	for _, r := range checkTicked(t, conn) {
 		have = append(have, got{r.Stream, r.Op, str(r.TeamID), str(r.OldTeamID)})
 	}
 	want := []got{
@@ -647,7 +617,7 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	}
 }
 
-func TestRollbackUsesNoSeq(t *testing.T) {
+func TestRollbackWritesNothing(t *testing.T) {
 	conn, _ := dealsDB(t)
 	exec(t, conn, "insert into deals (team_id, name) values (1, 'first')")
 
@@ -659,15 +629,9 @@ func TestRollbackUsesNoSeq(t *testing.T) {
 	}
 
 	exec(t, conn, "insert into deals (team_id, name) values (1, 'second')")
-	rows := checkSequenced(t, conn)
-	if len(rows) != 2 {
-		t.Fatalf("changelog has %d rows, want 2: %+v", len(rows), rows)
-	}
-	if seq(rows[0].Seq) != 1 || seq(rows[1].Seq) != 2 || rows[1].Stream != "team:1" {
-		t.Errorf("seqs %d, %d; want 1, 2 in team:1", seq(rows[0].Seq), seq(rows[1].Seq))
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.streams where stream = 'team:2'"); n != 0 {
-		t.Error("a rolled-back transaction created a stream counter")
+	rows := checkTicked(t, conn)
+	if len(rows) != 2 || rows[0].RowData["name"] != "first" || rows[1].RowData["name"] != "second" {
+		t.Fatalf("changelog has %+v, want the two committed inserts", rows)
 	}
 }
 
@@ -675,7 +639,7 @@ func TestSavepointRollback(t *testing.T) {
 	conn, _ := dealsDB(t)
 	names := func() []string {
 		var out []string
-		for _, r := range checkSequenced(t, conn) {
+		for _, r := range checkTicked(t, conn) {
 			if r.Op == "I" {
 				out = append(out, r.RowData["name"].(string))
 			}
@@ -723,7 +687,9 @@ func TestSavepointRollback(t *testing.T) {
 	sameLines(t, "captured inserts", names(), []string{"a1", "a2", "b1", "b2", "b3", "c1", "c2"})
 }
 
-func TestSeqFollowsCommitOrder(t *testing.T) {
+// Transactions are ordered by the tick that first shows them, not by the
+// order they wrote in: a appends first, b commits first.
+func TestOrderFollowsCommitOrder(t *testing.T) {
 	connA, url := dealsDB(t)
 	connB := connect(t, url)
 
@@ -732,27 +698,88 @@ func TestSeqFollowsCommitOrder(t *testing.T) {
 	b := begin(t, connB)
 	txExec(t, b, "insert into deals (team_id, name) values (1, 'b')")
 	commit(t, b)
+	exec(t, connB, "select rowcast.tick()")
 	commit(t, a)
+	exec(t, connA, "select rowcast.tick()")
 	exec(t, connA, "insert into deals (team_id, name) values (1, 'c')")
 
-	rows := checkSequenced(t, connA)
+	rows := checkTicked(t, connA)
 	if len(rows) != 3 {
 		t.Fatalf("%d changelog rows, want 3", len(rows))
 	}
-	bySeq := map[int64]logRow{}
-	for _, r := range rows {
-		bySeq[seq(r.Seq)] = r
-	}
 	var order []string
-	for s := int64(1); s <= 3; s++ {
-		order = append(order, bySeq[s].RowData["name"].(string))
+	for _, r := range rows {
+		order = append(order, r.RowData["name"].(string))
 	}
-	sameLines(t, "names in seq order", order, []string{"b", "a", "c"})
-	if bySeq[1].ID < bySeq[2].ID {
+	sameLines(t, "names in order", order, []string{"b", "a", "c"})
+	if rows[0].ID < rows[1].ID {
 		t.Fatal("the test meant a to append before b")
 	}
-	if !bySeq[1].CommittedAt.Before(*bySeq[2].CommittedAt) || !bySeq[2].CommittedAt.Before(*bySeq[3].CommittedAt) {
-		t.Errorf("committed_at not increasing with seq: %v %v %v", bySeq[1].CommittedAt, bySeq[2].CommittedAt, bySeq[3].CommittedAt)
+	if !(*rows[0].Tick < *rows[1].Tick && *rows[1].Tick < *rows[2].Tick) {
+		t.Errorf("ticks %d %d %d, want rising", *rows[0].Tick, *rows[1].Tick, *rows[2].Tick)
+	}
+}
+
+// Within one tick, transactions are ordered by the highest id each wrote,
+// and a transaction's rows stay together: B updates a row A wrote after A
+// committed, so B comes after A, whatever their first ids.
+func TestOrderWithinATick(t *testing.T) {
+	connA, url := dealsDB(t)
+	connB := connect(t, url)
+	exec(t, connA, "insert into deals (team_id, name) values (1, 'x'), (2, 'y')")
+	exec(t, connA, "select rowcast.tick()")
+
+	b := begin(t, connB)
+	txExec(t, b, "update deals set name = 'y1' where name = 'y'") // b's first id
+	a := begin(t, connA)
+	txExec(t, a, "update deals set name = 'x1' where name = 'x'")
+	txExec(t, a, "insert into deals (team_id, name) values (2, 'z')")
+	commit(t, a)
+	txExec(t, b, "update deals set name = 'x2' where name = 'x1'") // after a committed
+	commit(t, b)
+
+	rows := checkTicked(t, connA)[2:]
+	var order []string
+	for _, r := range rows {
+		if r.Op == "U" {
+			order = append(order, r.Changes["name"].(string))
+		} else {
+			order = append(order, r.RowData["name"].(string))
+		}
+	}
+	sameLines(t, "changes in order", order, []string{"x1", "z", "y1", "x2"})
+	if *rows[0].Tick != *rows[3].Tick {
+		t.Fatalf("the test meant both transactions in one tick: ticks %d and %d", *rows[0].Tick, *rows[3].Tick)
+	}
+}
+
+// Writers at REPEATABLE READ and SERIALIZABLE commit side by side on one
+// team (schema version 1 made them fail at commit: its commit-time counter
+// update was a concurrent update under their snapshot).
+func TestSnapshotIsolationWriters(t *testing.T) {
+	for _, level := range []string{"repeatable read", "serializable"} {
+		t.Run(level, func(t *testing.T) {
+			connA, url := dealsDB(t)
+			connB := connect(t, url)
+			exec(t, connA, "insert into deals (team_id, name) values (1, 'before')")
+			a, err := connA.Begin(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := connB.Begin(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			txExec(t, a, "set transaction isolation level "+level)
+			txExec(t, b, "set transaction isolation level "+level)
+			txExec(t, a, "insert into deals (team_id, name) values (1, 'a')")
+			txExec(t, b, "insert into deals (team_id, name) values (1, 'b')")
+			commit(t, b)
+			commit(t, a)
+			if rows := checkTicked(t, connA); len(rows) != 3 {
+				t.Fatalf("%d changelog rows, want 3", len(rows))
+			}
+		})
 	}
 }
 
@@ -767,32 +794,19 @@ func TestTransactionTouchingTwoTeams(t *testing.T) {
 	txExec(t, tx, "insert into deals (team_id, name) values (1, 'team one again')")
 	commit(t, tx)
 
-	rows := checkSequenced(t, conn)
+	rows := checkTicked(t, conn)
 	if len(rows) != 6 {
 		t.Fatalf("%d changelog rows, want 6", len(rows))
 	}
 	last := rows[3:]
-	type got struct {
-		stream string
-		seq    int64
-	}
-	var have []got
+	var have []string
 	for _, r := range last {
-		have = append(have, got{r.Stream, seq(r.Seq)})
-		if r.XID != last[0].XID {
-			t.Errorf("rows of one transaction have xids %s and %s", r.XID, last[0].XID)
-		}
-		if !r.CommittedAt.Equal(*last[0].CommittedAt) {
-			t.Errorf("rows of one transaction have committed_at %v and %v", r.CommittedAt, last[0].CommittedAt)
+		have = append(have, r.Stream)
+		if r.XID != last[0].XID || *r.Tick != *last[0].Tick || *r.Tx != *last[0].Tx {
+			t.Errorf("rows of one transaction are apart: %+v and %+v", r, last[0])
 		}
 	}
-	want := []got{{"team:2", 2}, {"team:1", 3}, {"team:1", 4}}
-	if !slices.Equal(have, want) {
-		t.Errorf("got %v, want %v", have, want)
-	}
-	if !rows[2].CommittedAt.Before(*last[0].CommittedAt) {
-		t.Error("committed_at did not advance")
-	}
+	sameLines(t, "streams", have, []string{"team:2", "team:1", "team:1"})
 }
 
 // --- CheckTables ---------------------------------------------------------------
