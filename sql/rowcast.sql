@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 -- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
 -- joined by ':' (each with '\' and ':' escaped by a '\').
 ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
+-- old_row: an update's old row (without the excluded columns) beside its new
+-- one in row_data; the relay computes the changed columns from the two, off
+-- the writer's path. changes holds them only where capture computed them
+-- itself (AI tasks).
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS old_row jsonb;
 -- Version 1 numbered rows at commit, under a lock per stream.
 ALTER TABLE rowcast.changelog DROP CONSTRAINT IF EXISTS changelog_pkey;
 ALTER TABLE rowcast.changelog DROP COLUMN IF EXISTS seq, DROP COLUMN IF EXISTS committed_at,

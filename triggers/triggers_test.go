@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -143,6 +144,7 @@ type logRow struct {
 	Actor     *string
 	RowData   map[string]any
 	Changes   map[string]any
+	OldRow    map[string]any
 }
 
 // changelog ticks (as the ticker would), then returns every changelog row
@@ -156,7 +158,7 @@ select id, xid::text,
   (select t.tick from rowcast.ticks t where t.snap_xmax > c.xid and pg_visible_in_snapshot(c.xid, t.snap)
    order by t.snap_xmax, t.tick limit 1) as tick,
   (select max(x.id) from rowcast.changelog x where x.xid = c.xid) as tx,
-  stream, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes
+  stream, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes, old_row
 from rowcast.changelog c order by tick nulls last, tx, id`)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +166,7 @@ from rowcast.changelog c order by tick nulls last, tx, id`)
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (logRow, error) {
 		var l logRow
 		err := r.Scan(&l.ID, &l.XID, &l.Tick, &l.Tx, &l.Stream, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
-			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes)
+			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes, &l.OldRow)
 		return l, err
 	})
 	if err != nil {
@@ -253,24 +255,35 @@ create table "Odd Schema"."we""ird" (
 			t.Errorf("row %d: tbl %q", r.ID, r.Tbl)
 		}
 	}
-	if !slices.Equal(ops, []string{"I", "U", "D", "I", "T"}) {
-		t.Fatalf("ops %q, want I U D I T", ops)
+	// The update of an excluded column only is recorded with a row and an
+	// old row that do not differ: the relay finds no changed column and
+	// sends nothing.
+	if !slices.Equal(ops, []string{"I", "U", "U", "D", "I", "T"}) {
+		t.Fatalf("ops %q, want I U U D I T", ops)
 	}
-	ins, upd, del := rows[0], rows[1], rows[2]
+	if noop := rows[1]; !reflect.DeepEqual(noop.RowData, noop.OldRow) || noop.RowData == nil {
+		t.Errorf("an update of an excluded column only: row %v old row %v, want equal", noop.RowData, noop.OldRow)
+	}
+	ins, upd, del := rows[0], rows[2], rows[3]
 	if ins.Stream != "team:7" || str(ins.Actor) != "42" || ins.RowData["payload"] != "hello" {
 		t.Errorf("insert row: stream %s actor %s row %v", ins.Stream, str(ins.Actor), ins.RowData)
 	}
 	if _, ok := ins.RowData["it's"]; ok {
 		t.Errorf("excluded column captured: %v", ins.RowData)
 	}
-	if len(upd.Changes) != 1 || upd.Changes["payload"] != "bye" {
-		t.Errorf("update changes %v, want only payload", upd.Changes)
+	if upd.RowData["payload"] != "bye" || upd.OldRow["payload"] != "hello" || upd.Changes != nil {
+		t.Errorf("update: row %v old row %v changes %v, want payload hello → bye, changes left to the relay", upd.RowData, upd.OldRow, upd.Changes)
+	}
+	for _, r := range []map[string]any{upd.RowData, upd.OldRow} {
+		if _, ok := r["it's"]; ok {
+			t.Errorf("excluded column captured in an update: %v", r)
+		}
 	}
 	if str(del.Actor) != "42" || str(del.EntityID) != str(ins.EntityID) {
 		t.Errorf("delete row: actor %s entity %s", str(del.Actor), str(del.EntityID))
 	}
-	if rows[4].Stream != "all" {
-		t.Errorf("truncate row stream %q, want all", rows[4].Stream)
+	if rows[5].Stream != "all" {
+		t.Errorf("truncate row stream %q, want all", rows[5].Stream)
 	}
 	b, _ := json.Marshal(rows)
 	if strings.Contains(string(b), "secret") {
@@ -307,8 +320,8 @@ func TestRenderIsDeterministic(t *testing.T) {
 		t.Error("the writers' doorbell should be rendered exactly when notify is on")
 	}
 	for i := range a.Tables {
-		if a.Tables[i].Hash != quiet.Tables[i].Hash {
-			t.Errorf("table %d: notify changed the capture function", i)
+		if a.Tables[i].Hash == quiet.Tables[i].Hash || strings.Contains(quiet.Tables[i].SQL, "pg_notify") {
+			t.Errorf("table %d: the capture function rings the doorbell with notify off, or not with it on", i)
 		}
 	}
 
@@ -465,7 +478,8 @@ func TestVerifyReportsDrift(t *testing.T) {
 		},
 		{
 			name: "notify changed", install: all, verify: all, notify: false,
-			want: []string{"the rowcast schema differs from this version's (or capture.notify changed)"},
+			want: append([]string{"the rowcast schema differs from this version's (or capture.notify changed)"},
+				capturesDiffer(crm.Tables())...),
 		},
 		{
 			name: "configured table not installed", install: demoTables(t, "escrows", "ai_tasks"),
@@ -499,6 +513,16 @@ func TestVerifyReportsDrift(t *testing.T) {
 			sameLines(t, "drift", verify(t, conn, render(t, tt.verify, tt.notify)), tt.want)
 		})
 	}
+}
+
+// capturesDiffer returns the drift lines of tables whose capture functions
+// differ from the configuration.
+func capturesDiffer(tables []config.Table) []string {
+	var out []string
+	for _, t := range tables {
+		out = append(out, t.Qualified()+": capture trigger differs from the configuration")
+	}
+	return out
 }
 
 func TestInstallRemovesUnconfiguredTable(t *testing.T) {
@@ -741,11 +765,7 @@ func TestOrderWithinATick(t *testing.T) {
 	rows := checkTicked(t, connA)[2:]
 	var order []string
 	for _, r := range rows {
-		if r.Op == "U" {
-			order = append(order, r.Changes["name"].(string))
-		} else {
-			order = append(order, r.RowData["name"].(string))
-		}
+		order = append(order, r.RowData["name"].(string))
 	}
 	sameLines(t, "changes in order", order, []string{"x1", "z", "y1", "x2"})
 	if *rows[0].Tick != *rows[3].Tick {
@@ -925,4 +945,64 @@ func TestCheckTablesTeamFrom(t *testing.T) {
 		`tables[4].team_from.column: public.deals has no column "org_id"`,
 		`tables[5].team_from.table: public.nokey has no one-column primary key; name the column deal_id references with team_from.parent_key`,
 	})
+}
+
+// The capture function renders rows with TimeZone UTC, IntervalStyle
+// iso_8601 and bytea_output hex whatever the writer's session says, and
+// leaves the writer's settings as they were, in the transaction and after
+// it, also when it captures nothing.
+func TestRenderingIgnoresTheWritersSettings(t *testing.T) {
+	url := pg.NewDatabase(t)
+	conn := connect(t, url)
+	exec(t, conn, `create table shots (
+    id bigint primary key,
+    team_id bigint,
+    taken timestamptz not null,
+    exposure interval not null,
+    raw bytea not null)`)
+	install(t, conn, render(t, []config.Table{config.Table{Table: "shots", Kind: config.KindEntity}.WithDefaults()}, true))
+	w := connect(t, url)
+	exec(t, w, "set timezone = 'America/New_York'; set intervalstyle = 'postgres_verbose'; set bytea_output = 'escape'")
+	settings := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) string {
+		var s string
+		if err := q.QueryRow(t.Context(), "select concat_ws(' ', current_setting('TimeZone'), current_setting('IntervalStyle'), current_setting('bytea_output'))").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	const writers = "America/New_York postgres_verbose escape"
+	tx := begin(t, w)
+	txExec(t, tx, `insert into shots values (1, 7, '2026-12-04 12:00:00+00', '1 hour 30 minutes', '\x0102')`)
+	txExec(t, tx, `insert into shots values (2, null, '2026-12-04 12:00:00+00', '1 hour', '\x03')`) // no team: nothing
+	if got := settings(tx); got != writers {
+		t.Errorf("settings inside the writer's transaction after capture: %q, want %q", got, writers)
+	}
+	commit(t, tx)
+	if got := settings(w); got != writers {
+		t.Errorf("settings after the transaction: %q, want %q", got, writers)
+	}
+	exec(t, w, "update shots set exposure = '2 days' where id = 1")
+	rows := checkTicked(t, conn)
+	if len(rows) != 2 {
+		t.Fatalf("%d changelog rows, want 2", len(rows))
+	}
+	ins, upd := rows[0].RowData, rows[1].RowData
+	if ins["taken"] != "2026-12-04T12:00:00+00:00" || ins["exposure"] != "PT1H30M" || ins["raw"] != `\x0102` {
+		t.Errorf("insert rendered %v, want UTC, ISO 8601 and hex", ins)
+	}
+	if upd["exposure"] != "P2D" || rows[1].OldRow["exposure"] != "PT1H30M" {
+		t.Errorf("update rendered %v (old %v), want ISO 8601", upd, rows[1].OldRow)
+	}
+	// A writer already on the pinned values takes the path without setting
+	// anything: its settings stay its own as well.
+	exec(t, w, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'")
+	exec(t, w, "update shots set exposure = '3 days' where id = 1")
+	if got := settings(w); got != "UTC iso_8601 hex" {
+		t.Errorf("settings after a capture on the pinned values: %q", got)
+	}
+	if rows := checkTicked(t, conn); rows[2].RowData["exposure"] != "P3D" {
+		t.Errorf("update on the pinned values rendered %v", rows[2].RowData)
+	}
 }

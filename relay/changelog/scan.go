@@ -18,14 +18,15 @@ import (
 // time).
 const Columns = `c.xid::text::bigint, c.id, c.stream, c.tbl, c.op, coalesce(c.entity_id, ''),
 coalesce(c.team_id, ''), coalesce(c.old_team_id, ''), coalesce(c.user_id, ''), coalesce(c.actor, ''),
-coalesce(c.request_id, ''), c.row_data::text, c.changes::text, c.old_data::text, c.entity_key::text`
+coalesce(c.request_id, ''), c.row_data::text, c.changes::text, c.old_data::text, c.entity_key::text,
+c.old_row::text`
 
 // Scanner decodes changelog rows selected as Columns says. Its zero value
 // is ready; it reuses a buffer between rows.
 type Scanner struct {
 	xid, id, tick, tx                  int64
 	op                                 string
-	row, changes, old, key             []byte
+	row, changes, old, key, oldRow     []byte
 	stream, tbl, entity, team, oldTeam string
 	user, actor, request               string
 	committed                          time.Time
@@ -34,9 +35,9 @@ type Scanner struct {
 
 // Scan reads the current row.
 func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
-	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
+	s.row, s.changes, s.old, s.key, s.oldRow = s.row[:0], s.changes[:0], s.old[:0], s.key[:0], s.oldRow[:0]
 	if err := rows.Scan(&s.tick, &s.tx, &s.committed, &s.xid, &s.id, &s.stream, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key, &s.oldRow); err != nil {
 		return relay.Change{}, err
 	}
 	ch := relay.Change{
@@ -59,6 +60,20 @@ func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
 	}
 	if ch.Key, err = s.compactJSON(s.key); err != nil {
 		return relay.Change{}, err
+	}
+	if ch.Op == relay.OpUpdate && s.oldRow != nil && ch.Changes == nil {
+		// Capture left the changed columns to us: the row against its
+		// old row. An update within one team carries only them.
+		s.compact.Reset()
+		if err := json.Compact(&s.compact, s.oldRow); err != nil {
+			return relay.Change{}, fmt.Errorf("compact changelog json: %w", err)
+		}
+		if ch.Changes, err = diffRows(nil, ch.Row, s.compact.Bytes()); err != nil {
+			return relay.Change{}, err
+		}
+		if ch.OldTeamID == "" {
+			ch.Row = nil
+		}
 	}
 	return ch, nil
 }

@@ -15,12 +15,14 @@ import (
 type flushSink struct {
 	*recorder
 	conn    *pgx.Conn
-	lsn     string
+	lsn     string        // set before known is closed
+	known   chan struct{} // closed once lsn is set
 	flushed chan error
 }
 
 func (s *flushSink) Txn(txn *relay.Txn) {
 	if len(txn.Changes) > 0 {
+		<-s.known
 		var ok bool
 		err := s.conn.QueryRow(context.Background(), "select pg_current_wal_flush_lsn() >= $1::pg_lsn", s.lsn).Scan(&ok)
 		if err == nil && !ok {
@@ -59,15 +61,18 @@ func TestTickCoversOnlyDurableCommits(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	s := &flushSink{recorder: newRecorder(), conn: connect(t, d.url), flushed: make(chan error, 1)}
+	s := &flushSink{recorder: newRecorder(), conn: connect(t, d.url), known: make(chan struct{}), flushed: make(chan error, 1)}
 	d.tailInto(s)
 	w := connect(t, d.url)
 	if _, err := w.Exec(t.Context(), "insert into items (id, team_id) values (1, 7)"); err != nil {
 		t.Fatal(err)
 	}
+	// Read on the writer's connection after its commit: at or past the
+	// commit record.
 	if err := w.QueryRow(t.Context(), "select pg_current_wal_insert_lsn()::text").Scan(&s.lsn); err != nil {
 		t.Fatal(err)
 	}
+	close(s.known)
 	if err := <-s.flushed; err != nil {
 		t.Fatal(err)
 	}

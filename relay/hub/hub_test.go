@@ -432,18 +432,35 @@ func TestConcurrentSubscribePublish(t *testing.T) {
 				h.Unsubscribe(s, mine)
 				_, end := h.Head()
 				s.mu.Lock()
-				// Every event of mine published after head and up to the
-				// first one it missed (it left at some point), in order.
+				// Per stream, every event published after head, in order,
+				// up to the moment the session left that stream (it leaves
+				// stream by stream); across streams, in publish order.
 				mu.Lock()
-				var want []int64
-				for id := head.ID + 1; id <= end.ID; id++ {
-					if slices.Contains(mine, streamOf[id]) {
-						want = append(want, id)
+				var bad error
+				for i := 1; i < len(s.ids) && bad == nil; i++ {
+					if s.ids[i] <= s.ids[i-1] {
+						bad = fmt.Errorf("out of order: %v", s.ids)
+					}
+				}
+				for _, st := range mine {
+					var want, got []int64
+					for id := head.ID + 1; id <= end.ID; id++ {
+						if streamOf[id] == st {
+							want = append(want, id)
+						}
+					}
+					for _, id := range s.ids {
+						if streamOf[id] == st {
+							got = append(got, id)
+						}
+					}
+					if bad == nil && (len(got) > len(want) || !slices.Equal(got, want[:len(got)])) {
+						bad = fmt.Errorf("stream %s: got %v, want a prefix of %v", st, got, want)
 					}
 				}
 				mu.Unlock()
-				if len(s.ids) > len(want) || !slices.Equal(s.ids, want[:len(s.ids)]) {
-					errs <- fmt.Errorf("session %d round %d: after head %d got %v, want a prefix of %v", g, r, head.ID, s.ids, want)
+				if bad != nil {
+					errs <- fmt.Errorf("session %d round %d after head %d: %w", g, r, head.ID, bad)
 					s.mu.Unlock()
 					return
 				}
