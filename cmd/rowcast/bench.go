@@ -2,192 +2,171 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"slices"
-	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
 
-	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/floor"
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/client"
 	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
-	"github.com/rowcast/rowcast/sql/crm"
 )
 
 // runBenchLatency measures commit → client latency end to end: a throwaway
 // PostgreSQL with the demo CRM, a relay in this process, N WebSocket
-// sessions of one team, and writers updating escrows at a fixed rate. Each
-// session records, per event, the time from the change's committedAt to the
-// frame's arrival.
+// sessions spread over M teams, and writers updating escrows of those teams
+// at a fixed rate. Latency runs from the writer's commit returning to the
+// frame's arrival, both on this process's clock (committedAt in the event is
+// not used). With --baseline notify the same workload then runs, in the same
+// invocation on the same server, against the floor relay (package floor),
+// and the ratios are printed; PostgreSQL's CPU per change is reported for
+// both.
 func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, _ := newFlagSet("bench latency", stderr)
-	sessions := fs.Int("sessions", 100, "WebSocket sessions, all in the written team")
-	writes := fs.Int("writes", 3000, "update transactions to commit")
-	perSec := fs.Float64("rate", 500, "transactions per second (all writers together)")
+	sessions := fs.Int("sessions", 1000, "WebSocket sessions, spread evenly over the teams")
+	teams := fs.Int("teams", 100, "teams written to (session i follows team 1 + i % teams)")
+	seconds := fs.Float64("seconds", 10, "writing time (writes = rate × seconds unless --writes is set)")
+	writes := fs.Int("writes", 0, "update transactions to commit (0: rate × seconds)")
+	perSec := fs.Float64("rate", 1000, "transactions per second (all writers together)")
 	writers := fs.Int("writers", 4, "concurrent writer connections")
-	notify := fs.Bool("notify", true, "ring the LISTEN doorbell at commit (false: adaptive polling only)")
+	mode := fs.String("mode", config.ModeTrigger, "rowcast capture mode: trigger or logical")
+	notify := fs.Bool("notify", true, "ring the LISTEN doorbell at commit (false: adaptive polling only; trigger mode)")
+	baseline := fs.String("baseline", "", `also measure a baseline in the same invocation: "notify" (a pg_notify trigger and one LISTEN connection forwarding to sockets)`)
+	queue := fs.Int("queue", 4096, "outgoing frames queued per session, both relays")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "rowcast bench: %v\n", err)
+		fmt.Fprintf(stderr, "rowcast bench latency: %v\n", err)
 		return exitFailed
 	}
-	pg, err := pgembed.Start(ctx, pgembed.Options{})
+	if *baseline != "" && *baseline != "notify" {
+		return fail(errors.New(`--baseline must be "notify" or empty`))
+	}
+	if *sessions < 1 || *teams < 1 || *writers < 1 || *perSec <= 0 {
+		return fail(errors.New("--sessions, --teams, --writers and --rate must be positive"))
+	}
+	if *writes == 0 {
+		*writes = int(*perSec * *seconds)
+	}
+	spec := loadSpec{teams: *teams, writes: *writes, writers: *writers, perSec: *perSec, drain: 30 * time.Second}
+	pg, err := benchServer(ctx, false)
 	if err != nil {
 		return fail(err)
 	}
 	defer pg.Close()
-	url, err := pg.CreateDatabase(ctx, "bench")
+	fmt.Fprintf(stdout, "bench latency: %d sessions over %d teams, %d update transactions at %.0f/s from %d writers, %s mode, doorbell=%v\n",
+		*sessions, *teams, *writes, *perSec, *writers, *mode, *notify)
+
+	url, err := setupLoadDB(ctx, pg, "latency_rowcast", *teams)
 	if err != nil {
 		return fail(err)
 	}
-	if err := crm.Setup(ctx, url); err != nil {
+	cfg, err := benchRelayConfig(url, *mode, *queue)
+	if err != nil {
 		return fail(err)
 	}
-	cfg := config.Defaults()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.Database.URL = url
-	cfg.Auth.JWTSecret = "bench-secret-bench-secret-bench-secret"
-	cfg.Tables = crm.Tables()
 	cfg.Capture.Notify = notify
-	cfg.Sessions.QueueSize = 4096
-	if err := installDemo(ctx, &cfg); err != nil {
+	if err := installDemo(ctx, cfg); err != nil {
 		return fail(err)
 	}
+	rc, err := latencyRun(ctx, pg, url, spec, *sessions, func() (loadTarget, func(), error) {
+		r, stop, err := startBenchRelay(ctx, cfg)
+		if err != nil {
+			return loadTarget{}, nil, err
+		}
+		return rowcastTarget(r, cfg.Auth.JWTSecret), stop, nil
+	})
+	if err != nil {
+		return fail(fmt.Errorf("rowcast: %w", err))
+	}
+	printLatency(stdout, "rowcast "+*mode, rc)
+	code := exitOK
+	if rc.delivered < rc.expected {
+		code = exitFailed
+	}
+	if *baseline == "" {
+		return code
+	}
+
+	furl, err := setupLoadDB(ctx, pg, "latency_floor", *teams)
+	if err != nil {
+		return fail(err)
+	}
+	if err := execSQL(ctx, furl, floor.TriggerSQL("escrows", "team_id")); err != nil {
+		return fail(fmt.Errorf("floor trigger: %w", err))
+	}
+	fl, err := latencyRun(ctx, pg, furl, spec, *sessions, func() (loadTarget, func(), error) {
+		f, stop, err := startFloor(ctx, furl, *queue)
+		if err != nil {
+			return loadTarget{}, nil, err
+		}
+		return floorTarget(f), stop, nil
+	})
+	if err != nil {
+		return fail(fmt.Errorf("floor: %w", err))
+	}
+	printLatency(stdout, "floor (NOTIFY)", fl)
+	if fl.delivered < fl.expected {
+		code = exitFailed
+	}
+	ratio := func(a, b time.Duration) float64 { return float64(a) / float64(max(b, time.Microsecond)) }
+	fmt.Fprintf(stdout, "rowcast / floor: p50 %.2f× (goal ≤ 1.3)  p99 %.2f× (goal ≤ 2)  PostgreSQL CPU per change %.2f× (goal ≤ 1.5, trigger mode)\n",
+		ratio(rc.q(0.50), fl.q(0.50)), ratio(rc.q(0.99), fl.q(0.99)), ratio(rc.pgCPU, fl.pgCPU))
+	return code
+}
+
+// latencyRun starts a relay with start, connects sessions, runs spec
+// against it and stops it.
+func latencyRun(ctx context.Context, pg *pgembed.Server, url string, spec loadSpec, sessions int,
+	start func() (loadTarget, func(), error)) (loadResult, error) {
+	t, stop, err := start()
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer stop()
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
-		return fail(err)
+		return loadResult{}, err
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
-		select 1, g || ' Bench St', 'Austin', 'TX', '78701', 300000 from generate_series(1, 100) g`); err != nil {
-		return fail(err)
-	}
-	r, err := server.New(server.Options{Config: &cfg})
+	ss, err := dialSessions(ctx, t, sessions, spec.teams)
 	if err != nil {
-		return fail(err)
+		return loadResult{}, err
 	}
-	rctx, stopRelay := context.WithCancel(ctx)
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- r.Run(rctx) }()
-	defer func() { stopRelay(); <-relayDone }()
-	select {
-	case <-r.Ready():
-	case err := <-relayDone:
-		return fail(err)
+	return runLoad(ctx, pool, pg, t, ss, spec)
+}
+
+// printLatency prints one run's deliveries, latency quantiles and
+// PostgreSQL CPU per change.
+func printLatency(w io.Writer, name string, r loadResult) {
+	fmt.Fprintf(w, "\n%s:\n", name)
+	fmt.Fprintf(w, "  delivered %d of %d events (%d sessions incomplete), last after %v\n",
+		r.delivered, r.expected, r.incomplete, r.elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "  commit returned → frame received: p50 %v  p90 %v  p99 %v  max %v",
+		r.q(0.50).Round(10*time.Microsecond), r.q(0.90).Round(10*time.Microsecond),
+		r.q(0.99).Round(10*time.Microsecond), r.q(1).Round(10*time.Microsecond))
+	if r.early > 0 {
+		fmt.Fprintf(w, "  (%d arrived before the commit returned, counted as 0)", r.early)
 	}
-	token, err := auth.Sign([]byte(cfg.Auth.JWTSecret), map[string]any{"sub": "1", "teamId": 1})
+	fmt.Fprintln(w)
+	if r.pgCPU > 0 {
+		fmt.Fprintf(w, "  PostgreSQL CPU: %v over %v, %.0f µs per change (%.0f%% of a core)\n",
+			r.pgCPU.Round(10*time.Millisecond), r.elapsed.Round(time.Millisecond),
+			float64(r.pgCPU.Microseconds())/float64(r.writes), 100*r.pgCPU.Seconds()/r.elapsed.Seconds())
+	}
+}
+
+// execSQL runs sql on the database at url.
+func execSQL(ctx context.Context, url, sql string) error {
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return fail(err)
+		return err
 	}
-
-	var mu sync.Mutex
-	var lat []time.Duration
-	conns := make([]*client.Conn, *sessions)
-	for i := range conns {
-		c, err := client.Dial(ctx, client.Options{URL: "ws://" + r.Addr() + "/ws", Token: token})
-		if err != nil {
-			return fail(fmt.Errorf("dial session %d: %w", i, err))
-		}
-		defer c.Close()
-		conns[i] = c
-		// Read the welcome and go live at once: a session that sends nothing
-		// holds events for the resume grace period first.
-		if _, err := c.Next(); err != nil {
-			return fail(fmt.Errorf("session %d welcome: %w", i, err))
-		}
-		if err := c.Send(`{"type":"ping","id":0}`); err != nil {
-			return fail(err)
-		}
-		if _, err := c.Next(); err != nil {
-			return fail(fmt.Errorf("session %d pong: %w", i, err))
-		}
-	}
-	var readers sync.WaitGroup
-	for _, c := range conns {
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			var local []time.Duration
-			got := 0
-			for got < *writes {
-				f, err := c.Next()
-				if err != nil {
-					break
-				}
-				now := time.Now()
-				var d struct {
-					CommittedAt time.Time `json:"committedAt"`
-				}
-				if f.Type != "event" || json.Unmarshal(f.Data, &d) != nil {
-					continue
-				}
-				local = append(local, now.Sub(d.CommittedAt))
-				got++
-			}
-			mu.Lock()
-			lat = append(lat, local...)
-			mu.Unlock()
-		}()
-	}
-
-	fmt.Fprintf(stdout, "bench: %d sessions, %d update transactions at %.0f/s from %d writers, doorbell=%v\n",
-		*sessions, *writes, *perSec, *writers, *notify)
-	lim := rate.NewLimiter(rate.Limit(*perSec), 1)
-	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	per := *writes / *writers
-	for w := 0; w < *writers; w++ {
-		n := per
-		if w == 0 {
-			n += *writes % *writers
-		}
-		g.Go(func() error {
-			for i := 0; i < n; i++ {
-				if err := lim.Wait(gctx); err != nil {
-					return err
-				}
-				if _, err := pool.Exec(gctx, `update escrows set purchase_price = purchase_price + 1, version = version + 1
-					where id = $1`, 1+(i*7+w)%100); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return fail(err)
-	}
-	wrote := time.Since(start)
-	deadline := time.AfterFunc(30*time.Second, func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	readers.Wait()
-	deadline.Stop()
-	total := time.Since(start)
-	if len(lat) == 0 {
-		return fail(fmt.Errorf("no event arrived"))
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Fprintf(stdout, "wrote %d transactions in %v (%.0f tx/s)\n", *writes, wrote.Round(time.Millisecond), float64(*writes)/wrote.Seconds())
-	fmt.Fprintf(stdout, "delivered %d of %d events in %v (%.0f events/s to clients)\n",
-		len(lat), *writes**sessions, total.Round(time.Millisecond), float64(len(lat))/total.Seconds())
-	fmt.Fprintf(stdout, "commit → client latency: p50 %v  p90 %v  p99 %v  max %v\n",
-		q(0.50).Round(10*time.Microsecond), q(0.90).Round(10*time.Microsecond),
-		q(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
-	if len(lat) < *writes**sessions {
-		return exitFailed
-	}
-	return exitOK
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql)
+	return err
 }

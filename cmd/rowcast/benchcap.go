@@ -2,22 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 
@@ -28,12 +22,14 @@ import (
 	"github.com/rowcast/rowcast/sql/crm"
 )
 
-const benchUsage = `usage: rowcast bench [latency|capture|writepath|idle] [flags]
+const benchUsage = `usage: rowcast bench [latency|capture|writepath|fanout|idle] [flags]
 
-  latency    commit → client latency with N sessions (the default)
+  latency    commit → client latency with N sessions over M teams (the
+             default); --baseline notify also measures the NOTIFY floor
   capture    sustained capture rate into the hub, changes/s, per capture mode
-  writepath  pgbench tps of a CRM-like update with no capture, trigger mode
-             (with and without the doorbell) and logical mode
+  writepath  pgbench tps of a CRM-like update with no capture, an outbox
+             trigger (the baseline), trigger mode and logical mode
+  fanout     deliveries/s to many sessions of one team, p99 < 1 s, none lost
   idle       heap and goroutines per idle WebSocket session
 
 Every benchmark runs on its own throwaway PostgreSQL; "rowcast bench X -h"
@@ -56,6 +52,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchCapture(ctx, args[1:], stdout, stderr)
 	case "writepath":
 		return runBenchWritePath(ctx, args[1:], stdout, stderr)
+	case "fanout":
+		return runBenchFanout(ctx, args[1:], stdout, stderr)
 	case "idle":
 		return runBenchIdle(ctx, args[1:], stdout, stderr)
 	}
@@ -63,7 +61,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return exitUsage
 }
 
-// benchDB starts a throwaway server (durable or not) for a benchmark.
+// benchServer starts a throwaway server (durable or not) for a benchmark.
 func benchServer(ctx context.Context, durable bool) (*pgembed.Server, error) {
 	o := pgembed.Options{}
 	if durable {
@@ -192,121 +190,6 @@ func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, w
 		}
 	}
 	return float64(want) / time.Since(start).Seconds(), nil
-}
-
-// writePathScript is a CRM-like write: a status and price change on one
-// escrow, as the API's update endpoint does it.
-const writePathScript = `\set id random(1, 1000)
-UPDATE escrows SET status = (ARRAY['open','pending','closed'])[1 + :id % 3], purchase_price = purchase_price + 1, updated_by = 2, updated_at = now() WHERE id = :id;
-`
-
-var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
-
-// runBenchWritePath measures what capture costs the application: pgbench
-// tps of writePathScript with no capture, trigger mode with and without the
-// doorbell, and logical mode, each with a relay consuming the changes.
-func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench writepath", stderr)
-	seconds := fs.Int("seconds", 15, "pgbench duration per mode")
-	clients := fs.Int("clients", 8, "pgbench clients")
-	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
-	if fs.Parse(args) != nil {
-		return exitUsage
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
-		return exitFailed
-	}
-	bin, err := pgembed.BinDir()
-	if err != nil {
-		return fail(err)
-	}
-	pg, err := benchServer(ctx, *durable)
-	if err != nil {
-		return fail(err)
-	}
-	defer pg.Close()
-	script := filepath.Join(os.TempDir(), fmt.Sprintf("rowcast-bench-%d.sql", os.Getpid()))
-	if err := os.WriteFile(script, []byte(writePathScript), 0o644); err != nil {
-		return fail(err)
-	}
-	defer os.Remove(script)
-	fmt.Fprintf(stdout, "bench writepath: pgbench -c %d -T %d, one-row escrow UPDATE per transaction, 20 teams, fsync=%v\n",
-		*clients, *seconds, *durable)
-	type variant struct {
-		name, mode string
-		notify     bool
-	}
-	variants := []variant{{"none", "", false}, {"trigger", config.ModeTrigger, true},
-		{"trigger-no-doorbell", config.ModeTrigger, false}, {"logical", config.ModeLogical, true}}
-	var baseline float64
-	for i, v := range variants {
-		url, err := pg.CreateDatabase(ctx, fmt.Sprintf("writepath_%d", i))
-		if err != nil {
-			return fail(err)
-		}
-		if err := crm.Setup(ctx, url); err != nil {
-			return fail(err)
-		}
-		if err := seedEscrows(ctx, url); err != nil {
-			return fail(err)
-		}
-		stop := func() {}
-		if v.mode != "" {
-			cfg := benchConfig(url, v.mode, v.notify)
-			if err := installDemo(ctx, cfg); err != nil {
-				return fail(fmt.Errorf("%s: %w", v.name, err))
-			}
-			if _, stop, err = startBenchRelay(ctx, cfg); err != nil {
-				return fail(fmt.Errorf("%s: %w", v.name, err))
-			}
-		}
-		tps, err := pgbench(ctx, bin, pg, fmt.Sprintf("writepath_%d", i), script, *clients, *seconds)
-		stop()
-		if err != nil {
-			return fail(fmt.Errorf("%s: %w", v.name, err))
-		}
-		if v.mode == "" {
-			baseline = tps
-			fmt.Fprintf(stdout, "%-20s %8.0f tps\n", v.name, tps)
-			continue
-		}
-		fmt.Fprintf(stdout, "%-20s %8.0f tps  (%+.1f%% vs none)\n", v.name, tps, (tps/baseline-1)*100)
-	}
-	return exitOK
-}
-
-func seedEscrows(ctx context.Context, url string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	// 1000 escrows over 20 teams: commits serialize per team (the stream's
-	// counter lock), so the spread matters; a CRM has many teams.
-	_, err = conn.Exec(ctx, `insert into teams (id, name) select g, 'Team ' || g from generate_series(3, 20) g;
-		insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
-		select g, 1 + g % 20, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
-		from generate_series(1, 1000) g`)
-	if err != nil {
-		return err
-	}
-	_, err = conn.Exec(ctx, "vacuum analyze escrows")
-	return err
-}
-
-func pgbench(ctx context.Context, bin string, pg *pgembed.Server, db, script string, clients, seconds int) (float64, error) {
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-n", "-c", strconv.Itoa(clients), "-j", "2",
-		"-T", strconv.Itoa(seconds), "-f", script, "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port()), "-U", "postgres", db)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
-	}
-	m := tpsLine.FindSubmatch(out)
-	if m == nil {
-		return 0, errors.New("pgbench printed no tps line:\n" + string(out))
-	}
-	return strconv.ParseFloat(string(m[1]), 64)
 }
 
 // runBenchIdle measures what an idle session costs the relay: it opens N

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/floor"
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
+)
+
+// fanoutStep is one write rate tried by bench fanout. The rate is a target:
+// with the relay saturating the CPUs commits slow down, and the rate
+// written (reported beside it) can fall short.
+type fanoutStep struct {
+	rate float64
+	res  loadResult
+}
+
+// ok reports whether the step delivered every event to every session with
+// p99 under limit.
+func (s fanoutStep) ok(limit time.Duration) bool {
+	return s.res.incomplete == 0 && s.res.delivered == s.res.expected && s.res.q(0.99) < limit
+}
+
+// runBenchFanout measures fan-out: many sessions of one team, the write rate
+// stepped down (×--step from --rate) until a step delivers every event to
+// every session with p99 under --p99; that step's deliveries per second is
+// the result. Every step connects its sessions afresh, so a slow step's
+// backlog (or a session closed as a slow consumer) does not carry over. With
+// --baseline notify the floor relay is stepped the same way in the same
+// invocation.
+func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench fanout", stderr)
+	sessions := fs.Int("sessions", 5000, "WebSocket sessions, all of one team (each uses two file descriptors here)")
+	startRate := fs.Float64("rate", 200, "first write rate, transactions per second")
+	step := fs.Float64("step", 0.7, "factor applied to the write rate after a failed step")
+	minRate := fs.Float64("min-rate", 1, "give up below this write rate")
+	seconds := fs.Float64("seconds", 5, "writing time per step")
+	limit := fs.Duration("p99", time.Second, "a step passes when every event reached every session with p99 under this")
+	drain := fs.Duration("drain", 5*time.Second, "wait for the last deliveries after the last commit of a step")
+	writers := fs.Int("writers", 8, "concurrent writer connections (enough that a slow commit does not hold the rate back)")
+	mode := fs.String("mode", config.ModeTrigger, "rowcast capture mode: trigger or logical")
+	baseline := fs.String("baseline", "", `also step a baseline in the same invocation: "notify" (the floor relay)`)
+	queue := fs.Int("queue", 1024, "outgoing frames queued per session, both relays")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench fanout: %v\n", err)
+		return exitFailed
+	}
+	if *baseline != "" && *baseline != "notify" {
+		return fail(errors.New(`--baseline must be "notify" or empty`))
+	}
+	if *step <= 0 || *step >= 1 || *startRate <= 0 || *sessions < 1 {
+		return fail(errors.New("--step must be in (0, 1); --rate and --sessions positive"))
+	}
+	pg, err := benchServer(ctx, false)
+	if err != nil {
+		return fail(err)
+	}
+	defer pg.Close()
+	fmt.Fprintf(stdout, "bench fanout: %d sessions of one team, %.0f writes/s ×%.2f per step, %v per step, pass: none lost and p99 < %v; rowcast %s mode\n",
+		*sessions, *startRate, *step, time.Duration(*seconds*float64(time.Second)), *limit, *mode)
+	stepper := fanoutStepper{pg: pg, sessions: *sessions, start: *startRate, step: *step, min: *minRate,
+		seconds: *seconds, limit: *limit, drain: *drain, writers: *writers, out: stdout}
+
+	url, err := setupLoadDB(ctx, pg, "fanout_rowcast", 1)
+	if err != nil {
+		return fail(err)
+	}
+	cfg, err := benchRelayConfig(url, *mode, *queue)
+	if err != nil {
+		return fail(err)
+	}
+	if err := installDemo(ctx, cfg); err != nil {
+		return fail(err)
+	}
+	r, stopRelay, err := startBenchRelay(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	rc, err := stepper.run(ctx, url, rowcastTarget(r, cfg.Auth.JWTSecret))
+	stopRelay()
+	if err != nil {
+		return fail(fmt.Errorf("rowcast: %w", err))
+	}
+	if *baseline == "" {
+		return fanoutCode(rc)
+	}
+
+	furl, err := setupLoadDB(ctx, pg, "fanout_floor", 1)
+	if err != nil {
+		return fail(err)
+	}
+	if err := execSQL(ctx, furl, floor.TriggerSQL("escrows", "team_id")); err != nil {
+		return fail(fmt.Errorf("floor trigger: %w", err))
+	}
+	f, stopFloor, err := startFloor(ctx, furl, *queue)
+	if err != nil {
+		return fail(err)
+	}
+	fl, err := stepper.run(ctx, furl, floorTarget(f))
+	stopFloor()
+	if err != nil {
+		return fail(fmt.Errorf("floor: %w", err))
+	}
+	if rc != nil && fl != nil {
+		fmt.Fprintf(stdout, "\nrowcast / floor: %.2f× the deliveries/s (goal ≥ 1)\n", rc.deliveriesPerSec()/fl.deliveriesPerSec())
+	}
+	return fanoutCode(rc)
+}
+
+// fanoutCode is the exit code: failure when no step passed.
+func fanoutCode(passed *fanoutStep) int {
+	if passed == nil {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// deliveriesPerSec is the step's deliveries over its writing time: for a
+// passing step, the delivery rate the relay kept up with.
+func (s fanoutStep) deliveriesPerSec() float64 {
+	return float64(s.res.delivered) / s.res.wrote.Seconds()
+}
+
+// fanoutStepper steps one relay's write rate down.
+type fanoutStepper struct {
+	pg                *pgembed.Server
+	sessions, writers int
+	start, step, min  float64
+	seconds           float64
+	limit, drain      time.Duration
+	out               io.Writer
+}
+
+// run steps t's rate down until a step passes and returns that step, or nil
+// when the rate fell below the minimum first.
+func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fanoutStep, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	fmt.Fprintf(fs.out, "\n%s:\n%10s %10s %12s %10s %10s %10s %10s %14s\n", t.name, "target/s", "wrote/s", "delivered", "lost", "p50", "p99", "max", "deliveries/s")
+	seen0 := t.seen()
+	var base int64
+	for rate := fs.start; rate >= fs.min; rate *= fs.step {
+		spec := loadSpec{teams: 1, writes: max(1, int(rate*fs.seconds)), writers: fs.writers, perSec: rate, base: base, drain: fs.drain}
+		ss, err := dialSessions(ctx, t, fs.sessions, 1)
+		if err != nil {
+			return nil, err
+		}
+		res, err := runLoad(ctx, pool, nil, t, ss, spec)
+		if err != nil {
+			return nil, err
+		}
+		base += int64(spec.writes)
+		s := fanoutStep{rate: rate, res: res}
+		verdict := ""
+		if s.ok(fs.limit) {
+			verdict = "  pass"
+		}
+		fmt.Fprintf(fs.out, "%10.1f %10.1f %12d %10d %10v %10v %10v %14.0f%s\n", rate, float64(res.writes)/res.wrote.Seconds(), res.delivered, res.expected-res.delivered,
+			res.q(0.5).Round(time.Millisecond), res.q(0.99).Round(time.Millisecond), res.q(1).Round(time.Millisecond),
+			s.deliveriesPerSec(), verdict)
+		// Before the next step: the relay has dropped this step's sessions
+		// (file descriptors) and read every change written so far.
+		if err := waitFor(ctx, time.Minute, t.name+" sessions closed", func() bool { return t.sessions() == 0 }); err != nil {
+			return nil, err
+		}
+		if err := waitFor(ctx, 5*time.Minute, t.name+" caught up", func() bool { return t.seen()-seen0 >= base }); err != nil {
+			return nil, err
+		}
+		if s.ok(fs.limit) {
+			fmt.Fprintf(fs.out, "%s sustains %.0f deliveries/s (%.1f writes/s written × %d sessions)\n",
+				t.name, s.deliveriesPerSec(), float64(res.writes)/res.wrote.Seconds(), fs.sessions)
+			return &s, nil
+		}
+	}
+	fmt.Fprintf(fs.out, "%s: no step passed down to %.1f writes/s\n", t.name, fs.min)
+	return nil, nil
+}

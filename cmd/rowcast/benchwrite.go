@@ -1,0 +1,338 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
+	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
+	"github.com/rowcast/rowcast/sql/crm"
+)
+
+// writePathScript is a CRM-like write: a status and price change on one
+// escrow, as the API's update endpoint does it.
+const writePathScript = `\set id random(1, 1000)
+UPDATE escrows SET status = (ARRAY['open','pending','closed'])[1 + :id % 3], purchase_price = purchase_price + 1, updated_by = 2, updated_at = now() WHERE id = :id;
+`
+
+// outboxSQL is the outbox baseline: what Centrifugo's PostgreSQL consumer
+// asks users to write by hand, an AFTER ROW trigger inserting the row as
+// JSON into a bigserial table (nothing consumes it here).
+const outboxSQL = `create table bench_outbox (
+	id bigserial primary key,
+	method text not null default 'publish',
+	payload jsonb not null,
+	created_at timestamptz not null default now()
+);
+create function bench_outbox_capture() returns trigger language plpgsql as $f$
+begin
+	insert into bench_outbox (payload) values (to_jsonb(coalesce(NEW, OLD)));
+	return null;
+end $f$;
+create trigger bench_outbox_capture after insert or update or delete on escrows
+	for each row execute function bench_outbox_capture();`
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+// writeVariant is one capture setup measured by bench writepath, in its own
+// database of the one server.
+type writeVariant struct {
+	name string
+	mode string // relay capture mode; "" runs no relay
+	db   string
+	cfg  *config.Config // nil without a relay
+	runs map[int][]float64
+}
+
+// runBenchWritePath measures what capture costs the application: pgbench
+// tps of writePathScript with no capture, the outbox baseline, trigger mode
+// and logical mode (each with a relay consuming the changes), on one
+// server, each variant in its own database. Variants run back to back, in
+// alternating order over --rounds rounds, so each ratio compares runs minutes
+// apart; the best run of each variant is reported.
+func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench writepath", stderr)
+	seconds := fs.Int("seconds", 10, "pgbench duration per run")
+	clientList := fs.String("clients", "1,8,32", "pgbench client counts, comma-separated")
+	rounds := fs.Int("rounds", 2, "runs of each variant per client count, in alternating order")
+	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated")
+	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
+	relayCPUs := fs.String("relay-cpus", "", "pin this process (the relay) to these CPUs and PostgreSQL and pgbench to the others (taskset lists, e.g. 1)")
+	if fs.Parse(args) != nil {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
+		return exitFailed
+	}
+	clients, err := intList(*clientList)
+	if err != nil {
+		return fail(fmt.Errorf("--clients: %w", err))
+	}
+	if *rounds < 1 {
+		return fail(errors.New("--rounds must be at least 1"))
+	}
+	bin, err := pgembed.BinDir()
+	if err != nil {
+		return fail(err)
+	}
+	pg, err := benchServer(ctx, *durable)
+	if err != nil {
+		return fail(err)
+	}
+	defer pg.Close()
+	pgCPUs := ""
+	if *relayCPUs != "" {
+		var mine string
+		if mine, pgCPUs, err = cpuSplit(*relayCPUs); err != nil {
+			return fail(err)
+		}
+		if err := pinProcess(ctx, os.Getpid(), mine); err != nil {
+			return fail(err)
+		}
+		if err := pinPostgres(ctx, pg, pgCPUs); err != nil {
+			return fail(err)
+		}
+	}
+	script := filepath.Join(os.TempDir(), fmt.Sprintf("rowcast-bench-%d.sql", os.Getpid()))
+	if err := os.WriteFile(script, []byte(writePathScript), 0o644); err != nil {
+		return fail(err)
+	}
+	defer os.Remove(script)
+
+	var variants []*writeVariant
+	for _, name := range strings.Split(*variantList, ",") {
+		v := &writeVariant{name: strings.TrimSpace(name), db: "writepath_" + strings.TrimSpace(name), runs: map[int][]float64{}}
+		switch v.name {
+		case "none", "outbox":
+		case config.ModeTrigger, config.ModeLogical:
+			v.mode = v.name
+		default:
+			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, logical)", v.name))
+		}
+		url, err := pg.CreateDatabase(ctx, v.db)
+		if err != nil {
+			return fail(err)
+		}
+		if err := setupWriteVariant(ctx, v, url); err != nil {
+			return fail(fmt.Errorf("%s: %w", v.name, err))
+		}
+		variants = append(variants, v)
+	}
+	placement := "everything on all CPUs"
+	if pgCPUs != "" {
+		placement = fmt.Sprintf("relay on CPU %s, PostgreSQL and pgbench on CPU %s", *relayCPUs, pgCPUs)
+	}
+	fmt.Fprintf(stdout, "bench writepath: pgbench -T %d, one-row escrow UPDATE per transaction, 1000 escrows over 20 teams, fsync=%v, %d rounds, %s\n",
+		*seconds, *durable, *rounds, placement)
+	for _, c := range clients {
+		for round := range *rounds {
+			order := slices.Clone(variants)
+			if round%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, v := range order {
+				tps, err := runWriteVariant(ctx, bin, pg, v, script, c, *seconds, pgCPUs)
+				if err != nil {
+					return fail(fmt.Errorf("%s, %d clients: %w", v.name, c, err))
+				}
+				v.runs[c] = append(v.runs[c], tps)
+			}
+		}
+	}
+	printWritePath(stdout, variants, clients)
+	return exitOK
+}
+
+// setupWriteVariant creates the CRM, its 1000 escrows and the variant's
+// capture in the database at url.
+func setupWriteVariant(ctx context.Context, v *writeVariant, url string) error {
+	if err := crm.Setup(ctx, url); err != nil {
+		return err
+	}
+	if err := seedEscrows(ctx, url); err != nil {
+		return err
+	}
+	switch {
+	case v.name == "outbox":
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		if _, err := conn.Exec(ctx, outboxSQL); err != nil {
+			return fmt.Errorf("outbox trigger: %w", err)
+		}
+	case v.mode != "":
+		v.cfg = benchConfig(url, v.mode, true)
+		if err := installDemo(ctx, v.cfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runWriteVariant runs pgbench once against v, with v's relay running (and
+// caught up with the changes of earlier runs) for the whole run.
+func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *writeVariant, script string, clients, seconds int, cpus string) (float64, error) {
+	if v.cfg != nil {
+		r, stop, err := startBenchRelay(ctx, v.cfg)
+		if err != nil {
+			return 0, err
+		}
+		defer stop()
+		if err := relayCaughtUp(ctx, r, v.cfg.Database.URL); err != nil {
+			return 0, err
+		}
+	}
+	conn, err := pgx.Connect(ctx, pg.URLFor(v.db))
+	if err != nil {
+		return 0, err
+	}
+	_, err = conn.Exec(ctx, "checkpoint")
+	conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	return pgbench(ctx, bin, pg, v.db, script, clients, seconds, cpus)
+}
+
+// relayCaughtUp writes one change and waits until the relay publishes it:
+// by then it has read everything committed before (a logical relay decodes
+// the WAL written by the other variants' runs too).
+func relayCaughtUp(ctx context.Context, r *server.Relay, url string) error {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	base := r.Hub().Stats().Published
+	if _, err := pool.Exec(ctx, "update escrows set version = version + 1 where id = 1"); err != nil {
+		return fmt.Errorf("catch-up write: %w", err)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(5 * time.Minute)
+	for r.Hub().Stats().Published == base {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return errors.New("relay did not catch up within 5 minutes")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// printWritePath prints, per client count, each variant's runs, its best run
+// and the best run's ratio to the outbox baseline's and to no capture's.
+func printWritePath(w io.Writer, variants []*writeVariant, clients []int) {
+	best := func(v *writeVariant, c int) float64 { return slices.Max(v.runs[c]) }
+	find := func(name string) *writeVariant {
+		for _, v := range variants {
+			if v.name == name {
+				return v
+			}
+		}
+		return nil
+	}
+	outbox, none := find("outbox"), find("none")
+	fmt.Fprintf(w, "\n%7s  %-8s %-24s %8s %9s %8s\n", "clients", "variant", "runs (tps)", "best", "×outbox", "×none")
+	for _, c := range clients {
+		for _, v := range variants {
+			runs := make([]string, len(v.runs[c]))
+			for i, t := range v.runs[c] {
+				runs[i] = strconv.FormatFloat(t, 'f', 0, 64)
+			}
+			ratio := func(base *writeVariant) string {
+				if base == nil {
+					return "-"
+				}
+				return fmt.Sprintf("%.2f", best(v, c)/best(base, c))
+			}
+			fmt.Fprintf(w, "%7d  %-8s %-24s %8.0f %9s %8s\n", c, v.name, strings.Join(runs, ", "), best(v, c), ratio(outbox), ratio(none))
+		}
+	}
+	if tr := find(config.ModeTrigger); tr != nil && outbox != nil {
+		fmt.Fprint(w, "\ntrigger mode / outbox (goal ≥ 0.85):")
+		for _, c := range clients {
+			fmt.Fprintf(w, "  %d clients %.2f×", c, best(tr, c)/best(outbox, c))
+		}
+		fmt.Fprintln(w)
+	}
+	if lg := find(config.ModeLogical); lg != nil && none != nil {
+		fmt.Fprint(w, "logical mode loss vs no capture (goal ≤ 10 %):")
+		for _, c := range clients {
+			fmt.Fprintf(w, "  %d clients %+.1f%%", c, (best(lg, c)/best(none, c)-1)*100)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func seedEscrows(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	// 1000 escrows over 20 teams: commits serialize per team (the stream's
+	// counter lock), so the spread matters; a CRM has many teams.
+	_, err = conn.Exec(ctx, `insert into teams (id, name) select g, 'Team ' || g from generate_series(3, 20) g;
+		insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
+		select g, 1 + g % 20, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
+		from generate_series(1, 1000) g`)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "vacuum analyze escrows")
+	return err
+}
+
+// pgbench runs script for seconds with clients connections and returns its
+// tps; a non-empty cpus runs it under taskset -c cpus.
+func pgbench(ctx context.Context, bin string, pg *pgembed.Server, db, script string, clients, seconds int, cpus string) (float64, error) {
+	args := []string{"-n", "-c", strconv.Itoa(clients), "-j", strconv.Itoa(min(2, clients)),
+		"-T", strconv.Itoa(seconds), "-f", script, "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port()), "-U", "postgres", db}
+	name := filepath.Join(bin, "pgbench")
+	if cpus != "" {
+		args = append([]string{"-c", cpus, name}, args...)
+		name = "taskset"
+	}
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %w\n%s", err, out)
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, errors.New("pgbench printed no tps line:\n" + string(out))
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// intList parses a comma-separated list of positive integers.
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
