@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
@@ -1005,4 +1007,83 @@ func TestRenderingIgnoresTheWritersSettings(t *testing.T) {
 	if rows := checkTicked(t, conn); rows[2].RowData["exposure"] != "P3D" {
 		t.Errorf("update on the pinned values rendered %v", rows[2].RowData)
 	}
+}
+
+// Installing over schema version 1 (testdata/schema-v1-crm.sql: what
+// install rendered for the demo CRM before ticks) upgrades it in place:
+// the commit-time sequencer and its tables are gone, the history starts
+// over under a new epoch (positions of version 1 do not carry over: clients
+// resync once). A writer whose transaction is open when the upgrade starts
+// commits normally (version 1 numbers it at commit, under locks the upgrade
+// needs: the upgrade gives way and tries again instead of deadlocking), and
+// its change belongs to version 1's history.
+func TestInstallUpgradesVersion1(t *testing.T) {
+	conn := demoDB(t)
+	v1, err := os.ReadFile("testdata/schema-v1-crm.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec(t, conn, string(v1))
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'before')")
+	var epoch string
+	if err := conn.QueryRow(t.Context(), "select epoch::text from rowcast.meta").Scan(&epoch); err != nil {
+		t.Fatal(err)
+	}
+	// A writer in the middle of a transaction: its row is in, its
+	// commit (and, under version 1, its numbering) comes after the upgrade.
+	w := connect(t, conn.Config().ConnString())
+	tx := begin(t, w)
+	txExec(t, tx, "insert into leads (team_id, first_name) values (1, 'across')")
+	done := make(chan []string, 1)
+	go func() {
+		ic := connect(t, conn.Config().ConnString())
+		lines, err := triggers.Install(context.Background(), ic, render(t, crm.Tables(), true))
+		if err != nil {
+			t.Error(err)
+		}
+		done <- lines
+	}()
+	// The upgrade waits for the writer (it replaces tables the writer's
+	// transaction holds); let the writer commit.
+	deadline := time.After(30 * time.Second)
+	for queryInt(t, conn, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()") == 0 {
+		select {
+		case <-deadline:
+			t.Fatal("the upgrade did not wait for the open writer")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	commit(t, tx)
+	if lines := <-done; !slices.Contains(lines, "rowcast schema: changelog, ticks") {
+		t.Fatalf("install lines %q", lines)
+	}
+	if drift := verify(t, conn, render(t, crm.Tables(), true)); len(drift) > 0 {
+		t.Errorf("drift after the upgrade: %q", drift)
+	}
+	var now string
+	if err := conn.QueryRow(t.Context(), "select epoch::text from rowcast.meta").Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	if now == epoch {
+		t.Error("the epoch did not change: clients would resume version 1 positions")
+	}
+	if n := queryInt(t, conn, "select schema_version from rowcast.meta"); n != 2 {
+		t.Errorf("schema_version %d, want 2", n)
+	}
+	for _, gone := range []string{"rowcast.sequence()", "rowcast.mark()"} {
+		if queryInt(t, conn, "select count(*) from pg_proc where oid = to_regprocedure($1)", gone) != 0 {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	for _, gone := range []string{"rowcast.streams", "rowcast.pending", "rowcast.boot"} {
+		if queryInt(t, conn, "select count(*) from pg_class where oid = to_regclass($1)", gone) != 0 {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'after')")
+	var names []string
+	for _, r := range checkTicked(t, conn) {
+		names = append(names, r.RowData["first_name"].(string))
+	}
+	sameLines(t, "changes after the upgrade", names, []string{"after"})
 }
