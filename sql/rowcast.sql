@@ -195,7 +195,7 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO rowcast.ticks (tick, snap, snap_xmax) VALUES (prev.tick + 1, cur, pg_snapshot_xmax(cur));
-    PERFORM pg_notify('rowcast_tick', '');
+    PERFORM pg_notify('rowcast_tick', (prev.tick + 1)::text);
     RETURN prev.tick + 1;
 END
 $fn$;

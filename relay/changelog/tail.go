@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,7 @@ type Tail struct {
 	ready     chan struct{}
 	readyOnce atomic.Bool
 	poke      chan struct{}
+	read      atomic.Int64 // the last tick read
 }
 
 // NewTail returns a Tail of the changelog in the database at url.
@@ -179,7 +181,12 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
 	if c.o.Listen {
-		stop, err := listen(ctx, c.url, TickChannel, bell, listenErr)
+		// A tick this relay has read already (its own ticker pokes it
+		// before the notification arrives) does not wake it again.
+		stop, err := listen(ctx, c.url, TickChannel, bell, listenErr, func(payload string) bool {
+			n, err := strconv.ParseInt(payload, 10, 64)
+			return err != nil || n > c.read.Load()
+		})
 		if err != nil {
 			return fmt.Errorf("capture %w", err)
 		}
@@ -197,6 +204,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 				"old", st.epoch, "new", epoch)
 		}
 		st.epoch, st.tick, st.snap = epoch, last.tick, last.snap
+		c.read.Store(last.tick)
 		sink.Reset(epoch, relay.TickEnd(last.tick))
 	default:
 		// The tick read last must still be there, with the same snapshot:
@@ -256,10 +264,11 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 }
 
 // listen runs a goroutine that LISTENs on channel with a connection of its
-// own and signals bell (without blocking) on every notification; the first
-// error goes to errs. stop ends it and waits for it, which closes the
-// connection.
-func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs chan<- error) (stop func(), err error) {
+// own and signals bell (without blocking) on every notification that wake,
+// when not nil, says is news; the first error goes to errs. stop ends it
+// and waits for it, which closes the connection.
+func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs chan<- error,
+	wake func(payload string) bool) (stop func(), err error) {
 	lconn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)
@@ -274,12 +283,16 @@ func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs
 		defer close(done)
 		defer lconn.Close(context.WithoutCancel(ctx))
 		for {
-			if _, err := lconn.WaitForNotification(ctx); err != nil {
+			n, err := lconn.WaitForNotification(ctx)
+			if err != nil {
 				select {
 				case errs <- fmt.Errorf("listen: %w", err):
 				default:
 				}
 				return
+			}
+			if wake != nil && !wake(n.Payload) {
+				continue
 			}
 			select {
 			case bell <- struct{}{}:
@@ -399,6 +412,7 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	}
 	last := ticks[len(ticks)-1]
 	st.tick, st.snap = last.tick, last.snap
+	c.read.Store(last.tick)
 	return len(ticks), nil
 }
 

@@ -135,7 +135,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
 	if t.o.Listen {
-		stop, err := listen(ctx, t.url, Channel, bell, listenErr)
+		stop, err := listen(ctx, t.url, Channel, bell, listenErr, nil)
 		if err != nil {
 			return false, fmt.Errorf("ticker %w", err)
 		}
