@@ -361,9 +361,15 @@ type memSample struct {
 	goroutines        int
 }
 
-// memNow collects garbage, returns freed memory to the OS and samples the
+// memNow collects garbage (a few cycles), returns freed memory to the OS and samples the
 // process: VmRSS from /proc/self/status, heap and stacks in use, goroutines.
 func memNow() (memSample, error) {
+	// A goroutine's stack shrinks by half at most per GC: a few cycles let
+	// the stacks that grew during the upgrade settle, as they do in a relay
+	// that runs.
+	for range 3 {
+		runtime.GC()
+	}
 	debug.FreeOSMemory() // a GC, then freed pages go back to the OS
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
