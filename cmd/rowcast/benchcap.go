@@ -346,8 +346,12 @@ func runBenchIdleClients(ctx context.Context, args []string, stdout, stderr io.W
 			return fail(fmt.Errorf("session %d: %w", i, err))
 		}
 		// The 101 response; the welcome frame after it stays unread.
-		if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 101") {
-			return fail(fmt.Errorf("session %d: upgrade refused: %q %w", i, buf[:min(n, 80)], err))
+		n, err := c.Read(buf)
+		if err != nil {
+			return fail(fmt.Errorf("session %d: upgrade: %w", i, err))
+		}
+		if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 101") {
+			return fail(fmt.Errorf("session %d: upgrade refused: %q", i, buf[:min(n, 80)]))
 		}
 	}
 	fmt.Fprintln(stdout, "ready")
