@@ -13,9 +13,9 @@ type MappedHistory struct {
 }
 
 // Replay implements History.
-func (h MappedHistory) Replay(ctx context.Context, from map[string]int64, fn func([]Event) error) error {
+func (h MappedHistory) Replay(ctx context.Context, streams []string, after Pos, fn func([]Event) error) error {
 	var events []Event
-	return h.Changes.Replay(ctx, from, func(changes []Change) error {
+	return h.Changes.Replay(ctx, streams, after, func(changes []Change) error {
 		events = events[:0]
 		for i := range changes {
 			events = h.Mapper.Map(events, &changes[i])

@@ -11,7 +11,7 @@ import (
 // batchHistory is a ChangeHistory that replays fixed batches, ignoring from.
 type batchHistory [][]Change
 
-func (h batchHistory) Replay(_ context.Context, _ map[string]int64, fn func([]Change) error) error {
+func (h batchHistory) Replay(_ context.Context, _ []string, _ Pos, fn func([]Change) error) error {
 	for _, b := range h {
 		if err := fn(b); err != nil {
 			return err
@@ -24,15 +24,15 @@ func (h batchHistory) Replay(_ context.Context, _ map[string]int64, fn func([]Ch
 // batches, and skips a batch that maps to nothing.
 func TestMappedHistoryMapsInOrder(t *testing.T) {
 	h := MappedHistory{Mapper: tableMapper{"a": 1, "b": 2}, Changes: batchHistory{
-		{{Stream: "s", Seq: 1, Table: "a"}, {Stream: "s", Seq: 2, Table: "b"}},
-		{{Stream: "s", Seq: 3, Table: "none"}},
-		{{Stream: "s", Seq: 4, Table: "none"}, {Stream: "s", Seq: 5, Table: "a"}},
+		{{Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 1}, Table: "a"}, {Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 2}, Table: "b"}},
+		{{Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 3}, Table: "none"}},
+		{{Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 4}, Table: "none"}, {Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 5}, Table: "a"}},
 	}}
 	var got [][]string
-	err := h.Replay(context.Background(), map[string]int64{"s": 0}, func(events []Event) error {
+	err := h.Replay(context.Background(), []string{"s"}, Pos{}, func(events []Event) error {
 		var names []string
 		for _, ev := range events {
-			names = append(names, fmt.Sprintf("%s@%d", ev.Name, ev.Seq))
+			names = append(names, fmt.Sprintf("%s@%d", ev.Name, ev.Pos.ID))
 		}
 		got = append(got, names)
 		return nil
@@ -49,11 +49,11 @@ func TestMappedHistoryMapsInOrder(t *testing.T) {
 // An error from fn ends the replay and is returned as it is.
 func TestMappedHistoryReturnsFnError(t *testing.T) {
 	h := MappedHistory{Mapper: tableMapper{"a": 1}, Changes: batchHistory{
-		{{Stream: "s", Seq: 1, Table: "a"}}, {{Stream: "s", Seq: 2, Table: "a"}},
+		{{Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 1}, Table: "a"}}, {{Stream: "s", Pos: Pos{Tick: 1, Tx: 9, ID: 2}, Table: "a"}},
 	}}
 	stop := errors.New("stop")
 	calls := 0
-	err := h.Replay(context.Background(), nil, func([]Event) error { calls++; return stop })
+	err := h.Replay(context.Background(), nil, Pos{}, func([]Event) error { calls++; return stop })
 	if !errors.Is(err, stop) || calls != 1 {
 		t.Fatalf("Replay = %v after %d calls, want %v after 1", err, calls, stop)
 	}

@@ -4,9 +4,10 @@ import "time"
 
 // Fanout is what the pipeline publishes to (package hub implements it).
 type Fanout interface {
-	Publish(events []Event)
-	Advance(stream string, seq int64)
-	Reset(epoch string, heads map[string]int64)
+	// Publish delivers one transaction's events and moves the head to
+	// head, which is at or after the last event's position.
+	Publish(events []Event, head Pos)
+	Reset(epoch string, head Pos)
 }
 
 // Pipeline connects capture to fan-out: it maps each captured transaction's
@@ -20,32 +21,21 @@ type Pipeline struct {
 	Observe func(changes, events int, committedAt time.Time)
 }
 
-// Reset forwards a new epoch and heads to the fan-out.
-func (p *Pipeline) Reset(epoch string, heads map[string]int64) { p.Fanout.Reset(epoch, heads) }
+// Reset forwards a new epoch and head to the fan-out.
+func (p *Pipeline) Reset(epoch string, head Pos) { p.Fanout.Reset(epoch, head) }
 
-// Txn maps and publishes one transaction. Each call allocates a fresh event
-// slice, since subscribers may keep the events.
-//
-// Changes that map to nothing advance their streams only after the events
-// are published: advancing first could move a head past an event of the
-// same transaction not yet published, and a session subscribing in between
-// would take that head as its position and drop the event as already sent.
+// Txn maps and publishes one transaction, with the transaction's head: a
+// transaction whose changes map to nothing still moves the head. Each call
+// allocates a fresh event slice, since subscribers may keep the events.
 func (p *Pipeline) Txn(txn *Txn) {
-	events := make([]Event, 0, len(txn.Changes)+1)
-	var unmapped []int // indexes of changes that produced no event
+	var events []Event
+	if len(txn.Changes) > 0 {
+		events = make([]Event, 0, len(txn.Changes)+1)
+	}
 	for i := range txn.Changes {
-		n := len(events)
 		events = p.Mapper.Map(events, &txn.Changes[i])
-		if len(events) == n {
-			unmapped = append(unmapped, i)
-		}
 	}
-	if len(events) > 0 {
-		p.Fanout.Publish(events)
-	}
-	for _, i := range unmapped {
-		p.Fanout.Advance(txn.Changes[i].Stream, txn.Changes[i].Seq)
-	}
+	p.Fanout.Publish(events, txn.Head)
 	if p.Observe != nil {
 		p.Observe(len(txn.Changes), len(events), txn.CommittedAt)
 	}

@@ -4,42 +4,83 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"sort"
+	"math"
 	"strconv"
 	"strings"
 )
 
-// Position stands for everything a session has been sent: the history epoch
-// and, per stream the session follows, the last seq sent. Positions are
-// computed from the changelog alone, so they are the same on every replica.
+// Pos is a change's place in the one order every replica reads alike. The
+// ticker cuts the changelog into ticks (the transactions that became
+// visible between two recorded snapshots); within a tick, transactions are
+// ordered by Tx, the highest changelog id each wrote, and a transaction's
+// changes by their own ID. Positions compare field by field.
+//
+// A Pos whose Tx and ID are math.MaxInt64 stands for the end of its tick:
+// everything in it (TickEnd).
+type Pos struct {
+	Tick, Tx, ID int64
+}
+
+// TickEnd returns the position after every change of tick.
+func TickEnd(tick int64) Pos { return Pos{Tick: tick, Tx: math.MaxInt64, ID: math.MaxInt64} }
+
+// Compare returns -1, 0 or +1 as p is before, equal to or after q.
+func (p Pos) Compare(q Pos) int {
+	switch {
+	case p.Tick != q.Tick:
+		return cmp64(p.Tick, q.Tick)
+	case p.Tx != q.Tx:
+		return cmp64(p.Tx, q.Tx)
+	}
+	return cmp64(p.ID, q.ID)
+}
+
+// Complete reports whether p stands for the end of its tick.
+func (p Pos) Complete() bool { return p.Tx == math.MaxInt64 && p.ID == math.MaxInt64 }
+
+func cmp64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// MaxPos returns the later of p and q.
+func MaxPos(p, q Pos) Pos {
+	if p.Compare(q) >= 0 {
+		return p
+	}
+	return q
+}
+
+// Position stands for everything a session has been sent: the history
+// epoch and the place in the global order up to which it has everything its
+// scope allows. Positions are computed from the changelog and its ticks
+// alone, so they are the same on every replica.
 type Position struct {
 	Epoch string
-	Seqs  map[string]int64
+	Pos   Pos
 }
 
-const positionPrefix = "p1."
+const positionPrefix = "p2."
 
-// Encode renders the position as an opaque, URL-safe string. Streams are
-// written in sorted order so that equal positions encode equally.
-func (p Position) Encode() string {
-	keys := make([]string, 0, len(p.Seqs))
-	for k := range p.Seqs {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return EncodePosition(p.Epoch, keys, func(i int) int64 { return p.Seqs[keys[i]] })
-}
+// Encode renders the position as an opaque, URL-safe string.
+func (p Position) Encode() string { return EncodePosition(p.Epoch, p.Pos) }
 
-// EncodePosition encodes a position from sorted stream keys and a seq lookup,
-// without building a map; it is the hot-path form of Position.Encode.
-func EncodePosition(epoch string, sortedStreams []string, seq func(i int) int64) string {
-	buf := make([]byte, 0, 64)
-	buf = append(buf, epoch...)
-	for i, s := range sortedStreams {
-		buf = append(buf, '\n')
-		buf = append(buf, s...)
-		buf = append(buf, '=')
-		buf = strconv.AppendInt(buf, seq(i), 10)
+// EncodePosition encodes a position without building a Position.
+func EncodePosition(epoch string, pos Pos) string {
+	var raw [96]byte
+	buf := append(raw[:0], epoch...)
+	buf = append(buf, '\n')
+	buf = strconv.AppendInt(buf, pos.Tick, 10)
+	if !pos.Complete() {
+		buf = append(buf, '.')
+		buf = strconv.AppendInt(buf, pos.Tx, 10)
+		buf = append(buf, '.')
+		buf = strconv.AppendInt(buf, pos.ID, 10)
 	}
 	out := make([]byte, len(positionPrefix)+base64.RawURLEncoding.EncodedLen(len(buf)))
 	copy(out, positionPrefix)
@@ -50,34 +91,45 @@ func EncodePosition(epoch string, sortedStreams []string, seq func(i int) int64)
 // errPosition is wrapped by every ParsePosition failure.
 var errPosition = errors.New("malformed position")
 
-// ParsePosition decodes a string made by Encode.
+// ParsePosition decodes a string made by Encode. Positions of the earlier
+// per-stream form ("p1.") are malformed now: a client holding one resyncs.
 func ParsePosition(s string) (Position, error) {
 	rest, ok := strings.CutPrefix(s, positionPrefix)
-	if !ok || len(s) > 4096 {
+	if !ok || len(s) > 512 {
 		return Position{}, fmt.Errorf("parse position: %w", errPosition)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(rest)
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(rest)
 	if err != nil {
 		return Position{}, fmt.Errorf("parse position: %w: %v", errPosition, err)
 	}
-	parts := strings.Split(string(raw), "\n")
-	if parts[0] == "" {
+	if base64.RawURLEncoding.EncodeToString(raw) != rest {
+		// Line breaks inside, which the decoder skips.
+		return Position{}, fmt.Errorf("parse position: %w: not canonical base64", errPosition)
+	}
+	epoch, at, ok := strings.Cut(string(raw), "\n")
+	if !ok || epoch == "" {
 		return Position{}, fmt.Errorf("parse position: %w: no epoch", errPosition)
 	}
-	p := Position{Epoch: parts[0], Seqs: make(map[string]int64, len(parts)-1)}
-	for _, kv := range parts[1:] {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return Position{}, fmt.Errorf("parse position: %w: bad stream %q", errPosition, kv)
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return Position{}, fmt.Errorf("parse position: %w: bad seq %q", errPosition, v)
-		}
-		if _, dup := p.Seqs[k]; dup {
-			return Position{}, fmt.Errorf("parse position: %w: stream %q twice", errPosition, k)
-		}
-		p.Seqs[k] = n
+	parts := strings.Split(at, ".")
+	if len(parts) != 1 && len(parts) != 3 {
+		return Position{}, fmt.Errorf("parse position: %w: bad place %q", errPosition, at)
 	}
-	return p, nil
+	var n [3]int64
+	for i, part := range parts {
+		v, err := strconv.ParseInt(part, 10, 64)
+		if err != nil || part[0] < '0' || part[0] > '9' || (part != "0" && part[0] == '0') {
+			return Position{}, fmt.Errorf("parse position: %w: bad number %q", errPosition, part)
+		}
+		n[i] = v
+	}
+	pos := TickEnd(n[0])
+	if len(parts) == 3 {
+		pos = Pos{Tick: n[0], Tx: n[1], ID: n[2]}
+		if pos.Complete() {
+			// Encode never writes the end of a tick this way: one position,
+			// one spelling.
+			return Position{}, fmt.Errorf("parse position: %w: bad place %q", errPosition, at)
+		}
+	}
+	return Position{Epoch: epoch, Pos: pos}, nil
 }

@@ -3,9 +3,7 @@ package relay
 import (
 	"encoding/base64"
 	"errors"
-	"maps"
 	"math"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -16,99 +14,73 @@ func rawPosition(raw string) string {
 	return positionPrefix + base64.RawURLEncoding.EncodeToString([]byte(raw))
 }
 
-// samePosition compares positions treating a nil and an empty Seqs alike.
-func samePosition(a, b Position) bool {
-	return a.Epoch == b.Epoch && maps.Equal(a.Seqs, b.Seqs)
-}
-
 func TestPositionEncode(t *testing.T) {
 	tests := []struct {
 		name string
 		pos  Position
-		want string // the exact encoding: sorted streams, prefix, raw URL base64
+		want string // the exact encoding: prefix, raw URL base64
 	}{
-		{
-			name: "epoch only",
-			pos:  Position{Epoch: "e1"},
-			want: "p1.ZTE",
-		},
-		{
-			name: "streams written in sorted order",
-			pos:  Position{Epoch: "e1", Seqs: map[string]int64{"user:3": 5, "team:7": 3, "all": 10}},
-			want: rawPosition("e1\nall=10\nteam:7=3\nuser:3=5"),
-		},
-		{
-			name: "zero and max seq",
-			pos:  Position{Epoch: "e", Seqs: map[string]int64{"b": math.MaxInt64, "a": 0}},
-			want: rawPosition("e\na=0\nb=9223372036854775807"),
-		},
-		{
-			name: "keys with unicode and punctuation",
-			pos:  Position{Epoch: "9f2c-epoch", Seqs: map[string]int64{"team:é/7": 1, "team:7 8": 2}},
-			want: rawPosition("9f2c-epoch\nteam:7 8=2\nteam:é/7=1"),
-		},
+		{"end of a tick", Position{Epoch: "e1", Pos: TickEnd(7)}, rawPosition("e1\n7")},
+		{"inside a tick", Position{Epoch: "e1", Pos: Pos{Tick: 7, Tx: 12, ID: 10}}, rawPosition("e1\n7.12.10")},
+		{"zero", Position{Epoch: "e", Pos: Pos{}}, rawPosition("e\n0.0.0")},
+		{"tick zero end", Position{Epoch: "e", Pos: TickEnd(0)}, rawPosition("e\n0")},
+		{"max tick", Position{Epoch: "9f2c-epoch", Pos: TickEnd(math.MaxInt64)}, rawPosition("9f2c-epoch\n9223372036854775807")},
+		{"max tx, not max id", Position{Epoch: "e", Pos: Pos{Tick: 1, Tx: math.MaxInt64, ID: 3}}, rawPosition("e\n1.9223372036854775807.3")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			// Map iteration order is random: encode several times.
-			for range 20 {
-				if got := tt.pos.Encode(); got != tt.want {
-					t.Fatalf("Encode() = %q, want %q", got, tt.want)
-				}
-			}
 			got := tt.pos.Encode()
+			if got != tt.want {
+				t.Fatalf("Encode() = %q, want %q", got, tt.want)
+			}
 			if strings.ContainsAny(got, "+/=\n") {
 				t.Errorf("Encode() = %q is not URL-safe", got)
 			}
-			keys := slices.Sorted(maps.Keys(tt.pos.Seqs))
-			if hot := EncodePosition(tt.pos.Epoch, keys, func(i int) int64 { return tt.pos.Seqs[keys[i]] }); hot != got {
+			if hot := EncodePosition(tt.pos.Epoch, tt.pos.Pos); hot != got {
 				t.Errorf("EncodePosition = %q, Encode = %q", hot, got)
 			}
 			back, err := ParsePosition(got)
 			if err != nil {
 				t.Fatalf("ParsePosition(%q): %v", got, err)
 			}
-			if !samePosition(back, tt.pos) {
+			if back != tt.pos {
 				t.Errorf("round trip = %+v, want %+v", back, tt.pos)
 			}
 		})
 	}
 }
 
-func TestEncodePositionUsesSeqByIndex(t *testing.T) {
-	streams := []string{"all", "team:7", "user:3"}
-	seqs := []int64{4, 0, 17}
-	got := EncodePosition("ep", streams, func(i int) int64 { return seqs[i] })
-	want := rawPosition("ep\nall=4\nteam:7=0\nuser:3=17")
-	if got != want {
-		t.Fatalf("EncodePosition = %q, want %q", got, want)
+func TestPosCompare(t *testing.T) {
+	tests := []struct {
+		a, b Pos
+		want int
+	}{
+		{Pos{1, 5, 5}, Pos{2, 0, 0}, -1},
+		{Pos{2, 5, 1}, Pos{2, 6, 0}, -1},
+		{Pos{2, 6, 1}, Pos{2, 6, 2}, -1},
+		{Pos{2, 6, 2}, Pos{2, 6, 2}, 0},
+		{TickEnd(2), Pos{2, 1 << 40, 1 << 40}, 1},
+		{TickEnd(2), Pos{3, 0, 0}, -1},
 	}
-}
-
-// longPosition returns a valid position string of exactly n characters, or
-// fails when no such encoding exists.
-func longPosition(t *testing.T, n int) string {
-	t.Helper()
-	for k := 1; k < n; k++ {
-		s := rawPosition("e\n" + strings.Repeat("s", k) + "=1")
-		if len(s) == n {
-			return s
+	for _, tt := range tests {
+		if got := tt.a.Compare(tt.b); got != tt.want {
+			t.Errorf("%+v.Compare(%+v) = %d, want %d", tt.a, tt.b, got, tt.want)
 		}
-		if len(s) > n {
-			break
+		if got := tt.b.Compare(tt.a); got != -tt.want {
+			t.Errorf("%+v.Compare(%+v) = %d, want %d", tt.b, tt.a, got, -tt.want)
 		}
 	}
-	t.Fatalf("no position encodes to %d characters", n)
-	return ""
+	if MaxPos(Pos{1, 2, 3}, Pos{1, 2, 4}) != (Pos{1, 2, 4}) || MaxPos(TickEnd(3), Pos{1, 2, 4}) != TickEnd(3) {
+		t.Error("MaxPos does not return the later position")
+	}
 }
 
 func TestParsePositionLengthLimit(t *testing.T) {
-	// 4096 itself is not a length raw base64 of this prefix can have.
-	ok := longPosition(t, 4095)
+	ok := rawPosition(strings.Repeat("e", 300) + "\n1")
 	if _, err := ParsePosition(ok); err != nil {
 		t.Fatalf("ParsePosition of %d chars: %v", len(ok), err)
 	}
-	long := longPosition(t, 4097)
+	long := rawPosition(strings.Repeat("e", 400) + "\n1")
 	if _, err := ParsePosition(long); !errors.Is(err, errPosition) {
 		t.Fatalf("ParsePosition of %d chars: err = %v, want %v", len(long), err, errPosition)
 	}
@@ -119,26 +91,28 @@ func TestParsePositionRejects(t *testing.T) {
 		name, in string
 	}{
 		{"empty string", ""},
-		{"no prefix", base64.RawURLEncoding.EncodeToString([]byte("e\na=1"))},
-		{"other version prefix", "p2." + base64.RawURLEncoding.EncodeToString([]byte("e\na=1"))},
-		{"prefix without dot", "p1" + base64.RawURLEncoding.EncodeToString([]byte("e\na=1"))},
-		{"bad base64 characters", "p1.!!!!"},
-		{"standard alphabet", "p1." + base64.StdEncoding.EncodeToString([]byte("ee\n~~~=12"))}, // "ZWUKfn5+PTEy"
-		{"padded base64", "p1." + base64.URLEncoding.EncodeToString([]byte("e\na=1"))},
-		{"truncated base64", "p1.Z"},
-		{"prefix only: empty epoch", "p1."},
-		{"empty epoch with stream", rawPosition("\na=1")},
-		{"stream without seq", rawPosition("e\na")},
-		{"empty stream name", rawPosition("e\n=1")},
-		{"trailing newline", rawPosition("e\na=1\n")},
-		{"empty seq", rawPosition("e\na=")},
-		{"seq not a number", rawPosition("e\na=x")},
-		{"seq with fraction", rawPosition("e\na=1.5")},
-		{"seq with space", rawPosition("e\na= 1")},
-		{"negative seq", rawPosition("e\na=-1")},
-		{"seq overflows int64", rawPosition("e\na=9223372036854775808")},
-		{"duplicate stream", rawPosition("e\na=1\nb=2\na=3")},
-		{"duplicate stream same seq", rawPosition("e\na=1\na=1")},
+		{"no prefix", base64.RawURLEncoding.EncodeToString([]byte("e\n1"))},
+		{"earlier per-stream version", "p1." + base64.RawURLEncoding.EncodeToString([]byte("e\nall=1"))},
+		{"prefix without dot", "p2" + base64.RawURLEncoding.EncodeToString([]byte("e\n1"))},
+		{"bad base64 characters", "p2.!!!!"},
+		{"standard alphabet", "p2." + base64.StdEncoding.EncodeToString([]byte("ee\n~~~.12"))},
+		{"padded base64", "p2." + base64.URLEncoding.EncodeToString([]byte("e\n12"))},
+		{"truncated base64", "p2.Z"},
+		{"prefix only", "p2."},
+		{"empty epoch", rawPosition("\n1")},
+		{"no place", rawPosition("e")},
+		{"empty place", rawPosition("e\n")},
+		{"two numbers", rawPosition("e\n1.2")},
+		{"four numbers", rawPosition("e\n1.2.3.4")},
+		{"empty number", rawPosition("e\n1..3")},
+		{"not a number", rawPosition("e\nx")},
+		{"space", rawPosition("e\n 1")},
+		{"plus sign", rawPosition("e\n+1")},
+		{"leading zero", rawPosition("e\n01")},
+		{"negative", rawPosition("e\n1.-2.3")},
+		{"overflow", rawPosition("e\n9223372036854775808")},
+		{"trailing newline", rawPosition("e\n1\n")},
+		{"end of tick spelled long", rawPosition("e\n1.9223372036854775807.9223372036854775807")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,7 +123,7 @@ func TestParsePositionRejects(t *testing.T) {
 			if !errors.Is(err, errPosition) {
 				t.Errorf("ParsePosition(%q) error %v does not wrap errPosition", tt.in, err)
 			}
-			if p.Epoch != "" || p.Seqs != nil {
+			if p != (Position{}) {
 				t.Errorf("ParsePosition(%q) returned %+v with its error", tt.in, p)
 			}
 		})
@@ -158,18 +132,17 @@ func TestParsePositionRejects(t *testing.T) {
 
 func FuzzParsePosition(f *testing.F) {
 	for _, s := range []string{
-		"p1.ZTE",
-		rawPosition("e1\nall=10\nteam:7=3\nuser:3=5"),
-		rawPosition("e\na=+7\nb=007"),
-		rawPosition("e\na=-0"),
-		rawPosition("e=x\na=1"),
-		rawPosition("e\na=1\na=2"),
-		rawPosition("e\na=b=1"),
+		rawPosition("e1\n7"),
+		rawPosition("e1\n7.12.10"),
+		rawPosition("e\n+7"),
+		rawPosition("e\n-0"),
+		rawPosition("e.x\n1.2.3"),
+		rawPosition("e\n1.2.3\n4"),
 		rawPosition(""),
-		"p1.",
-		"p1.!!",
+		"p2.",
+		"p2.!!",
 		"",
-		"p1.ZT\nE",
+		"p2.ZT\nE",
 	} {
 		f.Add(s)
 	}
@@ -181,24 +154,16 @@ func FuzzParsePosition(f *testing.F) {
 			}
 			return
 		}
-		if p.Epoch == "" {
-			t.Fatalf("ParsePosition(%q) accepted an empty epoch", s)
-		}
-		for k, v := range p.Seqs {
-			if k == "" || v < 0 {
-				t.Fatalf("ParsePosition(%q) accepted stream %q seq %d", s, k, v)
-			}
+		if p.Epoch == "" || p.Pos.Tick < 0 || p.Pos.Tx < 0 || p.Pos.ID < 0 {
+			t.Fatalf("ParsePosition(%q) accepted %+v", s, p)
 		}
 		enc := p.Encode()
+		if enc != s {
+			t.Fatalf("ParsePosition(%q) = %+v, which encodes as %q: one position, two spellings", s, p, enc)
+		}
 		back, err := ParsePosition(enc)
-		if err != nil {
-			t.Fatalf("ParsePosition(%q) = %+v, but its encoding %q does not parse: %v", s, p, enc, err)
-		}
-		if !samePosition(back, p) {
-			t.Fatalf("ParsePosition(%q) = %+v, re-encoded %q parses to %+v", s, p, enc, back)
-		}
-		if again := back.Encode(); again != enc {
-			t.Fatalf("encoding is not stable: %q then %q", enc, again)
+		if err != nil || back != p {
+			t.Fatalf("ParsePosition(%q) = %+v, re-encoded %q parses to %+v, %v", s, p, enc, back, err)
 		}
 	})
 }

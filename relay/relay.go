@@ -47,10 +47,10 @@ func (o Op) String() string {
 // IntervalStyle=iso_8601, bytea_output=hex) with excluded columns already
 // removed; they are never modified after capture and may be shared.
 type Change struct {
-	// Stream is the ordering and delivery key: TeamStream, UserStream or
-	// AllStream. Seq numbers a stream's changes 1, 2, 3, … in commit order.
+	// Stream is the delivery key: TeamStream, UserStream or AllStream.
 	Stream string
-	Seq    int64
+	// Pos is the change's place in the global order (see Pos).
+	Pos Pos
 	// XID is the writing transaction's id; changes of one transaction share it.
 	XID uint64
 	// Table is the captured table, schema-qualified ("public.escrows").
@@ -95,6 +95,10 @@ type Txn struct {
 	XID         uint64
 	CommittedAt time.Time
 	Changes     []Change
+	// Head is the position a session reaches once it has this
+	// transaction: its last change's, or the end of its tick when it is
+	// the tick's last.
+	Head Pos
 }
 
 // Sink receives what is read from the changelog (changelog.Tail calls it;
@@ -103,8 +107,8 @@ type Txn struct {
 type Sink interface {
 	// Reset is called before the first transaction, and again whenever the
 	// history epoch changes (the database was restored or replaced), with the
-	// last seq of every stream at that point.
-	Reset(epoch string, heads map[string]int64)
+	// position everything before which is history.
+	Reset(epoch string, head Pos)
 	// Txn is called once per committed transaction, in commit order.
 	Txn(txn *Txn)
 }
@@ -145,9 +149,9 @@ type Event struct {
 	// every session gets whatever it subscribed to (AI tasks, resync).
 	Entity string
 	Stream string
-	Seq    int64
+	Pos    Pos
 	// Part tells apart the events one change maps to (0, then 1 for the
-	// legacy data:update that follows it): they share Stream and Seq.
+	// legacy data:update that follows it): they share Stream and Pos.
 	Part uint8
 	// Data is the encoded JSON object: the event's data for KindEvent, the
 	// whole frame for KindResync.
@@ -166,13 +170,13 @@ type Mapper interface {
 // changelog implements it on the changelog). MappedHistory turns it into
 // the History transports replay from.
 type ChangeHistory interface {
-	// Replay calls fn with every change of the given streams whose seq is
-	// above from[stream], in commit order, in batches (a batch may end in
-	// the middle of a transaction; the next one continues it).
-	// It returns ErrHistoryExpired when a stream's changes after from have
-	// been pruned or from is ahead of the stream, and fn's error when fn
-	// fails, without calling it again.
-	Replay(ctx context.Context, from map[string]int64, fn func([]Change) error) error
+	// Replay calls fn with every change of the given streams after the
+	// position after, in order, in batches (a batch may end in the middle
+	// of a transaction; the next one continues it).
+	// It returns ErrHistoryExpired when changes of those streams after it
+	// have been pruned or it is ahead of the history, and fn's error when
+	// fn fails, without calling it again.
+	Replay(ctx context.Context, streams []string, after Pos, fn func([]Change) error) error
 }
 
 // History replays the events of committed changes after a position,
@@ -180,15 +184,15 @@ type ChangeHistory interface {
 // a session from.
 type History interface {
 	// Replay calls fn with the events of every change of the given streams
-	// whose seq is above from[stream], in commit order, in batches (a batch
-	// may end in the middle of a transaction, never between the events of
-	// one change; the next batch continues it). Changes that map to no
-	// event are skipped; a batch is never empty. fn must not keep the
-	// slice after it returns (the events themselves it may keep).
-	// Replay returns ErrHistoryExpired when a stream's changes after from
-	// have been pruned or from is ahead of the stream, and fn's error when
-	// fn fails, without calling it again.
-	Replay(ctx context.Context, from map[string]int64, fn func([]Event) error) error
+	// after the position after, in order, in batches (a batch may end in
+	// the middle of a transaction, never between the events of one change;
+	// the next batch continues it). Changes that map to no event are
+	// skipped; a batch is never empty. fn must not keep the slice after it
+	// returns (the events themselves it may keep).
+	// Replay returns ErrHistoryExpired when changes of those streams after
+	// it have been pruned or it is ahead of the history, and fn's error
+	// when fn fails, without calling it again.
+	Replay(ctx context.Context, streams []string, after Pos, fn func([]Event) error) error
 }
 
 // Error is a relay error with a stable code.

@@ -1,25 +1,32 @@
--- rowcast schema, version 1. Installed by `rowcast install`; every statement is
--- idempotent. This file is a text/template: {{"{{"}}.Notify{{"}}"}} switches the commit-time
--- doorbell, {{"{{"}}.AllStream{{"}}"}} is relay.AllStream as an SQL literal.
+-- rowcast schema, version 2. Installed by `rowcast install`; every statement is
+-- idempotent, and it upgrades a version 1 schema in place. This file is a
+-- text/template: {{"{{"}}.Notify{{"}}"}} switches the writers' doorbell,
+-- {{"{{"}}.AllStream{{"}}"}} is relay.AllStream as an SQL literal.
 --
--- Ordering design (see docs/design.md, "Order"): row triggers append to
--- rowcast.changelog with no seq and then mark the transaction in rowcast.pending; a
--- deferred constraint trigger on that marker runs once per transaction at
--- COMMIT, locks the counter row of every stream the transaction touched (in
--- sorted order, so no deadlock) and numbers the transaction's rows. The
--- counter's row lock is held through the commit, so each stream's seq is
--- gap-free and in commit order.
+-- Ordering design (see docs/design.md, "Order"), PgQ's: capture appends
+-- immutable rows to rowcast.changelog, numbered at insert by its identity
+-- and stamped with the writing transaction's id; nothing runs at commit. One
+-- relay at a time (the ticker, elected by advisory lock) calls rowcast.tick(),
+-- which records a snapshot in rowcast.ticks whenever transactions that wrote
+-- the changelog became visible since the last one. A tick's batch is the
+-- rows of the transactions visible in its snapshot and not in the previous
+-- tick's; within it transactions are ordered by the highest id each wrote,
+-- and a transaction's rows by id. Every relay reads the same ticks, so the
+-- order and the positions are the same on every replica. The order is exact
+-- per row: a second writer of a row writes it after the first committed, so
+-- its row draws a higher id and lands in the same tick, ordered after the
+-- first transaction, or in a later tick.
 --
 -- Privileges: everything here is owned by the role that runs install (the
 -- tables' owner, or a superuser). The capture path (the generated capture
--- and apply functions, mark(), sequence(), truncated()) is SECURITY DEFINER
--- with a pinned search_path and schema-qualified names, so a role that may
--- write a captured table needs no right on this schema's tables. EXECUTE on
--- every function that writes the changelog is revoked from PUBLIC (a trigger
--- fires without it; without it nobody can attach a capture function to a
--- table of their own, or call an apply function to forge a change). Only
--- set_actor, set_request_id and the AI task helpers, which run with the
--- caller's rights, are granted to PUBLIC.
+-- and apply functions, ring(), truncated()) is SECURITY DEFINER with a
+-- pinned search_path and schema-qualified names, so a role that may write a
+-- captured table needs no right on this schema's tables. EXECUTE on every
+-- function that writes the changelog is revoked from PUBLIC (a trigger fires
+-- without it; without it nobody can attach a capture function to a table of
+-- their own, or call an apply function to forge a change). Only set_actor,
+-- set_request_id and the AI task helpers, which run with the caller's
+-- rights, are granted to PUBLIC.
 
 CREATE SCHEMA IF NOT EXISTS rowcast;
 -- Lets any role call the API-facing functions; the tables grant nothing.
@@ -30,33 +37,26 @@ CREATE TABLE IF NOT EXISTS rowcast.meta (
     epoch          uuid NOT NULL DEFAULT gen_random_uuid(),
     schema_version int  NOT NULL
 );
-INSERT INTO rowcast.meta (schema_version) VALUES (1) ON CONFLICT DO NOTHING;
--- bell: a relay is idle and wants the doorbell rung. Relays arm it when they
--- go idle and disarm it while changes flow (they poll then anyway), so
--- committing transactions pay for a NOTIFY, which takes a cluster-wide lock
--- at commit, only when it saves latency.
+INSERT INTO rowcast.meta (schema_version) VALUES (2) ON CONFLICT DO NOTHING;
+-- bell: the ticker is idle and wants the doorbell rung. It arms the bell
+-- when it goes idle and disarms it while changes flow (it polls then
+-- anyway), so committing transactions pay for a NOTIFY, which takes a
+-- cluster-wide lock at commit, only when it saves latency.
 ALTER TABLE rowcast.meta ADD COLUMN IF NOT EXISTS bell boolean NOT NULL DEFAULT true;
 
-CREATE TABLE IF NOT EXISTS rowcast.streams (
-    stream         text PRIMARY KEY,
-    last_seq       bigint NOT NULL DEFAULT 0,
-    last_at        timestamptz NOT NULL DEFAULT '-infinity'
-);
-
--- What pruning deleted, per stream: a resume from below it is answered with
--- resync. A table of its own, so that the pruner never updates the counter
--- rows that committing writers lock.
+-- What pruning deleted, per stream: the last tick that held a deleted row
+-- of the stream. A resume from before it is answered with resync.
 CREATE TABLE IF NOT EXISTS rowcast.pruned (
     stream  text PRIMARY KEY,
     through bigint NOT NULL
 );
 
+-- The changelog: one immutable row per captured change. No primary key:
+-- nothing looks a row up by id, and each index costs every captured write.
 CREATE TABLE IF NOT EXISTS rowcast.changelog (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           bigint GENERATED ALWAYS AS IDENTITY,
     xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     stream       text NOT NULL,
-    seq          bigint,
-    committed_at timestamptz,
     origin_at    timestamptz DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz,
     tbl          text NOT NULL,
     op           "char" NOT NULL,
@@ -72,20 +72,53 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 );
 -- origin_at: in logical mode the source transaction's commit time, which the
 -- slot holder names per source transaction (several may share one writing
--- transaction); committed_at stays the ordering key.
-ALTER TABLE rowcast.changelog ALTER COLUMN origin_at
-    SET DEFAULT nullif(current_setting('rowcast.commit_time', true), '')::timestamptz;
+-- transaction); in trigger mode the tick's time stands for the commit time.
 -- entity_key: for a table with a composite key, every key column under its
 -- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
 -- joined by ':' (each with '\' and ':' escaped by a '\').
 ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
--- async_commit: the writing transaction committed with synchronous_commit
--- off, so its commit may be visible before the WAL holds it; relays wait for
--- the WAL flush before they hand such a transaction on.
-ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS async_commit boolean NOT NULL DEFAULT false;
+-- old_row: an update's old row (without the excluded columns) beside its new
+-- one in row_data; the relay computes the changed columns from the two, off
+-- the writer's path. changes holds them only where capture computed them
+-- itself (AI tasks).
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS old_row jsonb;
+-- Version 1 numbered rows at commit, under a lock per stream.
+ALTER TABLE rowcast.changelog DROP CONSTRAINT IF EXISTS changelog_pkey;
+ALTER TABLE rowcast.changelog DROP COLUMN IF EXISTS seq, DROP COLUMN IF EXISTS committed_at,
+    DROP COLUMN IF EXISTS async_commit;
+-- Batches read by transaction id; resumes by stream and transaction id.
 CREATE INDEX IF NOT EXISTS changelog_xid ON rowcast.changelog (xid);
-CREATE INDEX IF NOT EXISTS changelog_stream_seq ON rowcast.changelog (stream, seq);
-CREATE INDEX IF NOT EXISTS changelog_committed_at ON rowcast.changelog (committed_at);
+CREATE INDEX IF NOT EXISTS changelog_stream_xid ON rowcast.changelog (stream, xid);
+
+-- The ticks: tick n's batch is the changelog rows of the transactions
+-- visible in snap and not in tick n-1's snap. Ticks are numbered 1, 2, 3, …
+-- without gaps; snap_xmax is pg_snapshot_xmax(snap), which never decreases from
+-- one tick to the next, for finding the tick of a row (the first whose
+-- snapshot shows its transaction). at stands for the commit time of the
+-- batch's transactions.
+CREATE TABLE IF NOT EXISTS rowcast.ticks (
+    tick bigint PRIMARY KEY,
+    snap pg_snapshot NOT NULL,
+    snap_xmax xid8 NOT NULL,
+    at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS ticks_xmax ON rowcast.ticks (snap_xmax, tick);
+CREATE INDEX IF NOT EXISTS ticks_at ON rowcast.ticks (at);
+
+-- Upgrade from version 1: its rows and positions do not carry over (clients
+-- resync once); the first tick starts the history.
+DO $up$
+BEGIN
+    IF (SELECT schema_version FROM rowcast.meta) < 2 THEN
+        DELETE FROM rowcast.changelog;
+        DELETE FROM rowcast.pruned;
+        UPDATE rowcast.meta SET epoch = gen_random_uuid(), schema_version = 2;
+    END IF;
+END
+$up$;
+INSERT INTO rowcast.ticks (tick, snap, snap_xmax)
+SELECT 1, pg_current_snapshot(), pg_snapshot_xmax(pg_current_snapshot())
+WHERE NOT EXISTS (SELECT FROM rowcast.ticks);
 
 -- Logical capture: the last source commit LSN written, per slot, updated in
 -- the same transaction as the changes it covers.
@@ -103,125 +136,69 @@ CREATE TABLE IF NOT EXISTS rowcast.task_progress (
     PRIMARY KEY (tbl, id)
 );
 
--- boot: a token that changes whenever the server forgets unflushed commits
--- without restarting (crash recovery after a backend died) or another server
--- takes over (a promoted standby): both empty unlogged tables. A relay
--- writes it when it finds none, and re-reads from an older position when it
--- changed.
-CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.boot (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    token     uuid NOT NULL DEFAULT gen_random_uuid()
-);
+-- Objects of version 1 (commit-time numbering, crash detection).
+DROP TABLE IF EXISTS rowcast.pending CASCADE;
+DROP FUNCTION IF EXISTS rowcast.sequence();
+DROP FUNCTION IF EXISTS rowcast.mark();
+DROP TABLE IF EXISTS rowcast.streams;
+DROP TABLE IF EXISTS rowcast.boot;
 
--- One row per open transaction that wrote to the changelog. Unlogged: a
--- crash aborts those transactions anyway.
-CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.pending (xid xid8 PRIMARY KEY);
-
--- rowcast.mark() is called by every capture trigger after it appends. It
--- inserts the transaction's marker once (a transaction-local setting
--- remembers it, and is rolled back with a savepoint just as the marker is).
--- After, not before: a writer that runs SET CONSTRAINTS ALL IMMEDIATE makes
--- the sequencer fire as soon as the marker is inserted, and it must find the
--- row to number then (see sequence()).
-CREATE OR REPLACE FUNCTION rowcast.mark() RETURNS void
+-- rowcast.ring() is called by a capture function once per transaction (a
+-- transaction-local setting remembers it, and is rolled back with a
+-- savepoint just as the notification is). When the ticker asked for it, it
+-- rings the doorbell: a notification sent at commit.
+CREATE OR REPLACE FUNCTION rowcast.ring() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-    IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN
-        -- Set before the insert: an immediate sequencer clears it again.
-        PERFORM set_config('rowcast.marked', '1', true);
-        INSERT INTO rowcast.pending (xid) VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING;
-    END IF;
-END
-$fn$;
-
--- rowcast.sequence() numbers the transaction's changelog rows at COMMIT.
---
--- A writer can make it fire earlier: SET CONSTRAINTS ALL IMMEDIATE fires it
--- at once, and every marker inserted after it (the next change) fires it
--- again at the end of that statement. Each run numbers the rows not yet
--- numbered; the counter locks it takes are held to the commit all the same,
--- so the order stays the commit order. A run after the first also moves the
--- transaction's earlier rows, and the last_at of every stream they are in,
--- to its commit time, so that the transaction keeps one commit time.
-CREATE OR REPLACE FUNCTION rowcast.sequence() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    x       xid8 := pg_current_xact_id();
-    r       record;
-    v_streams text[] := '{}';
-    v_bases   bigint[] := '{}';
-    v_earlier text[];
-    base    bigint;
-    at      timestamptz;
-    ts      timestamptz := '-infinity';
-    again   boolean := current_setting('rowcast.sequenced', true) = '1';
-BEGIN
-    -- Changes made after this point (by another deferred trigger, or by the
-    -- writer when it made this trigger immediate) mark again.
-    PERFORM set_config('rowcast.marked', '', true);
-    DELETE FROM rowcast.pending WHERE xid = x;
-    FOR r IN
-        SELECT stream, count(*) AS n FROM rowcast.changelog
-        WHERE xid = x AND seq IS NULL
-        GROUP BY stream ORDER BY stream COLLATE "C"
-    LOOP
-        INSERT INTO rowcast.streams AS s (stream, last_seq, last_at) VALUES (r.stream, r.n, clock_timestamp())
-        ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq,
-            last_at = greatest(clock_timestamp(), s.last_at + interval '1 microsecond')
-        RETURNING s.last_seq - r.n, s.last_at INTO base, at;
-        ts := greatest(ts, at);
-        v_streams := v_streams || r.stream;
-        v_bases := v_bases || base;
-    END LOOP;
-    IF cardinality(v_streams) = 0 THEN
-        RETURN NULL;
-    END IF;
-    PERFORM set_config('rowcast.sequenced', '1', true);
-    IF again THEN
-        -- Streams numbered by an earlier run: their counter rows are locked
-        -- by this transaction already.
-        SELECT array_agg(DISTINCT stream) INTO v_earlier FROM rowcast.changelog
-        WHERE xid = x AND seq IS NOT NULL AND NOT stream = ANY (v_streams);
-        IF v_earlier IS NOT NULL THEN
-            SELECT greatest(ts, max(last_at) + interval '1 microsecond') INTO ts
-            FROM rowcast.streams WHERE stream = ANY (v_earlier);
-            v_streams := v_streams || v_earlier;
-        END IF;
-    END IF;
-    -- The commit time is taken under every counter lock and kept above each
-    -- stream's last commit time, so that for two transactions sharing a
-    -- stream the later one in seq order has the strictly later commit time:
-    -- ordering by committed_at then agrees with every stream's seq order.
-    -- One time for the whole transaction keeps its changes together.
-    IF cardinality(v_streams) > 1 THEN
-        UPDATE rowcast.streams SET last_at = ts WHERE stream = ANY (v_streams) AND last_at < ts;
-    END IF;
-    IF again THEN
-        UPDATE rowcast.changelog SET committed_at = ts,
-            async_commit = current_setting('synchronous_commit') = 'off'
-        WHERE xid = x AND seq IS NOT NULL;
-    END IF;
-    UPDATE rowcast.changelog c
-    SET seq = b.base + v.rn, committed_at = ts,
-        async_commit = current_setting('synchronous_commit') = 'off'
-    FROM (
-        SELECT id, stream, row_number() OVER (PARTITION BY stream ORDER BY id) AS rn
-        FROM rowcast.changelog WHERE xid = x AND seq IS NULL
-    ) v
-    JOIN unnest(v_streams, v_bases) AS b (stream, base) ON b.stream = v.stream
-    WHERE c.id = v.id;
+    PERFORM set_config('rowcast.rung', '1', true);
 {{- if .Notify}}
     IF (SELECT bell FROM rowcast.meta) THEN
         PERFORM pg_notify('rowcast', '');
     END IF;
 {{- end}}
-    RETURN NULL;
 END
 $fn$;
 
-DROP TRIGGER IF EXISTS sequence_at_commit ON rowcast.pending;
-CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rowcast.sequence();
+-- rowcast.tick() records a tick when transactions that wrote the changelog
+-- became visible since the last one, and returns its number (NULL when
+-- there was nothing to tick). The ticker calls it, and so does a resume
+-- before it replays, each in its own transaction, committed synchronously:
+-- a tick is durable before any relay reads it, and so is every commit its
+-- snapshot shows (their commit records precede the tick's in the WAL), even
+-- one made with synchronous_commit off. Calls take turns (a transaction
+-- lock), and each looks at the ticks the one before recorded.
+--
+-- When transaction ids went back (the database was restored from a backup,
+-- or a standby promoted before it had everything), positions do not carry
+-- over: the history starts again under a new epoch.
+CREATE OR REPLACE FUNCTION rowcast.tick() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    cur  pg_snapshot;
+    prev record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('rowcast.tick'));
+    cur := pg_current_snapshot();
+    SELECT t.tick, t.snap, t.snap_xmax INTO prev FROM rowcast.ticks t ORDER BY t.tick DESC LIMIT 1;
+    IF prev.tick IS NULL THEN
+        prev.tick := 0;
+    ELSIF pg_snapshot_xmax(cur) < prev.snap_xmax THEN
+        DELETE FROM rowcast.changelog;
+        DELETE FROM rowcast.ticks;
+        DELETE FROM rowcast.pruned;
+        UPDATE rowcast.meta SET epoch = gen_random_uuid();
+    ELSIF NOT EXISTS (
+        SELECT FROM rowcast.changelog c
+        WHERE c.xid >= pg_snapshot_xmin(prev.snap) AND c.xid < pg_snapshot_xmax(cur)
+          AND NOT pg_visible_in_snapshot(c.xid, prev.snap) AND pg_visible_in_snapshot(c.xid, cur)
+    ) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO rowcast.ticks (tick, snap, snap_xmax) VALUES (prev.tick + 1, cur, pg_snapshot_xmax(cur));
+    PERFORM pg_notify('rowcast_tick', (prev.tick + 1)::text);
+    RETURN prev.tick + 1;
+END
+$fn$;
 
 -- team_from in trigger mode: the team of every parent row a transaction
 -- deleted, so that a child's capture trigger still finds it when the parent
@@ -231,8 +208,7 @@ CREATE CONSTRAINT TRIGGER sequence_at_commit AFTER INSERT ON rowcast.pending
 -- DELETE. Readers look only at their own transaction's rows; the pruner
 -- deletes those of finished transactions. They cannot go earlier: the
 -- children's capture triggers fire after every other AFTER trigger of the
--- parent's statement, and at COMMIT is too late for a writer that made the
--- sequencer immediate. Unlogged: a crash aborts their transactions anyway.
+-- parent's statement. Unlogged: a crash aborts their transactions anyway.
 CREATE UNLOGGED TABLE IF NOT EXISTS rowcast.gone (
     xid  xid8  NOT NULL DEFAULT pg_current_xact_id(),
     tbl  text  NOT NULL,
@@ -264,7 +240,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     INSERT INTO rowcast.changelog (stream, tbl, op)
     VALUES ({{.AllStream}}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, 'T');
-    PERFORM rowcast.mark();
+    IF current_setting('rowcast.rung', true) IS DISTINCT FROM '1' THEN
+        PERFORM rowcast.ring();
+    END IF;
     RETURN NULL;
 END
 $fn$;
@@ -274,7 +252,6 @@ CREATE OR REPLACE FUNCTION rowcast.truncated_logical(tbl text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
     INSERT INTO rowcast.changelog (stream, tbl, op) VALUES ({{.AllStream}}, tbl, 'T');
-    PERFORM rowcast.mark();
 END
 $fn$;
 
@@ -305,8 +282,8 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION rowcast.mark() FROM PUBLIC;
-REVOKE ALL ON FUNCTION rowcast.sequence() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.ring() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.tick() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated_logical(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.parent_deleting() FROM PUBLIC;

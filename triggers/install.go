@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -94,65 +96,11 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 			}
 		}
 	}
-	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "set local standard_conforming_strings = on; set local client_min_messages = warning; "+installLock); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, p.Schema); err != nil {
-			return describe("rowcast schema", err)
-		}
-		done = append(done, "rowcast schema: changelog, stream counters, commit-time sequencer")
-		for _, t := range p.Tables {
-			if _, err := tx.Exec(ctx, t.SQL); err != nil {
-				return describe(t.Table.Qualified(), err)
-			}
-			if p.Logical {
-				ri := "REPLICA IDENTITY FULL"
-				if t.Table.ReplicaIdentityIndex != "" {
-					ri = "REPLICA IDENTITY USING INDEX " + t.Table.ReplicaIdentityIndex
-				}
-				done = append(done, "logical apply function for "+t.Table.Qualified()+"; set "+ri)
-				if triggered[t.Table.Qualified()] {
-					done = append(done, "removed capture trigger from "+t.Table.Qualified()+
-						" (switching to logical capture: the slot holder captures it from now on)")
-				}
-			} else {
-				done = append(done, "capture trigger on "+t.Table.Qualified())
-			}
-		}
-		if p.Logical {
-			if _, err := tx.Exec(ctx, p.PublicationSQL); err != nil {
-				return describe("publication "+p.Publication, err)
-			}
-			done = append(done, "publication "+p.Publication+" for the configured tables")
-		}
-		if p.Helpers != "" {
-			if _, err := tx.Exec(ctx, p.Helpers); err != nil {
-				return describe("AI task helpers", err)
-			}
-			done = append(done, "AI task helpers rowcast.task_start/_progress/_complete/_fail")
-		}
-		stale, err := staleTriggers(ctx, tx, p)
-		if err != nil {
-			return err
-		}
-		for _, s := range stale {
-			if _, err := tx.Exec(ctx, dropTriggersSQL(s.table)); err != nil {
-				return describe(s.table, err)
-			}
-			done = append(done, "removed capture trigger from "+s.table+" (not configured)")
-		}
-		parents, err := staleParentTriggers(ctx, tx, p)
-		if err != nil {
-			return err
-		}
-		for _, s := range parents {
-			if _, err := tx.Exec(ctx, "drop trigger if exists "+ident(s.Name)+" on "+s.Table); err != nil {
-				return describe(s.Table, err)
-			}
-			done = append(done, "removed team_from parent trigger "+s.Name+" from "+s.Table+" (not configured)")
-		}
-		return nil
+	err = retryLocks(ctx, func() error {
+		done = nil
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			return install(ctx, tx, p, triggered, &done)
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
@@ -176,6 +124,103 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 		}
 	}
 	return done, nil
+}
+
+// install runs the plan's DDL in tx, appending what it did to done.
+//
+// Every lock it needs waits at most half of deadlock_timeout
+// (lock_timeout), so that a writer that waits for this install while the
+// install waits for it (a writer of schema version 1 numbering its rows at
+// commit, or one that holds a captured table and waits for the changelog)
+// is never the one the deadlock detector aborts: the install gives up
+// instead, and Install tries again.
+func install(ctx context.Context, tx pgx.Tx, p *Plan, triggered map[string]bool, done *[]string) error {
+	if _, err := tx.Exec(ctx, "set local standard_conforming_strings = on; set local client_min_messages = warning; "+installLock); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `select set_config('lock_timeout',
+		greatest(1, (extract(epoch from current_setting('deadlock_timeout')::interval) * 500)::int)::text, true)`); err != nil {
+		return err
+	}
+
+	if _, err := tx.Exec(ctx, p.Schema); err != nil {
+		return describe("rowcast schema", err)
+	}
+	*done = append(*done, "rowcast schema: changelog, ticks")
+	for _, t := range p.Tables {
+		if _, err := tx.Exec(ctx, t.SQL); err != nil {
+			return describe(t.Table.Qualified(), err)
+		}
+		if p.Logical {
+			ri := "REPLICA IDENTITY FULL"
+			if t.Table.ReplicaIdentityIndex != "" {
+				ri = "REPLICA IDENTITY USING INDEX " + t.Table.ReplicaIdentityIndex
+			}
+			*done = append(*done, "logical apply function for "+t.Table.Qualified()+"; set "+ri)
+			if triggered[t.Table.Qualified()] {
+				*done = append(*done, "removed capture trigger from "+t.Table.Qualified()+
+					" (switching to logical capture: the slot holder captures it from now on)")
+			}
+		} else {
+			*done = append(*done, "capture trigger on "+t.Table.Qualified())
+		}
+	}
+	if p.Logical {
+		if _, err := tx.Exec(ctx, p.PublicationSQL); err != nil {
+			return describe("publication "+p.Publication, err)
+		}
+		*done = append(*done, "publication "+p.Publication+" for the configured tables")
+	}
+	if p.Helpers != "" {
+		if _, err := tx.Exec(ctx, p.Helpers); err != nil {
+			return describe("AI task helpers", err)
+		}
+		*done = append(*done, "AI task helpers rowcast.task_start/_progress/_complete/_fail")
+	}
+	stale, err := staleTriggers(ctx, tx, p)
+	if err != nil {
+		return err
+	}
+	for _, s := range stale {
+		if _, err := tx.Exec(ctx, dropTriggersSQL(s.table)); err != nil {
+			return describe(s.table, err)
+		}
+		*done = append(*done, "removed capture trigger from "+s.table+" (not configured)")
+	}
+	parents, err := staleParentTriggers(ctx, tx, p)
+	if err != nil {
+		return err
+	}
+	for _, s := range parents {
+		if _, err := tx.Exec(ctx, "drop trigger if exists "+ident(s.Name)+" on "+s.Table); err != nil {
+			return describe(s.Table, err)
+		}
+		*done = append(*done, "removed team_from parent trigger "+s.Name+" from "+s.Table+" (not configured)")
+	}
+	return nil
+}
+
+// retryLocks runs attempt until it succeeds, fails for another reason than
+// a lock it could not get in time (or a deadlock it was chosen to break),
+// or ctx ends; it waits a little longer before each new attempt.
+func retryLocks(ctx context.Context, attempt func() error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := attempt()
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) ||
+			(pgErr.Code != pgerrcode.LockNotAvailable && pgErr.Code != pgerrcode.DeadlockDetected) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (gave up waiting for locks: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // ErrMismatch is returned by Install when the configured tables do not fit
@@ -257,7 +302,7 @@ func Remove(ctx context.Context, conn *pgx.Conn, slot, publication string) ([]st
 func Verify(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	var drift []string
 	var comment *string
-	err := conn.QueryRow(ctx, "select obj_description(to_regprocedure('rowcast.sequence()'), 'pg_proc')").Scan(&comment)
+	err := conn.QueryRow(ctx, "select obj_description(to_regprocedure('rowcast.tick()'), 'pg_proc')").Scan(&comment)
 	if err != nil {
 		return nil, fmt.Errorf("verify: %w", err)
 	}

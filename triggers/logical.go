@@ -119,10 +119,10 @@ func OptionsFor(cfg *config.Config) Options {
 // change may not have been decoded yet. Where that window matters, give
 // the child a team column of its own (team_column), which travels in its
 // tuple; the README's "Team through a parent row" says the same.
-func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
+func renderApply(t config.Table, gen []Generated, notify bool) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	body, err := bodyFor(t, applyRecs)
+	body, err := bodyFor(t, applyRecs, notify)
 	if err != nil {
 		return TablePlan{}, err
 	}
@@ -149,7 +149,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 			ident(c.Name), c.Expr, literal(c.Name))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
-	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
+	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body, true)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)

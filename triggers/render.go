@@ -1,6 +1,6 @@
 // Package triggers renders, installs, verifies and removes what trigger
-// capture needs in the database: the rowcast schema (changelog, stream
-// counters, the commit-time sequencer) and one generated capture function
+// capture needs in the database: the rowcast schema (changelog, ticks) and
+// one generated capture function
 // and trigger pair per configured table.
 //
 // Every identifier is quoted and every value is a quoted literal; nothing
@@ -36,7 +36,8 @@ const (
 
 // Options says how to render.
 type Options struct {
-	// Notify makes the commit-time sequencer ring the pg_notify doorbell.
+	// Notify makes capture ring the pg_notify doorbell when the ticker
+	// asks for it.
 	Notify bool
 	// Logical renders logical mode: per-table apply functions, replica
 	// identity and the publication instead of capture triggers.
@@ -55,7 +56,7 @@ func (Options) AllStream() string { return literal(relay.AllStream) }
 type Plan struct {
 	// Schema is the rowcast schema DDL.
 	Schema string
-	// SchemaHash is recorded in rowcast.sequence()'s comment.
+	// SchemaHash is recorded in rowcast.tick()'s comment.
 	SchemaHash string
 	// Tables holds one rendered unit per configured table.
 	Tables []TablePlan
@@ -115,7 +116,7 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 	}
 	h := hashOf(schema.String())
 	p := &Plan{
-		Schema:     schema.String() + "COMMENT ON FUNCTION rowcast.sequence() IS " + literal(hashPrefix+h) + ";\n",
+		Schema:     schema.String() + "COMMENT ON FUNCTION rowcast.tick() IS " + literal(hashPrefix+h) + ";\n",
 		SchemaHash: h,
 		Logical:    o.Logical, Slot: o.Slot, Publication: o.Publication,
 	}
@@ -126,9 +127,9 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 		p.PublicationSQL = renderPublication(o.Publication, tables)
 	}
 	for _, t := range tables {
-		render := renderTable
+		render := func(t config.Table) (TablePlan, error) { return renderTable(t, o.Notify) }
 		if o.Logical {
-			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()]) }
+			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()], o.Notify) }
 		}
 		tp, err := render(t)
 		if err != nil {
@@ -171,17 +172,17 @@ func functionName(prefix, schema, table string) string {
 	return cut + "_" + hex.EncodeToString(sum[:6])
 }
 
-func renderTable(t config.Table) (TablePlan, error) {
+func renderTable(t config.Table, notify bool) (TablePlan, error) {
 	if t.Name() == "" {
 		return TablePlan{}, fmt.Errorf("render table: empty table name")
 	}
 	fn := "rowcast." + ident(FunctionName(t))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	body, err := bodyFor(t, triggerRecs)
+	body, err := bodyFor(t, triggerRecs, notify)
 	if err != nil {
 		return TablePlan{}, err
 	}
-	fnSQL := functionSQL(fn+"()", "trigger", body)
+	fnSQL := functionSQL(fn+"()", "trigger", pinned(body), false)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)
@@ -225,38 +226,83 @@ const declare = `DECLARE
 BEGIN
 `
 
-// markSQL marks the transaction for the commit-time sequencer; the setting
-// check spares the call for every change after a transaction's first. Bodies
-// run it once, after their inserts and only when they inserted: when the
-// writer made the sequencer immediate (SET CONSTRAINTS ALL IMMEDIATE), the
-// marker fires it at once, and it must find the rows it is to number.
-const markSQL = "IF current_setting('rowcast.marked', true) IS DISTINCT FROM '1' THEN PERFORM rowcast.mark(); END IF;"
+// ringSQL rings the writers' doorbell (a notification sent at commit) once
+// per transaction when the ticker asked for it (rowcast.meta.bell); the
+// transaction-local setting spares the look at the bell for every change
+// after a transaction's first, and is rolled back with a savepoint just as
+// the notification is. Empty when the doorbell is off.
+func ringSQL(notify bool) string {
+	if !notify {
+		return ""
+	}
+	return `IF current_setting('rowcast.rung', true) IS DISTINCT FROM '1' THEN
+        PERFORM set_config('rowcast.rung', '1', true);
+        IF (SELECT m.bell FROM rowcast.meta m) THEN PERFORM pg_notify('rowcast', ''); END IF;
+    END IF;`
+}
 
 // diff sets ch to the changed columns of n against o, or NULL.
 const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
         FROM jsonb_each(n) e WHERE o -> e.key IS DISTINCT FROM e.value;
 `
 
-// functionSQL renders a capture or apply function: PL/pgSQL with the
-// rendering settings to_jsonb output depends on pinned, so events do not
-// depend on the writer's session. It runs with its owner's rights (SECURITY
+// functionSQL renders a capture or apply function: PL/pgSQL whose rendering
+// settings (those to_jsonb output depends on) are pinned, so events do not
+// depend on the writer's session: by SET clauses when pin is true, or by
+// the body itself (see pinned). It runs with its owner's rights (SECURITY
 // DEFINER: the installing role), so a role that may write the table needs
 // no right on the rowcast schema; search_path is pinned to pg_catalog and
 // every other name is schema-qualified, so the writer cannot substitute
 // objects. EXECUTE is revoked from PUBLIC: a trigger fires without it, and
 // without it no other role can attach the function to a table of its own or
 // call an apply function to forge changelog rows.
-func functionSQL(signature, returns, body string) string {
+func functionSQL(signature, returns, body string, pin bool) string {
+	set := ""
+	if pin {
+		set = "SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n"
+	}
 	return "CREATE OR REPLACE FUNCTION " + signature + " RETURNS " + returns + "\n" +
 		"LANGUAGE plpgsql SECURITY DEFINER\n" +
-		"SET search_path = pg_catalog, pg_temp\n" +
-		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
+		"SET search_path = pg_catalog, pg_temp\n" + set +
 		"AS $fn$\n" + body + "$fn$;\n" +
 		"REVOKE ALL ON FUNCTION " + signature + " FROM PUBLIC;\n"
 }
 
-// bodyFor renders the capture body of a table's kind.
-func bodyFor(t config.Table, r recs) (string, error) {
+// pinned wraps a capture trigger's body (rendered with triggerRecs, whose
+// early exits leave the block "capture") so that it runs under the pinned
+// rendering settings. A SET clause on the function would pin them too, but
+// costs every call (measured: about 5% of a one-row UPDATE workload's
+// throughput); most sessions already run with these values, so the body
+// checks them and only when they differ sets them, transaction-locally, and
+// puts the writer's values back after. An error in between aborts the
+// (sub)transaction, which takes the local settings back with it.
+func pinned(body string) string {
+	const check = `    IF current_setting('TimeZone') NOT IN ('UTC', 'Etc/UTC') OR current_setting('IntervalStyle') <> 'iso_8601'
+       OR current_setting('bytea_output') <> 'hex' THEN
+        saved := ARRAY[current_setting('TimeZone'), current_setting('IntervalStyle'), current_setting('bytea_output')];
+        PERFORM set_config('TimeZone', 'UTC', true), set_config('IntervalStyle', 'iso_8601', true),
+            set_config('bytea_output', 'hex', true);
+    END IF;
+    <<capture>>
+    BEGIN
+`
+	const restore = `    END;
+    IF saved IS NOT NULL THEN
+        PERFORM set_config('TimeZone', saved[1], true), set_config('IntervalStyle', saved[2], true),
+            set_config('bytea_output', saved[3], true);
+    END IF;
+    RETURN NULL;
+END
+`
+	decl, rest, _ := strings.Cut(body, "BEGIN\n")
+	rest = strings.TrimSuffix(rest, "END\n")
+	return decl + "    saved text[];\nBEGIN\n" + check + rest + restore
+}
+
+// bodyFor renders the capture body of a table's kind; notify rings the
+// doorbell.
+func bodyFor(t config.Table, r recs, notify bool) (string, error) {
+	r.ring = ringSQL(notify)
 	switch t.Kind {
 	case "", config.KindEntity:
 		if t.TeamFrom != nil && t.TeamFrom.ParentKey == "" {
@@ -276,13 +322,16 @@ func bodyFor(t config.Table, r recs) (string, error) {
 // the body returns.
 // gone says whether a team_from lookup may fall back on rowcast.gone (the
 // parent's trigger fills it in trigger mode only).
+//
+// ring is what a body runs last when it wrote (ringSQL).
 type recs struct {
 	new, old, newJ, oldJ, op, ret string
 	gone                          bool
+	ring                          string
 }
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL", gone: true}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "EXIT capture", gone: true}
 	applyRecs   = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
 )
 
@@ -339,15 +388,18 @@ func entityBody(t config.Table, r recs) string {
 		}
 		return "coalesce(actor, " + rec + "." + ident(t.ActorColumn) + "::text)"
 	}
-	ins := func(stream, op, teamExpr, oldTeam, rec, rowData, changes string) string {
+	// ins appends one change; an update's changed columns are left to the
+	// relay, which compares its row with its old row (both without the
+	// excluded columns).
+	ins := func(stream, op, teamExpr, oldTeam, rec, rowData, oldRow string) string {
 		id, key := keySQL(t, rec)
 		keyCol := ""
 		if key != "" {
 			keyCol, key = ", entity_key", ", "+key
 		}
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, changes%s)
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, old_row%s)
             VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s);
-`, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, changes, key)
+`, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, oldRow, key)
 	}
 	nw, od, decl, lookup := teamSQL(t, r)
 	teamKey := literal(relay.TeamPrefix) + " || "
@@ -360,33 +412,31 @@ func entityBody(t config.Table, r recs) string {
 	b.WriteString("        ")
 	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.newJ, t), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
-	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), r.oldJ)
-	b.WriteString(diff)
-	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
+	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), rowJSON(r.oldJ, t))
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
 	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("            ")
-	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "NULL", "ch"))
+	b.WriteString(ins(newStream, "U", newTeam, "NULL", r.new, "n", "o"))
 	b.WriteString("        ELSE\n")
 	b.WriteString("            -- A team move is recorded in both teams' streams.\n")
 	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", od)
 	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", nw)
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.new, "NULL", "NULL"))
 	b.WriteString("                ELSE\n                    ")
-	b.WriteString(ins(oldStream, "U", newTeam, oldTeam, r.new, "n", "ch"))
+	b.WriteString(ins(oldStream, "U", newTeam, oldTeam, r.new, "n", "o"))
 	b.WriteString("                END IF;\n            END IF;\n")
 	fmt.Fprintf(&b, "            IF %s IS NOT NULL THEN\n                ", nw)
 	fmt.Fprintf(&b, "IF %s IS NULL THEN\n                    ", od)
 	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, "n", "NULL"))
 	b.WriteString("                ELSE\n                    ")
-	b.WriteString(ins(newStream, "U", newTeam, oldTeam, r.new, "n", "ch"))
+	b.WriteString(ins(newStream, "U", newTeam, oldTeam, r.new, "n", "o"))
 	b.WriteString("                END IF;\n            END IF;\n")
 	b.WriteString("        END IF;\n")
 	b.WriteString("    ELSE\n")
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", od, r.ret)
 	b.WriteString("        ")
 	b.WriteString(ins(oldStream, "D", oldTeam, "NULL", r.old, "NULL", "NULL"))
-	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", r.ring, r.ret)
 	return b.String()
 }
 
@@ -425,7 +475,7 @@ func taskBody(t config.Table, r recs) string {
         END IF;
         `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
 	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
-	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", markSQL, r.ret)
+	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", r.ring, r.ret)
 	return b.String()
 }
 

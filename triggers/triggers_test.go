@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -129,35 +131,44 @@ func demoTables(t *testing.T, names ...string) []config.Table {
 	return out
 }
 
-// logRow is one rowcast.changelog row.
+// logRow is one rowcast.changelog row, placed in the global order: its tick
+// and its transaction's place in it (the highest id the transaction wrote).
 type logRow struct {
-	ID          int64
-	XID         string
-	Stream      string
-	Seq         *int64
-	CommittedAt *time.Time
-	Tbl         string
-	Op          string
-	EntityID    *string
-	TeamID      *string
-	OldTeamID   *string
-	Actor       *string
-	RowData     map[string]any
-	Changes     map[string]any
+	ID        int64
+	XID       string
+	Tick, Tx  *int64
+	Stream    string
+	Tbl       string
+	Op        string
+	EntityID  *string
+	TeamID    *string
+	OldTeamID *string
+	Actor     *string
+	RowData   map[string]any
+	Changes   map[string]any
+	OldRow    map[string]any
 }
 
+// changelog ticks (as the ticker would), then returns every changelog row
+// in the global order; a row no tick shows yet (its transaction is still
+// open) comes last, with no tick.
 func changelog(t *testing.T, conn *pgx.Conn) []logRow {
 	t.Helper()
+	exec(t, conn, "select rowcast.tick()")
 	rows, err := conn.Query(t.Context(), `
-select id, xid::text, stream, seq, committed_at, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes
-from rowcast.changelog order by id`)
+select id, xid::text,
+  (select t.tick from rowcast.ticks t where t.snap_xmax > c.xid and pg_visible_in_snapshot(c.xid, t.snap)
+   order by t.snap_xmax, t.tick limit 1) as tick,
+  (select max(x.id) from rowcast.changelog x where x.xid = c.xid) as tx,
+  stream, tbl, op::text, entity_id, team_id, old_team_id, actor, row_data, changes, old_row
+from rowcast.changelog c order by tick nulls last, tx, id`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (logRow, error) {
 		var l logRow
-		err := r.Scan(&l.ID, &l.XID, &l.Stream, &l.Seq, &l.CommittedAt, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
-			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes)
+		err := r.Scan(&l.ID, &l.XID, &l.Tick, &l.Tx, &l.Stream, &l.Tbl, &l.Op, &l.EntityID, &l.TeamID,
+			&l.OldTeamID, &l.Actor, &l.RowData, &l.Changes, &l.OldRow)
 		return l, err
 	})
 	if err != nil {
@@ -173,46 +184,15 @@ func str(p *string) string {
 	return *p
 }
 
-func seq(p *int64) int64 {
-	if p == nil {
-		return -1
-	}
-	return *p
-}
-
-// checkSequenced fails unless every changelog row has a seq and a commit
-// time, no transaction is left pending, and each stream's counter equals
-// its number of rows, numbered 1..n without gaps.
-func checkSequenced(t *testing.T, conn *pgx.Conn) []logRow {
+// checkTicked returns the changelog in the global order, and fails unless a
+// tick shows every row (every writing transaction committed).
+func checkTicked(t *testing.T, conn *pgx.Conn) []logRow {
 	t.Helper()
 	rows := changelog(t, conn)
-	perStream := map[string][]int64{}
-	unsequenced := false
 	for _, r := range rows {
-		if r.Seq == nil || r.CommittedAt == nil {
-			t.Errorf("changelog row %d (%s %s) has seq %v, committed_at %v after commit", r.ID, r.Stream, r.Op, r.Seq, r.CommittedAt)
-			unsequenced = true
-			continue
+		if r.Tick == nil {
+			t.Fatalf("changelog row %d (%s %s) is in no tick after commit", r.ID, r.Stream, r.Op)
 		}
-		perStream[r.Stream] = append(perStream[r.Stream], *r.Seq)
-	}
-	if unsequenced {
-		t.FailNow()
-	}
-	for stream, seqs := range perStream {
-		slices.Sort(seqs)
-		for i, s := range seqs {
-			if s != int64(i+1) {
-				t.Errorf("stream %s has seqs %v, want 1..%d", stream, seqs, len(seqs))
-				break
-			}
-		}
-		if last := queryInt(t, conn, "select last_seq from rowcast.streams where stream = $1", stream); last != int64(len(seqs)) {
-			t.Errorf("stream %s: last_seq %d, want %d", stream, last, len(seqs))
-		}
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
-		t.Errorf("rowcast.pending has %d rows after commit", n)
 	}
 	return rows
 }
@@ -269,7 +249,7 @@ create table "Odd Schema"."we""ird" (
 	exec(t, conn, `insert into `+q+` (team_id, payload) values (7, 'again')`)
 	exec(t, conn, `truncate `+q)
 
-	rows := checkSequenced(t, conn)
+	rows := checkTicked(t, conn)
 	var ops []string
 	for _, r := range rows {
 		ops = append(ops, r.Op)
@@ -277,24 +257,35 @@ create table "Odd Schema"."we""ird" (
 			t.Errorf("row %d: tbl %q", r.ID, r.Tbl)
 		}
 	}
-	if !slices.Equal(ops, []string{"I", "U", "D", "I", "T"}) {
-		t.Fatalf("ops %q, want I U D I T", ops)
+	// The update of an excluded column only is recorded with a row and an
+	// old row that do not differ: the relay finds no changed column and
+	// sends nothing.
+	if !slices.Equal(ops, []string{"I", "U", "U", "D", "I", "T"}) {
+		t.Fatalf("ops %q, want I U U D I T", ops)
 	}
-	ins, upd, del := rows[0], rows[1], rows[2]
+	if noop := rows[1]; !reflect.DeepEqual(noop.RowData, noop.OldRow) || noop.RowData == nil {
+		t.Errorf("an update of an excluded column only: row %v old row %v, want equal", noop.RowData, noop.OldRow)
+	}
+	ins, upd, del := rows[0], rows[2], rows[3]
 	if ins.Stream != "team:7" || str(ins.Actor) != "42" || ins.RowData["payload"] != "hello" {
 		t.Errorf("insert row: stream %s actor %s row %v", ins.Stream, str(ins.Actor), ins.RowData)
 	}
 	if _, ok := ins.RowData["it's"]; ok {
 		t.Errorf("excluded column captured: %v", ins.RowData)
 	}
-	if len(upd.Changes) != 1 || upd.Changes["payload"] != "bye" {
-		t.Errorf("update changes %v, want only payload", upd.Changes)
+	if upd.RowData["payload"] != "bye" || upd.OldRow["payload"] != "hello" || upd.Changes != nil {
+		t.Errorf("update: row %v old row %v changes %v, want payload hello → bye, changes left to the relay", upd.RowData, upd.OldRow, upd.Changes)
+	}
+	for _, r := range []map[string]any{upd.RowData, upd.OldRow} {
+		if _, ok := r["it's"]; ok {
+			t.Errorf("excluded column captured in an update: %v", r)
+		}
 	}
 	if str(del.Actor) != "42" || str(del.EntityID) != str(ins.EntityID) {
 		t.Errorf("delete row: actor %s entity %s", str(del.Actor), str(del.EntityID))
 	}
-	if rows[4].Stream != "all" {
-		t.Errorf("truncate row stream %q, want all", rows[4].Stream)
+	if rows[5].Stream != "all" {
+		t.Errorf("truncate row stream %q, want all", rows[5].Stream)
 	}
 	b, _ := json.Marshal(rows)
 	if strings.Contains(string(b), "secret") {
@@ -327,12 +318,12 @@ func TestRenderIsDeterministic(t *testing.T) {
 	if quiet.SchemaHash == a.SchemaHash {
 		t.Error("notify on and off render the same schema hash")
 	}
-	if !strings.Contains(a.Schema, "pg_notify") || strings.Contains(quiet.Schema, "pg_notify") {
-		t.Error("pg_notify should be rendered exactly when notify is on")
+	if !strings.Contains(a.Schema, "pg_notify('rowcast', '')") || strings.Contains(quiet.Schema, "pg_notify('rowcast', '')") {
+		t.Error("the writers' doorbell should be rendered exactly when notify is on")
 	}
 	for i := range a.Tables {
-		if a.Tables[i].Hash != quiet.Tables[i].Hash {
-			t.Errorf("table %d: notify changed the capture function", i)
+		if a.Tables[i].Hash == quiet.Tables[i].Hash || strings.Contains(quiet.Tables[i].SQL, "pg_notify") {
+			t.Errorf("table %d: the capture function rings the doorbell with notify off, or not with it on", i)
 		}
 	}
 
@@ -409,7 +400,7 @@ func TestInstallLongAndLookalikeNames(t *testing.T) {
 		exec(t, conn, "insert into "+pgx.Identifier{tb.Schema(), tb.Name()}.Sanitize()+" (team_id) values (1)")
 	}
 	var got []string
-	for _, r := range checkSequenced(t, conn) {
+	for _, r := range checkTicked(t, conn) {
 		got = append(got, r.Tbl)
 	}
 	want := make([]string, len(tables))
@@ -426,7 +417,7 @@ func TestInstallIsIdempotent(t *testing.T) {
 	plan := render(t, crm.Tables(), true)
 	first := install(t, conn, plan)
 	for _, want := range []string{
-		"rowcast schema: changelog, stream counters, commit-time sequencer",
+		"rowcast schema: changelog, ticks",
 		"capture trigger on public.escrows",
 		"capture trigger on public.ai_tasks",
 	} {
@@ -445,7 +436,7 @@ func TestInstallIsIdempotent(t *testing.T) {
 	if n != int64(2*len(plan.Tables)) {
 		t.Errorf("%d rowcast triggers, want %d", n, 2*len(plan.Tables))
 	}
-	if rows := checkSequenced(t, conn); len(rows) != 1 || rows[0].Tbl != "public.leads" {
+	if rows := checkTicked(t, conn); len(rows) != 1 || rows[0].Tbl != "public.leads" {
 		t.Errorf("changelog after a second install: %+v, want the one lead insert", rows)
 	}
 }
@@ -489,7 +480,8 @@ func TestVerifyReportsDrift(t *testing.T) {
 		},
 		{
 			name: "notify changed", install: all, verify: all, notify: false,
-			want: []string{"the rowcast schema differs from this version's (or capture.notify changed)"},
+			want: append([]string{"the rowcast schema differs from this version's (or capture.notify changed)"},
+				capturesDiffer(crm.Tables())...),
 		},
 		{
 			name: "configured table not installed", install: demoTables(t, "escrows", "ai_tasks"),
@@ -523,6 +515,16 @@ func TestVerifyReportsDrift(t *testing.T) {
 			sameLines(t, "drift", verify(t, conn, render(t, tt.verify, tt.notify)), tt.want)
 		})
 	}
+}
+
+// capturesDiffer returns the drift lines of tables whose capture functions
+// differ from the configuration.
+func capturesDiffer(tables []config.Table) []string {
+	var out []string
+	for _, t := range tables {
+		out = append(out, t.Qualified()+": capture trigger differs from the configuration")
+	}
+	return out
 }
 
 func TestInstallRemovesUnconfiguredTable(t *testing.T) {
@@ -619,12 +621,6 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	if rows := changelog(t, conn); len(rows) != 0 {
 		t.Errorf("changes of a team-less row were captured: %+v", rows)
 	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.pending"); n != 0 {
-		t.Errorf("rowcast.pending has %d rows", n)
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.streams"); n != 0 {
-		t.Errorf("rowcast.streams has %d rows", n)
-	}
 
 	// Moving a row into a team, across teams and out of a team.
 	exec(t, conn, "insert into deals (team_id, name) values (null, 'mover')")
@@ -633,7 +629,7 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	exec(t, conn, "update deals set team_id = null")
 	type got struct{ stream, op, team, oldTeam string }
 	var have []got
-	for _, r := range checkSequenced(t, conn) {
+	for _, r := range checkTicked(t, conn) {
 		have = append(have, got{r.Stream, r.Op, str(r.TeamID), str(r.OldTeamID)})
 	}
 	want := []got{
@@ -647,7 +643,7 @@ func TestNullTeamIsNotCaptured(t *testing.T) {
 	}
 }
 
-func TestRollbackUsesNoSeq(t *testing.T) {
+func TestRollbackWritesNothing(t *testing.T) {
 	conn, _ := dealsDB(t)
 	exec(t, conn, "insert into deals (team_id, name) values (1, 'first')")
 
@@ -659,15 +655,9 @@ func TestRollbackUsesNoSeq(t *testing.T) {
 	}
 
 	exec(t, conn, "insert into deals (team_id, name) values (1, 'second')")
-	rows := checkSequenced(t, conn)
-	if len(rows) != 2 {
-		t.Fatalf("changelog has %d rows, want 2: %+v", len(rows), rows)
-	}
-	if seq(rows[0].Seq) != 1 || seq(rows[1].Seq) != 2 || rows[1].Stream != "team:1" {
-		t.Errorf("seqs %d, %d; want 1, 2 in team:1", seq(rows[0].Seq), seq(rows[1].Seq))
-	}
-	if n := queryInt(t, conn, "select count(*) from rowcast.streams where stream = 'team:2'"); n != 0 {
-		t.Error("a rolled-back transaction created a stream counter")
+	rows := checkTicked(t, conn)
+	if len(rows) != 2 || rows[0].RowData["name"] != "first" || rows[1].RowData["name"] != "second" {
+		t.Fatalf("changelog has %+v, want the two committed inserts", rows)
 	}
 }
 
@@ -675,7 +665,7 @@ func TestSavepointRollback(t *testing.T) {
 	conn, _ := dealsDB(t)
 	names := func() []string {
 		var out []string
-		for _, r := range checkSequenced(t, conn) {
+		for _, r := range checkTicked(t, conn) {
 			if r.Op == "I" {
 				out = append(out, r.RowData["name"].(string))
 			}
@@ -723,7 +713,9 @@ func TestSavepointRollback(t *testing.T) {
 	sameLines(t, "captured inserts", names(), []string{"a1", "a2", "b1", "b2", "b3", "c1", "c2"})
 }
 
-func TestSeqFollowsCommitOrder(t *testing.T) {
+// Transactions are ordered by the tick that first shows them, not by the
+// order they wrote in: a appends first, b commits first.
+func TestOrderFollowsCommitOrder(t *testing.T) {
 	connA, url := dealsDB(t)
 	connB := connect(t, url)
 
@@ -732,27 +724,84 @@ func TestSeqFollowsCommitOrder(t *testing.T) {
 	b := begin(t, connB)
 	txExec(t, b, "insert into deals (team_id, name) values (1, 'b')")
 	commit(t, b)
+	exec(t, connB, "select rowcast.tick()")
 	commit(t, a)
+	exec(t, connA, "select rowcast.tick()")
 	exec(t, connA, "insert into deals (team_id, name) values (1, 'c')")
 
-	rows := checkSequenced(t, connA)
+	rows := checkTicked(t, connA)
 	if len(rows) != 3 {
 		t.Fatalf("%d changelog rows, want 3", len(rows))
 	}
-	bySeq := map[int64]logRow{}
-	for _, r := range rows {
-		bySeq[seq(r.Seq)] = r
-	}
 	var order []string
-	for s := int64(1); s <= 3; s++ {
-		order = append(order, bySeq[s].RowData["name"].(string))
+	for _, r := range rows {
+		order = append(order, r.RowData["name"].(string))
 	}
-	sameLines(t, "names in seq order", order, []string{"b", "a", "c"})
-	if bySeq[1].ID < bySeq[2].ID {
+	sameLines(t, "names in order", order, []string{"b", "a", "c"})
+	if rows[0].ID < rows[1].ID {
 		t.Fatal("the test meant a to append before b")
 	}
-	if !bySeq[1].CommittedAt.Before(*bySeq[2].CommittedAt) || !bySeq[2].CommittedAt.Before(*bySeq[3].CommittedAt) {
-		t.Errorf("committed_at not increasing with seq: %v %v %v", bySeq[1].CommittedAt, bySeq[2].CommittedAt, bySeq[3].CommittedAt)
+	if !(*rows[0].Tick < *rows[1].Tick && *rows[1].Tick < *rows[2].Tick) {
+		t.Errorf("ticks %d %d %d, want rising", *rows[0].Tick, *rows[1].Tick, *rows[2].Tick)
+	}
+}
+
+// Within one tick, transactions are ordered by the highest id each wrote,
+// and a transaction's rows stay together: B updates a row A wrote after A
+// committed, so B comes after A, whatever their first ids.
+func TestOrderWithinATick(t *testing.T) {
+	connA, url := dealsDB(t)
+	connB := connect(t, url)
+	exec(t, connA, "insert into deals (team_id, name) values (1, 'x'), (2, 'y')")
+	exec(t, connA, "select rowcast.tick()")
+
+	b := begin(t, connB)
+	txExec(t, b, "update deals set name = 'y1' where name = 'y'") // b's first id
+	a := begin(t, connA)
+	txExec(t, a, "update deals set name = 'x1' where name = 'x'")
+	txExec(t, a, "insert into deals (team_id, name) values (2, 'z')")
+	commit(t, a)
+	txExec(t, b, "update deals set name = 'x2' where name = 'x1'") // after a committed
+	commit(t, b)
+
+	rows := checkTicked(t, connA)[2:]
+	var order []string
+	for _, r := range rows {
+		order = append(order, r.RowData["name"].(string))
+	}
+	sameLines(t, "changes in order", order, []string{"x1", "z", "y1", "x2"})
+	if *rows[0].Tick != *rows[3].Tick {
+		t.Fatalf("the test meant both transactions in one tick: ticks %d and %d", *rows[0].Tick, *rows[3].Tick)
+	}
+}
+
+// Writers at REPEATABLE READ and SERIALIZABLE commit side by side on one
+// team (schema version 1 made them fail at commit: its commit-time counter
+// update was a concurrent update under their snapshot).
+func TestSnapshotIsolationWriters(t *testing.T) {
+	for _, level := range []string{"repeatable read", "serializable"} {
+		t.Run(level, func(t *testing.T) {
+			connA, url := dealsDB(t)
+			connB := connect(t, url)
+			exec(t, connA, "insert into deals (team_id, name) values (1, 'before')")
+			a, err := connA.Begin(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := connB.Begin(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			txExec(t, a, "set transaction isolation level "+level)
+			txExec(t, b, "set transaction isolation level "+level)
+			txExec(t, a, "insert into deals (team_id, name) values (1, 'a')")
+			txExec(t, b, "insert into deals (team_id, name) values (1, 'b')")
+			commit(t, b)
+			commit(t, a)
+			if rows := checkTicked(t, connA); len(rows) != 3 {
+				t.Fatalf("%d changelog rows, want 3", len(rows))
+			}
+		})
 	}
 }
 
@@ -767,32 +816,19 @@ func TestTransactionTouchingTwoTeams(t *testing.T) {
 	txExec(t, tx, "insert into deals (team_id, name) values (1, 'team one again')")
 	commit(t, tx)
 
-	rows := checkSequenced(t, conn)
+	rows := checkTicked(t, conn)
 	if len(rows) != 6 {
 		t.Fatalf("%d changelog rows, want 6", len(rows))
 	}
 	last := rows[3:]
-	type got struct {
-		stream string
-		seq    int64
-	}
-	var have []got
+	var have []string
 	for _, r := range last {
-		have = append(have, got{r.Stream, seq(r.Seq)})
-		if r.XID != last[0].XID {
-			t.Errorf("rows of one transaction have xids %s and %s", r.XID, last[0].XID)
-		}
-		if !r.CommittedAt.Equal(*last[0].CommittedAt) {
-			t.Errorf("rows of one transaction have committed_at %v and %v", r.CommittedAt, last[0].CommittedAt)
+		have = append(have, r.Stream)
+		if r.XID != last[0].XID || *r.Tick != *last[0].Tick || *r.Tx != *last[0].Tx {
+			t.Errorf("rows of one transaction are apart: %+v and %+v", r, last[0])
 		}
 	}
-	want := []got{{"team:2", 2}, {"team:1", 3}, {"team:1", 4}}
-	if !slices.Equal(have, want) {
-		t.Errorf("got %v, want %v", have, want)
-	}
-	if !rows[2].CommittedAt.Before(*last[0].CommittedAt) {
-		t.Error("committed_at did not advance")
-	}
+	sameLines(t, "streams", have, []string{"team:2", "team:1", "team:1"})
 }
 
 // --- CheckTables ---------------------------------------------------------------
@@ -911,4 +947,143 @@ func TestCheckTablesTeamFrom(t *testing.T) {
 		`tables[4].team_from.column: public.deals has no column "org_id"`,
 		`tables[5].team_from.table: public.nokey has no one-column primary key; name the column deal_id references with team_from.parent_key`,
 	})
+}
+
+// The capture function renders rows with TimeZone UTC, IntervalStyle
+// iso_8601 and bytea_output hex whatever the writer's session says, and
+// leaves the writer's settings as they were, in the transaction and after
+// it, also when it captures nothing.
+func TestRenderingIgnoresTheWritersSettings(t *testing.T) {
+	url := pg.NewDatabase(t)
+	conn := connect(t, url)
+	exec(t, conn, `create table shots (
+    id bigint primary key,
+    team_id bigint,
+    taken timestamptz not null,
+    exposure interval not null,
+    raw bytea not null)`)
+	install(t, conn, render(t, []config.Table{config.Table{Table: "shots", Kind: config.KindEntity}.WithDefaults()}, true))
+	w := connect(t, url)
+	exec(t, w, "set timezone = 'America/New_York'; set intervalstyle = 'postgres_verbose'; set bytea_output = 'escape'")
+	settings := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) string {
+		var s string
+		if err := q.QueryRow(t.Context(), "select concat_ws(' ', current_setting('TimeZone'), current_setting('IntervalStyle'), current_setting('bytea_output'))").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	const writers = "America/New_York postgres_verbose escape"
+	tx := begin(t, w)
+	txExec(t, tx, `insert into shots values (1, 7, '2026-12-04 12:00:00+00', '1 hour 30 minutes', '\x0102')`)
+	txExec(t, tx, `insert into shots values (2, null, '2026-12-04 12:00:00+00', '1 hour', '\x03')`) // no team: nothing
+	if got := settings(tx); got != writers {
+		t.Errorf("settings inside the writer's transaction after capture: %q, want %q", got, writers)
+	}
+	commit(t, tx)
+	if got := settings(w); got != writers {
+		t.Errorf("settings after the transaction: %q, want %q", got, writers)
+	}
+	exec(t, w, "update shots set exposure = '2 days' where id = 1")
+	rows := checkTicked(t, conn)
+	if len(rows) != 2 {
+		t.Fatalf("%d changelog rows, want 2", len(rows))
+	}
+	ins, upd := rows[0].RowData, rows[1].RowData
+	if ins["taken"] != "2026-12-04T12:00:00+00:00" || ins["exposure"] != "PT1H30M" || ins["raw"] != `\x0102` {
+		t.Errorf("insert rendered %v, want UTC, ISO 8601 and hex", ins)
+	}
+	if upd["exposure"] != "P2D" || rows[1].OldRow["exposure"] != "PT1H30M" {
+		t.Errorf("update rendered %v (old %v), want ISO 8601", upd, rows[1].OldRow)
+	}
+	// A writer already on the pinned values takes the path without setting
+	// anything: its settings stay its own as well.
+	exec(t, w, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'")
+	exec(t, w, "update shots set exposure = '3 days' where id = 1")
+	if got := settings(w); got != "UTC iso_8601 hex" {
+		t.Errorf("settings after a capture on the pinned values: %q", got)
+	}
+	if rows := checkTicked(t, conn); rows[2].RowData["exposure"] != "P3D" {
+		t.Errorf("update on the pinned values rendered %v", rows[2].RowData)
+	}
+}
+
+// Installing over schema version 1 (testdata/schema-v1-crm.sql: what
+// install rendered for the demo CRM before ticks) upgrades it in place:
+// the commit-time sequencer and its tables are gone, the history starts
+// over under a new epoch (positions of version 1 do not carry over: clients
+// resync once). A writer whose transaction is open when the upgrade starts
+// commits normally (version 1 numbers it at commit, under locks the upgrade
+// needs: the upgrade gives way and tries again instead of deadlocking), and
+// its change belongs to version 1's history.
+func TestInstallUpgradesVersion1(t *testing.T) {
+	conn := demoDB(t)
+	v1, err := os.ReadFile("testdata/schema-v1-crm.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec(t, conn, string(v1))
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'before')")
+	var epoch string
+	if err := conn.QueryRow(t.Context(), "select epoch::text from rowcast.meta").Scan(&epoch); err != nil {
+		t.Fatal(err)
+	}
+	// A writer in the middle of a transaction: its row is in, its
+	// commit (and, under version 1, its numbering) comes after the upgrade.
+	w := connect(t, conn.Config().ConnString())
+	tx := begin(t, w)
+	txExec(t, tx, "insert into leads (team_id, first_name) values (1, 'across')")
+	done := make(chan []string, 1)
+	go func() {
+		ic := connect(t, conn.Config().ConnString())
+		lines, err := triggers.Install(context.Background(), ic, render(t, crm.Tables(), true))
+		if err != nil {
+			t.Error(err)
+		}
+		done <- lines
+	}()
+	// The upgrade waits for the writer (it replaces tables the writer's
+	// transaction holds); let the writer commit.
+	deadline := time.After(30 * time.Second)
+	for queryInt(t, conn, "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()") == 0 {
+		select {
+		case <-deadline:
+			t.Fatal("the upgrade did not wait for the open writer")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	commit(t, tx)
+	if lines := <-done; !slices.Contains(lines, "rowcast schema: changelog, ticks") {
+		t.Fatalf("install lines %q", lines)
+	}
+	if drift := verify(t, conn, render(t, crm.Tables(), true)); len(drift) > 0 {
+		t.Errorf("drift after the upgrade: %q", drift)
+	}
+	var now string
+	if err := conn.QueryRow(t.Context(), "select epoch::text from rowcast.meta").Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	if now == epoch {
+		t.Error("the epoch did not change: clients would resume version 1 positions")
+	}
+	if n := queryInt(t, conn, "select schema_version from rowcast.meta"); n != 2 {
+		t.Errorf("schema_version %d, want 2", n)
+	}
+	for _, gone := range []string{"rowcast.sequence()", "rowcast.mark()"} {
+		if queryInt(t, conn, "select count(*) from pg_proc where oid = to_regprocedure($1)", gone) != 0 {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	for _, gone := range []string{"rowcast.streams", "rowcast.pending", "rowcast.boot"} {
+		if queryInt(t, conn, "select count(*) from pg_class where oid = to_regclass($1)", gone) != 0 {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'after')")
+	var names []string
+	for _, r := range checkTicked(t, conn) {
+		names = append(names, r.RowData["first_name"].(string))
+	}
+	sameLines(t, "changes after the upgrade", names, []string{"after"})
 }

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,7 +35,8 @@ const benchUsage = `usage: rowcast bench [latency|capture|writepath|fanout|idle]
   writepath  pgbench tps of a CRM-like update with no capture, an outbox
              trigger (the baseline), trigger mode and logical mode
   fanout     deliveries/s to many sessions of one team, p99 < 1 s, none lost
-  idle       heap and goroutines per idle WebSocket session
+  idle       the relay's memory (RSS) per idle WebSocket session, the
+             clients in a separate process
 
 Every benchmark runs on its own throwaway PostgreSQL; "rowcast bench X -h"
 lists its flags.
@@ -56,6 +62,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return runBenchFanout(ctx, args[1:], stdout, stderr)
 	case "idle":
 		return runBenchIdle(ctx, args[1:], stdout, stderr)
+	case "idle-clients": // bench idle's client process; not listed
+		return runBenchIdleClients(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return exitUsage
@@ -192,14 +200,18 @@ func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, w
 	return float64(want) / time.Since(start).Seconds(), nil
 }
 
-// runBenchIdle measures what an idle session costs the relay: it opens N
+// runBenchIdle measures what an idle session costs the relay. The relay runs
+// in this process; the clients run in a child process (this binary again,
+// "bench idle-clients"), so each process stays under the open-files limit
+// and the relay's memory holds nothing of the clients. The clients open N
 // plain WebSocket sessions with raw connections (a hand-written upgrade
-// request, nothing read after the handshake, so the client side holds only a
-// socket) and reports the heap and goroutines per session once the relay
-// counts them all.
+// request, nothing read after the 101 response) and hold them until told to
+// go. The figure per session is the relay process's resident set (VmRSS)
+// with N sessions open minus the same with none, divided by N; heap and
+// goroutine stacks, and goroutines, are reported next to it.
 func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, _ := newFlagSet("bench idle", stderr)
-	sessions := fs.Int("sessions", 5000, "idle sessions (each uses two file descriptors here)")
+	sessions := fs.Int("sessions", 19000, "idle sessions (one file descriptor each in the relay and in the client process)")
 	memprofile := fs.String("memprofile", "", "write a heap profile to this `file` once the sessions are open")
 	if fs.Parse(args) != nil {
 		return exitUsage
@@ -207,6 +219,10 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast bench idle: %v\n", err)
 		return exitFailed
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fail(fmt.Errorf("bench idle: %w", err))
 	}
 	pg, err := benchServer(ctx, false)
 	if err != nil {
@@ -233,30 +249,31 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fail(err)
 	}
-	request := "GET /ws HTTP/1.1\r\nHost: " + r.Addr() + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
-		"Authorization: Bearer " + token + "\r\n\r\n"
-	before := heapNow()
-	conns := make([]net.Conn, 0, *sessions)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	buf := make([]byte, 512)
-	for i := 0; i < *sessions; i++ {
-		c, err := net.Dial("tcp", r.Addr())
-		if err != nil {
-			return fail(fmt.Errorf("session %d: %w", i, err))
-		}
-		conns = append(conns, c)
-		if _, err := c.Write([]byte(request)); err != nil {
-			return fail(err)
-		}
-		// The 101 response; the welcome frame after it stays unread.
-		if n, err := c.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 101") {
-			return fail(fmt.Errorf("session %d: upgrade refused: %q %v", i, buf[:min(n, 80)], err))
-		}
+	before, err := memNow()
+	if err != nil {
+		return fail(err)
+	}
+
+	cmd := exec.CommandContext(ctx, self, "bench", "idle-clients", "--addr", r.Addr(),
+		"--sessions", strconv.Itoa(*sessions))
+	cmd.Env = append(os.Environ(), "ROWCAST_BENCH_TOKEN="+token)
+	cmd.Stderr = stderr
+	hold, err := cmd.StdinPipe()
+	if err != nil {
+		return fail(fmt.Errorf("bench idle: clients: %w", err))
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return fail(fmt.Errorf("bench idle: clients: %w", err))
+	}
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Errorf("bench idle: clients: %w", err))
+	}
+	// Closing hold (stdin) tells the clients to close their sockets and exit.
+	defer func() { hold.Close(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		return fail(fmt.Errorf("bench idle: the client process failed (%q): %w", line, errors.Join(err, cmd.Wait())))
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -267,7 +284,10 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return exitFailed
 		}
 	}
-	after := heapNow()
+	after, err := memNow()
+	if err != nil {
+		return fail(err)
+	}
 	if *memprofile != "" {
 		f, err := os.Create(*memprofile)
 		if err != nil {
@@ -280,21 +300,97 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	n := float64(*sessions)
-	fmt.Fprintf(stdout, "bench idle: %d sessions\n", *sessions)
-	fmt.Fprintf(stdout, "heap in use: %.1f KiB per session (client sockets in this process included)\n",
-		float64(after.heap-before.heap)/n/1024)
-	fmt.Fprintf(stdout, "goroutines:  %.2f per session\n", float64(after.goroutines-before.goroutines)/n)
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / n / 1024 }
+	fmt.Fprintf(stdout, "bench idle: %d sessions, clients in another process\n", *sessions)
+	fmt.Fprintf(stdout, "relay RSS:       %.1f KiB per session (%.0f MiB with none, %.0f MiB with %d)\n",
+		per(after.rss, before.rss), float64(before.rss)/(1<<20), float64(after.rss)/(1<<20), *sessions)
+	fmt.Fprintf(stdout, "heap in use:     %.1f KiB per session\n", per(after.heap, before.heap))
+	fmt.Fprintf(stdout, "stacks in use:   %.1f KiB per session\n", per(after.stacks, before.stacks))
+	fmt.Fprintf(stdout, "goroutines:      %.2f per session\n", float64(after.goroutines-before.goroutines)/n)
 	return exitOK
 }
 
-type heapSample struct {
-	heap       uint64
-	goroutines int
+// runBenchIdleClients is the client process of bench idle (hidden: "rowcast
+// bench idle-clients"): it opens --sessions WebSocket sessions to --addr with
+// the token in ROWCAST_BENCH_TOKEN, prints "ready" once every upgrade was
+// answered 101, and holds them, reading nothing, until its stdin closes.
+func runBenchIdleClients(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs, _ := newFlagSet("bench idle-clients", stderr)
+	addr := fs.String("addr", "", "relay address")
+	sessions := fs.Int("sessions", 0, "sessions to open")
+	if fs.Parse(args) != nil || *addr == "" {
+		return exitUsage
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "rowcast bench idle-clients: %v\n", err)
+		return exitFailed
+	}
+	request := []byte("GET /ws HTTP/1.1\r\nHost: " + *addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Authorization: Bearer " + os.Getenv("ROWCAST_BENCH_TOKEN") + "\r\n\r\n")
+	conns := make([]net.Conn, 0, *sessions)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var d net.Dialer
+	buf := make([]byte, 512)
+	for i := 0; i < *sessions; i++ {
+		c, err := d.DialContext(ctx, "tcp", *addr)
+		if err != nil {
+			return fail(fmt.Errorf("session %d: %w", i, err))
+		}
+		conns = append(conns, c)
+		if _, err := c.Write(request); err != nil {
+			return fail(fmt.Errorf("session %d: %w", i, err))
+		}
+		// The 101 response; the welcome frame after it stays unread.
+		n, err := c.Read(buf)
+		if err != nil {
+			return fail(fmt.Errorf("session %d: upgrade: %w", i, err))
+		}
+		if !strings.HasPrefix(string(buf[:n]), "HTTP/1.1 101") {
+			return fail(fmt.Errorf("session %d: upgrade refused: %q", i, buf[:min(n, 80)]))
+		}
+	}
+	fmt.Fprintln(stdout, "ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return exitOK
 }
 
-func heapNow() heapSample {
-	runtime.GC()
+// memSample is what bench idle reads of this process's memory.
+type memSample struct {
+	rss, heap, stacks uint64
+	goroutines        int
+}
+
+// memNow collects garbage (a few cycles), returns freed memory to the OS and samples the
+// process: VmRSS from /proc/self/status, heap and stacks in use, goroutines.
+func memNow() (memSample, error) {
+	// A goroutine's stack shrinks by half at most per GC: a few cycles let
+	// the stacks that grew during the upgrade settle, as they do in a relay
+	// that runs.
+	for range 3 {
+		runtime.GC()
+	}
+	debug.FreeOSMemory() // a GC, then freed pages go back to the OS
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	return heapSample{heap: m.HeapInuse + m.StackInuse, goroutines: runtime.NumGoroutine()}
+	s := memSample{heap: m.HeapInuse, stacks: m.StackInuse, goroutines: runtime.NumGoroutine()}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return s, fmt.Errorf("rss: %w", err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				return s, fmt.Errorf("rss: %q: %w", l, err)
+			}
+			s.rss = kb * 1024
+			return s, nil
+		}
+	}
+	return s, errors.New("rss: no VmRSS in /proc/self/status")
 }

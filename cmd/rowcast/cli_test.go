@@ -119,7 +119,7 @@ func dbBool(t *testing.T, conn *pgx.Conn, sql string) bool {
 
 func schemaInstalled(t *testing.T, conn *pgx.Conn) bool {
 	t.Helper()
-	return dbBool(t, conn, "select to_regprocedure('rowcast.sequence()') is not null")
+	return dbBool(t, conn, "select to_regprocedure('rowcast.tick()') is not null")
 }
 
 func noSecrets(t *testing.T, what, s string, secrets ...string) {

@@ -112,19 +112,33 @@ func (d *db) queryInt(sql string, args ...any) int64 {
 	return n
 }
 
+// tick records a tick, as the ticker does, and returns its number; it fails
+// the test when there was nothing to tick.
+func (d *db) tick() int64 {
+	d.t.Helper()
+	var tick *int64
+	if err := d.conn.QueryRow(d.t.Context(), "select rowcast.tick()").Scan(&tick); err != nil {
+		d.t.Fatal(err)
+	}
+	if tick == nil {
+		d.t.Fatal("nothing to tick")
+	}
+	return *tick
+}
+
 // recorder is a relay.Sink that keeps what it is handed.
 type recorder struct {
 	mu     sync.Mutex
-	resets []map[string]int64
+	resets []relay.Pos
 	txns   []relay.Txn
 	more   chan struct{} // signalled after every call
 }
 
 func newRecorder() *recorder { return &recorder{more: make(chan struct{}, 1)} }
 
-func (r *recorder) Reset(epoch string, heads map[string]int64) {
+func (r *recorder) Reset(epoch string, head relay.Pos) {
 	r.mu.Lock()
-	r.resets = append(r.resets, heads)
+	r.resets = append(r.resets, head)
 	r.mu.Unlock()
 	r.signal()
 }
@@ -155,13 +169,18 @@ func (r *recorder) changes() []relay.Change {
 }
 
 // waitChanges waits until n changes were handed on and returns them; it
-// fails the test after 10 seconds.
+// fails the test after 10 seconds, and when their positions do not rise.
 func (r *recorder) waitChanges(t *testing.T, n int) []relay.Change {
 	t.Helper()
 	deadline := time.NewTimer(10 * time.Second)
 	defer deadline.Stop()
 	for {
 		if all := r.changes(); len(all) >= n {
+			for i := 1; i < len(all); i++ {
+				if all[i].Pos.Compare(all[i-1].Pos) <= 0 {
+					t.Fatalf("positions do not rise:\n%s", describe(all))
+				}
+			}
 			return all
 		}
 		select {
@@ -176,7 +195,7 @@ func (r *recorder) waitChanges(t *testing.T, n int) []relay.Change {
 func describe(chs []relay.Change) string {
 	var b strings.Builder
 	for _, ch := range chs {
-		fmt.Fprintf(&b, "  xid %d %s #%d %s %c %s\n", ch.XID, ch.Stream, ch.Seq, ch.Table, ch.Op, ch.EntityID)
+		fmt.Fprintf(&b, "  xid %d %s @%d.%d.%d %s %c %s\n", ch.XID, ch.Stream, ch.Pos.Tick, ch.Pos.Tx, ch.Pos.ID, ch.Table, ch.Op, ch.EntityID)
 	}
 	return b.String()
 }
@@ -196,15 +215,19 @@ func (d *db) tailInto(sink relay.Sink) {
 }
 
 // tailWith starts a Tail of d into sink, with o (but polling at least every
-// 20ms), and waits until it is ready.
+// 20ms), and a Ticker, and waits until the tail is ready. What was written
+// before is ticked first: it is history, not handed on.
 func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 	d.t.Helper()
+	d.exec("select rowcast.tick()")
 	o.PollMin, o.PollMax = time.Millisecond, 20*time.Millisecond
 	tl := changelog.NewTail(d.url, o)
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- tl.Run(ctx, sink) }()
-	d.t.Cleanup(func() { cancel(); <-done })
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, OnTick: tl.Poke})
+	go func() { done <- tk.Run(ctx) }()
+	d.t.Cleanup(func() { cancel(); <-done; <-done })
 	select {
 	case <-tl.Ready():
 	case err := <-done:
@@ -217,7 +240,6 @@ func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 // key is what identifies a change in a test's expectations.
 type key struct {
 	Stream string
-	Seq    int64
 	Table  string
 	Op     relay.Op
 	Entity string
@@ -226,7 +248,7 @@ type key struct {
 func keys(chs []relay.Change) []key {
 	out := make([]key, len(chs))
 	for i, ch := range chs {
-		out[i] = key{ch.Stream, ch.Seq, strings.TrimPrefix(ch.Table, "public."), ch.Op, ch.EntityID}
+		out[i] = key{ch.Stream, strings.TrimPrefix(ch.Table, "public."), ch.Op, ch.EntityID}
 	}
 	return out
 }

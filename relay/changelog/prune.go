@@ -59,11 +59,13 @@ func (p *Pruner) Run(ctx context.Context) error {
 	}
 }
 
-// Prune deletes the rows committed before now - Retention and records, per
-// stream, the highest seq deleted. It returns how many rows it deleted. It
-// also deletes what finished transactions left in rowcast.gone (the teams
-// of deleted team_from parents, which a transaction reads only while it
-// runs).
+// Prune deletes the rows of the transactions committed before now -
+// Retention: the batches of every tick up to the last one recorded before
+// then, and the ticks before that one (its snapshot still bounds the next
+// tick's batch). It records, per stream, the last tick that held a deleted
+// row, and returns how many rows it deleted. It also deletes what finished
+// transactions left in rowcast.gone (the teams of deleted team_from
+// parents, which a transaction reads only while it runs).
 func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, p.Pool, func(tx pgx.Tx) error {
@@ -74,20 +76,33 @@ func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 		if _, err := tx.Exec(ctx, "delete from rowcast.gone where xid < pg_snapshot_xmin(pg_current_snapshot())"); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `
-with gone as (
-    delete from rowcast.changelog
-    where committed_at < now() - $1::interval and seq is not null
-    returning stream, seq
-), upd as (
-    insert into rowcast.pruned as p (stream, through)
-    select stream, max(seq) from gone group by stream
-    on conflict (stream) do update set through = greatest(p.through, excluded.through)
-)
-select count(*) from gone`, p.Retention).Scan(&n)
+		return tx.QueryRow(ctx, pruneSQL, p.Retention).Scan(&n)
 	})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return 0, fmt.Errorf("history prune: %w", err)
 	}
 	return n, err
 }
+
+// pruneSQL deletes up to the cut: the last tick recorded before now - $1.
+// A deleted row's tick is the first whose snapshot shows its transaction.
+const pruneSQL = `
+with cut as (
+    select tick, snap from rowcast.ticks where at < now() - $1::interval order by at desc, tick desc limit 1
+), gone as (
+    delete from rowcast.changelog c using cut
+    where c.xid < pg_snapshot_xmax(cut.snap) and pg_visible_in_snapshot(c.xid, cut.snap)
+    returning c.stream, c.xid
+), per as (
+    select g.stream, max(coalesce(
+        (select t.tick from rowcast.ticks t where t.snap_xmax > g.xid and pg_visible_in_snapshot(g.xid, t.snap)
+         order by t.snap_xmax, t.tick limit 1),
+        (select tick from cut))) as through
+    from (select distinct stream, xid from gone) g group by g.stream
+), upd as (
+    insert into rowcast.pruned as p (stream, through) select stream, through from per
+    on conflict (stream) do update set through = greatest(p.through, excluded.through)
+), old as (
+    delete from rowcast.ticks t using cut where t.tick < cut.tick
+)
+select count(*) from gone`

@@ -10,56 +10,65 @@ import (
 	"github.com/rowcast/rowcast/relay/changelog"
 )
 
-// TestPrune: Prune deletes what committed before the retention, records per
-// stream the highest seq it deleted, and a replay from below it is answered
-// with ErrHistoryExpired, from it with what is left.
+// TestPrune: Prune deletes the batches of the ticks recorded before the
+// retention, records per stream the last tick that held a deleted row, and
+// a replay from before it is answered with ErrHistoryExpired, from it with
+// what is left. A stream whose last pruned row is before the position
+// (a quiet team) resumes.
 func TestPrune(t *testing.T) {
 	d := newDB(t)
 	d.exec("insert into items (id, team_id) values (1, 7), (2, 7), (3, 8)")
-	d.exec("update rowcast.changelog set committed_at = now() - interval '2 hours'")
+	d.exec("insert into items (id, team_id) values (5, 9)")
+	old := d.tick()
+	d.exec("update rowcast.ticks set at = now() - interval '2 hours'")
 	d.exec("insert into items (id, team_id) values (4, 7)")
+	d.tick()
 
 	p := &changelog.Pruner{Pool: d.pool, Retention: time.Hour}
 	n, err := p.Prune(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != 3 {
-		t.Errorf("pruned %d rows, want 3", n)
+	if n != 4 {
+		t.Errorf("pruned %d rows, want 4", n)
 	}
 	if left := d.queryInt("select count(*) from rowcast.changelog"); left != 1 {
 		t.Errorf("%d rows left, want 1", left)
 	}
-	if got := d.queryInt("select through from rowcast.pruned where stream = 'team:7'"); got != 2 {
-		t.Errorf("team:7 pruned through %d, want 2", got)
+	for _, st := range []string{"team:7", "team:8", "team:9"} {
+		if got := d.queryInt("select through from rowcast.pruned where stream = $1", st); got != old {
+			t.Errorf("%s pruned through %d, want tick %d", st, got, old)
+		}
 	}
-	if got := d.queryInt("select through from rowcast.pruned where stream = 'team:8'"); got != 1 {
-		t.Errorf("team:8 pruned through %d, want 1", got)
+	if first := d.queryInt("select min(tick) from rowcast.ticks"); first != old {
+		t.Errorf("the oldest tick kept is %d, want %d (the cut, whose snapshot bounds the next batch)", first, old)
 	}
 
 	h := changelog.NewHistory(d.pool)
 	noop := func([]relay.Change) error { return nil }
-	if err := h.Replay(t.Context(), map[string]int64{"team:7": 1}, noop); !errors.Is(err, relay.ErrHistoryExpired) {
-		t.Errorf("replay after a pruned seq: %v, want ErrHistoryExpired", err)
+	for _, from := range []relay.Pos{relay.TickEnd(old - 1), {Tick: old, Tx: 1, ID: 1}} {
+		if err := h.Replay(t.Context(), []string{"team:7"}, from, noop); !errors.Is(err, relay.ErrHistoryExpired) {
+			t.Errorf("replay from %+v, before pruned rows: %v, want ErrHistoryExpired", from, err)
+		}
 	}
 	var got []relay.Change
-	err = h.Replay(t.Context(), map[string]int64{"team:7": 2, "team:8": 1}, func(chs []relay.Change) error {
+	err = h.Replay(t.Context(), []string{"team:7", "team:8", "team:9"}, relay.TickEnd(old), func(chs []relay.Change) error {
 		got = append(got, chs...)
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("replay from what was pruned: %v", err)
 	}
-	if len(got) != 1 || got[0].Stream != "team:7" || got[0].Seq != 3 {
-		t.Fatalf("replayed\n%swant team:7 #3", describe(got))
+	if len(got) != 1 || got[0].Stream != "team:7" || got[0].EntityID != "4" || got[0].Pos.Tick != old+1 {
+		t.Fatalf("replayed\n%swant item 4 of team:7, in tick %d", describe(got), old+1)
 	}
 
 	// A second Prune finds nothing more and keeps the record.
 	if n, err := p.Prune(t.Context()); err != nil || n != 0 {
 		t.Errorf("second prune: %d, %v; want 0, nil", n, err)
 	}
-	if got := d.queryInt("select through from rowcast.pruned where stream = 'team:7'"); got != 2 {
-		t.Errorf("team:7 pruned through %d after a second prune, want 2", got)
+	if got := d.queryInt("select through from rowcast.pruned where stream = 'team:7'"); got != old {
+		t.Errorf("team:7 pruned through %d after a second prune, want %d", got, old)
 	}
 }
 
@@ -75,6 +84,7 @@ func TestPrunerDefaults(t *testing.T) {
 	}
 
 	d.exec("insert into items (id, team_id) values (1, 7)")
+	d.tick()
 	ctx, cancel = context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- (&changelog.Pruner{Pool: d.pool, Interval: time.Millisecond}).Run(ctx) }()

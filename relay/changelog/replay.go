@@ -2,6 +2,7 @@ package changelog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -22,55 +23,60 @@ type History struct {
 // NewHistory returns a History on pool; the caller closes the pool.
 func NewHistory(pool *pgxpool.Pool) *History { return &History{pool: pool, page: 2000} }
 
-// replaySQL reads a page of the changes after each stream's position, of
-// the transactions visible in snapshot $4.
-const replaySQL = `select ` + Columns + `
-from unnest($1::text[], $2::bigint[]) f (f_stream, f_after)
-cross join lateral (
-    select * from rowcast.changelog c
-    where c.stream = f.f_stream and c.seq > f.f_after and c.seq is not null
-      and pg_visible_in_snapshot(c.xid, $4::pg_snapshot)
-    order by c.seq limit $3
-) c
-order by committed_at, xid, id
-limit $3`
+// replaySQL reads a page ($6 rows) of the changes of streams $1 after
+// position ($2, $3, $4), in ticks up to $5: the rows of tick $2 after the
+// position ($2 below $7, the oldest tick kept, has none left), and those of
+// the transactions not visible in tick $7's snapshot (or $2's, the later)
+// and visible in tick $5's, each placed in the first tick whose snapshot
+// shows it.
+const replaySQL = `with
+lo as (select snap from rowcast.ticks where tick = greatest($2::bigint, $7::bigint)),
+hi as (select snap, snap_xmax from rowcast.ticks where tick = $5::bigint),
+cur as (select t.snap, p.snap as prev, t.at from rowcast.ticks t join rowcast.ticks p on p.tick = t.tick - 1
+    where t.tick = $2 and $2 > $7 and $3::bigint < 9223372036854775807),
+later as (
+    select (select t.tick from rowcast.ticks t where t.snap_xmax > c.xid and pg_visible_in_snapshot(c.xid, t.snap)
+            order by t.snap_xmax, t.tick limit 1) as tick, c.*
+    from rowcast.changelog c, lo, hi
+    where c.stream = any($1::text[]) and c.xid >= pg_snapshot_xmin(lo.snap) and c.xid < hi.snap_xmax
+      and not pg_visible_in_snapshot(c.xid, lo.snap) and pg_visible_in_snapshot(c.xid, hi.snap)
+),
+within as (
+    select $2::bigint as tick, c.* from rowcast.changelog c, cur
+    where c.stream = any($1) and c.xid >= pg_snapshot_xmin(cur.prev) and c.xid < pg_snapshot_xmax(cur.snap)
+      and not pg_visible_in_snapshot(c.xid, cur.prev) and pg_visible_in_snapshot(c.xid, cur.snap)
+),
+placed as (
+    select r.*, (select max(x.id) from rowcast.changelog x where x.xid = r.xid) as tx
+    from (select * from later union all select * from within) r
+)
+select c.tick, c.tx, coalesce(c.origin_at, (select t.at from rowcast.ticks t where t.tick = c.tick)), ` + Columns + `
+from placed c
+where (c.tick, c.tx, c.id) > ($2, $3, $4::bigint)
+order by c.tick, c.tx, c.id
+limit $6::int`
 
 // Replay implements relay.ChangeHistory (relay.MappedHistory maps what it
 // replays for the transports). It reads in pages of whole-or-partial
-// transactions; fn sees each change once, in commit order, per stream in
-// seq order.
+// transactions; fn sees each change once, in order.
 //
-// It replays the transactions committed when it starts, once the WAL holds
-// them durably (a commit made with synchronous_commit off is visible before
-// a crash could still forget it); later ones reach the session live.
-func (s *History) Replay(ctx context.Context, from map[string]int64, fn func([]relay.Change) error) error {
-	streams := make([]string, 0, len(from))
-	after := make([]int64, 0, len(from))
-	for st, seq := range from {
-		streams = append(streams, st)
-		after = append(after, seq)
+// It first records a tick (rowcast.tick), so that it replays every
+// transaction committed before it started, once durable; later ones reach
+// the session live.
+func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
+	if _, err := s.pool.Exec(ctx, "select rowcast.tick()"); err != nil {
+		return fmt.Errorf("history replay tick: %w", err)
 	}
-	if err := s.check(ctx, streams, after); err != nil {
-		return err
-	}
-	var snap, lsn string
-	var durable bool
-	if err := s.pool.QueryRow(ctx, `select pg_current_snapshot()::text,
-		pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn(), pg_current_wal_insert_lsn()::text`).Scan(&snap, &durable, &lsn); err != nil {
+	var head, oldest int64
+	if err := s.pool.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&head, &oldest); err != nil {
 		return fmt.Errorf("history replay: %w", err)
 	}
-	if !durable {
-		if err := WaitFlushed(ctx, s.pool, lsn); err != nil {
-			return fmt.Errorf("history replay: %w", err)
-		}
-	}
-	idx := make(map[string]int, len(streams))
-	for i, st := range streams {
-		idx[st] = i
+	if err := s.check(ctx, streams, after, head); err != nil {
+		return err
 	}
 	var sc Scanner
 	for {
-		rows, err := s.pool.Query(ctx, replaySQL, streams, after, s.page, snap)
+		rows, err := s.pool.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, head, s.page, oldest)
 		if err != nil {
 			return fmt.Errorf("history replay: %w", err)
 		}
@@ -90,43 +96,49 @@ func (s *History) Replay(ctx context.Context, from map[string]int64, fn func([]r
 			return nil
 		}
 		// A prune between the check and this page could have deleted rows
-		// right after a stream's position: the page would then start past a
-		// gap. Check again, now that the page is read.
-		if err := s.check(ctx, streams, after); err != nil {
+		// right after the position: the page would then start past a gap.
+		// Check again, now that the page is read.
+		if err := s.check(ctx, streams, after, head); err != nil {
 			return err
 		}
-		for _, ch := range batch {
-			if i, ok := idx[ch.Stream]; ok && ch.Seq > after[i] {
-				after[i] = ch.Seq
-			}
-		}
+		after = batch[len(batch)-1].Pos
 		if err := fn(batch); err != nil {
 			return err
 		}
 		if len(batch) < s.page {
 			return nil
 		}
+		if oldest, err = s.oldest(ctx); err != nil {
+			return err
+		}
 	}
 }
 
-// check answers ErrHistoryExpired when a stream's history after from was
-// pruned, or from is ahead of what the database has.
-func (s *History) check(ctx context.Context, streams []string, after []int64) error {
-	rows, err := s.pool.Query(ctx, `
-select f.stream, f.after, coalesce(s.last_seq, 0), coalesce(p.through, 0)
-from unnest($1::text[], $2::bigint[]) f (stream, after)
-left join rowcast.streams s on s.stream = f.stream
-left join rowcast.pruned p on p.stream = f.stream`, streams, after)
-	if err != nil {
+func (s *History) oldest(ctx context.Context) (int64, error) {
+	var oldest int64
+	if err := s.pool.QueryRow(ctx, "select coalesce(min(tick), 0) from rowcast.ticks").Scan(&oldest); err != nil {
+		return 0, fmt.Errorf("history replay: %w", err)
+	}
+	return oldest, nil
+}
+
+// check answers ErrHistoryExpired when changes of the streams after the
+// position were pruned, or the position is ahead of the history (its tick
+// is past head).
+func (s *History) check(ctx context.Context, streams []string, after relay.Pos, head int64) error {
+	if after.Tick > head {
+		return fmt.Errorf("history replay after tick %d (have %d): %w", after.Tick, head, relay.ErrHistoryExpired)
+	}
+	var stream *string
+	var through int64
+	err := s.pool.QueryRow(ctx, `select stream, through from rowcast.pruned
+		where stream = any($1) and (through > $2 or through = $2 and not $3) order by through desc limit 1`,
+		streams, after.Tick, after.Complete()).Scan(&stream, &through)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
 		return fmt.Errorf("history check: %w", err)
 	}
-	var st string
-	var from, last, pruned int64
-	_, err = pgx.ForEachRow(rows, []any{&st, &from, &last, &pruned}, func() error {
-		if from < pruned || from > last {
-			return fmt.Errorf("history replay %s after %d (have %d..%d): %w", st, from, pruned, last, relay.ErrHistoryExpired)
-		}
-		return nil
-	})
-	return err
+	return fmt.Errorf("history replay %s after tick %d (pruned through %d): %w", *stream, after.Tick, through, relay.ErrHistoryExpired)
 }

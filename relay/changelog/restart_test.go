@@ -16,8 +16,8 @@ import (
 // from its WAL without restarting the postmaster (pg_postmaster_start_time
 // does not change), forgetting asynchronous commits the WAL writer had not
 // flushed, and handing their transaction ids out again. A transaction that
-// gets one of them after the crash looks finished to the tail's last
-// snapshot; the tail must still hand it on.
+// gets one of them after the crash must not look finished to the last tick's
+// snapshot; the tail must hand it on.
 func TestBackendCrashReusedXID(t *testing.T) {
 	d := newDB(t)
 	if pg.Embedded() == nil {
@@ -62,8 +62,8 @@ func TestBackendCrashReusedXID(t *testing.T) {
 	if err := w.QueryRow(ctx, "select max(xid::text::bigint) from (select xmin as xid from plain) x").Scan(&last); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until the tail has completed a poll whose snapshot shows them
-	// finished: two of its reading transactions began after the last one.
+	// Wait until the ticker has looked at a snapshot that shows them
+	// finished: two of its calls began after the last one.
 	mon := connect(t, d.url)
 	seen := map[time.Time]bool{}
 	deadline := time.After(30 * time.Second)
@@ -73,7 +73,7 @@ func TestBackendCrashReusedXID(t *testing.T) {
 		var xs *time.Time
 		if err := mon.QueryRow(ctx, `select max(xact_start) from pg_stat_activity
 			where datname = current_database() and backend_xmin::text::bigint > $1 and pid <> pg_backend_pid()
-			  and query like '%pg_current_snapshot%'`, last).Scan(&xs); err != nil {
+			  and query like '%rowcast.tick()%'`, last).Scan(&xs); err != nil {
 			t.Fatal(err)
 		}
 		if xs != nil {
@@ -81,7 +81,7 @@ func TestBackendCrashReusedXID(t *testing.T) {
 		}
 		select {
 		case <-deadline:
-			t.Fatal("the tail did not poll past the asynchronous commits")
+			t.Fatal("the ticker did not look past the asynchronous commits")
 		case <-tick.C:
 		}
 	}
@@ -125,7 +125,7 @@ func TestBackendCrashReusedXID(t *testing.T) {
 		t.Fatalf("the new transaction got xid %d, not one the crash forgot (up to %d): this test proves nothing", xid, last)
 	}
 	got := rec.waitChanges(t, 1)
-	if got[0].Stream != "team:7" || got[0].Seq != 1 || got[0].Op != relay.OpInsert {
+	if got[0].Stream != "team:7" || got[0].EntityID != "1" || got[0].Op != relay.OpInsert {
 		t.Fatalf("got\n%s", describe(got))
 	}
 }

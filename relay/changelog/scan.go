@@ -11,36 +11,39 @@ import (
 	"github.com/rowcast/rowcast/relay"
 )
 
-// Columns are the changelog columns a Scanner reads, in its order: every
-// query that reads changes selects them.
-const Columns = `xid::text::bigint, stream, seq, coalesce(origin_at, committed_at), tbl, op, coalesce(entity_id, ''),
-coalesce(team_id, ''), coalesce(old_team_id, ''), coalesce(user_id, ''), coalesce(actor, ''),
-coalesce(request_id, ''), row_data::text, changes::text, old_data::text, entity_key::text`
+// Columns are the changelog columns a Scanner reads, in its order, of a
+// changelog row aliased c. Every query that reads changes selects, before
+// them, the row's tick, its transaction's place in the tick (the highest id
+// the transaction wrote) and its commit time (c.origin_at, or the tick's
+// time).
+const Columns = `c.xid::text::bigint, c.id, c.stream, c.tbl, c.op, coalesce(c.entity_id, ''),
+coalesce(c.team_id, ''), coalesce(c.old_team_id, ''), coalesce(c.user_id, ''), coalesce(c.actor, ''),
+coalesce(c.request_id, ''), c.row_data::text, c.changes::text, c.old_data::text, c.entity_key::text,
+c.old_row::text`
 
-// Scanner decodes changelog rows selected with Columns. Its zero value is
-// ready; it reuses a buffer between rows.
+// Scanner decodes changelog rows selected as Columns says. Its zero value
+// is ready; it reuses a buffer between rows.
 type Scanner struct {
-	xid                                int64
+	xid, id, tick, tx                  int64
 	op                                 string
-	row, changes, old, key             []byte
+	row, changes, old, key, oldRow     []byte
 	stream, tbl, entity, team, oldTeam string
 	user, actor, request               string
-	seq                                int64
 	committed                          time.Time
 	compact                            bytes.Buffer
 }
 
 // Scan reads the current row.
 func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
-	s.row, s.changes, s.old, s.key = s.row[:0], s.changes[:0], s.old[:0], s.key[:0]
-	if err := rows.Scan(&s.xid, &s.stream, &s.seq, &s.committed, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key); err != nil {
+	s.row, s.changes, s.old, s.key, s.oldRow = s.row[:0], s.changes[:0], s.old[:0], s.key[:0], s.oldRow[:0]
+	if err := rows.Scan(&s.tick, &s.tx, &s.committed, &s.xid, &s.id, &s.stream, &s.tbl, &s.op, &s.entity, &s.team,
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key, &s.oldRow); err != nil {
 		return relay.Change{}, err
 	}
 	ch := relay.Change{
-		Stream: s.stream, Seq: s.seq, XID: uint64(s.xid), Table: s.tbl, EntityID: s.entity,
-		TeamID: s.team, OldTeamID: s.oldTeam, UserID: s.user, Actor: s.actor, RequestID: s.request,
-		CommittedAt: s.committed.UTC(),
+		Stream: s.stream, Pos: relay.Pos{Tick: s.tick, Tx: s.tx, ID: s.id}, XID: uint64(s.xid), Table: s.tbl,
+		EntityID: s.entity, TeamID: s.team, OldTeamID: s.oldTeam, UserID: s.user, Actor: s.actor,
+		RequestID: s.request, CommittedAt: s.committed.UTC(),
 	}
 	if len(s.op) == 1 {
 		ch.Op = relay.Op(s.op[0])
@@ -57,6 +60,20 @@ func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
 	}
 	if ch.Key, err = s.compactJSON(s.key); err != nil {
 		return relay.Change{}, err
+	}
+	if ch.Op == relay.OpUpdate && s.oldRow != nil && ch.Changes == nil {
+		// Capture left the changed columns to us: the row against its
+		// old row. An update within one team carries only them.
+		s.compact.Reset()
+		if err := json.Compact(&s.compact, s.oldRow); err != nil {
+			return relay.Change{}, fmt.Errorf("compact changelog json: %w", err)
+		}
+		if ch.Changes, err = diffRows(nil, ch.Row, s.compact.Bytes()); err != nil {
+			return relay.Change{}, err
+		}
+		if ch.OldTeamID == "" {
+			ch.Row = nil
+		}
 	}
 	return ch, nil
 }

@@ -4,14 +4,16 @@
 // tailing it in commit order (Tail), replaying it after a position (History)
 // and pruning it (Pruner).
 //
-// Tailing is PgQ-style: each poll runs in one REPEATABLE READ transaction
-// that takes pg_current_snapshot() and reads the rows of every transaction
-// that was not visible in the previous poll's snapshot but is visible now, so
-// a long transaction never holds back short ones and arrives once, when it
-// commits. A LISTEN doorbell (an empty pg_notify at commit) wakes the reader
-// at once; adaptive polling is the backstop when a notification is missed or
-// the doorbell is switched off. Nothing is handed on, tailed or replayed,
-// before the WAL holds it durably (WaitFlushed).
+// Tailing is PgQ-style. One relay at a time runs the Ticker, which records
+// snapshots in rowcast.ticks; every relay's Tail reads tick after tick the
+// rows of the transactions that became visible between a tick's snapshot
+// and the previous one's, so a long transaction never holds back short
+// ones and arrives once, when it commits, and every replica reads the same
+// batches in the same order (relay.Pos). The Ticker rings the tailers'
+// doorbell (a notification per tick) and is woken by the writers' (when it
+// asks for it); adaptive polling is the backstop when a notification is
+// missed or the doorbells are switched off. A tick is durable before it is
+// read, and so is every commit it covers.
 package changelog
 
 import (
@@ -19,7 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -30,16 +32,19 @@ import (
 	"github.com/rowcast/rowcast/relay"
 )
 
-// Channel is the LISTEN channel the commit-time sequencer notifies.
-const Channel = "rowcast"
+// Channel is the LISTEN channel the writers' doorbell rings (rowcast.ring),
+// for the Ticker; TickChannel the one every tick rings, for Tails.
+const (
+	Channel     = "rowcast"
+	TickChannel = "rowcast_tick"
+)
 
 // TailOptions tunes a Tail. Zero values select the defaults.
 type TailOptions struct {
-	// PollMin is the poll interval while changes flow (default 5ms); PollMax
+	// PollMin is the poll interval while ticks come (default 5ms); PollMax
 	// the interval the reader backs off to when idle (default 1s).
 	PollMin, PollMax time.Duration
-	// Listen enables the LISTEN doorbell (the installed sequencer must
-	// notify for it to help).
+	// Listen wakes the reader on every tick's notification.
 	Listen bool
 	// Logger receives connection state changes; nil discards them.
 	Logger *slog.Logger
@@ -56,6 +61,8 @@ type Tail struct {
 	connected atomic.Bool
 	ready     chan struct{}
 	readyOnce atomic.Bool
+	poke      chan struct{}
+	read      atomic.Int64 // the last tick read
 }
 
 // NewTail returns a Tail of the changelog in the database at url.
@@ -72,11 +79,20 @@ func NewTail(url string, o TailOptions) *Tail {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Tail{url: url, o: o, ready: make(chan struct{})}
+	return &Tail{url: url, o: o, ready: make(chan struct{}), poke: make(chan struct{}, 1)}
 }
 
-// Ready is closed once the capture has read its starting snapshot and
-// called relay.Sink.Reset: every transaction that commits after Ready is closed
+// Poke makes the reader look for new ticks now (this process's Ticker calls
+// it after each tick). It never blocks.
+func (c *Tail) Poke() {
+	select {
+	case c.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Ready is closed once the capture has read its starting tick and called
+// relay.Sink.Reset: every transaction that commits after Ready is closed
 // reaches the sink.
 func (c *Tail) Ready() <-chan struct{} { return c.ready }
 
@@ -85,7 +101,7 @@ func (c *Tail) Connected() bool { return c.connected.Load() }
 
 // Run reads until ctx ends, then returns ctx's error. Any database error
 // closes the connections, waits with capped exponential backoff, reconnects
-// and continues from the last snapshot read, so nothing committed meanwhile is
+// and continues from the last tick read, so nothing committed meanwhile is
 // lost. It returns early only for errors that retrying cannot fix (the
 // rowcast schema is missing).
 func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
@@ -127,24 +143,12 @@ const epochExpr = "replace(epoch::text, '-', '')"
 
 // state survives reconnects.
 type state struct {
-	epoch      string
-	snapshot   string // pg_snapshot text of the last poll; "" before the first
+	epoch string
+	// tick is the last tick read and snap its snapshot; tick is 0 before
+	// the first connection.
+	tick       int64
+	snap       string
 	progressed bool
-	// server identifies the server run read from when last connected;
-	// zero before the first connection.
-	server run
-	// sent is the last seq handed to the sink per stream. Changes at or
-	// below it are not handed on again: after a server restart the reader
-	// re-reads from safe (see restarted).
-	sent map[string]int64
-	// safe is the latest snapshot known to be durable: the WAL was flushed
-	// through the insert position read after it was taken, so no
-	// transaction it shows finished can be forgotten by a crash.
-	safe string
-	// cand is the last poll's snapshot and candLSN the insert position
-	// read after it; the next poll makes it safe if the WAL was flushed
-	// through candLSN by then.
-	cand, candLSN string
 }
 
 func (c *Tail) setConnected(v bool) {
@@ -164,9 +168,9 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	// The changelog grows and shrinks by orders of magnitude; a generic plan
 	// cached while it was small would scan it whole later.
 	cc.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
-	// The reader's own writes (the doorbell's arming) commit locally: with
-	// a synchronous standby down, a commit that waits for it would stop
-	// the reader, and with it every relay's events.
+	// The reader's own writes (a new epoch) commit locally: with a
+	// synchronous standby down, a commit that waits for it would stop the
+	// reader, and with it every relay's events.
 	cc.RuntimeParams["synchronous_commit"] = "local"
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
@@ -177,67 +181,52 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
 	if c.o.Listen {
-		lconn, err := pgx.Connect(ctx, c.url)
+		// A tick this relay has read already (its own ticker pokes it
+		// before the notification arrives) does not wake it again.
+		stop, err := listen(ctx, c.url, TickChannel, bell, listenErr, func(payload string) bool {
+			n, err := strconv.ParseInt(payload, 10, 64)
+			return err != nil || n > c.read.Load()
+		})
 		if err != nil {
-			return fmt.Errorf("capture listen connect: %w", err)
+			return fmt.Errorf("capture %w", err)
 		}
-		if _, err := lconn.Exec(ctx, "listen "+Channel); err != nil {
-			lconn.Close(context.WithoutCancel(ctx))
-			return fmt.Errorf("capture listen: %w", err)
-		}
-		// The listener goroutine owns lconn and closes it; session waits for
-		// it before returning.
-		done := make(chan struct{})
-		defer func() { cancel(); <-done }()
-		go func() {
-			defer close(done)
-			defer lconn.Close(context.WithoutCancel(ctx))
-			for {
-				if _, err := lconn.WaitForNotification(ctx); err != nil {
-					listenErr <- fmt.Errorf("capture listen: %w", err)
-					return
-				}
-				select {
-				case bell <- struct{}{}:
-				default:
-				}
-			}
-		}()
+		defer stop()
 	}
 
-	epoch, server, err := readEpoch(ctx, conn)
+	epoch, last, err := readHead(ctx, conn)
 	if err != nil {
 		return err
 	}
-	if epoch != st.epoch {
+	switch {
+	case epoch != st.epoch:
 		if st.epoch != "" {
 			c.o.Logger.Warn("history epoch changed: the database was restored or replaced; clients will resync",
 				"old", st.epoch, "new", epoch)
 		}
-		snap, heads, err := start(ctx, conn)
-		if err != nil {
-			return err
+		st.epoch, st.tick, st.snap = epoch, last.tick, last.snap
+		c.read.Store(last.tick)
+		sink.Reset(epoch, relay.TickEnd(last.tick))
+	default:
+		// The tick read last must still be there, with the same snapshot:
+		// otherwise the database went back in time (restored from a
+		// backup), and the positions clients hold name other changes.
+		var snap *string
+		if err := conn.QueryRow(ctx, "select (select snap::text from rowcast.ticks where tick = $1)", st.tick).Scan(&snap); err != nil {
+			return fmt.Errorf("capture check tick: %w", err)
 		}
-		st.epoch, st.snapshot, st.sent = epoch, snap, maps.Clone(heads)
-		st.safe, st.cand, st.candLSN = snap, "", "" // start waited for the flush
-		sink.Reset(epoch, heads)
-	} else if server.restartedSince(st.server) {
-		if err := c.restarted(ctx, conn, st); err != nil {
-			return err
+		if snap == nil || *snap != st.snap {
+			c.o.Logger.Error("the changelog's ticks changed under this relay (a restore, or it lagged past the retention); starting a new history epoch",
+				"tick", st.tick)
+			return newEpoch(ctx, conn, st.epoch)
 		}
 	}
-	st.server = server
 	c.setConnected(true)
 	if c.readyOnce.CompareAndSwap(false, true) {
 		close(c.ready)
 	}
-	c.o.Logger.Info("capture reading the changelog", "epoch", epoch, "doorbell", c.o.Listen)
+	c.o.Logger.Info("capture reading the changelog", "epoch", epoch, "tick", st.tick, "doorbell", c.o.Listen)
 
 	interval := c.o.PollMin
-	idle, armed := 0, false
-	if err := c.setBell(ctx, conn, &armed, true); err != nil { // until changes flow
-		return err
-	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -247,13 +236,14 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 		case err := <-listenErr:
 			return err
 		case <-bell:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
-			}
+		case <-c.poke:
 		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
 		}
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
@@ -262,129 +252,80 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 		if n > 0 {
 			st.progressed = true
 			interval = c.o.PollMin
-			idle = 0
-			// Changes flow: polling finds them; writers need not ring.
-			if err := c.setBell(ctx, conn, &armed, false); err != nil {
-				return err
+			if n == maxTicks {
+				timer.Reset(0) // more may be waiting
+				continue
 			}
-			timer.Reset(0)
-			continue
+		} else {
+			interval = min(interval*2, c.o.PollMax)
 		}
-		if idle++; idle == idleBeforeArming {
-			if err := c.setBell(ctx, conn, &armed, true); err != nil {
-				return err
-			}
-		}
-		interval = min(interval*2, c.o.PollMax)
 		timer.Reset(interval)
 	}
 }
 
-// idleBeforeArming is how many empty polls in a row make the relay ask for
-// the doorbell again (about 75ms at the default poll interval).
-const idleBeforeArming = 4
-
-// setBell arms or disarms the doorbell when the doorbell is in use and the
-// state differs from what this relay last set.
-func (c *Tail) setBell(ctx context.Context, conn *pgx.Conn, armed *bool, v bool) error {
-	if !c.o.Listen || *armed == v {
-		return nil
+// listen runs a goroutine that LISTENs on channel with a connection of its
+// own and signals bell (without blocking) on every notification that wake,
+// when not nil, says is news; the first error goes to errs. stop ends it
+// and waits for it, which closes the connection.
+func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs chan<- error,
+	wake func(payload string) bool) (stop func(), err error) {
+	lconn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("listen connect: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "update rowcast.meta set bell = $1 where bell <> $1", v); err != nil {
-		return fmt.Errorf("capture doorbell: %w", err)
+	if _, err := lconn.Exec(ctx, "listen "+channel); err != nil {
+		lconn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("listen: %w", err)
 	}
-	*armed = v
-	return nil
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer lconn.Close(context.WithoutCancel(ctx))
+		for {
+			n, err := lconn.WaitForNotification(ctx)
+			if err != nil {
+				select {
+				case errs <- fmt.Errorf("listen: %w", err):
+				default:
+				}
+				return
+			}
+			if wake != nil && !wake(n.Payload) {
+				continue
+			}
+			select {
+			case bell <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
-// run identifies one run of the database server: what may have forgotten
-// asynchronous commits (and reused their transaction ids) changes it.
-type run struct {
-	// started is pg_postmaster_start_time(): a restart of the whole server
-	// (or a failover to another one) changes it.
-	started string
-	// boot is the token in the unlogged table rowcast.boot. Crash recovery
-	// empties unlogged tables, and so does promoting a standby (they are
-	// never replicated); the next relay to connect writes a new token. It
-	// catches what started misses: a backend that crashed (killed by the
-	// OOM killer, say) makes the postmaster recover from the WAL and lose
-	// unflushed commits without restarting.
-	boot string
+// tickRef names a tick and its snapshot's text.
+type tickRef struct {
+	tick int64
+	snap string
 }
 
-// restartedSince reports whether r is another server run than prev, which
-// is the zero run before the first connection (then it reports false).
-func (r run) restartedSince(prev run) bool {
-	if prev == (run{}) {
-		return false
-	}
-	return r.started != prev.started || r.boot != prev.boot
-}
-
-// bootSQL writes a boot token unless there is one, and reads the epoch, the
-// server's start time and the token that this statement wrote (one that
-// another relay wrote concurrently is not visible to it: NULL then).
-const bootSQL = `with b as (insert into rowcast.boot default values on conflict do nothing returning token)
-select ` + epochExpr + `, pg_postmaster_start_time()::text,
-  coalesce((select token::text from b), (select token::text from rowcast.boot))
-from rowcast.meta`
-
-// readEpoch returns the history epoch and the server run.
-func readEpoch(ctx context.Context, conn *pgx.Conn) (epoch string, r run, err error) {
-	var boot *string
-	err = conn.QueryRow(ctx, bootSQL).Scan(&epoch, &r.started, &boot)
-	if err == nil && boot == nil {
-		err = conn.QueryRow(ctx, "select token::text from rowcast.boot").Scan(&r.boot)
-	} else if err == nil {
-		r.boot = *boot
-	}
+// readHead returns the history epoch and the latest tick.
+func readHead(ctx context.Context, conn *pgx.Conn) (string, tickRef, error) {
+	var epoch string
+	var t tickRef
+	err := conn.QueryRow(ctx, `select `+epochExpr+`, t.tick, t.snap::text from rowcast.meta,
+		(select tick, snap from rowcast.ticks order by tick desc limit 1) t`).Scan(&epoch, &t.tick, &t.snap)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
-			return "", run{}, fmt.Errorf("capture: %w", errNoSchema)
+			return "", tickRef{}, fmt.Errorf("capture: %w", errNoSchema)
 		}
-		return "", run{}, fmt.Errorf("capture read epoch: %w", err)
-	}
-	return epoch, r, nil
-}
-
-// restarted prepares reading after the server restarted (see run). A crash
-// restart forgets what its WAL had not made durable: a transaction id that
-// wrote nothing durable is handed out again, so a transaction the last
-// snapshot counted as finished may be a new one, and its id may be below
-// that snapshot's xmin. Reading resumes from the last snapshot known to be
-// durable (st.safe), whose finished transactions no crash forgets, and what
-// was sent already is skipped by seq.
-//
-// Nothing sent can have been forgotten, since poll hands on only what the
-// WAL has flushed; should a stream's counter still be below what was sent
-// (a server whose storage lost acknowledged writes), the positions clients
-// hold no longer name the same changes, and a new epoch starts.
-func (c *Tail) restarted(ctx context.Context, conn *pgx.Conn, st *state) error {
-	rows, err := conn.Query(ctx, "select stream, last_seq from rowcast.streams")
-	if err != nil {
-		return fmt.Errorf("capture after restart: %w", err)
-	}
-	var stream string
-	var last int64
-	heads := make(map[string]int64)
-	if _, err := pgx.ForEachRow(rows, []any{&stream, &last}, func() error { heads[stream] = last; return nil }); err != nil {
-		return fmt.Errorf("capture after restart: %w", err)
-	}
-	var behind []string
-	for s, seq := range st.sent {
-		if heads[s] < seq {
-			behind = append(behind, s)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", tickRef{}, fmt.Errorf("capture: no tick recorded: %w", errNoSchema)
 		}
+		return "", tickRef{}, fmt.Errorf("capture read head: %w", err)
 	}
-	if len(behind) > 0 {
-		c.o.Logger.Error("the database lost committed changes that were already sent; starting a new history epoch",
-			"streams", behind)
-		return newEpoch(ctx, conn, st.epoch)
-	}
-	c.o.Logger.Info("the database restarted; re-reading from the last snapshot known to be durable")
-	st.snapshot, st.cand, st.candLSN = st.safe, "", ""
-	return nil
+	return epoch, t, nil
 }
 
 // newEpoch replaces the history epoch, once, whichever relay gets there
@@ -397,190 +338,133 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 	return errEpochChanged
 }
 
-// start takes the starting snapshot and every stream's head in it, and
-// returns once the WAL holds every commit the snapshot shows: the heads go
-// to the sink (and on to clients as positions), and a crash that forgot a
-// commit made with synchronous_commit off would hand its seq to another
-// change. The flush position is compared with the insert position read after
-// the snapshot was taken, which every commit it shows precedes.
-func start(ctx context.Context, conn *pgx.Conn) (string, map[string]int64, error) {
-	var snap, lsn string
-	var durable bool
-	heads := make(map[string]int64)
-	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `select pg_current_snapshot()::text,
-			pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn(), pg_current_wal_insert_lsn()::text`).Scan(&snap, &durable, &lsn); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, "select stream, last_seq from rowcast.streams")
-		if err != nil {
-			return err
-		}
-		var s string
-		var n int64
-		_, err = pgx.ForEachRow(rows, []any{&s, &n}, func() error { heads[s] = n; return nil })
-		return err
-	})
-	if err != nil {
-		return "", nil, fmt.Errorf("capture start: %w", err)
-	}
-	if !durable {
-		if err := WaitFlushed(ctx, conn, lsn); err != nil {
-			return "", nil, fmt.Errorf("capture start: %w", err)
-		}
-	}
-	return snap, heads, nil
-}
+// maxTicks is how many ticks one poll reads at most.
+const maxTicks = 256
 
-// pollSQL reads the changes of the transactions that became visible since
-// snapshot $1, in the reading transaction's own snapshot; it reads nothing
-// unless the rowcast.durable setting of that transaction is true.
-const pollSQL = `select ` + Columns + ` from rowcast.changelog
-where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
-  and seq is not null and current_setting('rowcast.durable')::bool
-order by committed_at, xid, id`
+// ticksSQL lists the ticks after $1 (at most $2), and headSQL reads the
+// epoch and the latest tick.
+const (
+	ticksSQL = `select tick, snap::text from rowcast.ticks where tick > $1 and tick <= $1 + $2 order by tick`
+	headSQL  = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks) from rowcast.meta`
+)
 
-// laterSQL reads what pollSQL would have read in snapshot $2, from a later
-// snapshot.
-const laterSQL = `select ` + Columns + ` from rowcast.changelog
-where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
-  and pg_visible_in_snapshot(xid, $2::pg_snapshot) and seq is not null
-order by committed_at, xid, id`
+// batchSQL reads the batches of the ticks after $1 (at most $2): per tick,
+// the rows of the transactions visible in its snapshot and not in the
+// previous tick's, transactions ordered by the highest id each wrote, a
+// transaction's rows by id.
+const batchSQL = `select t.tick, max(c.id) over (partition by t.tick, c.xid) as tx, coalesce(c.origin_at, t.at), ` + Columns + `
+from rowcast.ticks t
+join rowcast.ticks p on p.tick = t.tick - 1
+join rowcast.changelog c on c.xid >= pg_snapshot_xmin(p.snap) and c.xid < t.snap_xmax
+  and not pg_visible_in_snapshot(c.xid, p.snap) and pg_visible_in_snapshot(c.xid, t.snap)
+where t.tick > $1 and t.tick <= $1 + $2
+order by t.tick, tx, c.id`
 
-// headSQL takes the poll's snapshot and says whether every transaction
-// that became visible in it is durable. One committed with synchronous_commit
-// on is (PostgreSQL flushed its commit before making it visible); one
-// committed with it off (the sequencer marks its rows async_commit) is once
-// the WAL is flushed up to the insert position read after the snapshot was
-// taken, which its commit record precedes. It also records the answer as
-// rowcast.durable for pollSQL. The flush position is read first, so the
-// answer errs on the side of waiting. Last, it says whether the WAL is
-// flushed through $2, the insert position read after the previous poll's
-// snapshot.
-const headSQL = `select pg_current_snapshot()::text, (select ` + epochExpr + ` from rowcast.meta),
-  pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmin($1::pg_snapshot),
-  set_config('rowcast.durable', (pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()
-    or not exists (select from rowcast.changelog
-      where xid >= pg_snapshot_xmin($1::pg_snapshot) and not pg_visible_in_snapshot(xid, $1::pg_snapshot)
-        and async_commit))::text, true)::bool,
-  pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn() >= $2::pg_lsn`
-
-// poll reads every transaction that committed since the last snapshot and
-// hands them to the sink; it returns how many changes it read.
-//
-// A commit is handed on only once the WAL holds it durably: with
-// synchronous_commit off PostgreSQL acknowledges commits before their WAL
-// is flushed, and a crash forgets them (and reuses their positions). When
-// the snapshot's commits are not all flushed yet, poll waits for the WAL
-// flush (the WAL writer's rhythm, wal_writer_delay) before reading them.
+// poll reads the ticks recorded since the last one read and hands their
+// transactions to the sink; it returns how many ticks it read.
 func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *state) (int, error) {
 	b := &pgx.Batch{}
-	b.Queue("begin isolation level repeatable read read only")
-	candLSN := st.candLSN
-	if candLSN == "" {
-		candLSN = "FFFFFFFF/FFFFFFFF" // no candidate: never flushed through
-	}
-	b.Queue(headSQL, st.snapshot, candLSN)
-	b.Queue(pollSQL, st.snapshot)
-	b.Queue("commit")
+	b.Queue(headSQL)
+	b.Queue(ticksSQL, st.tick, maxTicks)
+	b.Queue(batchSQL, st.tick, maxTicks)
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
-	if _, err := br.Exec(); err != nil {
+	var epoch string
+	var latest *int64
+	if err := br.QueryRow().Scan(&epoch, &latest); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	var next, epoch, lsn string
-	var backwards, durable, candFlushed bool
-	if err := br.QueryRow().Scan(&next, &epoch, &backwards, &durable, &lsn, &candFlushed); err != nil {
-		return 0, fmt.Errorf("capture poll: %w", err)
+	if epoch != st.epoch {
+		// The history was restarted (a restore was noticed, or a logical
+		// slot was recreated): what follows does not continue the positions
+		// clients hold.
+		return 0, errEpochChanged
 	}
-	if candFlushed {
-		st.safe = st.cand
-	}
-	if backwards && epoch == st.epoch {
-		// Transaction ids went back: this is another database than the one
-		// read so far (restored from a backup, or a replica promoted before
-		// it had everything). Positions do not carry over; start a new
-		// epoch, once, whichever replica notices first.
-		c.o.Logger.Warn("transaction ids went backwards: the database was restored or failed over; starting a new history epoch")
+	if latest == nil || *latest < st.tick {
+		c.o.Logger.Error("the changelog's ticks went back (a restore); starting a new history epoch", "tick", st.tick)
 		if err := br.Close(); err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}
 		return 0, newEpoch(ctx, conn, epoch)
 	}
-	if epoch != st.epoch {
-		// The history was restarted (a logical slot was recreated): what
-		// follows does not continue the positions clients hold.
-		return 0, errEpochChanged
-	}
 	rows, err := br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	n, err := st.read(rows, sink)
+	var ticks []tickRef
+	var t tickRef
+	if _, err := pgx.ForEachRow(rows, []any{&t.tick, &t.snap}, func() error { ticks = append(ticks, t); return nil }); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	rows, err = br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	if _, err := br.Exec(); err != nil {
+	if len(ticks) == 0 {
+		rows.Close()
+		return 0, br.Close()
+	}
+	if err := read(rows, ticks, sink); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if err := br.Close(); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
-	if !durable {
-		if err := WaitFlushed(ctx, conn, lsn); err != nil {
-			return 0, err
-		}
-		st.cand, st.candLSN = "", ""
-		rows, err := conn.Query(ctx, laterSQL, st.snapshot, next)
-		if err != nil {
-			return 0, fmt.Errorf("capture poll: %w", err)
-		}
-		if n, err = st.read(rows, sink); err != nil {
-			return 0, fmt.Errorf("capture poll: %w", err)
-		}
-	}
-	if durable {
-		st.cand, st.candLSN = next, lsn
-	} else {
-		st.safe = next // the WAL was flushed through lsn above
-	}
-	st.snapshot = next
-	return n, nil
+	last := ticks[len(ticks)-1]
+	st.tick, st.snap = last.tick, last.snap
+	c.read.Store(last.tick)
+	return len(ticks), nil
 }
 
-// read hands the changes in rows to the sink one transaction at a time,
-// skipping what was sent already, and returns how many changes it read. It
-// closes rows.
-func (st *state) read(rows pgx.Rows, sink relay.Sink) (int, error) {
+// read hands the changes in rows, of the given ticks, to the sink one
+// transaction at a time, and a tick's end with its last transaction (an
+// empty one when the tick has none). Rows of later ticks (recorded after
+// the ticks were listed) are left for the next poll. It closes rows.
+func read(rows pgx.Rows, ticks []tickRef, sink relay.Sink) error {
 	defer rows.Close()
-	n := 0
 	var txn relay.Txn
-	flush := func() {
-		if len(txn.Changes) > 0 {
-			sink.Txn(&txn)
-			txn = relay.Txn{}
+	next := 0 // index in ticks of the first tick not yet ended
+	endTicks := func(through int64) {
+		for next < len(ticks) && ticks[next].tick <= through {
+			end := relay.TickEnd(ticks[next].tick)
+			if len(txn.Changes) > 0 && txn.Changes[0].Pos.Tick == ticks[next].tick {
+				txn.Head = end
+				sink.Txn(&txn)
+				txn = relay.Txn{}
+			} else {
+				sink.Txn(&relay.Txn{Head: end})
+			}
+			next++
 		}
 	}
+	last := ticks[len(ticks)-1].tick
 	var sc Scanner
 	for rows.Next() {
 		ch, err := sc.Scan(rows)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		n++
-		if ch.Seq <= st.sent[ch.Stream] {
-			continue
+		if ch.Pos.Tick > last {
+			break
 		}
-		st.sent[ch.Stream] = ch.Seq
-		if ch.XID != txn.XID {
-			flush()
+		if len(txn.Changes) > 0 && (ch.Pos.Tick != txn.Changes[0].Pos.Tick || ch.XID != txn.XID) {
+			if ch.Pos.Tick != txn.Changes[0].Pos.Tick {
+				endTicks(ch.Pos.Tick - 1)
+			} else {
+				txn.Head = txn.Changes[len(txn.Changes)-1].Pos
+				sink.Txn(&txn)
+				txn = relay.Txn{}
+			}
+		}
+		if len(txn.Changes) == 0 {
+			endTicks(ch.Pos.Tick - 1) // ticks before this one with no rows
 			txn.XID, txn.CommittedAt = ch.XID, ch.CommittedAt
 		}
 		txn.Changes = append(txn.Changes, ch)
 	}
 	if err := rows.Err(); err != nil {
-		return 0, err
+		return err
 	}
-	flush()
-	return n, nil
+	endTicks(last)
+	return nil
 }

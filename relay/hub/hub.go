@@ -1,9 +1,10 @@
 // Package hub fans events out to the sessions that follow their streams.
 //
 // The hub indexes subscribers by stream key (team, user, all) in shards, so
-// a broadcast locks only the shard of the event's stream and subscribing
-// does not stop the world. It also keeps each stream's head (the last seq
-// published), which is what a new session's position starts from. It knows
+// a broadcast locks only the shard of the event's stream and subscribers do
+// not wait for each other. It also keeps the head (the position of the last
+// transaction published), which is what a new session's position starts
+// from. It knows
 // nothing of SQL or wire formats: subscribers frame and queue events
 // themselves, and must never block in Deliver.
 package hub
@@ -18,10 +19,10 @@ import (
 
 // Subscriber is one session as the hub sees it.
 type Subscriber interface {
-	// Deliver hands over one event of a followed stream. Events of one
-	// stream arrive in seq order, and the events of one transaction in the
-	// order they were made. Deliver must not block; a subscriber that cannot
-	// keep up closes itself.
+	// Deliver hands over one event of a followed stream. Events arrive in
+	// position order, and the events of one transaction in the order they
+	// were made. Deliver must not block; a subscriber that cannot keep up
+	// closes itself.
 	Deliver(ev *relay.Event)
 	// Reset tells the subscriber the history epoch changed: its positions
 	// are void and it should tell its client to resync.
@@ -34,10 +35,13 @@ const shardCount = 32
 type Hub struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
-	// resetMu makes Reset atomic: Reset holds it exclusively, everything
-	// that reads or moves heads holds it shared.
-	resetMu sync.RWMutex
-	epoch   atomic.Pointer[string]
+	// mu orders publishing against subscribing: Publish and Reset hold it
+	// exclusively, Subscribe and Head shared, so a subscriber registers
+	// between two transactions and the head it is given is exactly where
+	// its deliveries start.
+	mu    sync.RWMutex
+	epoch string
+	head  relay.Pos
 
 	published atomic.Uint64 // events published
 	delivered atomic.Uint64 // event deliveries to subscribers
@@ -45,15 +49,14 @@ type Hub struct {
 	// follows counts the streams each subscriber follows, so that subs
 	// counts subscribers, not Subscribe calls: a session that changes
 	// streams (a refreshed token) subscribes again without leaving.
-	mu      sync.Mutex
-	follows map[Subscriber]int
-	subs    atomic.Int64
+	followMu sync.Mutex
+	follows  map[Subscriber]int
+	subs     atomic.Int64
 }
 
 type shard struct {
-	mu    sync.Mutex
-	subs  map[string]map[Subscriber]struct{}
-	heads map[string]int64
+	mu   sync.Mutex
+	subs map[string]map[Subscriber]struct{}
 }
 
 // New returns an empty hub.
@@ -61,10 +64,7 @@ func New() *Hub {
 	h := &Hub{seed: maphash.MakeSeed(), follows: make(map[Subscriber]int)}
 	for i := range h.shards {
 		h.shards[i].subs = make(map[string]map[Subscriber]struct{})
-		h.shards[i].heads = make(map[string]int64)
 	}
-	empty := ""
-	h.epoch.Store(&empty)
 	return h
 }
 
@@ -73,18 +73,29 @@ func (h *Hub) shard(stream string) *shard {
 }
 
 // Epoch returns the current history epoch ("" before the first Reset).
-func (h *Hub) Epoch() string { return *h.epoch.Load() }
+func (h *Hub) Epoch() string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.epoch
+}
 
-// Subscribe registers s for the given streams and returns the epoch and,
-// per stream, the head at the moment s was registered: every event after
-// those heads is delivered to s. The caller must not hold a lock that
-// Deliver takes, since events may be delivered before Subscribe returns.
-func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []int64) {
-	h.resetMu.RLock()
-	defer h.resetMu.RUnlock()
-	heads = make([]int64, len(streams))
+// Head returns the epoch and the head: the position after the last
+// transaction published.
+func (h *Hub) Head() (epoch string, head relay.Pos) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.epoch, h.head
+}
+
+// Subscribe registers s for the given streams and returns the epoch and the
+// head at the moment s was registered: every event after the head is
+// delivered to s, and none before it. It waits while a transaction is
+// being published. The caller must not hold a lock that Deliver takes.
+func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, head relay.Pos) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	added := 0
-	for i, st := range streams {
+	for _, st := range streams {
 		sh := h.shard(st)
 		sh.mu.Lock()
 		set := sh.subs[st]
@@ -96,11 +107,10 @@ func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, heads []i
 			set[s] = struct{}{}
 			added++
 		}
-		heads[i] = sh.heads[st]
 		sh.mu.Unlock()
 	}
 	h.follow(s, added)
-	return h.Epoch(), heads
+	return h.epoch, h.head
 }
 
 // Unsubscribe removes s from the given streams. It is safe to call for
@@ -131,8 +141,8 @@ func (h *Hub) follow(s Subscriber, n int) {
 	if n == 0 {
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.followMu.Lock()
+	defer h.followMu.Unlock()
 	prev := h.follows[s]
 	now := prev + n
 	if now == 0 {
@@ -148,33 +158,16 @@ func (h *Hub) follow(s Subscriber, n int) {
 	}
 }
 
-// Heads returns the current head of each stream.
-func (h *Hub) Heads(streams []string) []int64 {
-	h.resetMu.RLock()
-	defer h.resetMu.RUnlock()
-	out := make([]int64, len(streams))
-	for i, st := range streams {
-		sh := h.shard(st)
-		sh.mu.Lock()
-		out[i] = sh.heads[st]
-		sh.mu.Unlock()
-	}
-	return out
-}
-
 // Publish delivers the events of one transaction, in order, to every
-// subscriber of each event's stream, and advances the streams' heads. It is
+// subscriber of each event's stream, and moves the head to head. It is
 // called by one goroutine at a time (the capture's).
-func (h *Hub) Publish(events []relay.Event) {
-	h.resetMu.RLock()
-	defer h.resetMu.RUnlock()
+func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for i := range events {
 		ev := &events[i]
 		sh := h.shard(ev.Stream)
 		sh.mu.Lock()
-		if ev.Seq > sh.heads[ev.Stream] {
-			sh.heads[ev.Stream] = ev.Seq
-		}
 		n := 0
 		for s := range sh.subs[ev.Stream] {
 			s.Deliver(ev)
@@ -183,39 +176,21 @@ func (h *Hub) Publish(events []relay.Event) {
 		sh.mu.Unlock()
 		h.delivered.Add(uint64(n))
 	}
+	h.head = relay.MaxPos(h.head, head)
 	h.published.Add(uint64(len(events)))
 }
 
-// Advance records a stream head without an event (a change that mapped to
-// nothing still moves its stream forward).
-func (h *Hub) Advance(stream string, seq int64) {
-	h.resetMu.RLock()
-	defer h.resetMu.RUnlock()
-	h.advance(stream, seq)
-}
-
-func (h *Hub) advance(stream string, seq int64) {
-	sh := h.shard(stream)
-	sh.mu.Lock()
-	if seq > sh.heads[stream] {
-		sh.heads[stream] = seq
-	}
-	sh.mu.Unlock()
-}
-
-// Reset replaces the epoch and every head in one step: no Subscribe sees a
-// new epoch with old or missing heads. When the epoch changes from a
-// previous one, every subscriber is then told to resync.
-func (h *Hub) Reset(epoch string, heads map[string]int64) {
-	h.resetMu.Lock()
-	old := h.Epoch()
-	h.epoch.Store(&epoch)
+// Reset replaces the epoch and the head in one step. When the epoch changes
+// from a previous one, every subscriber is then told to resync.
+func (h *Hub) Reset(epoch string, head relay.Pos) {
+	h.mu.Lock()
+	old := h.epoch
+	h.epoch, h.head = epoch, head
 	var all []Subscriber
 	seen := make(map[Subscriber]bool)
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		sh.heads = make(map[string]int64, len(heads)/shardCount+1)
 		for _, set := range sh.subs {
 			for s := range set {
 				if !seen[s] {
@@ -226,10 +201,7 @@ func (h *Hub) Reset(epoch string, heads map[string]int64) {
 		}
 		sh.mu.Unlock()
 	}
-	for st, seq := range heads {
-		h.advance(st, seq)
-	}
-	h.resetMu.Unlock()
+	h.mu.Unlock()
 	if old != "" && old != epoch {
 		for _, s := range all {
 			s.Reset(epoch)

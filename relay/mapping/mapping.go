@@ -92,7 +92,7 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	}
 	if c.Op == relay.OpTruncate {
 		return append(dst, relay.Event{Kind: relay.KindResync, Name: "resync", Stream: c.Stream,
-			Seq: c.Seq, Data: r.resync, CommittedAt: c.CommittedAt})
+			Pos: c.Pos, Data: r.resync, CommittedAt: c.CommittedAt})
 	}
 	if r.Kind == AITask {
 		return mapTask(dst, r, c)
@@ -153,7 +153,7 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	}
 	b = appendCommitted(b, c.CommittedAt)
 	b = append(b, '}')
-	dst = append(dst, relay.Event{Name: name, Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Data: b, CommittedAt: c.CommittedAt})
+	dst = append(dst, relay.Event{Name: name, Entity: r.Entity, Stream: c.Stream, Pos: c.Pos, Data: b, CommittedAt: c.CommittedAt})
 	if m.legacy {
 		dst = append(dst, legacyEvent(r, c, action, teamID, payload))
 	}
@@ -183,7 +183,7 @@ func legacyEvent(r *rule, c *relay.Change, action, teamID string, payload json.R
 		b = append(b, payload...)
 	}
 	b = append(b, '}')
-	return relay.Event{Name: "data:update", Entity: r.Entity, Stream: c.Stream, Seq: c.Seq, Part: 1, Data: b, CommittedAt: c.CommittedAt}
+	return relay.Event{Name: "data:update", Entity: r.Entity, Stream: c.Stream, Pos: c.Pos, Part: 1, Data: b, CommittedAt: c.CommittedAt}
 }
 
 func appendActor(b []byte, c *relay.Change) []byte {

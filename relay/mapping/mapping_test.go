@@ -39,7 +39,7 @@ func newMapper(t testing.TB, o Options) *Mapper {
 	return m
 }
 
-// wantEvent is what a test expects of one event; Stream, Seq and
+// wantEvent is what a test expects of one event; Stream, Pos and
 // CommittedAt must always be the change's.
 type wantEvent struct {
 	kind   relay.EventKind
@@ -70,9 +70,9 @@ func checkEvents(t *testing.T, c *relay.Change, got []relay.Event, want []wantEv
 		if !json.Valid(ev.Data) {
 			t.Errorf("event %d %s: data is not valid JSON: %s", i, ev.Name, ev.Data)
 		}
-		if ev.Stream != c.Stream || ev.Seq != c.Seq || !ev.CommittedAt.Equal(c.CommittedAt) {
-			t.Errorf("event %d %s: stream %q seq %d at %v, want the change's %q %d %v",
-				i, ev.Name, ev.Stream, ev.Seq, ev.CommittedAt, c.Stream, c.Seq, c.CommittedAt)
+		if ev.Stream != c.Stream || ev.Pos != c.Pos || !ev.CommittedAt.Equal(c.CommittedAt) {
+			t.Errorf("event %d %s: stream %q pos %v at %v, want the change's %q %v %v",
+				i, ev.Name, ev.Stream, ev.Pos, ev.CommittedAt, c.Stream, c.Pos, c.CommittedAt)
 		}
 	}
 }
@@ -84,7 +84,7 @@ func escrowEvent(name, data string) wantEvent {
 func TestMapEntity(t *testing.T) {
 	const row = `{"id":42,"team_id":7,"status":"open","price":1.50,"tags":["a","b"],"meta":{"k":null}}`
 	base := relay.Change{
-		Stream: "team:7", Seq: 12, XID: 900, Table: "public.escrows",
+		Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 12, ID: 12}, XID: 900, Table: "public.escrows",
 		EntityID: "42", TeamID: "7", CommittedAt: committed,
 	}
 	with := func(f func(c *relay.Change)) relay.Change {
@@ -149,7 +149,7 @@ func TestMapEntity(t *testing.T) {
 		{
 			name: "multiword entity: camelCase id key, entity name kept",
 			change: relay.Change{
-				Stream: "team:7", Seq: 3, Table: "crm.ai_task_notes", Op: relay.OpDelete,
+				Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 3, ID: 3}, Table: "crm.ai_task_notes", Op: relay.OpDelete,
 				EntityID: "9", TeamID: "7", CommittedAt: committed,
 			},
 			want: []wantEvent{{kind: relay.KindEvent, name: "ai_task:deleted", entity: "ai_task",
@@ -158,7 +158,7 @@ func TestMapEntity(t *testing.T) {
 		{
 			name: "three-word entity",
 			change: relay.Change{
-				Stream: "team:7", Seq: 3, Table: "public.open_house_visits", Op: relay.OpUpdate,
+				Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 3, ID: 3}, Table: "public.open_house_visits", Op: relay.OpUpdate,
 				EntityID: "5", TeamID: "7", Changes: json.RawMessage(`{"n":1}`), CommittedAt: committed,
 			},
 			want: []wantEvent{{kind: relay.KindEvent, name: "open_house_visit:updated", entity: "open_house_visit",
@@ -319,7 +319,7 @@ func TestMapCompositeKey(t *testing.T) {
 	m := newMapper(t, Options{})
 	const key = `{"deal_id":5,"user_id":9}`
 	base := relay.Change{
-		Stream: "team:7", Seq: 3, Table: "public.escrows", EntityID: relay.JoinKey("5", "9"),
+		Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 3, ID: 3}, Table: "public.escrows", EntityID: relay.JoinKey("5", "9"),
 		TeamID: "7", Key: json.RawMessage(key), CommittedAt: committed,
 	}
 	const ids = `{"entityType":"escrow","entityId":"5:9","action":"%s","teamId":"7","escrowId":"5:9","key":` + key
@@ -367,7 +367,7 @@ func TestJoinKey(t *testing.T) {
 func TestMapAppendsToDst(t *testing.T) {
 	m := newMapper(t, Options{})
 	prev := relay.Event{Name: "earlier"}
-	c := relay.Change{Stream: "team:7", Seq: 1, Table: "public.escrows", Op: relay.OpDelete, EntityID: "1", TeamID: "7"}
+	c := relay.Change{Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 1, ID: 1}, Table: "public.escrows", Op: relay.OpDelete, EntityID: "1", TeamID: "7"}
 	got := m.Map([]relay.Event{prev}, &c)
 	if len(got) != 2 || got[0].Name != "earlier" || got[1].Name != "escrow:deleted" {
 		t.Fatalf("Map(dst) = %+v, want the earlier event then escrow:deleted", got)
@@ -393,7 +393,7 @@ func TestCommittedAt(t *testing.T) {
 	m := newMapper(t, Options{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := relay.Change{Stream: "team:7", Seq: 1, Table: "public.escrows", Op: relay.OpDelete,
+			c := relay.Change{Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 1, ID: 1}, Table: "public.escrows", Op: relay.OpDelete,
 				EntityID: "1", TeamID: "7", CommittedAt: tt.at}
 			got := m.Map(nil, &c)
 			if len(got) != 1 {
@@ -421,7 +421,7 @@ func TestMapEscapesStrings(t *testing.T) {
 	nasty := "4\"2\\\n\t\x00\x1f\xff\xc3é\u2028</script>"
 	m := newMapper(t, Options{Legacy: true})
 	c := relay.Change{
-		Stream: "team:" + nasty, Seq: 1, Table: "public.escrows", Op: relay.OpUpdate,
+		Stream: "team:" + nasty, Pos: relay.Pos{Tick: 1, Tx: 1, ID: 1}, Table: "public.escrows", Op: relay.OpUpdate,
 		EntityID: nasty, TeamID: nasty, Actor: nasty, RequestID: nasty,
 		Changes: json.RawMessage(`{"note":"a\"b"}`), CommittedAt: committed,
 	}
@@ -465,7 +465,7 @@ func TestNewRejectsBadRules(t *testing.T) {
 
 func TestMapTask(t *testing.T) {
 	base := relay.Change{
-		Stream: "user:3", Seq: 7, Table: "public.ai_tasks", EntityID: "t-1",
+		Stream: "user:3", Pos: relay.Pos{Tick: 1, Tx: 7, ID: 7}, Table: "public.ai_tasks", EntityID: "t-1",
 		TeamID: "7", UserID: "3", Actor: "3", CommittedAt: committed,
 	}
 	const ts = `"timestamp":"2026-11-25T18:05:15.123456Z"`
@@ -612,7 +612,7 @@ func TestMapTask(t *testing.T) {
 func TestMapTaskEscapesTaskID(t *testing.T) {
 	m := newMapper(t, Options{})
 	id := "t\"1\\\n\xff"
-	c := relay.Change{Stream: "user:3", Seq: 1, Table: "public.ai_tasks", Op: relay.OpInsert, EntityID: id,
+	c := relay.Change{Stream: "user:3", Pos: relay.Pos{Tick: 1, Tx: 1, ID: 1}, Table: "public.ai_tasks", Op: relay.OpInsert, EntityID: id,
 		Row: json.RawMessage(`{"status":"pending","task_type":"x","message":"m"}`), CommittedAt: committed}
 	got := m.Map(nil, &c)
 	want := `{"taskId":"t\"1\\\n\ufffd","taskType":"x","message":"m","timestamp":"2026-11-25T18:05:15.123456Z"}`
@@ -665,7 +665,7 @@ func FuzzMap(f *testing.F) {
 			t.Fatalf("marshal row: %v", err)
 		}
 		c := relay.Change{
-			Seq: seq, Table: "public." + k1, Op: relay.Op(op), // most likely a table without a rule
+			Pos: relay.Pos{Tick: 1, Tx: seq, ID: seq}, Table: "public." + k1, Op: relay.Op(op), // most likely a table without a rule
 			EntityID: entityID, TeamID: teamID, OldTeamID: oldTeamID, Actor: actor, RequestID: requestID,
 			Row: rowJSON, CommittedAt: time.Unix(0, nanos),
 		}
@@ -712,9 +712,9 @@ func FuzzMap(f *testing.F) {
 			if !json.Valid(ev.Data) {
 				t.Fatalf("%s: data is not valid JSON: %q", ev.Name, ev.Data)
 			}
-			if ev.Stream != c.Stream || ev.Seq != c.Seq || !ev.CommittedAt.Equal(c.CommittedAt) {
-				t.Fatalf("%s: stream %q seq %d at %v, want the change's %q %d %v",
-					ev.Name, ev.Stream, ev.Seq, ev.CommittedAt, c.Stream, c.Seq, c.CommittedAt)
+			if ev.Stream != c.Stream || ev.Pos != c.Pos || !ev.CommittedAt.Equal(c.CommittedAt) {
+				t.Fatalf("%s: stream %q pos %v at %v, want the change's %q %v %v",
+					ev.Name, ev.Stream, ev.Pos, ev.CommittedAt, c.Stream, c.Pos, c.CommittedAt)
 			}
 			if entity, action, ok := strings.Cut(ev.Name, ":"); (ev.Kind == relay.KindResync) != (ev.Name == "resync") ||
 				ev.Kind != relay.KindResync && (!ok || entity == "" || action == "") {
@@ -764,7 +764,7 @@ func FuzzMap(f *testing.F) {
 func BenchmarkMapUpdate(b *testing.B) {
 	m := newMapper(b, Options{})
 	c := relay.Change{
-		Stream: "team:7", Seq: 1042, XID: 77812, Table: "public.escrows", Op: relay.OpUpdate,
+		Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 1042, ID: 1042}, XID: 77812, Table: "public.escrows", Op: relay.OpUpdate,
 		EntityID: "4211", TeamID: "7", Actor: "3", RequestID: "req-5f1c2a",
 		Changes:     json.RawMessage(`{"status":"closed","closing_date":"2026-12-01"}`),
 		CommittedAt: committed,
@@ -789,7 +789,7 @@ func BenchmarkMapCreate(b *testing.B) {
 		`"closing_date":"2026-12-20","contingencies":["inspection","financing"],"notes":"Buyer requests walkthrough",` +
 		`"is_cash":false,"created_by":3,"updated_at":"2026-11-25T18:05:15.123456+00:00","metadata":{"source":"web","v":2}}`
 	c := relay.Change{
-		Stream: "team:7", Seq: 1042, XID: 77812, Table: "public.escrows", Op: relay.OpInsert,
+		Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 1042, ID: 1042}, XID: 77812, Table: "public.escrows", Op: relay.OpInsert,
 		EntityID: "4211", TeamID: "7", Actor: "3", Row: json.RawMessage(row), CommittedAt: committed,
 	}
 	var dst []relay.Event

@@ -71,7 +71,7 @@ func mapTask(dst []relay.Event, r *rule, c *relay.Change) []relay.Event {
 	b = append(b, `,"timestamp":"`...)
 	b = c.CommittedAt.UTC().AppendFormat(b, CommittedAtLayout)
 	b = append(b, `"}`...)
-	return append(dst, relay.Event{Name: name, Stream: c.Stream, Seq: c.Seq, Data: b, CommittedAt: c.CommittedAt})
+	return append(dst, relay.Event{Name: name, Stream: c.Stream, Pos: c.Pos, Data: b, CommittedAt: c.CommittedAt})
 }
 
 // appendField appends ,"key":value, with null for a missing value.

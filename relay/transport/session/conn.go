@@ -54,11 +54,27 @@ const closeWait = 5 * time.Second
 // every frame queued before it was written, and the connection then stays
 // open, reading and discarding, until the client answers the close or
 // closeWait passes, so the client receives the close frame.
+//
+// Melody's output channel is short (an idle session should not pay for a
+// preallocated queue); frames beyond it wait in the WSConn's overflow
+// list, allocated only while frames wait and released when it empties, and
+// move to the channel, in order, as melody's writer writes. The channel plus
+// the list hold at most the WSConn's limit of frames: past it the
+// connection is aborted with 4008 (Abort), as a full melody channel was.
 type WSConn struct {
-	ms   *melody.Session
-	recv Receiver
+	ms     *melody.Session
+	recv   Receiver
+	onFull func() // runs when a Write finds limit frames waiting
 
-	queued  atomic.Int64 // text frames handed to melody
+	// limit is how many frames may wait (channel and overflow); room is
+	// how many of melody's channel slots the WSConn fills, one short of
+	// its capacity so melody's own close (Melody.CloseWithMsg) finds room.
+	limit, room int
+	qmu         sync.Mutex
+	inChan      int      // frames handed to melody's channel, not yet written; guarded by qmu
+	overflow    [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
+
+	queued  atomic.Int64 // text frames accepted by Write
 	sent    atomic.Int64 // text frames written
 	closing atomic.Bool  // Close or Abort was called
 	closeMu sync.Mutex
@@ -68,20 +84,69 @@ type WSConn struct {
 	aborted atomic.Bool
 }
 
-func newWSConn(ms *melody.Session) *WSConn {
-	return &WSConn{ms: ms, closeAt: -1}
+// newWSConn wraps ms, whose output channel has capacity slots (at least
+// 2): at most limit frames wait to be written; onFull runs (without the
+// WSConn's locks) when a Write finds them all taken.
+func newWSConn(ms *melody.Session, capacity, limit int, onFull func()) *WSConn {
+	return &WSConn{ms: ms, closeAt: -1, room: capacity - 1, limit: limit, onFull: onFull}
 }
 
-// Write queues a text frame. It does not block.
+// Write queues a text frame. It does not block. A frame past the limit is
+// not queued: the connection is aborted with 4008 instead (the error is
+// nil: the abort reports it).
 func (c *WSConn) Write(frame []byte) error {
 	if c.closing.Load() {
 		return ErrConnClosed
 	}
+	c.qmu.Lock()
+	if c.inChan+len(c.overflow) >= c.limit {
+		c.qmu.Unlock()
+		c.onFull()
+		return nil
+	}
 	c.queued.Add(1)
-	if err := c.ms.Write(frame); err != nil {
+	if len(c.overflow) > 0 || c.inChan >= c.room {
+		c.overflow = append(c.overflow, frame)
+		c.qmu.Unlock()
+		return nil
+	}
+	c.inChan++
+	err := c.ms.Write(frame)
+	c.qmu.Unlock()
+	if err != nil {
 		return ErrConnClosed
 	}
 	return nil
+}
+
+// waiting returns how many frames wait to be written: in melody's channel
+// and in the overflow list.
+func (c *WSConn) waiting() (inChannel, overflow int) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return c.inChan, len(c.overflow)
+}
+
+// refill moves waiting frames into melody's channel now that its writer
+// wrote one; the overflow list is released once empty.
+func (c *WSConn) refill() {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	c.inChan--
+	for len(c.overflow) > 0 && c.inChan < c.room {
+		f := c.overflow[0]
+		c.overflow[0] = nil
+		c.overflow = c.overflow[1:]
+		c.inChan++
+		if c.ms.Write(f) != nil {
+			// The connection is closing: nothing more will be written.
+			c.overflow = nil
+			return
+		}
+	}
+	if len(c.overflow) == 0 {
+		c.overflow = nil
+	}
 }
 
 // Close writes a close frame with code and reason after every queued frame
@@ -150,6 +215,7 @@ func (c *WSConn) Request() *http.Request { return c.ms.Request }
 
 // frameSent runs after melody wrote a text frame.
 func (c *WSConn) frameSent() {
+	c.refill()
 	c.sent.Add(1)
 	if c.closing.Load() {
 		c.maybeWriteClose()

@@ -41,35 +41,24 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string) {
 
 	pos, err := relay.ParsePosition(since)
 	if err != nil || pos.Epoch != epoch {
-		s.resyncAndGoLive(gen)
+		s.resyncAndGoLive(gen, false)
 		return
 	}
-	from := make(map[string]int64, len(streams))
 	s.mu.Lock()
 	if !s.replayingLocked(gen) {
 		s.mu.Unlock()
 		return
 	}
-	for i, st := range s.streams {
-		seq, ok := pos.Seqs[st]
-		if !ok {
-			continue // a stream the position does not know starts live
-		}
-		if seq >= s.heads[i] {
-			// The client is at or ahead of this relay's head (another replica
-			// was ahead): send nothing up to its seq again.
-			s.last[i] = max(s.last[i], seq)
-			from[st] = seq
-			continue
-		}
-		s.last[i] = seq
-		from[st] = seq
-	}
+	// The position moves to since at once, so that the live events held
+	// meanwhile are sent only past it, also when the client is ahead of
+	// this relay's head (another replica was ahead).
+	from := pos.Pos
+	s.setLastLocked(from)
 	s.mu.Unlock()
 
 	replayed := 0
 	limit := s.t.o.ReplayLimit
-	err = s.t.o.History.Replay(ctx, from, func(events []relay.Event) error {
+	err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
 		for j := range events {
 			if err := s.waitSpace(ctx, gen); err != nil {
 				return err
@@ -102,7 +91,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string) {
 		s.mu.Unlock()
 		s.t.o.Metrics.Resumed(replayed)
 	case errors.Is(err, relay.ErrHistoryExpired):
-		s.resyncAndGoLive(gen)
+		s.resyncAndGoLive(gen, replayed > 0)
 	case errors.Is(err, errClosed) || ctx.Err() != nil:
 	default:
 		// PROTOCOL.md section 7 has one code for "this relay cannot serve
@@ -142,16 +131,16 @@ func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
 }
 
 // resyncAndGoLive gives up a replay: the session's position jumps to the
-// head (never back below what was already sent), the handler tells the
-// client to resync, and live events flow.
-func (s *Session) resyncAndGoLive(gen uint64) {
+// head (never back below what the replay sent, when sent is true), the
+// handler tells the client to resync, and live events flow.
+func (s *Session) resyncAndGoLive(gen uint64, sent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.replayingLocked(gen) {
 		return
 	}
-	for i := range s.last {
-		s.last[i] = max(s.last[i], s.heads[i])
+	if !sent || s.head.Compare(s.last) > 0 {
+		s.setLastLocked(s.head)
 	}
 	s.h.ResyncLocked()
 	s.GoLiveLocked()

@@ -70,19 +70,12 @@ const (
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {
-	t    *Transport
-	c    Conn
-	h    Handler
-	lim  *rate.Limiter
-	sent atomic.Int64 // text frames written to the socket
-	// joining names the streams SetPrincipal is subscribing to; joinBuf
-	// holds their events until the subscription's heads are known.
-	// Guarded by mu.
-	joining map[string]bool
-	joinBuf []*relay.Event
-	// lastPart is the last change part processed (see sendEventLocked).
-	lastPart partMark
-	space    chan struct{}
+	t     *Transport
+	c     Conn
+	h     Handler
+	lim   *rate.Limiter
+	sent  atomic.Int64 // text frames written to the socket
+	space chan struct{}
 
 	mu         sync.Mutex
 	mode       mode
@@ -92,14 +85,18 @@ type Session struct {
 	cancel     context.CancelFunc
 	principal  auth.Principal
 	streams    []string // sorted stream keys
-	last       []int64  // per stream: last seq sent (or skipped)
-	heads      []int64  // per stream: head when subscribed
-	epoch      string
-	queued     int64 // text frames handed to melody
-	pending    []*relay.Event
-	filter     map[string]bool // nil: every entity
-	strikes    int
-	expiry     *time.Timer
+	// last is the position of the last event processed (sent, or
+	// skipped by the filter), lastPart its part; head is the hub's head
+	// when the session subscribed.
+	last     relay.Pos
+	lastPart uint8
+	head     relay.Pos
+	epoch    string
+	queued   int64 // text frames handed to melody
+	pending  []*relay.Event
+	filter   map[string]bool // nil: every entity
+	strikes  int
+	expiry   *time.Timer
 }
 
 func (t *Transport) newSession(c Conn) *Session {
@@ -170,16 +167,16 @@ func (s *Session) Start(p auth.Principal, then func()) {
 	s.gen++
 	s.ctx, s.cancel = context.WithCancel(s.t.ctx)
 	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
-	s.last, s.heads = nil, nil
 	s.mu.Unlock()
 
 	if p.NoTeamClaim {
 		s.t.noTeamClaim(p)
 	}
-	epoch, heads := s.t.o.Hub.Subscribe(s, streams)
+	epoch, head := s.t.o.Hub.Subscribe(s, streams)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.epoch, s.heads, s.last = epoch, heads, slices.Clone(heads)
+	s.epoch, s.head = epoch, head
+	s.setLastLocked(head)
 	s.armExpiryLocked()
 	if then != nil {
 		then()
@@ -248,33 +245,13 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 				added = append(added, st)
 			}
 		}
-		// Events of the added streams that arrive before their heads are
-		// known are held, then sent if they are past the heads.
-		s.mu.Lock()
-		s.joining = make(map[string]bool, len(added))
-		for _, st := range added {
-			s.joining[st] = true
-		}
-		s.mu.Unlock()
+		// The added streams' events flow from the hub's head at their
+		// subscription on: the position the session has is one point in
+		// the global order, so it stays valid.
 		s.t.o.Hub.Unsubscribe(s, gone)
-		_, heads := s.t.o.Hub.Subscribe(s, added)
+		s.t.o.Hub.Subscribe(s, added)
 		s.mu.Lock()
-		last := make([]int64, len(newStreams))
-		hd := make([]int64, len(newStreams))
-		for i, st := range newStreams {
-			if j := slices.Index(oldStreams, st); j >= 0 {
-				last[i], hd[i] = s.last[j], s.heads[j]
-			} else {
-				j := slices.Index(added, st)
-				last[i], hd[i] = heads[j], heads[j]
-			}
-		}
-		s.streams, s.last, s.heads = newStreams, last, hd
-		held := s.joinBuf
-		s.joining, s.joinBuf = nil, nil
-		for _, ev := range held {
-			s.deliverLocked(ev)
-		}
+		s.streams = newStreams
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
@@ -349,11 +326,6 @@ func (s *Session) stopExpiryLocked() {
 func (s *Session) Deliver(ev *relay.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.joining[ev.Stream] {
-		// A stream SetPrincipal is adding: held until its head is known.
-		s.joinBuf = append(s.joinBuf, ev)
-		return
-	}
 	s.deliverLocked(ev)
 }
 
@@ -375,15 +347,14 @@ func (s *Session) deliverLocked(ev *relay.Event) {
 // there (it replays the old epoch, and must not say resumed after the
 // resync), and the session goes live from the new heads.
 func (s *Session) Reset(epoch string) {
-	streams := s.currentStreams()
-	heads := s.t.o.Hub.Heads(streams)
+	hubEpoch, head := s.t.o.Hub.Head()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.subscribed || s.mode == modeClosed || !slices.Equal(streams, s.streams) {
+	if !s.subscribed || s.mode == modeClosed || hubEpoch != epoch {
 		return
 	}
-	s.epoch = epoch
-	copy(s.last, heads)
+	s.epoch, s.head = epoch, head
+	s.setLastLocked(head)
 	s.pending = nil
 	s.h.ResyncLocked()
 	if s.mode == modeReplay {
@@ -393,29 +364,19 @@ func (s *Session) Reset(epoch string) {
 	}
 }
 
-func (s *Session) currentStreams() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.streams)
-}
-
 // sendEventLocked frames and queues one event unless it was already sent
 // (positions make delivery idempotent) or the subscribe filter hides it.
 func (s *Session) sendEventLocked(ev *relay.Event) {
-	i := slices.Index(s.streams, ev.Stream)
-	if i < 0 {
+	if _, ok := slices.BinarySearch(s.streams, ev.Stream); !ok {
 		return
 	}
-	// An event is new when its seq is past the stream's last, or when it is
-	// the next part of the change just processed (the legacy data:update
-	// that follows its event).
-	next := ev.Part > 0 && ev.Seq == s.last[i] && s.lastPart.stream == ev.Stream &&
-		s.lastPart.seq == ev.Seq && s.lastPart.part == ev.Part-1
-	if ev.Seq <= s.last[i] && !next {
+	// An event is new when it is past the last one processed: a later
+	// position, or the next part of the same change (the legacy
+	// data:update that follows its event).
+	if c := ev.Pos.Compare(s.last); c < 0 || c == 0 && ev.Part <= s.lastPart {
 		return
 	}
-	s.last[i] = ev.Seq
-	s.lastPart = partMark{stream: ev.Stream, seq: ev.Seq, part: ev.Part}
+	s.last, s.lastPart = ev.Pos, ev.Part
 	if ev.Entity != "" && s.filter != nil && !s.filter[ev.Entity] {
 		return
 	}
@@ -435,7 +396,13 @@ func (s *Session) sendEventLocked(ev *relay.Event) {
 
 // PositionLocked returns the session's position: everything it was sent.
 func (s *Session) PositionLocked() string {
-	return relay.EncodePosition(s.epoch, s.streams, func(i int) int64 { return s.last[i] })
+	return relay.EncodePosition(s.epoch, s.last)
+}
+
+// setLastLocked moves the session's position to pos, which stands for
+// everything up to it (every part of its change).
+func (s *Session) setLastLocked(pos relay.Pos) {
+	s.last, s.lastPart = pos, ^uint8(0)
 }
 
 // GoLiveLocked sends the live events held so far and every later one as it
@@ -453,11 +420,4 @@ func (s *Session) GoLiveLocked() {
 			return
 		}
 	}
-}
-
-// partMark names one event of a change: its stream, seq and part.
-type partMark struct {
-	stream string
-	seq    int64
-	part   uint8
 }

@@ -23,8 +23,8 @@ import (
 // replayed one change (all its parts) per batch.
 type memHistory struct {
 	mu     sync.Mutex
-	events []relay.Event    // in commit order
-	pruned map[string]int64 // per stream: the seq through which events are gone
+	events []relay.Event // in order
+	pruned relay.Pos     // events at or before it are gone
 
 	// entered, when set, receives once each Replay has read what it will
 	// replay; gate, when set, then holds the Replay until it is closed.
@@ -35,24 +35,22 @@ type memHistory struct {
 }
 
 // Replay implements relay.History.
-func (h *memHistory) Replay(ctx context.Context, from map[string]int64, fn func([]relay.Event) error) (err error) {
+func (h *memHistory) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Event) error) (err error) {
 	if h.done != nil {
 		defer func() { h.done <- err }()
 	}
 	h.mu.Lock()
-	last := map[string]int64{}
+	var last relay.Pos
 	var replay []relay.Event
 	for _, ev := range h.events {
-		last[ev.Stream] = ev.Seq
-		if seq, ok := from[ev.Stream]; ok && ev.Seq > seq {
+		last = ev.Pos
+		if slices.Contains(streams, ev.Stream) && ev.Pos.Compare(after) > 0 {
 			replay = append(replay, ev)
 		}
 	}
-	for st, seq := range from {
-		if seq > last[st] || seq < h.pruned[st] {
-			h.mu.Unlock()
-			return relay.ErrHistoryExpired
-		}
+	if after.Compare(last) > 0 || after.Compare(h.pruned) < 0 {
+		h.mu.Unlock()
+		return relay.ErrHistoryExpired
 	}
 	h.mu.Unlock()
 	if h.entered != nil {
@@ -67,7 +65,7 @@ func (h *memHistory) Replay(ctx context.Context, from map[string]int64, fn func(
 	}
 	for len(replay) > 0 {
 		n := 1
-		for n < len(replay) && replay[n].Stream == replay[0].Stream && replay[n].Seq == replay[0].Seq {
+		for n < len(replay) && replay[n].Pos == replay[0].Pos {
 			n++
 		}
 		if err := fn(replay[:n]); err != nil {
@@ -99,7 +97,7 @@ func (c *recConn) Close(code int, reason string) {
 func (c *recConn) Request() *http.Request { return nil }
 
 // recHandler renders what the session sends as short text frames:
-// "<stream>@<seq>.<part>" for an event, "resync", "resumed <n>".
+// "<stream>@<id>.<part>" for an event, "resync", "resumed <n>".
 type recHandler struct {
 	s     *Session
 	p     auth.Principal
@@ -117,7 +115,7 @@ func (h *recHandler) Message([]byte) {}
 func (h *recHandler) Binary([]byte)  {}
 func (h *recHandler) Closed()        {}
 func (h *recHandler) EventLocked(ev *relay.Event) []byte {
-	return fmt.Appendf(nil, "%s@%d.%d", ev.Stream, ev.Seq, ev.Part)
+	return fmt.Appendf(nil, "%s@%d.%d", ev.Stream, ev.Pos.ID, ev.Part)
 }
 func (h *recHandler) ResyncLocked() { h.s.WriteLocked([]byte("resync")) }
 func (h *recHandler) ResumedLocked(n int) {
@@ -132,17 +130,17 @@ type env struct {
 	tr   *Transport
 }
 
-// newEnv runs a Transport on a hub at epoch e1 whose heads are those of
+// newEnv runs a Transport on a hub at epoch e1 whose head is the last of
 // events, which hist holds.
 func newEnv(t *testing.T, o Options, events ...relay.Event) *env {
 	t.Helper()
 	h := hub.New()
-	heads := map[string]int64{}
-	for _, ev := range events {
-		heads[ev.Stream] = ev.Seq
+	var head relay.Pos
+	if len(events) > 0 {
+		head = events[len(events)-1].Pos
 	}
-	h.Reset("e1", heads)
-	hist := &memHistory{events: events, pruned: map[string]int64{}}
+	h.Reset("e1", head)
+	hist := &memHistory{events: events}
 	o.Hub, o.History = h, hist
 	tr := New(o)
 	t.Cleanup(func() {
@@ -162,16 +160,20 @@ func (e *env) publish(events ...relay.Event) {
 	e.hist.mu.Lock()
 	e.hist.events = append(e.hist.events, events...)
 	e.hist.mu.Unlock()
-	e.hub.Publish(events)
+	e.hub.Publish(events, events[len(events)-1].Pos)
 }
 
-func ev(stream string, seq int64, part uint8) relay.Event {
-	return relay.Event{Name: "lead:updated", Entity: "lead", Stream: stream, Seq: seq, Part: part, Data: []byte(`{}`)}
+// ev returns part part of the change with id id (tick 1, its own
+// transaction).
+func ev(stream string, id int64, part uint8) relay.Event {
+	return relay.Event{Name: "lead:updated", Entity: "lead", Stream: stream, Pos: at(id), Part: part, Data: []byte(`{}`)}
 }
 
-// pos encodes a position of epoch with the given stream seqs.
-func pos(epoch string, seqs map[string]int64) string {
-	return relay.Position{Epoch: epoch, Seqs: seqs}.Encode()
+func at(id int64) relay.Pos { return relay.Pos{Tick: 1, Tx: id, ID: id} }
+
+// pos encodes the position of epoch after the change with id id.
+func pos(epoch string, id int64) string {
+	return relay.Position{Epoch: epoch, Pos: at(id)}.Encode()
 }
 
 type client struct {
@@ -235,8 +237,8 @@ func TestAwaitHoldsLiveEventsUntilGoLive(t *testing.T) {
 	e := newEnv(t, Options{}, ev("all", 1, 0))
 	c := e.attach("")
 	e.publish(ev("all", 1, 0)) // at the head: already covered by the position
-	e.publish(ev("all", 2, 0), ev("user:u", 1, 0))
-	e.publish(ev("team:9", 1, 0)) // a stream the session does not follow
+	e.publish(ev("all", 2, 0), ev("user:u", 3, 0))
+	e.publish(ev("team:9", 4, 0)) // a stream the session does not follow
 	c.expectNone()
 	c.s.Lock()
 	if !c.s.AwaitingLocked() {
@@ -244,9 +246,9 @@ func TestAwaitHoldsLiveEventsUntilGoLive(t *testing.T) {
 	}
 	c.s.GoLiveLocked()
 	c.s.Unlock()
-	c.expect("all@2.0", "user:u@1.0")
-	e.publish(ev("all", 3, 0))
-	c.expect("all@3.0")
+	c.expect("all@2.0", "user:u@3.0")
+	e.publish(ev("all", 5, 0))
+	c.expect("all@5.0")
 	c.expectNone()
 }
 
@@ -255,20 +257,20 @@ func TestAwaitHoldsLiveEventsUntilGoLive(t *testing.T) {
 // events held during the replay; nothing twice.
 func TestResumeReplaysThenGoesLive(t *testing.T) {
 	e := newEnv(t, Options{},
-		ev("all", 1, 0), ev("all", 2, 0), ev("user:u", 1, 0), ev("user:u", 1, 1), ev("all", 3, 0))
+		ev("all", 1, 0), ev("all", 2, 0), ev("user:u", 3, 0), ev("user:u", 3, 1), ev("team:9", 4, 0), ev("all", 5, 0))
 	e.hist.entered, e.hist.gate, e.hist.done = make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
-	c := e.attach(pos("e1", map[string]int64{"all": 1, "user:u": 0}))
+	c := e.attach(pos("e1", 1))
 	<-e.hist.entered
-	e.hub.Publish([]relay.Event{ev("all", 3, 0)}) // delivered live too: sent once
-	e.publish(ev("all", 4, 0))
+	e.hub.Publish([]relay.Event{ev("all", 5, 0)}, at(5)) // delivered live too: sent once
+	e.publish(ev("all", 6, 0))
 	c.expectNone()
 	close(e.hist.gate)
-	c.expect("all@2.0", "user:u@1.0", "user:u@1.1", "all@3.0", "resumed 4", "all@4.0")
+	c.expect("all@2.0", "user:u@3.0", "user:u@3.1", "all@5.0", "resumed 4", "all@6.0")
 	if err := <-e.hist.done; err != nil {
 		t.Fatalf("replay: %v", err)
 	}
-	e.publish(ev("all", 5, 0))
-	c.expect("all@5.0")
+	e.publish(ev("all", 7, 0))
+	c.expect("all@7.0")
 	c.expectNone()
 }
 
@@ -280,13 +282,15 @@ func TestResumeUnservableResyncs(t *testing.T) {
 		since  string
 		pruned int64
 	}{
-		{"pruned", pos("e1", map[string]int64{"all": 1}), 2},
-		{"other epoch", pos("e0", map[string]int64{"all": 1}), 0},
-		{"malformed", "p1.!!", 0},
+		{"pruned", pos("e1", 1), 2},
+		{"other epoch", pos("e0", 1), 0},
+		{"ahead of the history", pos("e1", 9), 0},
+		{"malformed", "p2.!!", 0},
+		{"earlier per-stream form", "p1.ZTEKYWxsPTE", 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0))
-			e.hist.pruned["all"] = tt.pruned
+			e.hist.pruned = at(tt.pruned)
 			c := e.attach(tt.since)
 			c.expect("resync")
 			e.publish(ev("all", 4, 0))
@@ -301,7 +305,7 @@ func TestResumeUnservableResyncs(t *testing.T) {
 func TestResumePastReplayLimitResyncs(t *testing.T) {
 	e := newEnv(t, Options{ReplayLimit: 2},
 		ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0), ev("all", 4, 0), ev("all", 5, 0))
-	c := e.attach(pos("e1", map[string]int64{"all": 0}))
+	c := e.attach(pos("e1", 0))
 	c.expect("all@1.0", "all@2.0", "all@3.0", "resync")
 	e.publish(ev("all", 6, 0))
 	c.expect("all@6.0")
@@ -314,10 +318,10 @@ func TestResumePastReplayLimitResyncs(t *testing.T) {
 func TestResetEndsReplay(t *testing.T) {
 	e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0), ev("all", 3, 0))
 	e.hist.entered, e.hist.gate, e.hist.done = make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
-	c := e.attach(pos("e1", map[string]int64{"all": 0}))
+	c := e.attach(pos("e1", 0))
 	<-e.hist.entered
-	// The database was restored: a new epoch whose streams start over.
-	e.hub.Reset("e2", nil)
+	// The database was restored: a new epoch whose history starts over.
+	e.hub.Reset("e2", relay.Pos{})
 	c.expect("resync")
 	close(e.hist.gate)
 	<-e.hist.done
@@ -329,7 +333,7 @@ func TestResetEndsReplay(t *testing.T) {
 	c.expectNone()
 	c.s.Lock()
 	defer c.s.Unlock()
-	if got, want := c.s.PositionLocked(), pos("e2", map[string]int64{"all": 0, "user:u": 1}); got != want {
+	if got, want := c.s.PositionLocked(), pos("e2", 1); got != want {
 		t.Errorf("position %q, want %q", got, want)
 	}
 }

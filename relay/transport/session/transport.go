@@ -14,10 +14,12 @@
 package session
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -116,19 +118,20 @@ func New(o Options) *Transport {
 		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
 	}
 	t.m.Upgrader.CheckOrigin = t.checkOrigin
-	// Idle sessions should cost little: reads reuse the HTTP server's
-	// buffered reader (ReadBufferSize 0), and write buffers are taken from a
-	// pool only while a frame is written.
-	t.m.Upgrader.ReadBufferSize = 0
+	// Idle sessions should cost little. The connection's read loop runs in
+	// a goroutine of its own, not the HTTP server's (see serve), with a
+	// small read buffer of its own (the server's 4 KiB reader and writer
+	// are freed with its goroutine); write buffers are taken from a pool
+	// only while a frame is written.
+	t.m.Upgrader.ReadBufferSize = readBufferSize
 	t.m.Upgrader.WriteBufferSize = 4096
 	t.m.Upgrader.WriteBufferPool = &sync.Pool{}
 	t.m.Config.MaxMessageSize = o.MaxMessageSize
 	t.m.Config.PingPeriod = o.Heartbeat
 	t.m.Config.PongWait = 2 * o.Heartbeat
-	// Room for every event frame the queue allows plus the control frames
-	// (errors, pongs, heartbeats, close) that follow them: events never hit
-	// melody's silent-drop path, the session closes with 4008 before.
-	t.m.Config.MessageBufferSize = o.QueueSize + queueHeadroom
+	// Melody preallocates each session's output channel: it is short, and
+	// the frames beyond it wait in the WSConn's overflow list (see WSConn).
+	t.m.Config.MessageBufferSize = outputChannelSize
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
 		if c := wsConnOf(ms); c != nil {
@@ -202,10 +205,12 @@ func wsConnOf(ms *melody.Session) *WSConn {
 // Serve upgrades r (the origin allow-list is checked first: a foreign
 // origin gets 403) and runs the connection as a session, with the handler
 // newHandler returns once the connection is upgraded, until it closes. It
-// returns an error, having written an HTTP error, when the request could
-// not be upgraded or the transport is draining (503).
+// returns once the connection is upgraded (the session runs on in
+// goroutines of its own, and r must not be reused), or with an error,
+// having written an HTTP error, when the request could not be upgraded or
+// the transport is draining (503).
 func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
-	return t.serve(w, r, keys{newHandler: newHandler})
+	return t.serve(w, r, keys{newHandler: newHandler}, true)
 }
 
 // ServeConn upgrades r as Serve does, but runs the connection without a
@@ -214,11 +219,38 @@ func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler New
 // WebSocket, for one). It returns when the connection closed, after the
 // receiver's Gone.
 func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(c *WSConn) Receiver) error {
-	return t.serve(w, r, keys{open: open})
+	return t.serve(w, r, keys{open: open}, false)
 }
 
-func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys) error {
-	err := t.m.HandleRequestWithKeys(w, r, map[string]any{keyConn: k})
+// serve upgrades r and runs the connection. With detach, the connection
+// runs in a goroutine of its own and serve returns as soon as the HTTP
+// connection was hijacked (or the upgrade failed), so the HTTP server's
+// goroutine, with its stack and its buffered reader and writer, is freed
+// while the session lives on; without, serve returns when the connection
+// closed.
+func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach bool) error {
+	keys := map[string]any{keyConn: k}
+	if !detach {
+		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, keys))
+	}
+	hw := &hijackNotifier{ResponseWriter: w, hijacked: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- t.m.HandleRequestWithKeys(hw, r, keys) }()
+	select {
+	case <-hw.hijacked:
+		if hw.err == nil {
+			// The connection is the goroutine's now; w is not touched again.
+			return nil
+		}
+		return t.upgraded(w, <-done)
+	case err := <-done:
+		return t.upgraded(w, err)
+	}
+}
+
+// upgraded answers a refused upgrade: 503 when draining (the upgrader
+// answered the other refusals itself).
+func (t *Transport) upgraded(w http.ResponseWriter, err error) error {
 	if errors.Is(err, melody.ErrClosed) {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
 	}
@@ -228,6 +260,23 @@ func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys) error 
 	return nil
 }
 
+// hijackNotifier is the http.ResponseWriter a detached upgrade runs on: it
+// closes hijacked once Hijack returned, err telling whether it succeeded.
+type hijackNotifier struct {
+	http.ResponseWriter
+	hijacked chan struct{}
+	err      error // set before hijacked is closed
+}
+
+// Hijack hijacks the underlying connection (through http.ResponseController,
+// so wrapped writers work) and reports it.
+func (h *hijackNotifier) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.err = err
+	close(h.hijacked)
+	return c, brw, err
+}
+
 // queueHeadroom is the room melody's output channel keeps beyond the event
 // queue for the frames that are not events (errors, pongs, protocol
 // frames). A session whose frames in flight reach it is closed with 4008
@@ -235,9 +284,25 @@ func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys) error 
 // overflows.
 const queueHeadroom = 64
 
+// outputChannelSize is the capacity of melody's output channel per
+// connection (its slots are preallocated, 40 bytes each); frames beyond it
+// wait in the WSConn's overflow list.
+const outputChannelSize = 8
+
+// readBufferSize is each connection's read buffer: client messages are
+// small, and a frame larger than the buffer is still read whole.
+const readBufferSize = 512
+
 func (t *Transport) onConnect(ms *melody.Session) {
 	k := ms.MustGet(keyConn).(keys)
-	c := newWSConn(ms)
+	// At most the queue plus its headroom wait, as when melody's channel
+	// held them all: sessions close with 4008 through the queue before
+	// (Session.WriteLocked); a raw connection is aborted at the limit.
+	var c *WSConn
+	c = newWSConn(ms, outputChannelSize, t.o.QueueSize+queueHeadroom, func() {
+		t.o.Metrics.SlowClose()
+		c.Abort()
+	})
 	if k.open != nil {
 		c.recv = k.open(c)
 		ms.Set(keyConn, c)

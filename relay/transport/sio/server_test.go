@@ -34,26 +34,24 @@ const testSecret = "sio-test-secret-sio-test-secret-0123456"
 type memHistory struct {
 	mu      sync.Mutex
 	changes []relay.Change
-	pruned  map[string]int64
+	pruned  relay.Pos // changes at or before it are gone
 }
 
 func (h *memHistory) Epoch(context.Context) (string, error) { return "e1", nil }
 
-func (h *memHistory) Replay(_ context.Context, from map[string]int64, fn func([]relay.Change) error) error {
+func (h *memHistory) Replay(_ context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
 	h.mu.Lock()
 	var batch []relay.Change
-	last := map[string]int64{}
+	var last relay.Pos
 	for _, c := range h.changes {
-		last[c.Stream] = c.Seq
-		if seq, ok := from[c.Stream]; ok && c.Seq > seq {
+		last = c.Pos
+		if slices.Contains(streams, c.Stream) && c.Pos.Compare(after) > 0 {
 			batch = append(batch, c)
 		}
 	}
-	for st, seq := range from {
-		if seq > last[st] || seq < h.pruned[st] {
-			h.mu.Unlock()
-			return relay.ErrHistoryExpired
-		}
+	if after.Compare(last) > 0 || after.Compare(h.pruned) < 0 {
+		h.mu.Unlock()
+		return relay.ErrHistoryExpired
 	}
 	h.mu.Unlock()
 	if len(batch) == 0 {
@@ -66,7 +64,7 @@ func (h *memHistory) Replay(_ context.Context, from map[string]int64, fn func([]
 type eventMapper struct{}
 
 func (eventMapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
-	return append(dst, relay.Event{Name: c.Table, Entity: "lead", Stream: c.Stream, Seq: c.Seq, Data: c.Row})
+	return append(dst, relay.Event{Name: c.Table, Entity: "lead", Stream: c.Stream, Pos: c.Pos, Data: c.Row})
 }
 
 type testEnv struct {
@@ -74,7 +72,7 @@ type testEnv struct {
 	hub  *hub.Hub
 	hist *memHistory
 	ts   *httptest.Server
-	seqs map[string]int64
+	id   int64 // the last change id published
 
 	transport *session.Transport
 }
@@ -82,12 +80,12 @@ type testEnv struct {
 func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 	t.Helper()
 	h := hub.New()
-	h.Reset("e1", nil)
+	h.Reset("e1", relay.Pos{})
 	v, err := auth.NewVerifier(auth.Options{Secret: []byte(testSecret)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hist := &memHistory{pruned: map[string]int64{}}
+	hist := &memHistory{}
 	tr := session.New(session.Options{Hub: h, History: relay.MappedHistory{Changes: hist, Mapper: eventMapper{}}, Verifier: v, Heartbeat: heartbeat})
 	ts := httptest.NewServer(New(tr, o))
 	t.Cleanup(func() {
@@ -96,18 +94,23 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 		tr.Drain(ctx)
 		ts.Close()
 	})
-	return &testEnv{t: t, hub: h, hist: hist, ts: ts, seqs: map[string]int64{}, transport: tr}
+	return &testEnv{t: t, hub: h, hist: hist, ts: ts, transport: tr}
 }
 
-// publish commits one change per stream-less name on stream and hands its
-// event to the hub, as the pipeline would.
+// publish commits one change named name on stream, in a transaction of its
+// own, and hands its event to the hub, as the pipeline would.
 func (e *testEnv) publish(stream, name, data string) {
-	e.seqs[stream]++
-	c := relay.Change{Stream: stream, Seq: e.seqs[stream], Table: name, Row: json.RawMessage(data)}
+	c := relay.Change{Stream: stream, Pos: e.next(), Table: name, Row: json.RawMessage(data)}
 	e.hist.mu.Lock()
 	e.hist.changes = append(e.hist.changes, c)
 	e.hist.mu.Unlock()
-	e.hub.Publish(eventMapper{}.Map(nil, &c))
+	e.hub.Publish(eventMapper{}.Map(nil, &c), c.Pos)
+}
+
+// next returns the position of the next change.
+func (e *testEnv) next() relay.Pos {
+	e.id++
+	return relay.Pos{Tick: 1, Tx: e.id, ID: e.id}
 }
 
 func (e *testEnv) token(user string, teams []string, ttl time.Duration) string {
@@ -427,11 +430,11 @@ func TestEventsAcksAndBinary(t *testing.T) {
 	e.publish("team:8", "lead:created", `{"team":8}`)
 	e.publish("team:7", "escrow:updated", `{"entityId":"4"}`)
 	name, data, offset := c.event()
-	if name != "escrow:updated" || data != `{"entityId":"4"}` || !strings.HasPrefix(offset, "p1.") {
+	if name != "escrow:updated" || data != `{"entityId":"4"}` || !strings.HasPrefix(offset, "p2.") {
 		t.Fatalf("event %s %s %s", name, data, offset)
 	}
 	pos, err := relay.ParsePosition(offset)
-	if err != nil || pos.Seqs["team:7"] != 1 || pos.Epoch != "e1" {
+	if err != nil || pos.Pos != (relay.Pos{Tick: 1, Tx: 2, ID: 2}) || pos.Epoch != "e1" {
 		t.Fatalf("offset %q is not the event's position: %+v %v", offset, pos, err)
 	}
 	if name, data, _ := other.event(); name != "lead:created" || data != `{"team":8}` {
@@ -439,11 +442,11 @@ func TestEventsAcksAndBinary(t *testing.T) {
 	}
 
 	// Reserved names are never sent; a resync is an event.
-	e.hub.Publish([]relay.Event{{Name: "disconnect", Stream: "team:7", Seq: 2, Data: []byte(`{}`)}})
-	e.seqs["team:7"] = 2
-	e.hub.Publish([]relay.Event{{Kind: relay.KindResync, Name: "resync", Stream: "team:7", Seq: 3,
-		Data: []byte(`{"type":"resync","reason":"truncate","entityType":"note"}`)}})
-	e.seqs["team:7"] = 3
+	p := e.next()
+	e.hub.Publish([]relay.Event{{Name: "disconnect", Stream: "team:7", Pos: p, Data: []byte(`{}`)}}, p)
+	p = e.next()
+	e.hub.Publish([]relay.Event{{Kind: relay.KindResync, Name: "resync", Stream: "team:7", Pos: p,
+		Data: []byte(`{"type":"resync","reason":"truncate","entityType":"note"}`)}}, p)
 	if name, data, offset := c.event(); name != "resync" || data != `{"reason":"truncate","entityType":"note"}` || offset == "" {
 		t.Fatalf("resync: %s %s %s", name, data, offset)
 	}
@@ -558,7 +561,7 @@ func TestRecovery(t *testing.T) {
 
 	// History gone: a fresh pid, then the resync event at the head.
 	e.hist.mu.Lock()
-	e.hist.pruned["team:7"] = 100
+	e.hist.pruned = relay.TickEnd(100)
 	e.hist.mu.Unlock()
 	r := e.dial("")
 	r.open()
@@ -597,7 +600,7 @@ func TestTokenExpiryClosesTransport(t *testing.T) {
 }
 
 func TestPIDBinding(t *testing.T) {
-	start := relay.Position{Epoch: "e1", Seqs: map[string]int64{"team:7": 4, "user:1": 2}}.Encode()
+	start := relay.Position{Epoch: "e1", Pos: relay.Pos{Tick: 4, Tx: 10, ID: 8}}.Encode()
 	pid := newPID("1", start)
 	if got, ok := checkPID(pid, "1"); !ok || got != start {
 		t.Fatalf("checkPID(own) = %q %v", got, ok)
@@ -609,7 +612,7 @@ func TestPIDBinding(t *testing.T) {
 	if pid[0] == 'A' {
 		flipped = "B" + pid[1:]
 	}
-	for _, bad := range []string{"", "x", "a.b", pid + "x", flipped, strings.Replace(pid, ".p1.", ".p1.A", 1)} {
+	for _, bad := range []string{"", "x", "a.b", pid + "x", flipped, strings.Replace(pid, ".p2.", ".p2.A", 1)} {
 		if _, ok := checkPID(bad, "1"); ok {
 			t.Errorf("checkPID(%q) honoured", bad)
 		}
@@ -617,16 +620,19 @@ func TestPIDBinding(t *testing.T) {
 	if newPID("1", start) == pid {
 		t.Fatal("two sessions got the same pid")
 	}
-	// The offset is honoured from the pid's start on, stream by stream.
-	offset := relay.Position{Epoch: "e1", Seqs: map[string]int64{"team:7": 9, "user:1": 1, "team:3": 5}}.Encode()
-	got, err := relay.ParsePosition(resumeFrom(start, offset, true))
-	if err != nil || got.Seqs["team:7"] != 9 || got.Seqs["user:1"] != 2 || got.Seqs["team:3"] != 5 {
-		t.Fatalf("resumeFrom = %+v %v", got, err)
+	// The offset is honoured from the pid's start on.
+	later := relay.Position{Epoch: "e1", Pos: relay.Pos{Tick: 4, Tx: 10, ID: 9}}.Encode()
+	earlier := relay.Position{Epoch: "e1", Pos: relay.Pos{Tick: 3, Tx: 11, ID: 11}}.Encode()
+	if got := resumeFrom(start, later, true); got != later {
+		t.Fatalf("resumeFrom(start, later) = %q, want the offset %q", got, later)
+	}
+	if got := resumeFrom(start, earlier, true); got != start {
+		t.Fatalf("resumeFrom(start, earlier) = %q, want the start %q", got, start)
 	}
 	if resumeFrom(start, "", false) != start {
 		t.Fatal("no offset: the start position")
 	}
-	other := relay.Position{Epoch: "e2", Seqs: map[string]int64{"team:7": 1}}.Encode()
+	other := relay.Position{Epoch: "e2", Pos: relay.TickEnd(1)}.Encode()
 	if resumeFrom(start, other, true) != other || resumeFrom(start, "junk", true) != "junk" {
 		t.Fatal("an offset of another epoch or a malformed one is passed on for resync")
 	}

@@ -565,8 +565,8 @@ func socketIDFor(pid string) string {
 }
 
 // resumeFrom returns the position a recovering session replays after: the
-// offset, never before the pid's start position (stream by stream), or the
-// start position when the client has no offset. An offset of another epoch
+// offset, never before the pid's start position, or the start position when
+// the client has no offset. An offset of another epoch
 // or a malformed one is returned as is, for the session to answer with resync.
 func resumeFrom(start, offset string, hasOffset bool) string {
 	if !hasOffset {
@@ -580,10 +580,8 @@ func resumeFrom(start, offset string, hasOffset bool) string {
 	if err != nil || op.Epoch != sp.Epoch {
 		return offset
 	}
-	for st, seq := range sp.Seqs {
-		if cur, ok := op.Seqs[st]; !ok || seq > cur {
-			op.Seqs[st] = seq
-		}
+	if sp.Pos.Compare(op.Pos) > 0 {
+		return start
 	}
-	return op.Encode()
+	return offset
 }

@@ -595,7 +595,7 @@ func TestLegacyDataUpdate(t *testing.T) {
 		t.Errorf("both events of one change carry its position: %q vs %q", main.Position, legacy.Position)
 	}
 	// Resuming from before the change replays both, once.
-	c2, err := e.dial(userToken(t, "2", 1), "since="+startPosition(t, e, "2", "1"), nil)
+	c2, err := e.dial(userToken(t, "2", 1), "since="+startPosition(t, e), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

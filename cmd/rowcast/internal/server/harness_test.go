@@ -319,17 +319,13 @@ func pruneNow(t *testing.T, e *env) int64 {
 	return n
 }
 
-// startPosition is the position before any change, for a session of user
-// following teams.
-func startPosition(t *testing.T, e *env, user string, teams ...string) string {
+// startPosition is the position before any change (the end of tick 0),
+// for a session of any user and teams.
+func startPosition(t *testing.T, e *env) string {
 	t.Helper()
 	var epoch string
 	if err := e.db.QueryRow(context.Background(), "select replace(epoch::text, '-', '') from rowcast.meta").Scan(&epoch); err != nil {
 		t.Fatal(err)
 	}
-	seqs := map[string]int64{relay.AllStream: 0, relay.UserStream(user): 0}
-	for _, team := range teams {
-		seqs[relay.TeamStream(team)] = 0
-	}
-	return relay.Position{Epoch: epoch, Seqs: seqs}.Encode()
+	return relay.Position{Epoch: epoch, Pos: relay.TickEnd(0)}.Encode()
 }

@@ -80,6 +80,7 @@ type Relay struct {
 	mapper   *mapping.Mapper
 	verifier *auth.Verifier
 	capture  *changelog.Tail
+	ticker   *changelog.Ticker
 	holder   *logical.Holder // logical mode only
 	ws       *ws.Server
 	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
@@ -126,6 +127,9 @@ func New(o Options) (*Relay, error) {
 	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
+	})
+	r.ticker = changelog.NewTicker(cfg.Database.URL, changelog.TickerOptions{
+		Listen: notify, Logger: o.Logger.With("component", "ticker"), OnTick: r.capture.Poke,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
 		dbcfg, err := pgx.ParseConfig(cfg.Database.URL)
@@ -261,6 +265,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 		r.waiting.Store(nil)
 		g.Go(func() error { return r.capture.Run(gctx, pipeline) })
+		g.Go(func() error { return r.ticker.Run(gctx) })
 		if r.holder != nil {
 			g.Go(func() error { return r.holder.Run(gctx) })
 		}

@@ -183,7 +183,7 @@ test("6. SQL writes arrive in order as Socket.IO events; onAny sees them; anothe
   ]);
   for (const e of ra.events) {
     assert.equal(typeof e.data, "object", `${e.name}: data is an object`);
-    assert.match(e.offset, /^p1\./, `${e.name}: the trailing offset is a position`);
+    assert.match(e.offset, /^p2\./, `${e.name}: the trailing offset is a position`);
     assert.equal(e.extra, 0, `${e.name}: no argument after the offset`);
   }
   assert.equal(updated.length, 1);

@@ -1,0 +1,213 @@
+package changelog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TickerOptions tunes a Ticker. Zero values select the defaults.
+type TickerOptions struct {
+	// PollMin is how often the ticker looks for new commits while they
+	// come (default 2ms); PollMax how far it backs off when idle (default
+	// 1s). The doorbell wakes it at once when it is idle.
+	PollMin, PollMax time.Duration
+	// Listen wakes the ticker on the writers' doorbell (the installed
+	// capture must ring it: capture.notify).
+	Listen bool
+	// Retry is how often a ticker that does not hold the ticker lock tries
+	// to take it (default 1s): after the holder dies, ticks stop for at
+	// most about this long.
+	Retry time.Duration
+	// Logger receives state changes; nil discards them.
+	Logger *slog.Logger
+	// OnTick is called after each tick this ticker recorded, once it is
+	// committed (this process's Tail.Poke); nil ignores it.
+	OnTick func()
+	// OnHolding is called with true when this ticker takes the ticker lock
+	// and with false when it loses it; nil ignores it.
+	OnHolding func(bool)
+}
+
+// Ticker records the ticks that cut the changelog into batches
+// (rowcast.tick). Every relay runs one; the one that holds a session-level
+// advisory lock ticks, the others wait to take over. Create it with
+// NewTicker and call Run once.
+type Ticker struct {
+	url string
+	o   TickerOptions
+}
+
+// NewTicker returns a Ticker of the changelog in the database at url.
+func NewTicker(url string, o TickerOptions) *Ticker {
+	if o.PollMin <= 0 {
+		o.PollMin = 2 * time.Millisecond
+	}
+	if o.PollMax <= 0 {
+		o.PollMax = time.Second
+	}
+	o.PollMax = max(o.PollMax, o.PollMin)
+	if o.Retry <= 0 {
+		o.Retry = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Ticker{url: url, o: o}
+}
+
+// tickerLock is the advisory lock key the ticking relay holds.
+const tickerLock = "select pg_try_advisory_lock(hashtext('rowcast.ticker'))"
+
+// Run ticks while it holds the ticker lock, and waits to take it while it
+// does not, until ctx ends; then it returns ctx's error. Database errors
+// close the connections and are retried with capped exponential backoff
+// (the lock goes with the connection, so another relay may take over).
+func (t *Ticker) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		ticked, err := t.hold(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errNoSchema) {
+			return err
+		}
+		t.o.Logger.Warn("ticker lost the database; reconnecting", "err", err, "retry_in", backoff)
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		case <-timer.C:
+		}
+		if ticked {
+			backoff = 100 * time.Millisecond
+		} else {
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// hold runs one connected period: it waits for the lock, then ticks. It
+// reports whether it recorded a tick, and returns on the first error.
+func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cc, err := pgx.ParseConfig(t.url)
+	if err != nil {
+		return false, fmt.Errorf("ticker connect: %w", err)
+	}
+	// A tick commits durably on this server before anyone reads it, and
+	// never waits for a synchronous standby (which may be down).
+	cc.RuntimeParams["synchronous_commit"] = "local"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return false, fmt.Errorf("ticker connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, tickerLock).Scan(&got); err != nil {
+			return false, fmt.Errorf("ticker lock: %w", err)
+		}
+		if got {
+			break
+		}
+		timer := time.NewTimer(t.o.Retry)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false, ctx.Err()
+		case <-timer.C:
+		}
+	}
+	if t.o.OnHolding != nil {
+		t.o.OnHolding(true)
+		defer t.o.OnHolding(false)
+	}
+	t.o.Logger.Info("ticker holds the ticker lock", "doorbell", t.o.Listen)
+
+	bell := make(chan struct{}, 1)
+	listenErr := make(chan error, 1)
+	if t.o.Listen {
+		stop, err := listen(ctx, t.url, Channel, bell, listenErr, nil)
+		if err != nil {
+			return false, fmt.Errorf("ticker %w", err)
+		}
+		defer stop()
+	}
+	b := bellState{listen: t.o.Listen}
+	if err := b.set(ctx, conn, true); err != nil { // until changes flow
+		return false, err
+	}
+	interval, idle := t.o.PollMin, 0
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ticked, ctx.Err()
+		case err := <-listenErr:
+			return ticked, err
+		case <-bell:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		var tick *int64
+		if err := conn.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
+			return ticked, fmt.Errorf("ticker tick: %w", err)
+		}
+		if tick != nil {
+			ticked = true
+			if t.o.OnTick != nil {
+				t.o.OnTick()
+			}
+			interval, idle = t.o.PollMin, 0
+			// Changes flow: polling finds them; writers need not ring.
+			if err := b.set(ctx, conn, false); err != nil {
+				return ticked, err
+			}
+			timer.Reset(interval)
+			continue
+		}
+		if idle++; idle == idleBeforeArming {
+			if err := b.set(ctx, conn, true); err != nil {
+				return ticked, err
+			}
+		}
+		interval = min(interval*2, t.o.PollMax)
+		timer.Reset(interval)
+	}
+}
+
+// idleBeforeArming is how many empty looks in a row make the ticker ask
+// for the doorbell again (about 30ms at the default rhythm).
+const idleBeforeArming = 4
+
+// bellState is the doorbell as this ticker last set it.
+type bellState struct {
+	listen, armed, known bool
+}
+
+// set arms or disarms the doorbell when it is in use and differs from what
+// this ticker last set.
+func (b *bellState) set(ctx context.Context, conn *pgx.Conn, v bool) error {
+	if !b.listen || b.known && b.armed == v {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "update rowcast.meta set bell = $1 where bell <> $1", v); err != nil {
+		return fmt.Errorf("ticker doorbell: %w", err)
+	}
+	b.armed, b.known = v, true
+	return nil
+}
