@@ -92,7 +92,7 @@ CREATE INDEX IF NOT EXISTS changelog_stream_xid ON rowcast.changelog (stream, xi
 
 -- The ticks: tick n's batch is the changelog rows of the transactions
 -- visible in snap and not in tick n-1's snap. Ticks are numbered 1, 2, 3, …
--- without gaps; snap_xmax is pg_snapshot_xmax(snap), which never decreases from
+-- without gaps (pruning deletes the oldest); snap_xmax is pg_snapshot_xmax(snap), which never decreases from
 -- one tick to the next, for finding the tick of a row (the first whose
 -- snapshot shows its transaction). at stands for the commit time of the
 -- batch's transactions.
@@ -168,9 +168,9 @@ $fn$;
 -- one made with synchronous_commit off. Calls take turns (a transaction
 -- lock), and each looks at the ticks the one before recorded.
 --
--- When transaction ids went back (the database was restored from a backup,
--- or a standby promoted before it had everything), positions do not carry
--- over: the history starts again under a new epoch.
+-- When transaction ids went back (the database was restored into another
+-- cluster whose counter is behind), positions do not carry over: the
+-- history starts again under a new epoch.
 CREATE OR REPLACE FUNCTION rowcast.tick() RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE

@@ -112,6 +112,15 @@ func (d *db) queryInt(sql string, args ...any) int64 {
 	return n
 }
 
+func (d *db) queryText(sql string, args ...any) string {
+	d.t.Helper()
+	var s string
+	if err := d.conn.QueryRow(d.t.Context(), sql, args...).Scan(&s); err != nil {
+		d.t.Fatalf("%s: %v", sql, err)
+	}
+	return s
+}
+
 // tick records a tick, as the ticker does, and returns its number; it fails
 // the test when there was nothing to tick.
 func (d *db) tick() int64 {

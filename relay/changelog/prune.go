@@ -17,7 +17,9 @@ type Pruner struct {
 	// Pool is the database; the caller closes it. Required.
 	Pool *pgxpool.Pool
 	// Retention is how long a committed change is kept. Zero or negative
-	// keeps none: every committed change is pruned.
+	// keeps none: every tick recorded so far is pruned, and a relay that
+	// had not read one yet starts a new history epoch (every session
+	// resyncs); use it in tests only.
 	Retention time.Duration
 	// Interval is how often Run prunes. If set to 0 (or less), the default
 	// of 1 minute is used.

@@ -105,3 +105,48 @@ func TestPrunerDefaults(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 }
+
+// TestTailBehindPruningStartsNewEpoch: a tail that has not read the ticks a
+// prune deleted cannot hand their changes on; it must not skip them
+// silently either. It starts a new epoch (every session resyncs) and goes
+// on from the latest tick.
+func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
+	d := newDB(t)
+	rec := newRecorder()
+	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tl.Ready()
+	epoch := d.queryText("select epoch::text from rowcast.meta")
+
+	for i := 1; i <= 3; i++ {
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		d.tick()
+	}
+	if _, err := (&changelog.Pruner{Pool: d.pool, Retention: -time.Hour}).Prune(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tl.Poke()
+	deadline := time.After(10 * time.Second)
+	for {
+		rec.mu.Lock()
+		n := len(rec.resets)
+		rec.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		select {
+		case <-rec.more:
+		case <-deadline:
+			t.Fatalf("resets %v after the prune, want a second one; changes handed on:\n%s", rec.resets, describe(rec.changes()))
+		}
+	}
+	if now := d.queryText("select epoch::text from rowcast.meta"); now == epoch {
+		t.Error("the epoch did not change")
+	}
+	if got := rec.changes(); len(got) != 0 {
+		t.Errorf("changes handed on from a history with a gap:\n%s", describe(got))
+	}
+}

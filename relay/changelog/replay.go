@@ -62,44 +62,50 @@ limit $6::int`
 //
 // It first records a tick (rowcast.tick), so that it replays every
 // transaction committed before it started, once durable; later ones reach
-// the session live.
+// the session live. Each page is read in one snapshot with the check that
+// nothing after the position was pruned, so a prune that commits meanwhile
+// makes it answer ErrHistoryExpired, never a short replay.
 func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
 	if _, err := s.pool.Exec(ctx, "select rowcast.tick()"); err != nil {
 		return fmt.Errorf("history replay tick: %w", err)
 	}
-	var head, oldest int64
-	if err := s.pool.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&head, &oldest); err != nil {
-		return fmt.Errorf("history replay: %w", err)
-	}
-	if err := s.check(ctx, streams, after, head); err != nil {
-		return err
-	}
+	head := int64(-1) // the latest tick when the first page was read
 	var sc Scanner
 	for {
-		rows, err := s.pool.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, head, s.page, oldest)
-		if err != nil {
-			return fmt.Errorf("history replay: %w", err)
-		}
 		var batch []relay.Change
-		for rows.Next() {
-			ch, err := sc.Scan(rows)
-			if err != nil {
-				rows.Close()
-				return fmt.Errorf("history replay: %w", err)
+		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			var latest, oldest int64
+			if err := tx.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&latest, &oldest); err != nil {
+				return err
 			}
-			batch = append(batch, ch)
+			if head < 0 {
+				head = latest
+			}
+			if err := check(ctx, tx, streams, after, head); err != nil {
+				return err
+			}
+			rows, err := tx.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, head, s.page, oldest)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				ch, err := sc.Scan(rows)
+				if err != nil {
+					return err
+				}
+				batch = append(batch, ch)
+			}
+			return rows.Err()
+		})
+		if errors.Is(err, relay.ErrHistoryExpired) {
+			return err
 		}
-		if err := rows.Err(); err != nil {
+		if err != nil {
 			return fmt.Errorf("history replay: %w", err)
 		}
 		if len(batch) == 0 {
 			return nil
-		}
-		// A prune between the check and this page could have deleted rows
-		// right after the position: the page would then start past a gap.
-		// Check again, now that the page is read.
-		if err := s.check(ctx, streams, after, head); err != nil {
-			return err
 		}
 		after = batch[len(batch)-1].Pos
 		if err := fn(batch); err != nil {
@@ -108,30 +114,19 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 		if len(batch) < s.page {
 			return nil
 		}
-		if oldest, err = s.oldest(ctx); err != nil {
-			return err
-		}
 	}
-}
-
-func (s *History) oldest(ctx context.Context) (int64, error) {
-	var oldest int64
-	if err := s.pool.QueryRow(ctx, "select coalesce(min(tick), 0) from rowcast.ticks").Scan(&oldest); err != nil {
-		return 0, fmt.Errorf("history replay: %w", err)
-	}
-	return oldest, nil
 }
 
 // check answers ErrHistoryExpired when changes of the streams after the
 // position were pruned, or the position is ahead of the history (its tick
 // is past head).
-func (s *History) check(ctx context.Context, streams []string, after relay.Pos, head int64) error {
+func check(ctx context.Context, q pgx.Tx, streams []string, after relay.Pos, head int64) error {
 	if after.Tick > head {
 		return fmt.Errorf("history replay after tick %d (have %d): %w", after.Tick, head, relay.ErrHistoryExpired)
 	}
 	var stream *string
 	var through int64
-	err := s.pool.QueryRow(ctx, `select stream, through from rowcast.pruned
+	err := q.QueryRow(ctx, `select stream, through from rowcast.pruned
 		where stream = any($1) and (through > $2 or through = $2 and not $3) order by through desc limit 1`,
 		streams, after.Tick, after.Complete()).Scan(&stream, &through)
 	switch {

@@ -342,10 +342,12 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 const maxTicks = 256
 
 // ticksSQL lists the ticks after $1 (at most $2), and headSQL reads the
-// epoch and the latest tick.
+// epoch, the latest tick and whether tick $1 is still there (pruning keeps
+// the tick it cut at, so a reader at or past the cut finds its own).
 const (
 	ticksSQL = `select tick, snap::text from rowcast.ticks where tick > $1 and tick <= $1 + $2 order by tick`
-	headSQL  = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks) from rowcast.meta`
+	headSQL  = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks),
+  exists (select from rowcast.ticks where tick = $1) from rowcast.meta`
 )
 
 // batchSQL reads the batches of the ticks after $1 (at most $2): per tick,
@@ -363,15 +365,23 @@ order by t.tick, tx, c.id`
 // poll reads the ticks recorded since the last one read and hands their
 // transactions to the sink; it returns how many ticks it read.
 func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *state) (int, error) {
+	// One snapshot for the three reads: a prune that commits in between
+	// cannot take a batch away after the check that it is there.
 	b := &pgx.Batch{}
-	b.Queue(headSQL)
+	b.Queue("begin isolation level repeatable read read only")
+	b.Queue(headSQL, st.tick)
 	b.Queue(ticksSQL, st.tick, maxTicks)
 	b.Queue(batchSQL, st.tick, maxTicks)
+	b.Queue("commit")
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
 	var epoch string
 	var latest *int64
-	if err := br.QueryRow().Scan(&epoch, &latest); err != nil {
+	var have bool
+	if err := br.QueryRow().Scan(&epoch, &latest, &have); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if epoch != st.epoch {
@@ -382,6 +392,15 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	}
 	if latest == nil || *latest < st.tick {
 		c.o.Logger.Error("the changelog's ticks went back (a restore); starting a new history epoch", "tick", st.tick)
+		if err := br.Close(); err != nil {
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
+		return 0, newEpoch(ctx, conn, epoch)
+	}
+	if !have {
+		// Pruning went past what this relay has read: the batches after it
+		// are gone, and its sessions would miss them without being told.
+		c.o.Logger.Error("this relay fell behind the history's retention; starting a new history epoch", "tick", st.tick)
 		if err := br.Close(); err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}
@@ -402,9 +421,15 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	}
 	if len(ticks) == 0 {
 		rows.Close()
+		if _, err := br.Exec(); err != nil {
+			return 0, fmt.Errorf("capture poll: %w", err)
+		}
 		return 0, br.Close()
 	}
 	if err := read(rows, ticks, sink); err != nil {
+		return 0, fmt.Errorf("capture poll: %w", err)
+	}
+	if _, err := br.Exec(); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if err := br.Close(); err != nil {

@@ -149,7 +149,7 @@ func streamsFor(p auth.Principal) []string {
 
 // Start subscribes an idle session to the streams of p and holds live
 // events (they are delivered by GoLiveLocked or after ResumeLocked's
-// replay). The position starts at the hub's heads. then, if not nil, runs
+// replay). The position starts at the hub's head. then, if not nil, runs
 // with the lock held once the subscription is in place. Start arms the
 // token expiry. Call it without the lock from Open or Message; it does
 // nothing unless the session is idle (never started, or stopped).
@@ -161,7 +161,7 @@ func (s *Session) Start(p auth.Principal, then func()) {
 		return
 	}
 	// Events delivered while Subscribe runs are held (modeAwait) and
-	// deduplicated against the heads when they are flushed.
+	// deduplicated against the head when they are flushed.
 	s.mode = modeAwait
 	s.subscribed = true
 	s.gen++
@@ -345,7 +345,7 @@ func (s *Session) deliverLocked(ev *relay.Event) {
 // Reset implements hub.Subscriber: the epoch changed, positions are void.
 // The handler's ResyncLocked tells the client; a replay in flight ends
 // there (it replays the old epoch, and must not say resumed after the
-// resync), and the session goes live from the new heads.
+// resync), and the session goes live from the new head.
 func (s *Session) Reset(epoch string) {
 	hubEpoch, head := s.t.o.Hub.Head()
 	s.mu.Lock()
