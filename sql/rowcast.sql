@@ -187,10 +187,16 @@ BEGIN
         DELETE FROM rowcast.ticks;
         DELETE FROM rowcast.pruned;
         UPDATE rowcast.meta SET epoch = gen_random_uuid();
+    -- Not visible in the last tick's snapshot: at or past its xmax, or in
+    -- progress then (its xip). Two index lookups, however far back an open
+    -- transaction holds the snapshot's xmin.
     ELSIF NOT EXISTS (
         SELECT FROM rowcast.changelog c
-        WHERE c.xid >= pg_snapshot_xmin(prev.snap) AND c.xid < pg_snapshot_xmax(cur)
-          AND NOT pg_visible_in_snapshot(c.xid, prev.snap) AND pg_visible_in_snapshot(c.xid, cur)
+        WHERE c.xid >= pg_snapshot_xmax(prev.snap) AND c.xid < pg_snapshot_xmax(cur)
+          AND pg_visible_in_snapshot(c.xid, cur)
+    ) AND NOT EXISTS (
+        SELECT FROM rowcast.changelog c
+        WHERE c.xid IN (SELECT pg_snapshot_xip(prev.snap)) AND pg_visible_in_snapshot(c.xid, cur)
     ) THEN
         RETURN NULL;
     END IF;

@@ -352,13 +352,20 @@ const (
 
 // batchSQL reads the batches of the ticks after $1 (at most $2): per tick,
 // the rows of the transactions visible in its snapshot and not in the
-// previous tick's, transactions ordered by the highest id each wrote, a
-// transaction's rows by id.
+// previous tick's (at or past that one's xmax, or in progress then: its
+// xip), transactions ordered by the highest id each wrote, a transaction's
+// rows by id. The two parts are index lookups however far back an open
+// transaction holds the snapshots' xmin, and they do not overlap.
 const batchSQL = `select t.tick, max(c.id) over (partition by t.tick, c.xid) as tx, coalesce(c.origin_at, t.at), ` + Columns + `
 from rowcast.ticks t
 join rowcast.ticks p on p.tick = t.tick - 1
-join rowcast.changelog c on c.xid >= pg_snapshot_xmin(p.snap) and c.xid < t.snap_xmax
-  and not pg_visible_in_snapshot(c.xid, p.snap) and pg_visible_in_snapshot(c.xid, t.snap)
+cross join lateral (
+    select * from rowcast.changelog c
+    where c.xid >= pg_snapshot_xmax(p.snap) and c.xid < t.snap_xmax and pg_visible_in_snapshot(c.xid, t.snap)
+    union all
+    select * from rowcast.changelog c
+    where c.xid in (select pg_snapshot_xip(p.snap)) and pg_visible_in_snapshot(c.xid, t.snap)
+) c
 where t.tick > $1 and t.tick <= $1 + $2
 order by t.tick, tx, c.id`
 
