@@ -394,7 +394,12 @@ func (s *Session) sendEventLocked(ev *relay.Event) {
 	}
 }
 
+// EpochLocked returns the history epoch of the session's position.
+func (s *Session) EpochLocked() string { return s.epoch }
+
 // PositionLocked returns the session's position: everything it was sent.
+// Inside the handler's EventLocked it is the event's own position, the
+// same for every session of the epoch.
 func (s *Session) PositionLocked() string {
 	return relay.EncodePosition(s.epoch, s.last)
 }
