@@ -105,6 +105,15 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	// A tick commits durably on this server before anyone reads it, and
 	// never waits for a synchronous standby (which may be down).
 	cc.RuntimeParams["synchronous_commit"] = "local"
+	// The ticker lock goes with this connection's backend: a connection
+	// that went silent (a half-open TCP connection) must not keep it, and
+	// with it every relay's ticks, for the hours the kernels' defaults
+	// would take to notice. The server drops it after about 20 s without
+	// an answer from this side.
+	cc.RuntimeParams["tcp_keepalives_idle"] = "5"
+	cc.RuntimeParams["tcp_keepalives_interval"] = "5"
+	cc.RuntimeParams["tcp_keepalives_count"] = "3"
+	cc.RuntimeParams["tcp_user_timeout"] = "20000"
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return false, fmt.Errorf("ticker connect: %w", err)
@@ -164,7 +173,12 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			}
 		}
 		var tick *int64
-		if err := conn.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
+		// A tick that does not answer in time is a connection gone silent:
+		// give it up (and the lock with it) rather than wait.
+		tctx, cancel := context.WithTimeout(ctx, tickTimeout)
+		err := conn.QueryRow(tctx, "select rowcast.tick()").Scan(&tick)
+		cancel()
+		if err != nil {
 			return ticked, fmt.Errorf("ticker tick: %w", err)
 		}
 		if tick != nil {
@@ -189,6 +203,9 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		timer.Reset(interval)
 	}
 }
+
+// tickTimeout bounds one call of rowcast.tick().
+const tickTimeout = 30 * time.Second
 
 // idleBeforeArming is how many empty looks in a row make the ticker ask
 // for the doorbell again (about 30ms at the default rhythm).
