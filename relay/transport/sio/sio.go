@@ -89,6 +89,7 @@ type Options struct {
 // Server is the /socket.io/ endpoint. It implements http.Handler.
 type Server struct {
 	t              *session.Transport
+	frames         session.FrameCache // frames must not be modified once written
 	pingInterval   time.Duration
 	pingTimeout    time.Duration
 	connectTimeout time.Duration
@@ -473,11 +474,14 @@ func (c *conn) EventLocked(ev *relay.Event) []byte {
 	if (c.state != stateConnected && c.state != stateConnecting) || reserved(ev.Name) {
 		return nil
 	}
-	data := ev.Data
-	if ev.Kind == relay.KindResync {
-		data = resyncData(data)
-	}
-	return eventFrame(ev.Name, data, c.s.PositionLocked())
+	return c.srv.frames.Get(ev, c.s.EpochLocked(), func() []byte {
+		data := ev.Data
+		if ev.Kind == relay.KindResync {
+			data = resyncData(data)
+		}
+		// The event's own position: the same for every session.
+		return eventFrame(ev.Name, data, c.s.PositionLocked())
+	})
 }
 
 // ResyncLocked sends the resync event; when it ends a recovery attempt the

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -47,30 +46,7 @@ type Options struct {
 type Server struct {
 	t      *session.Transport
 	grace  time.Duration
-	frames frameCache
-}
-
-// frameCache holds the frame of the event delivered last. A position is
-// the same for every session (the event's place in the global order), so
-// an event's frame is too: the hub hands one event to its sessions one
-// after another, and all but the first reuse the frame. Holding the event
-// keeps it alive, so its address cannot stand for another event.
-type frameCache struct {
-	mu    sync.Mutex
-	ev    *relay.Event
-	epoch string
-	frame []byte
-}
-
-// get returns the frame of ev in epoch, building it with build when the
-// cache holds another. Frames are never modified once built.
-func (c *frameCache) get(ev *relay.Event, epoch string, build func() []byte) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.ev != ev || c.epoch != epoch {
-		c.ev, c.epoch, c.frame = ev, epoch, build()
-	}
-	return c.frame
+	frames session.FrameCache
 }
 
 // New returns a Server on a new session.Transport. Close it with Drain.
@@ -330,7 +306,7 @@ func (c *conn) EventLocked(ev *relay.Event) []byte {
 	if ev.Kind == relay.KindResync {
 		return ev.Data
 	}
-	return c.srv.frames.get(ev, c.s.EpochLocked(), func() []byte {
+	return c.srv.frames.Get(ev, c.s.EpochLocked(), func() []byte {
 		pos := c.s.PositionLocked() // the event's own: the same for every session
 		frame := make([]byte, 0, 48+len(ev.Name)+len(pos)+len(ev.Data))
 		frame = append(frame, `{"type":"event","event":`...)
