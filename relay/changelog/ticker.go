@@ -14,7 +14,9 @@ import (
 type TickerOptions struct {
 	// PollMin is how often the ticker looks for new commits while they
 	// come (default 2ms); PollMax how far it backs off when idle (default
-	// 1s). The doorbell wakes it at once when it is idle.
+	// 250ms). The doorbell wakes it at once when it is idle; PollMax bounds
+	// the wait of a commit whose writer looked at the bell just before the
+	// ticker armed it (and so did not ring).
 	PollMin, PollMax time.Duration
 	// Listen wakes the ticker on the writers' doorbell (the installed
 	// capture must ring it: capture.notify).
@@ -48,7 +50,7 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 		o.PollMin = 2 * time.Millisecond
 	}
 	if o.PollMax <= 0 {
-		o.PollMax = time.Second
+		o.PollMax = 250 * time.Millisecond
 	}
 	o.PollMax = max(o.PollMax, o.PollMin)
 	if o.Retry <= 0 {
