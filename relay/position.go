@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -28,25 +29,15 @@ func TickEnd(tick int64) Pos { return Pos{Tick: tick, Tx: math.MaxInt64, ID: mat
 func (p Pos) Compare(q Pos) int {
 	switch {
 	case p.Tick != q.Tick:
-		return cmp64(p.Tick, q.Tick)
+		return cmp.Compare(p.Tick, q.Tick)
 	case p.Tx != q.Tx:
-		return cmp64(p.Tx, q.Tx)
+		return cmp.Compare(p.Tx, q.Tx)
 	}
-	return cmp64(p.ID, q.ID)
+	return cmp.Compare(p.ID, q.ID)
 }
 
 // Complete reports whether p stands for the end of its tick.
 func (p Pos) Complete() bool { return p.Tx == math.MaxInt64 && p.ID == math.MaxInt64 }
-
-func cmp64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 // MaxPos returns the later of p and q.
 func MaxPos(p, q Pos) Pos {

@@ -143,10 +143,12 @@ DROP FUNCTION IF EXISTS rowcast.mark();
 DROP TABLE IF EXISTS rowcast.streams;
 DROP TABLE IF EXISTS rowcast.boot;
 
--- rowcast.ring() is called by a capture function once per transaction (a
+-- rowcast.ring() rings the writers' doorbell, once per transaction (a
 -- transaction-local setting remembers it, and is rolled back with a
--- savepoint just as the notification is). When the ticker asked for it, it
--- rings the doorbell: a notification sent at commit.
+-- savepoint just as the notification is), when the ticker asked for it: a
+-- notification sent at commit. truncated() calls it; the generated capture
+-- functions inline the same lines (triggers.ringSQL), which spares a
+-- function call per change.
 CREATE OR REPLACE FUNCTION rowcast.ring() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN

@@ -3,6 +3,7 @@ package changelog_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,7 +113,7 @@ func TestPrunerDefaults(t *testing.T) {
 // on from the latest tick.
 func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	d := newDB(t)
-	rec := newRecorder()
+	rec := &gatedSink{recorder: newRecorder(), entered: make(chan struct{}), gate: make(chan struct{})}
 	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -120,11 +121,12 @@ func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	<-tl.Ready()
 	epoch := d.queryText("select epoch::text from rowcast.meta")
-	// Once the tail has read this, it polls again only when poked.
+	// The tail reads this and then waits in the sink, inside its poll,
+	// until the ticks after it were recorded and pruned.
 	d.exec("insert into items (id, team_id) values (0, 7)")
 	d.tick()
 	tl.Poke()
-	rec.waitChanges(t, 1)
+	<-rec.entered
 
 	for i := 1; i <= 3; i++ {
 		d.exec("insert into items (id, team_id) values ($1, 7)", i)
@@ -133,6 +135,7 @@ func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	if _, err := (&changelog.Pruner{Pool: d.pool, Retention: -time.Hour}).Prune(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	close(rec.gate)
 	tl.Poke()
 	deadline := time.After(10 * time.Second)
 	for {
@@ -154,4 +157,19 @@ func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	if got := rec.changes(); len(got) != 1 {
 		t.Errorf("changes handed on from a history with a gap:\n%s", describe(got))
 	}
+}
+
+// gatedSink holds the first transaction with changes it is handed until
+// gate is closed, having closed entered.
+type gatedSink struct {
+	*recorder
+	entered, gate chan struct{}
+	once          sync.Once
+}
+
+func (s *gatedSink) Txn(txn *relay.Txn) {
+	if len(txn.Changes) > 0 {
+		s.once.Do(func() { close(s.entered); <-s.gate })
+	}
+	s.recorder.Txn(txn)
 }

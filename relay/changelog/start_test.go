@@ -63,15 +63,16 @@ func TestTickCoversOnlyDurableCommits(t *testing.T) {
 	})
 	s := &flushSink{recorder: newRecorder(), conn: connect(t, d.url), known: make(chan struct{}), flushed: make(chan error, 1)}
 	d.tailInto(s)
-	w := connect(t, d.url)
-	if _, err := w.Exec(t.Context(), "insert into items (id, team_id) values (1, 7)"); err != nil {
+	// The insert position read inside the writer's transaction, after its
+	// change: past the change's WAL, before its commit record. (Read after
+	// the commit it could include WAL others wrote since, which nothing
+	// asked to flush.) Unflushed, the change's own WAL is behind it too.
+	tx := d.begin()
+	txExec(t, tx, "insert into items (id, team_id) values (1, 7)")
+	if err := tx.QueryRow(t.Context(), "select pg_current_wal_insert_lsn()::text").Scan(&s.lsn); err != nil {
 		t.Fatal(err)
 	}
-	// Read on the writer's connection after its commit: at or past the
-	// commit record.
-	if err := w.QueryRow(t.Context(), "select pg_current_wal_insert_lsn()::text").Scan(&s.lsn); err != nil {
-		t.Fatal(err)
-	}
+	commit(t, tx)
 	close(s.known)
 	if err := <-s.flushed; err != nil {
 		t.Fatal(err)

@@ -106,17 +106,31 @@ func (c *Tail) Connected() bool { return c.connected.Load() }
 // rowcast schema is missing).
 func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
 	st := &state{}
-	backoff := 100 * time.Millisecond
-	for {
+	return reconnecting(ctx, c.o.Logger, "capture", func() (bool, error) {
 		err := c.session(ctx, sink, st)
 		c.setConnected(false)
+		progressed := st.progressed
+		st.progressed = false
+		return progressed, err
+	})
+}
+
+// reconnecting runs attempt (one connected period) again and again until
+// ctx ends or it fails with errNoSchema, which retrying cannot fix; it
+// returns ctx's error or that one. After every other failure it logs it as
+// what's and waits, with exponential backoff from 100ms capped at 5s, back
+// to 100ms after an attempt that made progress.
+func reconnecting(ctx context.Context, log *slog.Logger, what string, attempt func() (progressed bool, err error)) error {
+	backoff := 100 * time.Millisecond
+	for {
+		progressed, err := attempt()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if errors.Is(err, errNoSchema) {
 			return err
 		}
-		c.o.Logger.Warn("capture lost the database; reconnecting", "err", err, "retry_in", backoff)
+		log.Warn(what+" lost the database; reconnecting", "err", err, "retry_in", backoff)
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -124,9 +138,8 @@ func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		if st.progressed {
+		if progressed {
 			backoff = 100 * time.Millisecond
-			st.progressed = false
 		} else {
 			backoff = min(backoff*2, 5*time.Second)
 		}

@@ -2,7 +2,6 @@ package changelog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -70,29 +69,7 @@ const tickerLock = "select pg_try_advisory_lock(hashtext('rowcast.ticker'))"
 // close the connections and are retried with capped exponential backoff
 // (the lock goes with the connection, so another relay may take over).
 func (t *Ticker) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		ticked, err := t.hold(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, errNoSchema) {
-			return err
-		}
-		t.o.Logger.Warn("ticker lost the database; reconnecting", "err", err, "retry_in", backoff)
-		timer := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return ctx.Err()
-		case <-timer.C:
-		}
-		if ticked {
-			backoff = 100 * time.Millisecond
-		} else {
-			backoff = min(backoff*2, 5*time.Second)
-		}
-	}
+	return reconnecting(ctx, t.o.Logger, "ticker", func() (bool, error) { return t.hold(ctx) })
 }
 
 // hold runs one connected period: it waits for the lock, then ticks. It
