@@ -247,12 +247,22 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 		}
 		// The added streams' events flow from the hub's head at their
 		// subscription on: the position the session has is one point in
-		// the global order, so it stays valid.
+		// the global order, so it stays valid. The session takes the new
+		// streams before it subscribes to them, so that none of their
+		// events is dropped as not its own.
 		s.t.o.Hub.Unsubscribe(s, gone)
-		s.t.o.Hub.Subscribe(s, added)
 		s.mu.Lock()
 		s.streams = newStreams
 		s.mu.Unlock()
+		s.t.o.Hub.Subscribe(s, added)
+		s.mu.Lock()
+		left := !s.subscribed
+		s.mu.Unlock()
+		if left {
+			// It stopped or closed meanwhile, leaving what it followed
+			// then: leave the added streams too.
+			s.t.o.Hub.Unsubscribe(s, added)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
