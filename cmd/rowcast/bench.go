@@ -34,6 +34,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	writers := fs.Int("writers", 4, "concurrent writer connections")
 	mode := fs.String("mode", config.ModeTrigger, "rowcast capture mode: trigger or logical")
 	notify := fs.Bool("notify", true, "ring the LISTEN doorbell at commit (false: adaptive polling only; trigger mode)")
+	stages := fs.Bool("stages", false, "also report where rowcast's latency goes up to the tick: source commit → changelog write (logical mode) and write → tick (adds a timestamp column to the benchmark's changelog)")
 	baseline := fs.String("baseline", "", `also measure a baseline in the same invocation: "notify" (a pg_notify trigger and one LISTEN connection forwarding to sockets)`)
 	queue := fs.Int("queue", 4096, "outgoing frames queued per session, both relays")
 	if fs.Parse(args) != nil {
@@ -73,6 +74,11 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := installDemo(ctx, cfg); err != nil {
 		return fail(err)
 	}
+	if *stages {
+		if err := execSQL(ctx, url, stagesColumn); err != nil {
+			return fail(err)
+		}
+	}
 	rc, err := latencyRun(ctx, pg, url, spec, *sessions, func() (loadTarget, func(), error) {
 		r, stop, err := startBenchRelay(ctx, cfg)
 		if err != nil {
@@ -84,6 +90,11 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(fmt.Errorf("rowcast: %w", err))
 	}
 	printLatency(stdout, "rowcast "+*mode, rc)
+	if *stages {
+		if err := printStages(ctx, url, stdout); err != nil {
+			return fail(err)
+		}
+	}
 	fmt.Fprintf(stdout, "  load average %s after the run\n", loadAverage())
 	code := exitOK
 	if rc.delivered < rc.expected {
@@ -172,4 +183,39 @@ func execSQL(ctx context.Context, url, sql string) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	_, err = conn.Exec(ctx, sql)
 	return err
+}
+
+// stagesColumn records when each changelog row was written, for
+// printStages: in trigger mode inside the writer's transaction, in logical
+// mode when the slot holder applies it.
+const stagesColumn = "alter table rowcast.changelog add column bench_at timestamptz default clock_timestamp()"
+
+// stagesSQL measures, over 400 random transactions of the changelog, the
+// time from the source commit to the changelog write (logical mode: origin_at
+// is the source commit time) and from the write to the first tick whose
+// snapshot shows it.
+const stagesSQL = `with s as (select xid, min(origin_at) o, min(bench_at) b from rowcast.changelog group by xid order by random() limit 400),
+v as (select s.*, (select min(t.at) from rowcast.ticks t where t.at >= s.b and pg_visible_in_snapshot(s.xid, t.snap)) t from s)
+select percentile_cont(array[0.5, 0.9, 0.99]) within group (order by extract(epoch from b - o) * 1000),
+       percentile_cont(array[0.5, 0.9, 0.99]) within group (order by extract(epoch from t - b) * 1000) from v`
+
+// printStages prints where a run's latency went up to the tick, from the
+// column stagesColumn added.
+func printStages(ctx context.Context, url string, w io.Writer) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("stages: %w", err)
+	}
+	defer conn.Close(ctx)
+	var written, ticked []float64
+	if err := conn.QueryRow(ctx, stagesSQL).Scan(&written, &ticked); err != nil {
+		return fmt.Errorf("stages: %w", err)
+	}
+	if written != nil {
+		fmt.Fprintf(w, "  source commit → changelog write: p50 %.2fms  p90 %.2fms  p99 %.2fms (decoding, the slot holder's group commit)\n", written[0], written[1], written[2])
+	}
+	if ticked != nil {
+		fmt.Fprintf(w, "  changelog write → tick:          p50 %.2fms  p90 %.2fms  p99 %.2fms\n", ticked[0], ticked[1], ticked[2])
+	}
+	return nil
 }

@@ -357,6 +357,9 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
 		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
+	if a.h.o.Doorbell != "" {
+		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
+	}
 	if err := a.send(ctx); err != nil {
 		return 0, err
 	}

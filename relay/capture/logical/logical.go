@@ -56,11 +56,17 @@ type Options struct {
 	Batch int
 	// GroupRows and GroupDelay bound a group commit: consecutive source
 	// transactions are written in one database transaction until it holds
-	// GroupRows changes (default 5000) or is GroupDelay old (default 20ms),
+	// GroupRows changes (default 5000) or is GroupDelay old (default 5ms),
 	// or the stream pauses for a millisecond.
 	GroupRows  int
 	GroupDelay time.Duration
-	Logger     *slog.Logger
+	// Doorbell, when not empty, is the channel each group commit notifies
+	// (changelog.Channel; payload "logical"), so that the changelog's ticker, wherever it
+	// runs, ticks at once instead of at its next look: without it the
+	// ticker finds the holder's writes only when it polls, and it backs off
+	// between the holder's group commits.
+	Doorbell string
+	Logger   *slog.Logger
 	// OnHolder is called with true when this replica takes the slot and
 	// false when it lets it go.
 	OnHolder func(bool)
@@ -154,7 +160,7 @@ func New(o Options) *Holder {
 		o.GroupRows = 5000
 	}
 	if o.GroupDelay <= 0 {
-		o.GroupDelay = 20 * time.Millisecond
+		o.GroupDelay = 5 * time.Millisecond
 	}
 	if o.Failures <= 0 {
 		o.Failures = 3

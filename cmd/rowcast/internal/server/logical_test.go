@@ -22,6 +22,7 @@ import (
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )
@@ -164,6 +165,37 @@ func TestLogicalIdleSlotAdvances(t *testing.T) {
 		case <-tick.C:
 		case <-deadline:
 			t.Fatalf("the idle slot's confirmed position never reached %s", target)
+		}
+	}
+}
+
+// TestLogicalHolderRingsTheTicker: each group commit of the slot holder
+// rings the ticker's doorbell, whether or not the ticker asked for it (it
+// stops asking while changes flow), so the ticker records the holder's
+// writes at once instead of at its next look.
+func TestLogicalHolderRingsTheTicker(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "listen "+changelog.Channel); err != nil {
+		t.Fatal(err)
+	}
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'rung')")
+	c.event("lead:created")
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatalf("no notification from the holder's group commit: %v", err)
+		}
+		if n.Payload == "logical" {
+			return
 		}
 	}
 }

@@ -137,12 +137,17 @@ func New(o Options) (*Relay, error) {
 			return nil, fmt.Errorf("server: database url: %w", err)
 		}
 		rcfg := logical.ReplicationConfig(&dbcfg.Config)
+		doorbell := ""
+		if notify {
+			doorbell = changelog.Channel
+		}
 		r.holder = logical.New(logical.Options{
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
 			Retry: o.LogicalRetry, ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
-			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
+			Doorbell: doorbell,
+			Connect:  func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
 			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
 				return pgconn.ConnectConfig(ctx, rcfg)
 			},
