@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -30,8 +31,9 @@ func (s fanoutStep) ok(limit time.Duration) bool {
 
 // runBenchFanout measures fan-out: many sessions of one team, the write rate
 // stepped down (×--step from --rate) until a step delivers every event to
-// every session with p99 under --p99; that step's deliveries per second is
-// the result. Every step connects its sessions afresh, so a slow step's
+// every session with p99 under --p99, then refined by --refine bisections
+// between that rate and the failed one above it; the best passing step's
+// deliveries per second is the result. Every step connects its sessions afresh, so a slow step's
 // backlog (or a session closed as a slow consumer) does not carry over. With
 // --baseline notify the floor relay is stepped the same way in the same
 // invocation.
@@ -48,6 +50,7 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	mode := fs.String("mode", config.ModeTrigger, "rowcast capture mode: trigger or logical")
 	baseline := fs.String("baseline", "", `also step a baseline in the same invocation: "notify" (the floor relay)`)
 	queue := fs.Int("queue", 1024, "outgoing frames queued per session, both relays")
+	refine := fs.Int("refine", 3, "bisections between the first passing rate and the failed one above it (each a step)")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
@@ -58,8 +61,8 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	if *baseline != "" && *baseline != "notify" {
 		return fail(errors.New(`--baseline must be "notify" or empty`))
 	}
-	if *step <= 0 || *step >= 1 || *startRate <= 0 || *sessions < 1 {
-		return fail(errors.New("--step must be in (0, 1); --rate and --sessions positive"))
+	if *step <= 0 || *step >= 1 || *startRate <= 0 || *sessions < 1 || *refine < 0 {
+		return fail(errors.New("--step must be in (0, 1); --rate and --sessions positive; --refine not negative"))
 	}
 	pg, err := benchServer(ctx, false)
 	if err != nil {
@@ -68,7 +71,7 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	defer pg.Close()
 	fmt.Fprintf(stdout, "bench fanout: %d sessions of one team, %.0f writes/s ×%.2f per step, %v per step, pass: none lost and p99 < %v; rowcast %s mode\n",
 		*sessions, *startRate, *step, time.Duration(*seconds*float64(time.Second)), *limit, *mode)
-	stepper := fanoutStepper{pg: pg, sessions: *sessions, start: *startRate, step: *step, min: *minRate,
+	stepper := fanoutStepper{pg: pg, sessions: *sessions, start: *startRate, step: *step, min: *minRate, refine: *refine,
 		seconds: *seconds, limit: *limit, drain: *drain, writers: *writers, out: stdout}
 
 	url, err := setupLoadDB(ctx, pg, "fanout_rowcast", 1)
@@ -136,13 +139,16 @@ type fanoutStepper struct {
 	pg                *pgembed.Server
 	sessions, writers int
 	start, step, min  float64
+	refine            int
 	seconds           float64
 	limit, drain      time.Duration
 	out               io.Writer
 }
 
-// run steps t's rate down until a step passes and returns that step, or nil
-// when the rate fell below the minimum first.
+// run steps t's rate down until a step passes, refines it by bisection
+// (fs.refine steps between the passing rate and the failed one above it,
+// geometrically) and returns the best passing step, or nil when the rate
+// fell below the minimum first.
 func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fanoutStep, error) {
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
@@ -152,15 +158,15 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 	fmt.Fprintf(fs.out, "\n%s:\n%10s %10s %12s %10s %10s %10s %10s %14s\n", t.name, "target/s", "wrote/s", "delivered", "lost", "p50", "p99", "max", "deliveries/s")
 	seen0 := t.seen()
 	var base int64
-	for rate := fs.start; rate >= fs.min; rate *= fs.step {
+	try := func(rate float64) (fanoutStep, error) {
 		spec := loadSpec{teams: 1, writes: max(1, int(rate*fs.seconds)), writers: fs.writers, perSec: rate, base: base, drain: fs.drain}
 		ss, err := dialSessions(ctx, t, fs.sessions, 1)
 		if err != nil {
-			return nil, err
+			return fanoutStep{}, err
 		}
 		res, err := runLoad(ctx, pool, nil, t, ss, spec)
 		if err != nil {
-			return nil, err
+			return fanoutStep{}, err
 		}
 		base += int64(spec.writes)
 		s := fanoutStep{rate: rate, res: res}
@@ -174,18 +180,48 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 		// Before the next step: the relay has dropped this step's sessions
 		// (file descriptors) and read every change written so far.
 		if err := waitFor(ctx, time.Minute, t.name+" sessions closed", func() bool { return t.sessions() == 0 }); err != nil {
-			return nil, err
+			return fanoutStep{}, err
 		}
 		if err := waitFor(ctx, 5*time.Minute, t.name+" caught up", func() bool { return t.seen()-seen0 >= base }); err != nil {
+			return fanoutStep{}, err
+		}
+		return s, nil
+	}
+	var best *fanoutStep
+	failed := 0.0 // the lowest failed rate above best
+	for rate := fs.start; rate >= fs.min; rate *= fs.step {
+		s, err := try(rate)
+		if err != nil {
 			return nil, err
 		}
 		if s.ok(fs.limit) {
-			fmt.Fprintf(fs.out, "load average %s\n", loadAverage())
-			fmt.Fprintf(fs.out, "%s sustains %.0f deliveries/s (%.1f writes/s written × %d sessions)\n",
-				t.name, s.deliveriesPerSec(), float64(res.writes)/res.wrote.Seconds(), fs.sessions)
-			return &s, nil
+			best = &s
+			break
+		}
+		failed = rate
+	}
+	if best == nil {
+		fmt.Fprintf(fs.out, "%s: no step passed down to %.1f writes/s\n", t.name, fs.min)
+		return nil, nil
+	}
+	passed := best.rate // the highest passing rate
+	for i := 0; i < fs.refine && failed > 0; i++ {
+		rate := math.Sqrt(passed * failed)
+		s, err := try(rate)
+		if err != nil {
+			return nil, err
+		}
+		if s.ok(fs.limit) {
+			passed = rate
+			if s.deliveriesPerSec() > best.deliveriesPerSec() {
+				best = &s
+			}
+		} else {
+			failed = rate
 		}
 	}
-	fmt.Fprintf(fs.out, "%s: no step passed down to %.1f writes/s\n", t.name, fs.min)
-	return nil, nil
+	fmt.Fprintf(fs.out, "load average %s\n", loadAverage())
+	fmt.Fprintf(fs.out, "%s sustains %.0f deliveries/s (%.1f writes/s written × %d sessions)\n",
+		t.name, best.deliveriesPerSec(), float64(best.res.writes)/best.res.wrote.Seconds(), fs.sessions)
+	return best, nil
 }
