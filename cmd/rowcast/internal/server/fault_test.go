@@ -1,0 +1,423 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/rowcast/rowcast/config"
+)
+
+// The fault tests run writers that bump the versions of hot rows in two
+// teams while a fault hits, with sessions that reconnect the way the
+// browser client does (with since=their last position, again and again
+// while the relay refuses). The oracle: every session sees each row's
+// versions 2, 3, …, N exactly once and in order, or an explicit resync
+// after which the row's versions go on from a later one, contiguous again;
+// and never a version the database does not have (a commit a crash
+// forgot).
+
+// faultSession is one oracle session: a client that reconnects with its
+// last position after every drop.
+type faultSession struct {
+	e     *env
+	news  chan<- struct{} // signalled (without blocking) after each frame
+	tok   string
+	teams []int
+	rows  []string // the hot rows of its teams
+
+	mu         sync.Mutex
+	seen       map[string][]int // versions per row; 0 marks a resync
+	last       string           // position of the last event processed
+	resyncs    int
+	reconnects int
+}
+
+// run reads from c until ctx ends, reconnecting after drops; it returns
+// ctx's error, or the error that made a reconnect impossible within a
+// minute.
+func (s *faultSession) run(ctx context.Context, c *client) error {
+	for {
+		err := s.read(ctx, c)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		s.reconnects++
+		since := s.last
+		s.mu.Unlock()
+		if c, err = s.redial(ctx, since, err); err != nil {
+			return err
+		}
+	}
+}
+
+// read processes c's frames until it fails or ctx ends.
+func (s *faultSession) read(ctx context.Context, c *client) error {
+	stop := context.AfterFunc(ctx, func() { c.drop() })
+	defer stop()
+	for {
+		f, err := c.read(time.Minute)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		switch {
+		case f.Type == "resync":
+			s.resyncs++
+			for _, id := range s.rows {
+				s.seen[id] = append(s.seen[id], 0)
+			}
+		case f.Type == "event" && f.Event == "escrow:updated":
+			w := versionWatcher{seen: s.seen}
+			w.record(f)
+		}
+		if f.Type == "event" && f.Position != "" {
+			s.last = f.Position
+		}
+		s.mu.Unlock()
+		signal(s.news)
+	}
+}
+
+// redial connects again with since (none: a fresh session), retrying every
+// 50ms for a minute while the relay refuses or is unreachable. A resync on
+// the new connection takes its welcome's position as the session's.
+func (s *faultSession) redial(ctx context.Context, since string, cause error) (*client, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		query := ""
+		if since != "" {
+			query = "since=" + since
+		}
+		c, err := s.e.dial(s.tok, query, nil)
+		if err == nil {
+			w, err := c.read(10 * time.Second)
+			if err == nil && w.Type == "welcome" {
+				if since == "" {
+					s.mu.Lock()
+					s.last = w.Position
+					s.mu.Unlock()
+					c.send(`{"type":"ping","id":0}`)
+				} else {
+					s.mu.Lock()
+					s.last = since
+					s.mu.Unlock()
+				}
+				return c, nil
+			}
+			c.drop()
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("reconnect after %v: %w", cause, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// has reports whether the session has seen version v of every row in want
+// (a row at version 1 was never updated).
+func (s *faultSession) has(want map[string]int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range s.rows {
+		got := s.seen[id]
+		if want[id] > 1 && (len(got) == 0 || got[len(got)-1] < want[id]) {
+			return false
+		}
+	}
+	return true
+}
+
+// check applies the oracle to what the session saw, final being each row's
+// version in the database at the end.
+func (s *faultSession) check(final map[string]int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range s.rows {
+		got := s.seen[id]
+		prev, resynced := 1, false
+		for _, v := range got {
+			switch {
+			case v == 0:
+				resynced = true
+			case v > final[id]:
+				return fmt.Errorf("escrow %s: saw version %d, the database has %d (a forgotten commit): %v", id, v, final[id], got)
+			case resynced && v > prev, v == prev+1:
+				prev, resynced = v, false
+			default:
+				return fmt.Errorf("escrow %s: version %d after %d (a gap, repeat or step back): %v", id, v, prev, got)
+			}
+		}
+		if prev != final[id] && final[id] > 1 {
+			return fmt.Errorf("escrow %s: last version seen %d, the database has %d: %v", id, prev, final[id], got)
+		}
+	}
+	return nil
+}
+
+// faultLoad is hot rows, writers bumping them and oracle sessions, on a
+// relay of its own.
+type faultLoad struct {
+	t        *testing.T
+	e        *env
+	ids      map[int][]string // team → hot escrow ids
+	sessions []*faultSession
+	writers  *pgxpool.Pool
+	commits  atomic.Int64
+	news     chan struct{}      // signalled after each commit and each frame read
+	halt     atomic.Bool        // the writers stop before their next transaction
+	stop     context.CancelFunc // ends the sessions
+	wg       errgroup.Group     // the sessions
+	stopW    context.CancelFunc // ends the writers
+	wgW      errgroup.Group     // the writers
+}
+
+// signal signals c without blocking.
+func signal(c chan<- struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// await waits until cond holds, rechecking after each signal on l.news,
+// and fails the test after limit.
+func (l *faultLoad) await(limit time.Duration, what string, cond func() bool) {
+	l.t.Helper()
+	timeout := time.After(limit)
+	for !cond() {
+		select {
+		case <-l.news:
+		case <-time.After(100 * time.Millisecond): // a signal taken by an earlier wait
+		case <-timeout:
+			l.t.Fatalf("%s: not within %v", what, limit)
+		}
+	}
+}
+
+// startFaultLoad starts a relay (tweak adjusts its configuration), creates
+// four hot rows per team in teams 1 and 2, connects three oracle sessions
+// (team 1, team 2, both) and starts n writers: each commit bumps one row,
+// or one row of each team (a third of them); writeCfg adjusts the writers'
+// connections. Writers retry while the database is away.
+func startFaultLoad(t *testing.T, tweak func(*config.Config), n int, writeCfg func(*pgxpool.Config)) *faultLoad {
+	e := startRelay(t, func(c *config.Config) {
+		// The sessions read every version of hot rows while the writers
+		// run flat out: a queue that holds a burst keeps these tests about
+		// their faults, not about slow consumers (4008 has its own tests).
+		c.Sessions.QueueSize = 1 << 16
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	ctx := context.Background()
+	l := &faultLoad{t: t, e: e, ids: map[int][]string{}, news: make(chan struct{}, 1)}
+	for team := 1; team <= 2; team++ {
+		for range 4 {
+			var id int64
+			if err := e.db.QueryRow(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
+				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			l.ids[team] = append(l.ids[team], fmt.Sprint(id))
+		}
+	}
+	for i, teams := range [][]int{{1}, {2}, {1, 2}} {
+		s := &faultSession{e: e, news: l.news, tok: userToken(t, fmt.Sprint(i+1), teams...), teams: teams, seen: map[string][]int{}}
+		for _, team := range teams {
+			s.rows = append(s.rows, l.ids[team]...)
+		}
+		l.sessions = append(l.sessions, s)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	l.stop = stop
+	for _, s := range l.sessions {
+		// Connected before the first write: every update is after the
+		// position the session starts from.
+		c, err := s.redial(sctx, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.wg.Go(func() error {
+			if err := s.run(sctx, c); err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		})
+	}
+	t.Cleanup(func() {
+		stop()
+		_ = l.wg.Wait()
+	})
+
+	wcfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wcfg.MaxConns = int32(n)
+	if writeCfg != nil {
+		writeCfg(wcfg)
+	}
+	l.writers, err = pgxpool.NewWithConfig(ctx, wcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.writers.Close)
+	wctx, stopW := context.WithCancel(ctx)
+	l.stopW = stopW
+	for w := range n {
+		l.wgW.Go(func() error { return l.write(wctx, uint64(w)) })
+	}
+	t.Cleanup(l.stopWriters)
+	return l
+}
+
+// write bumps hot rows until ctx ends; failed commits (the database away)
+// are retried after a pause.
+func (l *faultLoad) write(ctx context.Context, seed uint64) error {
+	rnd := rand.New(rand.NewPCG(seed, 12))
+	for ctx.Err() == nil && !l.halt.Load() {
+		a := l.ids[1+rnd.IntN(2)][rnd.IntN(4)]
+		ids := []string{a}
+		if rnd.IntN(3) == 0 {
+			ids = []string{l.ids[1][rnd.IntN(4)], l.ids[2][rnd.IntN(4)]}
+		}
+		err := pgx.BeginFunc(ctx, l.writers, func(tx pgx.Tx) error {
+			for _, id := range ids {
+				if _, err := tx.Exec(ctx, "update escrows set version = version + 1 where id = $1", id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
+		}
+		l.commits.Add(1)
+		signal(l.news)
+	}
+	return nil
+}
+
+// stopWriters stops the writers after their transactions in flight and
+// waits for them: nothing commits after it returns.
+func (l *faultLoad) stopWriters() {
+	l.halt.Store(true)
+	_ = l.wgW.Wait()
+	l.stopW()
+}
+
+// waitCommits returns once the writers committed n more transactions.
+func (l *faultLoad) waitCommits(n int64) {
+	l.t.Helper()
+	target := l.commits.Load() + n
+	l.await(time.Minute, fmt.Sprintf("%d commits", n), func() bool { return l.commits.Load() >= target })
+}
+
+// finish stops the writers, waits until every session has seen each row's
+// final version (or a minute passed) and applies the oracle.
+func (l *faultLoad) finish() {
+	l.t.Helper()
+	ctx := context.Background()
+	// Only the writers stop here; the sessions go on reading.
+	l.stopWriters()
+	final := map[string]int{}
+	rows, err := l.e.db.Query(ctx, "select id::text, version from escrows where property_address = 'hot'")
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var id string
+	var v int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { final[id] = v; return nil }); err != nil {
+		l.t.Fatal(err)
+	}
+	l.await(time.Minute, "every session at every row's final version", func() bool {
+		for _, s := range l.sessions {
+			if !s.has(final) {
+				return false
+			}
+		}
+		return true
+	})
+	l.stop()
+	if err := l.wg.Wait(); err != nil {
+		l.t.Fatal(err)
+	}
+	total := 0
+	for i, s := range l.sessions {
+		if err := s.check(final); err != nil {
+			l.t.Errorf("session %d (teams %v, %d reconnects, %d resyncs): %v", i, s.teams, s.reconnects, s.resyncs, err)
+		}
+		total += s.reconnects
+	}
+	var versions []int
+	for _, v := range final {
+		versions = append(versions, v)
+	}
+	slices.Sort(versions)
+	l.t.Logf("%d commits; final versions %v; %d reconnects", l.commits.Load(), versions, total)
+}
+
+// restartModes are the capture modes the fault tests run in.
+var restartModes = []struct {
+	name  string
+	tweak func(*config.Config)
+}{{"trigger", nil}, {"logical", logicalMode}}
+
+// TestFaultPostgresRestart: PostgreSQL stopped fast (clients disconnected,
+// a checkpoint) or immediately (a crash: recovery from the WAL, and with
+// synchronous_commit off the last acknowledged commits forgotten) while 8
+// writers commit, then started again; in both capture modes, with the
+// writers' synchronous_commit on and off. The oracle holds for every
+// session.
+func TestFaultPostgresRestart(t *testing.T) {
+	for _, mode := range restartModes {
+		for _, how := range []string{"fast", "immediate"} {
+			for _, sync := range []string{"on", "off"} {
+				t.Run(mode.name+"/"+how+"/synchronous_commit="+sync, func(t *testing.T) {
+					l := startFaultLoad(t, mode.tweak, 8, func(c *pgxpool.Config) {
+						c.ConnConfig.RuntimeParams["synchronous_commit"] = sync
+					})
+					emb := pg.Embedded()
+					if emb == nil {
+						t.Skip("outside PostgreSQL server: cannot restart it")
+					}
+					ctx := context.Background()
+					l.waitCommits(300)
+					stop := emb.Stop
+					if how == "immediate" {
+						stop = emb.Crash
+					}
+					if err := stop(ctx); err != nil {
+						t.Fatal(err)
+					}
+					if err := emb.Start(ctx); err != nil {
+						t.Fatal(err)
+					}
+					l.e.db.Reset()
+					l.waitCommits(300)
+					l.finish()
+				})
+			}
+		}
+	}
+}
