@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/pgtest"
 )
 
 // The fault tests run writers that bump the versions of hot rows in two
@@ -333,23 +335,29 @@ func (l *faultLoad) waitCommits(n int64) {
 	l.await(time.Minute, fmt.Sprintf("%d commits", n), func() bool { return l.commits.Load() >= target })
 }
 
-// finish stops the writers, waits until every session has seen each row's
-// final version (or a minute passed) and applies the oracle.
-func (l *faultLoad) finish() {
+// versions reads each hot row's version in the database.
+func (l *faultLoad) versions() map[string]int {
 	l.t.Helper()
-	ctx := context.Background()
-	// Only the writers stop here; the sessions go on reading.
-	l.stopWriters()
-	final := map[string]int{}
-	rows, err := l.e.db.Query(ctx, "select id::text, version from escrows where property_address = 'hot'")
+	out := map[string]int{}
+	rows, err := l.e.db.Query(context.Background(), "select id::text, version from escrows where property_address = 'hot'")
 	if err != nil {
 		l.t.Fatal(err)
 	}
 	var id string
 	var v int
-	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { final[id] = v; return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v}, func() error { out[id] = v; return nil }); err != nil {
 		l.t.Fatal(err)
 	}
+	return out
+}
+
+// finish stops the writers, waits until every session has seen each row's
+// final version (or a minute passed) and applies the oracle.
+func (l *faultLoad) finish() {
+	l.t.Helper()
+	// Only the writers stop here; the sessions go on reading.
+	l.stopWriters()
+	final := l.versions()
 	l.await(time.Minute, "every session at every row's final version", func() bool {
 		for _, s := range l.sessions {
 			if !s.has(final) {
@@ -420,4 +428,75 @@ func TestFaultPostgresRestart(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestFaultNetworkCut: the network between the relay and PostgreSQL (a
+// proxy on loopback) is cut silently while the writers, who reach the
+// database directly, go on: in logical mode until the server gave the
+// walsender up (wal_sender_timeout, shortened to a second), in trigger mode
+// for 300 commits; then it is restored. The oracle holds for every session.
+func TestFaultNetworkCut(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			var proxy *pgtest.Proxy
+			l := startFaultLoad(t, func(c *config.Config) {
+				if mode.tweak != nil {
+					mode.tweak(c)
+				}
+				u, err := url.Parse(c.Database.URL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if proxy, err = pgtest.NewProxy(u.Host); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = proxy.Close() })
+				u.Host = proxy.Addr()
+				c.Database.URL = u.String()
+			}, 4, nil)
+			setSystem(t, l.e, "wal_sender_timeout", "1s")
+			l.waitCommits(200)
+			proxy.Cut()
+			if mode.name == "logical" {
+				l.await(time.Minute, "the walsender given up", func() bool {
+					var n int
+					if err := l.e.db.QueryRow(context.Background(), "select count(*) from pg_stat_replication").Scan(&n); err != nil {
+						t.Fatal(err)
+					}
+					return n == 0
+				})
+			}
+			l.waitCommits(300)
+			// Nothing committed during the cut has arrived.
+			if mid := l.versions(); l.sessions[2].has(mid) {
+				t.Fatalf("a session saw versions %v written during the cut: the relay does not go through the proxy", mid)
+			}
+			proxy.Restore()
+			l.waitCommits(200)
+			l.finish()
+		})
+	}
+}
+
+// setSystem sets a server setting with ALTER SYSTEM and reloads the
+// configuration; the setting is reset when the test ends.
+func setSystem(t *testing.T, e *env, name, value string) {
+	t.Helper()
+	e.exec("alter system set " + name + " = '" + value + "'")
+	e.exec("select pg_reload_conf()")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		conn, err := pgx.Connect(ctx, e.url)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "alter system reset "+name); err != nil {
+			t.Error(err)
+		}
+		if _, err := conn.Exec(ctx, "select pg_reload_conf()"); err != nil {
+			t.Error(err)
+		}
+	})
 }
