@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -499,4 +500,127 @@ func setSystem(t *testing.T, e *env, name, value string) {
 			t.Error(err)
 		}
 	})
+}
+
+// TestFaultManyWriters: 32 writers, a third of their transactions
+// touching both teams' rows (taking the row locks in any order; deadlocks
+// are PostgreSQL's to break and are retried): no gap, no repeat, in both
+// modes.
+func TestFaultManyWriters(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 32, nil)
+			l.waitCommits(1500)
+			l.finish()
+		})
+	}
+}
+
+// TestFaultLongTransaction: a transaction of team 3 holds its xid open
+// while the writers of teams 1 and 2 go on, and their sessions keep
+// receiving; its own change reaches team 3's session once, when it commits.
+func TestFaultLongTransaction(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 4, nil)
+			ctx := context.Background()
+			l.e.exec("insert into teams (id, name) values (3, 'Three') on conflict do nothing")
+			three := l.e.connect(userToken(t, "9", 3))
+			long, err := l.e.db.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer long.Rollback(ctx)
+			if _, err := long.Exec(ctx, "insert into leads (team_id, first_name) values (3, 'long')"); err != nil {
+				t.Fatal(err)
+			}
+			// While it is open, what the others commit arrives.
+			l.waitCommits(100)
+			mid := l.versions()
+			l.await(time.Minute, "the other teams' changes while a transaction is open", func() bool { return l.sessions[2].has(mid) })
+			l.waitCommits(100)
+			if err := long.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			f := three.event("lead:created")
+			if name := f.data()["lead"].(map[string]any)["first_name"]; name != "long" {
+				t.Fatalf("team 3 got %v", name)
+			}
+			l.finish()
+			// Exactly once: the next frame team 3 gets is the marker below.
+			l.e.exec("insert into leads (team_id, first_name) values (3, 'after')")
+			if name := three.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != "after" {
+				t.Fatalf("team 3 got %v again", name)
+			}
+		})
+	}
+}
+
+// TestFaultSavepointsRolledBack: changes undone by ROLLBACK TO SAVEPOINT
+// send nothing; what the transaction kept arrives, in order.
+func TestFaultSavepointsRolledBack(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			e := startRelay(t, mode.tweak)
+			c := e.connect(userToken(t, "2", 1))
+			e.tx(func(tx pgx.Tx) error {
+				for _, sql := range []string{
+					"insert into leads (team_id, first_name) values (1, 'kept 1')",
+					"savepoint a",
+					"insert into leads (team_id, first_name) values (1, 'undone 1')",
+					"savepoint b",
+					"insert into leads (team_id, first_name) values (1, 'undone 2')",
+					"rollback to savepoint a",
+					"insert into leads (team_id, first_name) values (1, 'kept 2')",
+					"savepoint c",
+					"insert into leads (team_id, first_name) values (1, 'kept 3')",
+					"release savepoint c",
+				} {
+					if _, err := tx.Exec(context.Background(), sql); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			e.exec("insert into leads (team_id, first_name) values (1, 'marker')")
+			for _, want := range []string{"kept 1", "kept 2", "kept 3", "marker"} {
+				if name := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; name != want {
+					t.Fatalf("got %v, want %s", name, want)
+				}
+			}
+		})
+	}
+}
+
+// TestFaultTruncateCascade: TRUNCATE … CASCADE of a captured table sends
+// a resync for it and for every captured table the cascade emptied, in both
+// modes, and events go on after it.
+func TestFaultTruncateCascade(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			e := startRelay(t, mode.tweak)
+			c := e.connect(userToken(t, "2", 1))
+			e.exec("truncate clients cascade")
+			e.exec("insert into leads (team_id, first_name) values (1, 'marker')")
+			got := map[string]bool{}
+			for {
+				f := c.next()
+				if f.Type == "event" && f.Event == "lead:created" {
+					break
+				}
+				if f.Type != "resync" {
+					t.Fatalf("got %s", f.Raw)
+				}
+				var r struct{ Reason, EntityType string }
+				if err := json.Unmarshal(f.Raw, &r); err != nil || r.Reason != "truncate" {
+					t.Fatalf("got %s", f.Raw)
+				}
+				got[r.EntityType] = true
+			}
+			// clients, and escrows through buyer_client_id.
+			if !got["client"] || !got["escrow"] {
+				t.Fatalf("resyncs for %v, want client and escrow", got)
+			}
+		})
+	}
 }
