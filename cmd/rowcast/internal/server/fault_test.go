@@ -34,6 +34,7 @@ import (
 // last position after every drop.
 type faultSession struct {
 	e     *env
+	pick  func() *env     // the relay each reconnect dials; nil: e
 	news  chan<- struct{} // signalled (without blocking) after each frame
 	tok   string
 	teams []int
@@ -44,6 +45,7 @@ type faultSession struct {
 	last       string           // position of the last event processed
 	resyncs    int
 	reconnects int
+	cur        *client // the connection being read
 }
 
 // run reads from c until ctx ends, reconnecting after drops; it returns
@@ -103,7 +105,11 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 		if since != "" {
 			query = "since=" + since
 		}
-		c, err := s.e.dial(s.tok, query, nil)
+		e := s.e
+		if s.pick != nil {
+			e = s.pick()
+		}
+		c, err := e.dial(s.tok, query, nil)
 		if err == nil {
 			w, err := c.read(10 * time.Second)
 			if err == nil && w.Type == "welcome" {
@@ -117,6 +123,9 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 					s.last = since
 					s.mu.Unlock()
 				}
+				s.mu.Lock()
+				s.cur = c
+				s.mu.Unlock()
 				return c, nil
 			}
 			c.drop()
@@ -129,6 +138,17 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 			return nil, ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// drop drops the session's connection, as a lost network does; the
+// session reconnects.
+func (s *faultSession) drop() {
+	s.mu.Lock()
+	c := s.cur
+	s.mu.Unlock()
+	if c != nil {
+		c.drop()
 	}
 }
 
@@ -620,6 +640,93 @@ func TestFaultTruncateCascade(t *testing.T) {
 			// clients, and escrows through buyer_client_id.
 			if !got["client"] || !got["escrow"] {
 				t.Fatalf("resyncs for %v, want client and escrow", got)
+			}
+		})
+	}
+}
+
+// another starts one more relay on e's database with e's configuration,
+// stopped when the test ends.
+func (e *env) another() *env {
+	e.t.Helper()
+	c := *e
+	c.start()
+	e.t.Cleanup(c.shutdown)
+	return &c
+}
+
+// TestFaultThreeRelays: three relays on one database give every event the
+// same position; sessions moved between them at random (dropped every 40
+// commits, reconnecting to a random relay with their last position) lose
+// nothing, in both modes.
+func TestFaultThreeRelays(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 4, nil)
+			relays := []*env{l.e, l.e.another(), l.e.another()}
+			var rmu sync.Mutex
+			rnd := rand.New(rand.NewPCG(1, 2))
+			pick := func() *env {
+				rmu.Lock()
+				defer rmu.Unlock()
+				return relays[rnd.IntN(len(relays))]
+			}
+			// One session per relay in team 1: the same events, the same
+			// positions.
+			var watchers []*client
+			for _, r := range relays {
+				watchers = append(watchers, r.connect(userToken(t, "7", 1)))
+			}
+			for _, s := range l.sessions {
+				s.mu.Lock()
+				s.pick = pick
+				s.mu.Unlock()
+			}
+			for range 10 {
+				l.waitCommits(40)
+				rmu.Lock()
+				s := l.sessions[rnd.IntN(len(l.sessions))]
+				rmu.Unlock()
+				s.drop()
+			}
+			// The same change (a row's version) has the same position on
+			// every relay; the watchers joined at different moments, so
+			// compare what they have in common.
+			at := map[string]string{} // "id/version" → position
+			common := 0
+			for i, w := range watchers {
+				for range 60 {
+					f := w.event("escrow:updated")
+					var d struct {
+						EntityID string `json:"entityId"`
+						Changes  struct {
+							Version int `json:"version"`
+						} `json:"changes"`
+					}
+					if err := json.Unmarshal(f.Data, &d); err != nil {
+						t.Fatal(err)
+					}
+					key := fmt.Sprintf("%s/%d", d.EntityID, d.Changes.Version)
+					switch p, ok := at[key]; {
+					case !ok:
+						at[key] = f.Position
+					case p != f.Position:
+						t.Fatalf("escrow %s has position %s on an earlier relay and %s on relay %d", key, p, f.Position, i)
+					default:
+						common++
+					}
+				}
+			}
+			if common < 60 {
+				t.Fatalf("only %d changes seen on more than one relay", common)
+			}
+			l.finish()
+			moved := 0
+			for _, s := range l.sessions {
+				moved += s.reconnects
+			}
+			if moved < 10 {
+				t.Fatalf("%d reconnects, want at least 10", moved)
 			}
 		})
 	}
