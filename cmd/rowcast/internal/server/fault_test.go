@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
 )
 
@@ -46,6 +47,10 @@ type faultSession struct {
 	resyncs    int
 	reconnects int
 	cur        *client // the connection being read
+	resumes    int     // resumed frames: complete catch-ups
+	// away, when set, is waited for (and cleared) before the next
+	// reconnect: the client stays away meanwhile.
+	away chan struct{}
 }
 
 // run reads from c until ctx ends, reconnecting after drops; it returns
@@ -59,8 +64,16 @@ func (s *faultSession) run(ctx context.Context, c *client) error {
 		}
 		s.mu.Lock()
 		s.reconnects++
-		since := s.last
+		since, away := s.last, s.away
+		s.away = nil
 		s.mu.Unlock()
+		if away != nil {
+			select {
+			case <-away:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
 		if c, err = s.redial(ctx, since, err); err != nil {
 			return err
 		}
@@ -78,6 +91,8 @@ func (s *faultSession) read(ctx context.Context, c *client) error {
 		}
 		s.mu.Lock()
 		switch {
+		case f.Type == "resumed":
+			s.resumes++
 		case f.Type == "resync":
 			s.resyncs++
 			for _, id := range s.rows {
@@ -727,6 +742,77 @@ func TestFaultThreeRelays(t *testing.T) {
 			}
 			if moved < 10 {
 				t.Fatalf("%d reconnects, want at least 10", moved)
+			}
+		})
+	}
+}
+
+// TestFaultPruningWhileResuming: the history is pruned every 20ms down to
+// its last 100ms while sessions are dropped and resume, some at once, some
+// after staying away while the writers go on and the pruner passes: every
+// resume is a complete catch-up or a resync, never a partial one (the
+// oracle), and both happen.
+func TestFaultPruningWhileResuming(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 4, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			pruned := make(chan error, 1)
+			var passed atomic.Int64 // when the last completed prune pass started (Unix ns)
+			go func() {
+				p := &changelog.Pruner{Pool: l.e.db, Retention: 100 * time.Millisecond}
+				tick := time.NewTicker(20 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						pruned <- nil
+						return
+					case <-tick.C:
+					}
+					start := time.Now().UnixNano()
+					if _, err := p.Prune(ctx); err != nil && ctx.Err() == nil {
+						pruned <- err
+						return
+					}
+					passed.Store(start)
+				}
+			}()
+			for i := range 12 {
+				l.waitCommits(30)
+				s := l.sessions[i%len(l.sessions)]
+				var back chan struct{}
+				if i%2 == 1 {
+					back = make(chan struct{})
+					s.mu.Lock()
+					s.away = back
+					s.mu.Unlock()
+				}
+				dropped := time.Now()
+				s.drop()
+				if back != nil {
+					// Away until the writers moved on and a prune pass that
+					// started past the retention has ended.
+					l.waitCommits(50)
+					l.await(time.Minute, "a prune pass past the retention", func() bool {
+						return passed.Load() > dropped.Add(150*time.Millisecond).UnixNano()
+					})
+					close(back)
+				}
+			}
+			l.finish()
+			cancel()
+			if err := <-pruned; err != nil {
+				t.Fatal(err)
+			}
+			resumes, resyncs := 0, 0
+			for _, s := range l.sessions {
+				resumes += s.resumes
+				resyncs += s.resyncs
+			}
+			t.Logf("%d complete resumes, %d resyncs", resumes, resyncs)
+			if resumes == 0 || resyncs == 0 {
+				t.Fatalf("%d complete resumes and %d resyncs: the test wants both", resumes, resyncs)
 			}
 		})
 	}
