@@ -102,11 +102,14 @@ func (c *Tail) Connected() bool { return c.connected.Load() }
 // Run reads until ctx ends, then returns ctx's error. Any database error
 // closes the connections, waits with capped exponential backoff, reconnects
 // and continues from the last tick read, so nothing committed meanwhile is
-// lost. It returns early only for errors that retrying cannot fix (the
-// rowcast schema is missing).
+// lost. It returns early only when the rowcast schema is missing before
+// the first read (a database that was never installed); once reading, a
+// missing schema is a database being restored or reinstalled, and is
+// retried like any other loss.
 func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
 	st := &state{}
-	return reconnecting(ctx, c.o.Logger, "capture", func() (bool, error) {
+	fatal := func(err error) bool { return errors.Is(err, errNoSchema) && !c.readyOnce.Load() }
+	return reconnecting(ctx, c.o.Logger, "capture", fatal, func() (bool, error) {
 		err := c.session(ctx, sink, st)
 		c.setConnected(false)
 		progressed := st.progressed
@@ -116,18 +119,19 @@ func (c *Tail) Run(ctx context.Context, sink relay.Sink) error {
 }
 
 // reconnecting runs attempt (one connected period) again and again until
-// ctx ends or it fails with errNoSchema, which retrying cannot fix; it
-// returns ctx's error or that one. After every other failure it logs it as
-// what's and waits, with exponential backoff from 100ms capped at 5s, back
-// to 100ms after an attempt that made progress.
-func reconnecting(ctx context.Context, log *slog.Logger, what string, attempt func() (progressed bool, err error)) error {
+// ctx ends or it fails with an error fatal (nil: none) says retrying cannot
+// fix; it returns ctx's error or that one. After every other failure it
+// logs it as what's and waits, with exponential backoff from 100ms capped
+// at 5s, back to 100ms after an attempt that made progress.
+func reconnecting(ctx context.Context, log *slog.Logger, what string, fatal func(error) bool,
+	attempt func() (progressed bool, err error)) error {
 	backoff := 100 * time.Millisecond
 	for {
 		progressed, err := attempt()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, errNoSchema) {
+		if fatal != nil && fatal(err) {
 			return err
 		}
 		log.Warn(what+" lost the database; reconnecting", "err", err, "retry_in", backoff)

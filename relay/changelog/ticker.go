@@ -69,7 +69,7 @@ const tickerLock = "select pg_try_advisory_lock(hashtext('rowcast.ticker'))"
 // close the connections and are retried with capped exponential backoff
 // (the lock goes with the connection, so another relay may take over).
 func (t *Ticker) Run(ctx context.Context) error {
-	return reconnecting(ctx, t.o.Logger, "ticker", func() (bool, error) { return t.hold(ctx) })
+	return reconnecting(ctx, t.o.Logger, "ticker", nil, func() (bool, error) { return t.hold(ctx) })
 }
 
 // hold runs one connected period: it waits for the lock, then ticks. It

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +23,7 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
+	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
 )
 
 // The fault tests run writers that bump the versions of hot rows in two
@@ -27,7 +31,8 @@ import (
 // browser client does (with since=their last position, again and again
 // while the relay refuses). The oracle: every session sees each row's
 // versions 2, 3, …, N exactly once and in order, or an explicit resync
-// after which the row's versions go on from a later one, contiguous again;
+// after which the session refetches the rows and their versions go on
+// contiguous from what it fetched;
 // and never a version the database does not have (a commit a crash
 // forgot).
 
@@ -94,9 +99,18 @@ func (s *faultSession) read(ctx context.Context, c *client) error {
 		case f.Type == "resumed":
 			s.resumes++
 		case f.Type == "resync":
+			// The client refetches: the rows as they are now are its new
+			// baseline (recorded as 0, then minus the version).
 			s.resyncs++
+			s.mu.Unlock()
+			now, err := s.refetch(ctx)
+			s.mu.Lock()
+			if err != nil {
+				s.mu.Unlock()
+				return err
+			}
 			for _, id := range s.rows {
-				s.seen[id] = append(s.seen[id], 0)
+				s.seen[id] = append(s.seen[id], 0, -now[id])
 			}
 		case f.Type == "event" && f.Event == "escrow:updated":
 			w := versionWatcher{seen: s.seen}
@@ -156,6 +170,28 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 	}
 }
 
+// refetch reads the session's rows' versions, as a client's refetch after
+// a resync does, retrying while the database is away.
+func (s *faultSession) refetch(ctx context.Context) (map[string]int, error) {
+	for {
+		out := map[string]int{}
+		rows, err := s.e.db.Query(ctx, "select id::text, version from escrows where id::text = any($1)", s.rows)
+		if err == nil {
+			var id string
+			var v int
+			_, err = pgx.ForEachRow(rows, []any{&id, &v}, func() error { out[id] = v; return nil })
+			if err == nil {
+				return out, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // drop drops the session's connection, as a lost network does; the
 // session reconnects.
 func (s *faultSession) drop() {
@@ -167,6 +203,8 @@ func (s *faultSession) drop() {
 	}
 }
 
+func abs(v int) int { return max(v, -v) }
+
 // has reports whether the session has seen version v of every row in want
 // (a row at version 1 was never updated).
 func (s *faultSession) has(want map[string]int) bool {
@@ -174,7 +212,7 @@ func (s *faultSession) has(want map[string]int) bool {
 	defer s.mu.Unlock()
 	for _, id := range s.rows {
 		got := s.seen[id]
-		if want[id] > 1 && (len(got) == 0 || got[len(got)-1] < want[id]) {
+		if want[id] > 1 && (len(got) == 0 || abs(got[len(got)-1]) < want[id]) {
 			return false
 		}
 	}
@@ -188,15 +226,19 @@ func (s *faultSession) check(final map[string]int) error {
 	defer s.mu.Unlock()
 	for _, id := range s.rows {
 		got := s.seen[id]
-		prev, resynced := 1, false
-		for _, v := range got {
+		prev, refetched := 1, false
+		for i, v := range got {
 			switch {
 			case v == 0:
-				resynced = true
+			case i > 0 && got[i-1] == 0:
+				// The refetch after a resync: the new baseline (lower
+				// after a restore); events it already covers may follow.
+				prev, refetched = -v, true
 			case v > final[id]:
 				return fmt.Errorf("escrow %s: saw version %d, the database has %d (a forgotten commit): %v", id, v, final[id], got)
-			case resynced && v > prev, v == prev+1:
-				prev, resynced = v, false
+			case refetched && v <= prev:
+			case v == prev+1:
+				prev, refetched = v, false
 			default:
 				return fmt.Errorf("escrow %s: version %d after %d (a gap, repeat or step back): %v", id, v, prev, got)
 			}
@@ -394,14 +436,25 @@ func (l *faultLoad) finish() {
 	// Only the writers stop here; the sessions go on reading.
 	l.stopWriters()
 	final := l.versions()
-	l.await(time.Minute, "every session at every row's final version", func() bool {
-		for _, s := range l.sessions {
-			if !s.has(final) {
-				return false
+	deadline := time.Now().Add(time.Minute)
+	for _, s := range l.sessions {
+		for !s.has(final) {
+			if time.Now().After(deadline) {
+				s.mu.Lock()
+				state := fmt.Sprintf("teams %v, %d reconnects, %d resyncs, last versions:", s.teams, s.reconnects, s.resyncs)
+				for _, id := range s.rows {
+					got := s.seen[id]
+					state += fmt.Sprintf(" %s:%v (want %d)", id, got[max(0, len(got)-3):], final[id])
+				}
+				s.mu.Unlock()
+				l.t.Fatalf("a session never reached every row's final version within a minute: %s", state)
+			}
+			select {
+			case <-l.news:
+			case <-time.After(100 * time.Millisecond):
 			}
 		}
-		return true
-	})
+	}
 	l.stop()
 	if err := l.wg.Wait(); err != nil {
 		l.t.Fatal(err)
@@ -690,7 +743,7 @@ func TestFaultThreeRelays(t *testing.T) {
 			// positions.
 			var watchers []*client
 			for _, r := range relays {
-				watchers = append(watchers, r.connect(userToken(t, "7", 1)))
+				watchers = append(watchers, r.watch(userToken(t, "7", 1)))
 			}
 			for _, s := range l.sessions {
 				s.mu.Lock()
@@ -710,8 +763,12 @@ func TestFaultThreeRelays(t *testing.T) {
 			at := map[string]string{} // "id/version" → position
 			common := 0
 			for i, w := range watchers {
-				for range 60 {
-					f := w.event("escrow:updated")
+				for n := 0; n < 60; {
+					f := w.next()
+					if f.Event != "escrow:updated" {
+						continue
+					}
+					n++
 					var d struct {
 						EntityID string `json:"entityId"`
 						Changes  struct {
@@ -816,4 +873,85 @@ func TestFaultPruningWhileResuming(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFaultRestoreFromDump: the database is dropped and recreated from a
+// pg_dump taken earlier, while the relay runs and the writers go on
+// afterwards: the relay notices that the ticks it read are gone, a new
+// history epoch begins, every session is told to resync (nothing of the old
+// epoch is replayed to it), and the oracle holds from there. Trigger mode:
+// in logical mode a dropped database takes its slot with it, which
+// TestLogicalSlotLostStartsNewEpoch covers.
+func TestFaultRestoreFromDump(t *testing.T) {
+	l := startFaultLoad(t, nil, 4, nil)
+	bin, err := pgembed.BinDir()
+	if err != nil {
+		t.Skip(err)
+	}
+	ctx := context.Background()
+	l.waitCommits(100)
+	dump := filepath.Join(t.TempDir(), "crm.dump")
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.CommandContext(ctx, filepath.Join(bin, name), args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+	}
+	run("pg_dump", "-Fc", "-f", dump, l.e.url)
+	l.waitCommits(200) // ticks the dump does not have
+	u, err := url.Parse(l.e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	admin := *u
+	admin.Path = "/postgres"
+	conn, err := pgx.Connect(ctx, admin.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	ident := pgx.Identifier{name}.Sanitize()
+	// The writers' commits fail meanwhile and are retried.
+	if _, err := conn.Exec(ctx, "drop database "+ident+" with (force)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "create database "+ident); err != nil {
+		t.Fatal(err)
+	}
+	// In one transaction, as the README says to restore: the running
+	// relays then see the database empty, then whole (a restore in many
+	// transactions let the ticker record a tick between the data and the
+	// constraints, and the restore failed on the duplicate).
+	run("pg_restore", "--single-transaction", "-d", l.e.url, dump)
+	l.e.db.Reset()
+	l.await(time.Minute, "every session told to resync", func() bool {
+		for _, s := range l.sessions {
+			s.mu.Lock()
+			n := s.resyncs
+			s.mu.Unlock()
+			if n == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	l.waitCommits(200)
+	l.finish()
+}
+
+// watch dials a session that goes live at once (a ping), and reads its
+// welcome; unlike connect it does not wait for the pong, which may come
+// after events when changes are flowing.
+func (e *env) watch(tok string) *client {
+	e.t.Helper()
+	c, err := e.dial(tok, "", nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if w := c.next(); w.Type != "welcome" {
+		e.t.Fatalf("first frame %s, want welcome", w.Raw)
+	}
+	c.send(`{"type":"ping","id":0}`)
+	return c
 }
