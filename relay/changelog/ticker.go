@@ -2,11 +2,14 @@ package changelog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // TickerOptions tunes a Ticker. Zero values select the defaults.
@@ -24,6 +27,14 @@ type TickerOptions struct {
 	// to take it (default 1s): after the holder dies, ticks stop for at
 	// most about this long.
 	Retry time.Duration
+	// IdleTimeout is the ticker connection's idle_session_timeout (default
+	// 5s; at least four times Retry and PollMax): a ticker that stops
+	// looking (its process paused, its network cut) has its session, and
+	// the ticker lock with it, ended by the server after this long, so
+	// another relay takes over. The kernel of a paused process still
+	// answers TCP keepalives, which is why they do not suffice. PostgreSQL
+	// 13 lacks the setting: there only the keepalives apply.
+	IdleTimeout time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
 	// OnTick is called after each tick this ticker recorded, once it is
@@ -55,6 +66,10 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 	if o.Retry <= 0 {
 		o.Retry = time.Second
 	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 5 * time.Second
+	}
+	o.IdleTimeout = max(o.IdleTimeout, 4*o.Retry, 4*o.PollMax)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -98,6 +113,10 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		return false, fmt.Errorf("ticker connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	setIdle := fmt.Sprintf("set idle_session_timeout = %d", t.o.IdleTimeout.Milliseconds())
+	if _, err := conn.Exec(ctx, setIdle); err != nil && !isUndefinedObject(err) {
+		return false, fmt.Errorf("ticker idle timeout: %w", err)
+	}
 	for {
 		var got bool
 		if err := conn.QueryRow(ctx, tickerLock).Scan(&got); err != nil {
@@ -206,4 +225,12 @@ func (b *bellState) set(ctx context.Context, conn *pgx.Conn, v bool) error {
 	}
 	b.armed, b.known = v, true
 	return nil
+}
+
+// isUndefinedObject reports whether err is PostgreSQL's undefined_object
+// (42704), which an unknown setting raises (idle_session_timeout before
+// PostgreSQL 14).
+func isUndefinedObject(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject
 }

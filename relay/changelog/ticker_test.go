@@ -1,0 +1,71 @@
+package changelog_test
+
+import (
+	"context"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/pgtest"
+)
+
+// TestTickerPausedGivesWay: the ticking relay stops answering (its
+// connection goes through a proxy that is cut, as a paused process or a
+// cut network leaves it: the TCP connection stays up); the server ends its
+// idle session, the ticker lock goes with it, and the other relay's ticker
+// takes over and ticks. Without the idle timeout the lock would stay with
+// the silent ticker, and no relay would get another tick.
+func TestTickerPausedGivesWay(t *testing.T) {
+	d := newDB(t)
+	u, err := url.Parse(d.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := pgtest.NewProxy(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	u.Host = proxy.Addr()
+
+	holding := func() (func(bool), chan bool) {
+		c := make(chan bool, 8)
+		return func(v bool) { c <- v }, c
+	}
+	onA, a := holding()
+	onB, b := holding()
+	o := changelog.TickerOptions{PollMax: 20 * time.Millisecond, Retry: 100 * time.Millisecond, IdleTimeout: time.Second}
+	oa, ob := o, o
+	oa.OnHolding, ob.OnHolding = onA, onB
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	defer func() { cancel(); <-done; <-done }()
+	go func() { done <- changelog.NewTicker(u.String(), oa).Run(ctx) }()
+	wait := func(c chan bool, want bool, what string) {
+		t.Helper()
+		select {
+		case v := <-c:
+			if v != want {
+				t.Fatalf("%s: holding %v, want %v", what, v, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: not within 30s", what)
+		}
+	}
+	wait(a, true, "A takes the ticker lock")
+	go func() { done <- changelog.NewTicker(d.url, ob).Run(ctx) }()
+	proxy.Cut()
+	wait(b, true, "B takes over from the silent A")
+	before := d.queryInt("select max(tick) from rowcast.ticks")
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	deadline := time.Now().Add(30 * time.Second)
+	for d.queryInt("select max(tick) from rowcast.ticks") == before {
+		if time.Now().After(deadline) {
+			t.Fatal("no tick after B took over")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the ticks table
+	}
+	proxy.Restore()
+	wait(a, false, "A learns it lost the lock")
+}
