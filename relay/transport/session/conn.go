@@ -24,7 +24,8 @@ type Conn interface {
 	// Close sends a close with code and reason (code 0: a close without
 	// status) after every queued frame, and writes nothing after it.
 	Close(code int, reason string)
-	// Request returns the HTTP request that opened the connection.
+	// Request returns what the connection kept of the HTTP request that
+	// opened it: its slim copy (SlimRequest).
 	Request() *http.Request
 }
 
@@ -62,9 +63,10 @@ const closeWait = 5 * time.Second
 // the list hold at most the WSConn's limit of frames: past it the
 // connection is aborted with 4008 (Abort), as a full melody channel was.
 type WSConn struct {
-	ms     *melody.Session
-	recv   Receiver
-	onFull func() // runs when a Write finds limit frames waiting
+	ms   *melody.Session
+	recv Receiver
+	t    *Transport  // a Write that finds limit frames waiting aborts (full)
+	req  requestInfo // for Request
 
 	// limit is how many frames may wait (channel and overflow); room is
 	// how many of melody's channel slots the WSConn fills, one short of
@@ -85,10 +87,18 @@ type WSConn struct {
 }
 
 // newWSConn wraps ms, whose output channel has capacity slots (at least
-// 2): at most limit frames wait to be written; onFull runs (without the
-// WSConn's locks) when a Write finds them all taken.
-func newWSConn(ms *melody.Session, capacity, limit int, onFull func()) *WSConn {
-	return &WSConn{ms: ms, closeAt: -1, room: capacity - 1, limit: limit, onFull: onFull}
+// 2): at most limit frames wait to be written; a Write that finds them all
+// taken aborts the connection (full), counted as a slow consumer in t's
+// metrics.
+func newWSConn(ms *melody.Session, capacity, limit int, t *Transport) *WSConn {
+	return &WSConn{ms: ms, closeAt: -1, room: capacity - 1, limit: limit, t: t}
+}
+
+// full aborts a connection whose limit of waiting frames was reached; it
+// runs without the WSConn's locks.
+func (c *WSConn) full() {
+	c.t.o.Metrics.SlowClose()
+	c.Abort()
 }
 
 // Write queues a text frame. It does not block. A frame past the limit is
@@ -101,7 +111,7 @@ func (c *WSConn) Write(frame []byte) error {
 	c.qmu.Lock()
 	if c.inChan+len(c.overflow) >= c.limit {
 		c.qmu.Unlock()
-		c.onFull()
+		c.full()
 		return nil
 	}
 	c.queued.Add(1)
@@ -210,8 +220,10 @@ func (c *WSConn) Abort() {
 	}()
 }
 
-// Request returns the upgraded HTTP request.
-func (c *WSConn) Request() *http.Request { return c.ms.Request }
+// Request returns a slim copy of the upgraded HTTP request (SlimRequest),
+// new at each call. melody's Session.Request is nil once the connection
+// is open.
+func (c *WSConn) Request() *http.Request { return c.req.request() }
 
 // frameSent runs after melody wrote a text frame.
 func (c *WSConn) frameSent() {

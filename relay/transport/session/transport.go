@@ -80,6 +80,10 @@ type Transport struct {
 	// at warning level; later ones are logged at debug level.
 	warnedTeams atomic.Bool
 
+	// conns maps each open melody session to its WSConn (melody's
+	// per-session Keys map would cost more than the entry).
+	conns sync.Map // *melody.Session → *WSConn
+
 	mu       sync.Mutex
 	sessions map[*Session]struct{} // open sessions, for Drain
 }
@@ -134,17 +138,17 @@ func New(o Options) *Transport {
 	t.m.Config.MessageBufferSize = outputChannelSize
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.recv.Receive(msg)
 		}
 	})
 	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.recv.ReceiveBinary(msg)
 		}
 	})
 	t.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.frameSent()
 		}
 	})
@@ -186,20 +190,28 @@ func (t *Transport) checkOrigin(r *http.Request) bool {
 // NewHandler makes the protocol handler of a freshly opened session.
 type NewHandler func(s *Session) Handler
 
-const keyConn = "rowcast.conn"
-
 // keys holds what onConnect needs to set up a melody session.
 type keys struct {
 	newHandler NewHandler               // a session with this handler
 	open       func(c *WSConn) Receiver // or a raw connection for open
 }
 
-func wsConnOf(ms *melody.Session) *WSConn {
-	v, ok := ms.Get(keyConn)
-	if !ok {
-		return nil
-	}
-	return v.(*WSConn)
+// openingKey is the context key under which serve hands an opening's keys
+// and requestInfo to onConnect, on the request melody is given
+// (melody.Session.Request).
+type openingKey struct{}
+
+type opening struct {
+	k   keys
+	req requestInfo
+}
+
+// wsConnOf returns the WSConn of ms, nil before onConnect set it up or after
+// onDisconnect.
+func (t *Transport) wsConnOf(ms *melody.Session) *WSConn {
+	c, _ := t.conns.Load(ms)
+	c2, _ := c.(*WSConn)
+	return c2
 }
 
 // Serve upgrades r (the origin allow-list is checked first: a foreign
@@ -208,7 +220,8 @@ func wsConnOf(ms *melody.Session) *WSConn {
 // returns once the connection is upgraded (the session runs on in
 // goroutines of its own, and r must not be reused), or with an error,
 // having written an HTTP error, when the request could not be upgraded or
-// the transport is draining (503).
+// the transport is draining (503). Nothing keeps r once the connection is
+// open: the session's Request is a slim copy (WSConn.Request).
 func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
 	return t.serve(w, r, keys{newHandler: newHandler}, true)
 }
@@ -228,23 +241,29 @@ func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(
 // goroutine, with its stack and its buffered reader and writer, is freed
 // while the session lives on; without, serve returns when the connection
 // closed.
+//
+// An idle connection should keep nothing of its HTTP request but what
+// later readers need (requestInfo): melody is given a copy of r whose
+// context carries that and k to onConnect, which drops the copy from
+// melody's session.
 func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach bool) error {
-	keys := map[string]any{keyConn: k}
+	r = r.WithContext(context.WithValue(r.Context(), openingKey{}, &opening{k: k, req: newRequestInfo(r)}))
 	if !detach {
-		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, keys))
+		return t.upgraded(w, t.m.HandleRequest(w, r))
 	}
-	hw := &hijackNotifier{ResponseWriter: w, hijacked: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() { done <- t.m.HandleRequestWithKeys(hw, r, keys) }()
-	select {
-	case <-hw.hijacked:
-		if hw.err == nil {
-			// The connection is the goroutine's now; w is not touched again.
-			return nil
-		}
-		return t.upgraded(w, <-done)
-	case err := <-done:
-		return t.upgraded(w, err)
+	res := make(chan error, 1)
+	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r)
+	return t.upgraded(w, <-res)
+}
+
+// runDetached runs melody's connection on dw; its result goes to dw's
+// channel unless the connection was hijacked, which dw reported already.
+// Once hijacked, this goroutine keeps neither the HTTP request nor its
+// response.
+func (t *Transport) runDetached(dw *detachedWriter, r *http.Request) {
+	err := t.m.HandleRequest(dw, r)
+	if !dw.hijacked {
+		dw.res <- err
 	}
 }
 
@@ -260,20 +279,25 @@ func (t *Transport) upgraded(w http.ResponseWriter, err error) error {
 	return nil
 }
 
-// hijackNotifier is the http.ResponseWriter a detached upgrade runs on: it
-// closes hijacked once Hijack returned, err telling whether it succeeded.
-type hijackNotifier struct {
+// detachedWriter is the http.ResponseWriter a detached upgrade runs on: a
+// successful Hijack sends nil on res (serve returns) and lets go of the
+// HTTP response (the connection is melody's now); a failed one leaves the
+// error to runDetached.
+type detachedWriter struct {
 	http.ResponseWriter
-	hijacked chan struct{}
-	err      error // set before hijacked is closed
+	res      chan<- error // nil once hijacked
+	hijacked bool
 }
 
 // Hijack hijacks the underlying connection (through http.ResponseController,
 // so wrapped writers work) and reports it.
-func (h *hijackNotifier) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	h.err = err
-	close(h.hijacked)
+func (d *detachedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(d.ResponseWriter).Hijack()
+	if err == nil {
+		d.hijacked = true
+		d.res <- nil
+		d.ResponseWriter, d.res = nil, nil
+	}
 	return c, brw, err
 }
 
@@ -294,24 +318,24 @@ const outputChannelSize = 8
 const readBufferSize = 512
 
 func (t *Transport) onConnect(ms *melody.Session) {
-	k := ms.MustGet(keyConn).(keys)
+	o := ms.Request.Context().Value(openingKey{}).(*opening)
+	// The request melody keeps holds the whole HTTP request, headers and
+	// server state included; the WSConn keeps what later readers need.
+	ms.Request = nil
 	// At most the queue plus its headroom wait, as when melody's channel
 	// held them all: sessions close with 4008 through the queue before
 	// (Session.WriteLocked); a raw connection is aborted at the limit.
-	var c *WSConn
-	c = newWSConn(ms, outputChannelSize, t.o.QueueSize+queueHeadroom, func() {
-		t.o.Metrics.SlowClose()
-		c.Abort()
-	})
-	if k.open != nil {
-		c.recv = k.open(c)
-		ms.Set(keyConn, c)
+	c := newWSConn(ms, outputChannelSize, t.o.QueueSize+queueHeadroom, t)
+	c.req = o.req
+	if o.k.open != nil {
+		c.recv = o.k.open(c)
+		t.conns.Store(ms, c)
 		return
 	}
 	s := t.newSession(c)
 	c.recv = s
-	ms.Set(keyConn, c)
-	t.openSession(s, k.newHandler)
+	t.conns.Store(ms, c)
+	t.openSession(s, o.k.newHandler)
 }
 
 // Attach runs a session over c, a connection of another transport than
@@ -347,7 +371,7 @@ func (t *Transport) openSession(s *Session, newHandler NewHandler) {
 // must not take that lock.
 func (t *Transport) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			t.o.Metrics.SlowClose()
 			c.Abort()
 		}
@@ -355,8 +379,9 @@ func (t *Transport) onError(ms *melody.Session, err error) {
 }
 
 func (t *Transport) onDisconnect(ms *melody.Session) {
-	if c := wsConnOf(ms); c != nil {
+	if c := t.wsConnOf(ms); c != nil {
 		c.recv.Gone()
+		t.conns.Delete(ms)
 	}
 }
 
