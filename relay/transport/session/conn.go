@@ -68,31 +68,35 @@ type WSConn struct {
 	t    *Transport  // a Write that finds limit frames waiting aborts (full)
 	req  requestInfo // for Request
 
-	// limit is how many frames may wait (channel and overflow); room is
-	// how many of melody's channel slots the WSConn fills, one short of
-	// its capacity so melody's own close (Melody.CloseWithMsg) finds room.
-	limit, room int
-	qmu         sync.Mutex
-	inChan      int      // frames handed to melody's channel, not yet written; guarded by qmu
-	overflow    [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
+	qmu      sync.Mutex
+	inChan   int      // frames handed to melody's channel, not yet written; guarded by qmu
+	overflow [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
 
 	queued  atomic.Int64 // text frames accepted by Write
 	sent    atomic.Int64 // text frames written
 	closing atomic.Bool  // Close or Abort was called
+	aborted atomic.Bool
 	closeMu sync.Mutex
 	closeAt int64  // queued count the close waits for; -1: no close yet
 	closeMs []byte // the close frame's payload, until written
 	done    bool   // close written or abort started
-	aborted atomic.Bool
 }
 
-// newWSConn wraps ms, whose output channel has capacity slots (at least
-// 2): at most limit frames wait to be written; a Write that finds them all
-// taken aborts the connection (full), counted as a slow consumer in t's
-// metrics.
-func newWSConn(ms *melody.Session, capacity, limit int, t *Transport) *WSConn {
-	return &WSConn{ms: ms, closeAt: -1, room: capacity - 1, limit: limit, t: t}
+// newWSConn wraps ms, a session of t's melody instance, whose output
+// channel has outputChannelSize slots.
+func newWSConn(ms *melody.Session, t *Transport) *WSConn {
+	return &WSConn{ms: ms, closeAt: -1, t: t}
 }
+
+// wsRoom is how many of melody's channel slots a WSConn fills, one short of
+// its capacity so melody's own close (Melody.CloseWithMsg) finds room.
+const wsRoom = outputChannelSize - 1
+
+// limit is how many frames may wait (channel and overflow): the queue plus
+// its headroom, as when melody's channel held them all. Sessions close
+// with 4008 through the queue before (Session.WriteLocked); a raw
+// connection is aborted at the limit (full).
+func (c *WSConn) limit() int { return c.t.o.QueueSize + queueHeadroom }
 
 // full aborts a connection whose limit of waiting frames was reached; it
 // runs without the WSConn's locks.
@@ -109,13 +113,13 @@ func (c *WSConn) Write(frame []byte) error {
 		return ErrConnClosed
 	}
 	c.qmu.Lock()
-	if c.inChan+len(c.overflow) >= c.limit {
+	if c.inChan+len(c.overflow) >= c.limit() {
 		c.qmu.Unlock()
 		c.full()
 		return nil
 	}
 	c.queued.Add(1)
-	if len(c.overflow) > 0 || c.inChan >= c.room {
+	if len(c.overflow) > 0 || c.inChan >= wsRoom {
 		c.overflow = append(c.overflow, frame)
 		c.qmu.Unlock()
 		return nil
@@ -143,7 +147,7 @@ func (c *WSConn) refill() {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.inChan--
-	for len(c.overflow) > 0 && c.inChan < c.room {
+	for len(c.overflow) > 0 && c.inChan < wsRoom {
 		f := c.overflow[0]
 		c.overflow[0] = nil
 		c.overflow = c.overflow[1:]

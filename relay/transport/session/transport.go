@@ -80,9 +80,7 @@ type Transport struct {
 	// at warning level; later ones are logged at debug level.
 	warnedTeams atomic.Bool
 
-	// conns maps each open melody session to its WSConn (melody's
-	// per-session Keys map would cost more than the entry).
-	conns sync.Map // *melody.Session → *WSConn
+	conns *connTable // the WSConn of each open melody session
 
 	mu       sync.Mutex
 	sessions map[*Session]struct{} // open sessions, for Drain
@@ -116,7 +114,7 @@ func New(o Options) *Transport {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1),
-		sessions: make(map[*Session]struct{})}
+		conns: newConnTable(), sessions: make(map[*Session]struct{})}
 	t.ctx, t.stop = context.WithCancel(context.Background())
 	for _, origin := range o.Origins {
 		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
@@ -196,11 +194,11 @@ type keys struct {
 	open       func(c *WSConn) Receiver // or a raw connection for open
 }
 
-// openingKey is the context key under which serve hands an opening's keys
-// and requestInfo to onConnect, on the request melody is given
-// (melody.Session.Request).
-type openingKey struct{}
+// keyOpening is the melody session key under which serve hands the
+// opening to onConnect.
+const keyOpening = "rowcast.opening"
 
+// opening is what onConnect needs of a connection being upgraded.
 type opening struct {
 	k   keys
 	req requestInfo
@@ -208,11 +206,7 @@ type opening struct {
 
 // wsConnOf returns the WSConn of ms, nil before onConnect set it up or after
 // onDisconnect.
-func (t *Transport) wsConnOf(ms *melody.Session) *WSConn {
-	c, _ := t.conns.Load(ms)
-	c2, _ := c.(*WSConn)
-	return c2
-}
+func (t *Transport) wsConnOf(ms *melody.Session) *WSConn { return t.conns.get(ms) }
 
 // Serve upgrades r (the origin allow-list is checked first: a foreign
 // origin gets 403) and runs the connection as a session, with the handler
@@ -243,16 +237,15 @@ func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(
 // closed.
 //
 // An idle connection should keep nothing of its HTTP request but what
-// later readers need (requestInfo): melody is given a copy of r whose
-// context carries that and k to onConnect, which drops the copy from
-// melody's session.
+// later readers need (requestInfo): onConnect takes k and that from the
+// melody session's keys and drops them and the request from it.
 func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach bool) error {
-	r = r.WithContext(context.WithValue(r.Context(), openingKey{}, &opening{k: k, req: newRequestInfo(r)}))
+	o := map[string]any{keyOpening: &opening{k: k, req: newRequestInfo(r)}}
 	if !detach {
-		return t.upgraded(w, t.m.HandleRequest(w, r))
+		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, o))
 	}
 	res := make(chan error, 1)
-	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r)
+	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r, o)
 	return t.upgraded(w, <-res)
 }
 
@@ -260,8 +253,8 @@ func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach
 // channel unless the connection was hijacked, which dw reported already.
 // Once hijacked, this goroutine keeps neither the HTTP request nor its
 // response.
-func (t *Transport) runDetached(dw *detachedWriter, r *http.Request) {
-	err := t.m.HandleRequest(dw, r)
+func (t *Transport) runDetached(dw *detachedWriter, r *http.Request, o map[string]any) {
+	err := t.m.HandleRequestWithKeys(dw, r, o)
 	if !dw.hijacked {
 		dw.res <- err
 	}
@@ -318,23 +311,23 @@ const outputChannelSize = 8
 const readBufferSize = 512
 
 func (t *Transport) onConnect(ms *melody.Session) {
-	o := ms.Request.Context().Value(openingKey{}).(*opening)
+	o := ms.MustGet(keyOpening).(*opening)
 	// The request melody keeps holds the whole HTTP request, headers and
-	// server state included; the WSConn keeps what later readers need.
-	ms.Request = nil
-	// At most the queue plus its headroom wait, as when melody's channel
-	// held them all: sessions close with 4008 through the queue before
-	// (Session.WriteLocked); a raw connection is aborted at the limit.
-	c := newWSConn(ms, outputChannelSize, t.o.QueueSize+queueHeadroom, t)
+	// server state included, and its keys map is bigger than the WSConn's
+	// entry in t.conns; the WSConn keeps what later readers need. No other
+	// code reads either field (this package does not use melody's keys
+	// otherwise).
+	ms.Request, ms.Keys = nil, nil
+	c := newWSConn(ms, t)
 	c.req = o.req
 	if o.k.open != nil {
 		c.recv = o.k.open(c)
-		t.conns.Store(ms, c)
+		t.conns.put(ms, c)
 		return
 	}
 	s := t.newSession(c)
 	c.recv = s
-	t.conns.Store(ms, c)
+	t.conns.put(ms, c)
 	t.openSession(s, o.k.newHandler)
 }
 
@@ -381,7 +374,7 @@ func (t *Transport) onError(ms *melody.Session, err error) {
 func (t *Transport) onDisconnect(ms *melody.Session) {
 	if c := t.wsConnOf(ms); c != nil {
 		c.recv.Gone()
-		t.conns.Delete(ms)
+		t.conns.remove(ms)
 	}
 }
 
