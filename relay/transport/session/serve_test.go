@@ -142,3 +142,44 @@ func TestServeKeepsASlimRequest(t *testing.T) {
 		}
 	}
 }
+
+// A connection reads frames larger than its read buffer whole, up to the
+// message size limit, and control frames with the largest payload.
+func TestServeReadsLargeFrames(t *testing.T) {
+	e := newEnv(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "hello" {
+		t.Fatalf("first frame %q, %v; want hello", msg, err)
+	}
+	pong := make(chan string, 1)
+	client.SetPongHandler(func(data string) error { pong <- data; return nil })
+	ping := strings.Repeat("p", 125)
+	if err := client.WriteControl(websocket.PingMessage, []byte(ping), time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{readBufferSize - 10, readBufferSize + 1, 4096} {
+		want := strings.Repeat("x", n)
+		if err := client.WriteMessage(websocket.TextMessage, []byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := client.ReadMessage(); err != nil || string(msg) != want {
+			t.Fatalf("echo of %d bytes: %d bytes, %v", n, len(msg), err)
+		}
+	}
+	select {
+	case got := <-pong:
+		if got != ping {
+			t.Fatalf("pong %q, want the ping's 125 bytes", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong")
+	}
+}

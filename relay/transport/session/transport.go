@@ -304,11 +304,13 @@ const queueHeadroom = 64
 // outputChannelSize is the capacity of melody's output channel per
 // connection (its slots are preallocated, 40 bytes each); frames beyond it
 // wait in the WSConn's overflow list.
-const outputChannelSize = 8
+const outputChannelSize = 4
 
-// readBufferSize is each connection's read buffer: client messages are
-// small, and a frame larger than the buffer is still read whole.
-const readBufferSize = 512
+// readBufferSize is each connection's read buffer, the smallest
+// gorilla/websocket takes (a control frame's 125-byte payload must fit):
+// client messages are small, and a frame larger than the buffer is still
+// read whole (past the buffer, reads go to the message directly).
+const readBufferSize = 128
 
 func (t *Transport) onConnect(ms *melody.Session) {
 	o := ms.MustGet(keyOpening).(*opening)
