@@ -183,3 +183,49 @@ func TestServeReadsLargeFrames(t *testing.T) {
 		t.Fatal("no pong")
 	}
 }
+
+// connCount returns how many connections t's table holds.
+func connCount(t *Transport) int {
+	n := 0
+	for i := range t.conns.shards {
+		sh := &t.conns.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// A connection's entry in the Transport's table lives as long as the
+// connection.
+func TestServeForgetsClosedConnections(t *testing.T) {
+	e := newEnv(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+	}))
+	t.Cleanup(srv.Close)
+	var clients []*websocket.Conn
+	for range 3 {
+		c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "hello" {
+			t.Fatalf("first frame %q, %v; want hello", msg, err)
+		}
+		clients = append(clients, c)
+	}
+	if n := connCount(e.tr); n != 3 {
+		t.Fatalf("%d connections in the table, want 3", n)
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for connCount(e.tr) != 0 || e.tr.Sessions() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections in the table, %d sessions, after the clients closed", connCount(e.tr), e.tr.Sessions())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
