@@ -24,7 +24,8 @@ type Conn interface {
 	// Close sends a close with code and reason (code 0: a close without
 	// status) after every queued frame, and writes nothing after it.
 	Close(code int, reason string)
-	// Request returns the HTTP request that opened the connection.
+	// Request returns what the connection kept of the HTTP request that
+	// opened it: its slim copy (SlimRequest).
 	Request() *http.Request
 }
 
@@ -62,33 +63,46 @@ const closeWait = 5 * time.Second
 // the list hold at most the WSConn's limit of frames: past it the
 // connection is aborted with 4008 (Abort), as a full melody channel was.
 type WSConn struct {
-	ms     *melody.Session
-	recv   Receiver
-	onFull func() // runs when a Write finds limit frames waiting
+	ms   *melody.Session
+	recv Receiver
+	t    *Transport  // a Write that finds limit frames waiting aborts (full)
+	req  requestInfo // for Request
 
-	// limit is how many frames may wait (channel and overflow); room is
-	// how many of melody's channel slots the WSConn fills, one short of
-	// its capacity so melody's own close (Melody.CloseWithMsg) finds room.
-	limit, room int
-	qmu         sync.Mutex
-	inChan      int      // frames handed to melody's channel, not yet written; guarded by qmu
-	overflow    [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
+	qmu      sync.Mutex
+	inChan   int      // frames handed to melody's channel, not yet written; guarded by qmu
+	overflow [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
 
 	queued  atomic.Int64 // text frames accepted by Write
 	sent    atomic.Int64 // text frames written
 	closing atomic.Bool  // Close or Abort was called
+	aborted atomic.Bool
 	closeMu sync.Mutex
 	closeAt int64  // queued count the close waits for; -1: no close yet
 	closeMs []byte // the close frame's payload, until written
 	done    bool   // close written or abort started
-	aborted atomic.Bool
 }
 
-// newWSConn wraps ms, whose output channel has capacity slots (at least
-// 2): at most limit frames wait to be written; onFull runs (without the
-// WSConn's locks) when a Write finds them all taken.
-func newWSConn(ms *melody.Session, capacity, limit int, onFull func()) *WSConn {
-	return &WSConn{ms: ms, closeAt: -1, room: capacity - 1, limit: limit, onFull: onFull}
+// newWSConn wraps ms, a session of t's melody instance, whose output
+// channel has outputChannelSize slots.
+func newWSConn(ms *melody.Session, t *Transport) *WSConn {
+	return &WSConn{ms: ms, closeAt: -1, t: t}
+}
+
+// wsRoom is how many of melody's channel slots a WSConn fills, one short of
+// its capacity so melody's own close (Melody.CloseWithMsg) finds room.
+const wsRoom = outputChannelSize - 1
+
+// limit is how many frames may wait (channel and overflow): the queue plus
+// its headroom, as when melody's channel held them all. Sessions close
+// with 4008 through the queue before (Session.WriteLocked); a raw
+// connection is aborted at the limit (full).
+func (c *WSConn) limit() int { return c.t.o.QueueSize + queueHeadroom }
+
+// full aborts a connection whose limit of waiting frames was reached; it
+// runs without the WSConn's locks.
+func (c *WSConn) full() {
+	c.t.o.Metrics.SlowClose()
+	c.Abort()
 }
 
 // Write queues a text frame. It does not block. A frame past the limit is
@@ -99,13 +113,13 @@ func (c *WSConn) Write(frame []byte) error {
 		return ErrConnClosed
 	}
 	c.qmu.Lock()
-	if c.inChan+len(c.overflow) >= c.limit {
+	if c.inChan+len(c.overflow) >= c.limit() {
 		c.qmu.Unlock()
-		c.onFull()
+		c.full()
 		return nil
 	}
 	c.queued.Add(1)
-	if len(c.overflow) > 0 || c.inChan >= c.room {
+	if len(c.overflow) > 0 || c.inChan >= wsRoom {
 		c.overflow = append(c.overflow, frame)
 		c.qmu.Unlock()
 		return nil
@@ -133,7 +147,7 @@ func (c *WSConn) refill() {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.inChan--
-	for len(c.overflow) > 0 && c.inChan < c.room {
+	for len(c.overflow) > 0 && c.inChan < wsRoom {
 		f := c.overflow[0]
 		c.overflow[0] = nil
 		c.overflow = c.overflow[1:]
@@ -210,8 +224,10 @@ func (c *WSConn) Abort() {
 	}()
 }
 
-// Request returns the upgraded HTTP request.
-func (c *WSConn) Request() *http.Request { return c.ms.Request }
+// Request returns a slim copy of the upgraded HTTP request (SlimRequest),
+// new at each call. melody's Session.Request is nil once the connection
+// is open.
+func (c *WSConn) Request() *http.Request { return c.req.request() }
 
 // frameSent runs after melody wrote a text frame.
 func (c *WSConn) frameSent() {

@@ -4,9 +4,11 @@ package session
 // to the client. It takes no lock.
 func (s *Session) Sent() {
 	s.sent.Add(1)
-	select {
-	case s.space <- struct{}{}:
-	default:
+	if space := s.space.Load(); space != nil {
+		select {
+		case *space <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -19,8 +19,34 @@ func (s *Session) ResumeLocked(since string) bool {
 		return false
 	}
 	s.mode = modeReplay
-	go s.resume(s.ctx, s.gen, since)
+	// The replay's context ends with Stop, the connection or Drain; its
+	// space signal lives as long as the replay.
+	ctx, cancel := context.WithCancel(s.t.ctx)
+	s.cancel = cancel
+	space := make(chan struct{}, 1)
+	s.space.Store(&space)
+	go s.resume(ctx, s.gen, since, &space)
 	return true
+}
+
+// stopReplayLocked cancels the running replay's context, if any.
+func (s *Session) stopReplayLocked() {
+	if s.cancel != nil {
+		s.cancel()
+		s.cancel = nil
+	}
+}
+
+// replayEnded releases what the replay of generation gen used: its context
+// (unless Stop cancelled it already and a later Start began another) and
+// its space signal.
+func (s *Session) replayEnded(gen uint64, space *chan struct{}) {
+	s.space.CompareAndSwap(space, nil)
+	s.mu.Lock()
+	if s.gen == gen {
+		s.stopReplayLocked()
+	}
+	s.mu.Unlock()
 }
 
 // replayingLocked reports whether the replay of Start generation gen may
@@ -29,7 +55,8 @@ func (s *Session) replayingLocked(gen uint64) bool {
 	return s.gen == gen && s.mode == modeReplay
 }
 
-func (s *Session) resume(ctx context.Context, gen uint64, since string) {
+func (s *Session) resume(ctx context.Context, gen uint64, since string, space *chan struct{}) {
+	defer s.replayEnded(gen, space)
 	s.mu.Lock()
 	if !s.replayingLocked(gen) {
 		s.mu.Unlock()
@@ -60,7 +87,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string) {
 	limit := s.t.o.ReplayLimit
 	err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
 		for j := range events {
-			if err := s.waitSpace(ctx, gen); err != nil {
+			if err := s.waitSpace(ctx, gen, *space); err != nil {
 				return err
 			}
 			ev := events[j]
@@ -109,7 +136,7 @@ const errClosed = relay.Error("session closed")
 
 // waitSpace blocks while the session's socket queue is more than half full,
 // so a long replay is paced by the client instead of overflowing.
-func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
+func (s *Session) waitSpace(ctx context.Context, gen uint64, space <-chan struct{}) error {
 	half := int64(s.t.o.QueueSize / 2)
 	for {
 		s.mu.Lock()
@@ -125,7 +152,7 @@ func (s *Session) waitSpace(ctx context.Context, gen uint64) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-s.space:
+		case <-space:
 		}
 	}
 }

@@ -1,8 +1,11 @@
 package session
 
 import (
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/auth"
 )
 
 // echoHandler writes "hello" when the session opens and echoes each text
@@ -62,5 +66,166 @@ func TestServeReturnsOnceOpen(t *testing.T) {
 	}
 	if n := e.tr.Sessions(); n != 1 {
 		t.Fatalf("%d sessions open, want 1", n)
+	}
+}
+
+// requestHandler reports the session's Request once it is open.
+type requestHandler struct {
+	echoHandler
+	got chan *http.Request
+}
+
+func (h *requestHandler) Open() { h.got <- h.s.Request() }
+
+// An open session keeps a slim copy of its upgrade request, with what later
+// readers need (auth.TokenFromRequest: the Authorization header and the
+// query), and nothing keeps the request itself: an idle connection should
+// not hold its headers and the HTTP server's state.
+func TestServeKeepsASlimRequest(t *testing.T) {
+	e := newEnv(t, Options{})
+	got := make(chan *http.Request, 1)
+	collected := make(chan struct{})
+	type seen struct{ host, remoteAddr string }
+	saw := make(chan seen, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runtime.AddCleanup(r, func(ch chan struct{}) { close(ch) }, collected)
+		saw <- seen{r.Host, r.RemoteAddr}
+		_ = e.tr.Serve(w, r, func(s *Session) Handler {
+			return &requestHandler{echoHandler: echoHandler{s: s}, got: got}
+		})
+	}))
+	t.Cleanup(srv.Close)
+	h := http.Header{"Authorization": {"Bearer tok"}, "X-Large": {strings.Repeat("x", 4096)}}
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?access_token=q&since=p", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	var r *http.Request
+	select {
+	case r = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session did not open")
+	}
+	want := <-saw
+	if r.Method != http.MethodGet || r.Host != want.host || r.RemoteAddr != want.remoteAddr ||
+		r.URL.Path != "/ws" || r.URL.Query().Get("access_token") != "q" || r.URL.Query().Get("since") != "p" {
+		t.Errorf("Request: %s host %q remote %q URL %v; want GET host %q remote %q /ws?access_token=q&since=p",
+			r.Method, r.Host, r.RemoteAddr, r.URL, want.host, want.remoteAddr)
+	}
+	if a := r.Header.Get("Authorization"); a != "Bearer tok" {
+		t.Errorf("Authorization %q, want Bearer tok", a)
+	}
+	if len(r.Header) != 1 {
+		t.Errorf("headers kept: %v; want Authorization alone", slices.Sorted(maps.Keys(r.Header)))
+	}
+	if tok := auth.TokenFromRequest(r); tok != "tok" {
+		t.Errorf("token %q, want tok", tok)
+	}
+	// The session is open (it echoes); the upgrade request is collected.
+	if err := client.WriteMessage(websocket.TextMessage, []byte("echo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "echo" {
+		t.Fatalf("echoed frame %q, %v; want echo", msg, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		runtime.GC()
+		select {
+		case <-collected:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upgrade request is still referenced while the session is open")
+		}
+	}
+}
+
+// A connection reads frames larger than its read buffer whole, up to the
+// message size limit, and control frames with the largest payload.
+func TestServeReadsLargeFrames(t *testing.T) {
+	e := newEnv(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "hello" {
+		t.Fatalf("first frame %q, %v; want hello", msg, err)
+	}
+	pong := make(chan string, 1)
+	client.SetPongHandler(func(data string) error { pong <- data; return nil })
+	ping := strings.Repeat("p", 125)
+	if err := client.WriteControl(websocket.PingMessage, []byte(ping), time.Now().Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{readBufferSize - 10, readBufferSize + 1, 4096} {
+		want := strings.Repeat("x", n)
+		if err := client.WriteMessage(websocket.TextMessage, []byte(want)); err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := client.ReadMessage(); err != nil || string(msg) != want {
+			t.Fatalf("echo of %d bytes: %d bytes, %v", n, len(msg), err)
+		}
+	}
+	select {
+	case got := <-pong:
+		if got != ping {
+			t.Fatalf("pong %q, want the ping's 125 bytes", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no pong")
+	}
+}
+
+// connCount returns how many connections t's table holds.
+func connCount(t *Transport) int {
+	n := 0
+	for i := range t.conns.shards {
+		sh := &t.conns.shards[i]
+		sh.mu.RLock()
+		n += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return n
+}
+
+// A connection's entry in the Transport's table lives as long as the
+// connection.
+func TestServeForgetsClosedConnections(t *testing.T) {
+	e := newEnv(t, Options{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+	}))
+	t.Cleanup(srv.Close)
+	var clients []*websocket.Conn
+	for range 3 {
+		c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "hello" {
+			t.Fatalf("first frame %q, %v; want hello", msg, err)
+		}
+		clients = append(clients, c)
+	}
+	if n := connCount(e.tr); n != 3 {
+		t.Fatalf("%d connections in the table, want 3", n)
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for connCount(e.tr) != 0 || e.tr.Sessions() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections in the table, %d sessions, after the clients closed", connCount(e.tr), e.tr.Sessions())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

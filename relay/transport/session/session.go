@@ -70,21 +70,22 @@ const (
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {
-	t     *Transport
-	c     Conn
-	h     Handler
-	lim   *rate.Limiter
-	sent  atomic.Int64 // text frames written to the socket
-	space chan struct{}
+	t    *Transport
+	c    Conn
+	h    Handler
+	sent atomic.Int64 // text frames written to the socket
+	// space, while a replay runs, is signalled by Sent (capacity 1).
+	space atomic.Pointer[chan struct{}]
 
 	mu         sync.Mutex
 	mode       mode
 	subscribed bool   // following streams in the hub
 	gen        uint64 // counts Starts; a replay of an earlier one stops
-	ctx        context.Context
-	cancel     context.CancelFunc
-	principal  auth.Principal
-	streams    []string // sorted stream keys
+	// cancel ends the running replay's context; nil when none runs.
+	cancel    context.CancelFunc
+	lim       *rate.Limiter // made at the first client message (AllowLocked)
+	principal auth.Principal
+	streams   []string // sorted stream keys
 	// last is the position of the last event processed (sent, or
 	// skipped by the filter), lastPart its part; head is the hub's head
 	// when the session subscribed.
@@ -100,13 +101,10 @@ type Session struct {
 }
 
 func (t *Transport) newSession(c Conn) *Session {
-	return &Session{
-		t: t, c: c,
-		lim:    rate.NewLimiter(rate.Limit(t.o.RateLimit), t.o.RateBurst),
-		space:  make(chan struct{}, 1),
-		ctx:    t.ctx,
-		cancel: func() {},
-	}
+	// What only some sessions use (a limiter, a replay's context and
+	// space signal) is made when first needed: an idle session should cost
+	// little.
+	return &Session{t: t, c: c}
 }
 
 // Lock takes the session's lock.
@@ -165,7 +163,6 @@ func (s *Session) Start(p auth.Principal, then func()) {
 	s.mode = modeAwait
 	s.subscribed = true
 	s.gen++
-	s.ctx, s.cancel = context.WithCancel(s.t.ctx)
 	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
 	s.mu.Unlock()
 
@@ -195,7 +192,7 @@ func (s *Session) Stop() {
 	s.subscribed = false
 	s.pending = nil
 	s.stopExpiryLocked()
-	s.cancel()
+	s.stopReplayLocked()
 	streams := s.streams
 	s.mu.Unlock()
 	s.t.o.Hub.Unsubscribe(s, streams)
@@ -208,7 +205,7 @@ func (s *Session) disconnected() {
 	s.mode = modeClosed
 	s.pending = nil
 	s.stopExpiryLocked()
-	s.cancel()
+	s.stopReplayLocked()
 	var streams []string
 	if s.subscribed {
 		streams = s.streams
@@ -298,6 +295,11 @@ func (s *Session) SetFilterLocked(entities []string) {
 // false past the limit; closeNow is true once the client kept sending past
 // it for more than RateStrikes messages in a row.
 func (s *Session) AllowLocked() (allowed, closeNow bool) {
+	if s.lim == nil {
+		// A new limiter's bucket is full, as it would be had it been made
+		// when the session opened.
+		s.lim = rate.NewLimiter(rate.Limit(s.t.o.RateLimit), s.t.o.RateBurst)
+	}
 	if s.lim.Allow() {
 		s.strikes = 0
 		return true, false

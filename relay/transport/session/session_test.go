@@ -274,6 +274,37 @@ func TestResumeReplaysThenGoesLive(t *testing.T) {
 	c.expectNone()
 }
 
+// A session keeps no replay state once its replay ended (its context and
+// the space signal are released: an idle session should cost little), and
+// makes its rate limiter only when a client message comes.
+func TestReplayStateIsReleased(t *testing.T) {
+	e := newEnv(t, Options{}, ev("all", 1, 0), ev("all", 2, 0))
+	c := e.attach(pos("e1", 1))
+	c.expect("all@2.0", "resumed 1")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.s.Lock()
+		released := c.s.cancel == nil && c.s.space.Load() == nil
+		lim := c.s.lim
+		c.s.Unlock()
+		if lim != nil {
+			t.Fatal("a session that received no message has a rate limiter")
+		}
+		if released {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replay's context or space signal outlives it")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.s.Lock()
+	if allowed, _ := c.s.AllowLocked(); !allowed || c.s.lim == nil {
+		t.Error("the first client message is not allowed by a new limiter")
+	}
+	c.s.Unlock()
+}
+
 // A resume whose history is gone, or of another epoch, tells the client to
 // resync and goes live from the head, replaying nothing.
 func TestResumeUnservableResyncs(t *testing.T) {

@@ -80,6 +80,8 @@ type Transport struct {
 	// at warning level; later ones are logged at debug level.
 	warnedTeams atomic.Bool
 
+	conns *connTable // the WSConn of each open melody session
+
 	mu       sync.Mutex
 	sessions map[*Session]struct{} // open sessions, for Drain
 }
@@ -112,7 +114,7 @@ func New(o Options) *Transport {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1),
-		sessions: make(map[*Session]struct{})}
+		conns: newConnTable(), sessions: make(map[*Session]struct{})}
 	t.ctx, t.stop = context.WithCancel(context.Background())
 	for _, origin := range o.Origins {
 		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
@@ -134,17 +136,17 @@ func New(o Options) *Transport {
 	t.m.Config.MessageBufferSize = outputChannelSize
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.recv.Receive(msg)
 		}
 	})
 	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.recv.ReceiveBinary(msg)
 		}
 	})
 	t.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			c.frameSent()
 		}
 	})
@@ -186,21 +188,25 @@ func (t *Transport) checkOrigin(r *http.Request) bool {
 // NewHandler makes the protocol handler of a freshly opened session.
 type NewHandler func(s *Session) Handler
 
-const keyConn = "rowcast.conn"
-
 // keys holds what onConnect needs to set up a melody session.
 type keys struct {
 	newHandler NewHandler               // a session with this handler
 	open       func(c *WSConn) Receiver // or a raw connection for open
 }
 
-func wsConnOf(ms *melody.Session) *WSConn {
-	v, ok := ms.Get(keyConn)
-	if !ok {
-		return nil
-	}
-	return v.(*WSConn)
+// keyOpening is the melody session key under which serve hands the
+// opening to onConnect.
+const keyOpening = "rowcast.opening"
+
+// opening is what onConnect needs of a connection being upgraded.
+type opening struct {
+	k   keys
+	req requestInfo
 }
+
+// wsConnOf returns the WSConn of ms, nil before onConnect set it up or after
+// onDisconnect.
+func (t *Transport) wsConnOf(ms *melody.Session) *WSConn { return t.conns.get(ms) }
 
 // Serve upgrades r (the origin allow-list is checked first: a foreign
 // origin gets 403) and runs the connection as a session, with the handler
@@ -208,7 +214,8 @@ func wsConnOf(ms *melody.Session) *WSConn {
 // returns once the connection is upgraded (the session runs on in
 // goroutines of its own, and r must not be reused), or with an error,
 // having written an HTTP error, when the request could not be upgraded or
-// the transport is draining (503).
+// the transport is draining (503). Nothing keeps r once the connection is
+// open: the session's Request is a slim copy (WSConn.Request).
 func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
 	return t.serve(w, r, keys{newHandler: newHandler}, true)
 }
@@ -228,23 +235,28 @@ func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(
 // goroutine, with its stack and its buffered reader and writer, is freed
 // while the session lives on; without, serve returns when the connection
 // closed.
+//
+// An idle connection should keep nothing of its HTTP request but what
+// later readers need (requestInfo): onConnect takes k and that from the
+// melody session's keys and drops them and the request from it.
 func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach bool) error {
-	keys := map[string]any{keyConn: k}
+	o := map[string]any{keyOpening: &opening{k: k, req: newRequestInfo(r)}}
 	if !detach {
-		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, keys))
+		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, o))
 	}
-	hw := &hijackNotifier{ResponseWriter: w, hijacked: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() { done <- t.m.HandleRequestWithKeys(hw, r, keys) }()
-	select {
-	case <-hw.hijacked:
-		if hw.err == nil {
-			// The connection is the goroutine's now; w is not touched again.
-			return nil
-		}
-		return t.upgraded(w, <-done)
-	case err := <-done:
-		return t.upgraded(w, err)
+	res := make(chan error, 1)
+	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r, o)
+	return t.upgraded(w, <-res)
+}
+
+// runDetached runs melody's connection on dw; its result goes to dw's
+// channel unless the connection was hijacked, which dw reported already.
+// Once hijacked, this goroutine keeps neither the HTTP request nor its
+// response.
+func (t *Transport) runDetached(dw *detachedWriter, r *http.Request, o map[string]any) {
+	err := t.m.HandleRequestWithKeys(dw, r, o)
+	if !dw.hijacked {
+		dw.res <- err
 	}
 }
 
@@ -260,20 +272,25 @@ func (t *Transport) upgraded(w http.ResponseWriter, err error) error {
 	return nil
 }
 
-// hijackNotifier is the http.ResponseWriter a detached upgrade runs on: it
-// closes hijacked once Hijack returned, err telling whether it succeeded.
-type hijackNotifier struct {
+// detachedWriter is the http.ResponseWriter a detached upgrade runs on: a
+// successful Hijack sends nil on res (serve returns) and lets go of the
+// HTTP response (the connection is melody's now); a failed one leaves the
+// error to runDetached.
+type detachedWriter struct {
 	http.ResponseWriter
-	hijacked chan struct{}
-	err      error // set before hijacked is closed
+	res      chan<- error // nil once hijacked
+	hijacked bool
 }
 
 // Hijack hijacks the underlying connection (through http.ResponseController,
 // so wrapped writers work) and reports it.
-func (h *hijackNotifier) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	h.err = err
-	close(h.hijacked)
+func (d *detachedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(d.ResponseWriter).Hijack()
+	if err == nil {
+		d.hijacked = true
+		d.res <- nil
+		d.ResponseWriter, d.res = nil, nil
+	}
 	return c, brw, err
 }
 
@@ -287,31 +304,33 @@ const queueHeadroom = 64
 // outputChannelSize is the capacity of melody's output channel per
 // connection (its slots are preallocated, 40 bytes each); frames beyond it
 // wait in the WSConn's overflow list.
-const outputChannelSize = 8
+const outputChannelSize = 4
 
-// readBufferSize is each connection's read buffer: client messages are
-// small, and a frame larger than the buffer is still read whole.
-const readBufferSize = 512
+// readBufferSize is each connection's read buffer, the smallest
+// gorilla/websocket takes (a control frame's 125-byte payload must fit):
+// client messages are small, and a frame larger than the buffer is still
+// read whole (past the buffer, reads go to the message directly).
+const readBufferSize = 128
 
 func (t *Transport) onConnect(ms *melody.Session) {
-	k := ms.MustGet(keyConn).(keys)
-	// At most the queue plus its headroom wait, as when melody's channel
-	// held them all: sessions close with 4008 through the queue before
-	// (Session.WriteLocked); a raw connection is aborted at the limit.
-	var c *WSConn
-	c = newWSConn(ms, outputChannelSize, t.o.QueueSize+queueHeadroom, func() {
-		t.o.Metrics.SlowClose()
-		c.Abort()
-	})
-	if k.open != nil {
-		c.recv = k.open(c)
-		ms.Set(keyConn, c)
+	o := ms.MustGet(keyOpening).(*opening)
+	// The request melody keeps holds the whole HTTP request, headers and
+	// server state included, and its keys map is bigger than the WSConn's
+	// entry in t.conns; the WSConn keeps what later readers need. No other
+	// code reads either field (this package does not use melody's keys
+	// otherwise).
+	ms.Request, ms.Keys = nil, nil
+	c := newWSConn(ms, t)
+	c.req = o.req
+	if o.k.open != nil {
+		c.recv = o.k.open(c)
+		t.conns.put(ms, c)
 		return
 	}
 	s := t.newSession(c)
 	c.recv = s
-	ms.Set(keyConn, c)
-	t.openSession(s, k.newHandler)
+	t.conns.put(ms, c)
+	t.openSession(s, o.k.newHandler)
 }
 
 // Attach runs a session over c, a connection of another transport than
@@ -347,7 +366,7 @@ func (t *Transport) openSession(s *Session, newHandler NewHandler) {
 // must not take that lock.
 func (t *Transport) onError(ms *melody.Session, err error) {
 	if errors.Is(err, melody.ErrMessageBufferFull) {
-		if c := wsConnOf(ms); c != nil {
+		if c := t.wsConnOf(ms); c != nil {
 			t.o.Metrics.SlowClose()
 			c.Abort()
 		}
@@ -355,8 +374,9 @@ func (t *Transport) onError(ms *melody.Session, err error) {
 }
 
 func (t *Transport) onDisconnect(ms *melody.Session) {
-	if c := wsConnOf(ms); c != nil {
+	if c := t.wsConnOf(ms); c != nil {
 		c.recv.Gone()
+		t.conns.remove(ms)
 	}
 }
 

@@ -47,7 +47,7 @@ const upgradeTimeout = 10 * time.Second
 type pollSocket struct {
 	srv *Server
 	sid string
-	req *http.Request
+	req *http.Request    // the handshake's slim copy (session.SlimRequest)
 	s   *session.Session // set before the socket is registered, then fixed
 
 	wake chan struct{} // capacity 1: a pending poll has something to do
@@ -72,7 +72,7 @@ type pollSocket struct {
 // handshakePolling opens a session on polling and answers the handshake
 // GET with its open packet.
 func (srv *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
-	so := &pollSocket{srv: srv, sid: randomID(), req: r, wake: make(chan struct{}, 1)}
+	so := &pollSocket{srv: srv, sid: randomID(), req: session.SlimRequest(r), wake: make(chan struct{}, 1)}
 	s := srv.t.Attach(so, func(s *session.Session) session.Handler {
 		return &conn{srv: srv, s: s, sid: so.sid, polling: true}
 	})
@@ -153,7 +153,8 @@ func (so *pollSocket) Close(code int, reason string) {
 	so.signal()
 }
 
-// Request returns the handshake request.
+// Request returns the slim copy of the handshake request
+// (session.SlimRequest).
 func (so *pollSocket) Request() *http.Request { return so.req }
 
 // finish ends the session for good: it is forgotten, a pending poll gets

@@ -492,3 +492,32 @@ func TestPollingProbeAnswersCountedPerProbe(t *testing.T) {
 		t.Fatalf("the session takes %d frames after a failed probe, %d without one", with, without)
 	}
 }
+
+// Over polling, a CONNECT without a token takes the one of the handshake
+// request's Authorization header, which the session keeps.
+func TestPollingConnectTokenFromHandshakeHeader(t *testing.T) {
+	e := newPollEnv(t, time.Minute, Options{})
+	c := &pollClient{t: t, url: e.ts.URL + "/socket.io/?EIO=4&transport=polling"}
+	req, err := http.NewRequest("GET", c.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+e.token("3", []string{"7"}, time.Hour))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var open struct{ SID string }
+	if err != nil || resp.StatusCode != 200 || !strings.HasPrefix(string(body), "0{") ||
+		json.Unmarshal(body[1:], &open) != nil {
+		t.Fatalf("handshake: %d %q %v", resp.StatusCode, body, err)
+	}
+	c.sid = open.SID
+	c.post("40")
+	if got := c.next(); len(got) != 1 || !strings.HasPrefix(got[0], `40{"sid":`) {
+		t.Fatalf("CONNECT reply %q", got)
+	}
+	c.post("1") // the client's close ends the session
+}

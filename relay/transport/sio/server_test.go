@@ -129,8 +129,14 @@ type rawClient struct {
 
 func (e *testEnv) dial(query string) *rawClient {
 	e.t.Helper()
+	return e.dialHeader(query, nil)
+}
+
+// dialHeader dials as dial does, with header in the upgrade request.
+func (e *testEnv) dialHeader(query string, header http.Header) *rawClient {
+	e.t.Helper()
 	url := "ws" + strings.TrimPrefix(e.ts.URL, "http") + "/socket.io/?EIO=4&transport=websocket" + query
-	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	c, resp, err := websocket.DefaultDialer.Dial(url, header)
 	if err != nil {
 		e.t.Fatalf("dial: %v (%v)", err, resp)
 	}
@@ -394,6 +400,29 @@ func TestConnectAuthAndNamespaces(t *testing.T) {
 	n.send("40")
 	if s := n.next(); s != `44{"message":"unauthorized"}` {
 		t.Fatalf("no token: %q", s)
+	}
+}
+
+// A CONNECT without a token takes the one of the upgrade request's
+// Authorization header, read when the CONNECT comes, after the connection
+// opened: the connection keeps it (and the query) from the request.
+func TestConnectTokenFromUpgradeHeader(t *testing.T) {
+	e := newEnv(t, time.Minute, Options{})
+	bearer := http.Header{"Authorization": {"Bearer " + e.token("3", []string{"7"}, time.Hour)}}
+	c := e.dialHeader("", bearer)
+	c.open()
+	time.Sleep(50 * time.Millisecond) // the CONNECT comes later
+	c.connect("")
+	e.publish(relay.UserStream("3"), "lead:created", `{"n":1}`)
+	if name, _, _ := c.event(); name != "lead:created" {
+		t.Fatalf("event %q, want lead:created for user 3", name)
+	}
+	// A bad one there is refused as any bad token.
+	b := e.dialHeader("", http.Header{"Authorization": {"Bearer not-a-jwt"}})
+	b.open()
+	b.send("40")
+	if s := b.next(); s != `44{"message":"unauthorized"}` {
+		t.Fatalf("bad header token: %q", s)
 	}
 }
 

@@ -77,7 +77,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	since := r.URL.Query().Get("since")
 	p, err := s.t.Options().Verifier.Verify(auth.TokenFromRequest(r))
 	_ = s.t.Serve(w, r, func(cs *session.Session) session.Handler {
-		return &conn{srv: s, s: cs, id: newSessionID(), since: since, principal: p, authErr: err}
+		return &conn{srv: s, s: cs, start: &connStart{since: since, principal: p, authErr: err}}
 	})
 }
 
@@ -92,15 +92,20 @@ func (s *Server) Sessions() int { return s.t.Sessions() }
 // conn is one plain-protocol client. Its fields after the first group are
 // guarded by the session.Session's lock.
 type conn struct {
-	srv       *Server
-	s         *session.Session
-	id        string
+	srv   *Server
+	s     *session.Session
+	start *connStart // what Open needs; nil after it
+
+	gotFirst bool
+	grace    *time.Timer // the resume grace period's; nil once it ended
+}
+
+// connStart is what the upgrade request said, for Open: an idle session
+// does not keep it.
+type connStart struct {
 	since     string
 	principal auth.Principal
 	authErr   error
-
-	gotFirst bool
-	grace    *time.Timer
 }
 
 func (c *conn) metrics() *metrics.Metrics { return c.s.Transport().Metrics() }
@@ -109,24 +114,27 @@ func (c *conn) metrics() *metrics.Metrics { return c.s.Transport().Metrics() }
 // session: welcome, then either the resume the request asked for or a grace
 // period waiting for a resume message.
 func (c *conn) Open() {
-	if c.authErr != nil {
+	st := c.start
+	c.start = nil
+	if st.authErr != nil {
 		c.metrics().Refused("unauthorized")
 		c.s.Lock()
-		c.s.WriteLocked(errorFrame("unauthorized", c.authErr.Error()))
+		c.s.WriteLocked(errorFrame("unauthorized", st.authErr.Error()))
 		c.s.CloseLocked(session.CloseUnauthorized, "unauthorized")
 		c.s.Unlock()
 		return
 	}
-	c.s.Start(c.principal, func() {
+	c.s.Start(st.principal, func() {
 		c.s.WriteLocked(c.welcomeLocked())
-		if c.since != "" {
+		if st.since != "" {
 			c.gotFirst = true // resume came with the request; no resume message
-			c.s.ResumeLocked(c.since)
+			c.s.ResumeLocked(st.since)
 			return
 		}
 		c.grace = time.AfterFunc(c.srv.grace, func() {
 			c.s.Lock()
 			defer c.s.Unlock()
+			c.grace = nil // ended: an idle session does not keep the timer
 			if c.s.AwaitingLocked() {
 				c.s.GoLiveLocked()
 			}
@@ -146,7 +154,7 @@ func (c *conn) welcomeLocked() []byte {
 		HeartbeatMs int64    `json:"heartbeatMs"`
 		ExpiresAt   *string  `json:"expiresAt"`
 		Warning     string   `json:"warning,omitempty"`
-	}{"welcome", Protocol, c.id, p.UserID, p.TeamIDs, c.s.PositionLocked(),
+	}{"welcome", Protocol, newSessionID(), p.UserID, p.TeamIDs, c.s.PositionLocked(),
 		c.s.Transport().Options().Heartbeat.Milliseconds(), expiresAt(p), ""}
 	if p.NoTeamClaim {
 		w.Warning = "the token has no team claim: this session receives no team's events"
