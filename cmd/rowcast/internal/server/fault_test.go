@@ -955,3 +955,45 @@ func (e *env) watch(tok string) *client {
 	c.send(`{"type":"ping","id":0}`)
 	return c
 }
+
+// TestFaultAlterTableUnderLoad: columns of the captured table are added,
+// renamed, retyped (with and without a rewrite) and dropped while the
+// writers bump its rows, in both modes: no change is lost, and an update
+// after the migrations names the renamed column.
+func TestFaultAlterTableUnderLoad(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 4, nil)
+			for _, ddl := range []string{
+				"alter table escrows add column extra text default 'x'",
+				"alter table escrows rename column city to town",
+				"alter table escrows alter column zip_code type varchar(20)",
+				"alter table escrows alter column purchase_price type numeric(16,2)",
+				"alter table escrows drop column extra",
+			} {
+				l.waitCommits(100)
+				l.e.exec(ddl)
+			}
+			l.waitCommits(100)
+			l.finish()
+			watch := l.e.watch(userToken(t, "8", 1))
+			l.e.exec("update escrows set town = 'Dallas' where id = $1", l.ids[1][0])
+			for {
+				f := watch.next()
+				if f.Event != "escrow:updated" {
+					continue
+				}
+				var d struct {
+					Changes map[string]any `json:"changes"`
+				}
+				if err := json.Unmarshal(f.Data, &d); err != nil {
+					t.Fatal(err)
+				}
+				if d.Changes["town"] != "Dallas" {
+					t.Fatalf("after the migrations: changes %v, want town Dallas", d.Changes)
+				}
+				break
+			}
+		})
+	}
+}
