@@ -86,6 +86,12 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		if err != nil {
 			return fmt.Errorf("logical standby status: %w", &replicationError{err})
 		}
+		// The election connection is idle while nothing is captured; its
+		// idle timeout (Options.IdleTimeout) must end only a holder that
+		// stopped.
+		if _, err := a.db.Exec(ctx, "select"); err != nil {
+			return fmt.Errorf("logical keepalive: %w", err)
+		}
 		lastReport = time.Now()
 		nextStatus = lastReport.Add(a.h.o.StandbyInterval)
 		if a.h.o.OnProgress != nil {

@@ -49,6 +49,15 @@ type Options struct {
 	// StandbyInterval is how often status is reported to the server while
 	// idle (default 10s; keep it well inside wal_sender_timeout).
 	StandbyInterval time.Duration
+	// IdleTimeout is the election connection's idle_session_timeout and
+	// idle_in_transaction_session_timeout (default 30s, at least three
+	// StandbyIntervals; the holder uses the connection at every status
+	// report): a holder that stops (its process paused, its network cut)
+	// has its session, and the election lock with it, ended by the server,
+	// so another replica takes the slot over. PostgreSQL 13 lacks
+	// idle_session_timeout: there only TCP keepalives apply, which the
+	// kernel of a paused process still answers.
+	IdleTimeout time.Duration
 	// Retry is the pause between attempts to take the slot (default 2s).
 	Retry time.Duration
 	// Batch is how many changes are sent to the database per round trip
@@ -150,6 +159,10 @@ func New(o Options) *Holder {
 	if o.StandbyInterval <= 0 {
 		o.StandbyInterval = 10 * time.Second
 	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 30 * time.Second
+	}
+	o.IdleTimeout = max(o.IdleTimeout, 3*o.StandbyInterval)
 	if o.Retry <= 0 {
 		o.Retry = 2 * time.Second
 	}

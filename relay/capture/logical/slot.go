@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
@@ -20,10 +21,40 @@ import (
 // would stall capture; the acknowledgement needs only the local flush,
 // and the source transaction is in the slot's WAL until it is
 // acknowledged).
-func prepareSession(ctx context.Context, db *pgx.Conn) error {
+//
+// It also sets the session's idle timeouts (Options.IdleTimeout), skipping
+// idle_session_timeout where PostgreSQL lacks it (13: undefined_object).
+func prepareSession(ctx context.Context, db *pgx.Conn, idle time.Duration) error {
 	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local")
 	if err != nil {
 		return fmt.Errorf("logical session: %w", err)
+	}
+	ms := idle.Milliseconds()
+	if _, err := db.Exec(ctx, fmt.Sprintf("set idle_in_transaction_session_timeout = %d", ms)); err != nil {
+		return fmt.Errorf("logical session: %w", err)
+	}
+	_, err = db.Exec(ctx, fmt.Sprintf("set idle_session_timeout = %d", ms))
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject) {
+		return fmt.Errorf("logical session: %w", err)
+	}
+	return nil
+}
+
+// endStaleStreams ends the walsender still streaming from the slot, if any:
+// it serves a holder that lost the election lock (its session ended while
+// it was paused or cut off), which would otherwise keep the slot busy until
+// wal_sender_timeout. That holder can write nothing more: its election
+// connection, which writes the changelog, is gone.
+func (h *Holder) endStaleStreams(ctx context.Context, db *pgx.Conn) error {
+	var ended int
+	err := db.QueryRow(ctx, `select count(*) from pg_replication_slots s, pg_terminate_backend(s.active_pid) t
+		where s.slot_name = $1 and s.active_pid is not null and t`, h.o.Slot).Scan(&ended)
+	if err != nil {
+		return fmt.Errorf("logical end stale stream: %w", err)
+	}
+	if ended > 0 {
+		h.o.Logger.Warn("ended the stream of a slot holder that lost the election (paused or cut off)", "slot", h.o.Slot)
 	}
 	return nil
 }
@@ -64,7 +95,10 @@ func (h *Holder) campaign(ctx context.Context) error {
 	}
 	h.setHolding(true)
 	h.o.Logger.Info("holding the replication slot", "slot", h.o.Slot)
-	if err := prepareSession(ctx, db); err != nil {
+	if err := prepareSession(ctx, db, h.o.IdleTimeout); err != nil {
+		return err
+	}
+	if err := h.endStaleStreams(ctx, db); err != nil {
 		return err
 	}
 	start, err := h.ensureSlot(ctx, db)

@@ -997,3 +997,81 @@ func TestFaultAlterTableUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// holding reports whether e's relay holds the replication slot (its
+// rowcast_logical_slot_holder gauge).
+func (e *env) holding() bool {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "rowcast_logical_slot_holder" {
+			return mf.GetMetric()[0].GetGauge().GetValue() == 1
+		}
+	}
+	return false
+}
+
+// TestFaultSlotHolderCutOff: the relay holding the replication slot loses
+// its network to PostgreSQL silently (a proxy cut: to the server it looks
+// like a paused process, its TCP connections up and silent) while the
+// writers go on. The server ends its idle election session, a second relay
+// takes the slot over, ending the stale walsender rather than waiting for
+// wal_sender_timeout, and the sessions, moved to the second relay, lose
+// nothing.
+func TestFaultSlotHolderCutOff(t *testing.T) {
+	var proxy *pgtest.Proxy
+	var direct string
+	l := startFaultLoad(t, func(c *config.Config) {
+		logicalMode(c)
+		direct = c.Database.URL
+		u, err := url.Parse(c.Database.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if proxy, err = pgtest.NewProxy(u.Host); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = proxy.Close() })
+		u.Host = proxy.Addr()
+		c.Database.URL = u.String()
+	}, 4, nil)
+	// The first relay (through the proxy) started with the defaults; start
+	// the second with short timeouts, then restart the first with them.
+	l.await(time.Minute, "the first relay holding the slot", l.e.holding)
+	second := *l.e
+	cfg := *l.e.cfg
+	cfg.Database.URL = direct
+	second.cfg = &cfg
+	second.logicalRetry, second.logicalStandby, second.logicalIdle = 200*time.Millisecond, 200*time.Millisecond, time.Second
+	second.start()
+	t.Cleanup(second.shutdown)
+	l.e.shutdown()
+	l.e.logicalRetry, l.e.logicalStandby, l.e.logicalIdle = 200*time.Millisecond, 200*time.Millisecond, time.Second
+	l.e.start()
+	// Whichever holds the slot now: make it the one behind the proxy.
+	l.await(time.Minute, "a relay holding the slot", func() bool { return l.e.holding() || second.holding() })
+	if second.holding() {
+		second.shutdown()
+		l.await(time.Minute, "the first relay taking the slot back", l.e.holding)
+		second.start()
+	}
+	for _, s := range l.sessions {
+		s.mu.Lock()
+		s.pick = func() *env { return &second }
+		s.mu.Unlock()
+		s.drop()
+	}
+	l.waitCommits(100)
+	proxy.Cut()
+	l.await(time.Minute, "the second relay taking the slot over", second.holding)
+	l.waitCommits(200)
+	// Promptly: not after wal_sender_timeout (a minute) ended the stale
+	// walsender by itself.
+	mid := l.versions()
+	l.await(20*time.Second, "the changes written since, through the second relay", func() bool { return l.sessions[2].has(mid) })
+	l.finish()
+	proxy.Restore()
+}

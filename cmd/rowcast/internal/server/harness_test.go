@@ -47,6 +47,9 @@ type env struct {
 	// logicalRetry is the slot holder's pause between attempts (zero: the
 	// default), for relays started from now on.
 	logicalRetry time.Duration
+	// logicalStandby and logicalIdle are the slot holder's status interval
+	// and idle timeout (zero: the defaults), for relays started from now on.
+	logicalStandby, logicalIdle time.Duration
 }
 
 // forT returns a copy of e that reports to t (a subtest).
@@ -122,7 +125,8 @@ func install(t *testing.T, cfg *config.Config) {
 func (e *env) start() {
 	e.t.Helper()
 	reg := prometheus.NewRegistry()
-	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry, Registry: reg})
+	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry,
+		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}

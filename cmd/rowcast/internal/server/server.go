@@ -56,9 +56,11 @@ type Options struct {
 	// SkipDriftCheck starts even when the installed triggers differ from the
 	// configuration (tests that install their own).
 	SkipDriftCheck bool
-	// LogicalRetry is the logical slot holder's pause between attempts
-	// (zero: its default).
-	LogicalRetry time.Duration
+	// LogicalRetry is the logical slot holder's pause between attempts,
+	// LogicalStandby its status interval and LogicalIdleTimeout its
+	// election connection's idle timeouts (zero: their defaults; tests
+	// shorten them).
+	LogicalRetry, LogicalStandby, LogicalIdleTimeout time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
 	// soon as the listener is bound, ready or not. When there are any, the
@@ -145,7 +147,8 @@ func New(o Options) (*Relay, error) {
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
-			Retry: o.LogicalRetry, ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
+			Retry: o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
+			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
 			Doorbell: doorbell,
 			Connect:  func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
 			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
