@@ -310,9 +310,14 @@ func TestCrashWithAsyncCommitSendsNothingForgotten(t *testing.T) {
 // TestRelayStartedWhileDatabaseDownWaits: a relay started while PostgreSQL
 // is down listens, answers /readyz and sessions with 503 and the reason,
 // and once PostgreSQL is up captures what is committed after its first
-// position.
+// position; in both capture modes.
 func TestRelayStartedWhileDatabaseDownWaits(t *testing.T) {
-	e := startRelay(t, nil)
+	t.Run("trigger", func(t *testing.T) { relayStartedWhileDatabaseDown(t, nil) })
+	t.Run("logical", func(t *testing.T) { relayStartedWhileDatabaseDown(t, logicalMode) })
+}
+
+func relayStartedWhileDatabaseDown(t *testing.T, tweak func(*config.Config)) {
+	e := startRelay(t, tweak)
 	emb := pg.Embedded()
 	if emb == nil {
 		t.Skip("outside PostgreSQL server: cannot stop it")
