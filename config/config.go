@@ -81,6 +81,7 @@ type Sessions struct {
 	// CONNECT this long after the upgrade. Default 45s (socket.io's).
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`
 	QueueSize      int           `mapstructure:"queue_size" yaml:"queue_size"`             // outbound frames; default 256
+	QueueBytes     int64         `mapstructure:"queue_bytes" yaml:"queue_bytes"`           // outbound event bytes; default 16 MiB
 	MaxMessageSize int64         `mapstructure:"max_message_size" yaml:"max_message_size"` // client frame limit; default 4096
 	RateLimit      float64       `mapstructure:"rate_limit" yaml:"rate_limit"`             // client messages/s; default 20
 	RateBurst      int           `mapstructure:"rate_burst" yaml:"rate_burst"`             // default 50

@@ -37,6 +37,7 @@ func Defaults() Config {
 			Heartbeat:      25 * time.Second,
 			ConnectTimeout: 45 * time.Second,
 			QueueSize:      256,
+			QueueBytes:     16 << 20,
 			MaxMessageSize: 4096,
 			RateLimit:      20,
 			RateBurst:      50,

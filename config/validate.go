@@ -157,6 +157,7 @@ func (c *Config) problems() []Problem {
 	positive("sessions.heartbeat", c.Sessions.Heartbeat)
 	positive("sessions.connect_timeout", c.Sessions.ConnectTimeout)
 	positiveInt("sessions.queue_size", int64(c.Sessions.QueueSize))
+	positiveInt("sessions.queue_bytes", c.Sessions.QueueBytes)
 	positiveInt("sessions.max_message_size", c.Sessions.MaxMessageSize)
 	if !(c.Sessions.RateLimit > 0) {
 		add("sessions.rate_limit", "must be positive, got %v", c.Sessions.RateLimit)

@@ -74,6 +74,7 @@ func TestValidate(t *testing.T) {
 			"sessions.heartbeat: must be a positive duration, got 0s",
 			"sessions.connect_timeout: must be a positive duration, got 0s",
 			"sessions.queue_size: must be positive, got 0",
+			"sessions.queue_bytes: must be positive, got 0",
 			"sessions.max_message_size: must be positive, got 0",
 			"sessions.rate_limit: must be positive, got 0",
 			"sessions.rate_burst: must be positive, got 0",

@@ -31,12 +31,12 @@ type Conn interface {
 
 // Receiver takes what a WSConn reads and reports. The WSConn calls Receive
 // and ReceiveBinary from its read goroutine, one at a time; Sent after each
-// text frame written, from its write goroutine; Gone once, last, after the
-// connection closed.
+// text frame written, with the frame's length, from its write goroutine;
+// Gone once, last, after the connection closed.
 type Receiver interface {
 	Receive(msg []byte)
 	ReceiveBinary(msg []byte)
-	Sent()
+	Sent(n int)
 	Gone()
 }
 
@@ -229,12 +229,12 @@ func (c *WSConn) Abort() {
 // is open.
 func (c *WSConn) Request() *http.Request { return c.req.request() }
 
-// frameSent runs after melody wrote a text frame.
-func (c *WSConn) frameSent() {
+// frameSent runs after melody wrote a text frame of n bytes.
+func (c *WSConn) frameSent(n int) {
 	c.refill()
 	c.sent.Add(1)
 	if c.closing.Load() {
 		c.maybeWriteClose()
 	}
-	c.recv.Sent()
+	c.recv.Sent(n)
 }

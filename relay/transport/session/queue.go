@@ -1,8 +1,9 @@
 package session
 
-// Sent tells the session that its Conn wrote one more of its text frames
-// to the client. It takes no lock.
-func (s *Session) Sent() {
+// Sent tells the session that its Conn wrote one more of its text frames,
+// of n bytes, to the client. It takes no lock.
+func (s *Session) Sent(n int) {
+	s.sentBytes.Add(int64(n))
 	s.sent.Add(1)
 	if space := s.space.Load(); space != nil {
 		select {
@@ -29,6 +30,7 @@ func (s *Session) WriteLocked(frame []byte) {
 		return
 	}
 	s.queued++
+	s.queuedBytes += int64(len(frame))
 	if err := s.c.Write(frame); err != nil {
 		s.mode = modeClosed
 		s.pending = nil

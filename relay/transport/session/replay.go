@@ -137,16 +137,17 @@ const errClosed = relay.Error("session closed")
 // waitSpace blocks while the session's socket queue is more than half full,
 // so a long replay is paced by the client instead of overflowing.
 func (s *Session) waitSpace(ctx context.Context, gen uint64, space <-chan struct{}) error {
-	half := int64(s.t.o.QueueSize / 2)
+	half, halfBytes := int64(s.t.o.QueueSize/2), s.t.o.QueueBytes/2
 	for {
 		s.mu.Lock()
 		inflight := s.queued - s.sent.Load()
+		inflightBytes := s.queuedBytes - s.sentBytes.Load()
 		ok := s.replayingLocked(gen)
 		s.mu.Unlock()
 		if !ok {
 			return errClosed
 		}
-		if inflight < half {
+		if inflight < half && (inflight == 0 || inflightBytes < halfBytes) {
 			return nil
 		}
 		select {

@@ -70,10 +70,11 @@ const (
 // the hub's Deliver (with a hub shard lock held, so the session never calls
 // the hub while holding it), by the handler and by replay.
 type Session struct {
-	t    *Transport
-	c    Conn
-	h    Handler
-	sent atomic.Int64 // text frames written to the socket
+	t         *Transport
+	c         Conn
+	h         Handler
+	sent      atomic.Int64 // text frames written to the socket
+	sentBytes atomic.Int64 // their bytes
 	// space, while a replay runs, is signalled by Sent (capacity 1).
 	space atomic.Pointer[chan struct{}]
 
@@ -94,10 +95,14 @@ type Session struct {
 	head     relay.Pos
 	epoch    string
 	queued   int64 // text frames handed to melody
-	pending  []*relay.Event
-	filter   map[string]bool // nil: every entity
-	strikes  int
-	expiry   *time.Timer
+	// queuedBytes is the length of the text frames handed to the Conn;
+	// sentBytes of those it wrote (queued - sent frames, queuedBytes -
+	// sentBytes bytes are in flight).
+	queuedBytes int64
+	pending     []*relay.Event
+	filter      map[string]bool // nil: every entity
+	strikes     int
+	expiry      *time.Timer
 }
 
 func (t *Transport) newSession(c Conn) *Session {
@@ -398,6 +403,13 @@ func (s *Session) sendEventLocked(ev *relay.Event) {
 	}
 	frame := s.h.EventLocked(ev)
 	if frame == nil {
+		return
+	}
+	// Bounded in bytes as well: a session that does not read large rows
+	// would otherwise hold QueueSize of them. One frame in flight is always
+	// allowed, however large.
+	if inflight := s.queuedBytes - s.sentBytes.Load(); s.queued > s.sent.Load() && inflight+int64(len(frame)) > s.t.o.QueueBytes {
+		s.slowLocked()
 		return
 	}
 	s.WriteLocked(frame)

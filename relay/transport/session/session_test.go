@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -77,16 +78,46 @@ func (h *memHistory) Replay(ctx context.Context, streams []string, after relay.P
 }
 
 // recConn is a Conn that records what the session writes, as text, and
-// reports each frame written at once.
+// reports each frame written at once, or, when held, only when released.
 type recConn struct {
 	s      *Session
 	frames chan string
+
+	mu      sync.Mutex
+	held    bool
+	waiting []int // lengths of the frames held back, oldest first
 }
 
 func (c *recConn) Write(frame []byte) error {
 	c.frames <- string(frame)
-	c.s.Sent()
+	c.mu.Lock()
+	if c.held {
+		c.waiting = append(c.waiting, len(frame))
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	c.s.Sent(len(frame))
 	return nil
+}
+
+// hold stops reporting frames written (a client that reads nothing).
+func (c *recConn) hold() {
+	c.mu.Lock()
+	c.held = true
+	c.mu.Unlock()
+}
+
+// release reports the held frames written, and the next ones at once.
+func (c *recConn) release() {
+	c.mu.Lock()
+	c.held = false
+	waiting := c.waiting
+	c.waiting = nil
+	c.mu.Unlock()
+	for _, n := range waiting {
+		c.s.Sent(n)
+	}
 }
 
 func (c *recConn) Close(code int, reason string) {
@@ -115,6 +146,9 @@ func (h *recHandler) Message([]byte) {}
 func (h *recHandler) Binary([]byte)  {}
 func (h *recHandler) Closed()        {}
 func (h *recHandler) EventLocked(ev *relay.Event) []byte {
+	if len(ev.Data) > 2 { // more than {}: a large row, sent as its data
+		return fmt.Appendf(nil, "%s@%d.%d %s", ev.Stream, ev.Pos.ID, ev.Part, ev.Data)
+	}
 	return fmt.Appendf(nil, "%s@%d.%d", ev.Stream, ev.Pos.ID, ev.Part)
 }
 func (h *recHandler) ResyncLocked() { h.s.WriteLocked([]byte("resync")) }
@@ -367,4 +401,93 @@ func TestResetEndsReplay(t *testing.T) {
 	if got, want := c.s.PositionLocked(), pos("e2", 1); got != want {
 		t.Errorf("position %q, want %q", got, want)
 	}
+}
+
+// big returns the change with id id in stream all, its data n bytes.
+func big(id int64, n int) relay.Event {
+	e := ev("all", id, 0)
+	e.Data = []byte(`"` + strings.Repeat("x", n-2) + `"`)
+	return e
+}
+
+// A live session is bounded in bytes as well as frames: events pass while
+// the bytes in flight stay within QueueBytes; the one that would take them
+// past it closes the session with 4008, after what it was sent. One event
+// alone in flight always passes, however large.
+func TestQueueBoundInBytes(t *testing.T) {
+	e := newEnv(t, Options{QueueBytes: 1000})
+	c := e.attach("")
+	c.s.Lock()
+	c.s.GoLiveLocked()
+	c.s.Unlock()
+	c.c.hold()
+	e.publish(big(1, 600))
+	if f := c.next(); !strings.HasPrefix(f, "all@1.0 ") {
+		t.Fatalf("got %.40q…", f)
+	}
+	e.publish(ev("all", 2, 0))
+	c.expect("all@2.0")
+	e.publish(big(3, 600)) // 1200 bytes in flight: 4008
+	c.expect("close 4008 slow consumer")
+	c.expectNone()
+
+	d := e.attach("")
+	d.s.Lock()
+	d.s.GoLiveLocked()
+	d.s.Unlock()
+	d.c.hold()
+	e.publish(big(4, 3000)) // larger than the bound, alone in flight: passes
+	if f := d.next(); !strings.HasPrefix(f, "all@4.0 ") {
+		t.Fatalf("got %.40q…", f)
+	}
+	d.expectNone()
+}
+
+// The bound counts bytes written as written: a client that reads keeps its
+// session however many large events it gets.
+func TestQueueBytesFreedAsWritten(t *testing.T) {
+	e := newEnv(t, Options{QueueBytes: 1000})
+	c := e.attach("")
+	c.s.Lock()
+	c.s.GoLiveLocked()
+	c.s.Unlock()
+	for id := int64(1); id <= 20; id++ {
+		e.publish(big(id, 900))
+		if f := c.next(); !strings.HasPrefix(f, fmt.Sprintf("all@%d.0 ", id)) {
+			t.Fatalf("event %d: got %.40q…", id, f)
+		}
+	}
+	c.expectNone()
+}
+
+// A replay is paced by the bytes in flight too: it waits while they are
+// past half the bound, and goes on as the client reads, instead of
+// closing the session.
+func TestReplayPacedByBytes(t *testing.T) {
+	events := []relay.Event{ev("all", 1, 0)}
+	for id := int64(2); id <= 6; id++ {
+		events = append(events, big(id, 400))
+	}
+	e := newEnv(t, Options{QueueBytes: 1000}, events...)
+	c := &recConn{frames: make(chan string, 1024), held: true}
+	s := e.tr.Attach(c, func(s *Session) Handler {
+		c.s = s
+		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: pos("e1", 1)}
+	})
+	cl := &client{t: t, s: s, c: c}
+	// 400 bytes in flight: under half the bound, the next one goes; then
+	// 800: the replay waits for the client.
+	for id := 2; id <= 3; id++ {
+		if f := cl.next(); !strings.HasPrefix(f, fmt.Sprintf("all@%d.0 ", id)) {
+			t.Fatalf("got %.40q…", f)
+		}
+	}
+	cl.expectNone()
+	c.release()
+	for id := 4; id <= 6; id++ {
+		if f := cl.next(); !strings.HasPrefix(f, fmt.Sprintf("all@%d.0 ", id)) {
+			t.Fatalf("got %.40q…", f)
+		}
+	}
+	cl.expect("resumed 5")
 }

@@ -57,6 +57,7 @@ type Options struct {
 	Origins        []string
 	Heartbeat      time.Duration // default 25s
 	QueueSize      int           // outbound frames per session; default 256
+	QueueBytes     int64         // outbound event bytes per session (one frame always passes); default 16 MiB
 	MaxMessageSize int64         // client frame limit; default 4096
 	RateLimit      float64       // client messages per second; default 20
 	RateBurst      int           // default 50
@@ -94,6 +95,9 @@ func New(o Options) *Transport {
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = 256
+	}
+	if o.QueueBytes <= 0 {
+		o.QueueBytes = DefaultQueueBytes
 	}
 	if o.MaxMessageSize <= 0 {
 		o.MaxMessageSize = 4096
@@ -145,9 +149,9 @@ func New(o Options) *Transport {
 			c.recv.ReceiveBinary(msg)
 		}
 	})
-	t.m.HandleSentMessage(func(ms *melody.Session, _ []byte) {
+	t.m.HandleSentMessage(func(ms *melody.Session, msg []byte) {
 		if c := t.wsConnOf(ms); c != nil {
-			c.frameSent()
+			c.frameSent(len(msg))
 		}
 	})
 	t.m.HandleError(t.onError)
@@ -293,6 +297,9 @@ func (d *detachedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	return c, brw, err
 }
+
+// DefaultQueueBytes is Options.QueueBytes when unset: 16 MiB.
+const DefaultQueueBytes = 16 << 20
 
 // queueHeadroom is the room melody's output channel keeps beyond the event
 // queue for the frames that are not events (errors, pongs, protocol

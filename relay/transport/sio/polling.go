@@ -278,8 +278,8 @@ wait:
 		so.finish()
 		return
 	}
-	for range frames {
-		so.s.Sent()
+	for _, f := range frames {
+		so.s.Sent(len(f))
 	}
 	if closeNow {
 		so.finish()
@@ -445,11 +445,11 @@ func (u *upgradeConn) ReceiveBinary(msg []byte) {
 }
 
 // Sent counts the session's frames, not the probe's answer.
-func (u *upgradeConn) Sent() {
+func (u *upgradeConn) Sent(size int) {
 	for {
 		n := u.uncounted.Load()
 		if n == 0 {
-			u.so.s.Sent()
+			u.so.s.Sent(size)
 			return
 		}
 		if u.uncounted.CompareAndSwap(n, n-1) {
@@ -479,5 +479,5 @@ type ignore struct{}
 
 func (ignore) Receive([]byte)       {}
 func (ignore) ReceiveBinary([]byte) {}
-func (ignore) Sent()                {}
+func (ignore) Sent(int)             {}
 func (ignore) Gone()                {}

@@ -476,7 +476,7 @@ func TestPollingProbeAnswersCountedPerProbe(t *testing.T) {
 			first.uncounted.Add(1)
 		}
 		second := &upgradeConn{so: so}
-		second.Sent()
+		second.Sent(1)
 		so.s.Lock()
 		defer so.s.Unlock()
 		n := 0

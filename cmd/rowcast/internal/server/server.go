@@ -236,7 +236,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
 	r.ws = ws.New(ws.Options{Options: session.Options{
 		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
-		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize,
+		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize, QueueBytes: cfg.Sessions.QueueBytes,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
