@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/url"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
@@ -1074,4 +1077,113 @@ func TestFaultSlotHolderCutOff(t *testing.T) {
 	l.await(20*time.Second, "the changes written since, through the second relay", func() bool { return l.sessions[2].has(mid) })
 	l.finish()
 	proxy.Restore()
+}
+
+// TestFaultLargeRows: a 10 MB value in both modes: the created event
+// carries it; an update that leaves it alone (unchanged, TOASTed) sends
+// only what changed; one that changes it sends it. Meanwhile 100 sessions
+// that read nothing are connected: each is closed with 4008 once two such
+// rows are in flight for it (sessions.queue_bytes), and the relay's heap,
+// sampled throughout, stays bounded (its peak is logged).
+func TestFaultLargeRows(t *testing.T) {
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			e := startRelay(t, mode.tweak)
+			reader := e.connect(userToken(t, "2", 1))
+			var slow []*websocket.Conn
+			for i := range 100 {
+				u := url.URL{Scheme: "ws", Host: e.relay.Addr(), Path: "/ws", RawQuery: "access_token=" + userToken(t, fmt.Sprint(100+i), 1)}
+				ws, _, err := websocket.DefaultDialer.Dial(u.String(), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ws.Close() })
+				slow = append(slow, ws)
+			}
+			var peak atomic.Uint64
+			stop := make(chan struct{})
+			sampled := make(chan struct{})
+			go func() {
+				defer close(sampled)
+				var ms runtime.MemStats
+				for {
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > peak.Load() {
+						peak.Store(ms.HeapInuse)
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}()
+			big := strings.Repeat("0123456789abcdef", 10<<20/16)
+			var id int64
+			if err := e.db.QueryRow(context.Background(), `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price, notes)
+				values (1, 'big', 'Austin', 'TX', '1', 1, $1) returning id`, big).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			f := reader.event("escrow:created")
+			if notes, _ := f.data()["escrow"].(map[string]any)["notes"].(string); notes != big {
+				t.Fatalf("created: notes of %d bytes, want %d", len(notes), len(big))
+			}
+			e.exec("update escrows set version = version + 1 where id = $1", id)
+			var d struct {
+				Changes map[string]any `json:"changes"`
+			}
+			if err := json.Unmarshal(reader.event("escrow:updated").Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := d.Changes["notes"]; ok || d.Changes["version"] == nil {
+				t.Fatalf("an update leaving the large value alone sent changes %v", slices.Collect(maps.Keys(d.Changes)))
+			}
+			for i := range 4 {
+				t0 := time.Now()
+				e.exec("update escrows set notes = $2 where id = $1", id, string(rune('A'+i))+big[1:])
+				f, err := reader.read(time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("update %d arrived after %v", i, time.Since(t0))
+				if err := json.Unmarshal(f.Data, &d); err != nil {
+					t.Fatal(err)
+				}
+				if notes, _ := d.Changes["notes"].(string); len(notes) != len(big) {
+					t.Fatalf("update %d: notes of %d bytes in changes, want %d", i, len(notes), len(big))
+				}
+			}
+			// Every slow session was closed: reading now, each finds 4008
+			// after what it was sent.
+			closed := 0
+			ends := map[string]int{}
+			for _, ws := range slow {
+				_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+				frames := 0
+				for {
+					_, _, err := ws.ReadMessage()
+					if err == nil {
+						frames++
+						continue
+					}
+					var ce *websocket.CloseError
+					if errors.As(err, &ce) && ce.Code == 4008 {
+						closed++
+					}
+					ends[fmt.Sprintf("%d frames, then %v", frames, err)]++
+					break
+				}
+			}
+			t.Logf("how the sessions reading nothing ended: %v", ends)
+			close(stop)
+			<-sampled
+			t.Logf("peak heap in use %d MiB with 100 sessions reading nothing and six 10 MiB changes", peak.Load()>>20)
+			if closed != len(slow) {
+				t.Errorf("%d of %d sessions reading nothing were closed with 4008", closed, len(slow))
+			}
+			if peak.Load() > 1<<30 {
+				t.Errorf("peak heap in use %d MiB", peak.Load()>>20)
+			}
+		})
+	}
 }
