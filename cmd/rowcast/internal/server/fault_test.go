@@ -1,13 +1,17 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -15,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1183,6 +1188,102 @@ func TestFaultLargeRows(t *testing.T) {
 			}
 			if peak.Load() > 1<<30 {
 				t.Errorf("peak heap in use %d MiB", peak.Load()>>20)
+			}
+		})
+	}
+}
+
+// startProcessRelay builds rowcast and runs `rowcast serve` with e's
+// configuration in a process of its own, listening on a free port; it
+// returns an env whose sessions dial that process, the process, and its
+// log. The process is killed when the test ends.
+func startProcessRelay(t *testing.T, e *env) (*env, *exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "rowcast")
+	build := exec.Command("go", "build", "-o", bin, "github.com/rowcast/rowcast/cmd/rowcast")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := *e.cfg
+	cfg.Listen = addr
+	var yml bytes.Buffer
+	if err := cfg.WriteYAML(&yml); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "rowcast.yaml")
+	if err := os.WriteFile(cfgFile, yml.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proc := exec.Command(bin, "serve", "--config", cfgFile)
+	proc.Env = append(os.Environ(), "ROWCAST_DATABASE_URL="+e.url, "ROWCAST_AUTH_JWT_SECRET="+secret)
+	logs := &lockedBuffer{}
+	proc.Stdout, proc.Stderr = logs, logs
+	if err := proc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Process.Signal(syscall.SIGCONT); _ = proc.Process.Kill(); _ = proc.Wait() })
+	waitFor(t, func() string { return "the relay process to answer /readyz; its log:\n" + logs.String() }, func() bool {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	p := *e
+	p.addr = addr
+	return &p, proc, logs
+}
+
+// TestFaultRelayPaused: the relay that ticks (trigger mode) or holds the
+// slot (logical mode), a process of its own with every session on it, is
+// paused with SIGSTOP while the writers go on; the relay in this process
+// takes over the ticking or the slot and goes on publishing; after
+// SIGCONT the paused relay catches up, and its sessions either catch up or
+// were closed 4008 and resume, losing nothing.
+func TestFaultRelayPaused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and pauses a rowcast process")
+	}
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			l := startFaultLoad(t, mode.tweak, 4, nil)
+			l.e.shutdown() // the process takes the ticker lock or the slot first
+			p, proc, logs := startProcessRelay(t, l.e)
+			for _, s := range l.sessions {
+				s.mu.Lock()
+				s.pick = func() *env { return p }
+				s.mu.Unlock()
+			}
+			l.e.logicalRetry = 200 * time.Millisecond
+			l.e.start()
+			for _, s := range l.sessions {
+				s.drop() // to the process
+			}
+			l.waitCommits(100)
+			if err := proc.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			// Paused until the relay here publishes what was written since.
+			l.waitCommits(100)
+			mark := l.e.relay.Hub().Stats().Published
+			l.waitCommits(100)
+			l.await(time.Minute, "the relay in this process publishing while the other is paused", func() bool {
+				return l.e.relay.Hub().Stats().Published > mark
+			})
+			if err := proc.Process.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			l.waitCommits(200)
+			l.finish()
+			if t.Failed() {
+				t.Logf("the paused relay's log:\n%s", logs.String())
 			}
 		})
 	}

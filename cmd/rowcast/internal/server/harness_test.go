@@ -50,6 +50,9 @@ type env struct {
 	// logicalStandby and logicalIdle are the slot holder's status interval
 	// and idle timeout (zero: the defaults), for relays started from now on.
 	logicalStandby, logicalIdle time.Duration
+	// addr, when set, is the address sessions dial instead of the relay's
+	// (a relay in another process).
+	addr string
 }
 
 // forT returns a copy of e that reports to t (a subtest).
@@ -206,7 +209,11 @@ type client struct {
 // dial connects to /ws; query is added to the URL as is ("since=…"). A
 // refused upgrade's error wraps a *rowclient.HandshakeError.
 func (e *env) dial(tok string, query string, hdr http.Header) (*client, error) {
-	u := url.URL{Scheme: "ws", Host: e.relay.Addr(), Path: "/ws", RawQuery: query}
+	host := e.addr
+	if host == "" {
+		host = e.relay.Addr()
+	}
+	u := url.URL{Scheme: "ws", Host: host, Path: "/ws", RawQuery: query}
 	conn, err := rowclient.Dial(context.Background(), rowclient.Options{URL: u.String(), Token: tok, Header: hdr})
 	if err != nil {
 		return nil, err
