@@ -1288,3 +1288,124 @@ func TestFaultRelayPaused(t *testing.T) {
 		})
 	}
 }
+
+// faultScale is how much longer the long variants of the fault tests run
+// (ROWCAST_FAULT_LONG=1: ten times the rows).
+func faultScale() int {
+	if os.Getenv("ROWCAST_FAULT_LONG") != "" {
+		return 10
+	}
+	return 1
+}
+
+// TestFaultLargeTransaction: one transaction inserting 10,000 rows
+// (100,000 with ROWCAST_FAULT_LONG=1), then one as large that rolls back,
+// in both modes. A session of the team gets every row once, or a resync
+// (it is closed 4008 when the burst passes its queue and resumes with its
+// position, as the client does); a session of another team gets nothing;
+// the rolled-back one sends nothing. The relay's sampled peak heap is
+// logged.
+func TestFaultLargeTransaction(t *testing.T) {
+	n := 10000 * faultScale()
+	for _, mode := range restartModes {
+		t.Run(mode.name, func(t *testing.T) {
+			e := startRelay(t, mode.tweak)
+			// Another team's session reads meanwhile (which answers the
+			// relay's pings): it must get nothing before its own marker.
+			other := e.connect(userToken(t, "4", 2))
+			otherDone := make(chan error, 1)
+			go func() {
+				for {
+					f, err := other.read(5 * time.Minute)
+					switch {
+					case err != nil:
+						otherDone <- err
+						return
+					case f.Type == "event" && f.Event == "lead:created" && f.data()["lead"].(map[string]any)["first_name"] == "other team":
+						otherDone <- nil
+						return
+					case f.Type == "event":
+						otherDone <- fmt.Errorf("the other team's session got %s", f.Raw)
+						return
+					}
+				}
+			}()
+			var peak atomic.Uint64
+			stop := make(chan struct{})
+			sampled := make(chan struct{})
+			go func() {
+				defer close(sampled)
+				var ms runtime.MemStats
+				for {
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > peak.Load() {
+						peak.Store(ms.HeapInuse)
+					}
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}()
+			tok := userToken(t, "2", 1)
+			c := e.connect(tok)
+			e.exec(`insert into leads (team_id, first_name) select 1, 'big-' || g from generate_series(1, $1::int) g`, n)
+			err := pgx.BeginFunc(context.Background(), e.db, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(context.Background(), `insert into leads (team_id, first_name) select 1, 'undone-' || g from generate_series(1, $1::int) g`, n); err != nil {
+					return err
+				}
+				return errRollback
+			})
+			if !errors.Is(err, errRollback) {
+				t.Fatal(err)
+			}
+			e.exec("insert into leads (team_id, first_name) values (1, 'marker')")
+			seen := make(map[string]bool, n)
+			reconnects, resynced := 0, false
+			for done := false; !done; {
+				f, err := c.read(time.Minute)
+				if err != nil {
+					t.Logf("after %d rows: %v", len(seen), err)
+					reconnects++
+					if reconnects > 50 {
+						t.Fatalf("%d reconnects: %v", reconnects, err)
+					}
+					if c, err = e.dial(tok, "since="+c.last, nil); err != nil {
+						t.Fatal(err)
+					}
+					if w := c.next(); w.Type != "welcome" {
+						t.Fatalf("got %s", w.Raw)
+					}
+					continue
+				}
+				switch {
+				case f.Type == "resync":
+					resynced = true
+				case f.Event == "lead:created":
+					name, _ := f.data()["lead"].(map[string]any)["first_name"].(string)
+					switch {
+					case name == "marker":
+						done = true
+					case strings.HasPrefix(name, "undone-"):
+						t.Fatalf("a rolled-back row was sent: %s", name)
+					case seen[name]:
+						t.Fatalf("%s sent twice", name)
+					default:
+						seen[name] = true
+					}
+				}
+			}
+			close(stop)
+			<-sampled
+			t.Logf("%d of %d rows seen, %d reconnects, resync %v; peak heap in use %d MiB", len(seen), n, reconnects, resynced, peak.Load()>>20)
+			if len(seen) != n && !resynced {
+				t.Fatalf("saw %d of %d rows and no resync", len(seen), n)
+			}
+			e.exec("insert into leads (team_id, first_name) values (2, 'other team')")
+			if err := <-otherDone; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
