@@ -1105,24 +1105,7 @@ func TestFaultLargeRows(t *testing.T) {
 				t.Cleanup(func() { ws.Close() })
 				slow = append(slow, ws)
 			}
-			var peak atomic.Uint64
-			stop := make(chan struct{})
-			sampled := make(chan struct{})
-			go func() {
-				defer close(sampled)
-				var ms runtime.MemStats
-				for {
-					runtime.ReadMemStats(&ms)
-					if ms.HeapInuse > peak.Load() {
-						peak.Store(ms.HeapInuse)
-					}
-					select {
-					case <-stop:
-						return
-					case <-time.After(20 * time.Millisecond):
-					}
-				}
-			}()
+			peakHeap := sampleHeap()
 			big := strings.Repeat("0123456789abcdef", 10<<20/16)
 			var id int64
 			if err := e.db.QueryRow(context.Background(), `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price, notes)
@@ -1180,14 +1163,13 @@ func TestFaultLargeRows(t *testing.T) {
 				}
 			}
 			t.Logf("how the sessions reading nothing ended: %v", ends)
-			close(stop)
-			<-sampled
-			t.Logf("peak heap in use %d MiB with 100 sessions reading nothing and six 10 MiB changes", peak.Load()>>20)
+			peak := peakHeap()
+			t.Logf("peak heap in use %d MiB with 100 sessions reading nothing and six 10 MiB changes", peak>>20)
 			if closed != len(slow) {
 				t.Errorf("%d of %d sessions reading nothing were closed with 4008", closed, len(slow))
 			}
-			if peak.Load() > 1<<30 {
-				t.Errorf("peak heap in use %d MiB", peak.Load()>>20)
+			if peak > 1<<30 {
+				t.Errorf("peak heap in use %d MiB", peak>>20)
 			}
 		})
 	}
@@ -1330,24 +1312,7 @@ func TestFaultLargeTransaction(t *testing.T) {
 					}
 				}
 			}()
-			var peak atomic.Uint64
-			stop := make(chan struct{})
-			sampled := make(chan struct{})
-			go func() {
-				defer close(sampled)
-				var ms runtime.MemStats
-				for {
-					runtime.ReadMemStats(&ms)
-					if ms.HeapInuse > peak.Load() {
-						peak.Store(ms.HeapInuse)
-					}
-					select {
-					case <-stop:
-						return
-					case <-time.After(20 * time.Millisecond):
-					}
-				}
-			}()
+			peakHeap := sampleHeap()
 			tok := userToken(t, "2", 1)
 			c := e.connect(tok)
 			e.exec(`insert into leads (team_id, first_name) select 1, 'big-' || g from generate_series(1, $1::int) g`, n)
@@ -1396,9 +1361,8 @@ func TestFaultLargeTransaction(t *testing.T) {
 					}
 				}
 			}
-			close(stop)
-			<-sampled
-			t.Logf("%d of %d rows seen, %d reconnects, resync %v; peak heap in use %d MiB", len(seen), n, reconnects, resynced, peak.Load()>>20)
+			peak := peakHeap()
+			t.Logf("%d of %d rows seen, %d reconnects, resync %v; peak heap in use %d MiB", len(seen), n, reconnects, resynced, peak>>20)
 			if len(seen) != n && !resynced {
 				t.Fatalf("saw %d of %d rows and no resync", len(seen), n)
 			}
@@ -1408,4 +1372,25 @@ func TestFaultLargeTransaction(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sampleHeap samples this process's heap in use every 20ms until the
+// returned function is called, which returns the peak (bytes).
+func sampleHeap() func() uint64 {
+	var peak uint64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapInuse)
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return func() uint64 { close(stop); <-done; return peak }
 }
