@@ -1008,18 +1008,21 @@ func TestFaultAlterTableUnderLoad(t *testing.T) {
 
 // holding reports whether e's relay holds the replication slot (its
 // rowcast_logical_slot_holder gauge).
-func (e *env) holding() bool {
+func (e *env) holding() bool { return e.gauge("rowcast_logical_slot_holder") == 1 }
+
+// gauge returns the value of the named gauge of e's relay (0 when absent).
+func (e *env) gauge(name string) float64 {
 	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "rowcast_logical_slot_holder" {
-			return mf.GetMetric()[0].GetGauge().GetValue() == 1
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
 		}
 	}
-	return false
+	return 0
 }
 
 // TestFaultSlotHolderCutOff: the relay holding the replication slot loses
@@ -1246,7 +1249,7 @@ func TestFaultRelayPaused(t *testing.T) {
 				s.pick = func() *env { return p }
 				s.mu.Unlock()
 			}
-			l.e.logicalRetry = 200 * time.Millisecond
+			l.e.logicalRetry, l.e.logicalStandby = 200*time.Millisecond, 200*time.Millisecond
 			l.e.start()
 			for _, s := range l.sessions {
 				s.drop() // to the process
@@ -1259,9 +1262,20 @@ func TestFaultRelayPaused(t *testing.T) {
 			l.waitCommits(100)
 			mark := l.e.relay.Hub().Stats().Published
 			l.waitCommits(100)
+			lag := 0.0 // the slot lag the relay here reports (logical mode)
 			l.await(time.Minute, "the relay in this process publishing while the other is paused", func() bool {
+				lag = max(lag, l.e.gauge("rowcast_logical_slot_lag_bytes"))
 				return l.e.relay.Hub().Stats().Published > mark
 			})
+			if mode.name == "logical" {
+				// It took the slot over with the WAL written meanwhile to
+				// decode: the lag shows in its metrics.
+				l.await(time.Minute, "the slot lag in the metrics", func() bool {
+					lag = max(lag, l.e.gauge("rowcast_logical_slot_lag_bytes"))
+					return lag > 0
+				})
+				t.Logf("slot lag reported after the takeover: %.0f bytes", lag)
+			}
 			if err := proc.Process.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
 			}
