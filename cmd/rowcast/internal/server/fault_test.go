@@ -226,17 +226,20 @@ func (s *faultSession) check(final map[string]int) error {
 	defer s.mu.Unlock()
 	for _, id := range s.rows {
 		got := s.seen[id]
-		prev, refetched := 1, false
+		// covered is the last version the refetch already covered that
+		// arrived after it: those come once each and in order too.
+		prev, refetched, covered := 1, false, 0
 		for i, v := range got {
 			switch {
 			case v == 0:
 			case i > 0 && got[i-1] == 0:
 				// The refetch after a resync: the new baseline (lower
 				// after a restore); events it already covers may follow.
-				prev, refetched = -v, true
+				prev, refetched, covered = -v, true, 0
 			case v > final[id]:
 				return fmt.Errorf("escrow %s: saw version %d, the database has %d (a forgotten commit): %v", id, v, final[id], got)
-			case refetched && v <= prev:
+			case refetched && v <= prev && v > covered:
+				covered = v
 			case v == prev+1:
 				prev, refetched = v, false
 			default:
