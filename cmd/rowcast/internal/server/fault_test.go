@@ -134,9 +134,12 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 		if since != "" {
 			query = "since=" + since
 		}
+		s.mu.Lock()
+		pick := s.pick // set by a test while the session runs
+		s.mu.Unlock()
 		e := s.e
-		if s.pick != nil {
-			e = s.pick()
+		if pick != nil {
+			e = pick()
 		}
 		c, err := e.dial(s.tok, query, nil)
 		if err == nil {
