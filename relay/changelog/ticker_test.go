@@ -40,7 +40,14 @@ func TestTickerPausedGivesWay(t *testing.T) {
 	oa.OnHolding, ob.OnHolding = onA, onB
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
-	defer func() { cancel(); <-done; <-done }()
+	started := 0 // tickers running: a failure before B started waits for A alone
+	defer func() {
+		cancel()
+		for range started {
+			<-done
+		}
+	}()
+	started++
 	go func() { done <- changelog.NewTicker(u.String(), oa).Run(ctx) }()
 	wait := func(c chan bool, want bool, what string) {
 		t.Helper()
@@ -54,6 +61,7 @@ func TestTickerPausedGivesWay(t *testing.T) {
 		}
 	}
 	wait(a, true, "A takes the ticker lock")
+	started++
 	go func() { done <- changelog.NewTicker(d.url, ob).Run(ctx) }()
 	proxy.Cut()
 	wait(b, true, "B takes over from the silent A")

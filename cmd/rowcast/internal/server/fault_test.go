@@ -142,9 +142,12 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 		if since != "" {
 			query = "since=" + since
 		}
+		s.mu.Lock()
+		pick := s.pick // set by a test while the session runs
+		s.mu.Unlock()
 		e := s.e
-		if s.pick != nil {
-			e = s.pick()
+		if pick != nil {
+			e = pick()
 		}
 		c, err := e.dial(s.tok, query, nil)
 		if err == nil {
@@ -234,17 +237,20 @@ func (s *faultSession) check(final map[string]int) error {
 	defer s.mu.Unlock()
 	for _, id := range s.rows {
 		got := s.seen[id]
-		prev, refetched := 1, false
+		// covered is the last version the refetch already covered that
+		// arrived after it: those come once each and in order too.
+		prev, refetched, covered := 1, false, 0
 		for i, v := range got {
 			switch {
 			case v == 0:
 			case i > 0 && got[i-1] == 0:
 				// The refetch after a resync: the new baseline (lower
 				// after a restore); events it already covers may follow.
-				prev, refetched = -v, true
+				prev, refetched, covered = -v, true, 0
 			case v > final[id]:
 				return fmt.Errorf("escrow %s: saw version %d, the database has %d (a forgotten commit): %v", id, v, final[id], got)
-			case refetched && v <= prev:
+			case refetched && v <= prev && v > covered:
+				covered = v
 			case v == prev+1:
 				prev, refetched = v, false
 			default:
