@@ -273,12 +273,15 @@ type faultLoad struct {
 	sessions []*faultSession
 	writers  *pgxpool.Pool
 	commits  atomic.Int64
-	news     chan struct{}      // signalled after each commit and each frame read
-	halt     atomic.Bool        // the writers stop before their next transaction
-	stop     context.CancelFunc // ends the sessions
-	wg       errgroup.Group     // the sessions
-	stopW    context.CancelFunc // ends the writers
-	wgW      errgroup.Group     // the writers
+	news     chan struct{} // signalled after each commit and each frame read
+	halt     atomic.Bool   // the writers stop before their next transaction
+	// resyncs allows sessions to be told to resync: the test loses history
+	// on purpose (pruning, a restore). Otherwise a resync fails the test.
+	resyncs bool
+	stop    context.CancelFunc // ends the sessions
+	wg      errgroup.Group     // the sessions
+	stopW   context.CancelFunc // ends the writers
+	wgW     errgroup.Group     // the writers
 }
 
 // signal signals c without blocking.
@@ -414,9 +417,20 @@ func (l *faultLoad) write(ctx context.Context, seed uint64) error {
 
 // stopWriters stops the writers after their transactions in flight and
 // waits for them: nothing commits after it returns.
+//
+// A writer stuck for a minute in a transaction (a test gone wrong) fails
+// the test, and its context is cancelled, rather than the wait hanging.
 func (l *faultLoad) stopWriters() {
 	l.halt.Store(true)
-	_ = l.wgW.Wait()
+	done := make(chan struct{})
+	go func() { _ = l.wgW.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		l.stopW()
+		<-done
+		l.t.Error("a writer did not finish its transaction within a minute")
+	}
 	l.stopW()
 }
 
@@ -477,6 +491,11 @@ func (l *faultLoad) finish() {
 	for i, s := range l.sessions {
 		if err := s.check(final); err != nil {
 			l.t.Errorf("session %d (teams %v, %d reconnects, %d resyncs): %v", i, s.teams, s.reconnects, s.resyncs, err)
+		}
+		if s.resyncs > 0 && !l.resyncs {
+			// Nothing was lost from the history: a resync here would hide
+			// a loss behind "refetch".
+			l.t.Errorf("session %d was told to resync %d times", i, s.resyncs)
 		}
 		total += s.reconnects
 	}
@@ -827,6 +846,7 @@ func TestFaultPruningWhileResuming(t *testing.T) {
 	for _, mode := range restartModes {
 		t.Run(mode.name, func(t *testing.T) {
 			l := startFaultLoad(t, mode.tweak, 4, nil)
+			l.resyncs = true
 			ctx, cancel := context.WithCancel(context.Background())
 			pruned := make(chan error, 1)
 			var passed atomic.Int64 // when the last completed prune pass started (Unix ns)
@@ -898,6 +918,7 @@ func TestFaultPruningWhileResuming(t *testing.T) {
 // TestLogicalSlotLostStartsNewEpoch covers.
 func TestFaultRestoreFromDump(t *testing.T) {
 	l := startFaultLoad(t, nil, 4, nil)
+	l.resyncs = true
 	bin, err := pgembed.BinDir()
 	if err != nil {
 		t.Skip(err)
