@@ -48,7 +48,7 @@ import (
 // last position after every drop.
 type faultSession struct {
 	e     *env
-	pick  func() *env     // the relay each reconnect dials; nil: e
+	pick  func() *env     // the relay each reconnect dials (nil: e); returning nil, none yet
 	news  chan<- struct{} // signalled (without blocking) after each frame
 	tok   string
 	teams []int
@@ -149,7 +149,11 @@ func (s *faultSession) redial(ctx context.Context, since string, cause error) (*
 		if pick != nil {
 			e = pick()
 		}
-		c, err := e.dial(s.tok, query, nil)
+		var c *client
+		err := errNoRelay
+		if e != nil { // nil: no relay to go to yet
+			c, err = e.dial(s.tok, query, nil)
+		}
 		if err == nil {
 			w, err := c.read(10 * time.Second)
 			if err == nil && w.Type == "welcome" {
@@ -215,6 +219,9 @@ func (s *faultSession) drop() {
 }
 
 func abs(v int) int { return max(v, -v) }
+
+// errNoRelay is a reconnect's error while a session's pick names no relay.
+var errNoRelay = errors.New("no relay to reconnect to yet")
 
 // has reports whether the session has seen version v of every row in want
 // (a row at version 1 was never updated).
@@ -1077,7 +1084,8 @@ func TestFaultSlotHolderCutOff(t *testing.T) {
 		c.Database.URL = u.String()
 	}, 4, nil)
 	// The first relay (through the proxy) started with the defaults; start
-	// the second with short timeouts, then restart the first with them.
+	// the second with short timeouts, move the sessions to it, then restart
+	// the first with them.
 	l.await(time.Minute, "the first relay holding the slot", l.e.holding)
 	second := *l.e
 	cfg := *l.e.cfg
@@ -1086,6 +1094,11 @@ func TestFaultSlotHolderCutOff(t *testing.T) {
 	second.logicalRetry, second.logicalStandby, second.logicalIdle = 200*time.Millisecond, 200*time.Millisecond, time.Second
 	second.start()
 	t.Cleanup(second.shutdown)
+	for _, s := range l.sessions {
+		s.mu.Lock()
+		s.pick = func() *env { return &second }
+		s.mu.Unlock()
+	}
 	l.e.shutdown()
 	l.e.logicalRetry, l.e.logicalStandby, l.e.logicalIdle = 200*time.Millisecond, 200*time.Millisecond, time.Second
 	l.e.start()
@@ -1095,12 +1108,6 @@ func TestFaultSlotHolderCutOff(t *testing.T) {
 		second.shutdown()
 		l.await(time.Minute, "the first relay taking the slot back", l.e.holding)
 		second.start()
-	}
-	for _, s := range l.sessions {
-		s.mu.Lock()
-		s.pick = func() *env { return &second }
-		s.mu.Unlock()
-		s.drop()
 	}
 	l.waitCommits(100)
 	proxy.Cut()
@@ -1269,18 +1276,23 @@ func TestFaultRelayPaused(t *testing.T) {
 	for _, mode := range restartModes {
 		t.Run(mode.name, func(t *testing.T) {
 			l := startFaultLoad(t, mode.tweak, 4, nil)
-			l.e.shutdown() // the process takes the ticker lock or the slot first
-			p, proc, logs := startProcessRelay(t, l.e)
+			// The sessions go to the process as soon as it runs.
+			var target atomic.Pointer[env]
 			for _, s := range l.sessions {
 				s.mu.Lock()
-				s.pick = func() *env { return p }
+				s.pick = target.Load
 				s.mu.Unlock()
 			}
+			l.e.shutdown() // the process takes the ticker lock or the slot first
+			p, proc, logs := startProcessRelay(t, l.e)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("the paused relay's log:\n%s", logs.String())
+				}
+			})
+			target.Store(p)
 			l.e.logicalRetry, l.e.logicalStandby = 200*time.Millisecond, 200*time.Millisecond
 			l.e.start()
-			for _, s := range l.sessions {
-				s.drop() // to the process
-			}
 			l.waitCommits(100)
 			if err := proc.Process.Signal(syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
@@ -1308,9 +1320,6 @@ func TestFaultRelayPaused(t *testing.T) {
 			}
 			l.waitCommits(200)
 			l.finish()
-			if t.Failed() {
-				t.Logf("the paused relay's log:\n%s", logs.String())
-			}
 		})
 	}
 }
