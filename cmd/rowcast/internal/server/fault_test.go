@@ -572,16 +572,7 @@ func TestFaultNetworkCut(t *testing.T) {
 				if mode.tweak != nil {
 					mode.tweak(c)
 				}
-				u, err := url.Parse(c.Database.URL)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if proxy, err = pgtest.NewProxy(u.Host); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = proxy.Close() })
-				u.Host = proxy.Addr()
-				c.Database.URL = u.String()
+				proxy = throughProxy(t, c)
 			}, 4, nil)
 			setSystem(t, l.e, "wal_sender_timeout", "1s")
 			l.waitCommits(200)
@@ -1072,16 +1063,7 @@ func TestFaultSlotHolderCutOff(t *testing.T) {
 	l := startFaultLoad(t, func(c *config.Config) {
 		logicalMode(c)
 		direct = c.Database.URL
-		u, err := url.Parse(c.Database.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if proxy, err = pgtest.NewProxy(u.Host); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = proxy.Close() })
-		u.Host = proxy.Addr()
-		c.Database.URL = u.String()
+		proxy = throughProxy(t, c)
 	}, 4, nil)
 	// The first relay (through the proxy) started with the defaults; start
 	// the second with short timeouts, move the sessions to it, then restart
@@ -1446,4 +1428,22 @@ func sampleHeap() func() uint64 {
 		}
 	}()
 	return func() uint64 { close(stop); <-done; return peak }
+}
+
+// throughProxy starts a proxy to c's database and points c at it; the proxy
+// is closed when the test ends.
+func throughProxy(t *testing.T, c *config.Config) *pgtest.Proxy {
+	t.Helper()
+	u, err := url.Parse(c.Database.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := pgtest.NewProxy(u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	u.Host = proxy.Addr()
+	c.Database.URL = u.String()
+	return proxy
 }
