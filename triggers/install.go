@@ -106,6 +106,19 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 		return nil, fmt.Errorf("install: %w", err)
 	}
 	if p.Logical {
+		// A new slot starts a new history: a slot that was dropped (as a
+		// restore of the database requires) must not be read on under the
+		// positions clients hold, which would name other changes once tick
+		// numbers are reused. The epoch first, as the slot holder does.
+		var exists bool
+		if err := conn.QueryRow(ctx, "select exists (select 1 from pg_replication_slots where slot_name = $1)", p.Slot).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+		if !exists {
+			if _, err := conn.Exec(ctx, "update rowcast.meta set epoch = gen_random_uuid()"); err != nil {
+				return nil, fmt.Errorf("install: new history epoch: %w", err)
+			}
+		}
 		created, err := createSlot(ctx, conn, p.Slot)
 		if err != nil {
 			return nil, fmt.Errorf("install: %w", err)

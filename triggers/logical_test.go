@@ -224,3 +224,36 @@ func TestQuotedNames(t *testing.T) {
 		t.Errorf("replica identity %q after remove, want d", ri)
 	}
 }
+
+// TestInstallNewSlotNewEpoch: install creating the replication slot (a
+// first install, or again after the slot was dropped, as a restore of the
+// database requires) starts a new history epoch; install with the slot in
+// place keeps it.
+func TestInstallNewSlotNewEpoch(t *testing.T) {
+	conn := demoDB(t)
+	p := logicalPlan(t, conn, true)
+	install(t, conn, p)
+	epoch := func() string {
+		t.Helper()
+		var e string
+		if err := conn.QueryRow(t.Context(), "select epoch::text from rowcast.meta").Scan(&e); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	first := epoch()
+	install(t, conn, p)
+	if got := epoch(); got != first {
+		t.Fatalf("install with the slot in place changed the epoch %s to %s", first, got)
+	}
+	if _, err := conn.Exec(t.Context(), "select pg_drop_replication_slot('rowcast')"); err != nil {
+		t.Fatal(err)
+	}
+	lines := install(t, conn, p)
+	if !hasLine(lines, "replication slot rowcast") {
+		t.Fatalf("install did not recreate the slot: %q", lines)
+	}
+	if got := epoch(); got == first {
+		t.Fatal("install recreated the slot under the old epoch")
+	}
+}
