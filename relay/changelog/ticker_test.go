@@ -38,6 +38,13 @@ func TestTickerPausedGivesWay(t *testing.T) {
 	o := changelog.TickerOptions{PollMax: 20 * time.Millisecond, Retry: 100 * time.Millisecond, IdleTimeout: time.Second}
 	oa, ob := o, o
 	oa.OnHolding, ob.OnHolding = onA, onB
+	ticked := make(chan struct{}, 1) // B recorded a tick
+	ob.OnTick = func() {
+		select {
+		case ticked <- struct{}{}:
+		default:
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	started := 0 // tickers running: a failure before B started waits for A alone
@@ -65,14 +72,19 @@ func TestTickerPausedGivesWay(t *testing.T) {
 	go func() { done <- changelog.NewTicker(d.url, ob).Run(ctx) }()
 	proxy.Cut()
 	wait(b, true, "B takes over from the silent A")
+	select { // a tick B recorded of what came before, if any
+	case <-ticked:
+	default:
+	}
 	before := d.queryInt("select max(tick) from rowcast.ticks")
 	d.exec("insert into items (id, team_id) values (1, 7)")
-	deadline := time.Now().Add(30 * time.Second)
-	for d.queryInt("select max(tick) from rowcast.ticks") == before {
-		if time.Now().After(deadline) {
-			t.Fatal("no tick after B took over")
-		}
-		time.Sleep(10 * time.Millisecond) // polling the ticks table
+	select {
+	case <-ticked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no tick after B took over")
+	}
+	if after := d.queryInt("select max(tick) from rowcast.ticks"); after <= before {
+		t.Fatalf("B ticked, yet the latest tick is %d (was %d)", after, before)
 	}
 	proxy.Restore()
 	wait(a, false, "A learns it lost the lock")

@@ -108,6 +108,11 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 		}
 		return nil
 	})
+	cancelled := ctx.Err() != nil
+	// Released before the outcome is told (the deferred call then does
+	// nothing): once the client has its resumed or resync, the session
+	// holds no replay state.
+	s.replayEnded(gen, space)
 	switch {
 	case err == nil:
 		s.mu.Lock()
@@ -119,7 +124,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 		s.t.o.Metrics.Resumed(replayed)
 	case errors.Is(err, relay.ErrHistoryExpired):
 		s.resyncAndGoLive(gen, replayed > 0)
-	case errors.Is(err, errClosed) || ctx.Err() != nil:
+	case errors.Is(err, errClosed) || cancelled:
 	default:
 		// PROTOCOL.md section 7 has one code for "this relay cannot serve
 		// you now; reconnect with jitter, with since": 1001. A client that

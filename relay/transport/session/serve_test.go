@@ -221,11 +221,12 @@ func TestServeForgetsClosedConnections(t *testing.T) {
 	for _, c := range clients {
 		c.Close()
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	timeout := time.After(5 * time.Second)
 	for connCount(e.tr) != 0 || e.tr.Sessions() != 0 {
-		if time.Now().After(deadline) {
+		select {
+		case <-e.tr.gone: // signalled after each connection left
+		case <-timeout:
 			t.Fatalf("%d connections in the table, %d sessions, after the clients closed", connCount(e.tr), e.tr.Sessions())
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

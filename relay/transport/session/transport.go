@@ -382,8 +382,10 @@ func (t *Transport) onError(ms *melody.Session, err error) {
 
 func (t *Transport) onDisconnect(ms *melody.Session) {
 	if c := t.wsConnOf(ms); c != nil {
-		c.recv.Gone()
+		// Out of the table first: once Gone has signalled the transport,
+		// nothing of the connection is left.
 		t.conns.remove(ms)
+		c.recv.Gone()
 	}
 }
 

@@ -410,8 +410,7 @@ func TestConnectTokenFromUpgradeHeader(t *testing.T) {
 	e := newEnv(t, time.Minute, Options{})
 	bearer := http.Header{"Authorization": {"Bearer " + e.token("3", []string{"7"}, time.Hour)}}
 	c := e.dialHeader("", bearer)
-	c.open()
-	time.Sleep(50 * time.Millisecond) // the CONNECT comes later
+	c.open() // the connection is open: the CONNECT comes after
 	c.connect("")
 	e.publish(relay.UserStream("3"), "lead:created", `{"n":1}`)
 	if name, _, _ := c.event(); name != "lead:created" {
