@@ -2,10 +2,10 @@ package server_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,17 +76,8 @@ func TestCrashWithAsyncCommitSendsNothingForgotten(t *testing.T) {
 		{c: e.connect(userToken(t, "4", 2)), teams: 1},
 		{c: e.connect(userToken(t, "2", 1, 2)), teams: 2},
 	}
-	var ids []string
-	for team := 1; team <= 2; team++ {
-		for range 4 {
-			var id int64
-			if err := e.db.QueryRow(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
-				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, fmt.Sprint(id))
-		}
-	}
+	hot := hotRows(t, e)
+	ids := append(slices.Clone(hot[1]), hot[2]...)
 	sessions[0].rows, sessions[1].rows, sessions[2].rows = ids[:4], ids[4:], ids
 	delivered := make(chan struct{}, 1) // signalled after each frame a session reads
 	var readers sync.WaitGroup

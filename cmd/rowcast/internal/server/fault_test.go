@@ -331,17 +331,7 @@ func startFaultLoad(t *testing.T, tweak func(*config.Config), n int, writeCfg fu
 		}
 	})
 	ctx := context.Background()
-	l := &faultLoad{t: t, e: e, ids: map[int][]string{}, news: make(chan struct{}, 1)}
-	for team := 1; team <= 2; team++ {
-		for range 4 {
-			var id int64
-			if err := e.db.QueryRow(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
-				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			l.ids[team] = append(l.ids[team], fmt.Sprint(id))
-		}
-	}
+	l := &faultLoad{t: t, e: e, ids: hotRows(t, e), news: make(chan struct{}, 1)}
 	for i, teams := range [][]int{{1}, {2}, {1, 2}} {
 		s := &faultSession{e: e, news: l.news, tok: userToken(t, fmt.Sprint(i+1), teams...), teams: teams, seen: map[string][]int{}}
 		for _, team := range teams {

@@ -175,17 +175,7 @@ func orderingOracle(t *testing.T, tweak func(*config.Config)) {
 		return &watched{c: e.connect(userToken(t, user, teams...)), w: &versionWatcher{seen: map[string][]int{}}, teams: teams}
 	}
 	sessions := []*watched{mk("1", 1), mk("4", 2), mk("2", 1, 2), mk("3", 1, 2)}
-	rows := map[int][]string{} // team → escrow ids
-	for team := 1; team <= 2; team++ {
-		for i := 0; i < 4; i++ {
-			var id int64
-			if err := e.db.QueryRow(ctx, `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
-				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			rows[team] = append(rows[team], fmt.Sprint(id))
-		}
-	}
+	rows := hotRows(t, e) // team → escrow ids
 	// Drain the created events.
 	for _, s := range sessions {
 		for range 4 * len(s.teams) {
@@ -316,3 +306,21 @@ func orderingOracle(t *testing.T, tweak func(*config.Config)) {
 }
 
 var errRollback = errors.New("rollback on purpose")
+
+// hotRows creates the oracle tests' hot rows: four escrows (version 1) in
+// each of teams 1 and 2; it returns their ids by team.
+func hotRows(t *testing.T, e *env) map[int][]string {
+	t.Helper()
+	rows := map[int][]string{}
+	for team := 1; team <= 2; team++ {
+		for range 4 {
+			var id int64
+			if err := e.db.QueryRow(context.Background(), `insert into escrows (team_id, property_address, city, state, zip_code, purchase_price)
+				values ($1, 'hot', 'Austin', 'TX', '1', 1) returning id`, team).Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			rows[team] = append(rows[team], fmt.Sprint(id))
+		}
+	}
+	return rows
+}
