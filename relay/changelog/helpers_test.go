@@ -29,13 +29,13 @@ create table links (id bigint primary key, deal_id bigint references deals on de
 
 // db is a fresh database with schema and rowcast installed.
 type db struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	conn *pgx.Conn
 	pool *pgxpool.Pool
 }
 
-func newDB(t *testing.T) *db {
+func newDB(t testing.TB) *db {
 	t.Helper()
 	url := pg.NewDatabase(t)
 	d := &db{t: t, url: url, conn: connect(t, url)}
@@ -63,7 +63,7 @@ func newDB(t *testing.T) *db {
 	return d
 }
 
-func connect(t *testing.T, url string) *pgx.Conn {
+func connect(t testing.TB, url string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(t.Context(), url)
 	if err != nil {

@@ -18,11 +18,12 @@ import (
 // never with a gap.
 type History struct {
 	pool *pgxpool.Pool
-	page int
+	page int   // rows per page
+	span int64 // ticks of the first window (see Replay)
 }
 
 // NewHistory returns a History on pool; the caller closes the pool.
-func NewHistory(pool *pgxpool.Pool) *History { return &History{pool: pool, page: 2000} }
+func NewHistory(pool *pgxpool.Pool) *History { return &History{pool: pool, page: 2000, span: 64} }
 
 // replaySQL reads a page ($6 rows) of the changes of streams $1 after
 // position ($2, $3, $4), in ticks up to $5: the rows of tick $2 after the
@@ -77,6 +78,13 @@ limit $6::int`
 // replays for the transports). It reads in pages of whole-or-partial
 // transactions; fn sees each change once, in order.
 //
+// Each page reads within a window of ticks after the position, not up to
+// the head: a page's query costs what its window holds, so a replay far
+// behind costs what it replays, not that times the number of pages (it
+// did, reading everything after the position for every page). A window
+// that yields less than half a page doubles the next one, so a quiet
+// stream's replay over many ticks takes a few queries.
+//
 // It first records a tick (rowcast.tick), so that it replays every
 // transaction committed before it started, once durable; later ones reach
 // the session live. Each page is read in one snapshot with the check that
@@ -88,9 +96,11 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 	}
 	head := int64(-1)     // the latest tick when the first page was read
 	afterXID := uint64(0) // the transaction of the change at after, once known
+	span := s.span        // the window's ticks
 	var sc Scanner
 	for {
 		var batch []relay.Change
+		var hi int64 // the window's last tick
 		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 			var latest, oldest int64
 			if err := tx.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&latest, &oldest); err != nil {
@@ -102,7 +112,8 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 			if err := check(ctx, tx, streams, after, head); err != nil {
 				return err
 			}
-			rows, err := tx.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, head, s.page, oldest, strconv.FormatUint(afterXID, 10))
+			hi = min(head, max(after.Tick, oldest)+span)
+			rows, err := tx.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, hi, s.page, oldest, strconv.FormatUint(afterXID, 10))
 			if err != nil {
 				return err
 			}
@@ -122,15 +133,23 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 		if err != nil {
 			return fmt.Errorf("history replay: %w", err)
 		}
-		if len(batch) == 0 {
-			return nil
+		if len(batch) > 0 {
+			if err := fn(batch); err != nil {
+				return err
+			}
 		}
-		after, afterXID = batch[len(batch)-1].Pos, batch[len(batch)-1].XID
-		if err := fn(batch); err != nil {
-			return err
-		}
-		if len(batch) < s.page {
+		switch {
+		case len(batch) == s.page:
+			// The window may hold more after this page.
+			after, afterXID = batch[len(batch)-1].Pos, batch[len(batch)-1].XID
+		case hi >= head:
 			return nil
+		default:
+			// The window is done: the next one starts after its last tick.
+			after, afterXID = relay.TickEnd(hi), 0
+			if len(batch) < s.page/2 {
+				span *= 2
+			}
 		}
 	}
 }
