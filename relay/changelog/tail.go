@@ -51,6 +51,12 @@ type TailOptions struct {
 	// OnConnected is called with true once the capture is reading and with
 	// false when it lost the database; nil ignores it.
 	OnConnected func(bool)
+	// OnBehind is called at every poll with what it found recorded and not
+	// yet read: the ticks, and how long ago the first of them was recorded
+	// (by the database's clock); 0 and 0 when caught up. A poll reads at
+	// most 256 ticks, so a relay catching up reports falling numbers poll
+	// after poll. nil ignores it.
+	OnBehind func(ticks int64, age time.Duration)
 }
 
 // Tail reads the changelog in commit order and hands each committed
@@ -359,12 +365,14 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 const maxTicks = 256
 
 // ticksSQL lists the ticks after $1 (at most $2), and headSQL reads the
-// epoch, the latest tick and whether tick $1 is still there (pruning keeps
-// the tick it cut at, so a reader at or past the cut finds its own).
+// epoch, the latest tick, whether tick $1 is still there (pruning keeps
+// the tick it cut at, so a reader at or past the cut finds its own) and the
+// age in seconds of the tick after it, the first not read (NULL when none).
 const (
 	ticksSQL = `select tick, snap::text from rowcast.ticks where tick > $1 and tick <= $1 + $2 order by tick`
 	headSQL  = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks),
-  exists (select from rowcast.ticks where tick = $1) from rowcast.meta`
+  exists (select from rowcast.ticks where tick = $1),
+  (select extract(epoch from clock_timestamp() - at)::float8 from rowcast.ticks where tick = $1 + 1) from rowcast.meta`
 )
 
 // batchSQL reads the batches of the ticks after $1 (at most $2): per tick,
@@ -405,7 +413,8 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	var epoch string
 	var latest *int64
 	var have bool
-	if err := br.QueryRow().Scan(&epoch, &latest, &have); err != nil {
+	var age *float64
+	if err := br.QueryRow().Scan(&epoch, &latest, &have, &age); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if epoch != st.epoch {
@@ -420,6 +429,13 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}
 		return 0, newEpoch(ctx, conn, epoch)
+	}
+	if c.o.OnBehind != nil {
+		behind := time.Duration(0)
+		if age != nil {
+			behind = time.Duration(*age * float64(time.Second))
+		}
+		c.o.OnBehind(*latest-st.tick, behind)
 	}
 	if !have {
 		// Pruning went past what this relay has read: the batches after it

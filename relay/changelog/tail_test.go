@@ -1,10 +1,13 @@
 package changelog_test
 
 import (
+	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/changelog"
 )
 
 // TestTailCommitOrder: the tail hands transactions on in commit order, not
@@ -63,5 +66,49 @@ func TestTailResetHead(t *testing.T) {
 	}
 	if got[0].Pos.Tick != last+1 {
 		t.Fatalf("the change came in tick %d, want %d", got[0].Pos.Tick, last+1)
+	}
+}
+
+// TestTailReportsBehind: each poll reports the ticks it found recorded and
+// not yet read: the ticks recorded while the tail was held up, then none
+// once it caught up.
+func TestTailReportsBehind(t *testing.T) {
+	d := newDB(t)
+	rec := &gatedSink{recorder: newRecorder(), entered: make(chan struct{}), gate: make(chan struct{})}
+	reports := make(chan int64, 100)
+	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour,
+		OnBehind: func(n int64, age time.Duration) {
+			if (n == 0) != (age == 0) || age < 0 || age > time.Minute {
+				t.Errorf("reported %d ticks behind, the oldest %v old", n, age)
+			}
+			reports <- n
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tl.Ready()
+	// The tail waits in the sink, inside its poll, while five more ticks
+	// are recorded.
+	d.exec("insert into items (id, team_id) values (0, 7)")
+	d.tick()
+	tl.Poke()
+	<-rec.entered
+	for i := 1; i <= 5; i++ {
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		d.tick()
+	}
+	close(rec.gate)
+	var got []int64
+	deadline := time.After(10 * time.Second)
+	for !slices.Contains(got, 5) || got[len(got)-1] != 0 {
+		tl.Poke()
+		select {
+		case n := <-reports:
+			got = append(got, n)
+		case <-deadline:
+			t.Fatalf("%d reports, the highest %d, the last %v; want 5 (the ticks recorded while it was held up), then 0",
+				len(got), slices.Max(append(got, -1)), got[max(0, len(got)-1):])
+		}
 	}
 }

@@ -24,6 +24,8 @@ type Metrics struct {
 	changes     prometheus.Counter
 	captureLag  prometheus.Histogram
 	connected   prometheus.Gauge
+	behind      prometheus.Gauge
+	behindAge   prometheus.Gauge
 	holder      prometheus.Gauge
 	slotLag     prometheus.Gauge
 	appliedLSN  prometheus.Gauge
@@ -63,6 +65,10 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Time from a transaction's commit to its capture.", Buckets: buckets}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_connected",
 			Help: "1 while the capture is connected to PostgreSQL and reading."}),
+		behind: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_behind_ticks",
+			Help: "Ticks of the changelog recorded and not yet read by this relay, at its last poll: its backlog (a relay catching up reads 256 a poll)."}),
+		behindAge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_behind_seconds",
+			Help: "Age of the oldest changelog tick not yet read by this relay, at its last poll (0 when caught up)."}),
 		holder: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_slot_holder",
 			Help: "1 while this replica holds the logical replication slot."}),
 		slotLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_slot_lag_bytes",
@@ -73,7 +79,7 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "1 while logical capture has failed for several consecutive attempts (the relay is then not ready)."}),
 	}
 	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
-		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.holder, m.slotLag, m.appliedLSN, m.failing)
+		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Sessions subscribed to the hub (authenticated, either protocol)."}, sessions))
@@ -156,6 +162,15 @@ func (m *Metrics) Connected(v bool) {
 		m.connected.Set(1)
 	} else {
 		m.connected.Set(0)
+	}
+}
+
+// Behind records what this relay found recorded and not yet read: the
+// ticks, and the age of the oldest.
+func (m *Metrics) Behind(ticks int64, age time.Duration) {
+	if m != nil {
+		m.behind.Set(float64(ticks))
+		m.behindAge.Set(age.Seconds())
 	}
 }
 

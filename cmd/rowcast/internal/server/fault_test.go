@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1324,13 +1326,61 @@ func TestFaultRelayPaused(t *testing.T) {
 				})
 				t.Logf("slot lag reported after the takeover: %.0f bytes", lag)
 			}
+			// Once resumed, the paused relay finds the ticks recorded
+			// meanwhile by the relay here, seconds old, and reports them as
+			// its backlog until it has read them. The first scrape is sent
+			// while it is paused and answered first thing after SIGCONT.
+			seen := make(chan float64, 1)
+			go func() { seen <- firstBacklog(p.addr, time.Second, time.Minute) }()
 			if err := proc.Process.Signal(syscall.SIGCONT); err != nil {
 				t.Fatal(err)
+			}
+			if age := <-seen; age == 0 {
+				t.Error("the resumed relay never reported a backlog over a second old (rowcast_capture_behind_seconds)")
+			} else {
+				t.Logf("backlog the resumed relay reported: the oldest tick %.1f s old", age)
 			}
 			l.waitCommits(200)
 			l.finish()
 		})
 	}
+}
+
+// firstBacklog scrapes the relay at addr every 2ms until its
+// rowcast_capture_behind_seconds gauge exceeds over, and returns it; it
+// returns 0 after limit.
+func firstBacklog(addr string, over, limit time.Duration) float64 {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(limit)
+	for {
+		if v := scrapeGauge(addr, "rowcast_capture_behind_seconds"); v > over.Seconds() {
+			return v
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			return 0
+		}
+	}
+}
+
+// scrapeGauge reads the named gauge from the /metrics of the relay at addr
+// (0 when it cannot).
+func scrapeGauge(addr, name string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }
 
 // faultScale is how much longer the long variants of the fault tests run

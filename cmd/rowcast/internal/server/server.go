@@ -129,6 +129,7 @@ func New(o Options) (*Relay, error) {
 	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
+		OnBehind: r.metrics.Behind,
 	})
 	r.ticker = changelog.NewTicker(cfg.Database.URL, changelog.TickerOptions{
 		Listen: notify, Logger: o.Logger.With("component", "ticker"), OnTick: r.capture.Poke,
