@@ -17,8 +17,12 @@ type Pipeline struct {
 	Mapper Mapper
 	Fanout Fanout
 	// Observe, when set, is called after each transaction is published with
-	// the number of changes and events and the commit time.
+	// the number of changes and events and the commit time: once, after
+	// the last part of one handed on in parts, with the parts' totals.
 	Observe func(changes, events int, committedAt time.Time)
+
+	// The totals of the parts of a transaction published so far.
+	partChanges, partEvents int
 }
 
 // Reset forwards a new epoch and head to the fan-out.
@@ -36,7 +40,14 @@ func (p *Pipeline) Txn(txn *Txn) {
 		events = p.Mapper.Map(events, &txn.Changes[i])
 	}
 	p.Fanout.Publish(events, txn.Head)
-	if p.Observe != nil {
-		p.Observe(len(txn.Changes), len(events), txn.CommittedAt)
+	if p.Observe == nil {
+		return
 	}
+	changes, published := p.partChanges+len(txn.Changes), p.partEvents+len(events)
+	if txn.More {
+		p.partChanges, p.partEvents = changes, published
+		return
+	}
+	p.partChanges, p.partEvents = 0, 0
+	p.Observe(changes, published, txn.CommittedAt)
 }

@@ -104,6 +104,26 @@ func TestPipelineTxn(t *testing.T) {
 	}
 }
 
+// A transaction handed on in parts is published part by part, and observed
+// once, after its last part, with the parts' totals.
+func TestPipelineTxnInParts(t *testing.T) {
+	fan := &recordingFanout{}
+	var observed []string
+	p := &Pipeline{Mapper: tableMapper{"one": 1}, Fanout: fan, Observe: func(changes, events int, _ time.Time) {
+		observed = append(observed, fmt.Sprintf("%d %d", changes, events))
+	}}
+	ch := func(id int64) Change { return Change{Table: "one", Stream: "s", Pos: Pos{1, 3, id}, EntityID: "a"} }
+	p.Txn(&Txn{XID: 9, Changes: []Change{ch(1), ch(2)}, Head: Pos{1, 3, 2}, More: true})
+	p.Txn(&Txn{XID: 9, Changes: []Change{ch(3)}, Head: TickEnd(1)})
+	p.Txn(&Txn{XID: 10, Changes: []Change{ch(4)}, Head: TickEnd(2)})
+	if len(fan.calls) != 3 {
+		t.Errorf("fan-out calls %q, want one per part", fan.calls)
+	}
+	if want := []string{"3 3", "1 1"}; !slices.Equal(observed, want) {
+		t.Errorf("Observe calls = %q, want %q", observed, want)
+	}
+}
+
 // Subscribers may keep events, so each transaction gets its own slice.
 func TestPipelineTxnFreshEventSlice(t *testing.T) {
 	var got [][]Event

@@ -99,6 +99,12 @@ type Txn struct {
 	// transaction: its last change's, or the end of its tick when it is
 	// the tick's last.
 	Head Pos
+	// More is true on every part of a transaction handed on in parts but
+	// its last. The changelog reader hands a transaction of more than a
+	// thousand changes on in parts of that many, so that its memory stays
+	// bounded however large a transaction is; a part's Head is its last
+	// change's position, from which a session resumes as from any other.
+	More bool
 }
 
 // Sink receives what is read from the changelog (changelog.Tail calls it;
@@ -109,7 +115,8 @@ type Sink interface {
 	// history epoch changes (the database was restored or replaced), with the
 	// position everything before which is history.
 	Reset(epoch string, head Pos)
-	// Txn is called once per committed transaction, in commit order.
+	// Txn is called once per committed transaction, in commit order, or
+	// once per part of one handed on in parts (Txn.More).
 	Txn(txn *Txn)
 }
 

@@ -74,6 +74,16 @@ where (p.tick, p.tx, c.id) > ($2, $3, $4::bigint)
 order by p.tick, p.tx, c.id
 limit $6::int`
 
+// restSQL reads a page ($6 rows) of the rest of transaction $5 after its
+// change $4, in streams $1, by id: a page ended inside the transaction,
+// placed in tick $2 as number $3. The (xid, id) index makes it cost a page,
+// however large the transaction.
+const restSQL = `select $2::bigint, $3::bigint, coalesce(c.origin_at, (select t.at from rowcast.ticks t where t.tick = $2)), ` + Columns + `
+from rowcast.changelog c
+where c.xid = $5::text::xid8 and c.id > $4 and c.stream = any($1::text[])
+order by c.id
+limit $6::int`
+
 // Replay implements relay.ChangeHistory (relay.MappedHistory maps what it
 // replays for the transports). It reads in pages of whole-or-partial
 // transactions; fn sees each change once, in order.
@@ -83,7 +93,8 @@ limit $6::int`
 // behind costs what it replays, not that times the number of pages (it
 // did, reading everything after the position for every page). A window
 // that yields less than half a page doubles the next one, so a quiet
-// stream's replay over many ticks takes a few queries.
+// stream's replay over many ticks takes a few queries. A page that ends
+// inside a transaction is followed by pages of the rest of it alone.
 //
 // It first records a tick (rowcast.tick), so that it replays every
 // transaction committed before it started, once durable; later ones reach
@@ -101,6 +112,9 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 	for {
 		var batch []relay.Change
 		var hi int64 // the window's last tick
+		// The last page ended inside a transaction: this one reads the
+		// rest of it (the transaction's number is its highest id).
+		rest := afterXID != 0 && after.ID < after.Tx
 		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 			var latest, oldest int64
 			if err := tx.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&latest, &oldest); err != nil {
@@ -113,7 +127,12 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 				return err
 			}
 			hi = min(head, max(after.Tick, oldest)+span)
-			rows, err := tx.Query(ctx, replaySQL, streams, after.Tick, after.Tx, after.ID, hi, s.page, oldest, strconv.FormatUint(afterXID, 10))
+			xid := strconv.FormatUint(afterXID, 10)
+			q, args := replaySQL, []any{streams, after.Tick, after.Tx, after.ID, hi, s.page, oldest, xid}
+			if rest {
+				q, args = restSQL, []any{streams, after.Tick, after.Tx, after.ID, xid, s.page}
+			}
+			rows, err := tx.Query(ctx, q, args...)
 			if err != nil {
 				return err
 			}
@@ -139,6 +158,9 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 			}
 		}
 		switch {
+		case rest && len(batch) < s.page:
+			// The transaction is done; what follows it is read as usual.
+			after.ID = after.Tx
 		case len(batch) == s.page:
 			// The window may hold more after this page.
 			after, afterXID = batch[len(batch)-1].Pos, batch[len(batch)-1].XID

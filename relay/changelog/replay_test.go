@@ -1,6 +1,7 @@
 package changelog_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -69,6 +70,9 @@ func TestReplayWindowsMatchTail(t *testing.T) {
 						t.Errorf("a page of %d changes, more than %d", len(chs), p.page)
 					}
 					got = append(got, chs...)
+					if len(got) > len(want) {
+						return errors.New("more changes than the tail handed on")
+					}
 					return nil
 				})
 				if err != nil {

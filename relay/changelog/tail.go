@@ -481,10 +481,17 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	return len(ticks), nil
 }
 
+// txnPart is the most changes read hands on at once: a larger transaction
+// goes in parts of this many (relay.Txn.More), so that the reader holds
+// about a megabyte of it at a time, not all of it (a 100,000-row
+// transaction took 230 MiB).
+const txnPart = 1000
+
 // read hands the changes in rows, of the given ticks, to the sink one
-// transaction at a time, and a tick's end with its last transaction (an
-// empty one when the tick has none). Rows of later ticks (recorded after
-// the ticks were listed) are left for the next poll. It closes rows.
+// transaction at a time (in parts of txnPart changes), and a tick's end
+// with its last transaction (an empty one when the tick has none). Rows of
+// later ticks (recorded after the ticks were listed) are left for the next
+// poll. It closes rows.
 func read(rows pgx.Rows, ticks []tickRef, sink relay.Sink) error {
 	defer rows.Close()
 	var txn relay.Txn
@@ -511,6 +518,12 @@ func read(rows pgx.Rows, ticks []tickRef, sink relay.Sink) error {
 		}
 		if ch.Pos.Tick > last {
 			break
+		}
+		if n := len(txn.Changes); n >= txnPart && ch.Pos.Tick == txn.Changes[0].Pos.Tick && ch.XID == txn.XID {
+			// The transaction goes on: hand on what is held as a part.
+			txn.Head, txn.More = txn.Changes[n-1].Pos, true
+			sink.Txn(&txn)
+			txn = relay.Txn{}
 		}
 		if len(txn.Changes) > 0 && (ch.Pos.Tick != txn.Changes[0].Pos.Tick || ch.XID != txn.XID) {
 			if ch.Pos.Tick != txn.Changes[0].Pos.Tick {

@@ -112,3 +112,39 @@ func TestTailReportsBehind(t *testing.T) {
 		}
 	}
 }
+
+// TestTailLargeTransactionInParts: a transaction of 2,500 changes is handed
+// on in parts of 1,000, 1,000 and 500, each but the last marked More, each
+// part's head its last change's position; the changes are all there, in
+// order, and the next transaction follows whole.
+func TestTailLargeTransactionInParts(t *testing.T) {
+	d := newDB(t)
+	rec := d.tail()
+	tx := d.begin()
+	txExec(t, tx, "insert into items (id, team_id) select g, 7 from generate_series(1, 2500) g")
+	commit(t, tx)
+	d.exec("insert into items (id, team_id) values (9999, 7)")
+	all := rec.waitChanges(t, 2501)
+	if len(all) != 2501 {
+		t.Fatalf("%d changes handed on, want 2501", len(all))
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var sizes []int
+	var more []bool
+	for _, txn := range rec.txns {
+		if len(txn.Changes) == 0 {
+			continue
+		}
+		sizes, more = append(sizes, len(txn.Changes)), append(more, txn.More)
+		if txn.More && txn.Head != txn.Changes[len(txn.Changes)-1].Pos {
+			t.Errorf("a part's head %+v, want its last change's %+v", txn.Head, txn.Changes[len(txn.Changes)-1].Pos)
+		}
+	}
+	if want := []int{1000, 1000, 500, 1}; !slices.Equal(sizes, want) {
+		t.Errorf("transactions of %v changes, want %v", sizes, want)
+	}
+	if want := []bool{true, true, false, false}; !slices.Equal(more, want) {
+		t.Errorf("More %v, want %v", more, want)
+	}
+}
