@@ -89,8 +89,8 @@ ALTER TABLE rowcast.changelog DROP COLUMN IF EXISTS seq, DROP COLUMN IF EXISTS c
 -- Batches read by transaction id; resumes by stream and transaction id, and
 -- the rest of a transaction after one of its changes by (xid, id), a page
 -- at a time (by xid alone each page of a 100,000-row transaction read all
--- of it). An upgrade builds it while captured tables wait (about a second
--- per million changelog rows).
+-- of it). An upgrade builds it while writes to captured tables wait: 0.4 s
+-- per million changelog rows measured.
 CREATE INDEX IF NOT EXISTS changelog_xid_id ON rowcast.changelog (xid, id);
 DROP INDEX IF EXISTS rowcast.changelog_xid;
 CREATE INDEX IF NOT EXISTS changelog_stream_xid ON rowcast.changelog (stream, xid);
