@@ -1308,6 +1308,12 @@ func TestFaultRelayPaused(t *testing.T) {
 			if err := proc.Process.Signal(syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
+			// The process read no tick after this one: the later ones are
+			// recorded while it is paused.
+			var stopTick int64
+			if err := l.e.db.QueryRow(context.Background(), "select max(tick) from rowcast.ticks").Scan(&stopTick); err != nil {
+				t.Fatal(err)
+			}
 			// Paused until the relay here publishes what was written since.
 			l.waitCommits(100)
 			mark := l.e.relay.Hub().Stats().Published
@@ -1327,9 +1333,18 @@ func TestFaultRelayPaused(t *testing.T) {
 				t.Logf("slot lag reported after the takeover: %.0f bytes", lag)
 			}
 			// Once resumed, the paused relay finds the ticks recorded
-			// meanwhile by the relay here, seconds old, and reports them as
-			// its backlog until it has read them. The first scrape is sent
-			// while it is paused and answered first thing after SIGCONT.
+			// meanwhile by the relay here and reports them as its backlog
+			// until it has read them. Ticks start only once the relay here
+			// has taken over (after the ticker's idle timeout, or the slot
+			// holder's), so the pause goes on until the first of them is
+			// 1.5 s old. The first scrape is sent while the process is
+			// paused and answered first thing after SIGCONT.
+			l.await(time.Minute, "a tick recorded during the pause 1.5 s old", func() bool {
+				var age float64
+				err := l.e.db.QueryRow(context.Background(), `select coalesce((select extract(epoch from clock_timestamp() - at)::float8
+					from rowcast.ticks where tick = $1 + 1), 0)`, stopTick).Scan(&age)
+				return err == nil && age > 1.5
+			})
 			seen := make(chan float64, 1)
 			go func() { seen <- firstBacklog(p.addr, time.Second, time.Minute) }()
 			if err := proc.Process.Signal(syscall.SIGCONT); err != nil {
