@@ -21,12 +21,18 @@ type Pipeline struct {
 	// the last part of one handed on in parts, with the parts' totals.
 	Observe func(changes, events int, committedAt time.Time)
 
-	// The totals of the parts of a transaction published so far.
+	// The totals of the parts published so far of transaction partXID,
+	// whose last part ended at partHead.
+	partXID                 uint64
+	partHead                Pos
 	partChanges, partEvents int
 }
 
 // Reset forwards a new epoch and head to the fan-out.
-func (p *Pipeline) Reset(epoch string, head Pos) { p.Fanout.Reset(epoch, head) }
+func (p *Pipeline) Reset(epoch string, head Pos) {
+	p.partXID, p.partHead, p.partChanges, p.partEvents = 0, Pos{}, 0, 0
+	p.Fanout.Reset(epoch, head)
+}
 
 // Txn maps and publishes one transaction, with the transaction's head: a
 // transaction whose changes map to nothing still moves the head. Each call
@@ -43,11 +49,17 @@ func (p *Pipeline) Txn(txn *Txn) {
 	if p.Observe == nil {
 		return
 	}
+	if p.partXID != txn.XID || len(txn.Changes) > 0 && txn.Changes[0].Pos.Compare(p.partHead) <= 0 {
+		// Not the next part of the transaction counted so far: the reader
+		// lost the database after handing parts on, and reads from the
+		// start again.
+		p.partChanges, p.partEvents = 0, 0
+	}
 	changes, published := p.partChanges+len(txn.Changes), p.partEvents+len(events)
 	if txn.More {
-		p.partChanges, p.partEvents = changes, published
+		p.partXID, p.partHead, p.partChanges, p.partEvents = txn.XID, txn.Head, changes, published
 		return
 	}
-	p.partChanges, p.partEvents = 0, 0
+	p.partXID, p.partHead, p.partChanges, p.partEvents = 0, Pos{}, 0, 0
 	p.Observe(changes, published, txn.CommittedAt)
 }

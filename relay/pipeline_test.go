@@ -122,6 +122,16 @@ func TestPipelineTxnInParts(t *testing.T) {
 	if want := []string{"3 3", "1 1"}; !slices.Equal(observed, want) {
 		t.Errorf("Observe calls = %q, want %q", observed, want)
 	}
+
+	// A reader that lost the database after a part reads the transaction
+	// again from its start: what it counted of it before is dropped.
+	observed = nil
+	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
+	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
+	p.Txn(&Txn{XID: 11, Changes: []Change{ch(7)}, Head: TickEnd(3)})
+	if want := []string{"3 3"}; !slices.Equal(observed, want) {
+		t.Errorf("after a reread, Observe calls = %q, want %q", observed, want)
+	}
 }
 
 // Subscribers may keep events, so each transaction gets its own slice.

@@ -93,7 +93,8 @@ limit $6::int`
 // behind costs what it replays, not that times the number of pages (it
 // did, reading everything after the position for every page). A window
 // that yields less than half a page doubles the next one, so a quiet
-// stream's replay over many ticks takes a few queries. A page that ends
+// stream's replay over many ticks takes a few queries; a full page halves
+// it again. A page that ends
 // inside a transaction is followed by pages of the rest of it alone.
 //
 // It first records a tick (rowcast.tick), so that it replays every
@@ -162,8 +163,11 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 			// The transaction is done; what follows it is read as usual.
 			after.ID = after.Tx
 		case len(batch) == s.page:
-			// The window may hold more after this page.
+			// The window may hold more after this page. A window that
+			// fills pages halves, so one grown over a quiet stretch does
+			// not make every page of a busy one read all of it.
 			after, afterXID = batch[len(batch)-1].Pos, batch[len(batch)-1].XID
+			span = max(s.span, span/2)
 		case hi >= head:
 			return nil
 		default:

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/changelog"
@@ -27,10 +28,12 @@ func TestReplayWindowsMatchTail(t *testing.T) {
 		d.exec("insert into items (id, team_id) values ($1, 8)", id)
 		total++
 		if i%3 == 0 {
+			// Two teams' rows in one transaction: a page of one stream's
+			// can end before the transaction's last row.
 			tx := d.begin()
-			for range 3 {
+			for _, team := range []int{7, 8, 7} {
 				id++
-				txExec(t, tx, "insert into items (id, team_id) values ($1, 7)", id)
+				txExec(t, tx, "insert into items (id, team_id) values ($1, $2)", id, team)
 			}
 			commit(t, tx)
 			total += 3
@@ -94,11 +97,12 @@ func positions(chs []relay.Change) []relay.Pos {
 	return out
 }
 
-// describePos is describe with what a replay must reproduce exactly.
+// describePos is describe with what a replay must reproduce exactly: the
+// commit time and the row too.
 func describePos(chs []relay.Change) string {
 	s := ""
-	for _, k := range keys(chs) {
-		s += fmt.Sprintf("  %v\n", k)
+	for i, k := range keys(chs) {
+		s += fmt.Sprintf("  %v %s %s\n", k, chs[i].CommittedAt.Format(time.RFC3339Nano), chs[i].Row)
 	}
 	return s + describe(chs)
 }

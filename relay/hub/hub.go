@@ -3,8 +3,8 @@
 // The hub indexes subscribers by stream key (team, user, all) in shards, so
 // a broadcast locks only the shard of the event's stream and subscribers do
 // not wait for each other. It also keeps the head (the position of the last
-// transaction published), which is what a new session's position starts
-// from. It knows
+// transaction, or part of one, published), which is what a new session's
+// position starts from. It knows
 // nothing of SQL or wire formats: subscribers frame and queue events
 // themselves, and must never block in Deliver.
 package hub
@@ -37,8 +37,8 @@ type Hub struct {
 	shards [shardCount]shard
 	// mu orders publishing against subscribing: Publish and Reset hold it
 	// exclusively, Subscribe and Head shared, so a subscriber registers
-	// between two transactions and the head it is given is exactly where
-	// its deliveries start.
+	// between two publishes (transactions, or parts of a large one) and the
+	// head it is given is exactly where its deliveries start.
 	mu    sync.RWMutex
 	epoch string
 	head  relay.Pos

@@ -1411,8 +1411,7 @@ func faultScale() int {
 // (100,000 with ROWCAST_FAULT_LONG=1), then one as large that rolls back,
 // in both modes. A session of the team gets every row once, or a resync
 // (it is closed 4008 when the burst passes its queue and resumes, after a
-// growing wait, from the last event it read on any connection, as the
-// client does); a session of another team gets nothing; the rolled-back
+// growing wait, from the last event it read on any connection); a session of another team gets nothing; the rolled-back
 // one sends nothing. The relay's sampled peak heap is
 // logged.
 func TestFaultLargeTransaction(t *testing.T) {
@@ -1464,9 +1463,9 @@ func TestFaultLargeTransaction(t *testing.T) {
 					if reconnects > 50 {
 						t.Fatalf("%d reconnects: %v", reconnects, err)
 					}
-					// After a growing wait, as the client does: the relay
-					// hands a large transaction on in parts, and a session
-					// resumed at once while they still come is overrun again.
+					// After a growing wait: the relay hands a large
+					// transaction on in parts, and a session resumed at once
+					// while they still come is overrun again.
 					<-time.After(min(100*time.Millisecond<<min(reconnects-1, 4), time.Second))
 					// The position of the last event read on any
 					// connection: one closed before its first event has none.
