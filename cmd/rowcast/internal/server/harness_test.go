@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +54,9 @@ type env struct {
 	// addr, when set, is the address sessions dial instead of the relay's
 	// (a relay in another process).
 	addr string
+	// relayMu guards relay against a session dialling while a test
+	// restarts it (start replaces it); copies of the env share it.
+	relayMu *sync.Mutex
 }
 
 // forT returns a copy of e that reports to t (a subtest).
@@ -94,7 +98,7 @@ func startRelay(t *testing.T, tweak func(*config.Config), schema ...string) *env
 		tweak(&cfg)
 	}
 	install(t, &cfg)
-	e := &env{t: t, url: url, cfg: &cfg, done: make(chan error, 1)}
+	e := &env{t: t, url: url, cfg: &cfg, done: make(chan error, 1), relayMu: &sync.Mutex{}}
 	var err error
 	e.db, err = pgxpool.New(ctx, url)
 	if err != nil {
@@ -134,7 +138,9 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	e.relayMu.Lock()
 	e.relay, e.reg, e.stop, e.done = r, reg, cancel, make(chan error, 1)
+	e.relayMu.Unlock()
 	go func() { e.done <- r.Run(ctx) }()
 	select {
 	case <-r.Ready():
@@ -209,10 +215,12 @@ type client struct {
 // dial connects to /ws; query is added to the URL as is ("since=…"). A
 // refused upgrade's error wraps a *rowclient.HandshakeError.
 func (e *env) dial(tok string, query string, hdr http.Header) (*client, error) {
+	e.relayMu.Lock()
 	host := e.addr
 	if host == "" {
 		host = e.relay.Addr()
 	}
+	e.relayMu.Unlock()
 	u := url.URL{Scheme: "ws", Host: host, Path: "/ws", RawQuery: query}
 	conn, err := rowclient.Dial(context.Background(), rowclient.Options{URL: u.String(), Token: tok, Header: hdr})
 	if err != nil {
