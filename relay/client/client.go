@@ -73,6 +73,7 @@ type Frame struct {
 type Conn struct {
 	ws      *websocket.Conn
 	timeout time.Duration // current read deadline span; 0: none
+	within  time.Time     // the deadline of the NextWithin in progress; zero: none
 }
 
 // Dial connects. A refused handshake is an error that says the HTTP status
@@ -124,12 +125,17 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 	return c, nil
 }
 
+// extend moves the read deadline to a heartbeat (or welcome) timeout from
+// now, but never past the deadline of a NextWithin in progress.
 func (c *Conn) extend() {
+	var dl time.Time
 	if c.timeout > 0 {
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.timeout))
-	} else {
-		_ = c.ws.SetReadDeadline(time.Time{})
+		dl = time.Now().Add(c.timeout)
 	}
+	if !c.within.IsZero() && (dl.IsZero() || c.within.Before(dl)) {
+		dl = c.within
+	}
+	_ = c.ws.SetReadDeadline(dl)
 }
 
 // Next reads the next text frame. A frame that is not JSON is returned with
@@ -162,7 +168,9 @@ func (c *Conn) Next() (Frame, error) {
 
 // NextWithin reads the next frame, failing when none arrives within d.
 func (c *Conn) NextWithin(d time.Duration) (Frame, error) {
-	_ = c.ws.SetReadDeadline(time.Now().Add(d))
+	c.within = time.Now().Add(d)
+	defer func() { c.within = time.Time{} }()
+	_ = c.ws.SetReadDeadline(c.within)
 	return c.Next()
 }
 

@@ -123,3 +123,46 @@ func TestBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestNextWithinBeforeWelcome: before the welcome there is no heartbeat to
+// follow, so the relay's pings leave NextWithin's deadline as it is: a
+// relay that pings and sends nothing else times out.
+func TestNextWithinBeforeWelcome(t *testing.T) {
+	stop := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if c.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second)) != nil {
+					return
+				}
+			}
+		}
+	}))
+	defer srv.Close()
+	defer close(stop)
+	c, err := Dial(context.Background(), Options{URL: "ws" + strings.TrimPrefix(srv.URL, "http")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { _, err := c.NextWithin(100 * time.Millisecond); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("NextWithin returned a frame from a relay that only pings")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("NextWithin(100ms) still waiting after 10s: the pings moved its deadline")
+	}
+}
