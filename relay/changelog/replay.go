@@ -94,8 +94,8 @@ limit $6::int`
 // did, reading everything after the position for every page). A window
 // that yields less than half a page doubles the next one, so a quiet
 // stream's replay over many ticks takes a few queries; a full page halves
-// it again. A page that ends
-// inside a transaction is followed by pages of the rest of it alone.
+// it again. A page that ends inside a transaction is followed by pages of
+// the rest of it alone.
 //
 // It first records a tick (rowcast.tick), so that it replays every
 // transaction committed before it started, once durable; later ones reach

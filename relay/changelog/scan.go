@@ -73,10 +73,11 @@ func compactJSON(src []byte) json.RawMessage {
 
 // compactJSONB appends src, the text of a jsonb value as PostgreSQL prints
 // it (a space after every ':' and ','), to dst without the whitespace
-// outside strings, and returns the extended buffer. For valid JSON the result is json.Compact's (a fuzz
-// target holds it to that); unlike json.Compact it does not validate, which
-// made it the relay's largest cost per change (a third of its CPU time in
-// a trigger-mode write benchmark), for text PostgreSQL has validated.
+// outside strings, and returns the extended buffer. For valid JSON the
+// result is json.Compact's (a fuzz target holds it to that); unlike
+// json.Compact it does not validate text PostgreSQL has validated, which
+// made json.Compact the relay's largest cost per change (a quarter of its
+// CPU time in a trigger-mode write benchmark).
 func compactJSONB(dst, src []byte) []byte {
 	start := 0
 	for i := 0; i < len(src); i++ {

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -17,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +26,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
@@ -1058,22 +1058,7 @@ func TestFaultAlterTableUnderLoad(t *testing.T) {
 
 // holding reports whether e's relay holds the replication slot (its
 // rowcast_logical_slot_holder gauge).
-func (e *env) holding() bool { return e.gauge("rowcast_logical_slot_holder") == 1 }
-
-// gauge returns the value of the named gauge of e's relay (0 when absent).
-func (e *env) gauge(name string) float64 {
-	e.t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return 0
-}
+func (e *env) holding() bool { return metric(e.t, e, "rowcast_logical_slot_holder") == 1 }
 
 // TestFaultSlotHolderCutOff: the relay holding the replication slot loses
 // its network to PostgreSQL silently (a proxy cut: to the server it looks
@@ -1320,14 +1305,14 @@ func TestFaultRelayPaused(t *testing.T) {
 			l.waitCommits(100)
 			lag := 0.0 // the slot lag the relay here reports (logical mode)
 			l.await(time.Minute, "the relay in this process publishing while the other is paused", func() bool {
-				lag = max(lag, l.e.gauge("rowcast_logical_slot_lag_bytes"))
+				lag = max(lag, metric(t, l.e, "rowcast_logical_slot_lag_bytes"))
 				return l.e.relay.Hub().Stats().Published > mark
 			})
 			if mode.name == "logical" {
 				// It took the slot over with the WAL written meanwhile to
 				// decode: the lag shows in its metrics.
 				l.await(time.Minute, "the slot lag in the metrics", func() bool {
-					lag = max(lag, l.e.gauge("rowcast_logical_slot_lag_bytes"))
+					lag = max(lag, metric(t, l.e, "rowcast_logical_slot_lag_bytes"))
 					return lag > 0
 				})
 				t.Logf("slot lag reported after the takeover: %.0f bytes", lag)
@@ -1381,21 +1366,19 @@ func firstBacklog(addr string, over, limit time.Duration) float64 {
 }
 
 // scrapeGauge reads the named gauge from the /metrics of the relay at addr
-// (0 when it cannot).
+// (-1 when it cannot).
 func scrapeGauge(addr, name string) float64 {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0
+		return -1
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return -1
 	}
-	return 0
+	return familyValue(slices.Collect(maps.Values(families)), name)
 }
 
 // faultScale is how much longer the long variants of the fault tests run
