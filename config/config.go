@@ -54,13 +54,31 @@ type Capture struct {
 	Publication string `mapstructure:"publication" yaml:"publication"`
 }
 
-// Auth configures JWT verification.
+// Auth configures JWT verification. At least one key source is needed:
+// JWTSecret (HMAC), PublicKeyFile or JWKSURL (asymmetric); they may be
+// combined (a token's alg picks the source of its kind).
 type Auth struct {
-	JWTSecret string `mapstructure:"jwt_secret" yaml:"jwt_secret"` // HS256 key, raw UTF-8 bytes; secret
-	UserClaim string `mapstructure:"user_claim" yaml:"user_claim"` // default "sub"
-	TeamClaim string `mapstructure:"team_claim" yaml:"team_claim"` // default "teamId"
-	Issuer    string `mapstructure:"issuer" yaml:"issuer"`         // checked when set
-	Audience  string `mapstructure:"audience" yaml:"audience"`     // checked when set
+	JWTSecret string `mapstructure:"jwt_secret" yaml:"jwt_secret"` // HMAC key (HS256/384/512), raw UTF-8 bytes, at least 32; secret
+	// PublicKeyFile is a PEM file of one or more public keys (PUBLIC KEY,
+	// RSA PUBLIC KEY or CERTIFICATE blocks: RSA of 2048 bits or more,
+	// ECDSA P-256/384/521, Ed25519), tried whatever key id a token names.
+	PublicKeyFile string `mapstructure:"public_key_file" yaml:"public_key_file"`
+	// JWKSURL is the identity provider's JSON Web Key Set, fetched at
+	// start, every 15 minutes, and when a token names an unknown key id
+	// (at most once every 30 s); the last set fetched serves while the
+	// provider is down.
+	JWKSURL string `mapstructure:"jwks_url" yaml:"jwks_url"`
+	// Algorithms allow-lists the token's alg (HS256, HS384, HS512, RS256,
+	// RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA).
+	// Empty: every algorithm of the keys configured. A key only ever
+	// verifies the algorithms of its own kind.
+	Algorithms []string      `mapstructure:"algorithms" yaml:"algorithms"`
+	Leeway     time.Duration `mapstructure:"leeway" yaml:"leeway"`                   // clock skew allowed on exp and nbf; default 0
+	MaxToken   int           `mapstructure:"max_token_bytes" yaml:"max_token_bytes"` // longest token accepted; default 8192
+	UserClaim  string        `mapstructure:"user_claim" yaml:"user_claim"`           // default "sub"; a dotted path reaches into objects
+	TeamClaim  string        `mapstructure:"team_claim" yaml:"team_claim"`           // default "teamId"; a dotted path reaches into objects
+	Issuer     string        `mapstructure:"issuer" yaml:"issuer"`                   // checked when set
+	Audience   string        `mapstructure:"audience" yaml:"audience"`               // checked when set
 }
 
 // Events selects optional event forms.

@@ -28,7 +28,7 @@ func Defaults() Config {
 			Publication: "rowcast",
 		},
 		Listen: "127.0.0.1:8080",
-		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId"},
+		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId", MaxToken: 8 << 10, Algorithms: []string{}},
 		History: History{
 			Retention:     24 * time.Hour,
 			PruneInterval: time.Minute,

@@ -371,7 +371,7 @@ tables:
 		"capture.poll_min: 2s is greater than capture.poll_max (1s)",
 		`listen: "localhost" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
 		`admin_listen: ":99999" has port "99999", which is not a number from 0 to 65535`,
-		"auth.jwt_secret: is too short (9 bytes); HS256 needs at least 32 bytes",
+		"auth.jwt_secret: is too short (9 bytes); HMAC needs at least 32 bytes",
 		`origins[0]: "*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com (clients that send no Origin are always allowed)`,
 		`origins[1]: "https://App.example.com" must be lowercase, as browsers send it: write "https://app.example.com"`,
 		`origins[2]: "https://ok.example.com/" has a trailing slash; browsers send origins without one: write "https://ok.example.com"`,

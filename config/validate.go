@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -133,10 +134,35 @@ func (c *Config) problems() []Problem {
 	}
 
 	switch n := len(c.Auth.JWTSecret); {
-	case n == 0:
-		add("auth.jwt_secret", "is empty; set it, preferably with ROWCAST_AUTH_JWT_SECRET, to a random string of at least %d bytes", minSecretLen)
-	case n < minSecretLen:
-		add("auth.jwt_secret", "is too short (%d bytes); HS256 needs at least %d bytes", n, minSecretLen)
+	case n == 0 && c.Auth.PublicKeyFile == "" && c.Auth.JWKSURL == "":
+		add("auth.jwt_secret", "is empty, and so are auth.public_key_file and auth.jwks_url; set one: the secret (preferably with ROWCAST_AUTH_JWT_SECRET) to a random string of at least %d bytes, or your identity provider's keys", minSecretLen)
+	case n > 0 && n < minSecretLen:
+		add("auth.jwt_secret", "is too short (%d bytes); HMAC needs at least %d bytes", n, minSecretLen)
+	}
+	if f := c.Auth.PublicKeyFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			add("auth.public_key_file", "cannot be read: %v", err)
+		}
+	}
+	if u := c.Auth.JWKSURL; u != "" {
+		pu, err := url.Parse(u)
+		switch {
+		case err != nil || pu.Host == "" || (pu.Scheme != "https" && pu.Scheme != "http"):
+			add("auth.jwks_url", "%q is not an https URL (e.g. https://idp.example.com/.well-known/jwks.json)", u)
+		case pu.Scheme == "http" && !isLoopback(pu.Hostname()):
+			add("auth.jwks_url", "%q is plain http: anyone on the path could hand the relay their own keys; use https (http is accepted for loopback addresses only)", u)
+		}
+	}
+	for i, a := range c.Auth.Algorithms {
+		if a == "" || strings.EqualFold(a, "none") {
+			add(fmt.Sprintf("auth.algorithms[%d]", i), "%q is not an algorithm: unsigned tokens are never accepted", a)
+		}
+	}
+	if c.Auth.Leeway < 0 || c.Auth.Leeway > 5*time.Minute {
+		add("auth.leeway", "%s is out of range: 0 to 5m (a few seconds covers clock skew)", c.Auth.Leeway)
+	}
+	if n := c.Auth.MaxToken; n < 1024 || n > 64<<10 {
+		add("auth.max_token_bytes", "%d is out of range: 1024 to 65536", n)
 	}
 	if c.Auth.UserClaim == "" {
 		add("auth.user_claim", "is empty; name the claim that holds the user id (default sub)")
@@ -400,4 +426,13 @@ func validSlotName(s string) bool {
 		}
 	}
 	return true
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

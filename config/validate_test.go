@@ -39,15 +39,35 @@ func TestValidate(t *testing.T) {
 			`capture.mode: "wal" is not one of trigger, logical`,
 		}},
 		{"empty secret", func(c *Config) { c.Auth.JWTSecret = "" }, []string{
-			"auth.jwt_secret: is empty; set it, preferably with ROWCAST_AUTH_JWT_SECRET, to a random string of at least 32 bytes",
+			"auth.jwt_secret: is empty, and so are auth.public_key_file and auth.jwks_url; set one: the secret (preferably with ROWCAST_AUTH_JWT_SECRET) to a random string of at least 32 bytes, or your identity provider's keys",
 		}},
 		{"short secret", func(c *Config) { c.Auth.JWTSecret = testSecret[:31] }, []string{
-			"auth.jwt_secret: is too short (31 bytes); HS256 needs at least 32 bytes",
+			"auth.jwt_secret: is too short (31 bytes); HMAC needs at least 32 bytes",
 		}},
 		{"empty claims", func(c *Config) { c.Auth.UserClaim, c.Auth.TeamClaim = "", "" }, []string{
 			"auth.user_claim: is empty; name the claim that holds the user id (default sub)",
 			"auth.team_claim: is empty; name the claim that holds the team ids (default teamId)",
 		}},
+		{"keys without a secret", func(c *Config) {
+			c.Auth.JWTSecret = ""
+			c.Auth.JWKSURL = "https://idp.example.com/.well-known/jwks.json"
+			c.Auth.Algorithms = []string{"RS256", "ES256"}
+			c.Auth.Leeway = 30 * time.Second
+		}, nil},
+		{"key sources and limits", func(c *Config) {
+			c.Auth.PublicKeyFile = "/nonexistent/keys.pem"
+			c.Auth.JWKSURL = "http://idp.example.com/jwks"
+			c.Auth.Algorithms = []string{"RS256", "none"}
+			c.Auth.Leeway = -time.Second
+			c.Auth.MaxToken = 100
+		}, []string{
+			"auth.public_key_file: cannot be read: stat /nonexistent/keys.pem: no such file or directory",
+			`auth.jwks_url: "http://idp.example.com/jwks" is plain http: anyone on the path could hand the relay their own keys; use https (http is accepted for loopback addresses only)`,
+			`auth.algorithms[1]: "none" is not an algorithm: unsigned tokens are never accepted`,
+			"auth.leeway: -1s is out of range: 0 to 5m (a few seconds covers clock skew)",
+			"auth.max_token_bytes: 100 is out of range: 1024 to 65536",
+		}},
+		{"loopback jwks over http", func(c *Config) { c.Auth.JWKSURL = "http://127.0.0.1:9999/jwks" }, nil},
 		{"listen addresses", func(c *Config) { c.Listen, c.AdminListen = "", "host:http" }, []string{
 			`listen: "" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
 			`admin_listen: "host:http" has port "http", which is not a number from 0 to 65535`,

@@ -7,12 +7,14 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/triggers"
 )
 
@@ -226,6 +228,7 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if found == nil {
 		found = &config.Problems{}
 	}
+	found.List = append(found.List, authProblems(ctx, cfg, found)...)
 	found.List = append(found.List, databaseProblems(ctx, cfg, found)...)
 	if len(found.List) > 0 {
 		printProblems(stderr, found)
@@ -239,6 +242,33 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	fmt.Fprintln(stdout, "configuration ok")
 	return exitOK
+}
+
+// authProblems reports what keeps the auth keys of a configuration in
+// which Load found the problems known from verifying tokens: a key file
+// that does not parse, algorithms without keys, a key set that cannot be
+// fetched or holds no key. It checks nothing when an auth key has a
+// problem already.
+func authProblems(ctx context.Context, cfg *config.Config, known *config.Problems) []config.Problem {
+	if known.About("auth") {
+		return nil
+	}
+	_, jwks, err := server.Verifier(cfg.Auth, auth.JWKSOptions{})
+	if err != nil {
+		return []config.Problem{{Msg: err.Error()}}
+	}
+	if jwks == nil {
+		return nil
+	}
+	fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := jwks.Fetch(fctx); err != nil {
+		return []config.Problem{{Key: "auth.jwks_url", Msg: err.Error()}}
+	}
+	if jwks.Keys() == 0 {
+		return []config.Problem{{Key: "auth.jwks_url", Msg: "holds no signing key the relay accepts (RSA of 2048 bits or more, ECDSA P-256/384/521, Ed25519)"}}
+	}
+	return nil
 }
 
 // databaseProblems reports what the database lacks for a configuration in

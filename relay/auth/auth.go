@@ -1,10 +1,13 @@
 // Package auth verifies the JWTs that subscribers present and turns their
 // claims into a Principal: the user id and the teams whose events the
-// session may receive. Only HS256 is accepted. Failures are *Error values
-// whose message is safe to send to the client.
+// session may receive. Tokens are signed with an HMAC secret (HS256, HS384,
+// HS512) or an asymmetric key (RS*, PS*, ES*, EdDSA) from PEM or a JWKS;
+// a key only ever verifies the algorithms of its own kind. Failures are
+// *Error values whose message is safe to send to the client.
 package auth
 
 import (
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,15 +21,31 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// MaxTokenLen is the longest token Verify examines; a longer one is
-// "token malformed".
+// MaxTokenLen is the default longest token Verify examines; a longer one
+// is "token too large".
 const MaxTokenLen = 16 << 10
 
-// Options configures a Verifier.
+// Options configures a Verifier. At least one of Secret, PublicKeys and
+// JWKS must be set.
 type Options struct {
-	// Secret is the HS256 key. It must not be empty; the configuration
-	// requires at least 32 bytes.
+	// Secret is the HMAC key of HS256, HS384 and HS512, or empty. The
+	// configuration requires at least 32 bytes.
 	Secret []byte
+	// PublicKeys verify RS*, PS*, ES* and EdDSA tokens whatever key id
+	// they name (ParsePublicKeys reads them from PEM).
+	PublicKeys []crypto.PublicKey
+	// JWKS, when not nil, supplies asymmetric keys by key id. The caller
+	// runs it (JWKS.Run) for periodic refreshes.
+	JWKS *JWKS
+	// Algorithms is the allow-list of the token's alg header (names as in
+	// Algorithms). Empty: every algorithm of the keys given (a JWKS gives
+	// every asymmetric one). Listing one with no key of its kind is an
+	// error.
+	Algorithms []string
+	// Leeway is the clock skew allowed when checking exp and nbf.
+	Leeway time.Duration
+	// MaxTokenLen is the longest token examined. Zero: MaxTokenLen.
+	MaxTokenLen int
 	// UserClaim names the claim holding the user id. Empty: "sub".
 	UserClaim string
 	// TeamClaim names the claim holding the team ids. Empty: "teamId".
@@ -49,6 +68,9 @@ type Principal struct {
 	TeamIDs []string
 	// ExpiresAt is the exp claim in UTC, or zero when the token has none.
 	ExpiresAt time.Time
+	// ValidUntil is when the token stops being accepted: ExpiresAt plus
+	// the leeway, or zero when the token has no exp.
+	ValidUntil time.Time
 	// NoTeamClaim is true when the token lacks the team claim altogether
 	// (most likely a misconfigured auth.team_claim): the session follows
 	// no team.
@@ -63,8 +85,10 @@ type Reason string
 const (
 	ReasonMissing   Reason = "missing"    // no token
 	ReasonMalformed Reason = "malformed"  // not a JWT, or a registered claim of the wrong type
+	ReasonTooLarge  Reason = "too_large"  // longer than Options.MaxTokenLen
 	ReasonSignature Reason = "signature"  // bad signature
-	ReasonAlgorithm Reason = "algorithm"  // an algorithm other than HS256 ("none" included)
+	ReasonAlgorithm Reason = "algorithm"  // an algorithm not allowed ("none" included)
+	ReasonKey       Reason = "key"        // no key of the token's algorithm (and key id, if it names one)
 	ReasonExpired   Reason = "expired"    // now is at or after exp
 	ReasonNotYet    Reason = "not_yet"    // now is before nbf
 	ReasonIssuer    Reason = "issuer"     // iss differs from Options.Issuer
@@ -93,6 +117,10 @@ func (e *Error) Error() string {
 		return "token missing"
 	case ReasonMalformed:
 		return "token malformed"
+	case ReasonTooLarge:
+		return "token too large"
+	case ReasonKey:
+		return "token key unknown"
 	case ReasonSignature:
 		return "token signature invalid"
 	case ReasonAlgorithm:
@@ -127,7 +155,9 @@ func IsExpired(err error) bool {
 
 // Verifier checks tokens. It is safe for concurrent use.
 type Verifier struct {
-	secret    []byte
+	keys      keySet
+	leeway    time.Duration
+	maxLen    int
 	userClaim string
 	teamClaim string
 	issuer    string
@@ -136,13 +166,20 @@ type Verifier struct {
 	parser    *jwt.Parser
 }
 
-// NewVerifier returns a Verifier for o. It copies o.Secret.
+// NewVerifier returns a Verifier for o. It copies o.Secret and
+// o.PublicKeys.
 func NewVerifier(o Options) (*Verifier, error) {
-	if len(o.Secret) == 0 {
-		return nil, errors.New("new verifier: empty secret")
+	ks, err := newKeySet(o.Secret, o.PublicKeys, o.JWKS, o.Algorithms)
+	if err != nil {
+		return nil, fmt.Errorf("new verifier: %w", err)
+	}
+	if o.Leeway < 0 {
+		return nil, fmt.Errorf("new verifier: negative leeway %s", o.Leeway)
 	}
 	v := &Verifier{
-		secret:    slices.Clone(o.Secret),
+		keys:      ks,
+		leeway:    o.Leeway,
+		maxLen:    o.MaxTokenLen,
 		userClaim: o.UserClaim,
 		teamClaim: o.TeamClaim,
 		issuer:    o.Issuer,
@@ -151,10 +188,13 @@ func NewVerifier(o Options) (*Verifier, error) {
 		// Claims are checked by Verify itself, so that each failure maps to
 		// exactly one Reason with a fixed precedence.
 		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+			jwt.WithValidMethods(ks.allowed),
 			jwt.WithJSONNumber(),
 			jwt.WithoutClaimsValidation(),
 		),
+	}
+	if v.maxLen <= 0 {
+		v.maxLen = MaxTokenLen
 	}
 	if v.userClaim == "" {
 		v.userClaim = "sub"
@@ -168,33 +208,58 @@ func NewVerifier(o Options) (*Verifier, error) {
 	return v, nil
 }
 
+// Algorithms returns the algorithms v accepts.
+func (v *Verifier) Algorithms() []string { return slices.Clone(v.keys.allowed) }
+
+// keyFor is the parser's key function: the keys that may verify tok (its
+// algorithm is already allowed), one or a set to try in turn.
+func (v *Verifier) keyFor(tok *jwt.Token) (any, error) {
+	kid, _ := tok.Header["kid"].(string)
+	keys, err := v.keys.keys(tok.Method.Alg(), kid)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 1 {
+		return keys[0], nil
+	}
+	set := jwt.VerificationKeySet{Keys: make([]jwt.VerificationKey, len(keys))}
+	for i, k := range keys {
+		set.Keys[i] = k
+	}
+	return set, nil
+}
+
 // Verify checks token and returns its principal, or an *Error. Checks, in
-// order (the first failure is reported): well-formed, HS256 signature,
-// iss, aud, exp, nbf, then the user and team claims. exp and nbf are
-// optional and have no leeway. The user claim may be a string or a number
-// (integers render without exponent: 3 -> "3"); the team claim may be
-// absent (no teams), a string, a number, or a list of strings and numbers.
+// order (the first failure is reported): size, well-formed, algorithm
+// allowed, a key for it, signature, iss, aud, exp, nbf (both with the
+// leeway), then the user and team claims. exp and nbf are optional. The
+// user claim may be a string or a number (integers render without
+// exponent: 3 -> "3"); the team claim may be absent (no teams), a string,
+// a number, or a list of strings and numbers. A claim name with dots
+// ("app_metadata.teams") that no top-level claim has is looked up as a
+// path through nested objects. A JWKS lookup of an unknown key id may
+// fetch the set (JWKS), so Verify can take as long as that fetch.
 func (v *Verifier) Verify(token string) (Principal, error) {
 	if token == "" {
 		return Principal{}, &Error{Reason: ReasonMissing}
 	}
-	if len(token) > MaxTokenLen {
-		return Principal{}, &Error{Reason: ReasonMalformed, Err: fmt.Errorf("verify: token is %d bytes, over %d", len(token), MaxTokenLen)}
+	if len(token) > v.maxLen {
+		return Principal{}, &Error{Reason: ReasonTooLarge, Err: fmt.Errorf("verify: token is %d bytes, over %d", len(token), v.maxLen)}
 	}
 	claims := jwt.MapClaims{}
-	tok, err := v.parser.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) {
-		return v.secret, nil
-	})
+	tok, err := v.parser.ParseWithClaims(token, claims, v.keyFor)
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return Principal{}, &Error{Reason: ReasonMalformed, Err: err}
-	case tok != nil && tok.Method != jwt.SigningMethodHS256:
-		alg, _ := tok.Header["alg"].(string)
+	case tok != nil && !slices.Contains(v.keys.allowed, headerAlg(tok)):
+		alg := headerAlg(tok)
 		if len(alg) > 16 {
 			alg = alg[:16] + "…"
 		}
 		return Principal{}, &Error{Reason: ReasonAlgorithm, Claim: alg, Err: err}
+	case errors.Is(err, errNoKey):
+		return Principal{}, &Error{Reason: ReasonKey, Err: err}
 	default:
 		return Principal{}, &Error{Reason: ReasonSignature, Err: err}
 	}
@@ -222,18 +287,19 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, &Error{Reason: ReasonAudience}
 	}
 	now := v.now()
-	if exp != nil && !now.Before(exp.Time) {
+	if exp != nil && !now.Before(exp.Add(v.leeway)) {
 		return Principal{}, &Error{Reason: ReasonExpired}
 	}
-	if nbf != nil && now.Before(nbf.Time) {
+	if nbf != nil && now.Add(v.leeway).Before(nbf.Time) {
 		return Principal{}, &Error{Reason: ReasonNotYet}
 	}
 
 	var p Principal
 	if exp != nil {
 		p.ExpiresAt = exp.UTC()
+		p.ValidUntil = p.ExpiresAt.Add(v.leeway)
 	}
-	switch u := claims[v.userClaim].(type) {
+	switch u := claimValue(claims, v.userClaim).(type) {
 	case nil:
 		return Principal{}, &Error{Reason: ReasonNoUser, Claim: v.userClaim}
 	case string:
@@ -251,13 +317,41 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 		return Principal{}, &Error{Reason: ReasonNoUser, Claim: v.userClaim}
 	}
 
-	claim, present := claims[v.teamClaim]
+	claim := claimValue(claims, v.teamClaim)
+	present := claim != nil
+	if _, ok := claims[v.teamClaim]; ok {
+		present = true // a null claim is present and names no team
+	}
 	teams, ok := teamIDs(claim)
 	if !ok {
 		return Principal{}, &Error{Reason: ReasonTeamClaim, Claim: v.teamClaim}
 	}
 	p.TeamIDs, p.NoTeamClaim = teams, !present
 	return p, nil
+}
+
+// headerAlg returns the alg header of tok, or "".
+func headerAlg(tok *jwt.Token) string {
+	alg, _ := tok.Header["alg"].(string)
+	return alg
+}
+
+// claimValue returns the claim named name, or, when there is none and the
+// name has dots, the value at that path through nested objects
+// ("app_metadata.teams"); nil when neither is there.
+func claimValue(claims jwt.MapClaims, name string) any {
+	if v, ok := claims[name]; ok || !strings.Contains(name, ".") {
+		return v
+	}
+	var cur any = map[string]any(claims)
+	for _, part := range strings.Split(name, ".") {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil
+		}
+		cur = m[part]
+	}
+	return cur
 }
 
 // teamIDs renders a team claim; ok is false for a value of the wrong type.

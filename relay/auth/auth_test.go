@@ -55,7 +55,7 @@ func TestVerify(t *testing.T) {
 			token: func(t *testing.T) string {
 				return mustSign(t, []byte(testKey), map[string]any{"sub": "3", "teamId": "7", "exp": later})
 			},
-			want: Principal{UserID: "3", TeamIDs: []string{"7"}, ExpiresAt: later},
+			want: Principal{UserID: "3", TeamIDs: []string{"7"}, ExpiresAt: later, ValidUntil: later},
 		},
 		{
 			name:  "numeric user and team",
@@ -155,7 +155,7 @@ func TestVerify(t *testing.T) {
 		{
 			name:   "too long",
 			token:  func(*testing.T) string { return rawToken(`{"sub":"` + strings.Repeat("x", MaxTokenLen) + `"}`) },
-			reason: ReasonMalformed, msg: "token malformed",
+			reason: ReasonTooLarge, msg: "token too large",
 		},
 		{
 			name: "wrong secret",
@@ -181,7 +181,8 @@ func TestVerify(t *testing.T) {
 			reason: ReasonAlgorithm, msg: `token algorithm "none" not accepted`,
 		},
 		{
-			name:   "HS512 refused",
+			name:   "HS512 refused when not allowed",
+			opts:   Options{Algorithms: []string{"HS256"}},
 			token:  func(*testing.T) string { return signRaw([]byte(testKey), `{"alg":"HS512","typ":"JWT"}`, `{"sub":"u"}`) },
 			reason: ReasonAlgorithm, msg: `token algorithm "HS512" not accepted`,
 		},

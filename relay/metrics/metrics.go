@@ -30,6 +30,8 @@ type Metrics struct {
 	slotLag     prometheus.Gauge
 	appliedLSN  prometheus.Gauge
 	failing     prometheus.Gauge
+	jwksFails   prometheus.Counter
+	jwksKeys    prometheus.Gauge
 }
 
 // New creates the collectors and registers them on reg. sessions, when not
@@ -77,9 +79,14 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Commit LSN of the last source transaction written to the changelog, as a number."}),
 		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_capture_failing",
 			Help: "1 while logical capture has failed for several consecutive attempts (the relay is then not ready)."}),
+		jwksFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_auth_jwks_fetch_failures_total",
+			Help: "Fetches of auth.jwks_url that failed (the keys fetched before stay in use)."}),
+		jwksKeys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_auth_jwks_keys",
+			Help: "Signing keys held from auth.jwks_url after its last fetch."}),
 	}
 	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
-		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing)
+		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing,
+		m.jwksFails, m.jwksKeys)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Sessions subscribed to the hub (authenticated, either protocol)."}, sessions))
@@ -205,4 +212,16 @@ func (m *Metrics) CaptureFailing(v bool, _ string) {
 	} else {
 		m.failing.Set(0)
 	}
+}
+
+// JWKSFetched records a fetch of the identity provider's key set: its
+// error, nil on success, and the keys held after it.
+func (m *Metrics) JWKSFetched(err error, keys int) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.jwksFails.Inc()
+	}
+	m.jwksKeys.Set(float64(keys))
 }

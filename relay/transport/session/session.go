@@ -315,17 +315,17 @@ func (s *Session) AllowLocked() (allowed, closeNow bool) {
 }
 
 // armExpiryLocked calls the handler's ExpiredLocked when the token
-// expires, unless a fresh principal arrived first.
+// expires (its exp plus the leeway), unless a fresh principal arrived first.
 func (s *Session) armExpiryLocked() {
 	s.stopExpiryLocked()
-	if s.principal.ExpiresAt.IsZero() {
+	if s.principal.ValidUntil.IsZero() {
 		return
 	}
-	exp, gen := s.principal.ExpiresAt, s.gen
+	exp, gen := s.principal.ValidUntil, s.gen
 	s.expiry = time.AfterFunc(time.Until(exp), func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.gen != gen || !s.subscribed || s.mode == modeClosed || !s.principal.ExpiresAt.Equal(exp) {
+		if s.gen != gen || !s.subscribed || s.mode == modeClosed || !s.principal.ValidUntil.Equal(exp) {
 			return
 		}
 		s.h.ExpiredLocked()

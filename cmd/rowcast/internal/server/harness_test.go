@@ -51,6 +51,9 @@ type env struct {
 	// logicalStandby and logicalIdle are the slot holder's status interval
 	// and idle timeout (zero: the defaults), for relays started from now on.
 	logicalStandby, logicalIdle time.Duration
+	// jwksMin is the least time between fetches of auth.jwks_url (zero:
+	// the default), for relays started from now on.
+	jwksMin time.Duration
 	// addr, when set, is the address sessions dial instead of the relay's
 	// (a relay in another process).
 	addr string
@@ -133,7 +136,7 @@ func (e *env) start() {
 	e.t.Helper()
 	reg := prometheus.NewRegistry()
 	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry,
-		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, Registry: reg})
+		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, JWKSMinInterval: e.jwksMin, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -61,6 +62,9 @@ type Options struct {
 	// election connection's idle timeouts (zero: their defaults; tests
 	// shorten them).
 	LogicalRetry, LogicalStandby, LogicalIdleTimeout time.Duration
+	// JWKSMinInterval is the least time between two fetches of
+	// auth.jwks_url (zero: 30 s; tests shorten it).
+	JWKSMinInterval time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
 	// soon as the listener is bound, ready or not. When there are any, the
@@ -81,6 +85,7 @@ type Relay struct {
 	hub      *hub.Hub
 	mapper   *mapping.Mapper
 	verifier *auth.Verifier
+	jwks     *auth.JWKS // nil without auth.jwks_url
 	capture  *changelog.Tail
 	ticker   *changelog.Ticker
 	holder   *logical.Holder // logical mode only
@@ -112,19 +117,17 @@ func New(o Options) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	verifier, err := auth.NewVerifier(auth.Options{
-		Secret: []byte(cfg.Auth.JWTSecret), UserClaim: cfg.Auth.UserClaim, TeamClaim: cfg.Auth.TeamClaim,
-		Issuer: cfg.Auth.Issuer, Audience: cfg.Auth.Audience,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
-	}
 	r := &Relay{o: o, cfg: cfg, log: o.Logger, reg: o.Registry, hub: hub.New(), mapper: mapper,
-		verifier: verifier, listening: make(chan struct{}), ready: make(chan struct{})}
+		listening: make(chan struct{}), ready: make(chan struct{})}
 	starting := "starting"
 	r.waiting.Store(&starting)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
+	r.verifier, r.jwks, err = Verifier(cfg.Auth, auth.JWKSOptions{Logger: o.Logger.With("component", "auth"),
+		OnFetch: r.metrics.JWKSFetched, MinInterval: o.JWKSMinInterval})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	notify := cfg.Capture.NotifyEnabled()
 	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
@@ -158,6 +161,36 @@ func New(o Options) (*Relay, error) {
 		})
 	}
 	return r, nil
+}
+
+// Verifier builds the token verifier of a: the HMAC secret, the public
+// keys of auth.public_key_file and the key set of auth.jwks_url, made with
+// jo (its URL set from a), which it returns for the caller to run (nil
+// without one). Errors name the configuration key.
+func Verifier(a config.Auth, jo auth.JWKSOptions) (*auth.Verifier, *auth.JWKS, error) {
+	o := auth.Options{Secret: []byte(a.JWTSecret), Algorithms: a.Algorithms, Leeway: a.Leeway,
+		MaxTokenLen: a.MaxToken, UserClaim: a.UserClaim, TeamClaim: a.TeamClaim, Issuer: a.Issuer, Audience: a.Audience}
+	if a.PublicKeyFile != "" {
+		data, err := os.ReadFile(a.PublicKeyFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("auth.public_key_file: %w", err)
+		}
+		if o.PublicKeys, err = auth.ParsePublicKeys(data); err != nil {
+			return nil, nil, fmt.Errorf("auth.public_key_file %s: %w", a.PublicKeyFile, err)
+		}
+	}
+	if a.JWKSURL != "" {
+		var err error
+		jo.URL = a.JWKSURL
+		if o.JWKS, err = auth.NewJWKS(jo); err != nil {
+			return nil, nil, fmt.Errorf("auth.jwks_url: %w", err)
+		}
+	}
+	v, err := auth.NewVerifier(o)
+	if err != nil {
+		return nil, nil, fmt.Errorf("auth: %w", err)
+	}
+	return v, o.JWKS, nil
 }
 
 // Rules turns table configuration into mapping rules.
@@ -265,6 +298,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return serveHTTP(main, ln) })
+	if r.jwks != nil {
+		g.Go(func() error {
+			r.jwks.Run(gctx) // returns when gctx ends
+			return nil
+		})
+	}
 	if admin != nil {
 		g.Go(func() error { return serveHTTP(admin, adminLn) })
 	}
