@@ -146,6 +146,16 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying cause.
 func (e *Error) Unwrap() error { return e.Err }
 
+// ReasonOf returns the Reason of a verification failure, or "invalid" for
+// an error that is not one.
+func ReasonOf(err error) Reason {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return "invalid"
+}
+
 // IsExpired reports whether err is a verification failure because the
 // token expired: the client should fetch a new token and reconnect.
 func IsExpired(err error) bool {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -296,5 +297,67 @@ func TestNewJWKSBadURL(t *testing.T) {
 		if _, err := NewJWKS(JWKSOptions{URL: u}); err == nil {
 			t.Errorf("NewJWKS(%q) accepted", u)
 		}
+	}
+}
+
+// TestIdentityProviderShapes verifies tokens shaped as Supabase Auth,
+// Auth0, Clerk and Keycloak issue them (their algorithms, key ids and
+// claims) with the configuration the README gives for each: the JWKS URL
+// and the issuer, plus the claim that names the teams.
+func TestIdentityProviderShapes(t *testing.T) {
+	k := testKeys()
+	p := newIDP(t,
+		idpKey{kid: "supabase-es256", alg: "ES256", use: jwkset.UseSig, key: k["p256"].Public()},
+		idpKey{kid: "auth0-rs256", alg: "RS256", use: jwkset.UseSig, key: k["rsa"].Public()},
+		idpKey{kid: "ins_clerk", alg: "RS256", use: jwkset.UseSig, key: k["rsa2"].Public()},
+		idpKey{kid: "kc-sig", alg: "RS256", use: jwkset.UseSig, key: k["rsa"].Public()},
+		idpKey{kid: "kc-enc", alg: "RSA-OAEP", use: jwkset.UseEnc, key: k["rsa2"].Public()},
+	)
+	exp := time.Now().Add(time.Hour).Unix()
+	tests := []struct {
+		name      string
+		issuer    string
+		teamClaim string
+		alg, kid  string
+		key       crypto.Signer
+		claims    jwt.MapClaims
+		user      string
+		teams     string
+	}{
+		{"Supabase Auth (asymmetric keys, teams from a custom access token hook)", "https://abcd.supabase.co/auth/v1", "app_metadata.teams", "ES256", "supabase-es256", k["p256"],
+			jwt.MapClaims{"iss": "https://abcd.supabase.co/auth/v1", "sub": "7f8e2c1a-0b4d-4e2f-9a6b-3c5d7e9f1a2b", "aud": "authenticated", "role": "authenticated",
+				"exp": exp, "app_metadata": map[string]any{"provider": "email", "teams": []any{7, 9}}},
+			"7f8e2c1a-0b4d-4e2f-9a6b-3c5d7e9f1a2b", "7,9"},
+		{"Auth0 (a namespaced claim set by an Action)", "https://crm.eu.auth0.com/", "https://crm.example.com/teams", "RS256", "auth0-rs256", k["rsa"],
+			jwt.MapClaims{"iss": "https://crm.eu.auth0.com/", "sub": "auth0|64f1c2", "aud": []any{"https://api.crm.example.com", "https://crm.eu.auth0.com/userinfo"},
+				"exp": exp, "scope": "openid profile", "https://crm.example.com/teams": []any{"7"}},
+			"auth0|64f1c2", "7"},
+		{"Clerk (session token v2, the active organization)", "https://clerk.crm.example.com", "o.id", "RS256", "ins_clerk", k["rsa2"],
+			jwt.MapClaims{"iss": "https://clerk.crm.example.com", "sub": "user_2abc", "azp": "https://crm.example.com", "sid": "sess_1", "v": 2,
+				"exp": exp, "nbf": time.Now().Add(-5 * time.Second).Unix(), "o": map[string]any{"id": "org_2xyz", "rol": "admin", "slg": "acme"}},
+			"user_2abc", "org_2xyz"},
+		{"Keycloak (a group membership mapper)", "https://sso.crm.example.com/realms/crm", "groups", "RS256", "kc-sig", k["rsa"],
+			jwt.MapClaims{"iss": "https://sso.crm.example.com/realms/crm", "sub": "f2b1c3d4-5e6f-4a1b-8c9d-0e1f2a3b4c5d", "aud": "account", "typ": "Bearer",
+				"azp": "crm-web", "exp": exp, "groups": []any{"team-7", "team-9"}},
+			"f2b1c3d4-5e6f-4a1b-8c9d-0e1f2a3b4c5d", "team-7,team-9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := NewJWKS(JWKSOptions{URL: p.srv.URL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := NewVerifier(Options{JWKS: j, Issuer: tt.issuer, TeamClaim: tt.teamClaim})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := v.Verify(signWith(t, tt.alg, tt.key, tt.kid, tt.claims))
+			if err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			if got.UserID != tt.user || strings.Join(got.TeamIDs, ",") != tt.teams {
+				t.Fatalf("principal %+v, want user %s, teams %s", got, tt.user, tt.teams)
+			}
+		})
 	}
 }

@@ -30,6 +30,7 @@ type Metrics struct {
 	slotLag     prometheus.Gauge
 	appliedLSN  prometheus.Gauge
 	failing     prometheus.Gauge
+	authFails   *prometheus.CounterVec
 	jwksFails   prometheus.Counter
 	jwksKeys    prometheus.Gauge
 }
@@ -79,6 +80,8 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Commit LSN of the last source transaction written to the changelog, as a number."}),
 		failing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_logical_capture_failing",
 			Help: "1 while logical capture has failed for several consecutive attempts (the relay is then not ready)."}),
+		authFails: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_auth_failures_total",
+			Help: "Tokens refused, at connect or on the auth message, by reason (expired, signature, key, algorithm, ...)."}, []string{"reason"}),
 		jwksFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_auth_jwks_fetch_failures_total",
 			Help: "Fetches of auth.jwks_url that failed (the keys fetched before stay in use)."}),
 		jwksKeys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_auth_jwks_keys",
@@ -86,7 +89,7 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 	}
 	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
 		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing,
-		m.jwksFails, m.jwksKeys)
+		m.authFails, m.jwksFails, m.jwksKeys)
 	if sessions != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Sessions subscribed to the hub (authenticated, either protocol)."}, sessions))
@@ -211,6 +214,14 @@ func (m *Metrics) CaptureFailing(v bool, _ string) {
 		m.failing.Set(1)
 	} else {
 		m.failing.Set(0)
+	}
+}
+
+// AuthFailed counts a token refused for reason (an auth.Reason, or
+// "other_user" for an auth message naming another user).
+func (m *Metrics) AuthFailed(reason string) {
+	if m != nil {
+		m.authFails.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -408,6 +408,7 @@ func (c *conn) connect(data json.RawMessage) {
 	if err != nil {
 		c.srv.log.Debug("socket.io connect refused", "err", err)
 		c.srv.t.Metrics().Refused("unauthorized")
+		c.srv.t.Metrics().AuthFailed(string(auth.ReasonOf(err)))
 		c.s.Lock()
 		c.s.WriteLocked(connectErrorFrame("/", "unauthorized"))
 		c.s.Unlock()

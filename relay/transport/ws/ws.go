@@ -118,6 +118,7 @@ func (c *conn) Open() {
 	c.start = nil
 	if st.authErr != nil {
 		c.metrics().Refused("unauthorized")
+		c.metrics().AuthFailed(string(auth.ReasonOf(st.authErr)))
 		c.s.Lock()
 		c.s.WriteLocked(errorFrame("unauthorized", st.authErr.Error()))
 		c.s.CloseLocked(session.CloseUnauthorized, "unauthorized")
@@ -272,10 +273,11 @@ func (c *conn) reauth(token string) {
 	p, err := s.Transport().Options().Verifier.Verify(token)
 	s.Lock()
 	if err != nil || p.UserID != s.PrincipalLocked().UserID {
-		msg := "token for another user"
+		msg, reason := "token for another user", "other_user"
 		if err != nil {
-			msg = err.Error()
+			msg, reason = err.Error(), string(auth.ReasonOf(err))
 		}
+		c.metrics().AuthFailed(reason)
 		s.WriteLocked(errorFrame("unauthorized", msg))
 		s.CloseLocked(session.CloseUnauthorized, "unauthorized")
 		s.Unlock()

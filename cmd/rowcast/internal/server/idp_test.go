@@ -142,6 +142,29 @@ func sioConnect(t *testing.T, e *env, tok string) (*websocket.Conn, string) {
 	return c, sioRead(t, c)
 }
 
+// labelled returns the value of the counter name whose label has value,
+// or 0 when there is none yet.
+func labelled(t *testing.T, e *env, name, label, value string) float64 {
+	t.Helper()
+	families, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
 // sioRefusedFrame sends a CONNECT with tok that is over the frame limit
 // and checks that the relay closes the connection with 1009, sending no
 // frame first; it returns nil.
@@ -178,8 +201,10 @@ func sioRefusedFrame(t *testing.T, e *env, tok string) *websocket.Conn {
 // frame, close 4401) and on Socket.IO (CONNECT_ERROR unauthorized), and
 // that neither connection receives the events a good session of the same
 // team receives meanwhile.
-func refusedEverywhere(t *testing.T, e *env, tok, msg string) {
+func refusedEverywhere(t *testing.T, e *env, tok, msg, reason string) {
 	t.Helper()
+	before := labelled(t, e, "rowcast_auth_failures_total", "reason", reason)
+	want := before + 2
 	good := e.connect(token(t, map[string]any{"sub": "9", "teamId": 1, "iss": idpIssuer, "aud": idpAudience}))
 	ws, err := e.dial(tok, "", nil)
 	if err != nil {
@@ -188,7 +213,7 @@ func refusedEverywhere(t *testing.T, e *env, tok, msg string) {
 	var sio *websocket.Conn
 	if int64(len(tok)) > e.cfg.Sessions.MaxMessageSize-64 {
 		// The CONNECT frame carrying it is over the client frame limit.
-		sio = sioRefusedFrame(t, e, tok)
+		sio, want = sioRefusedFrame(t, e, tok), before+1
 	} else {
 		var reply string
 		if sio, reply = sioConnect(t, e, tok); reply != `44{"message":"unauthorized"}` {
@@ -203,6 +228,9 @@ func refusedEverywhere(t *testing.T, e *env, tok, msg string) {
 	}
 	if code := ws.closed(); code != 4401 {
 		t.Fatalf("/ws close code %d, want 4401", code)
+	}
+	if n := labelled(t, e, "rowcast_auth_failures_total", "reason", reason); n != want {
+		t.Errorf("rowcast_auth_failures_total{reason=%q} = %v, want %v", reason, n, want)
 	}
 	if sio == nil {
 		return
@@ -234,21 +262,21 @@ func TestIdentityProviderTokens(t *testing.T) {
 	enc := base64.RawURLEncoding
 	none := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." +
 		enc.EncodeToString([]byte(`{"sub":"2","teamId":[1],"iss":"`+idpIssuer+`","aud":"`+idpAudience+`"}`)) + "."
-	cases := []struct{ name, tok, msg string }{
-		{"missing", "", "token missing"},
-		{"malformed", "abc.def", "token malformed"},
-		{"bad signature", idpToken(t, "RS256", k2, "k1", nil), "token signature invalid"},
-		{"alg none", none, `token algorithm "none" not accepted`},
-		{"HMAC with the RSA public key as secret", idpToken(t, "HS256", pubPEM, "k1", nil), "token signature invalid"},
-		{"expired", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"exp": time.Now().Add(-time.Minute).Unix()}), "token expired"},
-		{"not yet valid", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"nbf": time.Now().Add(time.Hour).Unix()}), "token not valid yet"},
-		{"wrong issuer", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"iss": "https://evil.test/"}), "token issuer mismatch"},
-		{"wrong audience", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"aud": "other-api"}), "token audience mismatch"},
-		{"unknown kid", idpToken(t, "RS256", k2, "k9", nil), "token key unknown"},
-		{"oversized", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"pad": strings.Repeat("x", 9000)}), "token too large"},
+	cases := []struct{ name, tok, msg, reason string }{
+		{"missing", "", "token missing", "missing"},
+		{"malformed", "abc.def", "token malformed", "malformed"},
+		{"bad signature", idpToken(t, "RS256", k2, "k1", nil), "token signature invalid", "signature"},
+		{"alg none", none, `token algorithm "none" not accepted`, "algorithm"},
+		{"HMAC with the RSA public key as secret", idpToken(t, "HS256", pubPEM, "k1", nil), "token signature invalid", "signature"},
+		{"expired", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"exp": time.Now().Add(-time.Minute).Unix()}), "token expired", "expired"},
+		{"not yet valid", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"nbf": time.Now().Add(time.Hour).Unix()}), "token not valid yet", "not_yet"},
+		{"wrong issuer", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"iss": "https://evil.test/"}), "token issuer mismatch", "issuer"},
+		{"wrong audience", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"aud": "other-api"}), "token audience mismatch", "audience"},
+		{"unknown kid", idpToken(t, "RS256", k2, "k9", nil), "token key unknown", "key"},
+		{"oversized", idpToken(t, "RS256", k1, "k1", jwt.MapClaims{"pad": strings.Repeat("x", 9000)}), "token too large", "too_large"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) { refusedEverywhere(t, e.forT(t), tc.tok, tc.msg) })
+		t.Run(tc.name, func(t *testing.T) { refusedEverywhere(t, e.forT(t), tc.tok, tc.msg, tc.reason) })
 	}
 
 	t.Run("good token and rotation", func(t *testing.T) {
@@ -281,7 +309,7 @@ func TestIdentityProviderDownAtStart(t *testing.T) {
 	p.setDown()
 	e := idpRelay(t, p)
 	tok := idpToken(t, "RS256", k1, "k1", nil)
-	refusedEverywhere(t, e, tok, "token key unknown")
+	refusedEverywhere(t, e, tok, "token key unknown", "key")
 	if n := metric(t, e, "rowcast_auth_jwks_fetch_failures_total"); n < 1 {
 		t.Fatalf("rowcast_auth_jwks_fetch_failures_total = %v, want at least 1", n)
 	}
