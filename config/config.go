@@ -5,6 +5,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"time"
 )
@@ -79,6 +80,53 @@ type Auth struct {
 	TeamClaim  string        `mapstructure:"team_claim" yaml:"team_claim"`           // default "teamId"; a dotted path reaches into objects
 	Issuer     string        `mapstructure:"issuer" yaml:"issuer"`                   // checked when set
 	Audience   string        `mapstructure:"audience" yaml:"audience"`               // checked when set
+	// Membership, when set, takes a user's teams from a table of the
+	// database and follows its changes (captured like a table's).
+	Membership *Membership `mapstructure:"membership" yaml:"membership"`
+}
+
+// Membership names the table that says which user belongs to which team.
+type Membership struct {
+	Table      string `mapstructure:"table" yaml:"table"`             // may be schema-qualified; required
+	UserColumn string `mapstructure:"user_column" yaml:"user_column"` // default user_id
+	TeamColumn string `mapstructure:"team_column" yaml:"team_column"` // default team_id
+	// Mode is "database" (default: the table's teams, whatever the token
+	// claims) or "intersect" (the teams both the token and the table name).
+	Mode string `mapstructure:"mode" yaml:"mode"`
+}
+
+// Membership modes.
+const (
+	MembershipDatabase  = "database"
+	MembershipIntersect = "intersect"
+)
+
+// WithDefaults returns m with its empty fields filled in.
+func (m Membership) WithDefaults() Membership {
+	if m.UserColumn == "" {
+		m.UserColumn = "user_id"
+	}
+	if m.TeamColumn == "" {
+		m.TeamColumn = "team_id"
+	}
+	if m.Mode == "" {
+		m.Mode = MembershipDatabase
+	}
+	return m
+}
+
+// CapturedTables returns the tables whose changes are captured: Tables,
+// then the membership table (kind membership) when auth.membership is set.
+func (c *Config) CapturedTables() []Table {
+	if c.Auth.Membership == nil {
+		return c.Tables
+	}
+	m := c.Auth.Membership.WithDefaults()
+	// Its key is the (user, team) pair: one row per membership, so that a
+	// row deleted is a team left.
+	t := Table{Table: m.Table, Entity: "membership", Kind: KindMembership, UserColumn: m.UserColumn, TeamColumn: m.TeamColumn,
+		IDColumns: []string{m.UserColumn, m.TeamColumn}}
+	return append(slices.Clip(c.Tables), t)
 }
 
 // Events selects optional event forms.
@@ -252,6 +300,10 @@ func (t Table) WithDefaults() Table {
 const (
 	KindEntity = "entity"  // team-scoped <entity>:created|updated|deleted events
 	KindAITask = "ai_task" // user-scoped ai:task:* events
+	// KindMembership is the auth.membership table: its changes move users
+	// in and out of teams and are never sent as events. It is not written
+	// in tables[]; Config.CapturedTables adds it.
+	KindMembership = "membership"
 )
 
 // Capture modes.

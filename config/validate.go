@@ -164,6 +164,31 @@ func (c *Config) problems() []Problem {
 	if n := c.Auth.MaxToken; n < 1024 || n > 64<<10 {
 		add("auth.max_token_bytes", "%d is out of range: 1024 to 65536", n)
 	}
+	if m := c.Auth.Membership; m != nil {
+		d := m.WithDefaults()
+		switch {
+		case m.Table == "":
+			add("auth.membership.table", "is empty; name the table of (user, team) rows, e.g. team_members")
+		case !validTableName(m.Table):
+			add("auth.membership.table", "%q is not a table name: write an identifier, optionally schema-qualified as schema.table", m.Table)
+		default:
+			mt := Table{Table: m.Table}
+			for i, t := range c.Tables {
+				if t.Qualified() == mt.Qualified() {
+					add("auth.membership.table", "%s is also tables[%d]: the membership table is captured for scope only and cannot be an entity table too", mt.Qualified(), i)
+				}
+			}
+		}
+		if !validIdent(d.UserColumn) {
+			add("auth.membership.user_column", "%q is not a column name", d.UserColumn)
+		}
+		if !validIdent(d.TeamColumn) {
+			add("auth.membership.team_column", "%q is not a column name", d.TeamColumn)
+		}
+		if d.Mode != MembershipDatabase && d.Mode != MembershipIntersect {
+			add("auth.membership.mode", "%q is not one of %s, %s", d.Mode, MembershipDatabase, MembershipIntersect)
+		}
+	}
 	if c.Auth.UserClaim == "" {
 		add("auth.user_claim", "is empty; name the claim that holds the user id (default sub)")
 	}

@@ -68,6 +68,17 @@ func TestValidate(t *testing.T) {
 			"auth.max_token_bytes: 100 is out of range: 1024 to 65536",
 		}},
 		{"loopback jwks over http", func(c *Config) { c.Auth.JWKSURL = "http://127.0.0.1:9999/jwks" }, nil},
+		{"membership", func(c *Config) { c.Auth.Membership = &Membership{Table: "team_members", Mode: MembershipIntersect} }, nil},
+		{"membership problems", func(c *Config) {
+			c.Auth.Membership = &Membership{Table: "escrows", UserColumn: "user id", Mode: "token"}
+		}, []string{
+			"auth.membership.table: public.escrows is also tables[0]: the membership table is captured for scope only and cannot be an entity table too",
+			`auth.membership.user_column: "user id" is not a column name`,
+			`auth.membership.mode: "token" is not one of database, intersect`,
+		}},
+		{"membership without table", func(c *Config) { c.Auth.Membership = &Membership{} }, []string{
+			"auth.membership.table: is empty; name the table of (user, team) rows, e.g. team_members",
+		}},
 		{"listen addresses", func(c *Config) { c.Listen, c.AdminListen = "", "host:http" }, []string{
 			`listen: "" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
 			`admin_listen: "host:http" has port "http", which is not a number from 0 to 65535`,

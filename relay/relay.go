@@ -143,6 +143,10 @@ const (
 	KindEvent EventKind = iota
 	// KindResync tells the client to refetch; Data is the whole resync frame.
 	KindResync
+	// KindMembership moves the user of Stream (a user stream) into team
+	// Team (Join) or out of it, from the event's position on. It is not
+	// sent as it is: sessions change their scope (auth.membership).
+	KindMembership
 )
 
 // Event is one message for the sessions that follow Stream. It is built once
@@ -165,6 +169,10 @@ type Event struct {
 	Data []byte
 	// CommittedAt is the commit time of the change the event came from.
 	CommittedAt time.Time
+	// Team and Join say, for KindMembership, which team the user joins or
+	// leaves.
+	Team string
+	Join bool
 }
 
 // Mapper turns a change into the events it produces, appending them to dst.

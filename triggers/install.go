@@ -459,6 +459,9 @@ where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped`,
 		for _, c := range t.ExcludeColumns {
 			need("exclude_columns", c)
 		}
+		if t.Kind == config.KindMembership {
+			need("user_column", t.UserColumn)
+		}
 		if t.Kind == config.KindAITask {
 			need("user_column", t.UserColumn)
 			need("status_column", t.StatusColumn)

@@ -66,7 +66,7 @@ order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 // logical mode stored generated columns).
 func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, error) {
 	o := OptionsFor(cfg)
-	tables, err := resolveParents(ctx, conn, cfg.Tables)
+	tables, err := resolveParents(ctx, conn, cfg.CapturedTables())
 	if err != nil {
 		return nil, err
 	}

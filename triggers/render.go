@@ -311,6 +311,8 @@ func bodyFor(t config.Table, r recs, notify bool) (string, error) {
 		return entityBody(t, r), nil
 	case config.KindAITask:
 		return taskBody(t, r), nil
+	case config.KindMembership:
+		return membershipBody(t, r), nil
 	}
 	return "", fmt.Errorf("render table %s: unknown kind %q", t.Qualified(), t.Kind)
 }
@@ -476,6 +478,39 @@ func taskBody(t config.Table, r recs) string {
         `, nw(status), tbl, nw(id), nw(progress), r.old+"."+progress)
 	b.WriteString(ins("U", "ch", fmt.Sprintf("jsonb_build_object('status', %s.%s, 'progress', hw)", r.old, status)))
 	fmt.Fprintf(&b, "    END IF;\n    %s\n    %s;\nEND\n", r.ring, r.ret)
+	return b.String()
+}
+
+// membershipBody captures the auth.membership table: a (user, team) pair
+// that appears is a join ('I'), one that goes a leave ('D'); an update that
+// changes the pair is a leave of the old and a join of the new. Each goes to
+// the user's stream with the team and the user, nothing of the row.
+func membershipBody(t config.Table, r recs) string {
+	user, team := ident(t.UserColumn), ident(t.TeamColumn)
+	tbl := literal(t.Qualified())
+	ins := func(op, rec string) string {
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, team_id, user_id, actor, request_id)
+            VALUES (%s || %s.%s::text, %s, %s, %s.%s::text, %s.%s::text, actor, req);
+`, literal(relay.UserPrefix), rec, user, tbl, literal(op), rec, team, rec, user)
+	}
+	pair := func(rec string) string {
+		return fmt.Sprintf("%[1]s.%[2]s IS NOT NULL AND %[1]s.%[3]s IS NOT NULL", rec, user, team)
+	}
+	var b strings.Builder
+	b.WriteString(declare)
+	fmt.Fprintf(&b, "    IF %s = 'UPDATE' THEN\n", r.op)
+	fmt.Fprintf(&b, "        IF %[1]s.%[3]s IS NOT DISTINCT FROM %[2]s.%[3]s AND %[1]s.%[4]s IS NOT DISTINCT FROM %[2]s.%[4]s THEN %[5]s; END IF;\n",
+		r.new, r.old, user, team, r.ret)
+	b.WriteString("    END IF;\n")
+	fmt.Fprintf(&b, "    IF %s <> 'INSERT' THEN\n", r.op)
+	fmt.Fprintf(&b, "        IF %s THEN\n            ", pair(r.old))
+	b.WriteString(ins("D", r.old))
+	b.WriteString("        END IF;\n    END IF;\n")
+	fmt.Fprintf(&b, "    IF %s <> 'DELETE' THEN\n", r.op)
+	fmt.Fprintf(&b, "        IF %s THEN\n            ", pair(r.new))
+	b.WriteString(ins("I", r.new))
+	b.WriteString("        END IF;\n    END IF;\n")
+	fmt.Fprintf(&b, "    %s\n    %s;\nEND\n", r.ring, r.ret)
 	return b.String()
 }
 

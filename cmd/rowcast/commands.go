@@ -109,7 +109,14 @@ func checkDatabase(ctx context.Context, cfg *config.Config) ([]config.Problem, e
 		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	problems, err := triggers.CheckTables(ctx, conn, cfg.Tables)
+	problems, err := triggers.CheckTables(ctx, conn, cfg.CapturedTables())
+	// The entry after the configured tables is auth.membership's.
+	member := fmt.Sprintf("tables[%d]", len(cfg.Tables))
+	for i, p := range problems {
+		if rest, ok := strings.CutPrefix(p.Key, member); ok {
+			problems[i].Key = "auth.membership" + strings.Replace(rest, ".id_columns", "", 1)
+		}
+	}
 	if err != nil || cfg.Capture.Mode != config.ModeLogical {
 		return problems, err
 	}

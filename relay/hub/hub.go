@@ -17,6 +17,17 @@ import (
 	"github.com/rowcast/rowcast/relay"
 )
 
+// Rescoper is a Subscriber whose streams follow membership events
+// (relay.KindMembership, published to a user's stream): before the event is
+// delivered, Publish asks Rescope whether the subscriber's team streams
+// change, and if it answers true, joins it to the team's stream (ev.Join)
+// or removes it from it, at once: the next event is delivered by the new
+// subscription. Rescope runs with a hub shard lock held and must not call
+// the hub or block.
+type Rescoper interface {
+	Rescope(ev *relay.Event) bool
+}
+
 // Subscriber is one session as the hub sees it.
 type Subscriber interface {
 	// Deliver hands over one event of a followed stream. Events arrive in
@@ -94,6 +105,12 @@ func (h *Hub) Head() (epoch string, head relay.Pos) {
 func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, head relay.Pos) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	h.add(s, streams)
+	return h.epoch, h.head
+}
+
+// add registers s for streams; the caller holds mu (either way).
+func (h *Hub) add(s Subscriber, streams []string) {
 	added := 0
 	for _, st := range streams {
 		sh := h.shard(st)
@@ -110,7 +127,6 @@ func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, head rela
 		sh.mu.Unlock()
 	}
 	h.follow(s, added)
-	return h.epoch, h.head
 }
 
 // Unsubscribe removes s from the given streams. It is safe to call for
@@ -164,17 +180,34 @@ func (h *Hub) follow(s Subscriber, n int) {
 func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var moved []Subscriber
 	for i := range events {
 		ev := &events[i]
 		sh := h.shard(ev.Stream)
 		sh.mu.Lock()
 		n := 0
 		for s := range sh.subs[ev.Stream] {
+			if ev.Kind == relay.KindMembership {
+				if r, ok := s.(Rescoper); ok && r.Rescope(ev) {
+					moved = append(moved, s)
+				}
+			}
 			s.Deliver(ev)
 			n++
 		}
 		sh.mu.Unlock()
 		h.delivered.Add(uint64(n))
+		if len(moved) > 0 {
+			team := []string{relay.TeamStream(ev.Team)}
+			for _, s := range moved {
+				if ev.Join {
+					h.add(s, team)
+				} else {
+					h.Unsubscribe(s, team)
+				}
+			}
+			moved = moved[:0]
+		}
 	}
 	h.head = relay.MaxPos(h.head, head)
 	h.published.Add(uint64(len(events)))

@@ -25,6 +25,9 @@ const (
 	Entity Kind = iota
 	// AITask tables are user-scoped: ai:task:started|progress|completed|failed.
 	AITask
+	// Membership is the auth.membership table: each change moves a user into
+	// or out of a team (relay.KindMembership); a TRUNCATE maps to nothing.
+	Membership
 )
 
 // Rule maps one table.
@@ -89,6 +92,13 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 	r := m.rules[c.Table]
 	if r == nil {
 		return dst
+	}
+	if r.Kind == Membership {
+		if c.TeamID == "" || (c.Op != relay.OpInsert && c.Op != relay.OpDelete) {
+			return dst
+		}
+		return append(dst, relay.Event{Kind: relay.KindMembership, Name: "membership", Stream: c.Stream, Pos: c.Pos,
+			CommittedAt: c.CommittedAt, Team: c.TeamID, Join: c.Op == relay.OpInsert})
 	}
 	if c.Op == relay.OpTruncate {
 		return append(dst, relay.Event{Kind: relay.KindResync, Name: "resync", Stream: c.Stream,

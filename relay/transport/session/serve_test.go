@@ -32,6 +32,7 @@ func (h *echoHandler) EventLocked(*relay.Event) []byte { return nil }
 func (h *echoHandler) ResyncLocked()                   {}
 func (h *echoHandler) ResumedLocked(int)               {}
 func (h *echoHandler) ExpiredLocked()                  {}
+func (h *echoHandler) ForbiddenLocked(string)          {}
 
 // Serve returns once the connection is open, freeing the HTTP server's
 // goroutine and buffers, and the session runs on: it writes and it reads.

@@ -2,8 +2,10 @@ package session
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +47,10 @@ type Handler interface {
 	// ExpiredLocked runs when the session's token expired; it must close
 	// the session.
 	ExpiredLocked()
+	// ForbiddenLocked tells the client that the session no longer follows
+	// team (auth.membership: the user left it), at the position of that
+	// change. When no team remains the session closes with 4403 after it.
+	ForbiddenLocked(team string)
 }
 
 // Session modes.
@@ -100,9 +106,16 @@ type Session struct {
 	// sentBytes bytes are in flight).
 	queuedBytes int64
 	pending     []*relay.Event
-	filter      map[string]bool // nil: every entity
-	strikes     int
-	expiry      *time.Timer
+	// shown, with auth.membership, holds the team streams whose events
+	// the session shows at its current turn: membership events change it
+	// at their turn, so that events held in pending keep the scope of
+	// their position, while streams (the hub's subscription) follows
+	// them at once.
+	shown   map[string]bool
+	claimed []string        // the token's teams (auth.membership intersect mode)
+	filter  map[string]bool // nil: every entity
+	strikes int
+	expiry  *time.Timer
 }
 
 func (t *Transport) newSession(c Conn) *Session {
@@ -156,12 +169,35 @@ func streamsFor(p auth.Principal) []string {
 // with the lock held once the subscription is in place. Start arms the
 // token expiry. Call it without the lock from Open or Message; it does
 // nothing unless the session is idle (never started, or stopped).
-func (s *Session) Start(p auth.Principal, then func()) {
+//
+// With auth.membership, p's teams are replaced by the user's teams in the
+// membership table (intersected with p's in intersect mode), read before
+// the subscription and again after it, so that a change committed
+// meanwhile is not missed; Start returns the read's error, and the session
+// stays idle.
+func (s *Session) Start(p auth.Principal, then func()) error {
+	claimed := p.TeamIDs
+	if s.t.o.Membership != nil {
+		teams, err := s.memberTeams(p.UserID, claimed)
+		if err != nil {
+			return err
+		}
+		p.TeamIDs = teams
+	}
 	streams := streamsFor(p)
 	s.mu.Lock()
 	if s.mode != modeIdle || s.subscribed {
 		s.mu.Unlock()
-		return
+		return nil
+	}
+	s.claimed, s.shown = claimed, nil
+	if s.t.o.Membership != nil {
+		s.shown = make(map[string]bool)
+		for _, st := range streams {
+			if strings.HasPrefix(st, relay.TeamPrefix) {
+				s.shown[st] = true
+			}
+		}
 	}
 	// Events delivered while Subscribe runs are held (modeAwait) and
 	// deduplicated against the head when they are flushed.
@@ -175,14 +211,45 @@ func (s *Session) Start(p auth.Principal, then func()) {
 		s.t.noTeamClaim(p)
 	}
 	epoch, head := s.t.o.Hub.Subscribe(s, streams)
+	if s.t.o.Membership != nil {
+		// Membership changes committed before the head were not
+		// delivered: read again, and follow what it says from now on.
+		teams, err := s.memberTeams(p.UserID, claimed)
+		if err != nil {
+			s.Stop()
+			return err
+		}
+		p.TeamIDs = teams
+		s.moveTo(streamsFor(p))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.principal = p
 	s.epoch, s.head = epoch, head
 	s.setLastLocked(head)
 	s.armExpiryLocked()
 	if then != nil {
 		then()
 	}
+	return nil
+}
+
+// memberTeams reads user's teams from the membership table: all of them,
+// or in intersect mode those that claimed names too.
+func (s *Session) memberTeams(user string, claimed []string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(s.t.ctx, 10*time.Second)
+	defer cancel()
+	teams, err := s.t.o.Membership(ctx, user)
+	if err != nil {
+		return nil, fmt.Errorf("read membership: %w", err)
+	}
+	if s.t.o.MembershipIntersect {
+		teams = slices.DeleteFunc(teams, func(t string) bool { return !slices.Contains(claimed, t) })
+	}
+	if teams == nil {
+		teams = []string{}
+	}
+	return teams, nil
 }
 
 // Stop leaves the hub and makes the session idle again without closing the
@@ -231,45 +298,75 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 		s.mu.Unlock()
 		return
 	}
-	oldStreams := s.streams
 	s.mu.Unlock()
-	newStreams := streamsFor(p)
-
-	if !slices.Equal(oldStreams, newStreams) {
-		var gone, added []string
-		for _, st := range oldStreams {
-			if !slices.Contains(newStreams, st) {
-				gone = append(gone, st)
-			}
-		}
-		for _, st := range newStreams {
-			if !slices.Contains(oldStreams, st) {
-				added = append(added, st)
-			}
-		}
-		// The added streams' events flow from the hub's head at their
-		// subscription on: the position the session has is one point in
-		// the global order, so it stays valid. The session takes the new
-		// streams before it subscribes to them, so that none of their
-		// events is dropped as not its own.
-		s.t.o.Hub.Unsubscribe(s, gone)
+	if s.t.o.Membership != nil {
+		// The teams come from the membership table, not the token (in
+		// intersect mode, from both): read them again.
+		teams, err := s.memberTeams(p.UserID, p.TeamIDs)
 		s.mu.Lock()
-		s.streams = newStreams
+		s.claimed = p.TeamIDs
 		s.mu.Unlock()
-		s.t.o.Hub.Subscribe(s, added)
-		s.mu.Lock()
-		left := !s.subscribed
-		s.mu.Unlock()
-		if left {
-			// It stopped or closed meanwhile, leaving what it followed
-			// then: leave the added streams too.
-			s.t.o.Hub.Unsubscribe(s, added)
+		if err != nil {
+			s.t.o.Logger.Warn("membership not read on token refresh; the session keeps its teams", "err", err)
+			s.mu.Lock()
+			p.TeamIDs = s.principal.TeamIDs
+			s.mu.Unlock()
+		} else {
+			p.TeamIDs = teams
 		}
 	}
+	s.moveTo(streamsFor(p))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.principal = p
 	s.armExpiryLocked()
+}
+
+// moveTo makes a started session follow newStreams instead of its
+// streams. The added streams' events flow from the hub's head at their
+// subscription on: the position the session has is one point in the
+// global order, so it stays valid. Call it without the lock.
+func (s *Session) moveTo(newStreams []string) {
+	s.mu.Lock()
+	oldStreams := s.streams
+	s.mu.Unlock()
+	if slices.Equal(oldStreams, newStreams) {
+		return
+	}
+	var gone, added []string
+	for _, st := range oldStreams {
+		if !slices.Contains(newStreams, st) {
+			gone = append(gone, st)
+		}
+	}
+	for _, st := range newStreams {
+		if !slices.Contains(oldStreams, st) {
+			added = append(added, st)
+		}
+	}
+	// The session takes the new streams before it subscribes to them, so
+	// that none of their events is dropped as not its own.
+	s.t.o.Hub.Unsubscribe(s, gone)
+	s.mu.Lock()
+	s.streams = newStreams
+	if s.t.o.Membership != nil {
+		s.shown = make(map[string]bool)
+		for _, st := range newStreams {
+			if strings.HasPrefix(st, relay.TeamPrefix) {
+				s.shown[st] = true
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.t.o.Hub.Subscribe(s, added)
+	s.mu.Lock()
+	left := !s.subscribed
+	s.mu.Unlock()
+	if left {
+		// It stopped or closed meanwhile, leaving what it followed
+		// then: leave the added streams too.
+		s.t.o.Hub.Unsubscribe(s, added)
+	}
 }
 
 // PrincipalLocked returns whom the session was started for.
@@ -381,10 +478,79 @@ func (s *Session) Reset(epoch string) {
 	}
 }
 
+// Rescope implements hub.Rescoper: a membership event of the session's
+// user joins it to the team's stream (unless it follows it already, or in
+// intersect mode the token does not name the team) or removes it from it.
+// The change shows at the event's turn (membershipLocked).
+func (s *Session) Rescope(ev *relay.Event) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.t.o.Membership == nil || !s.subscribed || s.mode == modeClosed {
+		return false
+	}
+	st := relay.TeamStream(ev.Team)
+	i, in := slices.BinarySearch(s.streams, st)
+	switch {
+	case ev.Join && !in && s.acceptsLocked(ev.Team):
+		s.streams = slices.Insert(s.streams, i, st)
+		return true
+	case !ev.Join && in:
+		s.streams = slices.Delete(s.streams, i, i+1)
+		return true
+	}
+	return false
+}
+
+// acceptsLocked reports whether the session follows team once its user
+// joins it: always, or in intersect mode when the token names it.
+func (s *Session) acceptsLocked(team string) bool {
+	return !s.t.o.MembershipIntersect || slices.Contains(s.claimed, team)
+}
+
+// visibleLocked reports whether the session shows events of stream now.
+func (s *Session) visibleLocked(stream string) bool {
+	if s.shown != nil && strings.HasPrefix(stream, relay.TeamPrefix) {
+		return s.shown[stream]
+	}
+	_, ok := slices.BinarySearch(s.streams, stream)
+	return ok
+}
+
+// membershipLocked applies a membership event at its turn: a join shows
+// the team's events from here on; a leave hides them and tells the client,
+// closing the session with 4403 when no team remains. An event from before
+// the session subscribed (replayed history) changes nothing: the teams
+// were read when it started.
+func (s *Session) membershipLocked(ev *relay.Event) {
+	if ev.Pos.Compare(s.head) <= 0 || s.shown == nil {
+		return
+	}
+	st := relay.TeamStream(ev.Team)
+	switch {
+	case ev.Join && !s.shown[st] && s.acceptsLocked(ev.Team):
+		s.shown[st] = true
+		s.principal.TeamIDs = append(slices.Clip(s.principal.TeamIDs), ev.Team)
+	case !ev.Join && s.shown[st]:
+		delete(s.shown, st)
+		s.principal.TeamIDs = slices.DeleteFunc(slices.Clone(s.principal.TeamIDs), func(t string) bool { return t == ev.Team })
+		s.h.ForbiddenLocked(ev.Team)
+		if len(s.shown) == 0 {
+			s.CloseLocked(CloseForbidden, "no team left")
+		}
+	}
+}
+
 // sendEventLocked frames and queues one event unless it was already sent
 // (positions make delivery idempotent) or the subscribe filter hides it.
 func (s *Session) sendEventLocked(ev *relay.Event) {
-	if _, ok := slices.BinarySearch(s.streams, ev.Stream); !ok {
+	if !s.visibleLocked(ev.Stream) {
+		return
+	}
+	if ev.Kind == relay.KindMembership {
+		if c := ev.Pos.Compare(s.last); c > 0 {
+			s.last, s.lastPart = ev.Pos, ev.Part
+			s.membershipLocked(ev)
+		}
 		return
 	}
 	// An event is new when it is past the last one processed: a later

@@ -155,7 +155,8 @@ func (h *recHandler) ResyncLocked() { h.s.WriteLocked([]byte("resync")) }
 func (h *recHandler) ResumedLocked(n int) {
 	h.s.WriteLocked(fmt.Appendf(nil, "resumed %d", n))
 }
-func (h *recHandler) ExpiredLocked() { h.s.CloseLocked(CloseUnauthorized, "token expired") }
+func (h *recHandler) ExpiredLocked()              { h.s.CloseLocked(CloseUnauthorized, "token expired") }
+func (h *recHandler) ForbiddenLocked(team string) { h.s.WriteLocked([]byte("forbidden " + team)) }
 
 type env struct {
 	t    *testing.T

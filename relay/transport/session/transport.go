@@ -42,6 +42,7 @@ const (
 	CloseUnauthorized = 4401
 	CloseSlowConsumer = 4008
 	CloseRateLimited  = 4429
+	CloseForbidden    = 4403
 )
 
 // Options configures a Transport. Hub, History and Verifier are required;
@@ -63,8 +64,14 @@ type Options struct {
 	RateBurst      int           // default 50
 	RateStrikes    int           // messages past the limit before the close; default 20
 	ReplayLimit    int           // events one resume replays before resync; default 100000
-	Logger         *slog.Logger
-	Metrics        *metrics.Metrics // nil: not measured
+	// Membership, when not nil, reads a user's teams from the
+	// auth.membership table (team ids as text); sessions then follow it
+	// instead of their token's teams, or in MembershipIntersect mode the
+	// teams both name.
+	Membership          func(ctx context.Context, userID string) ([]string, error)
+	MembershipIntersect bool
+	Logger              *slog.Logger
+	Metrics             *metrics.Metrics // nil: not measured
 }
 
 // Transport owns the melody instance every WebSocket session of the relay

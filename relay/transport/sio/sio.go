@@ -422,7 +422,7 @@ func (c *conn) connect(data json.RawMessage) {
 			since = resumeFrom(start, offset, hasOffset)
 		}
 	}
-	c.s.Start(p, func() {
+	err = c.s.Start(p, func() {
 		if !c.liveLocked() {
 			return
 		}
@@ -436,6 +436,21 @@ func (c *conn) connect(data json.RawMessage) {
 		c.acceptFreshLocked()
 		c.s.GoLiveLocked()
 	})
+	if err != nil {
+		// The membership table could not be read: the client reconnects
+		// with jitter, as when a relay drains.
+		c.srv.log.Warn("socket.io connect refused", "err", err)
+		c.s.Lock()
+		c.s.CloseLocked(session.CloseGoingAway, "membership unavailable")
+		c.s.Unlock()
+	}
+}
+
+// ForbiddenLocked tells the client it left team (auth.membership): an
+// "error" event {code: "forbidden", teamId} at the change's position.
+func (c *conn) ForbiddenLocked(team string) {
+	data := append(append([]byte(`{"code":"forbidden","teamId":`), appendJSONString(nil, team)...), '}')
+	c.s.WriteLocked(eventFrame("error", data, c.s.PositionLocked()))
 }
 
 // acceptFreshLocked answers CONNECT for a session that starts at the

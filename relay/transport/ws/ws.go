@@ -125,7 +125,7 @@ func (c *conn) Open() {
 		c.s.Unlock()
 		return
 	}
-	c.s.Start(st.principal, func() {
+	err := c.s.Start(st.principal, func() {
 		c.s.WriteLocked(c.welcomeLocked())
 		if st.since != "" {
 			c.gotFirst = true // resume came with the request; no resume message
@@ -141,6 +141,24 @@ func (c *conn) Open() {
 			}
 		})
 	})
+	if err != nil {
+		// The membership table could not be read: the client reconnects
+		// with jitter, as when a relay drains.
+		c.s.Transport().Options().Logger.Warn("session refused", "err", err)
+		c.s.Lock()
+		c.s.CloseLocked(session.CloseGoingAway, "membership unavailable")
+		c.s.Unlock()
+	}
+}
+
+// ForbiddenLocked tells the client it left team (auth.membership).
+func (c *conn) ForbiddenLocked(team string) {
+	b, _ := json.Marshal(struct {
+		Type   string `json:"type"`
+		Code   string `json:"code"`
+		TeamID string `json:"teamId"`
+	}{"error", "forbidden", team})
+	c.s.WriteLocked(b)
 }
 
 func (c *conn) welcomeLocked() []byte {

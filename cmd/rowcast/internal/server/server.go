@@ -113,7 +113,7 @@ func New(o Options) (*Relay, error) {
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
 	}
-	mapper, err := mapping.New(Rules(cfg.Tables), mapping.Options{Legacy: cfg.Events.Legacy})
+	mapper, err := mapping.New(Rules(cfg.CapturedTables()), mapping.Options{Legacy: cfg.Events.Legacy})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -198,8 +198,11 @@ func Rules(tables []config.Table) []mapping.Rule {
 	rules := make([]mapping.Rule, 0, len(tables))
 	for _, t := range tables {
 		kind := mapping.Entity
-		if t.Kind == config.KindAITask {
+		switch t.Kind {
+		case config.KindAITask:
 			kind = mapping.AITask
+		case config.KindMembership:
+			kind = mapping.Membership
 		}
 		rules = append(rules, mapping.Rule{
 			Table: t.Qualified(), Entity: t.Entity, Kind: kind,
@@ -268,13 +271,18 @@ func (r *Relay) Run(ctx context.Context) error {
 	// Replayed changes are mapped by the pipeline's mapper, so a resumed
 	// session gets the events a live one got.
 	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
-	r.ws = ws.New(ws.Options{Options: session.Options{
+	so := session.Options{
 		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize, QueueBytes: cfg.Sessions.QueueBytes,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
-	}})
+	}
+	if m := cfg.Auth.Membership; m != nil {
+		so.Membership = newMembershipReader(pool, *m).Teams
+		so.MembershipIntersect = m.WithDefaults().Mode == config.MembershipIntersect
+	}
+	r.ws = ws.New(ws.Options{Options: so})
 	r.sio = sio.New(r.ws.Transport(), sio.Options{ConnectTimeout: cfg.Sessions.ConnectTimeout,
 		Polling: cfg.Sessions.SIOPollingEnabled(), Logger: r.log.With("component", "sio")})
 
