@@ -195,3 +195,23 @@ func (h *startErr) Open() {
 		h.s.Unlock()
 	}
 }
+
+// A membership event published while Start reads the table again, of a
+// change that read did not see, wins over the read: it is newer.
+func TestMembershipEventDuringTheSecondRead(t *testing.T) {
+	m := &members{teams: map[string][]string{"u": {"1"}}}
+	var e *env
+	m.onRead = func(n int) {
+		if n == 2 {
+			e.publish(join("2", 2))
+		}
+	}
+	e = newEnv(t, Options{Membership: m.read}, ev("all", 1, 0))
+	c := e.attachAs()
+	c.goLive()
+	e.publish(ev("team:2", 3, 0), ev("team:1", 4, 0))
+	c.expect("team:2@3.0", "team:1@4.0")
+	if got := c.teams(); got != "1,2" {
+		t.Fatalf("teams %q, want 1,2", got)
+	}
+}

@@ -111,7 +111,10 @@ type Session struct {
 	// at their turn, so that events held in pending keep the scope of
 	// their position, while streams (the hub's subscription) follows
 	// them at once.
-	shown   map[string]bool
+	shown map[string]bool
+	// touched holds the team streams membership events moved since the
+	// session started: moveTo leaves them as the events set them.
+	touched map[string]bool
 	claimed []string        // the token's teams (auth.membership intersect mode)
 	filter  map[string]bool // nil: every entity
 	strikes int
@@ -190,7 +193,7 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 		s.mu.Unlock()
 		return nil
 	}
-	s.claimed, s.shown = claimed, nil
+	s.claimed, s.shown, s.touched = claimed, nil, nil
 	if s.t.o.Membership != nil {
 		s.shown = make(map[string]bool)
 		for _, st := range streams {
@@ -304,7 +307,7 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 		// intersect mode, from both): read them again.
 		teams, err := s.memberTeams(p.UserID, p.TeamIDs)
 		s.mu.Lock()
-		s.claimed = p.TeamIDs
+		s.claimed, s.touched = p.TeamIDs, nil
 		s.mu.Unlock()
 		if err != nil {
 			s.t.o.Logger.Warn("membership not read on token refresh; the session keeps its teams", "err", err)
@@ -322,42 +325,49 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 	s.armExpiryLocked()
 }
 
-// moveTo makes a started session follow newStreams instead of its
-// streams. The added streams' events flow from the hub's head at their
-// subscription on: the position the session has is one point in the
-// global order, so it stays valid. Call it without the lock.
-func (s *Session) moveTo(newStreams []string) {
+// moveTo makes a started session follow want instead of its streams,
+// except the team streams a membership event moved since the session
+// started (touched): the event is newer than any read of the table. The
+// added streams' events flow from the hub's head at their subscription
+// on: the position the session has is one point in the global order, so
+// it stays valid. Call it without the lock.
+func (s *Session) moveTo(want []string) {
 	s.mu.Lock()
-	oldStreams := s.streams
-	s.mu.Unlock()
-	if slices.Equal(oldStreams, newStreams) {
-		return
-	}
-	var gone, added []string
-	for _, st := range oldStreams {
-		if !slices.Contains(newStreams, st) {
+	cur := s.streams
+	var next, gone, added []string
+	for _, st := range cur {
+		if s.touched[st] || slices.Contains(want, st) {
+			next = append(next, st)
+		} else {
 			gone = append(gone, st)
 		}
 	}
-	for _, st := range newStreams {
-		if !slices.Contains(oldStreams, st) {
+	for _, st := range want {
+		if !s.touched[st] && !slices.Contains(cur, st) {
+			next = append(next, st)
 			added = append(added, st)
 		}
 	}
+	if len(gone) == 0 && len(added) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	slices.Sort(next)
 	// The session takes the new streams before it subscribes to them, so
 	// that none of their events is dropped as not its own.
-	s.t.o.Hub.Unsubscribe(s, gone)
-	s.mu.Lock()
-	s.streams = newStreams
-	if s.t.o.Membership != nil {
-		s.shown = make(map[string]bool)
-		for _, st := range newStreams {
+	s.streams = next
+	if s.shown != nil {
+		for _, st := range gone {
+			delete(s.shown, st)
+		}
+		for _, st := range added {
 			if strings.HasPrefix(st, relay.TeamPrefix) {
 				s.shown[st] = true
 			}
 		}
 	}
 	s.mu.Unlock()
+	s.t.o.Hub.Unsubscribe(s, gone)
 	s.t.o.Hub.Subscribe(s, added)
 	s.mu.Lock()
 	left := !s.subscribed
@@ -489,6 +499,7 @@ func (s *Session) Rescope(ev *relay.Event) bool {
 		return false
 	}
 	st := relay.TeamStream(ev.Team)
+	s.touched = setAdd(s.touched, st)
 	i, in := slices.BinarySearch(s.streams, st)
 	switch {
 	case ev.Join && !in && s.acceptsLocked(ev.Team):
@@ -503,6 +514,14 @@ func (s *Session) Rescope(ev *relay.Event) bool {
 
 // acceptsLocked reports whether the session follows team once its user
 // joins it: always, or in intersect mode when the token names it.
+func setAdd(m map[string]bool, k string) map[string]bool {
+	if m == nil {
+		m = make(map[string]bool)
+	}
+	m[k] = true
+	return m
+}
+
 func (s *Session) acceptsLocked(team string) bool {
 	return !s.t.o.MembershipIntersect || slices.Contains(s.claimed, team)
 }
