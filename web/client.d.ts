@@ -117,6 +117,10 @@ export interface Client {
   readonly nextDelay: number
   readonly sessionId: string | null
   readonly userId: string | null
+  /**
+   * The teams the session follows: the welcome's, less each team a
+   * `forbidden` error frame removed (auth.membership).
+   */
   readonly teamIds: string[]
 
   on(name: 'status', fn: (status: Status) => void): () => void

@@ -219,7 +219,11 @@ class Client {
         this._scheduleRefresh(f.expiresAt)
         return
       case 'error':
-        return this._emit('error', new RowcastError(f.code ?? 'error', f.message ?? f.code ?? 'relay error', { frame: f }))
+        if (f.code === 'forbidden' && f.teamId != null) {
+          // auth.membership: the user left this team; no more of its events follow.
+          this.teamIds = this.teamIds.filter((t) => t !== f.teamId)
+        }
+        return this._emit('error', new RowcastError(f.code ?? 'error', f.message ?? `left team ${f.teamId ?? '?'}`, { frame: f }))
       case 'pong':
       case 'subscribed':
         return

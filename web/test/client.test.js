@@ -210,6 +210,18 @@ test('4403 and 4400 are final; 4008 and 4429 retry', async () => {
   }
 })
 
+test('a forbidden frame removes its team and is reported as an error', async () => {
+  const { rc, last } = setup()
+  await settle()
+  last().welcome({ teamIds: ['1', '2'] })
+  const got = []
+  rc.on('error', (err) => got.push([err.code, err.frame.teamId]))
+  last().receive({ type: 'error', code: 'forbidden', teamId: '1' })
+  assert.deepEqual(rc.teamIds, ['2'])
+  assert.deepEqual(got, [['forbidden', '1']])
+  rc.close()
+})
+
 test('a quiet link is pinged and an unanswered ping ends it', async () => {
   const { rc, clock, sockets, last } = setup()
   await settle()
