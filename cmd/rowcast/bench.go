@@ -12,6 +12,7 @@ import (
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/floor"
 	"github.com/rowcast/rowcast/config"
+	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
 )
 
@@ -37,6 +38,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	stages := fs.Bool("stages", false, "also report where rowcast's latency goes up to the tick: source commit → changelog write (logical mode) and write → tick (adds a timestamp column to the benchmark's changelog)")
 	baseline := fs.String("baseline", "", `also measure a baseline in the same invocation: "notify" (a pg_notify trigger and one LISTEN connection forwarding to sockets)`)
 	queue := fs.Int("queue", 4096, "outgoing frames queued per session, both relays")
+	floodOn := fs.Bool("flood", false, "then measure rowcast again while one client sends 1,000 messages/s and another address attempts 500 upgrades/s, and print the p99 ratio (goal ≤ 2)")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
@@ -99,6 +101,50 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	code := exitOK
 	if rc.delivered < rc.expected {
 		code = exitFailed
+	}
+	if *floodOn {
+		furl, err := setupLoadDB(ctx, pg, "latency_flooded", *teams)
+		if err != nil {
+			return fail(err)
+		}
+		fcfg, err := benchRelayConfig(furl, *mode, *queue)
+		if err != nil {
+			return fail(err)
+		}
+		fcfg.Capture.Notify = notify
+		if err := installDemo(ctx, fcfg); err != nil {
+			return fail(err)
+		}
+		var st floodStats
+		fr, err := latencyRun(ctx, pg, furl, spec, *sessions, func() (loadTarget, func(), error) {
+			r, stop, err := startBenchRelay(ctx, fcfg)
+			if err != nil {
+				return loadTarget{}, nil, err
+			}
+			tok, err := auth.Sign([]byte(fcfg.Auth.JWTSecret), map[string]any{"sub": "flooder", "teamId": 1})
+			if err != nil {
+				stop()
+				return loadTarget{}, nil, err
+			}
+			fctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				flood(fctx, floodSpec{addr: r.Addr(), token: tok, messages: 1000, upgrades: 500}, &st)
+			}()
+			return rowcastTarget(r, fcfg.Auth.JWTSecret), func() { cancel(); <-done; stop() }, nil
+		})
+		if err != nil {
+			return fail(fmt.Errorf("rowcast flooded: %w", err))
+		}
+		printLatency(stdout, "rowcast "+*mode+" under a flood", fr)
+		st.print(stdout)
+		fmt.Fprintf(stdout, "  load average %s after the run\n", loadAverage())
+		fmt.Fprintf(stdout, "flooded / quiet: p50 %.2f×  p99 %.2f× (goal ≤ 2)\n",
+			float64(fr.q(0.50))/float64(max(rc.q(0.50), time.Microsecond)), float64(fr.q(0.99))/float64(max(rc.q(0.99), time.Microsecond)))
+		if fr.delivered < fr.expected {
+			code = exitFailed
+		}
 	}
 	if *baseline == "" {
 		return code
