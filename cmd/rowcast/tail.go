@@ -483,6 +483,7 @@ type tailFrame struct {
 	EntityType string          `json:"entityType"`
 	Code       string          `json:"code"`
 	Message    string          `json:"message"`
+	TeamID     tailID          `json:"teamId"`
 	Entities   []tailID        `json:"entities"`
 	ID         json.RawMessage `json:"id"`
 }
@@ -566,6 +567,9 @@ func formatEvent(raw []byte, st tailStyle) (line string, toStderr bool) {
 		s := "error"
 		if f.Code != "" {
 			s += " " + tailOneLine(f.Code)
+		}
+		if f.TeamID != "" {
+			s += " team " + tailOneLine(string(f.TeamID))
 		}
 		if f.Message != "" {
 			s += ": " + tailTruncate(tailOneLine(f.Message), tailMaxMessageRunes)

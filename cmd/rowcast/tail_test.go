@@ -134,6 +134,7 @@ func TestFormatEvent(t *testing.T) {
 			toStderr: true,
 		},
 		{name: "error without message", frame: `{"type":"error","code":"rate_limited"}`, want: "error rate_limited", toStderr: true},
+		{name: "forbidden", frame: `{"type":"error","code":"forbidden","teamId":"7"}`, want: "error forbidden team 7", toStderr: true},
 		{
 			name:     "subscribed",
 			frame:    `{"type":"subscribed","entities":["escrow","lead"]}`,
