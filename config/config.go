@@ -32,6 +32,14 @@ type Config struct {
 	Log         Log      `mapstructure:"log" yaml:"log"`
 	Tables      []Table  `mapstructure:"tables" yaml:"tables"`
 	Shutdown    Shutdown `mapstructure:"shutdown" yaml:"shutdown"`
+	Sentry      Sentry   `mapstructure:"sentry" yaml:"sentry"`
+}
+
+// Sentry configures error reporting (sentry-go). Without a DSN nothing is
+// sent.
+type Sentry struct {
+	DSN         string `mapstructure:"dsn" yaml:"dsn"`                 // also SENTRY_DSN; hidden when printed
+	Environment string `mapstructure:"environment" yaml:"environment"` // also SENTRY_ENVIRONMENT
 }
 
 // Database says where PostgreSQL is.

@@ -119,8 +119,10 @@ func Load(opts LoadOptions) (*Config, error) {
 	for _, k := range keys {
 		name := envName(k)
 		val := env[name]
-		if val == "" && k == "database.url" {
-			name, val = "DATABASE_URL", env["DATABASE_URL"]
+		// The names the platforms and Sentry's own SDKs use.
+		if fallback, ok := map[string]string{"database.url": "DATABASE_URL", "sentry.dsn": "SENTRY_DSN",
+			"sentry.environment": "SENTRY_ENVIRONMENT"}[k]; ok && val == "" {
+			name, val = fallback, env[fallback]
 		}
 		if val == "" {
 			continue
@@ -278,7 +280,7 @@ func joinPath(prefix, key string) string {
 
 // isSecret reports whether the value at path must never be printed.
 func isSecret(path string) bool {
-	return path == "auth.jwt_secret" || path == "database.url"
+	return path == "auth.jwt_secret" || path == "database.url" || path == "sentry.dsn"
 }
 
 // decoder copies a generic settings tree onto typed fields, recording a

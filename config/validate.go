@@ -164,6 +164,11 @@ func (c *Config) problems() []Problem {
 	if n := c.Auth.MaxToken; n < 1024 || n > 64<<10 {
 		add("auth.max_token_bytes", "%d is out of range: 1024 to 65536", n)
 	}
+	if d := c.Sentry.DSN; d != "" {
+		if u, err := url.Parse(d); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.User == nil || u.Host == "" || strings.Trim(u.Path, "/") == "" {
+			add("sentry.dsn", "is not a Sentry DSN (https://<key>@<host>/<project id>, as Sentry's project settings show it)")
+		}
+	}
 	if m := c.Auth.Membership; m != nil {
 		d := m.WithDefaults()
 		switch {

@@ -44,7 +44,7 @@ func yamlNode(path string, v reflect.Value, omitEmpty bool) (*yaml.Node, error) 
 	switch {
 	case t == reflect.TypeFor[time.Duration]():
 		return scalar(formatDuration(time.Duration(v.Int())))
-	case path == "auth.jwt_secret":
+	case path == "auth.jwt_secret" || path == "sentry.dsn":
 		if v.String() == "" {
 			return scalar("")
 		}

@@ -91,6 +91,14 @@ type Options struct {
 	// OnFailing is called with true and the reason when Failing turns
 	// true, and with false and "" when it turns false again.
 	OnFailing func(failing bool, reason string)
+	// OnFailure, when not nil, is called with the last attempt's error
+	// when Failing turns true (the error, not its text, so that a
+	// reporter can leave out what a PostgreSQL message quotes).
+	OnFailure func(err error)
+	// OnSlotLost, when not nil, is called when the holder found the slot
+	// missing, invalidated or without the publication in its history, and
+	// recreates it under a new history epoch (every session resyncs).
+	OnSlotLost func(why string)
 	// ApplyName returns the unquoted name, in schema rowcast, of the apply
 	// function the installer generated for a source table (the wiring passes
 	// triggers.ApplyName). Required: New panics without it.
@@ -221,6 +229,9 @@ func (h *Holder) attempt(err error) {
 	}
 	if now != was && h.o.OnFailing != nil {
 		h.o.OnFailing(now, reason)
+	}
+	if now && !was && h.o.OnFailure != nil {
+		h.o.OnFailure(err)
 	}
 }
 

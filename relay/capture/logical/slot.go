@@ -172,6 +172,7 @@ func (h *Holder) missingPublication(ctx context.Context, db *pgx.Conn, cause err
 	}
 	h.o.Logger.Warn("publication missing from the replication slot's history; recreating the slot and starting a new history epoch",
 		"slot", h.o.Slot, "publication", h.o.Publication, "err", cause)
+	h.slotLost("the publication is missing from the slot's history")
 	if _, err := h.recreateSlot(ctx, db, true); err != nil {
 		return err
 	}
@@ -196,17 +197,26 @@ func (h *Holder) ensureSlot(ctx context.Context, db *pgx.Conn) (pglogrepl.LSN, e
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		h.o.Logger.Warn("replication slot missing; creating it and starting a new history epoch", "slot", h.o.Slot)
+		h.slotLost("the slot is missing")
 		return h.recreateSlot(ctx, db, false)
 	case err != nil:
 		return 0, fmt.Errorf("logical slot: %w", err)
 	case status != nil && *status == "lost":
 		h.o.Logger.Warn("replication slot invalidated (max_slot_wal_keep_size); recreating it and starting a new history epoch",
 			"slot", h.o.Slot)
+		h.slotLost("the slot was invalidated (max_slot_wal_keep_size)")
 		return h.recreateSlot(ctx, db, true)
 	case lsn == nil:
 		return 0, nil
 	}
 	return pglogrepl.ParseLSN(*lsn)
+}
+
+// slotLost tells OnSlotLost why the slot is recreated.
+func (h *Holder) slotLost(why string) {
+	if h.o.OnSlotLost != nil {
+		h.o.OnSlotLost(fmt.Sprintf("slot %s: %s", h.o.Slot, why))
+	}
 }
 
 func (h *Holder) recreateSlot(ctx context.Context, db *pgx.Conn, drop bool) (pglogrepl.LSN, error) {

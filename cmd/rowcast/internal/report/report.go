@@ -131,6 +131,9 @@ func (r *Reporter) Recover() {
 	if v == nil {
 		return
 	}
+	if v == http.ErrAbortHandler { //nolint:errorlint // net/http compares it so
+		panic(v) // an aborted response, not a failure
+	}
 	ev := sentry.NewEvent()
 	ev.Level = sentry.LevelFatal
 	ev.Message = fmt.Sprintf("%s: %T", KindPanic, v)

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rowcast/rowcast/cmd/rowcast/internal/report"
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
@@ -77,13 +79,18 @@ type Options struct {
 // Relay is one relay process's worth of components. Create it with New,
 // then call Run once.
 type Relay struct {
-	o        Options
-	cfg      *config.Config
-	log      *slog.Logger
-	reg      *prometheus.Registry
-	metrics  *metrics.Metrics
-	hub      *hub.Hub
-	mapper   *mapping.Mapper
+	o       Options
+	cfg     *config.Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics.Metrics
+	hub     *hub.Hub
+	mapper  *mapping.Mapper
+	report  *report.Reporter // nil without sentry.dsn
+	// lost fires when the capture stayed away from PostgreSQL for
+	// lostAfter; nil while connected.
+	lostMu   sync.Mutex
+	lost     *time.Timer
 	verifier *auth.Verifier
 	jwks     *auth.JWKS // nil without auth.jwks_url
 	capture  *changelog.Tail
@@ -123,6 +130,11 @@ func New(o Options) (*Relay, error) {
 	r.waiting.Store(&starting)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
+	r.report, err = report.New(report.Options{DSN: cfg.Sentry.DSN, Environment: cfg.Sentry.Environment,
+		Release: o.Version, Replica: replicaName(), Logger: o.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	r.verifier, r.jwks, err = Verifier(cfg.Auth, auth.JWKSOptions{Logger: o.Logger.With("component", "auth"),
 		OnFetch: r.metrics.JWKSFetched, MinInterval: o.JWKSMinInterval})
 	if err != nil {
@@ -131,7 +143,7 @@ func New(o Options) (*Relay, error) {
 	notify := cfg.Capture.NotifyEnabled()
 	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
-		Logger: o.Logger.With("component", "capture"), OnConnected: r.metrics.Connected,
+		Logger: o.Logger.With("component", "capture"), OnConnected: r.connected,
 		OnBehind: r.metrics.Behind,
 	})
 	r.ticker = changelog.NewTicker(cfg.Database.URL, changelog.TickerOptions{
@@ -151,7 +163,9 @@ func New(o Options) (*Relay, error) {
 			Slot: cfg.Capture.Slot, Publication: cfg.Capture.Publication,
 			Logger: o.Logger.With("component", "logical"), OnHolder: r.metrics.SlotHolder,
 			OnProgress: r.metrics.SlotProgress, OnFailing: r.metrics.CaptureFailing,
-			Retry: o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
+			OnFailure:  func(err error) { r.report.Failure(report.KindCapture, err) },
+			OnSlotLost: func(why string) { r.report.Failure(report.KindSlot, errors.New(why)) },
+			Retry:      o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
 			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
 			Doorbell: doorbell,
 			Connect:  func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
@@ -191,6 +205,49 @@ func Verifier(a config.Auth, jo auth.JWKSOptions) (*auth.Verifier, *auth.JWKS, e
 		return nil, nil, fmt.Errorf("auth: %w", err)
 	}
 	return v, o.JWKS, nil
+}
+
+// recovering reports a panic of h (net/http then logs it and drops the
+// connection, as without it).
+func (r *Relay) recovering(h http.Handler) http.Handler {
+	if r.report == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		defer r.report.Recover()
+		h.ServeHTTP(w, req)
+	})
+}
+
+// lostAfter is how long the capture may be away from PostgreSQL before it
+// is reported (a restart or a failover is shorter).
+const lostAfter = 30 * time.Second
+
+// connected records whether the capture is reading, and reports a loss of
+// PostgreSQL that lasts lostAfter.
+func (r *Relay) connected(v bool) {
+	r.metrics.Connected(v)
+	r.lostMu.Lock()
+	defer r.lostMu.Unlock()
+	switch {
+	case v && r.lost != nil:
+		r.lost.Stop()
+		r.lost = nil
+	case !v && r.lost == nil && r.report != nil:
+		r.lost = time.AfterFunc(lostAfter, func() {
+			r.report.Failure(report.KindDatabaseLost, fmt.Errorf("the capture has not reached PostgreSQL for %s", lostAfter))
+		})
+	}
+}
+
+// replicaName names this replica in reports: Railway's replica id, or the
+// host name (a Kubernetes pod's name).
+func replicaName() string {
+	if id := os.Getenv("RAILWAY_REPLICA_ID"); id != "" {
+		return id
+	}
+	h, _ := os.Hostname()
+	return h
 }
 
 // Rules turns table configuration into mapping rules.
@@ -293,7 +350,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return fmt.Errorf("serve: admin listen: %w", err)
 		}
 	}
-	main := &http.Server{Handler: r.mux(adminLn == nil), ReadHeaderTimeout: 10 * time.Second}
+	main := &http.Server{Handler: r.recovering(r.mux(adminLn == nil)), ReadHeaderTimeout: 10 * time.Second}
 	var admin *http.Server
 	if adminLn != nil {
 		admin = &http.Server{Handler: r.adminMux(), ReadHeaderTimeout: 10 * time.Second}
@@ -320,10 +377,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			return err
 		}
 		r.waiting.Store(nil)
-		g.Go(func() error { return r.capture.Run(gctx, pipeline) })
-		g.Go(func() error { return r.ticker.Run(gctx) })
+		g.Go(func() error { defer r.report.Recover(); return r.capture.Run(gctx, pipeline) })
+		g.Go(func() error { defer r.report.Recover(); return r.ticker.Run(gctx) })
 		if r.holder != nil {
-			g.Go(func() error { return r.holder.Run(gctx) })
+			g.Go(func() error { defer r.report.Recover(); return r.holder.Run(gctx) })
 		}
 		g.Go(func() error {
 			p := &changelog.Pruner{Pool: pool, Retention: cfg.History.Retention, Interval: cfg.History.PruneInterval,
@@ -354,6 +411,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	})
 	err = g.Wait()
+	r.report.Flush(2 * time.Second)
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return nil
 	}
