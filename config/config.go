@@ -25,14 +25,25 @@ type Config struct {
 	Listen      string   `mapstructure:"listen" yaml:"listen"`             // default 127.0.0.1:8080
 	AdminListen string   `mapstructure:"admin_listen" yaml:"admin_listen"` // empty: /metrics on Listen
 	Auth        Auth     `mapstructure:"auth" yaml:"auth"`
-	Origins     []string `mapstructure:"origins" yaml:"origins"` // empty: no browser origin allowed
+	Origins     []string `mapstructure:"origins" yaml:"origins"` // exact origins and https://*.example.com patterns (see Validate); empty: no browser origin allowed
 	Events      Events   `mapstructure:"events" yaml:"events"`
 	History     History  `mapstructure:"history" yaml:"history"`
 	Sessions    Sessions `mapstructure:"sessions" yaml:"sessions"`
 	Log         Log      `mapstructure:"log" yaml:"log"`
 	Tables      []Table  `mapstructure:"tables" yaml:"tables"`
 	Shutdown    Shutdown `mapstructure:"shutdown" yaml:"shutdown"`
-	Sentry      Sentry   `mapstructure:"sentry" yaml:"sentry"`
+
+	// TrustedProxies lists the CIDRs (or single addresses) of the reverse
+	// proxies in front of the relay. Only a request whose TCP peer is in one
+	// of them has its X-Forwarded-For believed: the client address is then
+	// the rightmost address in it that is not itself a trusted proxy.
+	// Otherwise the peer is the client. Empty (the default): X-Forwarded-For
+	// is never believed. The client address is what the per-address limits
+	// count.
+	TrustedProxies []string `mapstructure:"trusted_proxies" yaml:"trusted_proxies"`
+	// Limits bounds the sessions clients may open.
+	Limits Limits `mapstructure:"limits" yaml:"limits"`
+	Sentry Sentry `mapstructure:"sentry" yaml:"sentry"`
 }
 
 // Sentry configures error reporting (sentry-go). Without a DSN nothing is
@@ -165,11 +176,51 @@ type Sessions struct {
 	// ReplayLimit caps the events one resume replays before it answers
 	// resync instead. Default 100000.
 	ReplayLimit int `mapstructure:"replay_limit" yaml:"replay_limit"`
+	// MaxSubscribeEntities is the longest entity list a subscribe message
+	// may carry; a longer one is answered bad_request and changes nothing
+	// (the session stays open). Default 64, far more than the tables a CRM
+	// captures.
+	MaxSubscribeEntities int `mapstructure:"max_subscribe_entities" yaml:"max_subscribe_entities"`
 	// SIOPolling serves Socket.IO's HTTP long-polling transport (and its
 	// upgrade to WebSocket), so socket.io-client with default options
 	// connects. false: WebSocket only, polling answered 400 "Transport
 	// unknown". nil (not set) means true; see SIOPollingEnabled.
 	SIOPolling *bool `mapstructure:"sio_polling" yaml:"sio_polling"`
+}
+
+// Limits bounds what clients may open, so that one client (a leaked
+// token, a runaway script, a flood from one address) cannot exhaust the
+// process. A session is one connection of either protocol (a /ws
+// WebSocket, or a Socket.IO connection on WebSocket or long-polling),
+// counted from the upgrade (or polling handshake) until it closes,
+// authenticated or not. Refusals before the upgrade answer HTTP 429 (503
+// for SessionsTotal) with Retry-After, and every refusal is counted in
+// rowcast_sessions_refused_total{reason="<key>"}. Defaults are far above
+// what a CRM's users reach (several tabs each, whole offices behind one
+// NAT address) and far below what would exhaust one relay.
+type Limits struct {
+	// SessionsPerUser caps the open sessions of one user (the verified
+	// token's user id): a /ws upgrade with a valid token of a user at the
+	// limit is refused with 429 before the upgrade; a Socket.IO CONNECT is
+	// answered with a CONNECT_ERROR "too many sessions" and closed.
+	// Default 50 (a user with a dozen tabs on three devices, plus
+	// reconnects whose old connection is not noticed dead yet).
+	SessionsPerUser int `mapstructure:"sessions_per_user" yaml:"sessions_per_user"`
+	// SessionsPerAddress caps the open sessions from one client address
+	// (see TrustedProxies; IPv6 addresses count by their /64). Default
+	// 1000 (an office of a few hundred agents behind one NAT address).
+	SessionsPerAddress int `mapstructure:"sessions_per_address" yaml:"sessions_per_address"`
+	// SessionsTotal caps the relay's open sessions; past it new ones get
+	// 503, so a load balancer can send them to another replica. Default
+	// 20000 (an idle session costs about 14 KiB).
+	SessionsTotal int `mapstructure:"sessions_total" yaml:"sessions_total"`
+	// UpgradeRate and UpgradeBurst limit the sessions one client address
+	// may open per second (WebSocket upgrades and Socket.IO polling
+	// handshakes), as a token bucket. Defaults 50/s and a burst of 200, so
+	// an office's tabs reconnecting at once after a deploy get in within
+	// seconds.
+	UpgradeRate  float64 `mapstructure:"upgrade_rate" yaml:"upgrade_rate"`
+	UpgradeBurst int     `mapstructure:"upgrade_burst" yaml:"upgrade_burst"`
 }
 
 // Log configures the process logger.

@@ -44,6 +44,15 @@ func Defaults() Config {
 			RateStrikes:    20,
 			ReplayLimit:    100000,
 			SIOPolling:     new(true),
+
+			MaxSubscribeEntities: 64,
+		},
+		Limits: Limits{
+			SessionsPerUser:    50,
+			SessionsPerAddress: 1000,
+			SessionsTotal:      20000,
+			UpgradeRate:        50,
+			UpgradeBurst:       200,
 		},
 		Log:      Log{Level: "info", Format: "text"},
 		Shutdown: Shutdown{Grace: 10 * time.Second},

@@ -67,6 +67,13 @@ func TestDefaults(t *testing.T) {
 		{"sessions.rate_strikes", d.Sessions.RateStrikes, 20},
 		{"sessions.replay_limit", d.Sessions.ReplayLimit, 100000},
 		{"sessions.sio_polling", d.Sessions.SIOPolling != nil && *d.Sessions.SIOPolling, true},
+		{"sessions.max_subscribe_entities", d.Sessions.MaxSubscribeEntities, 64},
+		{"limits.sessions_per_user", d.Limits.SessionsPerUser, 50},
+		{"limits.sessions_per_address", d.Limits.SessionsPerAddress, 1000},
+		{"limits.sessions_total", d.Limits.SessionsTotal, 20000},
+		{"limits.upgrade_rate", d.Limits.UpgradeRate, 50.0},
+		{"limits.upgrade_burst", d.Limits.UpgradeBurst, 200},
+		{"trusted_proxies", len(d.TrustedProxies), 0},
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "text"},
 		{"shutdown.grace", d.Shutdown.Grace, 10 * time.Second},
@@ -234,7 +241,7 @@ func TestLoadBadValues(t *testing.T) {
 		{"env value names its variable", "", []string{"ROWCAST_SESSIONS_QUEUE_SIZE=big"}, nil, `sessions.queue_size: "big" is not an integer (from ROWCAST_SESSIONS_QUEUE_SIZE)`},
 		{"env value checked by Validate names its variable", "", []string{"ROWCAST_LISTEN=8080"}, nil, `listen: "8080" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface) (from ROWCAST_LISTEN)`},
 		{"flag value", "", nil, map[string]string{"sessions.rate_limit": "fast"}, `sessions.rate_limit: "fast" is not a number (from a flag)`},
-		{"flag list item", "", nil, map[string]string{"origins": "*"}, `origins[0]: "*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com (clients that send no Origin are always allowed) (from a flag)`},
+		{"flag list item", "", nil, map[string]string{"origins": "*"}, `origins[0]: "*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com, or the subdomains of one domain as https://*.example.com (clients that send no Origin are always allowed) (from a flag)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -372,7 +379,7 @@ tables:
 		`listen: "localhost" is not host:port (e.g. 127.0.0.1:8080, or :8080 for every interface)`,
 		`admin_listen: ":99999" has port "99999", which is not a number from 0 to 65535`,
 		"auth.jwt_secret: is too short (9 bytes); HMAC needs at least 32 bytes",
-		`origins[0]: "*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com (clients that send no Origin are always allowed)`,
+		`origins[0]: "*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com, or the subdomains of one domain as https://*.example.com (clients that send no Origin are always allowed)`,
 		`origins[1]: "https://App.example.com" must be lowercase, as browsers send it: write "https://app.example.com"`,
 		`origins[2]: "https://ok.example.com/" has a trailing slash; browsers send origins without one: write "https://ok.example.com"`,
 		`origins[3]: "example.com" is not an origin of the form scheme://host[:port]`,

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -72,8 +73,10 @@ const minSecretLen = 32
 // a *Problems naming every problem, or nil when there is none. It reports
 // an empty database.url or JWT secret, a JWT secret shorter than 32 bytes,
 // addresses that are not host:port, origins that are not
-// scheme://host[:port], sizes and durations that are not positive,
-// poll_min above poll_max, unknown enumeration values, and table entries
+// scheme://host[:port] or a pattern such as https://*.example.com (not
+// "*", not "https://*", not a wildcard under one label such as
+// https://*.com), trusted proxies that are not CIDRs, sizes, limits and
+// durations that are not positive, poll_min above poll_max, unknown enumeration values, and table entries
 // that are missing, malformed, duplicated or whose exclusions would drop a
 // key column. Messages never contain a secret.
 func (c *Config) Validate() error {
@@ -207,6 +210,12 @@ func (c *Config) problems() []Problem {
 		}
 	}
 
+	for i, p := range c.TrustedProxies {
+		if _, err := ParseTrustedProxy(p); err != nil {
+			add(fmt.Sprintf("trusted_proxies[%d]", i), "%s", err)
+		}
+	}
+
 	positive("history.retention", c.History.Retention)
 	positive("history.prune_interval", c.History.PruneInterval)
 
@@ -223,6 +232,15 @@ func (c *Config) problems() []Problem {
 		add("sessions.rate_strikes", "must not be negative, got %d", c.Sessions.RateStrikes)
 	}
 	positiveInt("sessions.replay_limit", int64(c.Sessions.ReplayLimit))
+	positiveInt("sessions.max_subscribe_entities", int64(c.Sessions.MaxSubscribeEntities))
+
+	positiveInt("limits.sessions_per_user", int64(c.Limits.SessionsPerUser))
+	positiveInt("limits.sessions_per_address", int64(c.Limits.SessionsPerAddress))
+	positiveInt("limits.sessions_total", int64(c.Limits.SessionsTotal))
+	if !(c.Limits.UpgradeRate > 0) {
+		add("limits.upgrade_rate", "must be positive, got %v", c.Limits.UpgradeRate)
+	}
+	positiveInt("limits.upgrade_burst", int64(c.Limits.UpgradeBurst))
 
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
@@ -370,13 +388,17 @@ func checkHostPort(addr string) string {
 	return ""
 }
 
-// checkOrigin returns why o is not an allowed browser origin, or "".
+// checkOrigin returns why o is not an allowed browser origin or origin
+// pattern, or "". A pattern is an origin whose host starts with "*.": the
+// wildcard stands for one or more labels at the left of a domain of at
+// least two labels (https://*.example.com); the scheme and the port must
+// match exactly.
 func checkOrigin(o string) string {
 	const form = "scheme://host[:port]"
-	if strings.Contains(o, "*") {
-		return fmt.Sprintf("%q is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as %s, e.g. https://app.example.com (clients that send no Origin are always allowed)", o, form)
-	}
 	u, err := url.Parse(o)
+	if strings.Contains(o, "*") && (err != nil || u.Host == "" || u.Hostname() == "*" || strings.Contains(u.Scheme+u.Port(), "*")) {
+		return fmt.Sprintf("%q is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as %s, e.g. https://app.example.com, or the subdomains of one domain as https://*.example.com (clients that send no Origin are always allowed)", o, form)
+	}
 	if err != nil || u.Scheme == "" || u.Opaque != "" || u.Host == "" || u.Hostname() == "" {
 		return fmt.Sprintf("%q is not an origin of the form %s", o, form)
 	}
@@ -397,7 +419,61 @@ func checkOrigin(o string) string {
 	if lower := strings.ToLower(o); lower != o {
 		return fmt.Sprintf("%q must be lowercase, as browsers send it: write %q", o, lower)
 	}
+	if host := u.Hostname(); strings.Contains(host, "*") {
+		return checkOriginPattern(o, host)
+	}
 	return ""
+}
+
+// checkOriginPattern returns why host, the host of the origin pattern o,
+// is not a wildcard followed by a domain of at least two labels, or "".
+func checkOriginPattern(o, host string) string {
+	suffix, ok := strings.CutPrefix(host, "*.")
+	if !ok || strings.Contains(suffix, "*") {
+		return fmt.Sprintf("%q is not allowed: a wildcard may only stand for the leftmost labels of the host, as in https://*.example.com", o)
+	}
+	labels := strings.Split(suffix, ".")
+	if slices.Contains(labels, "") {
+		return fmt.Sprintf("%q is not an origin pattern: its host has an empty label", o)
+	}
+	if len(labels) < 2 {
+		return fmt.Sprintf("%q is not allowed: it would match every site under %q; name a domain of at least two labels, as in https://*.example.com", o, suffix)
+	}
+	if last := labels[len(labels)-1]; strings.Trim(last, "0123456789") == "" {
+		return fmt.Sprintf("%q is not allowed: a wildcard stands for labels of a domain name, not parts of an IP address", o)
+	}
+	return ""
+}
+
+// ParseTrustedProxy parses an entry of trusted_proxies: a CIDR
+// ("10.0.0.0/8", "fd00::/8") or a single address ("10.1.2.3", a /32 or
+// /128). It refuses a prefix with host bits set (a likely typo) and one
+// that covers every address, which would believe X-Forwarded-For from any
+// client. The error says why, for a person.
+func ParseTrustedProxy(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address", s)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fmt.Errorf("%q has bits set past its /%d; write %s", s, p.Bits(), m)
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("%q covers every address: X-Forwarded-For would be believed from any client, which could then pose as any address; name the proxies' own networks", s)
+	}
+	return p, nil
 }
 
 // validTableName reports whether s is an identifier, optionally qualified

@@ -84,9 +84,9 @@ func TestValidate(t *testing.T) {
 			`admin_listen: "host:http" has port "http", which is not a number from 0 to 65535`,
 		}},
 		{"origins", func(c *Config) {
-			c.Origins = []string{"https://*.example.com", "https://user@app.example.com", "https://app.example.com:0", "https://app.example.com?x", "/relative"}
+			c.Origins = []string{"https://*", "https://user@app.example.com", "https://app.example.com:0", "https://app.example.com?x", "/relative"}
 		}, []string{
-			`origins[0]: "https://*.example.com" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com (clients that send no Origin are always allowed)`,
+			`origins[0]: "https://*" is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com, or the subdomains of one domain as https://*.example.com (clients that send no Origin are always allowed)`,
 			`origins[1]: "https://user@app.example.com" is not an origin of the form scheme://host[:port]: it has user info`,
 			`origins[2]: "https://app.example.com:0" has port "0", which is not a number from 1 to 65535`,
 			`origins[3]: "https://app.example.com?x" is not an origin of the form scheme://host[:port]: it has a path, query or fragment`,
@@ -96,6 +96,7 @@ func TestValidate(t *testing.T) {
 			c.Capture.PollMin, c.Capture.PollMax = 0, -time.Second
 			c.History.Retention, c.History.PruneInterval = 0, 0
 			c.Sessions = Sessions{RateStrikes: -1}
+			c.Limits = Limits{SessionsPerAddress: -1}
 			c.Shutdown.Grace = -1
 		}, []string{
 			"capture.poll_min: must be a positive duration, got 0s",
@@ -111,6 +112,12 @@ func TestValidate(t *testing.T) {
 			"sessions.rate_burst: must be positive, got 0",
 			"sessions.rate_strikes: must not be negative, got -1",
 			"sessions.replay_limit: must be positive, got 0",
+			"sessions.max_subscribe_entities: must be positive, got 0",
+			"limits.sessions_per_user: must be positive, got 0",
+			"limits.sessions_per_address: must be positive, got -1",
+			"limits.sessions_total: must be positive, got 0",
+			"limits.upgrade_rate: must be positive, got 0",
+			"limits.upgrade_burst: must be positive, got 0",
 			"shutdown.grace: must be a positive duration, got -1ns",
 		}},
 		{"zero rate strikes allowed", func(c *Config) { c.Sessions.RateStrikes = 0 }, nil},
@@ -241,5 +248,79 @@ func TestNotifyEnabled(t *testing.T) {
 		if got := (Capture{Notify: tt.notify}).NotifyEnabled(); got != tt.want {
 			t.Errorf("NotifyEnabled(%v) = %v, want %v", tt.notify, got, tt.want)
 		}
+	}
+}
+
+// TestOriginPatterns: exact origins and https://*.example.com patterns
+// pass; a wildcard anywhere else, one that covers a whole scheme, or one
+// under a single label (a top-level domain) does not, each with its reason.
+func TestOriginPatterns(t *testing.T) {
+	const anyPage = `is not allowed: wildcards would let any web page open sessions with its visitors' tokens (cross-site WebSocket hijacking); list each browser origin as scheme://host[:port], e.g. https://app.example.com, or the subdomains of one domain as https://*.example.com (clients that send no Origin are always allowed)`
+	tests := []struct {
+		origin string
+		want   string // "" when valid
+	}{
+		{"https://app.example.com", ""},
+		{"https://*.example.com", ""},
+		{"https://*.crm.example.co.uk", ""},
+		{"https://*.example.com:8443", ""},
+		{"http://*.localhost.test", ""},
+		{"*", `"*" ` + anyPage},
+		{"https://*", `"https://*" ` + anyPage},
+		{"https://*:8443", `"https://*:8443" ` + anyPage},
+		{"*://app.example.com", `"*://app.example.com" ` + anyPage},
+		{"https://*.com", `"https://*.com" is not allowed: it would match every site under "com"; name a domain of at least two labels, as in https://*.example.com`},
+		{"https://*.localhost", `"https://*.localhost" is not allowed: it would match every site under "localhost"; name a domain of at least two labels, as in https://*.example.com`},
+		{"https://*example.com", `"https://*example.com" is not allowed: a wildcard may only stand for the leftmost labels of the host, as in https://*.example.com`},
+		{"https://app.*.example.com", `"https://app.*.example.com" is not allowed: a wildcard may only stand for the leftmost labels of the host, as in https://*.example.com`},
+		{"https://*.*.example.com", `"https://*.*.example.com" is not allowed: a wildcard may only stand for the leftmost labels of the host, as in https://*.example.com`},
+		{"https://*..example.com", `"https://*..example.com" is not an origin pattern: its host has an empty label`},
+		{"https://*.0.0.1", `"https://*.0.0.1" is not allowed: a wildcard stands for labels of a domain name, not parts of an IP address`},
+		{"https://*.Example.com", `"https://*.Example.com" must be lowercase, as browsers send it: write "https://*.example.com"`},
+		{"https://*.example.com/", `"https://*.example.com/" has a trailing slash; browsers send origins without one: write "https://*.example.com"`},
+		{"https://*.example.com/app", `"https://*.example.com/app" is not an origin of the form scheme://host[:port]: it has a path, query or fragment`},
+	}
+	for _, tt := range tests {
+		if got := checkOrigin(tt.origin); got != tt.want {
+			t.Errorf("checkOrigin(%q) = %q, want %q", tt.origin, got, tt.want)
+		}
+	}
+}
+
+// TestTrustedProxies: CIDRs and single addresses pass; anything else, a
+// CIDR with host bits set and one that covers every address are reported.
+func TestTrustedProxies(t *testing.T) {
+	tests := []struct {
+		in   string
+		want string // the prefix, or the problem
+	}{
+		{"10.0.0.0/8", "10.0.0.0/8"},
+		{"192.168.1.7", "192.168.1.7/32"},
+		{"fd00::/8", "fd00::/8"},
+		{"2001:db8::1", "2001:db8::1/128"},
+		{"::ffff:10.0.0.0/104", "10.0.0.0/8"},
+		{"10.0.0.1/8", `"10.0.0.1/8" has bits set past its /8; write 10.0.0.0/8`},
+		{"0.0.0.0/0", `"0.0.0.0/0" covers every address: X-Forwarded-For would be believed from any client, which could then pose as any address; name the proxies' own networks`},
+		{"::/0", `"::/0" covers every address: X-Forwarded-For would be believed from any client, which could then pose as any address; name the proxies' own networks`},
+		{"10.0.0.0/33", `"10.0.0.0/33" is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address`},
+		{"proxy.internal", `"proxy.internal" is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address`},
+		{"", `"" is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address`},
+		{"fe80::1%eth0", `"fe80::1%eth0" is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address`},
+	}
+	for _, tt := range tests {
+		p, err := ParseTrustedProxy(tt.in)
+		got := p.String()
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tt.want {
+			t.Errorf("ParseTrustedProxy(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	c := validConfig()
+	c.TrustedProxies = []string{"10.0.0.0/8", "nope"}
+	var ps *Problems
+	if err := c.Validate(); !errors.As(err, &ps) || len(ps.List) != 1 || ps.List[0].String() != `trusted_proxies[1]: "nope" is not a CIDR such as 10.0.0.0/8 or fd00::/8, or an address` {
+		t.Fatalf("Validate: %v", err)
 	}
 }

@@ -52,7 +52,11 @@ func TestWriteYAMLRoundTrip(t *testing.T) {
     team_from: {table: crm.deals, key: deal_id, column: organization_id}
 listen: 0.0.0.0:8080
 admin_listen: 127.0.0.1:9090
-origins: [https://app.example.com, http://localhost:3000]
+origins: [https://app.example.com, http://localhost:3000, https://*.example.org]
+trusted_proxies: [10.0.0.0/8, 192.168.1.7]
+limits:
+  sessions_per_user: 5
+  upgrade_rate: 2.5
 capture:
   mode: logical
   notify: false

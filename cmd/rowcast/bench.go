@@ -38,7 +38,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 	stages := fs.Bool("stages", false, "also report where rowcast's latency goes up to the tick: source commit → changelog write (logical mode) and write → tick (adds a timestamp column to the benchmark's changelog)")
 	baseline := fs.String("baseline", "", `also measure a baseline in the same invocation: "notify" (a pg_notify trigger and one LISTEN connection forwarding to sockets)`)
 	queue := fs.Int("queue", 4096, "outgoing frames queued per session, both relays")
-	floodOn := fs.Bool("flood", false, "then measure rowcast again while one client sends 1,000 messages/s and another address attempts 500 upgrades/s, and print the p99 ratio (goal ≤ 2)")
+	floodOn := fs.Bool("flood", false, "then measure rowcast again while one client floods it with messages and another address with upgrades, and print the p99 ratio (goal ≤ 2); both runs with the default connection limits")
+	floodMessages := fs.Int("flood-messages", 1000, "--flood: client messages per second")
+	floodUpgrades := fs.Int("flood-upgrades", 500, "--flood: upgrade attempts per second")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
@@ -73,6 +75,12 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(err)
 	}
 	cfg.Capture.Notify = notify
+	if *floodOn {
+		// Both runs with the default connection limits, as in production:
+		// the measured sessions come as distinct users from distinct
+		// addresses.
+		cfg.Limits = config.Defaults().Limits
+	}
 	if err := installDemo(ctx, cfg); err != nil {
 		return fail(err)
 	}
@@ -86,7 +94,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return loadTarget{}, nil, err
 		}
-		return rowcastTarget(r, cfg.Auth.JWTSecret), stop, nil
+		return rowcastTargetFrom(r, cfg.Auth.JWTSecret, *floodOn), stop, nil
 	})
 	if err != nil {
 		return fail(fmt.Errorf("rowcast: %w", err))
@@ -112,6 +120,7 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 			return fail(err)
 		}
 		fcfg.Capture.Notify = notify
+		fcfg.Limits = config.Defaults().Limits
 		if err := installDemo(ctx, fcfg); err != nil {
 			return fail(err)
 		}
@@ -130,9 +139,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				flood(fctx, floodSpec{addr: r.Addr(), token: tok, messages: 1000, upgrades: 500}, &st)
+				flood(fctx, floodSpec{addr: r.Addr(), token: tok, messages: *floodMessages, upgrades: *floodUpgrades}, &st)
 			}()
-			return rowcastTarget(r, fcfg.Auth.JWTSecret), func() { cancel(); <-done; stop() }, nil
+			return rowcastTargetFrom(r, fcfg.Auth.JWTSecret, true), func() { cancel(); <-done; stop() }, nil
 		})
 		if err != nil {
 			return fail(fmt.Errorf("rowcast flooded: %w", err))

@@ -87,6 +87,10 @@ func benchConfig(url, mode string, notify bool) *config.Config {
 	cfg.Tables = crm.Tables()
 	cfg.Capture.Mode = mode
 	cfg.Capture.Notify = &notify
+	// Every benchmark client comes from this machine, one address, as user
+	// 1: the connection limits would refuse most of them.
+	cfg.Limits.SessionsPerUser, cfg.Limits.SessionsPerAddress, cfg.Limits.SessionsTotal = 1<<30, 1<<30, 1<<30
+	cfg.Limits.UpgradeRate, cfg.Limits.UpgradeBurst = 1e9, 1<<30
 	return &cfg
 }
 

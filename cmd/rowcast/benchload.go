@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -81,16 +82,33 @@ type loadTarget struct {
 }
 
 // rowcastTarget is the in-process relay r, its sessions authenticated by
-// tokens signed with secret.
+// tokens signed with secret, all of user 1 from 127.0.0.1.
 func rowcastTarget(r *server.Relay, secret string) loadTarget {
+	return rowcastTargetFrom(r, secret, false)
+}
+
+// rowcastTargetFrom is rowcastTarget; with spread, session n is user n and
+// comes from 127.0.1.(n%250+1), so that a relay with the default
+// connection limits takes them all, as it would real users.
+func rowcastTargetFrom(r *server.Relay, secret string, spread bool) loadTarget {
+	var n atomic.Int64
 	return loadTarget{
 		name: "rowcast",
 		dial: func(ctx context.Context, team int) (*websocket.Conn, error) {
-			token, err := auth.Sign([]byte(secret), map[string]any{"sub": "1", "teamId": team})
+			i := n.Add(1)
+			user := "1"
+			o := client.Options{URL: "ws://" + r.Addr() + "/ws"}
+			if spread {
+				user = strconv.FormatInt(i, 10)
+				d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(i%250+1))}}
+				o.NetDialContext = d.DialContext
+			}
+			token, err := auth.Sign([]byte(secret), map[string]any{"sub": user, "teamId": team})
 			if err != nil {
 				return nil, err
 			}
-			c, err := client.Dial(ctx, client.Options{URL: "ws://" + r.Addr() + "/ws", Token: token})
+			o.Token = token
+			c, err := client.Dial(ctx, o)
 			if err != nil {
 				return nil, err
 			}

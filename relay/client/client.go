@@ -50,6 +50,9 @@ type Options struct {
 	HandshakeTimeout, WelcomeTimeout time.Duration
 	// ReadLimit caps one frame (default DefaultReadLimit).
 	ReadLimit int64
+	// NetDialContext, when not nil, opens the TCP connection (to choose
+	// the source address, say).
+	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Frame is one frame from the relay, with the fields of every frame type
@@ -95,7 +98,7 @@ func Dial(ctx context.Context, o Options) (*Conn, error) {
 	if o.Token != "" {
 		header.Set("Authorization", "Bearer "+o.Token)
 	}
-	d := websocket.Dialer{Proxy: http.ProxyFromEnvironment, HandshakeTimeout: o.HandshakeTimeout}
+	d := websocket.Dialer{Proxy: http.ProxyFromEnvironment, HandshakeTimeout: o.HandshakeTimeout, NetDialContext: o.NetDialContext}
 	if d.HandshakeTimeout <= 0 {
 		d.HandshakeTimeout = DefaultHandshakeTimeout
 	}

@@ -15,6 +15,7 @@ type Metrics struct {
 	latency     prometheus.Histogram
 	slowCloses  prometheus.Counter
 	refused     *prometheus.CounterVec
+	msgRefused  *prometheus.CounterVec
 	rateLimited prometheus.Counter
 	noTeams     prometheus.Counter
 	resumes     prometheus.Counter
@@ -49,7 +50,11 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_slow_consumer_closes_total",
 			Help: "Sessions closed with 4008 because their queue overflowed."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_sessions_refused_total",
-			Help: "Connections refused, by reason (origin, unauthorized)."}, []string{"reason"}),
+			Help: "Connections refused or closed before they became a session, by reason: origin, unauthorized; a limit, named by its setting (upgrade_rate, sessions_per_address, sessions_total, sessions_per_user); connect_timeout (a Socket.IO connection that sent no accepted CONNECT in time)."},
+			[]string{"reason"}),
+		msgRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_client_messages_refused_total",
+			Help: "Client messages answered bad_request because they exceeded a limit, by reason (subscribe_entities: a subscribe list longer than sessions.max_subscribe_entities)."},
+			[]string{"reason"}),
 		noTeams: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_sessions_without_team_claim_total",
 			Help: "Sessions whose token lacked the team claim (auth.team_claim) and so follow no team."}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_client_messages_rate_limited_total",
@@ -87,7 +92,14 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 		jwksKeys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_auth_jwks_keys",
 			Help: "Signing keys held from auth.jwks_url after its last fetch."}),
 	}
-	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.rateLimited, m.noTeams, m.resumes,
+	// Every reason is exported from the start, at 0, so that a rate of
+	// refusals can be graphed and alerted on before the first one.
+	for _, reason := range []string{"origin", "unauthorized", "upgrade_rate", "sessions_per_address",
+		"sessions_total", "sessions_per_user", "connect_timeout"} {
+		m.refused.WithLabelValues(reason)
+	}
+	m.msgRefused.WithLabelValues("subscribe_entities")
+	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.msgRefused, m.rateLimited, m.noTeams, m.resumes,
 		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing,
 		m.authFails, m.jwksFails, m.jwksKeys)
 	if sessions != nil {
@@ -119,6 +131,13 @@ func (m *Metrics) SlowClose() {
 func (m *Metrics) Refused(reason string) {
 	if m != nil {
 		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+// MessageRefused counts a client message refused by a limit.
+func (m *Metrics) MessageRefused(reason string) {
+	if m != nil {
+		m.msgRefused.WithLabelValues(reason).Inc()
 	}
 }
 

@@ -53,7 +53,7 @@ func leave(team string, id int64) relay.Event {
 func (e *env) attachAs(claims ...string) *client {
 	e.t.Helper()
 	c := &recConn{frames: make(chan string, 1024)}
-	s := e.tr.Attach(c, func(s *Session) Handler {
+	s := e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: claims}}
 	})
@@ -157,7 +157,7 @@ func TestMembershipReplayedEventsChangeNothing(t *testing.T) {
 	m := &members{teams: map[string][]string{"u": {"1"}}}
 	e := newEnv(t, Options{Membership: m.read}, ev("all", 1, 0), leave("1", 2), ev("team:1", 3, 0))
 	c := &recConn{frames: make(chan string, 1024)}
-	e.tr.Attach(c, func(s *Session) Handler {
+	e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: pos("e1", 1)}
 	})
@@ -172,7 +172,7 @@ func TestMembershipReadFails(t *testing.T) {
 	e := newEnv(t, Options{Membership: m.read})
 	var err error
 	c := &recConn{frames: make(chan string, 1024)}
-	e.tr.Attach(c, func(s *Session) Handler {
+	e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &startErr{recHandler: recHandler{s: s, p: auth.Principal{UserID: "u"}}, err: &err}
 	})

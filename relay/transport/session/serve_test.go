@@ -40,7 +40,7 @@ func TestServeReturnsOnceOpen(t *testing.T) {
 	e := newEnv(t, Options{})
 	returned := make(chan error, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		returned <- e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+		returned <- e.tr.Serve(w, r, nil, func(s *Session) Handler { return &echoHandler{s: s} })
 	}))
 	t.Cleanup(srv.Close)
 	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
@@ -91,7 +91,7 @@ func TestServeKeepsASlimRequest(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		runtime.AddCleanup(r, func(ch chan struct{}) { close(ch) }, collected)
 		saw <- seen{r.Host, r.RemoteAddr}
-		_ = e.tr.Serve(w, r, func(s *Session) Handler {
+		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler {
 			return &requestHandler{echoHandler: echoHandler{s: s}, got: got}
 		})
 	}))
@@ -149,7 +149,7 @@ func TestServeKeepsASlimRequest(t *testing.T) {
 func TestServeReadsLargeFrames(t *testing.T) {
 	e := newEnv(t, Options{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler { return &echoHandler{s: s} })
 	}))
 	t.Cleanup(srv.Close)
 	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
@@ -202,7 +202,7 @@ func connCount(t *Transport) int {
 func TestServeForgetsClosedConnections(t *testing.T) {
 	e := newEnv(t, Options{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = e.tr.Serve(w, r, func(s *Session) Handler { return &echoHandler{s: s} })
+		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler { return &echoHandler{s: s} })
 	}))
 	t.Cleanup(srv.Close)
 	var clients []*websocket.Conn

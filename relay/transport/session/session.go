@@ -79,6 +79,7 @@ type Session struct {
 	t         *Transport
 	c         Conn
 	h         Handler
+	ticket    *Ticket      // its place among the open sessions; nil: not counted
 	sent      atomic.Int64 // text frames written to the socket
 	sentBytes atomic.Int64 // their bytes
 	// space, while a replay runs, is signalled by Sent (capacity 1).
@@ -121,12 +122,16 @@ type Session struct {
 	expiry  *time.Timer
 }
 
-func (t *Transport) newSession(c Conn) *Session {
+func (t *Transport) newSession(c Conn, tk *Ticket) *Session {
 	// What only some sessions use (a limiter, a replay's context and
 	// space signal) is made when first needed: an idle session should cost
 	// little.
-	return &Session{t: t, c: c}
+	return &Session{t: t, c: c, ticket: tk}
 }
+
+// Ticket returns the session's place among the open sessions (Admit), nil
+// when it is counted in no limit. Ticket.ForUser counts it as a user's.
+func (s *Session) Ticket() *Ticket { return s.ticket }
 
 // Lock takes the session's lock.
 func (s *Session) Lock() { s.mu.Lock() }
@@ -147,6 +152,9 @@ func (s *Session) ReceiveBinary(msg []byte) { s.h.Binary(msg) }
 // Gone tells the session that its connection closed: it leaves the hub
 // and its handler's Closed runs. The Conn calls it once, last.
 func (s *Session) Gone() {
+	// The session's places go back first: once it has left the hub (the
+	// rowcast_sessions gauge), a new session may take them.
+	s.ticket.Release()
 	s.disconnected()
 	s.h.Closed()
 	s.t.closed(s)
@@ -271,6 +279,8 @@ func (s *Session) Stop() {
 	streams := s.streams
 	s.mu.Unlock()
 	s.t.o.Hub.Unsubscribe(s, streams)
+	// The connection stays; the user's session does not.
+	s.ticket.LeaveUser()
 }
 
 // disconnected runs once the connection is gone: the session leaves the hub

@@ -222,7 +222,7 @@ type client struct {
 func (e *env) attach(since string) *client {
 	e.t.Helper()
 	c := &recConn{frames: make(chan string, 1024)}
-	s := e.tr.Attach(c, func(s *Session) Handler {
+	s := e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: since}
 	})
@@ -465,7 +465,7 @@ func TestReplayPacedByBytes(t *testing.T) {
 	}
 	e := newEnv(t, Options{QueueBytes: 1000}, events...)
 	c := &recConn{frames: make(chan string, 1024), held: true}
-	s := e.tr.Attach(c, func(s *Session) Handler {
+	s := e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: pos("e1", 1)}
 	})

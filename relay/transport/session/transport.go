@@ -21,8 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
-	"strings"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +53,10 @@ type Options struct {
 	History  relay.History
 	Verifier *auth.Verifier
 	// Origins lists the browser origins allowed to connect
-	// ("https://crm.example.com"); requests without Origin are allowed.
+	// ("https://crm.example.com") and origin patterns
+	// ("https://*.example.com": one or more labels in place of the
+	// wildcard, the same scheme and port); requests without Origin are
+	// allowed.
 	Origins        []string
 	Heartbeat      time.Duration // default 25s
 	QueueSize      int           // outbound frames per session; default 256
@@ -72,6 +74,17 @@ type Options struct {
 	MembershipIntersect bool
 	Logger              *slog.Logger
 	Metrics             *metrics.Metrics // nil: not measured
+
+	// Connection limits (Admit, Ticket.ForUser); zero selects the
+	// Default* constants.
+	MaxSessionsPerUser    int     // open sessions of one user
+	MaxSessionsPerAddress int     // open sessions of one client address (ClientAddr, an IPv6 /64)
+	MaxSessions           int     // open sessions in total
+	UpgradeRate           float64 // sessions opened per second per client address
+	UpgradeBurst          int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For is
+	// believed (ClientAddr); none by default.
+	TrustedProxies []netip.Prefix
 }
 
 // Transport owns the melody instance every WebSocket session of the relay
@@ -79,7 +92,8 @@ type Options struct {
 type Transport struct {
 	o       Options
 	m       *melody.Melody
-	origins map[string]bool
+	origins originPolicy
+	adm     admission       // open sessions and upgrade rates, for Admit
 	ctx     context.Context // ends when draining starts
 	stop    context.CancelFunc
 	gone    chan struct{} // signalled on every disconnect
@@ -124,12 +138,25 @@ func New(o Options) *Transport {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	t := &Transport{o: o, m: melody.New(), origins: make(map[string]bool), gone: make(chan struct{}, 1),
-		conns: newConnTable(), sessions: make(map[*Session]struct{})}
-	t.ctx, t.stop = context.WithCancel(context.Background())
-	for _, origin := range o.Origins {
-		t.origins[strings.ToLower(strings.TrimRight(origin, "/"))] = true
+	if o.MaxSessionsPerUser <= 0 {
+		o.MaxSessionsPerUser = DefaultMaxSessionsPerUser
 	}
+	if o.MaxSessionsPerAddress <= 0 {
+		o.MaxSessionsPerAddress = DefaultMaxSessionsPerAddress
+	}
+	if o.MaxSessions <= 0 {
+		o.MaxSessions = DefaultMaxSessions
+	}
+	if o.UpgradeRate <= 0 {
+		o.UpgradeRate = DefaultUpgradeRate
+	}
+	if o.UpgradeBurst <= 0 {
+		o.UpgradeBurst = DefaultUpgradeBurst
+	}
+	t := &Transport{o: o, m: melody.New(), origins: newOriginPolicy(o.Origins), gone: make(chan struct{}, 1),
+		conns: newConnTable(), sessions: make(map[*Session]struct{})}
+	t.adm.init()
+	t.ctx, t.stop = context.WithCancel(context.Background())
 	t.m.Upgrader.CheckOrigin = t.checkOrigin
 	// Idle sessions should cost little. The connection's read loop runs in
 	// a goroutine of its own, not the HTTP server's (see serve), with a
@@ -185,11 +212,7 @@ func (t *Transport) checkOrigin(r *http.Request) bool {
 	if origin == "" {
 		return true
 	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
-		return false
-	}
-	ok := t.origins[strings.ToLower(u.Scheme+"://"+u.Host)]
+	ok := t.origins.allows(origin)
 	if !ok {
 		t.o.Metrics.Refused("origin")
 	}
@@ -213,6 +236,10 @@ const keyOpening = "rowcast.opening"
 type opening struct {
 	k   keys
 	req requestInfo
+	tk  *Ticket
+	// taken is set by onConnect, which hands tk to the session: an
+	// upgrade that never got there gives tk back.
+	taken atomic.Bool
 }
 
 // wsConnOf returns the WSConn of ms, nil before onConnect set it up or after
@@ -220,15 +247,17 @@ type opening struct {
 func (t *Transport) wsConnOf(ms *melody.Session) *WSConn { return t.conns.get(ms) }
 
 // Serve upgrades r (the origin allow-list is checked first: a foreign
-// origin gets 403) and runs the connection as a session, with the handler
-// newHandler returns once the connection is upgraded, until it closes. It
-// returns once the connection is upgraded (the session runs on in
-// goroutines of its own, and r must not be reused), or with an error,
+// origin gets 403) and runs the connection as a session on tk, a ticket
+// from Admit, with the handler newHandler returns once the connection is
+// upgraded, until it closes. The session gives tk back when it closes;
+// Serve does when the upgrade fails. A nil tk counts the session in no
+// limit. It returns once the connection is upgraded (the session runs on
+// in goroutines of its own, and r must not be reused), or with an error,
 // having written an HTTP error, when the request could not be upgraded or
 // the transport is draining (503). Nothing keeps r once the connection is
 // open: the session's Request is a slim copy (WSConn.Request).
-func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler NewHandler) error {
-	return t.serve(w, r, keys{newHandler: newHandler}, true)
+func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, tk *Ticket, newHandler NewHandler) error {
+	return t.serve(w, r, keys{newHandler: newHandler}, tk, true)
 }
 
 // ServeConn upgrades r as Serve does, but runs the connection without a
@@ -237,7 +266,7 @@ func (t *Transport) Serve(w http.ResponseWriter, r *http.Request, newHandler New
 // WebSocket, for one). It returns when the connection closed, after the
 // receiver's Gone.
 func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(c *WSConn) Receiver) error {
-	return t.serve(w, r, keys{open: open}, false)
+	return t.serve(w, r, keys{open: open}, nil, false)
 }
 
 // serve upgrades r and runs the connection. With detach, the connection
@@ -250,13 +279,18 @@ func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(
 // An idle connection should keep nothing of its HTTP request but what
 // later readers need (requestInfo): onConnect takes k and that from the
 // melody session's keys and drops them and the request from it.
-func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach bool) error {
-	o := map[string]any{keyOpening: &opening{k: k, req: newRequestInfo(r)}}
+func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, tk *Ticket, detach bool) error {
+	op := &opening{k: k, req: newRequestInfo(r), tk: tk}
+	o := map[string]any{keyOpening: op}
 	if !detach {
-		return t.upgraded(w, t.m.HandleRequestWithKeys(w, r, o))
+		err := t.m.HandleRequestWithKeys(w, r, o)
+		if !op.taken.Load() {
+			tk.Release()
+		}
+		return t.upgraded(w, err)
 	}
 	res := make(chan error, 1)
-	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r, o)
+	go t.runDetached(&detachedWriter{ResponseWriter: w, res: res}, r, op, o)
 	return t.upgraded(w, <-res)
 }
 
@@ -264,8 +298,11 @@ func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, detach
 // channel unless the connection was hijacked, which dw reported already.
 // Once hijacked, this goroutine keeps neither the HTTP request nor its
 // response.
-func (t *Transport) runDetached(dw *detachedWriter, r *http.Request, o map[string]any) {
+func (t *Transport) runDetached(dw *detachedWriter, r *http.Request, op *opening, o map[string]any) {
 	err := t.m.HandleRequestWithKeys(dw, r, o)
+	if !op.taken.Load() {
+		op.tk.Release()
+	}
 	if !dw.hijacked {
 		dw.res <- err
 	}
@@ -334,6 +371,7 @@ func (t *Transport) onConnect(ms *melody.Session) {
 	// code reads either field (this package does not use melody's keys
 	// otherwise).
 	ms.Request, ms.Keys = nil, nil
+	o.taken.Store(true)
 	c := newWSConn(ms, t)
 	c.req = o.req
 	if o.k.open != nil {
@@ -341,22 +379,25 @@ func (t *Transport) onConnect(ms *melody.Session) {
 		t.conns.put(ms, c)
 		return
 	}
-	s := t.newSession(c)
+	s := t.newSession(c, o.tk)
 	c.recv = s
 	t.conns.put(ms, c)
 	t.openSession(s, o.k.newHandler)
 }
 
 // Attach runs a session over c, a connection of another transport than
-// melody's WebSocket, with the handler newHandler returns; it calls the
-// handler's Open before it returns. c reports to the session through its
-// Receive, ReceiveBinary, Sent and Gone methods. It returns nil, attaching
-// nothing, when the transport is draining.
-func (t *Transport) Attach(c Conn, newHandler NewHandler) *Session {
+// melody's WebSocket, on tk, a ticket from Admit (nil: counted in no
+// limit), with the handler newHandler returns; it calls the handler's Open
+// before it returns. c reports to the session through its Receive,
+// ReceiveBinary, Sent and Gone methods. The session gives tk back when it
+// closes. It returns nil, attaching nothing and giving tk back, when the
+// transport is draining.
+func (t *Transport) Attach(c Conn, tk *Ticket, newHandler NewHandler) *Session {
 	if t.Draining() {
+		tk.Release()
 		return nil
 	}
-	s := t.newSession(c)
+	s := t.newSession(c, tk)
 	t.openSession(s, newHandler)
 	return s
 }

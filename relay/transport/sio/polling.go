@@ -69,11 +69,12 @@ type pollSocket struct {
 	probeTimer *time.Timer
 }
 
-// handshakePolling opens a session on polling and answers the handshake
-// GET with its open packet.
-func (srv *Server) handshakePolling(w http.ResponseWriter, r *http.Request) {
+// handshakePolling opens a session on polling and answers the
+// handshake GET with its open packet; the session runs on tk, a ticket
+// from Admit.
+func (srv *Server) handshakePolling(w http.ResponseWriter, r *http.Request, tk *session.Ticket) {
 	so := &pollSocket{srv: srv, sid: randomID(), req: session.SlimRequest(r), wake: make(chan struct{}, 1)}
-	s := srv.t.Attach(so, func(s *session.Session) session.Handler {
+	s := srv.t.Attach(so, tk, func(s *session.Session) session.Handler {
 		return &conn{srv: srv, s: s, sid: so.sid, polling: true}
 	})
 	if s == nil {

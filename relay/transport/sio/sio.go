@@ -22,12 +22,19 @@
 //     drives the heartbeat: "2" every pingInterval, closing when no "3"
 //     came back within pingTimeout. A client "2" closes the connection
 //     (EIO 4 heartbeats go server to client), as does a malformed packet.
+//   - A new Engine.IO session (a WebSocket upgrade or a polling
+//     handshake) is subject to the connection limits
+//     (session.Transport.Admit): past them it gets HTTP 429 (503 for the
+//     total) with Retry-After and an Engine.IO JSON error body.
 //   - The token comes from the CONNECT packet's auth object ({token}) or,
 //     failing that, the upgrade request (access_token query parameter or
 //     Authorization header). A bad one is answered
 //     44{"message":"unauthorized"}; the upgrade is never refused for auth.
-//     A connection with no accepted CONNECT within the connect timeout is
-//     closed. Other namespaces get 44/<nsp>,{"message":"Invalid namespace"}.
+//     A user with as many sessions as the limit allows is answered
+//     44{"message":"too many sessions"} and the transport closed. A
+//     connection with no accepted CONNECT within the connect timeout is
+//     closed (and counted). Other namespaces get
+//     44/<nsp>,{"message":"Invalid namespace"}.
 //   - Every event is 42["<event>",<data>,"<offset>"], the offset being the
 //     event's position (docs/protocol.md section 3); resync is an event too.
 //     Names Socket.IO reserves are never sent.
@@ -159,10 +166,25 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		handshakeError(w, http.StatusBadRequest, errUnsupportedVersion, "Unsupported protocol version")
 	case srv.t.Draining():
 		handshakeError(w, http.StatusServiceUnavailable, errBadRequest, "relay draining")
-	case transport == "polling":
-		srv.handshakePolling(w, r)
+	case transport == "websocket" && !srv.t.AllowOrigin(r):
+		http.Error(w, http.StatusText(http.StatusForbidden), http.StatusForbidden)
 	default:
-		_ = srv.t.Serve(w, r, func(s *session.Session) session.Handler {
+		// A new Engine.IO session, on either transport: the connection
+		// limits apply before the upgrade or the handshake.
+		tk, refused := srv.t.Admit(r)
+		if refused != nil {
+			refused.Header(w)
+			if transport == "polling" {
+				srv.cors(w, r)
+			}
+			handshakeError(w, refused.Status, errBadRequest, refused.Message)
+			return
+		}
+		if transport == "polling" {
+			srv.handshakePolling(w, r, tk)
+			return
+		}
+		_ = srv.t.Serve(w, r, tk, func(s *session.Session) session.Handler {
 			return &conn{srv: srv, s: s, sid: randomID()}
 		})
 	}
@@ -272,6 +294,7 @@ func (c *conn) connectTimedOut() {
 	c.s.Lock()
 	defer c.s.Unlock()
 	if c.liveLocked() && c.state == stateOpen {
+		c.srv.t.Metrics().Refused(session.ReasonConnectTimeout)
 		c.s.CloseLocked(0, "")
 	}
 }
@@ -411,6 +434,16 @@ func (c *conn) connect(data json.RawMessage) {
 		c.srv.t.Metrics().AuthFailed(string(auth.ReasonOf(err)))
 		c.s.Lock()
 		c.s.WriteLocked(connectErrorFrame("/", "unauthorized"))
+		c.s.Unlock()
+		return
+	}
+	if refused := c.s.Ticket().ForUser(p.UserID); refused != nil {
+		// A CONNECT_ERROR, so socket.io-client gives up instead of
+		// retrying; the transport closes after it.
+		c.srv.log.Debug("socket.io connect refused", "reason", refused.Reason, "user", p.UserID)
+		c.s.Lock()
+		c.s.WriteLocked(connectErrorFrame("/", "too many sessions"))
+		c.s.CloseLocked(0, "")
 		c.s.Unlock()
 		return
 	}

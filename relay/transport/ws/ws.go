@@ -40,13 +40,21 @@ type Options struct {
 	// ResumeGrace is how long a new session without since holds live events
 	// waiting for a resume message. Default 250ms.
 	ResumeGrace time.Duration
+	// MaxSubscribeEntities is the longest entity list a subscribe message
+	// may carry; a longer one is answered bad_request, and the session
+	// keeps its filter. Default DefaultMaxSubscribeEntities.
+	MaxSubscribeEntities int
 }
+
+// DefaultMaxSubscribeEntities is Options.MaxSubscribeEntities when unset.
+const DefaultMaxSubscribeEntities = 64
 
 // Server is the /ws endpoint. It implements http.Handler.
 type Server struct {
-	t      *session.Transport
-	grace  time.Duration
-	frames session.FrameCache
+	t           *session.Transport
+	grace       time.Duration
+	maxEntities int
+	frames      session.FrameCache
 }
 
 // New returns a Server on a new session.Transport. Close it with Drain.
@@ -54,17 +62,24 @@ func New(o Options) *Server {
 	if o.ResumeGrace <= 0 {
 		o.ResumeGrace = 250 * time.Millisecond
 	}
+	if o.MaxSubscribeEntities <= 0 {
+		o.MaxSubscribeEntities = DefaultMaxSubscribeEntities
+	}
 	t := session.New(o.Options)
-	return &Server{t: t, grace: o.ResumeGrace}
+	return &Server{t: t, grace: o.ResumeGrace, maxEntities: o.MaxSubscribeEntities}
 }
 
 // Transport returns the session.Transport the server's sessions run on, for
 // other protocols to mount on the same melody instance and hub.
 func (s *Server) Transport() *session.Transport { return s.t }
 
-// ServeHTTP upgrades /ws requests. The token is verified here, but a bad
-// token is answered after the upgrade, with an error frame and close 4401,
-// as the protocol requires.
+// ServeHTTP upgrades /ws requests, in this order: a foreign origin gets
+// 403; the connection limits (session.Transport.Admit: the client
+// address's upgrade rate, the sessions in total and the address's) 429 or
+// 503 with Retry-After; the token is verified, and a valid token of a
+// user with as many sessions as the limit allows gets 429. A bad token is
+// answered after the upgrade, with an error frame and close 4401, as the
+// protocol requires.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.t.Draining() {
 		http.Error(w, "draining", http.StatusServiceUnavailable)
@@ -74,9 +89,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this endpoint speaks WebSocket (rowcast protocol 1)", http.StatusBadRequest)
 		return
 	}
+	if !s.t.AllowOrigin(r) {
+		http.Error(w, http.StatusText(http.StatusForbidden), http.StatusForbidden)
+		return
+	}
+	tk, refused := s.t.Admit(r)
+	if refused != nil {
+		refused.WriteHTTP(w)
+		return
+	}
 	since := r.URL.Query().Get("since")
 	p, err := s.t.Options().Verifier.Verify(auth.TokenFromRequest(r))
-	_ = s.t.Serve(w, r, func(cs *session.Session) session.Handler {
+	if err == nil {
+		if refused := tk.ForUser(p.UserID); refused != nil {
+			tk.Release()
+			refused.WriteHTTP(w)
+			return
+		}
+	}
+	_ = s.t.Serve(w, r, tk, func(cs *session.Session) session.Handler {
 		return &conn{srv: s, s: cs, start: &connStart{since: since, principal: p, authErr: err}}
 	})
 }
@@ -273,6 +304,11 @@ func (c *conn) Message(msg []byte) {
 func (c *conn) subscribeLocked(entities []string) {
 	if entities == nil {
 		c.s.WriteLocked(errorFrame("bad_request", "subscribe needs entities, an array of entity types"))
+		return
+	}
+	if n, limit := len(entities), c.srv.maxEntities; n > limit {
+		c.metrics().MessageRefused("subscribe_entities")
+		c.s.WriteLocked(errorFrame("bad_request", fmt.Sprintf("subscribe lists %d entities; at most %d are allowed", n, limit)))
 		return
 	}
 	c.s.SetFilterLocked(entities)

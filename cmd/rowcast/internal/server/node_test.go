@@ -27,8 +27,8 @@ const nodeSecret = "node-e2e-secret-node-e2e-secret-0123456"
 const nodeDir = "testdata/node"
 
 // TestSocketIOClient runs the Node suite (testdata/node/sio.test.mjs: issue
-// 5's nine cases and issue 8's polling cases with the real
-// socket.io-client) against a relay on a fresh demo CRM database, plus a
+// 5's nine cases, issue 8's polling cases and issue 13's per-user limit
+// with the real socket.io-client) against a relay on a fresh demo CRM database, plus a
 // second one with sessions.sio_polling off for the cases about refusing
 // polling, and fails when it fails. Without node or npm it skips,
 // or fails under CI=true.
@@ -53,6 +53,7 @@ func TestSocketIOClient(t *testing.T) {
 		"ROWCAST_JWT_SECRET="+nodeSecret,
 		"ROWCAST_DATABASE_URL="+dbURL,
 		"ROWCAST_HEARTBEAT_MS="+strconv.FormatInt(heartbeat.Milliseconds(), 10),
+		"ROWCAST_SESSIONS_PER_USER="+strconv.Itoa(config.Defaults().Limits.SessionsPerUser),
 	)
 	runNode(t, cmd, "node --test")
 }

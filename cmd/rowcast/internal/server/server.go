@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -328,18 +329,26 @@ func (r *Relay) Run(ctx context.Context) error {
 	// Replayed changes are mapped by the pipeline's mapper, so a resumed
 	// session gets the events a live one got.
 	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
+	proxies, err := trustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	so := session.Options{
 		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
 		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize, QueueBytes: cfg.Sessions.QueueBytes,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
+		MaxSessionsPerUser: cfg.Limits.SessionsPerUser, MaxSessionsPerAddress: cfg.Limits.SessionsPerAddress,
+		MaxSessions: cfg.Limits.SessionsTotal, UpgradeRate: cfg.Limits.UpgradeRate,
+		UpgradeBurst: cfg.Limits.UpgradeBurst, TrustedProxies: proxies,
 	}
 	if m := cfg.Auth.Membership; m != nil {
 		so.Membership = newMembershipReader(pool, *m).Teams
 		so.MembershipIntersect = m.WithDefaults().Mode == config.MembershipIntersect
 	}
-	r.ws = ws.New(ws.Options{Options: so})
+	r.ws = ws.New(ws.Options{Options: so, MaxSubscribeEntities: cfg.Sessions.MaxSubscribeEntities})
 	r.sio = sio.New(r.ws.Transport(), sio.Options{ConnectTimeout: cfg.Sessions.ConnectTimeout,
 		Polling: cfg.Sessions.SIOPollingEnabled(), Logger: r.log.With("component", "sio")})
 
@@ -616,6 +625,19 @@ func (r *Relay) version(w http.ResponseWriter, _ *http.Request) {
 	json.NewEncoder(w).Encode(map[string]any{
 		"version": r.o.Version, "protocol": ws.Protocol, "go": runtime.Version(), "capture": r.cfg.Capture.Mode,
 	})
+}
+
+// trustedProxies parses trusted_proxies (config.ParseTrustedProxy).
+func trustedProxies(entries []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(entries))
+	for i, e := range entries {
+		p, err := config.ParseTrustedProxy(e)
+		if err != nil {
+			return nil, fmt.Errorf("serve: trusted_proxies[%d]: %w", i, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // ownOrigins returns the origins of pages served on the listener at addr:

@@ -7,6 +7,7 @@
 //   ROWCAST_JWT_SECRET    the HS256 secret the relay verifies tokens with
 //   ROWCAST_DATABASE_URL  the demo CRM database the relay captures
 //   ROWCAST_HEARTBEAT_MS  the relay's heartbeat (Socket.IO pingInterval)
+//   ROWCAST_SESSIONS_PER_USER  the relay's limits.sessions_per_user
 
 import { createHmac } from "node:crypto";
 import { once } from "node:events";
@@ -23,6 +24,7 @@ export const URL = env("ROWCAST_URL");
 export const WS_ONLY_URL = env("ROWCAST_WS_ONLY_URL");
 export const SECRET = env("ROWCAST_JWT_SECRET");
 export const HEARTBEAT_MS = Number(env("ROWCAST_HEARTBEAT_MS"));
+export const SESSIONS_PER_USER = Number(env("ROWCAST_SESSIONS_PER_USER"));
 export const db = new pg.Pool({ connectionString: env("ROWCAST_DATABASE_URL"), max: 8 });
 
 const b64url = (b) => Buffer.from(b).toString("base64url");

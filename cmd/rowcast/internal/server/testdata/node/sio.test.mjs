@@ -1,6 +1,7 @@
 // The Socket.IO transport against the real socket.io-client (issue 5's nine
-// cases, issue 8's polling cases 10 and 11), on a relay capturing a real PostgreSQL. Each test uses its own
-// teams and users, so the tests do not see each other's events.
+// cases, issue 8's polling cases 10 and 11, issue 13's per-user limit 12),
+// on a relay capturing a real PostgreSQL. Each test uses its own teams and
+// users, so the tests do not see each other's events.
 
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
@@ -9,6 +10,7 @@ import { WebSocket } from "ws";
 import {
   HEARTBEAT_MS,
   Recorder,
+  SESSIONS_PER_USER,
   URL,
   WS_ONLY_URL,
   client,
@@ -422,4 +424,27 @@ test("11. transports: ['polling'] receives events and recovers after its transpo
   );
   const offsets = rec.events.map((e) => e.offset);
   assert.equal(new Set(offsets).size, 3, "each event has its own offset");
+});
+
+test("12. a user at limits.sessions_per_user: connect_error 'too many sessions', socket inactive, no reconnect attempt", async (t) => {
+  const open = [];
+  for (let i = 0; i < SESSIONS_PER_USER; i++) {
+    const s = client(t, { auth: { token: token(120, [120]) } });
+    open.push(next(s, "connect"));
+  }
+  await Promise.all(open);
+  const socket = client(t, { auth: { token: token(120, [120]) } });
+  let attempts = 0;
+  socket.io.on("reconnect_attempt", () => attempts++);
+  socket.on("connect", () => assert.fail("connected past the limit"));
+  const [err] = await next(socket, "connect_error");
+  assert.equal(err.message, "too many sessions");
+  assert.equal(socket.active, false);
+  // Longer than the client's reconnection delay (100-300ms): none came.
+  await new Promise((r) => setTimeout(r, 1000));
+  assert.equal(attempts, 0);
+  assert.equal(socket.connected, false);
+  // Another user is not affected.
+  const other = client(t, { auth: { token: token(121, [120]) } });
+  await next(other, "connect");
 });
