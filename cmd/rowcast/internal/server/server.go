@@ -92,6 +92,7 @@ type Relay struct {
 	// lostAfter; nil while connected.
 	lostMu   sync.Mutex
 	lost     *time.Timer
+	stopped  bool // Run returned: no loss is reported any more
 	verifier *auth.Verifier
 	jwks     *auth.JWKS // nil without auth.jwks_url
 	capture  *changelog.Tail
@@ -234,7 +235,7 @@ func (r *Relay) connected(v bool) {
 	case v && r.lost != nil:
 		r.lost.Stop()
 		r.lost = nil
-	case !v && r.lost == nil && r.report != nil:
+	case !v && r.lost == nil && r.report != nil && !r.stopped:
 		r.lost = time.AfterFunc(lostAfter, func() {
 			r.report.Failure(report.KindDatabaseLost, fmt.Errorf("the capture has not reached PostgreSQL for %s", lostAfter))
 		})
@@ -420,6 +421,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		return err
 	})
 	err = g.Wait()
+	r.lostMu.Lock()
+	r.stopped = true
+	if r.lost != nil {
+		r.lost.Stop() // a relay stopping is not PostgreSQL lost
+	}
+	r.lostMu.Unlock()
 	r.report.Flush(2 * time.Second)
 	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		return nil
