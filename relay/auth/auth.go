@@ -407,7 +407,7 @@ func teamIDs(claim any) ([]string, bool) {
 // decimal form without exponent. ok is false for a number out of range.
 func numberString(n json.Number) (string, bool) {
 	s := n.String()
-	if isDigits(strings.TrimPrefix(s, "-")) {
+	if isDigits(strings.TrimPrefix(s, "-")) && s != "-0" {
 		return s, true
 	}
 	f, err := strconv.ParseFloat(s, 64)

@@ -78,6 +78,16 @@ func TestVerify(t *testing.T) {
 			want:  Principal{UserID: "123456789012345678901234567890", TeamIDs: []string{}, NoTeamClaim: true},
 		},
 		{
+			name:  "user -0 renders as 0", // found by FuzzVerifyClaims
+			token: func(*testing.T) string { return rawToken(`{"sub":-0}`) },
+			want:  Principal{UserID: "0", TeamIDs: []string{}, NoTeamClaim: true},
+		},
+		{
+			name:  "teams -0 and 0 are one team", // found by FuzzVerifyClaims
+			token: func(*testing.T) string { return rawToken(`{"sub":"u","teamId":[-0,0,-0.0]}`) },
+			want:  Principal{UserID: "u", TeamIDs: []string{"0"}},
+		},
+		{
 			name:  "fractional user",
 			token: func(*testing.T) string { return rawToken(`{"sub":1.5}`) },
 			want:  Principal{UserID: "1.5", TeamIDs: []string{}, NoTeamClaim: true},

@@ -244,23 +244,23 @@ func (c *conn) Message(msg []byte) {
 		s.Unlock()
 		return
 	}
-	if !isJSONObject(msg) {
+	m, err := decodeMessage(msg)
+	if errors.Is(err, errNotObject) {
 		if first {
 			s.CloseLocked(session.CloseBadRequest, "first message must be a JSON object")
 		} else {
-			s.WriteLocked(errorFrame("bad_request", "message is not a JSON object"))
+			s.WriteLocked(errorFrame("bad_request", err.Error()))
 		}
 		s.Unlock()
 		return
 	}
-	var m clientMessage
-	if err := json.Unmarshal(msg, &m); err != nil {
+	if err != nil {
 		// A JSON object, but a field of the wrong type: a bad request, not
 		// a malformed first message.
 		if s.AwaitingLocked() {
 			s.GoLiveLocked()
 		}
-		s.WriteLocked(errorFrame("bad_request", fieldTypeMessage(err)))
+		s.WriteLocked(errorFrame("bad_request", err.Error()))
 		s.Unlock()
 		return
 	}
@@ -269,11 +269,7 @@ func (c *conn) Message(msg []byte) {
 	}
 	switch m.Type {
 	case "ping":
-		id := m.ID
-		if len(id) == 0 {
-			id = json.RawMessage("null")
-		}
-		s.WriteLocked(append(append([]byte(`{"type":"pong","id":`), id...), '}'))
+		s.WriteLocked(pongFrame(m.ID))
 	case "subscribe":
 		c.subscribeLocked(m.Entities)
 	case "resume":
@@ -402,6 +398,33 @@ func (c *conn) ResumedLocked(replayed int) {
 func (c *conn) ExpiredLocked() {
 	c.s.WriteLocked(errorFrame("token_expired", "token expired"))
 	c.s.CloseLocked(session.CloseUnauthorized, "token expired")
+}
+
+// errNotObject is decodeMessage's error for a message that is not a JSON
+// object; its text is the bad_request answer to one after the first.
+var errNotObject = errors.New("message is not a JSON object")
+
+// decodeMessage decodes one client message. It fails with errNotObject
+// when msg is not a JSON object, or, for an object with a field of the
+// wrong type, with an error whose text is the bad_request answer
+// (fieldTypeMessage).
+func decodeMessage(msg []byte) (clientMessage, error) {
+	if !isJSONObject(msg) {
+		return clientMessage{}, errNotObject
+	}
+	var m clientMessage
+	if err := json.Unmarshal(msg, &m); err != nil {
+		return clientMessage{}, errors.New(fieldTypeMessage(err))
+	}
+	return m, nil
+}
+
+// pongFrame answers a ping with its id, or null when it has none.
+func pongFrame(id json.RawMessage) []byte {
+	if len(id) == 0 {
+		id = json.RawMessage("null")
+	}
+	return append(append([]byte(`{"type":"pong","id":`), id...), '}')
 }
 
 // fieldTypeMessage describes a client message that failed to decode
