@@ -502,13 +502,15 @@ func membershipBody(t config.Table, r recs) string {
 	fmt.Fprintf(&b, "        IF %[1]s.%[3]s IS NOT DISTINCT FROM %[2]s.%[3]s AND %[1]s.%[4]s IS NOT DISTINCT FROM %[2]s.%[4]s THEN %[5]s; END IF;\n",
 		r.new, r.old, user, team, r.ret)
 	b.WriteString("    END IF;\n")
-	fmt.Fprintf(&b, "    IF %s <> 'INSERT' THEN\n", r.op)
-	fmt.Fprintf(&b, "        IF %s THEN\n            ", pair(r.old))
-	b.WriteString(ins("D", r.old))
-	b.WriteString("        END IF;\n    END IF;\n")
+	// The join first: an update that moves a user to another team never
+	// leaves them without a team in between (which closes with 4403).
 	fmt.Fprintf(&b, "    IF %s <> 'DELETE' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s THEN\n            ", pair(r.new))
 	b.WriteString(ins("I", r.new))
+	b.WriteString("        END IF;\n    END IF;\n")
+	fmt.Fprintf(&b, "    IF %s <> 'INSERT' THEN\n", r.op)
+	fmt.Fprintf(&b, "        IF %s THEN\n            ", pair(r.old))
+	b.WriteString(ins("D", r.old))
 	b.WriteString("        END IF;\n    END IF;\n")
 	fmt.Fprintf(&b, "    %s\n    %s;\nEND\n", r.ring, r.ret)
 	return b.String()

@@ -26,6 +26,10 @@ import (
 // the hub or block.
 type Rescoper interface {
 	Rescope(ev *relay.Event) bool
+	// Subscribed reports whether the subscriber still follows streams:
+	// one that left meanwhile (with the streams it had before the join)
+	// is taken off the joined stream again.
+	Subscribed() bool
 }
 
 // Subscriber is one session as the hub sees it.
@@ -202,6 +206,9 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 			for _, s := range moved {
 				if ev.Join {
 					h.add(s, team)
+					if !s.(Rescoper).Subscribed() {
+						h.Unsubscribe(s, team)
+					}
 				} else {
 					h.Unsubscribe(s, team)
 				}

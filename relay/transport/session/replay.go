@@ -63,7 +63,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 		return
 	}
 	epoch := s.epoch
-	streams := slices.Clone(s.streams)
+	streams := s.replayStreamsLocked()
 	s.mu.Unlock()
 
 	pos, err := relay.ParsePosition(since)
@@ -85,29 +85,44 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 
 	replayed := 0
 	limit := s.t.o.ReplayLimit
-	err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
-		for j := range events {
-			if err := s.waitSpace(ctx, gen, *space); err != nil {
-				return err
-			}
-			ev := events[j]
-			s.mu.Lock()
-			if !s.replayingLocked(gen) {
+	for {
+		err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
+			for j := range events {
+				if err := s.waitSpace(ctx, gen, *space); err != nil {
+					return err
+				}
+				ev := events[j]
+				s.mu.Lock()
+				if !s.replayingLocked(gen) {
+					s.mu.Unlock()
+					return errClosed
+				}
+				before := s.queued
+				s.sendEventLocked(&ev)
+				if s.queued > before {
+					replayed++
+				}
+				// A join of a team the replay does not read: read again
+				// from the join, with the team's stream.
+				joined := ev.Kind == relay.KindMembership && ev.Join && s.shown[relay.TeamStream(ev.Team)] &&
+					!slices.Contains(streams, relay.TeamStream(ev.Team))
 				s.mu.Unlock()
-				return errClosed
+				if replayed > limit {
+					return relay.ErrHistoryExpired
+				}
+				if joined {
+					return errReplayAgain
+				}
 			}
-			before := s.queued
-			s.sendEventLocked(&ev)
-			if s.queued > before {
-				replayed++
-			}
-			s.mu.Unlock()
-			if replayed > limit {
-				return relay.ErrHistoryExpired
-			}
+			return nil
+		})
+		if !errors.Is(err, errReplayAgain) {
+			break
 		}
-		return nil
-	})
+		s.mu.Lock()
+		from, streams = s.last, s.replayStreamsLocked()
+		s.mu.Unlock()
+	}
 	cancelled := ctx.Err() != nil
 	// Released before the outcome is told (the deferred call then does
 	// nothing): once the client has its resumed or resync, the session
@@ -134,6 +149,22 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 		s.CloseLocked(CloseGoingAway, "resume failed, reconnect with since")
 		s.mu.Unlock()
 	}
+}
+
+// errReplayAgain ends a replay that must go on with more streams.
+const errReplayAgain = relay.Error("replay again")
+
+// replayStreamsLocked returns the streams a replay reads: those the session
+// follows, and with auth.membership the team streams it shows at its
+// current turn (a leave Rescoped already is not at its turn yet).
+func (s *Session) replayStreamsLocked() []string {
+	streams := slices.Clone(s.streams)
+	for st := range s.shown {
+		if !slices.Contains(streams, st) {
+			streams = append(streams, st)
+		}
+	}
+	return streams
 }
 
 // errClosed ends a replay whose session closed or restarted.

@@ -311,19 +311,27 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 		s.mu.Unlock()
 		return
 	}
+	if s.t.o.Membership != nil {
+		// Cleared before the read: an event Rescoped from here on may be
+		// newer than what the read sees, and must win over it (moveTo);
+		// one Rescoped before was committed before the read began.
+		s.claimed, s.touched = p.TeamIDs, nil
+	}
 	s.mu.Unlock()
 	if s.t.o.Membership != nil {
 		// The teams come from the membership table, not the token (in
 		// intersect mode, from both): read them again.
 		teams, err := s.memberTeams(p.UserID, p.TeamIDs)
-		s.mu.Lock()
-		s.claimed, s.touched = p.TeamIDs, nil
-		s.mu.Unlock()
 		if err != nil {
 			s.t.o.Logger.Warn("membership not read on token refresh; the session keeps its teams", "err", err)
+			claims := p.TeamIDs
 			s.mu.Lock()
-			p.TeamIDs = s.principal.TeamIDs
+			p.TeamIDs = slices.Clone(s.principal.TeamIDs)
 			s.mu.Unlock()
+			if s.t.o.MembershipIntersect {
+				// Never a team the new token does not claim.
+				p.TeamIDs = slices.DeleteFunc(p.TeamIDs, func(t string) bool { return !slices.Contains(claims, t) })
+			}
 		} else {
 			p.TeamIDs = teams
 		}
@@ -331,6 +339,15 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 	s.moveTo(streamsFor(p))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.shown != nil {
+		// The teams shown now: moveTo kept the touched ones as their
+		// events set them, whatever the read said.
+		p.TeamIDs = p.TeamIDs[:0:0]
+		for st := range s.shown {
+			p.TeamIDs = append(p.TeamIDs, strings.TrimPrefix(st, relay.TeamPrefix))
+		}
+		slices.Sort(p.TeamIDs)
+	}
 	s.principal = p
 	s.armExpiryLocked()
 }
@@ -491,6 +508,14 @@ func (s *Session) Reset(epoch string) {
 	s.setLastLocked(head)
 	s.pending = nil
 	s.h.ResyncLocked()
+	if s.shown != nil {
+		// Membership events held in pending are gone with it (their
+		// Rescope already moved the hub subscription), and the restored
+		// database's table may say otherwise than the session: reconnect
+		// and read it again.
+		s.CloseLocked(CloseGoingAway, "history epoch changed, reconnect")
+		return
+	}
 	if s.mode == modeReplay {
 		// replayingLocked is false from now on: the replay stops before
 		// its next event.
@@ -520,6 +545,13 @@ func (s *Session) Rescope(ev *relay.Event) bool {
 		return true
 	}
 	return false
+}
+
+// Subscribed implements hub.Rescoper.
+func (s *Session) Subscribed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subscribed
 }
 
 // acceptsLocked reports whether the session follows team once its user

@@ -68,7 +68,11 @@ where a.attrelid = to_regclass($1) and a.attname = $2 and not a.attisdropped`, t
 		return "", fmt.Errorf("membership: the type of %s.%s: %w", t.Qualified(), r.m.UserColumn, err)
 	}
 	user, team := pgx.Identifier{r.m.UserColumn}.Sanitize(), pgx.Identifier{r.m.TeamColumn}.Sanitize()
-	r.query = fmt.Sprintf("select distinct %s::text from %s where %s = $1::text::%s and %s is not null",
-		team, table, user, typ, team)
+	// The user column's text must be the user id itself: membership
+	// changes go to the stream of that text (the capture writes
+	// user::text), so a user id that only casts to it ('02', an
+	// upper-case uuid) would be read into teams whose leaves it never sees.
+	r.query = fmt.Sprintf("select distinct %s::text from %s where %s = $1::text::%s and %s::text = $1::text and %s is not null",
+		team, table, user, typ, user, team)
 	return r.query, nil
 }
