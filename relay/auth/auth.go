@@ -23,7 +23,7 @@ import (
 
 // MaxTokenLen is the default longest token Verify examines; a longer one
 // is "token too large".
-const MaxTokenLen = 16 << 10
+const MaxTokenLen = 8 << 10
 
 // Options configures a Verifier. At least one of Secret, PublicKeys and
 // JWKS must be set.

@@ -187,6 +187,11 @@ func (j *JWKS) fetch(ctx context.Context) error {
 	keys, err := j.read(ctx)
 
 	j.mu.Lock()
+	if err == nil && len(keys) == 0 && len(j.keys) > 0 {
+		// A set with no key the relay accepts would refuse every token:
+		// more likely a broken answer than a real set; keep the last one.
+		err = errors.New("jwks: the key set holds no key the relay accepts; the keys fetched before stay in use")
+	}
 	if err == nil {
 		j.keys = keys
 	}

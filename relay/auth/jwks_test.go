@@ -361,3 +361,28 @@ func TestIdentityProviderShapes(t *testing.T) {
 		})
 	}
 }
+
+// A fetch that brings no key the relay accepts keeps the last set (and is
+// reported as failed): it would otherwise refuse every token.
+func TestJWKSEmptySetKeepsTheLastOne(t *testing.T) {
+	k := testKeys()
+	p := newIDP(t, idpKey{kid: "k1", alg: "RS256", key: k["rsa"].Public()})
+	c := &clock{}
+	log := &fetchLog{}
+	v := newJWKSVerifier(t, p, c, log)
+	tok := signWith(t, "RS256", k["rsa"], "k1", jwt.MapClaims{"sub": "u"})
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatal(err)
+	}
+	p.serve(t)
+	c.advance(time.Hour)
+	if _, err := v.Verify(signWith(t, "RS256", k["rsa"], "k2", jwt.MapClaims{"sub": "u"})); reasonOf(err) != ReasonKey {
+		t.Fatalf("unknown kid: %v", err)
+	}
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("k1 after an empty set: %v", err)
+	}
+	if oks, errs := log.counts(); oks != 1 || errs != 1 {
+		t.Fatalf("OnFetch: %d ok, %d failed; want 1, 1", oks, errs)
+	}
+}

@@ -30,6 +30,9 @@ type Rescoper interface {
 	// one that left meanwhile (with the streams it had before the join)
 	// is taken off the joined stream again.
 	Subscribed() bool
+	// Settle is called once Publish delivered the whole transaction (or
+	// part) that moved the subscriber's streams.
+	Settle()
 }
 
 // Subscriber is one session as the hub sees it.
@@ -185,6 +188,7 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var moved []Subscriber
+	var settle map[Subscriber]bool
 	for i := range events {
 		ev := &events[i]
 		sh := h.shard(ev.Stream)
@@ -203,7 +207,11 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 		h.delivered.Add(uint64(n))
 		if len(moved) > 0 {
 			team := []string{relay.TeamStream(ev.Team)}
+			if settle == nil {
+				settle = make(map[Subscriber]bool)
+			}
 			for _, s := range moved {
+				settle[s] = true
 				if ev.Join {
 					h.add(s, team)
 					if !s.(Rescoper).Subscribed() {
@@ -218,6 +226,9 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 	}
 	h.head = relay.MaxPos(h.head, head)
 	h.published.Add(uint64(len(events)))
+	for s := range settle {
+		s.(Rescoper).Settle()
+	}
 }
 
 // Reset replaces the epoch and the head in one step. When the epoch changes

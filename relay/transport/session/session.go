@@ -116,7 +116,11 @@ type Session struct {
 	// touched holds the team streams membership events moved since the
 	// session started: moveTo leaves them as the events set them.
 	touched map[string]bool
-	claimed []string        // the token's teams (auth.membership intersect mode)
+	claimed []string // the token's teams (auth.membership intersect mode)
+	// orphan is set when a leave took the session's last team: it closes
+	// with 4403 unless the same transaction joins another (moving a user
+	// deletes one row and inserts another).
+	orphan  bool
 	filter  map[string]bool // nil: every entity
 	strikes int
 	expiry  *time.Timer
@@ -547,6 +551,24 @@ func (s *Session) Rescope(ev *relay.Event) bool {
 	return false
 }
 
+// orphanedLocked closes a session whose last team was left by a
+// transaction that joined no other, with 4403.
+func (s *Session) orphanedLocked() {
+	s.orphan = false
+	s.CloseLocked(CloseForbidden, "no team left")
+}
+
+// Settle implements hub.Rescoper: the transaction (or part) that moved the
+// session's teams is published. A live session it left without a team
+// closes now.
+func (s *Session) Settle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.orphan && s.mode == modeLive {
+		s.orphanedLocked()
+	}
+}
+
 // Subscribed implements hub.Rescoper.
 func (s *Session) Subscribed() bool {
 	s.mu.Lock()
@@ -590,20 +612,23 @@ func (s *Session) membershipLocked(ev *relay.Event) {
 	switch {
 	case ev.Join && !s.shown[st] && s.acceptsLocked(ev.Team):
 		s.shown[st] = true
+		s.orphan = false
 		s.principal.TeamIDs = append(slices.Clip(s.principal.TeamIDs), ev.Team)
 	case !ev.Join && s.shown[st]:
 		delete(s.shown, st)
 		s.principal.TeamIDs = slices.DeleteFunc(slices.Clone(s.principal.TeamIDs), func(t string) bool { return t == ev.Team })
 		s.h.ForbiddenLocked(ev.Team)
-		if len(s.shown) == 0 {
-			s.CloseLocked(CloseForbidden, "no team left")
-		}
+		s.orphan = len(s.shown) == 0
 	}
 }
 
 // sendEventLocked frames and queues one event unless it was already sent
 // (positions make delivery idempotent) or the subscribe filter hides it.
 func (s *Session) sendEventLocked(ev *relay.Event) {
+	if s.orphan && (ev.Pos.Tick != s.last.Tick || ev.Pos.Tx != s.last.Tx) {
+		s.orphanedLocked()
+		return
+	}
 	if !s.visibleLocked(ev.Stream) {
 		return
 	}
@@ -675,5 +700,8 @@ func (s *Session) GoLiveLocked() {
 		if s.mode == modeClosed {
 			return
 		}
+	}
+	if s.orphan {
+		s.orphanedLocked()
 	}
 }

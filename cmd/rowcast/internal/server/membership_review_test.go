@@ -9,7 +9,7 @@ import (
 // Review of issue 13, R2 end to end: an UPDATE that moves the user's only
 // membership to another team is a leave then a join in one change; the
 // session is closed 4403 though the user is a member of team 3.
-func TestReview13MembershipUpdateMovesTeam(t *testing.T) {
+func TestMembershipUpdateMovesTeam(t *testing.T) {
 	for _, mode := range []string{config.ModeTrigger, config.ModeLogical} {
 		t.Run(mode, func(t *testing.T) {
 			e := startRelay(t, func(c *config.Config) {
@@ -33,7 +33,7 @@ func TestReview13MembershipUpdateMovesTeam(t *testing.T) {
 // cast to the column's type ('02' -> 2), but membership changes go to the
 // stream of the column's text ('user:2'), not the session's ('user:02'):
 // the session never sees the leave, and keeps the team.
-func TestReview13NonCanonicalUserIDKeepsTeamAfterLeave(t *testing.T) {
+func TestMembershipNonCanonicalUserID(t *testing.T) {
 	e := startRelay(t, withMembership(""), membersSchema)
 	c := e.connect(userToken(t, "02"))
 	e.exec("delete from team_members where user_id = 2 and team_id = 1")
@@ -46,7 +46,7 @@ func TestReview13NonCanonicalUserIDKeepsTeamAfterLeave(t *testing.T) {
 // Review of issue 13, R8b: the user id is cast to the column's type; an
 // explicit cast to varchar(n) truncates silently, so a user whose id starts
 // with another user's id reads that user's teams and receives their events.
-func TestReview13UserIDTruncatedByVarcharCast(t *testing.T) {
+func TestMembershipUserIDNeverTruncatedByCast(t *testing.T) {
 	e := startRelay(t, func(c *config.Config) {
 		c.Auth.Membership = &config.Membership{Table: "org_members"}
 	}, membersSchema,
