@@ -197,7 +197,6 @@ func TestMembershipJoinWhileClosingLeavesNoHubSubscription(t *testing.T) {
 // resumes (or forges a since) from position 1 is replayed team 2's event
 // at 2, from before the join.
 func TestMembershipResumeReplaysNothingFromBeforeTheJoin(t *testing.T) {
-	t.Skip("known gap (issue 13, open): a resume replays with the teams the user has at reconnect")
 	m := &members{teams: map[string][]string{"u": {"1", "2"}}}
 	e := newEnv(t, Options{Membership: m.read}, ev("all", 1, 0), ev("team:2", 2, 0), join("2", 3), ev("team:2", 4, 0))
 	c := &recConn{frames: make(chan string, 1024)}

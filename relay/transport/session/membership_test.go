@@ -151,20 +151,19 @@ func TestMembershipReadAgainAfterSubscribing(t *testing.T) {
 	c.expect("team:2@3.0")
 }
 
-// History replayed on resume carries membership events from before the
-// session subscribed: they change nothing (the teams were read at start).
-func TestMembershipReplayedEventsChangeNothing(t *testing.T) {
-	m := &members{teams: map[string][]string{"u": {"1"}}}
-	e := newEnv(t, Options{Membership: m.read}, ev("all", 1, 0), leave("1", 2), ev("team:1", 3, 0))
+// A resume replays a team the user has since left up to the leave, tells
+// the leave at its position, and closes with 4403 once replayed when no
+// team remains.
+func TestMembershipReplayAppliesLeaves(t *testing.T) {
+	m := &members{teams: map[string][]string{"u": {}}}
+	e := newEnv(t, Options{Membership: m.read}, ev("all", 1, 0), ev("team:1", 2, 0), leave("1", 3), ev("team:1", 4, 0))
 	c := &recConn{frames: make(chan string, 1024)}
 	e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}}, since: pos("e1", 1)}
 	})
 	cl := &client{t: t, s: c.s, c: c}
-	cl.expect("team:1@3.0", "resumed 1")
-	e.publish(ev("team:1", 4, 0))
-	cl.expect("team:1@4.0")
+	cl.expect("team:1@2.0", "forbidden 1", "resumed 1", "close 4403 no team left")
 }
 
 func TestMembershipReadFails(t *testing.T) {

@@ -81,7 +81,29 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 	// this relay's head (another replica was ahead).
 	from := pos.Pos
 	s.setLastLocked(from)
+	membership := s.shown != nil
 	s.mu.Unlock()
+
+	if membership {
+		// The teams the user had at since: the session's (read at start)
+		// with the user's membership changes from since on undone. The
+		// replay then applies those changes at their positions, so that
+		// it shows each team's events only while the user belonged to it.
+		if err := s.teamsAt(ctx, gen, from); err != nil {
+			if errors.Is(err, relay.ErrHistoryExpired) {
+				s.resyncAndGoLive(gen, false)
+			} else if !errors.Is(err, errClosed) && ctx.Err() == nil {
+				s.t.o.Logger.Warn("resume failed", "err", err)
+				s.mu.Lock()
+				s.CloseLocked(CloseGoingAway, "resume failed, reconnect with since")
+				s.mu.Unlock()
+			}
+			return
+		}
+		s.mu.Lock()
+		streams = s.replayStreamsLocked()
+		s.mu.Unlock()
+	}
 
 	replayed := 0
 	limit := s.t.o.ReplayLimit
@@ -99,7 +121,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 				}
 				before := s.queued
 				s.sendEventLocked(&ev)
-				if s.queued > before {
+				if s.queued > before && ev.Kind != relay.KindMembership { // a forbidden frame is not an event
 					replayed++
 				}
 				// A join of a team the replay does not read: read again
@@ -149,6 +171,44 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 		s.CloseLocked(CloseGoingAway, "resume failed, reconnect with since")
 		s.mu.Unlock()
 	}
+}
+
+// teamsAt sets the session's shown teams to those its user had at from:
+// it reads the user's membership changes after from up to the session's
+// head and undoes them, newest first, and has membershipLocked apply
+// changes at or before the head during this replay.
+func (s *Session) teamsAt(ctx context.Context, gen uint64, from relay.Pos) error {
+	s.mu.Lock()
+	user, head := s.principal.UserID, s.head
+	s.mu.Unlock()
+	var changes []relay.Event
+	err := s.t.o.History.Replay(ctx, []string{relay.UserStream(user)}, from, func(events []relay.Event) error {
+		for _, ev := range events {
+			if ev.Kind == relay.KindMembership && ev.Pos.Compare(head) <= 0 {
+				changes = append(changes, ev)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.replayingLocked(gen) {
+		return errClosed
+	}
+	for i := len(changes) - 1; i >= 0; i-- {
+		st := relay.TeamStream(changes[i].Team)
+		switch {
+		case changes[i].Join:
+			delete(s.shown, st)
+		case s.acceptsLocked(changes[i].Team):
+			s.shown[st] = true
+		}
+	}
+	s.replayScope = true
+	return nil
 }
 
 // errReplayAgain ends a replay that must go on with more streams.

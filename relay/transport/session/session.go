@@ -120,10 +120,13 @@ type Session struct {
 	// orphan is set when a leave took the session's last team: it closes
 	// with 4403 unless the same transaction joins another (moving a user
 	// deletes one row and inserts another).
-	orphan  bool
-	filter  map[string]bool // nil: every entity
-	strikes int
-	expiry  *time.Timer
+	orphan bool
+	// replayScope: the running replay applies membership changes from
+	// before the head too (resume set the teams of its position).
+	replayScope bool
+	filter      map[string]bool // nil: every entity
+	strikes     int
+	expiry      *time.Timer
 }
 
 func (t *Transport) newSession(c Conn, tk *Ticket) *Session {
@@ -605,7 +608,7 @@ func (s *Session) visibleLocked(stream string) bool {
 // the session subscribed (replayed history) changes nothing: the teams
 // were read when it started.
 func (s *Session) membershipLocked(ev *relay.Event) {
-	if ev.Pos.Compare(s.head) <= 0 || s.shown == nil {
+	if s.shown == nil || (ev.Pos.Compare(s.head) <= 0 && !s.replayScope) {
 		return
 	}
 	st := relay.TeamStream(ev.Team)
@@ -625,7 +628,7 @@ func (s *Session) membershipLocked(ev *relay.Event) {
 // sendEventLocked frames and queues one event unless it was already sent
 // (positions make delivery idempotent) or the subscribe filter hides it.
 func (s *Session) sendEventLocked(ev *relay.Event) {
-	if s.orphan && (ev.Pos.Tick != s.last.Tick || ev.Pos.Tx != s.last.Tx) {
+	if s.orphan && !s.replayScope && (ev.Pos.Tick != s.last.Tick || ev.Pos.Tx != s.last.Tx) {
 		s.orphanedLocked()
 		return
 	}
@@ -693,6 +696,7 @@ func (s *Session) GoLiveLocked() {
 		return
 	}
 	s.mode = modeLive
+	s.replayScope = false
 	pending := s.pending
 	s.pending = nil
 	for _, ev := range pending {
