@@ -16,22 +16,13 @@ import (
 )
 
 // sioDial opens a raw Socket.IO connection (no client library) to the
-// relay, reads the open packet, CONNECTs with tok and reads the reply.
+// relay, reads the open packet, CONNECTs with tok and checks the reply
+// accepts it.
 func sioDial(t *testing.T, e *env, tok string) *websocket.Conn {
 	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial("ws://"+e.relay.Addr()+"/socket.io/?EIO=4&transport=websocket", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if f := sioRead(t, c); !strings.HasPrefix(f, "0{") {
-		t.Fatalf("open packet: %q", f)
-	}
-	if err := c.WriteMessage(websocket.TextMessage, []byte(`40{"token":"`+tok+`"}`)); err != nil {
-		t.Fatal(err)
-	}
-	if f := sioRead(t, c); !strings.HasPrefix(f, `40{"sid":`) {
-		t.Fatalf("CONNECT reply: %q", f)
+	c, reply := sioConnect(t, e, tok)
+	if !strings.HasPrefix(reply, `40{"sid":`) {
+		t.Fatalf("CONNECT reply: %q", reply)
 	}
 	return c
 }
