@@ -136,6 +136,18 @@ func (h *Hub) add(s Subscriber, streams []string) {
 	h.follow(s, added)
 }
 
+// Move changes the streams s follows with no transaction published
+// meanwhile: change runs with the hub's read lock held (it may take the
+// subscriber's own lock, never the hub's) and returns the streams s leaves
+// and those it joins, which Move then applies before it releases the lock.
+func (h *Hub) Move(s Subscriber, change func() (gone, added []string)) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	gone, added := change()
+	h.Unsubscribe(s, gone)
+	h.add(s, added)
+}
+
 // Unsubscribe removes s from the given streams. It is safe to call for
 // streams s does not follow; after it returns no further event for those
 // streams is delivered to s.

@@ -655,3 +655,32 @@ func BenchmarkPublishManyStreams(b *testing.B) {
 		b.Fatalf("subscribers framed %d events, want %d", frames, b.N*perStream)
 	}
 }
+
+// Move leaves and joins streams in one step, and holds publishing off
+// while the change is worked out.
+func TestMove(t *testing.T) {
+	h := New()
+	a := &recorder{}
+	h.Subscribe(a, []string{"team:1", "user:3"})
+	published := make(chan struct{})
+	h.Move(a, func() (gone, added []string) {
+		// A publish started now waits for the move.
+		go func() {
+			publish(h, ev("team:1", 1), ev("team:2", 2))
+			close(published)
+		}()
+		select {
+		case <-published:
+			t.Error("a transaction was published while Move worked out its change")
+		default:
+		}
+		return []string{"team:1"}, []string{"team:2"}
+	})
+	<-published
+	if want := []string{"team:2/2"}; !slices.Equal(a.got(), want) {
+		t.Errorf("a got %q, want %q", a.got(), want)
+	}
+	if n := h.Stats().Subscribers; n != 1 {
+		t.Errorf("subscribers = %d, want 1", n)
+	}
+}

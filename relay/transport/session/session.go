@@ -366,51 +366,47 @@ func (s *Session) SetPrincipal(p auth.Principal) {
 // on: the position the session has is one point in the global order, so
 // it stays valid. Call it without the lock.
 func (s *Session) moveTo(want []string) {
-	s.mu.Lock()
-	cur := s.streams
-	var next, gone, added []string
-	for _, st := range cur {
-		if s.touched[st] || slices.Contains(want, st) {
-			next = append(next, st)
-		} else {
-			gone = append(gone, st)
+	// Under the hub's read lock no transaction is published while the
+	// session works out its change and the hub applies it, so a membership
+	// event cannot fall between the two.
+	s.t.o.Hub.Move(s, func() (gone, added []string) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.subscribed {
+			return nil, nil // stopped or closed: it left what it followed
 		}
-	}
-	for _, st := range want {
-		if !s.touched[st] && !slices.Contains(cur, st) {
-			next = append(next, st)
-			added = append(added, st)
-		}
-	}
-	if len(gone) == 0 && len(added) == 0 {
-		s.mu.Unlock()
-		return
-	}
-	slices.Sort(next)
-	// The session takes the new streams before it subscribes to them, so
-	// that none of their events is dropped as not its own.
-	s.streams = next
-	if s.shown != nil {
-		for _, st := range gone {
-			delete(s.shown, st)
-		}
-		for _, st := range added {
-			if strings.HasPrefix(st, relay.TeamPrefix) {
-				s.shown[st] = true
+		cur := s.streams
+		var next []string
+		for _, st := range cur {
+			if s.touched[st] || slices.Contains(want, st) {
+				next = append(next, st)
+			} else {
+				gone = append(gone, st)
 			}
 		}
-	}
-	s.mu.Unlock()
-	s.t.o.Hub.Unsubscribe(s, gone)
-	s.t.o.Hub.Subscribe(s, added)
-	s.mu.Lock()
-	left := !s.subscribed
-	s.mu.Unlock()
-	if left {
-		// It stopped or closed meanwhile, leaving what it followed
-		// then: leave the added streams too.
-		s.t.o.Hub.Unsubscribe(s, added)
-	}
+		for _, st := range want {
+			if !s.touched[st] && !slices.Contains(cur, st) {
+				next = append(next, st)
+				added = append(added, st)
+			}
+		}
+		if len(gone) == 0 && len(added) == 0 {
+			return nil, nil
+		}
+		slices.Sort(next)
+		s.streams = next
+		if s.shown != nil {
+			for _, st := range gone {
+				delete(s.shown, st)
+			}
+			for _, st := range added {
+				if strings.HasPrefix(st, relay.TeamPrefix) {
+					s.shown[st] = true
+				}
+			}
+		}
+		return gone, added
+	})
 }
 
 // PrincipalLocked returns whom the session was started for.
