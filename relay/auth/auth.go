@@ -247,8 +247,9 @@ func (v *Verifier) keyFor(tok *jwt.Token) (any, error) {
 // exponent: 3 -> "3"); the team claim may be absent (no teams), a string,
 // a number, or a list of strings and numbers. A claim name with dots
 // ("app_metadata.teams") that no top-level claim has is looked up as a
-// path through nested objects. A JWKS lookup of an unknown key id may
-// fetch the set (JWKS), so Verify can take as long as that fetch.
+// path through nested objects. A JWKS lookup of an unknown key id, or a
+// token without a key id that no key verifies, may fetch the set again
+// (JWKS), so Verify can take as long as that fetch.
 func (v *Verifier) Verify(token string) (Principal, error) {
 	if token == "" {
 		return Principal{}, &Error{Reason: ReasonMissing}
@@ -258,6 +259,15 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	}
 	claims := jwt.MapClaims{}
 	tok, err := v.parser.ParseWithClaims(token, claims, v.keyFor)
+	if err != nil && tok != nil && v.keys.jwks != nil && (errors.Is(err, jwt.ErrTokenSignatureInvalid) || errors.Is(err, errNoKey)) &&
+		headerKid(tok) == "" && slices.Contains(v.keys.allowed, headerAlg(tok)) && algFamilies[headerAlg(tok)] != famHMAC &&
+		v.keys.jwks.refetch() {
+		// A token without a key id that no key held verifies may be
+		// signed with a key the provider rotated in: look again once the
+		// set was fetched anew (at most once every MinInterval).
+		claims = jwt.MapClaims{}
+		tok, err = v.parser.ParseWithClaims(token, claims, v.keyFor)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, jwt.ErrTokenMalformed):
@@ -338,6 +348,12 @@ func (v *Verifier) Verify(token string) (Principal, error) {
 	}
 	p.TeamIDs, p.NoTeamClaim = teams, !present
 	return p, nil
+}
+
+// headerKid returns the kid header of tok, or "".
+func headerKid(tok *jwt.Token) string {
+	kid, _ := tok.Header["kid"].(string)
+	return kid
 }
 
 // headerAlg returns the alg header of tok, or "".

@@ -153,6 +153,21 @@ func (j *JWKS) lookup(kid string) []jwk {
 	}
 }
 
+// refetch fetches the set again when the last fetch started at least
+// MinInterval ago (waiting for one under way instead), and reports
+// whether the set was fetched.
+func (j *JWKS) refetch() bool {
+	j.mu.Lock()
+	due := j.done != nil || j.last.IsZero() || j.o.Now().Sub(j.last) >= j.o.MinInterval
+	j.mu.Unlock()
+	if !due {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), j.o.Client.Timeout+time.Second)
+	defer cancel()
+	return j.fetch(ctx) == nil
+}
+
 // find returns the keys of id kid (every key when kid is empty) and
 // whether any matched.
 func (j *JWKS) find(kid string) ([]jwk, bool) {

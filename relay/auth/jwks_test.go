@@ -386,3 +386,24 @@ func TestJWKSEmptySetKeepsTheLastOne(t *testing.T) {
 		t.Fatalf("OnFetch: %d ok, %d failed; want 1, 1", oks, errs)
 	}
 }
+
+// A token without a key id signed with a key the provider rotated in is
+// accepted once the set is fetched again (at most once every MinInterval).
+func TestJWKSRotationWithoutKid(t *testing.T) {
+	k := testKeys()
+	p := newIDP(t, idpKey{kid: "a", alg: "ES256", key: k["p256"].Public()})
+	c := &clock{}
+	v := newJWKSVerifier(t, p, c, &fetchLog{})
+	if _, err := v.Verify(signWith(t, "ES256", k["p256"], "", jwt.MapClaims{"sub": "u"})); err != nil {
+		t.Fatal(err)
+	}
+	p.serve(t, idpKey{kid: "b", alg: "RS256", key: k["rsa"].Public()})
+	tok := signWith(t, "RS256", k["rsa"], "", jwt.MapClaims{"sub": "u"})
+	if _, err := v.Verify(tok); reasonOf(err) != ReasonKey {
+		t.Fatalf("within MinInterval: %v, want key unknown", err)
+	}
+	c.advance(time.Minute)
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("after MinInterval: %v", err)
+	}
+}
