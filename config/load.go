@@ -80,7 +80,8 @@ type LoadOptions struct {
 	// none. Load reads ROWCAST_<KEY> for every key except tables (dots
 	// become underscores: ROWCAST_DATABASE_URL, ROWCAST_AUTH_JWT_SECRET),
 	// and DATABASE_URL for database.url when ROWCAST_DATABASE_URL is
-	// absent. Empty values are ignored. List keys (origins) take a
+	// absent (SENTRY_DSN and SENTRY_ENVIRONMENT likewise, and PORT for
+	// listen, as ":PORT", when ROWCAST_LISTEN is absent). Empty values are ignored. List keys (origins) take a
 	// comma-separated list. Other ROWCAST_ variables are ignored.
 	Env []string
 	// Set holds flag overrides by dotted key ("listen", "database.url"),
@@ -132,6 +133,11 @@ func Load(opts LoadOptions) (*Config, error) {
 		if fallback, ok := map[string]string{"database.url": "DATABASE_URL", "sentry.dsn": "SENTRY_DSN",
 			"sentry.environment": "SENTRY_ENVIRONMENT"}[k]; ok && val == "" {
 			name, val = fallback, env[fallback]
+		}
+		// PORT, as Railway, Render, Fly.io and Cloud Run set it: every
+		// interface on that port.
+		if k == "listen" && val == "" && env["PORT"] != "" {
+			name, val = "PORT", ":"+env["PORT"]
 		}
 		if val == "" {
 			continue

@@ -187,6 +187,38 @@ func TestLoadDatabaseURLAlias(t *testing.T) {
 	}
 }
 
+// PORT, as hosting platforms set it, is the listener on every interface
+// unless ROWCAST_LISTEN or a flag names one; it beats the file.
+func TestLoadPort(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+		set  map[string]string
+		want string
+	}{
+		{"file", nil, nil, "127.0.0.1:9000"},
+		{"PORT over file", []string{"PORT=3000"}, nil, ":3000"},
+		{"ROWCAST_LISTEN over PORT", []string{"PORT=3000", "ROWCAST_LISTEN=127.0.0.1:4000"}, nil, "127.0.0.1:4000"},
+		{"flag over PORT", []string{"PORT=3000"}, map[string]string{"listen": "127.0.0.1:5000"}, "127.0.0.1:5000"},
+	}
+	path := writeConfig(t, "database:\n  url: postgres://x@db/crm\nlisten: 127.0.0.1:9000\nauth:\n  jwt_secret: "+testSecret+"\ntables: [escrows]\n")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(LoadOptions{File: path, Env: tt.env, Set: tt.set})
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if c.Listen != tt.want {
+				t.Errorf("listen = %q, want %q", c.Listen, tt.want)
+			}
+		})
+	}
+	_, err := Load(LoadOptions{File: path, Env: []string{"PORT=http"}})
+	if err == nil || !strings.Contains(err.Error(), "PORT") {
+		t.Errorf("a bad PORT: %v, want an error naming PORT", err)
+	}
+}
+
 func TestLoadUnknownKeys(t *testing.T) {
 	const tables = "tables: [escrows]\n"
 	tests := []struct {

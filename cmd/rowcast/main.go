@@ -56,8 +56,9 @@ Usage:
   rowcast version
 
 Every command that reads configuration takes --config FILE, and --set key=value
-to override any key. Environment variables ROWCAST_<KEY> (dots as underscores)
-and DATABASE_URL override the file; flags override both.
+to override any key. Environment variables ROWCAST_<KEY> (dots as underscores),
+DATABASE_URL, SENTRY_DSN and PORT (listen on :PORT) override the file; flags
+override both.
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
