@@ -26,6 +26,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"golang.org/x/sync/errgroup"
@@ -1378,17 +1379,7 @@ func firstBacklog(addr string, over, limit time.Duration) float64 {
 // more than over after their commit (rowcast_capture_lag_seconds), or -1
 // when it cannot tell.
 func lateCaptures(addr string, over time.Duration) float64 {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return -1
-	}
-	f := families["rowcast_capture_lag_seconds"]
+	f := scrape(addr)["rowcast_capture_lag_seconds"]
 	if f == nil || len(f.GetMetric()) == 0 {
 		return -1
 	}
@@ -1404,17 +1395,22 @@ func lateCaptures(addr string, over time.Duration) float64 {
 // scrapeGauge reads the named gauge from the /metrics of the relay at addr
 // (-1 when it cannot).
 func scrapeGauge(addr, name string) float64 {
+	return familyValue(slices.Collect(maps.Values(scrape(addr))), name)
+}
+
+// scrape reads the /metrics of the relay at addr; nil when it cannot.
+func scrape(addr string) map[string]*dto.MetricFamily {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return -1
+		return nil
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return -1
+		return nil
 	}
-	return familyValue(slices.Collect(maps.Values(families)), name)
+	return families
 }
 
 // faultScale is how much longer the long variants of the fault tests run

@@ -127,18 +127,7 @@ func idpRelay(t *testing.T, p *testIDP) *env {
 // tok; it returns the connection and the reply.
 func sioConnect(t *testing.T, e *env, tok string) (*websocket.Conn, string) {
 	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial("ws://"+e.relay.Addr()+"/socket.io/?EIO=4&transport=websocket", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	if f := sioRead(t, c); !strings.HasPrefix(f, "0{") {
-		t.Fatalf("open packet: %q", f)
-	}
-	a, _ := json.Marshal(map[string]string{"token": tok})
-	if err := c.WriteMessage(websocket.TextMessage, append([]byte("40"), a...)); err != nil {
-		t.Fatal(err)
-	}
+	c := sioConnectWith(t, e, map[string]string{"token": tok})
 	return c, sioRead(t, c)
 }
 
