@@ -229,9 +229,13 @@ type Log struct {
 	Format string `mapstructure:"format" yaml:"format"` // text (default) or json
 }
 
-// Shutdown configures draining.
+// Shutdown configures draining: on SIGTERM readiness answers 503 at once
+// and the open sessions are closed with 1001 in batches spread over Drain,
+// while capture goes on for those still open; the whole shutdown, the
+// drain included, ends within Grace.
 type Shutdown struct {
 	Grace time.Duration `mapstructure:"grace" yaml:"grace"` // default 10s
+	Drain time.Duration `mapstructure:"drain" yaml:"drain"` // default 5s; 0 closes every session at once; less than Grace
 }
 
 // Table configures the capture and mapping of one table.

@@ -55,7 +55,7 @@ func Defaults() Config {
 			UpgradeBurst:       200,
 		},
 		Log:      Log{Level: "info", Format: "text"},
-		Shutdown: Shutdown{Grace: 10 * time.Second},
+		Shutdown: Shutdown{Grace: 10 * time.Second, Drain: 5 * time.Second},
 	}
 }
 

@@ -77,6 +77,7 @@ func TestDefaults(t *testing.T) {
 		{"log.level", d.Log.Level, "info"},
 		{"log.format", d.Log.Format, "text"},
 		{"shutdown.grace", d.Shutdown.Grace, 10 * time.Second},
+		{"shutdown.drain", d.Shutdown.Drain, 5 * time.Second},
 		{"events.legacy", d.Events.Legacy, false},
 		{"tables", len(d.Tables), 0},
 	}

@@ -246,6 +246,9 @@ func (c *Config) problems() []Problem {
 	oneOf("log.format", c.Log.Format, "text", "json")
 
 	positive("shutdown.grace", c.Shutdown.Grace)
+	if c.Shutdown.Drain < 0 || c.Shutdown.Grace > 0 && c.Shutdown.Drain >= c.Shutdown.Grace {
+		add("shutdown.drain", "must be at least 0 and less than shutdown.grace (%s), got %s", c.Shutdown.Grace, c.Shutdown.Drain)
+	}
 
 	ps = append(ps, c.tableProblems()...)
 	return ps

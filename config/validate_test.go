@@ -121,6 +121,13 @@ func TestValidate(t *testing.T) {
 			"shutdown.grace: must be a positive duration, got -1ns",
 		}},
 		{"zero rate strikes allowed", func(c *Config) { c.Sessions.RateStrikes = 0 }, nil},
+		{"drain at once allowed", func(c *Config) { c.Shutdown.Drain = 0 }, nil},
+		{"drain as long as grace", func(c *Config) { c.Shutdown.Drain = c.Shutdown.Grace }, []string{
+			"shutdown.drain: must be at least 0 and less than shutdown.grace (10s), got 10s",
+		}},
+		{"negative drain", func(c *Config) { c.Shutdown.Drain = -time.Second }, []string{
+			"shutdown.drain: must be at least 0 and less than shutdown.grace (10s), got -1s",
+		}},
 		{"poll_min above poll_max", func(c *Config) { c.Capture.PollMin = 2 * time.Second }, []string{
 			"capture.poll_min: 2s is greater than capture.poll_max (1s)",
 		}},

@@ -41,6 +41,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := config.Defaults()
 	cfg.Listen = *listen
+	cfg.Shutdown.Drain = 0 // one replica on one machine: Ctrl-C closes the demo's sessions at once
 	log := newLogger(&cfg, stderr)
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast demo: %v\n", err)

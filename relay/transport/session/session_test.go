@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -181,7 +182,7 @@ func newEnv(t *testing.T, o Options, events ...relay.Event) *env {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		tr.Drain(ctx)
+		tr.Drain(ctx, 0)
 		if n := tr.Sessions(); n != 0 {
 			t.Errorf("%d sessions still open after Drain", n)
 		}
@@ -485,4 +486,45 @@ func TestReplayPacedByBytes(t *testing.T) {
 		}
 	}
 	cl.expect("resumed 5")
+}
+
+// Drain closes the first batch at once and the next ones spread over its
+// window; when its context ends first, it closes the rest at once and
+// returns.
+func TestDrainSpreadsThenClosesTheRest(t *testing.T) {
+	e := newEnv(t, Options{})
+	var cs []*client
+	for range 10 {
+		cs = append(cs, e.attach(""))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		e.tr.Drain(ctx, 100*time.Second) // ten batches, ten seconds apart
+		close(done)
+	}()
+	cases := make([]reflect.SelectCase, len(cs))
+	for i, c := range cs {
+		cases[i] = reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c.c.frames)}
+	}
+	first, v, _ := reflect.Select(cases)
+	if f := v.String(); f != "close 1001 relay draining" {
+		t.Fatalf("first frame %q, want the first batch's close", f)
+	}
+	for i, c := range cs {
+		if i != first {
+			c.expectNone() // the next batch is ten seconds away
+		}
+	}
+	cancel()
+	for i, c := range cs {
+		if i != first {
+			c.expect("close 1001 relay draining")
+		}
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after its context ended")
+	}
 }

@@ -449,10 +449,19 @@ func (t *Transport) closed(s *Session) {
 	}
 }
 
-// Drain refuses new sessions and closes every open one with 1001 (going
-// away), after what is queued for it. It returns when every session has
+// drainStep is the least time between two batches of a spread drain.
+const drainStep = 100 * time.Millisecond
+
+// Drain refuses new sessions at once and closes every open one with 1001
+// (going away), after what is queued for it, in batches spread evenly over
+// window: the first batch at once, the last one window/batches before
+// window ends, a batch every 100ms at most. Clients told to go away
+// reconnect elsewhere with jitter; spreading the closes keeps one
+// replica's sessions from landing on the others in the same instant.
+// A window of 0 closes them all at once. When ctx ends before the last
+// batch, the rest are closed at once. Drain returns when every session has
 // closed or ctx ends, whichever is first.
-func (t *Transport) Drain(ctx context.Context) {
+func (t *Transport) Drain(ctx context.Context, window time.Duration) {
 	t.stop()
 	// Last, raw connections (a transport switching to WebSocket) and
 	// whatever is still open when ctx ends.
@@ -463,10 +472,18 @@ func (t *Transport) Drain(ctx context.Context) {
 		open = append(open, s)
 	}
 	t.mu.Unlock()
-	for _, s := range open {
-		s.Lock()
-		s.CloseLocked(CloseGoingAway, "relay draining")
-		s.Unlock()
+	batches := min(len(open), int(window/drainStep))
+	if batches < 1 {
+		batches = 1
+	}
+	start := time.Now()
+	for b := range batches {
+		from := len(open) * b / batches
+		if b > 0 && !sleepUntil(ctx, start.Add(window*time.Duration(b)/time.Duration(batches))) {
+			closeAway(open[from:]) // out of time: the rest at once
+			break
+		}
+		closeAway(open[from : len(open)*(b+1)/batches])
 	}
 	for t.open.Load() > 0 {
 		select {
@@ -474,6 +491,28 @@ func (t *Transport) Drain(ctx context.Context) {
 			return
 		case <-t.gone:
 		}
+	}
+}
+
+// sleepUntil waits until t and reports true, or false when ctx ends first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
+}
+
+// closeAway closes each session with 1001; closing one already closed does
+// nothing.
+func closeAway(ss []*Session) {
+	for _, s := range ss {
+		s.Lock()
+		s.CloseLocked(CloseGoingAway, "relay draining")
+		s.Unlock()
 	}
 }
 

@@ -359,7 +359,7 @@ func TestPollingDrain(t *testing.T) {
 	// Drain closes the session whether or not its poll arrived yet.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tr.Drain(ctx)
+	tr.Drain(ctx, 0)
 	if got := <-pending; got[len(got)-1] != "1" {
 		t.Fatalf("pending poll on drain: %q", got)
 	}

@@ -91,7 +91,7 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		tr.Drain(ctx)
+		tr.Drain(ctx, 0)
 		ts.Close()
 	})
 	return &testEnv{t: t, hub: h, hist: hist, ts: ts, transport: tr}

@@ -113,9 +113,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Drain refuses new sessions and closes every open one, of either protocol,
-// with 1001 (going away), after what is queued for it. It returns when every
-// session has closed or ctx ends, whichever is first.
-func (s *Server) Drain(ctx context.Context) { s.t.Drain(ctx) }
+// with 1001 (going away), after what is queued for it, in batches spread
+// over window (see session.Transport.Drain). It returns when every session
+// has closed or ctx ends, whichever is first.
+func (s *Server) Drain(ctx context.Context, window time.Duration) { s.t.Drain(ctx, window) }
 
 // Sessions returns how many sessions are open, of either protocol.
 func (s *Server) Sessions() int { return s.t.Sessions() }

@@ -67,6 +67,9 @@ type faultSession struct {
 	// away, when set, is waited for (and cleared) before the next
 	// reconnect: the client stays away meanwhile.
 	away chan struct{}
+	// dropped, when set, is told why each connection ended, before the
+	// session reconnects.
+	dropped func(error)
 }
 
 // run reads from c until ctx ends, reconnecting after drops; it returns
@@ -77,6 +80,9 @@ func (s *faultSession) run(ctx context.Context, c *client) error {
 		err := s.read(ctx, c)
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if s.dropped != nil {
+			s.dropped(err)
 		}
 		s.mu.Lock()
 		s.reconnects++
@@ -293,6 +299,7 @@ type faultLoad struct {
 	// resyncs allows sessions to be told to resync: the test loses history
 	// on purpose (pruning, a restore). Otherwise a resync fails the test.
 	resyncs bool
+	sctx    context.Context    // the sessions' context
 	stop    context.CancelFunc // ends the sessions
 	wg      errgroup.Group     // the sessions
 	stopW   context.CancelFunc // ends the writers
@@ -339,33 +346,16 @@ func startFaultLoad(t *testing.T, tweak func(*config.Config), n int, writeCfg fu
 	})
 	ctx := context.Background()
 	l := &faultLoad{t: t, e: e, ids: hotRows(t, e), news: make(chan struct{}, 1)}
-	for i, teams := range [][]int{{1}, {2}, {1, 2}} {
-		s := &faultSession{e: e, news: l.news, tok: userToken(t, fmt.Sprint(i+1), teams...), teams: teams, seen: map[string][]int{}}
-		for _, team := range teams {
-			s.rows = append(s.rows, l.ids[team]...)
-		}
-		l.sessions = append(l.sessions, s)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	l.stop = stop
-	for _, s := range l.sessions {
-		// Connected before the first write: every update is after the
-		// position the session starts from.
-		c, err := s.redial(sctx, "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.wg.Go(func() error {
-			if err := s.run(sctx, c); err != nil && !errors.Is(err, context.Canceled) {
-				return err
-			}
-			return nil
-		})
-	}
+	l.sctx, l.stop = context.WithCancel(ctx)
 	t.Cleanup(func() {
-		stop()
+		l.stop()
 		_ = l.wg.Wait()
 	})
+	for i, teams := range [][]int{{1}, {2}, {1, 2}} {
+		// Connected before the first write: every update is after the
+		// position the session starts from.
+		l.addSession(e, fmt.Sprint(i+1), teams, nil)
+	}
 
 	wcfg, err := pgxpool.ParseConfig(e.url)
 	if err != nil {
@@ -387,6 +377,47 @@ func startFaultLoad(t *testing.T, tweak func(*config.Config), n int, writeCfg fu
 	}
 	t.Cleanup(l.stopWriters)
 	return l
+}
+
+// addSession connects one more oracle session of user to e, following
+// teams, and runs it until the load ends; prepare, when set, adjusts the
+// session before it connects. A session added while the writers run starts
+// from the position it is welcomed at, with the rows as it then reads them
+// for a baseline.
+func (l *faultLoad) addSession(e *env, user string, teams []int, prepare func(*faultSession)) *faultSession {
+	l.t.Helper()
+	s := &faultSession{e: e, news: l.news, tok: userToken(l.t, user, teams...), teams: teams, seen: map[string][]int{}}
+	for _, team := range teams {
+		s.rows = append(s.rows, l.ids[team]...)
+	}
+	if prepare != nil {
+		prepare(s)
+	}
+	c, err := s.redial(l.sctx, "", nil)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if l.writers != nil {
+		// The writers run: the rows as they are after the welcome are the
+		// session's baseline, as after a resync.
+		now, err := s.refetch(l.sctx)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		s.mu.Lock()
+		for _, id := range s.rows {
+			s.seen[id] = append(s.seen[id], 0, -now[id])
+		}
+		s.mu.Unlock()
+	}
+	l.sessions = append(l.sessions, s)
+	l.wg.Go(func() error {
+		if err := s.run(l.sctx, c); err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		return nil
+	})
+	return s
 }
 
 // write bumps hot rows until ctx ends; failed commits (the database away)

@@ -54,6 +54,9 @@ type env struct {
 	// jwksMin is the least time between fetches of auth.jwks_url (zero:
 	// the default), for relays started from now on.
 	jwksMin time.Duration
+	// lostAfter is how long the capture may be away before Sentry hears
+	// of it (zero: 30 s).
+	lostAfter time.Duration
 	// addr, when set, is the address sessions dial instead of the relay's
 	// (a relay in another process).
 	addr string
@@ -97,6 +100,7 @@ func startRelay(t *testing.T, tweak func(*config.Config), schema ...string) *env
 	cfg.Origins = []string{"http://localhost:5173"}
 	cfg.Tables = crm.Tables()
 	cfg.Shutdown.Grace = 2 * time.Second
+	cfg.Shutdown.Drain = 0 // TestDrainSpreadsCloses sets its own
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -136,7 +140,8 @@ func (e *env) start() {
 	e.t.Helper()
 	reg := prometheus.NewRegistry()
 	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry,
-		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, JWKSMinInterval: e.jwksMin, Registry: reg})
+		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, JWKSMinInterval: e.jwksMin,
+		DatabaseLostAfter: e.lostAfter, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -68,6 +68,10 @@ type Options struct {
 	// JWKSMinInterval is the least time between two fetches of
 	// auth.jwks_url (zero: 30 s; tests shorten it).
 	JWKSMinInterval time.Duration
+	// DatabaseLostAfter is how long the capture may be away from
+	// PostgreSQL before it is reported to Sentry (zero: 30 s, longer than
+	// a restart or a failover; tests shorten it).
+	DatabaseLostAfter time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
 	// soon as the listener is bound, ready or not. When there are any, the
@@ -90,16 +94,17 @@ type Relay struct {
 	report  *report.Reporter // nil without sentry.dsn
 	// lost fires when the capture stayed away from PostgreSQL for
 	// lostAfter; nil while connected.
-	lostMu   sync.Mutex
-	lost     *time.Timer
-	stopped  bool // Run returned: no loss is reported any more
-	verifier *auth.Verifier
-	jwks     *auth.JWKS // nil without auth.jwks_url
-	capture  *changelog.Tail
-	ticker   *changelog.Ticker
-	holder   *logical.Holder // logical mode only
-	ws       *ws.Server
-	sio      *sio.Server // on ws's transport: same melody instance, hub and drain
+	lostMu    sync.Mutex
+	lost      *time.Timer
+	lostAfter time.Duration
+	stopped   bool // Run returned: no loss is reported any more
+	verifier  *auth.Verifier
+	jwks      *auth.JWKS // nil without auth.jwks_url
+	capture   *changelog.Tail
+	ticker    *changelog.Ticker
+	holder    *logical.Holder // logical mode only
+	ws        *ws.Server
+	sio       *sio.Server // on ws's transport: same melody instance, hub and drain
 
 	draining  atomic.Bool
 	addr      atomic.Pointer[string]
@@ -127,7 +132,10 @@ func New(o Options) (*Relay, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	r := &Relay{o: o, cfg: cfg, log: o.Logger, reg: o.Registry, hub: hub.New(), mapper: mapper,
-		listening: make(chan struct{}), ready: make(chan struct{})}
+		listening: make(chan struct{}), ready: make(chan struct{}), lostAfter: o.DatabaseLostAfter}
+	if r.lostAfter <= 0 {
+		r.lostAfter = 30 * time.Second
+	}
 	starting := "starting"
 	r.waiting.Store(&starting)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -221,12 +229,8 @@ func (r *Relay) recovering(h http.Handler) http.Handler {
 	})
 }
 
-// lostAfter is how long the capture may be away from PostgreSQL before it
-// is reported (a restart or a failover is shorter).
-const lostAfter = 30 * time.Second
-
 // connected records whether the capture is reading, and reports a loss of
-// PostgreSQL that lasts lostAfter.
+// PostgreSQL that lasts lostAfter (Options.DatabaseLostAfter).
 func (r *Relay) connected(v bool) {
 	r.metrics.Connected(v)
 	r.lostMu.Lock()
@@ -236,8 +240,8 @@ func (r *Relay) connected(v bool) {
 		r.lost.Stop()
 		r.lost = nil
 	case !v && r.lost == nil && r.report != nil && !r.stopped:
-		r.lost = time.AfterFunc(lostAfter, func() {
-			r.report.Failure(report.KindDatabaseLost, fmt.Errorf("the capture has not reached PostgreSQL for %s", lostAfter))
+		r.lost = time.AfterFunc(r.lostAfter, func() {
+			r.report.Failure(report.KindDatabaseLost, fmt.Errorf("the capture has not reached PostgreSQL for %s", r.lostAfter))
 		})
 	}
 }
@@ -293,8 +297,10 @@ func (r *Relay) Hub() *hub.Hub { return r.hub }
 
 // Run listens, waits for the database and checks that what is installed
 // matches the configuration, then captures and serves until ctx ends; then
-// it drains (readiness 503, every session closed with 1001, HTTP shut down
-// within Shutdown.Grace) and returns nil. While the database cannot be
+// it drains and returns nil: readiness answers 503 at once, new sessions
+// are refused, the open ones are closed with 1001 in batches spread over
+// Shutdown.Drain while capture goes on for those not yet closed, and the
+// whole shutdown ends within Shutdown.Grace. While the database cannot be
 // reached at start, Run keeps trying, as capture does once running, and
 // /readyz answers 503 with the reason. It returns an error when it cannot
 // listen, when the database does not match the configuration (a
@@ -369,7 +375,10 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	pipeline := &relay.Pipeline{Mapper: r.mapper, Fanout: r.hub,
 		Observe: func(changes, _ int, at time.Time) { r.metrics.Captured(changes, at) }}
-	runCtx, cancel := context.WithCancel(ctx)
+	// The components run until the drain is over (ctx ending starts it), or
+	// one fails: sessions still open while the drain spreads their closes
+	// keep receiving events.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return serveHTTP(main, ln) })
@@ -409,11 +418,17 @@ func (r *Relay) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error {
-		<-gctx.Done()
-		r.draining.Store(true)
+		window := cfg.Shutdown.Drain
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done(): // a component failed: nothing to spread the closes for
+			window = 0
+		}
+		r.draining.Store(true) // readiness 503 at once
 		sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Shutdown.Grace)
 		defer scancel()
-		r.ws.Drain(sctx)
+		r.ws.Drain(sctx, window)
+		cancel() // the components stop once the sessions are gone
 		err := main.Shutdown(sctx)
 		if admin != nil {
 			err = errors.Join(err, admin.Shutdown(sctx))

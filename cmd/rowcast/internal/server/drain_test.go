@@ -1,0 +1,152 @@
+package server_test
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rowcast/rowcast/config"
+	rowclient "github.com/rowcast/rowcast/relay/client"
+)
+
+// TestDrainSpreadsCloses: relay A, a process of its own, serves 200
+// sessions while a writer commits; on SIGTERM its readiness answers 503 at
+// once, every session is closed with 1001 within shutdown.drain, the closes
+// spread over the window rather than in one instant, and the process exits
+// within shutdown.grace. Each session reconnects to relay B with its last
+// position and misses no event (the version oracle).
+func TestDrainSpreadsCloses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and signals a rowcast process")
+	}
+	const (
+		n     = 200
+		drain = 2 * time.Second
+		grace = 5 * time.Second
+	)
+	l := startFaultLoad(t, func(c *config.Config) {
+		c.Shutdown.Drain, c.Shutdown.Grace = drain, grace
+		// 200 sessions from one address, at once and again on B.
+		c.Limits.UpgradeRate, c.Limits.UpgradeBurst = 1000, 1000
+	}, 1, nil)
+	l.pace.Store(int64(20 * time.Millisecond)) // writes go on, at a pace the race detector keeps up with
+	a, proc, logs := startProcessRelay(t, l.e)
+
+	var (
+		terminated atomic.Bool
+		mu         sync.Mutex
+		signalled  time.Time
+		closes     []time.Duration // after the signal
+		codes      = map[int]int{}
+	)
+	pick := func() *env {
+		if terminated.Load() {
+			return l.e
+		}
+		return a
+	}
+	dropped := func(err error) {
+		code := 0
+		var ce *rowclient.CloseError
+		if errors.As(err, &ce) {
+			code = ce.Code
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		codes[code]++
+		closes = append(closes, time.Since(signalled))
+	}
+	var drained []*faultSession
+	for i := range n {
+		teams := [][]int{{1}, {2}, {1, 2}}[i%3]
+		drained = append(drained, l.addSession(a, fmt.Sprint(100+i), teams, func(s *faultSession) {
+			s.pick, s.dropped = pick, dropped
+		}))
+	}
+	l.waitCommits(20)
+
+	exited := make(chan error, 1)
+	mu.Lock()
+	signalled = time.Now()
+	mu.Unlock()
+	terminated.Store(true)
+	if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	go func() { exited <- proc.Wait() }()
+
+	// Readiness: 503 from the moment the signal lands, while the drain
+	// runs and the listener is still open.
+	for {
+		resp, err := http.Get("http://" + a.addr + "/readyz")
+		if err != nil {
+			t.Fatalf("/readyz unreachable before answering 503: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("/readyz answered %d while draining, want 503", resp.StatusCode)
+			}
+			break
+		}
+	}
+	if at := time.Since(signalled); at > drain/2 {
+		t.Errorf("/readyz answered 503 only %v after SIGTERM", at)
+	}
+
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("relay A exited with %v; its log:\n%s", err, logs)
+		}
+	case <-time.After(grace + 5*time.Second):
+		t.Fatalf("relay A still running %v after SIGTERM; its log:\n%s", grace+5*time.Second, logs)
+	}
+	if at := time.Since(signalled); at > grace+time.Second {
+		t.Errorf("relay A exited %v after SIGTERM, past shutdown.grace (%v)", at, grace)
+	}
+
+	l.await(time.Minute, "every session on A told why it was closed", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(closes) >= n
+	})
+	mu.Lock()
+	got, spread := maps.Clone(codes), slices.Clone(closes)
+	mu.Unlock()
+	if len(got) != 1 || got[1001] != n {
+		t.Errorf("close codes %v, want %d × 1001", got, n)
+	}
+	slices.Sort(spread)
+	first, last := spread[0], spread[len(spread)-1]
+	t.Logf("closes from %v to %v after SIGTERM (drain %v)", first.Round(time.Millisecond), last.Round(time.Millisecond), drain)
+	if last > drain+time.Second {
+		t.Errorf("last close %v after SIGTERM, past shutdown.drain (%v)", last, drain)
+	}
+	if last-first < drain/2 {
+		t.Errorf("closes within %v of each other, not spread over the %v drain", last-first, drain)
+	}
+	// No 10th of the window holds much more than its share (a tenth).
+	for i, j := 0, 0; i < len(spread); i++ {
+		for spread[i]-spread[j] > drain/10 {
+			j++
+		}
+		if i-j+1 > n/4 {
+			t.Fatalf("%d sessions closed within %v of each other (at %v): a stampede", i-j+1, drain/10, spread[i])
+		}
+	}
+
+	l.finish() // on B, from their last positions: no event missing, none twice, no resync
+	for i, s := range drained {
+		if s.resumes == 0 {
+			t.Errorf("session %d on A did not resume on B", i)
+		}
+	}
+}
