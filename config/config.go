@@ -5,6 +5,7 @@
 package config
 
 import (
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -56,6 +57,23 @@ type Sentry struct {
 // Database says where PostgreSQL is.
 type Database struct {
 	URL string `mapstructure:"url" yaml:"url"` // secret: the password is hidden when printed
+	// ListenURL, when set, is the database the capture connects to (its
+	// changelog reader with its LISTEN, the ticker's and the slot holder's
+	// advisory locks, logical replication): connections that must stay
+	// with one server session, which a transaction-mode pooler (PgBouncer,
+	// Supavisor, Supabase's port 6543) does not give. URL then serves
+	// replays, pruning and membership reads, which it may pool. Empty:
+	// URL for everything. Secret like URL.
+	ListenURL string `mapstructure:"listen_url" yaml:"listen_url"`
+}
+
+// CaptureURL returns the URL the capture's connections use: ListenURL, or
+// URL when it is empty.
+func (d Database) CaptureURL() string {
+	if d.ListenURL != "" {
+		return d.ListenURL
+	}
+	return d.URL
 }
 
 // Capture selects and tunes the capture mode.
@@ -395,4 +413,49 @@ func singular(name string) string {
 		return name[:len(name)-1]
 	}
 	return name
+}
+
+// PoolerWarnings says, for each database URL that looks like a
+// transaction-mode connection pooler's, why it looks so and what to do:
+// the capture's connections need a server session of their own (LISTEN,
+// advisory locks, replication), which such a pooler does not keep. A URL
+// looks pooled by its port (6543, Supabase's transaction pooler; 6432,
+// PgBouncer's default), a host name naming a pooler ("pooler", "pgbouncer",
+// "supavisor") or a pgbouncer=true parameter. A guess: it may warn of a
+// session-mode pooler, which works, and miss a pooler on another port.
+func (d Database) PoolerWarnings() []string {
+	var out []string
+	if why := looksPooled(d.URL); why != "" && d.ListenURL == "" {
+		out = append(out, "database.url looks like a transaction-mode pooler ("+why+"), which drops LISTEN and "+
+			"advisory locks between transactions: set database.listen_url to the database's direct address "+
+			"(Supabase: the direct connection on port 5432) for the capture's connections")
+	}
+	if why := looksPooled(d.ListenURL); why != "" {
+		out = append(out, "database.listen_url looks like a transaction-mode pooler ("+why+"): "+
+			"it must reach PostgreSQL directly, or through a session-mode pooler")
+	}
+	return out
+}
+
+// looksPooled says why url looks like a pooler's, or "".
+func looksPooled(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	host := strings.ToLower(u.Hostname())
+	switch {
+	case u.Port() == "6543":
+		return "port 6543, Supabase's transaction pooler"
+	case u.Port() == "6432":
+		return "port 6432, PgBouncer's default"
+	case strings.Contains(host, "pooler") || strings.Contains(host, "pgbouncer") || strings.Contains(host, "supavisor"):
+		return "host " + host
+	case u.Query().Get("pgbouncer") == "true":
+		return "pgbouncer=true"
+	}
+	return ""
 }

@@ -79,6 +79,8 @@ type LoadOptions struct {
 	// Env is the environment in os.Environ form ("KEY=value"); nil means
 	// none. Load reads ROWCAST_<KEY> for every key except tables (dots
 	// become underscores: ROWCAST_DATABASE_URL, ROWCAST_AUTH_JWT_SECRET),
+	// and ROWCAST_TABLES, a comma-separated list of table names that
+	// replaces the file's tables (each with its defaults),
 	// and DATABASE_URL for database.url when ROWCAST_DATABASE_URL is
 	// absent (SENTRY_DSN and SENTRY_ENVIRONMENT likewise, and PORT for
 	// listen, as ":PORT", when ROWCAST_LISTEN is absent). Empty values are ignored. List keys (origins) take a
@@ -144,6 +146,17 @@ func Load(opts LoadOptions) (*Config, error) {
 		}
 		v.Set(k, val)
 		origin[k] = name
+	}
+	// ROWCAST_TABLES lists tables by name, each with the defaults (a
+	// platform without a file, such as Railway); it replaces the file's
+	// list.
+	if val := env["ROWCAST_TABLES"]; strings.TrimSpace(val) != "" {
+		var items []any
+		for _, name := range strings.Split(val, ",") {
+			items = append(items, strings.TrimSpace(name))
+		}
+		v.Set("tables", items)
+		origin["tables"] = "ROWCAST_TABLES"
 	}
 	for _, raw := range slices.Sorted(maps.Keys(opts.Set)) {
 		k := strings.ToLower(strings.TrimSpace(raw))
@@ -295,7 +308,7 @@ func joinPath(prefix, key string) string {
 
 // isSecret reports whether the value at path must never be printed.
 func isSecret(path string) bool {
-	return path == "auth.jwt_secret" || path == "database.url" || path == "sentry.dsn"
+	return path == "auth.jwt_secret" || path == "database.url" || path == "database.listen_url" || path == "sentry.dsn"
 }
 
 // decoder copies a generic settings tree onto typed fields, recording a

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -217,6 +218,31 @@ func TestLoadPort(t *testing.T) {
 	_, err := Load(LoadOptions{File: path, Env: []string{"PORT=http"}})
 	if err == nil || !strings.Contains(err.Error(), "PORT") {
 		t.Errorf("a bad PORT: %v, want an error naming PORT", err)
+	}
+}
+
+// ROWCAST_TABLES, for a platform without a file, lists tables by name and
+// replaces the file's; a bad name is reported as coming from it.
+func TestLoadTablesFromEnv(t *testing.T) {
+	env := []string{"DATABASE_URL=postgres://x@db/crm", "ROWCAST_AUTH_JWT_SECRET=" + testSecret}
+	c, err := Load(LoadOptions{Env: append(env, "ROWCAST_TABLES=escrows, crm.leads ,clients")})
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	var got []string
+	for _, tb := range c.Tables {
+		got = append(got, tb.Table+"/"+tb.Entity+"/"+tb.TeamColumn)
+	}
+	if want := []string{"escrows/escrow/team_id", "crm.leads/lead/team_id", "clients/client/team_id"}; !slices.Equal(got, want) {
+		t.Errorf("tables %v, want %v", got, want)
+	}
+	path := writeConfig(t, "tables: [listings]\n")
+	if c, err := Load(LoadOptions{File: path, Env: append(env, "ROWCAST_TABLES=escrows")}); err != nil || len(c.Tables) != 1 || c.Tables[0].Table != "escrows" {
+		t.Errorf("ROWCAST_TABLES over the file: %v, %v", c, err)
+	}
+	_, err = Load(LoadOptions{Env: append(env, "ROWCAST_TABLES=escrows,bad name")})
+	if err == nil || !strings.Contains(err.Error(), "ROWCAST_TABLES") {
+		t.Errorf("a bad table name: %v, want an error naming ROWCAST_TABLES", err)
 	}
 }
 

@@ -331,3 +331,36 @@ func TestTrustedProxies(t *testing.T) {
 		t.Fatalf("Validate: %v", err)
 	}
 }
+
+// PoolerWarnings names a URL that looks like a transaction pooler's, and
+// is quiet once database.listen_url is set to a direct one.
+func TestPoolerWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		url, listen string
+		want        []string // substrings, one per warning
+	}{
+		{"direct", "postgres://u:p@db.example.com:5432/crm", "", nil},
+		{"supabase transaction pooler", "postgres://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres", "",
+			[]string{"database.url looks like a transaction-mode pooler (port 6543"}},
+		{"pgbouncer port", "postgres://u:p@db:6432/crm", "", []string{"port 6432"}},
+		{"pooler host", "postgres://u:p@pgbouncer.internal:5432/crm", "", []string{"host pgbouncer.internal"}},
+		{"prisma flag", "postgres://u:p@db:5432/crm?pgbouncer=true", "", []string{"pgbouncer=true"}},
+		{"pooled with a direct listen_url", "postgres://u:p@db:6543/crm", "postgres://u:p@db:5432/crm", nil},
+		{"listen_url pooled too", "postgres://u:p@db:6543/crm", "postgres://u:p@db:6432/crm",
+			[]string{"database.listen_url looks like a transaction-mode pooler (port 6432"}},
+		{"keyword form", "host=db port=6543 dbname=crm", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Database{URL: tc.url, ListenURL: tc.listen}.PoolerWarnings()
+			if len(got) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) {
+					t.Errorf("warning %q, want it to contain %q", got[i], w)
+				}
+			}
+		})
+	}
+}

@@ -49,7 +49,7 @@ func yamlNode(path string, v reflect.Value, omitEmpty bool) (*yaml.Node, error) 
 			return scalar("")
 		}
 		return scalar(redacted)
-	case path == "database.url":
+	case path == "database.url" || path == "database.listen_url":
 		return scalar(RedactURL(v.String()))
 	}
 	switch t.Kind() {

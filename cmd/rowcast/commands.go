@@ -28,6 +28,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return code
 	}
 	log := newLogger(cfg, stderr)
+	for _, w := range cfg.Database.PoolerWarnings() {
+		log.Warn(w)
+	}
 	problems, err := checkDatabase(ctx, cfg)
 	var unreachable *pgconn.ConnectError
 	switch {
@@ -104,7 +107,7 @@ func (e *cleanError) Unwrap() error { return e.err }
 // identity indexes, a slot name taken by another database); err is set
 // when the database cannot be reached.
 func checkDatabase(ctx context.Context, cfg *config.Config) ([]config.Problem, error) {
-	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	conn, err := pgx.Connect(ctx, cfg.Database.CaptureURL())
 	if err != nil {
 		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
 	}
@@ -153,7 +156,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return exitUsage
 		}
 	}
-	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	conn, err := pgx.Connect(ctx, cfg.Database.CaptureURL())
 	if err != nil {
 		fmt.Fprintf(stderr, "rowcast: database.url: cannot connect: %v\n", connectError(err))
 		return exitFailed
@@ -241,6 +244,9 @@ func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		printProblems(stderr, found)
 		return exitUsage
 	}
+	for _, w := range cfg.Database.PoolerWarnings() {
+		fmt.Fprintln(stdout, "warning:", w)
+	}
 	if drift := installedDrift(ctx, cfg); len(drift) > 0 {
 		fmt.Fprintln(stdout, "note: the installed capture triggers differ from this configuration; `rowcast install` will update them:")
 		for _, d := range drift {
@@ -309,7 +315,7 @@ func databaseProblems(ctx context.Context, cfg *config.Config, known *config.Pro
 }
 
 func installedDrift(ctx context.Context, cfg *config.Config) []string {
-	conn, err := pgx.Connect(ctx, cfg.Database.URL)
+	conn, err := pgx.Connect(ctx, cfg.Database.CaptureURL())
 	if err != nil {
 		return nil
 	}

@@ -57,8 +57,8 @@ Usage:
 
 Every command that reads configuration takes --config FILE, and --set key=value
 to override any key. Environment variables ROWCAST_<KEY> (dots as underscores),
-DATABASE_URL, SENTRY_DSN and PORT (listen on :PORT) override the file; flags
-override both.
+DATABASE_URL, SENTRY_DSN, PORT (listen on :PORT) and ROWCAST_TABLES (table
+names, comma-separated) override the file; flags override both.
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -57,6 +57,14 @@ type TailOptions struct {
 	// most 256 ticks, so a relay catching up reports falling numbers poll
 	// after poll. nil ignores it.
 	OnBehind func(ticks int64, age time.Duration)
+	// StallTimeout is how long the reader waits for the database to answer
+	// (to connect, or for a poll to hand on its next transaction or end)
+	// before it drops the connection and reconnects (default 10s). A
+	// connection that went silent (a network cut, a hung proxy) is then
+	// noticed within it, and Connected turns false, where TCP alone would
+	// take minutes. A poll that keeps handing on transactions, however
+	// long, is never cut.
+	StallTimeout time.Duration
 }
 
 // Tail reads the changelog in commit order and hands each committed
@@ -69,6 +77,9 @@ type Tail struct {
 	readyOnce atomic.Bool
 	poke      chan struct{}
 	read      atomic.Int64 // the last tick read
+	// waiting is when the reader last heard from the database while it
+	// waits for it (unix ns), 0 while it waits for nothing.
+	waiting atomic.Int64
 }
 
 // NewTail returns a Tail of the changelog in the database at url.
@@ -84,6 +95,9 @@ func NewTail(url string, o TailOptions) *Tail {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 10 * time.Second
 	}
 	return &Tail{url: url, o: o, ready: make(chan struct{}), poke: make(chan struct{}, 1)}
 }
@@ -181,12 +195,28 @@ func (c *Tail) setConnected(v bool) {
 }
 
 // session runs one connected period: it returns on the first error.
-func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c.waiting.Store(time.Now().UnixNano())
+	defer c.waiting.Store(0)
+	go c.watch(ctx, cancel)
+	defer func() {
+		switch cause := context.Cause(ctx); {
+		case !errors.Is(cause, errStalled):
+		case err == nil:
+			err = cause
+		default:
+			err = fmt.Errorf("%w (%w)", cause, err)
+		}
+	}()
+	sink = heard{sink, &c.waiting}
 	cc, err := pgx.ParseConfig(c.url)
 	if err != nil {
 		return fmt.Errorf("capture connect: %w", err)
+	}
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = c.o.StallTimeout
 	}
 	// The changelog grows and shrinks by orders of magnitude; a generic plan
 	// cached while it was small would scan it whole later.
@@ -253,6 +283,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		c.waiting.Store(0)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -268,6 +299,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 			default:
 			}
 		}
+		c.waiting.Store(time.Now().UnixNano())
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
 			return err
@@ -284,6 +316,39 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) error {
 		}
 		timer.Reset(interval)
 	}
+}
+
+// errStalled ends a session whose database stopped answering.
+var errStalled = errors.New("capture: the database has not answered")
+
+// watch cancels the session (ctx) with errStalled once the reader has
+// waited for the database for StallTimeout without hearing from it; it
+// returns when ctx ends.
+func (c *Tail) watch(ctx context.Context, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(c.o.StallTimeout / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if since := c.waiting.Load(); since != 0 && time.Since(time.Unix(0, since)) > c.o.StallTimeout {
+			cancel(fmt.Errorf("%w for %s", errStalled, c.o.StallTimeout))
+			return
+		}
+	}
+}
+
+// heard is a sink that notes, in waiting, when a transaction was read.
+type heard struct {
+	relay.Sink
+	waiting *atomic.Int64
+}
+
+func (h heard) Txn(t *relay.Txn) {
+	h.waiting.Store(time.Now().UnixNano())
+	h.Sink.Txn(t)
 }
 
 // listen runs a goroutine that LISTENs on channel with a connection of its

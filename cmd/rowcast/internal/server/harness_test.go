@@ -57,6 +57,9 @@ type env struct {
 	// lostAfter is how long the capture may be away before Sentry hears
 	// of it (zero: 30 s).
 	lostAfter time.Duration
+	// stall is how long the changelog reader waits for an answer before
+	// it reconnects (zero: 10 s).
+	stall time.Duration
 	// addr, when set, is the address sessions dial instead of the relay's
 	// (a relay in another process).
 	addr string
@@ -141,7 +144,7 @@ func (e *env) start() {
 	reg := prometheus.NewRegistry()
 	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry,
 		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, JWKSMinInterval: e.jwksMin,
-		DatabaseLostAfter: e.lostAfter, Registry: reg})
+		DatabaseLostAfter: e.lostAfter, CaptureStallTimeout: e.stall, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}

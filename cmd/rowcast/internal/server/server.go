@@ -72,6 +72,10 @@ type Options struct {
 	// PostgreSQL before it is reported to Sentry (zero: 30 s, longer than
 	// a restart or a failover; tests shorten it).
 	DatabaseLostAfter time.Duration
+	// CaptureStallTimeout is how long the changelog reader waits for an
+	// answer from PostgreSQL before it reconnects, readiness answering
+	// 503 meanwhile (zero: 10 s; tests shorten it).
+	CaptureStallTimeout time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
 	// soon as the listener is bound, ready or not. When there are any, the
@@ -151,16 +155,16 @@ func New(o Options) (*Relay, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	notify := cfg.Capture.NotifyEnabled()
-	r.capture = changelog.NewTail(cfg.Database.URL, changelog.TailOptions{
+	r.capture = changelog.NewTail(cfg.Database.CaptureURL(), changelog.TailOptions{
 		PollMin: cfg.Capture.PollMin, PollMax: cfg.Capture.PollMax, Listen: notify,
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.connected,
-		OnBehind: r.metrics.Behind,
+		OnBehind: r.metrics.Behind, StallTimeout: o.CaptureStallTimeout,
 	})
-	r.ticker = changelog.NewTicker(cfg.Database.URL, changelog.TickerOptions{
+	r.ticker = changelog.NewTicker(cfg.Database.CaptureURL(), changelog.TickerOptions{
 		Listen: notify, Logger: o.Logger.With("component", "ticker"), OnTick: r.capture.Poke,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
-		dbcfg, err := pgx.ParseConfig(cfg.Database.URL)
+		dbcfg, err := pgx.ParseConfig(cfg.Database.CaptureURL())
 		if err != nil {
 			return nil, fmt.Errorf("server: database url: %w", err)
 		}
@@ -311,13 +315,23 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
 	}
-	// Replay and pruning query a changelog whose size swings widely: plan
-	// each query for the table as it is.
-	pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
-	// The relay's own writes (pruning, bookkeeping) commit locally: with a
-	// synchronous standby down, commits waiting for it would pile up and
-	// hold every pooled connection, and resumes would wait for ever.
-	pc.ConnConfig.RuntimeParams["synchronous_commit"] = "local"
+	if cfg.Database.ListenURL == "" {
+		// Replay and pruning query a changelog whose size swings widely:
+		// plan each query for the table as it is.
+		pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+		// The relay's own writes (pruning, bookkeeping) commit locally:
+		// with a synchronous standby down, commits waiting for it would
+		// pile up and hold every pooled connection, and resumes would
+		// wait for ever.
+		pc.ConnConfig.RuntimeParams["synchronous_commit"] = "local"
+	} else if !strings.Contains(cfg.Database.URL, "default_query_exec_mode") {
+		// database.url goes through a transaction-mode pooler: no startup
+		// parameters (PgBouncer refuses those it does not know) and no
+		// named prepared statements, which a pooler's next transaction
+		// may not find. Unnamed statements are planned for their
+		// parameters each time, as force_custom_plan would.
+		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc) // connects lazily
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
@@ -516,7 +530,7 @@ func (r *Relay) checkDrift(ctx context.Context) error {
 	if r.o.SkipDriftCheck {
 		return nil
 	}
-	conn, err := pgx.Connect(ctx, r.cfg.Database.URL)
+	conn, err := pgx.Connect(ctx, r.cfg.Database.CaptureURL())
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
 	}
@@ -539,7 +553,7 @@ func (r *Relay) checkDrift(ctx context.Context) error {
 // cannot serve it (one of the same name in another database: slot names
 // are cluster-wide), which no retry would fix.
 func (r *Relay) checkSlot(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, r.cfg.Database.URL)
+	conn, err := pgx.Connect(ctx, r.cfg.Database.CaptureURL())
 	if err != nil {
 		return fmt.Errorf("serve: database: %w", err)
 	}
