@@ -100,32 +100,11 @@ Image of the helm test pod.
 {{- end }}
 
 {{/*
-Name of the Secret holding the database URL and the JWT secret.
+Name of the Secret holding the database URL and the JWT key: existingSecret
+(the chart creates no Secret; validateValues requires it).
 */}}
 {{- define "rowcast.secretName" -}}
-{{- default (include "rowcast.fullname" .) .Values.existingSecret }}
-{{- end }}
-
-{{/*
-Key of the database URL in that Secret.
-*/}}
-{{- define "rowcast.secretKey.databaseUrl" -}}
-{{- if .Values.existingSecret }}
-{{- .Values.existingSecretKeys.databaseUrl }}
-{{- else -}}
-database-url
-{{- end }}
-{{- end }}
-
-{{/*
-Key of the JWT secret in that Secret.
-*/}}
-{{- define "rowcast.secretKey.jwtSecret" -}}
-{{- if .Values.existingSecret }}
-{{- .Values.existingSecretKeys.jwtSecret }}
-{{- else -}}
-jwt-secret
-{{- end }}
+{{- .Values.existingSecret }}
 {{- end }}
 
 {{/*
@@ -148,15 +127,11 @@ http
 
 {{/*
 The rowcast YAML configuration: .Values.config, with listen and admin_listen
-set by the chart and without secrets (they come from the Secret as
+set by the chart and without secrets (they come from existingSecret as
 environment variables).
 */}}
 {{- define "rowcast.config" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) }}
-{{- $_ := unset $cfg "database" }}
-{{- if kindIs "map" $cfg.auth }}
-{{- $_ := unset $cfg.auth "jwt_secret" }}
-{{- end }}
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.http)) }}
 {{- if .Values.metrics.adminListener.enabled }}
 {{- $_ := set $cfg "admin_listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.admin)) }}
@@ -167,20 +142,22 @@ environment variables).
 {{- end }}
 
 {{/*
-Environment of every container that runs rowcast: the secrets, then the
+Environment of the containers that run `rowcast serve` or, in the relay
+pods, `rowcast install`: the keys of existingSecret that are named, then the
 user's extra variables.
 */}}
 {{- define "rowcast.env" -}}
-- name: ROWCAST_DATABASE_URL
+{{- $keys := .Values.existingSecretKeys }}
+{{- $vars := list (list "ROWCAST_DATABASE_URL" $keys.databaseUrl) (list "ROWCAST_DATABASE_LISTEN_URL" $keys.databaseListenUrl) (list "ROWCAST_AUTH_JWT_SECRET" $keys.jwtSecret) (list "SENTRY_DSN" $keys.sentryDsn) }}
+{{- range $vars }}
+{{- if index . 1 }}
+- name: {{ index . 0 }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "rowcast.secretName" . }}
-      key: {{ include "rowcast.secretKey.databaseUrl" . }}
-- name: ROWCAST_AUTH_JWT_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "rowcast.secretName" . }}
-      key: {{ include "rowcast.secretKey.jwtSecret" . }}
+      name: {{ include "rowcast.secretName" $ }}
+      key: {{ index . 1 }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -209,27 +186,56 @@ Refuse values that would only fail later, inside the pods.
 {{- $msgs = append $msgs "config.tables: list at least one table to capture, e.g. --set 'config.tables[0]=escrows'" }}
 {{- end }}
 {{- if hasKey $cfg "database" }}
-{{- $msgs = append $msgs "config.database: do not put the database URL in the ConfigMap; set databaseUrl (or existingSecret)" }}
+{{- $msgs = append $msgs "config.database: do not put database URLs in the ConfigMap; put them in existingSecret (existingSecretKeys.databaseUrl, existingSecretKeys.databaseListenUrl)" }}
 {{- end }}
-{{- if and (kindIs "map" $cfg.auth) (hasKey ($cfg.auth | default dict) "jwt_secret") }}
-{{- $msgs = append $msgs "config.auth.jwt_secret: do not put the JWT secret in the ConfigMap; set jwtSecret (or existingSecret)" }}
+{{- $auth := $cfg.auth | default dict }}
+{{- if and (kindIs "map" $auth) (hasKey $auth "jwt_secret") }}
+{{- $msgs = append $msgs "config.auth.jwt_secret: do not put the JWT key in the ConfigMap; put it in existingSecret (existingSecretKeys.jwtSecret)" }}
+{{- end }}
+{{- if and (kindIs "map" $cfg.sentry) (($cfg.sentry | default dict).dsn) }}
+{{- $msgs = append $msgs "config.sentry.dsn: do not put the Sentry DSN in the ConfigMap; put it in existingSecret (existingSecretKeys.sentryDsn)" }}
 {{- end }}
 {{- if not .Values.existingSecret }}
-{{- if not .Values.databaseUrl }}
-{{- $msgs = append $msgs "databaseUrl: set the PostgreSQL URL, or name a Secret holding it in existingSecret" }}
+{{- $msgs = append $msgs "existingSecret: name the Secret holding the database URL and the JWT key (the chart creates none), e.g. kubectl create secret generic rowcast --from-literal=database-url='postgres://…' --from-literal=jwt-secret=\"$(openssl rand -hex 32)\" and --set existingSecret=rowcast" }}
 {{- end }}
-{{- if not .Values.jwtSecret }}
-{{- $msgs = append $msgs "jwtSecret: set an HS256 key of at least 32 bytes (openssl rand -hex 32), or name a Secret holding it in existingSecret" }}
-{{- else if lt (len (toString .Values.jwtSecret)) 32 }}
-{{- $msgs = append $msgs (printf "jwtSecret: is %d bytes; HS256 needs at least 32" (len (toString .Values.jwtSecret))) }}
+{{- if not .Values.existingSecretKeys.databaseUrl }}
+{{- $msgs = append $msgs "existingSecretKeys.databaseUrl: name the key of existingSecret holding the database URL" }}
 {{- end }}
+{{- if and (not .Values.existingSecretKeys.jwtSecret) (not (and (kindIs "map" $auth) (or $auth.jwks_url $auth.public_key_file))) }}
+{{- $msgs = append $msgs "existingSecretKeys.jwtSecret: is empty, so set config.auth.jwks_url or config.auth.public_key_file, or tokens cannot be verified" }}
 {{- end }}
-{{- $graceText := (($cfg.shutdown | default dict).grace) | default "10s" | toString }}
+{{- $shutdown := $cfg.shutdown | default dict }}
+{{- $graceText := $shutdown.grace | default "10s" | toString }}
 {{- $grace := include "rowcast.durationSeconds" $graceText }}
 {{- if and $grace (le (int .Values.terminationGracePeriodSeconds) (atoi $grace)) }}
 {{- $msgs = append $msgs (printf "terminationGracePeriodSeconds: %d must be larger than config.shutdown.grace (%s), or pods are killed while draining" (int .Values.terminationGracePeriodSeconds) $graceText) }}
 {{- end }}
+{{- $drainText := ternary (toString $shutdown.drain) "5s" (hasKey $shutdown "drain") }}
+{{- $drain := include "rowcast.durationSeconds" $drainText }}
+{{- if and $grace $drain (ge (atoi $drain) (atoi $grace)) }}
+{{- $msgs = append $msgs (printf "config.shutdown.drain: %s must be less than config.shutdown.grace (%s), the limit of the whole shutdown" $drainText $graceText) }}
+{{- end }}
 {{- if $msgs }}
 {{- fail (printf "\n\nrowcast: invalid values:\n  - %s\n" (join "\n  - " $msgs)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Topology spread constraints of the relay pods: topologySpreadConstraints
+when set, else one per topologySpread.topologyKeys entry over this release's
+relay pods.
+*/}}
+{{- define "rowcast.topologySpreadConstraints" -}}
+{{- if .Values.topologySpreadConstraints }}
+{{- tpl (toYaml .Values.topologySpreadConstraints) . }}
+{{- else if .Values.topologySpread.enabled }}
+{{- range .Values.topologySpread.topologyKeys }}
+- maxSkew: {{ $.Values.topologySpread.maxSkew }}
+  topologyKey: {{ . }}
+  whenUnsatisfiable: {{ $.Values.topologySpread.whenUnsatisfiable }}
+  labelSelector:
+    matchLabels:
+      {{- include "rowcast.relaySelectorLabels" $ | nindent 6 }}
+{{- end }}
 {{- end }}
 {{- end }}
