@@ -101,6 +101,15 @@ type cleanError struct {
 func (e *cleanError) Error() string { return e.msg }
 func (e *cleanError) Unwrap() error { return e.err }
 
+// captureKey names the configuration key of the URL the checks and
+// install connect with (config.Database.CaptureURL).
+func captureKey(cfg *config.Config) string {
+	if cfg.Database.ListenURL != "" {
+		return "database.listen_url"
+	}
+	return "database.url"
+}
+
 // checkDatabase reports, reading only, what the database lacks for the
 // configuration: configured tables and columns, and in logical mode what
 // triggers.Check reports (wal_level, the role's REPLICATION right, replica
@@ -109,7 +118,7 @@ func (e *cleanError) Unwrap() error { return e.err }
 func checkDatabase(ctx context.Context, cfg *config.Config) ([]config.Problem, error) {
 	conn, err := pgx.Connect(ctx, cfg.Database.CaptureURL())
 	if err != nil {
-		return nil, fmt.Errorf("database.url: cannot connect: %w", connectError(err))
+		return nil, fmt.Errorf("%s: cannot connect: %w", captureKey(cfg), connectError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	problems, err := triggers.CheckTables(ctx, conn, cfg.CapturedTables())
@@ -158,7 +167,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	conn, err := pgx.Connect(ctx, cfg.Database.CaptureURL())
 	if err != nil {
-		fmt.Fprintf(stderr, "rowcast: database.url: cannot connect: %v\n", connectError(err))
+		fmt.Fprintf(stderr, "rowcast: %s: cannot connect: %v\n", captureKey(cfg), connectError(err))
 		return exitFailed
 	}
 	defer conn.Close(context.WithoutCancel(ctx))

@@ -71,6 +71,10 @@ func (p *Pruner) Run(ctx context.Context) error {
 func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, p.Pool, func(tx pgx.Tx) error {
+		// Committed locally, as the replay's tick (see History.Replay).
+		if _, err := tx.Exec(ctx, "set local synchronous_commit = local"); err != nil {
+			return err
+		}
 		var got bool
 		if err := tx.QueryRow(ctx, "select pg_try_advisory_xact_lock(hashtext('rowcast.prune'))").Scan(&got); err != nil || !got {
 			return err

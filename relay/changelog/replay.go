@@ -103,7 +103,10 @@ limit $6::int`
 // nothing after the position was pruned, so a prune that commits meanwhile
 // makes it answer ErrHistoryExpired, never a short replay.
 func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
-	if _, err := s.pool.Exec(ctx, "select rowcast.tick()"); err != nil {
+	// The tick commits locally (a synchronous standby that is down must
+	// not hold resumes), set in its own transaction: the pool may be a
+	// transaction pooler's, which keeps no session setting.
+	if _, err := s.pool.Exec(ctx, "select rowcast.tick() from (select set_config('synchronous_commit', 'local', true)) s"); err != nil {
 		return fmt.Errorf("history replay tick: %w", err)
 	}
 	head := int64(-1)     // the latest tick when the first page was read

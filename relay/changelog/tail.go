@@ -57,13 +57,15 @@ type TailOptions struct {
 	// most 256 ticks, so a relay catching up reports falling numbers poll
 	// after poll. nil ignores it.
 	OnBehind func(ticks int64, age time.Duration)
-	// StallTimeout is how long the reader waits for the database to answer
-	// (to connect, or for a poll to hand on its next transaction or end)
-	// before it drops the connection and reconnects (default 10s). A
-	// connection that went silent (a network cut, a hung proxy) is then
-	// noticed within it, and Connected turns false, where TCP alone would
-	// take minutes. A poll that keeps handing on transactions, however
-	// long, is never cut.
+	// StallTimeout is how long the reader waits for the database (to
+	// connect, or for a poll to hand on its next transaction or end)
+	// before it probes the database on a fresh connection, and how long
+	// the probe may take (default 10s). When the probe fails, the reader
+	// drops its connection and reconnects, and Connected turns false: a
+	// connection gone silent (a network cut, a hung proxy) is noticed in
+	// about twice StallTimeout, where TCP alone takes minutes. When the
+	// probe succeeds the reader waits on: a slow poll (a tick of millions
+	// of rows, a lock) is never cut.
 	StallTimeout time.Duration
 }
 
@@ -319,11 +321,15 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 }
 
 // errStalled ends a session whose database stopped answering.
-var errStalled = errors.New("capture: the database has not answered")
+var errStalled = errors.New("capture: the database does not answer")
 
-// watch cancels the session (ctx) with errStalled once the reader has
-// waited for the database for StallTimeout without hearing from it; it
-// returns when ctx ends.
+// watch looks after the session (ctx) while the reader waits for the
+// database: each time it has waited StallTimeout without hearing from it,
+// watch probes the database on a connection of its own. A database that
+// answers is only slow (a large tick, a lock) and the reader waits on; one
+// that does not answer within StallTimeout is gone silently (a network
+// cut, a hung proxy), and watch cancels the session with errStalled. It
+// returns when ctx ends or after cancelling it.
 func (c *Tail) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 	tick := time.NewTicker(c.o.StallTimeout / 4)
 	defer tick.Stop()
@@ -333,14 +339,39 @@ func (c *Tail) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 			return
 		case <-tick.C:
 		}
-		if since := c.waiting.Load(); since != 0 && time.Since(time.Unix(0, since)) > c.o.StallTimeout {
-			cancel(fmt.Errorf("%w for %s", errStalled, c.o.StallTimeout))
+		since := c.waiting.Load()
+		if since == 0 || time.Since(time.Unix(0, since)) < c.o.StallTimeout {
+			continue
+		}
+		if err := c.probe(ctx); err != nil {
+			if ctx.Err() == nil {
+				cancel(fmt.Errorf("%w: waited %s, then a probe failed: %w", errStalled, c.o.StallTimeout, err))
+			}
 			return
 		}
+		// Alive: probe again only after another StallTimeout of silence.
+		c.waiting.CompareAndSwap(since, time.Now().UnixNano())
 	}
 }
 
-// heard is a sink that notes, in waiting, when a transaction was read.
+// probe connects to the database afresh and runs a trivial query, within
+// StallTimeout.
+func (c *Tail) probe(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, c.o.StallTimeout)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.url)
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "select 1"); err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	return nil
+}
+
+// heard is a sink that notes, in waiting, when a transaction was read and
+// handed on (the time the sink takes is not the database's).
 type heard struct {
 	relay.Sink
 	waiting *atomic.Int64
@@ -349,6 +380,7 @@ type heard struct {
 func (h heard) Txn(t *relay.Txn) {
 	h.waiting.Store(time.Now().UnixNano())
 	h.Sink.Txn(t)
+	h.waiting.Store(time.Now().UnixNano())
 }
 
 // listen runs a goroutine that LISTENs on channel with a connection of its

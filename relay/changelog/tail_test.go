@@ -3,6 +3,7 @@ package changelog_test
 import (
 	"context"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -146,5 +147,47 @@ func TestTailLargeTransactionInParts(t *testing.T) {
 	}
 	if want := []bool{true, true, false, false}; !slices.Equal(more, want) {
 		t.Errorf("More %v, want %v", more, want)
+	}
+}
+
+// TestTailWaitsForASlowDatabase: a poll held up past StallTimeout by a
+// database that still answers (here a lock on the changelog) is not cut:
+// the probe finds the database there, the reader stays connected and
+// reads the change once the lock goes.
+func TestTailWaitsForASlowDatabase(t *testing.T) {
+	d := newDB(t)
+	var lost atomic.Int32
+	rec := newRecorder()
+	tl := changelog.NewTail(d.url, changelog.TailOptions{StallTimeout: 200 * time.Millisecond,
+		OnConnected: func(v bool) {
+			if !v {
+				lost.Add(1)
+			}
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tl.Ready()
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	d.tick()
+	lock := d.begin()
+	txExec(t, lock, "lock table rowcast.changelog in access exclusive mode")
+	tl.Poke()
+	// The poll waits for the lock, then for five stall timeouts (and
+	// probes, on connections of their own) more: the fault this test holds.
+	deadline := time.Now().Add(30 * time.Second)
+	for d.queryInt("select count(*) from pg_locks where not granted and relation = 'rowcast.changelog'::regclass") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the poll never waited for the lock")
+		}
+		tl.Poke()
+		<-time.After(10 * time.Millisecond)
+	}
+	<-time.After(time.Second)
+	commit(t, lock)
+	rec.waitChanges(t, 1)
+	if n := lost.Load(); n != 0 {
+		t.Fatalf("the reader dropped its connection %d times while the database answered", n)
 	}
 }

@@ -478,6 +478,9 @@ func (t *Transport) Drain(ctx context.Context, window time.Duration) {
 	}
 	start := time.Now()
 	for b := range batches {
+		if t.open.Load() == 0 {
+			break // all gone already: nothing to wait for
+		}
 		from := len(open) * b / batches
 		if b > 0 && !sleepUntil(ctx, start.Add(window*time.Duration(b)/time.Duration(batches))) {
 			closeAway(open[from:]) // out of time: the rest at once

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -45,6 +46,9 @@ func TestDrainSpreadsCloses(t *testing.T) {
 		signalled  time.Time
 		closes     []time.Duration // after the signal
 		codes      = map[int]int{}
+		atSignal   map[string]int // each hot row's version just after the signal
+		onA        = map[*faultSession]bool{}
+		drainLive  int // events committed after the signal, received on A
 	)
 	pick := func() *env {
 		if terminated.Load() {
@@ -67,7 +71,35 @@ func TestDrainSpreadsCloses(t *testing.T) {
 	for i := range n {
 		teams := [][]int{{1}, {2}, {1, 2}}[i%3]
 		drained = append(drained, l.addSession(a, fmt.Sprint(100+i), teams, func(s *faultSession) {
-			s.pick, s.dropped = pick, dropped
+			s.pick = pick
+			mu.Lock()
+			onA[s] = true
+			mu.Unlock()
+			s.dropped = func(err error) {
+				mu.Lock()
+				onA[s] = false
+				mu.Unlock()
+				dropped(err)
+			}
+			s.frame = func(f frame) {
+				if f.Event != "escrow:updated" {
+					return
+				}
+				var d struct {
+					EntityID string `json:"entityId"`
+					Changes  struct {
+						Version int `json:"version"`
+					} `json:"changes"`
+				}
+				if json.Unmarshal(f.Data, &d) != nil {
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if onA[s] && atSignal != nil && d.Changes.Version > atSignal[d.EntityID] {
+					drainLive++
+				}
+			}
 		}))
 	}
 	l.waitCommits(20)
@@ -81,6 +113,10 @@ func TestDrainSpreadsCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { exited <- proc.Wait() }()
+	versions := l.versions()
+	mu.Lock()
+	atSignal = versions
+	mu.Unlock()
 
 	// Readiness: 503 from the moment the signal lands, while the drain
 	// runs and the listener is still open.
@@ -141,6 +177,16 @@ func TestDrainSpreadsCloses(t *testing.T) {
 		if i-j+1 > n/4 {
 			t.Fatalf("%d sessions closed within %v of each other (at %v): a stampede", i-j+1, drain/10, spread[i])
 		}
+	}
+
+	// The capture went on while the drain spread the closes: sessions not
+	// yet closed received on A what was committed after the signal.
+	mu.Lock()
+	live := drainLive
+	mu.Unlock()
+	t.Logf("%d events committed after SIGTERM received on A before its sessions were closed", live)
+	if live == 0 {
+		t.Error("no event committed after SIGTERM reached a session on A while it drained")
 	}
 
 	l.finish() // on B, from their last positions: no event missing, none twice, no resync

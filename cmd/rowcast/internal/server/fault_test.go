@@ -68,8 +68,9 @@ type faultSession struct {
 	// reconnect: the client stays away meanwhile.
 	away chan struct{}
 	// dropped, when set, is told why each connection ended, before the
-	// session reconnects.
+	// session reconnects; frame, when set, gets every frame read.
 	dropped func(error)
+	frame   func(frame)
 }
 
 // run reads from c until ctx ends, reconnecting after drops; it returns
@@ -137,6 +138,9 @@ func (s *faultSession) read(ctx context.Context, c *client) error {
 			s.last = f.Position
 		}
 		s.mu.Unlock()
+		if s.frame != nil {
+			s.frame(f)
+		}
 		signal(s.news)
 	}
 }
