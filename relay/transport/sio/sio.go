@@ -247,6 +247,9 @@ type conn struct {
 	connectTimer *time.Timer
 }
 
+// Transport implements session.Handler.
+func (c *conn) Transport() string { return "socketio" }
+
 // Open sends the open packet and starts the heartbeat and the connect
 // timeout.
 func (c *conn) Open() {
