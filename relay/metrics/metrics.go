@@ -122,6 +122,12 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.refused.WithLabelValues(reason)
 	}
 	m.msgRefused.WithLabelValues("subscribe_entities")
+	// The auth.Reason values, and other_user (an auth message naming
+	// another user).
+	for _, reason := range []string{"missing", "malformed", "too_large", "signature", "algorithm", "key", "expired",
+		"not_yet", "issuer", "audience", "no_user", "user_claim", "team_claim", "other_user"} {
+		m.authFails.WithLabelValues(reason)
+	}
 	for _, tr := range Transports {
 		m.sessions.WithLabelValues(tr)
 		m.accepted.WithLabelValues(tr)

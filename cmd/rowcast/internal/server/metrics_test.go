@@ -160,7 +160,7 @@ func TestMetricFamilies(t *testing.T) {
 			}
 			tc.do(t, e)
 			for i, k := range tc.moves {
-				waitFor(t, func() string {
+				waitWithin(t, 15*time.Second, func() string {
 					return fmt.Sprintf("%s to move from %v (it is %v)", k, before[i], series(addr, k.name, k.labels...))
 				}, func() bool { return series(addr, k.name, k.labels...) > max(before[i], 0) })
 			}
