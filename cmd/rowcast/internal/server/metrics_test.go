@@ -150,6 +150,8 @@ func TestMetricFamilies(t *testing.T) {
 				t.Fatalf("want resync, got %s", f.Raw)
 			}
 		}, []metricKey{m("rowcast_resyncs_total")}},
+		{"truncate", func(t *testing.T, e *env) { e.exec("truncate leads cascade") },
+			[]metricKey{m("rowcast_capture_changes_total", "table", "public.leads", "action", "truncate")}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -166,6 +168,12 @@ func TestMetricFamilies(t *testing.T) {
 			}
 		})
 	}
+
+	// Sessions by transport add up to the hub's subscribers once the
+	// closed ones are gone.
+	waitWithin(t, 15*time.Second, func() string {
+		return fmt.Sprintf("rowcast_sessions %v, hub subscribers %d", series(addr, "rowcast_sessions"), e.relay.Hub().Stats().Subscribers)
+	}, func() bool { return series(addr, "rowcast_sessions") == float64(e.relay.Hub().Stats().Subscribers) })
 
 	// Gauges: present with their value.
 	for _, k := range []metricKey{m("rowcast_capture_behind_ticks"), m("rowcast_capture_behind_seconds"),
