@@ -16,21 +16,55 @@ type Fanout interface {
 type Pipeline struct {
 	Mapper Mapper
 	Fanout Fanout
-	// Observe, when set, is called after each transaction is published with
-	// the number of changes and events and the commit time: once, after
-	// the last part of one handed on in parts, with the parts' totals.
-	Observe func(changes, events int, committedAt time.Time)
+	// Observe, when set, is called after each transaction is published
+	// with what it brought: once, after the last part of one handed on in
+	// parts, with the parts' totals. It must not keep o.Tables.
+	Observe func(o Observed)
 
 	// The totals of the parts published so far of transaction partXID,
 	// whose last part ended at partHead.
-	partXID                 uint64
-	partHead                Pos
-	partChanges, partEvents int
+	partXID    uint64
+	partHead   Pos
+	partEvents int
+	partTables []TableCount
+}
+
+// Observed is what one published transaction brought.
+type Observed struct {
+	Changes, Events int
+	// Tables counts the changes by table and operation, in the order
+	// first seen.
+	Tables      []TableCount
+	CommittedAt time.Time
+}
+
+// TableCount is how many changes of one operation a transaction made to
+// one table.
+type TableCount struct {
+	Table string
+	Op    Op
+	N     int
+}
+
+// countTables adds changes to counts.
+func countTables(counts []TableCount, changes []Change) []TableCount {
+next:
+	for i := range changes {
+		c := &changes[i]
+		for j := range counts {
+			if counts[j].Table == c.Table && counts[j].Op == c.Op {
+				counts[j].N++
+				continue next
+			}
+		}
+		counts = append(counts, TableCount{Table: c.Table, Op: c.Op, N: 1})
+	}
+	return counts
 }
 
 // Reset forwards a new epoch and head to the fan-out.
 func (p *Pipeline) Reset(epoch string, head Pos) {
-	p.partXID, p.partHead, p.partChanges, p.partEvents = 0, Pos{}, 0, 0
+	p.partXID, p.partHead, p.partEvents, p.partTables = 0, Pos{}, 0, p.partTables[:0]
 	p.Fanout.Reset(epoch, head)
 }
 
@@ -53,13 +87,18 @@ func (p *Pipeline) Txn(txn *Txn) {
 		// Not the next part of the transaction counted so far: the reader
 		// lost the database after handing parts on, and reads from the
 		// start again.
-		p.partChanges, p.partEvents = 0, 0
+		p.partEvents, p.partTables = 0, p.partTables[:0]
 	}
-	changes, published := p.partChanges+len(txn.Changes), p.partEvents+len(events)
+	tables := countTables(p.partTables, txn.Changes)
+	published := p.partEvents + len(events)
 	if txn.More {
-		p.partXID, p.partHead, p.partChanges, p.partEvents = txn.XID, txn.Head, changes, published
+		p.partXID, p.partHead, p.partEvents, p.partTables = txn.XID, txn.Head, published, tables
 		return
 	}
-	p.partXID, p.partHead, p.partChanges, p.partEvents = 0, Pos{}, 0, 0
-	p.Observe(changes, published, txn.CommittedAt)
+	changes := 0
+	for _, t := range tables {
+		changes += t.N
+	}
+	p.partXID, p.partHead, p.partEvents, p.partTables = 0, Pos{}, 0, tables[:0]
+	p.Observe(Observed{Changes: changes, Events: published, Tables: tables, CommittedAt: txn.CommittedAt})
 }

@@ -89,8 +89,8 @@ func TestPipelineTxn(t *testing.T) {
 			fan := &recordingFanout{}
 			var observed []string
 			at := time.Date(2026, 11, 25, 18, 5, 15, 0, time.UTC)
-			p := &Pipeline{Mapper: mapper, Fanout: fan, Observe: func(changes, events int, committedAt time.Time) {
-				observed = append(observed, fmt.Sprintf("%d %d %s", changes, events, committedAt.Format(time.RFC3339)))
+			p := &Pipeline{Mapper: mapper, Fanout: fan, Observe: func(o Observed) {
+				observed = append(observed, fmt.Sprintf("%d %d %s", o.Changes, o.Events, o.CommittedAt.Format(time.RFC3339)))
 			}}
 			p.Txn(&Txn{XID: 9, CommittedAt: at, Changes: tt.changes, Head: tt.head})
 			if want := []string{tt.want}; !slices.Equal(fan.calls, want) {
@@ -109,17 +109,21 @@ func TestPipelineTxn(t *testing.T) {
 func TestPipelineTxnInParts(t *testing.T) {
 	fan := &recordingFanout{}
 	var observed []string
-	p := &Pipeline{Mapper: tableMapper{"one": 1}, Fanout: fan, Observe: func(changes, events int, _ time.Time) {
-		observed = append(observed, fmt.Sprintf("%d %d", changes, events))
+	p := &Pipeline{Mapper: tableMapper{"one": 1}, Fanout: fan, Observe: func(o Observed) {
+		observed = append(observed, fmt.Sprintf("%d %d %v", o.Changes, o.Events, o.Tables))
 	}}
-	ch := func(id int64) Change { return Change{Table: "one", Stream: "s", Pos: Pos{1, 3, id}, EntityID: "a"} }
+	ch := func(id int64) Change {
+		return Change{Table: "one", Op: OpInsert, Stream: "s", Pos: Pos{1, 3, id}, EntityID: "a"}
+	}
+	update := ch(3)
+	update.Op = OpUpdate
 	p.Txn(&Txn{XID: 9, Changes: []Change{ch(1), ch(2)}, Head: Pos{1, 3, 2}, More: true})
-	p.Txn(&Txn{XID: 9, Changes: []Change{ch(3)}, Head: TickEnd(1)})
+	p.Txn(&Txn{XID: 9, Changes: []Change{update}, Head: TickEnd(1)})
 	p.Txn(&Txn{XID: 10, Changes: []Change{ch(4)}, Head: TickEnd(2)})
 	if len(fan.calls) != 3 {
 		t.Errorf("fan-out calls %q, want one per part", fan.calls)
 	}
-	if want := []string{"3 3", "1 1"}; !slices.Equal(observed, want) {
+	if want := []string{"3 3 [{one INSERT 2} {one UPDATE 1}]", "1 1 [{one INSERT 1}]"}; !slices.Equal(observed, want) {
 		t.Errorf("Observe calls = %q, want %q", observed, want)
 	}
 
@@ -129,7 +133,7 @@ func TestPipelineTxnInParts(t *testing.T) {
 	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
 	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
 	p.Txn(&Txn{XID: 11, Changes: []Change{ch(7)}, Head: TickEnd(3)})
-	if want := []string{"3 3"}; !slices.Equal(observed, want) {
+	if want := []string{"3 3 [{one INSERT 3}]"}; !slices.Equal(observed, want) {
 		t.Errorf("after a reread, Observe calls = %q, want %q", observed, want)
 	}
 }

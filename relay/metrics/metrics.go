@@ -4,6 +4,8 @@
 package metrics
 
 import (
+	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +17,9 @@ type Metrics struct {
 	latency     prometheus.Histogram
 	slowCloses  prometheus.Counter
 	refused     *prometheus.CounterVec
+	sessions    *prometheus.GaugeVec
+	accepted    *prometheus.CounterVec
+	disconnects *prometheus.CounterVec
 	msgRefused  *prometheus.CounterVec
 	rateLimited prometheus.Counter
 	noTeams     prometheus.Counter
@@ -22,7 +27,7 @@ type Metrics struct {
 	replayed    prometheus.Counter
 	resyncs     prometheus.Counter
 	txns        prometheus.Counter
-	changes     prometheus.Counter
+	changes     *prometheus.CounterVec
 	captureLag  prometheus.Histogram
 	connected   prometheus.Gauge
 	behind      prometheus.Gauge
@@ -36,17 +41,37 @@ type Metrics struct {
 	jwksKeys    prometheus.Gauge
 }
 
-// New creates the collectors and registers them on reg. sessions, when not
-// nil, is read at scrape time for the rowcast_sessions gauge: the sessions
-// subscribed to the hub (the hub's subscribers), not every open connection
-// (one not authenticated yet does not count).
-func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
+// The values of the transport label: the plain protocol's WebSocket, and
+// Socket.IO (over WebSocket or long-polling).
+const (
+	TransportWS       = "ws"
+	TransportSocketIO = "socketio"
+)
+
+// closeCodes are the close codes the rowcast_disconnects_total code label
+// names; any other is counted as "other". 1005 is a close without a status
+// (Socket.IO's close on a protocol error), 1006 a connection that ended
+// without a close frame (the peer gone, a write timeout).
+var closeCodes = []int{1000, 1001, 1005, 1006, 1009, 1011, 4008, 4400, 4401, 4403, 4429}
+
+// New creates the collectors and registers them on reg; version is the
+// relay's, exported in rowcast_build_info.
+func New(reg prometheus.Registerer, version string) *Metrics {
 	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
 	m := &Metrics{
 		eventsSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_events_sent_total",
 			Help: "Event frames queued to live sessions."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rowcast_event_latency_seconds",
 			Help: "Time from the change's commit to its frame being queued on a live session.", Buckets: buckets}),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rowcast_sessions",
+			Help: "Sessions subscribed to the hub (authenticated), by transport (ws, socketio); a connection not authenticated yet does not count."},
+			[]string{"transport"}),
+		accepted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_sessions_accepted_total",
+			Help: "Connections accepted as sessions (upgraded, or opened on Socket.IO long-polling), by transport."},
+			[]string{"transport"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_disconnects_total",
+			Help: "Sessions ended, by close code: the relay's when it closed, else the client's; 1006 when the connection ended without a close frame, 1005 for a close without a status, other for a code outside the documented ones."},
+			[]string{"code"}),
 		slowCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_slow_consumer_closes_total",
 			Help: "Sessions closed with 4008 because their queue overflowed."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_sessions_refused_total",
@@ -67,8 +92,9 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 			Help: "Sessions told to resync because their position could not be served."}),
 		txns: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_capture_transactions_total",
 			Help: "Committed transactions captured."}),
-		changes: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_capture_changes_total",
-			Help: "Row changes captured."}),
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rowcast_capture_changes_total",
+			Help: "Row changes captured, by table (schema-qualified, one of the configured ones) and action (insert, update, delete, truncate)."},
+			[]string{"table", "action"}),
 		captureLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rowcast_capture_lag_seconds",
 			Help: "Time from a transaction's commit to its capture.", Buckets: buckets}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "rowcast_capture_connected",
@@ -99,14 +125,71 @@ func New(reg prometheus.Registerer, sessions func() float64) *Metrics {
 		m.refused.WithLabelValues(reason)
 	}
 	m.msgRefused.WithLabelValues("subscribe_entities")
-	reg.MustRegister(m.eventsSent, m.latency, m.slowCloses, m.refused, m.msgRefused, m.rateLimited, m.noTeams, m.resumes,
+	// The auth.Reason values, and other_user (an auth message naming
+	// another user).
+	for _, reason := range []string{"missing", "malformed", "too_large", "signature", "algorithm", "key", "expired",
+		"not_yet", "issuer", "audience", "no_user", "user_claim", "team_claim", "other_user"} {
+		m.authFails.WithLabelValues(reason)
+	}
+	for _, tr := range []string{TransportWS, TransportSocketIO} {
+		m.sessions.WithLabelValues(tr)
+		m.accepted.WithLabelValues(tr)
+	}
+	for _, code := range closeCodes {
+		m.disconnects.WithLabelValues(strconv.Itoa(code))
+	}
+	m.disconnects.WithLabelValues("other")
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rowcast_build_info",
+		Help: "Always 1; its labels name the relay's version and the Go version that built it."},
+		[]string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	reg.MustRegister(build, m.sessions, m.accepted, m.disconnects, m.eventsSent, m.latency, m.slowCloses, m.refused, m.msgRefused, m.rateLimited, m.noTeams, m.resumes,
 		m.replayed, m.resyncs, m.txns, m.changes, m.captureLag, m.connected, m.behind, m.behindAge, m.holder, m.slotLag, m.appliedLSN, m.failing,
 		m.authFails, m.jwksFails, m.jwksKeys)
-	if sessions != nil {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rowcast_sessions",
-			Help: "Sessions subscribed to the hub (authenticated, either protocol)."}, sessions))
-	}
 	return m
+}
+
+// CaptureTables exports the changes of each table at 0, for every action,
+// so that their rates can be graphed before the first change.
+func (m *Metrics) CaptureTables(tables []string) {
+	if m == nil {
+		return
+	}
+	for _, t := range tables {
+		for _, a := range []string{"insert", "update", "delete", "truncate"} {
+			m.changes.WithLabelValues(t, a)
+		}
+	}
+}
+
+// SessionAccepted counts a connection accepted as a session of transport.
+func (m *Metrics) SessionAccepted(transport string) {
+	if m != nil {
+		m.accepted.WithLabelValues(transport).Inc()
+	}
+}
+
+// Subscribed moves the sessions of transport subscribed to the hub by
+// delta (1 when one subscribes, -1 when it leaves).
+func (m *Metrics) Subscribed(transport string, delta int) {
+	if m != nil {
+		m.sessions.WithLabelValues(transport).Add(float64(delta))
+	}
+}
+
+// Disconnected counts a session that ended with close code.
+func (m *Metrics) Disconnected(code int) {
+	if m == nil {
+		return
+	}
+	label := "other"
+	for _, c := range closeCodes {
+		if c == code {
+			label = strconv.Itoa(code)
+			break
+		}
+	}
+	m.disconnects.WithLabelValues(label).Inc()
 }
 
 // EventSent counts one live event frame and its commit-to-queue latency.
@@ -170,13 +253,22 @@ func (m *Metrics) Resync() {
 	}
 }
 
-// Captured counts a captured transaction.
-func (m *Metrics) Captured(changes int, committedAt time.Time) {
+// TableChanges is how many changes of one action (insert, update, delete,
+// truncate) a transaction made to one table.
+type TableChanges struct {
+	Table, Action string
+	N             int
+}
+
+// Captured counts a captured transaction and its changes.
+func (m *Metrics) Captured(changes []TableChanges, committedAt time.Time) {
 	if m == nil {
 		return
 	}
 	m.txns.Inc()
-	m.changes.Add(float64(changes))
+	for _, c := range changes {
+		m.changes.WithLabelValues(c.Table, c.Action).Add(float64(c.N))
+	}
 	if !committedAt.IsZero() {
 		m.captureLag.Observe(time.Since(committedAt).Seconds())
 	}

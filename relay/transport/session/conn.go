@@ -80,6 +80,31 @@ type WSConn struct {
 	closeAt int64  // queued count the close waits for; -1: no close yet
 	closeMs []byte // the close frame's payload, until written
 	done    bool   // close written or abort started
+	// end is the close code the connection ended with when the relay did
+	// not close it: 4008 (Abort), the client's close code, or 1009 (a
+	// frame over the size limit); 0 until known.
+	end atomic.Int32
+}
+
+// readEnded records why the connection's read loop ended (melody's error
+// handler): a close frame from the client, or a frame over the limit.
+func (c *WSConn) readEnded(err error) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		c.end.CompareAndSwap(0, int32(ce.Code))
+	case errors.Is(err, websocket.ErrReadLimit):
+		c.end.CompareAndSwap(0, websocket.CloseMessageTooBig)
+	}
+}
+
+// EndCode returns the close code the connection ended with when the relay
+// did not close it (see end): 1006 when it ended without a close frame.
+func (c *WSConn) EndCode() int {
+	if code := c.end.Load(); code != 0 {
+		return int(code)
+	}
+	return websocket.CloseAbnormalClosure
 }
 
 // newWSConn wraps ms, a session of t's melody instance, whose output
@@ -213,6 +238,7 @@ func (c *WSConn) Abort() {
 	if !c.aborted.CompareAndSwap(false, true) {
 		return
 	}
+	c.end.CompareAndSwap(0, CloseSlowConsumer)
 	c.closeMu.Lock()
 	c.done = true
 	c.closing.Store(true)

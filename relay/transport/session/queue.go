@@ -47,6 +47,7 @@ func (s *Session) CloseLocked(code int, reason string) {
 	}
 	s.mode = modeClosed
 	s.pending = nil
+	s.closeCode = code
 	s.c.Close(code, reason)
 }
 

@@ -20,7 +20,8 @@ import (
 // message.
 type echoHandler struct{ s *Session }
 
-func (h *echoHandler) Open() { h.Message([]byte("hello")) }
+func (h *echoHandler) Transport() string { return "ws" }
+func (h *echoHandler) Open()             { h.Message([]byte("hello")) }
 func (h *echoHandler) Message(msg []byte) {
 	h.s.Lock()
 	defer h.s.Unlock()

@@ -23,6 +23,9 @@ import (
 // are called with the lock held, from any goroutine, and may only call the
 // session's *Locked methods.
 type Handler interface {
+	// Transport names the protocol in metrics: metrics.TransportWS or
+	// metrics.TransportSocketIO.
+	Transport() string
 	// Open runs once the connection is upgraded, before any client frame
 	// is read.
 	Open()
@@ -127,13 +130,16 @@ type Session struct {
 	filter      map[string]bool // nil: every entity
 	strikes     int
 	expiry      *time.Timer
+	// closeCode is the code of the relay's close (CloseLocked); -1
+	// before it.
+	closeCode int
 }
 
 func (t *Transport) newSession(c Conn, tk *Ticket) *Session {
 	// What only some sessions use (a limiter, a replay's context and
 	// space signal) is made when first needed: an idle session should cost
 	// little.
-	return &Session{t: t, c: c, ticket: tk}
+	return &Session{t: t, c: c, ticket: tk, closeCode: -1}
 }
 
 // Ticket returns the session's place among the open sessions (Admit), nil
@@ -164,7 +170,35 @@ func (s *Session) Gone() {
 	s.ticket.Release()
 	s.disconnected()
 	s.h.Closed()
+	s.t.o.Metrics.Disconnected(s.endCode())
 	s.t.closed(s)
+}
+
+// peerCloser is a Conn that knows how its connection ended when the
+// relay did not close it (WSConn).
+type peerCloser interface {
+	// EndCode returns the close code the connection ended with: the
+	// client's, or 1006 when it ended without a close frame.
+	EndCode() int
+}
+
+// endCode returns the close code the session ended with: the relay's
+// (1005 for a close without a status), else what the Conn reports, else
+// 1006 (the connection ended without a close).
+func (s *Session) endCode() int {
+	s.mu.Lock()
+	code := s.closeCode
+	s.mu.Unlock()
+	switch {
+	case code == 0:
+		return 1005
+	case code > 0:
+		return code
+	}
+	if pc, ok := s.c.(peerCloser); ok {
+		return pc.EndCode()
+	}
+	return 1006
 }
 
 // Transport returns the transport the session runs on.
@@ -221,6 +255,7 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 	// deduplicated against the head when they are flushed.
 	s.mode = modeAwait
 	s.subscribed = true
+	s.t.o.Metrics.Subscribed(s.h.Transport(), 1)
 	s.gen++
 	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
 	s.mu.Unlock()
@@ -280,6 +315,7 @@ func (s *Session) Stop() {
 	}
 	s.mode = modeIdle
 	s.subscribed = false
+	s.t.o.Metrics.Subscribed(s.h.Transport(), -1)
 	s.pending = nil
 	s.stopExpiryLocked()
 	s.stopReplayLocked()
@@ -302,6 +338,7 @@ func (s *Session) disconnected() {
 	if s.subscribed {
 		streams = s.streams
 		s.subscribed = false
+		s.t.o.Metrics.Subscribed(s.h.Transport(), -1)
 	}
 	s.mu.Unlock()
 	if streams != nil {

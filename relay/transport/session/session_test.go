@@ -136,6 +136,8 @@ type recHandler struct {
 	since string // resumed from at Open when not empty
 }
 
+func (h *recHandler) Transport() string { return "ws" }
+
 func (h *recHandler) Open() {
 	h.s.Start(h.p, func() {
 		if h.since != "" {

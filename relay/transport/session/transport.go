@@ -405,6 +405,7 @@ func (t *Transport) Attach(c Conn, tk *Ticket, newHandler NewHandler) *Session {
 func (t *Transport) openSession(s *Session, newHandler NewHandler) {
 	t.open.Add(1)
 	s.h = newHandler(s)
+	t.o.Metrics.SessionAccepted(s.h.Transport())
 	t.mu.Lock()
 	t.sessions[s] = struct{}{}
 	t.mu.Unlock()
@@ -420,6 +421,9 @@ func (t *Transport) openSession(s *Session, newHandler NewHandler) {
 // onError may run inside a melody write, with the session's lock held: it
 // must not take that lock.
 func (t *Transport) onError(ms *melody.Session, err error) {
+	if c := t.wsConnOf(ms); c != nil {
+		c.readEnded(err)
+	}
 	if errors.Is(err, melody.ErrMessageBufferFull) {
 		if c := t.wsConnOf(ms); c != nil {
 			t.o.Metrics.SlowClose()

@@ -68,6 +68,7 @@ import (
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/metrics"
 	"github.com/rowcast/rowcast/relay/transport/session"
 )
 
@@ -246,6 +247,9 @@ type conn struct {
 	pongTimer    *time.Timer
 	connectTimer *time.Timer
 }
+
+// Transport implements session.Handler.
+func (c *conn) Transport() string { return metrics.TransportSocketIO }
 
 // Open sends the open packet and starts the heartbeat and the connect
 // timeout.

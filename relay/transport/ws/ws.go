@@ -142,6 +142,9 @@ type connStart struct {
 
 func (c *conn) metrics() *metrics.Metrics { return c.s.Transport().Metrics() }
 
+// Transport implements session.Handler.
+func (c *conn) Transport() string { return metrics.TransportWS }
+
 // Open answers a bad token with an error frame and 4401, or starts the
 // session: welcome, then either the resume the request asked for or a grace
 // period waiting for a resume message.

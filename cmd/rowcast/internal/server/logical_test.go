@@ -361,9 +361,15 @@ func TestLogicalHolderKilled(t *testing.T) {
 // waitFor polls cond every 50ms for up to 60s; what describes the wait.
 func waitFor(t *testing.T, what func() string, cond func() bool) {
 	t.Helper()
+	waitWithin(t, 60*time.Second, what, cond)
+}
+
+// waitWithin is waitFor with a deadline of d.
+func waitWithin(t *testing.T, d time.Duration, what func() string, cond func() bool) {
+	t.Helper()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	deadline := time.After(60 * time.Second)
+	deadline := time.After(d)
 	for !cond() {
 		select {
 		case <-tick.C:

@@ -143,7 +143,12 @@ func New(o Options) (*Relay, error) {
 	starting := "starting"
 	r.waiting.Store(&starting)
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	r.metrics = metrics.New(r.reg, func() float64 { return float64(r.hub.Stats().Subscribers) })
+	r.metrics = metrics.New(r.reg, o.Version)
+	tables := make([]string, 0, len(cfg.CapturedTables()))
+	for _, t := range cfg.CapturedTables() {
+		tables = append(tables, t.Qualified())
+	}
+	r.metrics.CaptureTables(tables)
 	r.report, err = report.New(report.Options{DSN: cfg.Sentry.DSN, Environment: cfg.Sentry.Environment,
 		Release: o.Version, Replica: replicaName(), Logger: o.Logger})
 	if err != nil {
@@ -388,7 +393,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	close(r.listening)
 
 	pipeline := &relay.Pipeline{Mapper: r.mapper, Fanout: r.hub,
-		Observe: func(changes, _ int, at time.Time) { r.metrics.Captured(changes, at) }}
+		Observe: r.captured}
 	// The components run until the drain is over (ctx ending starts it), or
 	// one fails: sessions still open while the drain spreads their closes
 	// keep receiving events.
@@ -461,6 +466,15 @@ func (r *Relay) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// captured counts a published transaction's changes by table and action.
+func (r *Relay) captured(o relay.Observed) {
+	changes := make([]metrics.TableChanges, len(o.Tables))
+	for i, t := range o.Tables {
+		changes[i] = metrics.TableChanges{Table: t.Table, Action: strings.ToLower(t.Op.String()), N: t.N}
+	}
+	r.metrics.Captured(changes, o.CommittedAt)
 }
 
 func serveHTTP(s *http.Server, ln net.Listener) error {

@@ -12,8 +12,8 @@ import (
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// metric returns the value of an unlabelled counter or gauge gathered
-// from the relay's registry, or -1 when it is not there.
+// metric returns the value of a counter or gauge gathered from the
+// relay's registry (the sum of its series), or -1 when it is not there.
 func metric(t *testing.T, e *env, name string) float64 {
 	t.Helper()
 	families, err := e.reg.Gather()
@@ -23,20 +23,25 @@ func metric(t *testing.T, e *env, name string) float64 {
 	return familyValue(families, name)
 }
 
-// familyValue returns the value of the unlabelled counter or gauge name in
-// families, or -1.
+// familyValue returns the value of the counter or gauge name in families
+// (the sum of its series: rowcast_sessions of both transports), or -1.
 func familyValue(families []*dto.MetricFamily, name string) float64 {
 	for _, f := range families {
 		if f.GetName() != name || len(f.GetMetric()) == 0 {
 			continue
 		}
-		m := f.GetMetric()[0]
-		switch {
-		case m.GetCounter() != nil:
-			return m.GetCounter().GetValue()
-		case m.GetGauge() != nil:
-			return m.GetGauge().GetValue()
+		sum := 0.0
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			default:
+				return -1
+			}
 		}
+		return sum
 	}
 	return -1
 }
