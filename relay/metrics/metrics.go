@@ -62,7 +62,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		eventsSent: prometheus.NewCounter(prometheus.CounterOpts{Name: "rowcast_events_sent_total",
 			Help: "Event frames queued to live sessions."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rowcast_event_latency_seconds",
-			Help: "Time from the change's commit to its frame being queued on a live session.", Buckets: buckets}),
+			Help: "Time from a change's commit to its event frame being written to a live session's socket; sampled: each session times one frame at a time (the next one queued once the last timed one is written).", Buckets: buckets}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "rowcast_sessions",
 			Help: "Sessions subscribed to the hub (authenticated), by transport (ws, socketio); a connection not authenticated yet does not count."},
 			[]string{"transport"}),
@@ -192,14 +192,18 @@ func (m *Metrics) Disconnected(code int) {
 	m.disconnects.WithLabelValues(label).Inc()
 }
 
-// EventSent counts one live event frame and its commit-to-queue latency.
-func (m *Metrics) EventSent(committedAt time.Time) {
-	if m == nil {
-		return
+// EventSent counts one live event frame queued on a session's socket.
+func (m *Metrics) EventSent() {
+	if m != nil {
+		m.eventsSent.Inc()
 	}
-	m.eventsSent.Inc()
-	if !committedAt.IsZero() {
-		m.latency.Observe(time.Since(committedAt).Seconds())
+}
+
+// EventWritten observes the latency of an event frame written to its
+// socket: from its change's commit (unix ns) to now.
+func (m *Metrics) EventWritten(committedAt int64) {
+	if m != nil {
+		m.latency.Observe(time.Since(time.Unix(0, committedAt)).Seconds())
 	}
 }
 

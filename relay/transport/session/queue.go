@@ -4,7 +4,14 @@ package session
 // of n bytes, to the client. It takes no lock.
 func (s *Session) Sent(n int) {
 	s.sentBytes.Add(int64(n))
-	s.sent.Add(1)
+	written := s.sent.Add(1)
+	// timedAt is read before timed is given back: the next frame timed
+	// sets it again only after that.
+	if timed := s.timed.Load(); timed != 0 && written >= timed {
+		if at := s.timedAt.Load(); s.timed.CompareAndSwap(timed, 0) {
+			s.t.o.Metrics.EventWritten(at)
+		}
+	}
 	if space := s.space.Load(); space != nil {
 		select {
 		case *space <- struct{}{}:

@@ -87,6 +87,11 @@ type Session struct {
 	sentBytes atomic.Int64 // their bytes
 	// space, while a replay runs, is signalled by Sent (capacity 1).
 	space atomic.Pointer[chan struct{}]
+	// timed is the number (queued's count) of the event frame whose
+	// socket write is being timed, 0 when none is; timedAt is its change's
+	// commit (unix ns). Sent observes the latency when the frame count
+	// reaches it (see timeWriteLocked).
+	timed, timedAt atomic.Int64
 
 	mu         sync.Mutex
 	mode       mode
@@ -700,10 +705,31 @@ func (s *Session) sendEventLocked(ev *relay.Event) {
 		s.slowLocked()
 		return
 	}
+	timing := s.timeWriteLocked(ev.CommittedAt)
 	s.WriteLocked(frame)
-	if s.mode == modeLive {
-		s.t.o.Metrics.EventSent(ev.CommittedAt)
+	switch {
+	case s.queued != timing && timing != 0:
+		s.timed.CompareAndSwap(timing, 0) // not queued after all
+	case s.mode == modeLive:
+		s.t.o.Metrics.EventSent()
 	}
+}
+
+// timeWriteLocked starts timing the socket write of the live event frame
+// about to be queued, whose change committed at committedAt, unless a
+// replayed one (its commit is history), a frame is being
+// timed already (one at a time: a per-frame record would cost the fan-out
+// an allocation) or the commit time is unknown; it returns the frame's
+// number, or 0 when it is not timed. The number is set before the frame is
+// queued, so that the writer cannot write it first.
+func (s *Session) timeWriteLocked(committedAt time.Time) int64 {
+	if s.mode != modeLive || s.t.o.Metrics == nil || committedAt.IsZero() || s.timed.Load() != 0 {
+		return 0
+	}
+	n := s.queued + 1
+	s.timedAt.Store(committedAt.UnixNano())
+	s.timed.Store(n)
+	return n
 }
 
 // EpochLocked returns the history epoch of the session's position.

@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
 	"github.com/rowcast/rowcast/relay/hub"
+	"github.com/rowcast/rowcast/relay/metrics"
 )
 
 // These tests run the Session's await/replay/live state machine on an
@@ -528,5 +531,54 @@ func TestDrainSpreadsThenClosesTheRest(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Drain did not return after its context ended")
+	}
+}
+
+// The latency histogram times an event frame until the socket wrote it,
+// not until it was queued: a frame the client does not read yet is not
+// observed; once written it is, with the time since its commit; and one
+// frame is timed at a time.
+func TestLatencyTimedAtTheSocketWrite(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, Options{Metrics: metrics.New(reg, "test")})
+	c := e.attach("")
+	c.s.Lock()
+	c.s.GoLiveLocked()
+	c.s.Unlock()
+	observed := func() (uint64, float64) {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "rowcast_event_latency_seconds" {
+				h := mf.GetMetric()[0].GetHistogram()
+				return h.GetSampleCount(), h.GetSampleSum()
+			}
+		}
+		t.Fatal("no rowcast_event_latency_seconds")
+		return 0, 0
+	}
+	c.c.hold()
+	first, second := ev("all", 1, 0), ev("all", 2, 0)
+	first.CommittedAt = time.Now().Add(-time.Second)
+	second.CommittedAt = time.Now()
+	e.publish(first)
+	e.publish(second)
+	c.expect("all@1.0", "all@2.0")
+	if n, _ := observed(); n != 0 {
+		t.Fatalf("%d latencies observed before the socket wrote anything", n)
+	}
+	c.c.release()
+	if n, sum := observed(); n != 1 || sum < 1 {
+		t.Fatalf("after the writes: %d latencies observed, %.3fs in all; want the first frame's, over 1s", n, sum)
+	}
+	third := ev("all", 3, 0)
+	third.CommittedAt = time.Now()
+	e.publish(third)
+	c.expect("all@3.0")
+	if n, _ := observed(); n != 2 {
+		t.Fatalf("%d latencies observed, want 2 once the next frame was written", n)
 	}
 }
