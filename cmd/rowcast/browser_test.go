@@ -49,7 +49,7 @@ func TestBrowser(t *testing.T) {
 	cfg.Database.URL = dbURL
 	cfg.Auth.JWTSecret = hex.EncodeToString([]byte("browser-test-secret-0123456789abcdef"))
 	cfg.Tables = crm.Tables()
-	cfg.Shutdown.Grace = 2 * time.Second
+	cfg.Shutdown.Grace, cfg.Shutdown.Drain = 2*time.Second, 0
 	// The restart step opens fifty sessions of user 1 in one page, beside
 	// the other steps' pages: more than limits.sessions_per_user's default.
 	cfg.Limits.SessionsPerUser = 500

@@ -118,7 +118,7 @@ func startNodeRelay(t *testing.T, heartbeat time.Duration, polling bool) relayAd
 	cfg.Tables = crm.Tables()
 	cfg.Sessions.Heartbeat = heartbeat
 	cfg.Sessions.SIOPolling = &polling
-	cfg.Shutdown.Grace = 2 * time.Second
+	cfg.Shutdown.Grace, cfg.Shutdown.Drain = 2*time.Second, 0
 
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
