@@ -18,8 +18,13 @@ type Pipeline struct {
 	Fanout Fanout
 	// Observe, when set, is called after each transaction is published
 	// with what it brought: once, after the last part of one handed on in
-	// parts, with the parts' totals. It must not keep o.Tables.
+	// parts, with the parts' totals; never again for a transaction the
+	// reader hands on a second time (it lost the database mid-read and
+	// read again). It must not keep o.Tables.
 	Observe func(o Observed)
+
+	// observed is the head of the last transaction observed.
+	observed Pos
 
 	// The totals of the parts published so far of transaction partXID,
 	// whose last part ended at partHead.
@@ -65,6 +70,7 @@ next:
 // Reset forwards a new epoch and head to the fan-out.
 func (p *Pipeline) Reset(epoch string, head Pos) {
 	p.partXID, p.partHead, p.partEvents, p.partTables = 0, Pos{}, 0, p.partTables[:0]
+	p.observed = Pos{}
 	p.Fanout.Reset(epoch, head)
 }
 
@@ -80,8 +86,8 @@ func (p *Pipeline) Txn(txn *Txn) {
 		events = p.Mapper.Map(events, &txn.Changes[i])
 	}
 	p.Fanout.Publish(events, txn.Head)
-	if p.Observe == nil {
-		return
+	if p.Observe == nil || txn.Head.Compare(p.observed) <= 0 {
+		return // not observed, or observed when it was read before
 	}
 	if p.partXID != txn.XID || len(txn.Changes) > 0 && txn.Changes[0].Pos.Compare(p.partHead) <= 0 {
 		// Not the next part of the transaction counted so far: the reader
@@ -100,5 +106,6 @@ func (p *Pipeline) Txn(txn *Txn) {
 		changes += t.N
 	}
 	p.partXID, p.partHead, p.partEvents, p.partTables = 0, Pos{}, 0, tables[:0]
+	p.observed = txn.Head
 	p.Observe(Observed{Changes: changes, Events: published, Tables: tables, CommittedAt: txn.CommittedAt})
 }

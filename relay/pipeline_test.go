@@ -130,11 +130,27 @@ func TestPipelineTxnInParts(t *testing.T) {
 	// A reader that lost the database after a part reads the transaction
 	// again from its start: what it counted of it before is dropped.
 	observed = nil
-	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
-	p.Txn(&Txn{XID: 11, Changes: []Change{ch(5), ch(6)}, Head: Pos{1, 3, 6}, More: true})
-	p.Txn(&Txn{XID: 11, Changes: []Change{ch(7)}, Head: TickEnd(3)})
+	at3 := func(id int64) Change { c := ch(id); c.Pos = Pos{3, 5, id}; return c }
+	p.Txn(&Txn{XID: 11, Changes: []Change{at3(5), at3(6)}, Head: Pos{3, 5, 6}, More: true})
+	p.Txn(&Txn{XID: 11, Changes: []Change{at3(5), at3(6)}, Head: Pos{3, 5, 6}, More: true})
+	p.Txn(&Txn{XID: 11, Changes: []Change{at3(7)}, Head: TickEnd(3)})
 	if want := []string{"3 3 [{one INSERT 3}]"}; !slices.Equal(observed, want) {
 		t.Errorf("after a reread, Observe calls = %q, want %q", observed, want)
+	}
+
+	// A reader that lost the database after handing on whole transactions
+	// of a tick reads them again: they are published again (sessions drop
+	// what they have) but not observed again.
+	observed = nil
+	at4 := func(id int64) Change { c := ch(id); c.Pos = Pos{4, 6, id}; return c }
+	p.Txn(&Txn{XID: 12, Changes: []Change{at4(8)}, Head: Pos{4, 6, 8}})
+	p.Txn(&Txn{XID: 12, Changes: []Change{at4(8)}, Head: Pos{4, 6, 8}})
+	p.Txn(&Txn{XID: 13, Changes: []Change{at4(9)}, Head: TickEnd(4)})
+	if want := []string{"1 1 [{one INSERT 1}]", "1 1 [{one INSERT 1}]"}; !slices.Equal(observed, want) {
+		t.Errorf("after whole transactions were read again, Observe calls = %q, want %q", observed, want)
+	}
+	if len(fan.calls) != 9 {
+		t.Errorf("%d fan-out calls, want every transaction published, the repeat too", len(fan.calls))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -223,5 +224,67 @@ func TestComposeFile(t *testing.T) {
 	stop, err := time.ParseDuration(relay.StopGracePeriod)
 	if err != nil || stop <= config.Defaults().Shutdown.Grace {
 		t.Errorf("stop_grace_period %q, want more than shutdown.grace", relay.StopGracePeriod)
+	}
+}
+
+// TestChartSchemaKnowsEveryKey: wherever the chart's values.schema.json
+// closes an object of the relay's configuration (additionalProperties
+// false), it lists every key the relay reads there, so the schema never
+// refuses a valid configuration.
+func TestChartSchemaKnowsEveryKey(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot, "charts/rowcast/values.schema.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	if err := json.Unmarshal(b, &schema); err != nil {
+		t.Fatal(err)
+	}
+	closed := 0
+	var walk func(raw json.RawMessage, typ reflect.Type, path string)
+	walk = func(raw json.RawMessage, typ reflect.Type, path string) {
+		for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+			typ = typ.Elem()
+		}
+		var node struct {
+			Properties map[string]json.RawMessage `json:"properties"`
+			Additional *bool                      `json:"additionalProperties"`
+			Items      json.RawMessage            `json:"items"`
+			OneOf      []json.RawMessage          `json:"oneOf"`
+		}
+		if err := json.Unmarshal(raw, &node); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		for _, alt := range node.OneOf {
+			walk(alt, typ, path)
+		}
+		if node.Items != nil {
+			walk(node.Items, typ, path+"[]")
+		}
+		if typ.Kind() != reflect.Struct {
+			return
+		}
+		if node.Additional != nil && !*node.Additional {
+			closed++
+		}
+		for _, f := range reflect.VisibleFields(typ) {
+			key, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+			if key == "" || key == "-" {
+				continue
+			}
+			sub, ok := node.Properties[key]
+			switch {
+			case ok:
+				walk(sub, f.Type, path+"."+key)
+			case node.Additional != nil && !*node.Additional:
+				t.Errorf("values.schema.json refuses %s.%s, a key the relay reads", path, key)
+			}
+		}
+	}
+	walk(schema.Properties["config"], reflect.TypeFor[config.Config](), "config")
+	if closed == 0 {
+		t.Fatal("no closed object found under config: the walk does not follow the schema")
 	}
 }

@@ -322,8 +322,8 @@ func checkInstallJob(t *testing.T, r rendered, v values) {
 		t.Fatalf("want 1 install Job, got %d", len(r.jobs))
 	}
 	j := r.jobs[0]
-	if got := j.Annotations["helm.sh/hook"]; got != "pre-install,pre-upgrade" {
-		t.Errorf("Job hook = %q, want pre-install,pre-upgrade", got)
+	if got := j.Annotations["helm.sh/hook"]; got != "pre-install,pre-upgrade,pre-rollback" {
+		t.Errorf("Job hook = %q, want pre-install,pre-upgrade,pre-rollback", got)
 	}
 	policy := strings.Split(j.Annotations["helm.sh/hook-delete-policy"], ",")
 	for _, want := range []string{"before-hook-creation", "hook-succeeded"} {

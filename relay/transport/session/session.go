@@ -180,7 +180,7 @@ func (s *Session) Gone() {
 }
 
 // peerCloser is a Conn that knows how its connection ended when the
-// relay did not close it (WSConn).
+// relay did not close it (WSConn, Socket.IO's polling socket).
 type peerCloser interface {
 	// EndCode returns the close code the connection ended with: the
 	// client's, or 1006 when it ended without a close frame.

