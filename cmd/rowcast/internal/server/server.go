@@ -481,9 +481,25 @@ func (r *Relay) captured(o relay.Observed) {
 			// deployment's table): one series for all of them.
 			table = "other"
 		}
-		changes[i] = metrics.TableChanges{Table: table, Action: strings.ToLower(t.Op.String()), N: t.N}
+		changes[i] = metrics.TableChanges{Table: table, Action: actionOf(t.Op), N: t.N}
 	}
 	r.metrics.Captured(changes, o.CommittedAt)
+}
+
+// actionOf is the action label of op: its name in lower case, without
+// building the string for every transaction.
+func actionOf(op relay.Op) string {
+	switch op {
+	case relay.OpInsert:
+		return "insert"
+	case relay.OpUpdate:
+		return "update"
+	case relay.OpDelete:
+		return "delete"
+	case relay.OpTruncate:
+		return "truncate"
+	}
+	return "unknown"
 }
 
 func serveHTTP(s *http.Server, ln net.Listener) error {
