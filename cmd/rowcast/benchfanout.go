@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -51,12 +53,20 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	baseline := fs.String("baseline", "", `also step a baseline in the same invocation: "notify" (the floor relay)`)
 	queue := fs.Int("queue", 1024, "outgoing frames queued per session, both relays")
 	refine := fs.Int("refine", 3, "bisections between the first passing rate and the failed one above it (each a step)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (relays and sessions) to `file`")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast bench fanout: %v\n", err)
 		return exitFailed
+	}
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return fail(err)
+		}
+		defer stop()
 	}
 	if *baseline != "" && *baseline != "notify" {
 		return fail(errors.New(`--baseline must be "notify" or empty`))
@@ -224,4 +234,21 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 	fmt.Fprintf(fs.out, "%s sustains %.0f deliveries/s (%.1f writes/s written × %d sessions)\n",
 		t.name, best.deliveriesPerSec(), float64(best.res.writes)/best.res.wrote.Seconds(), fs.sessions)
 	return best, nil
+}
+
+// startCPUProfile profiles this process's CPU into file until the returned
+// function is called.
+func startCPUProfile(file string) (stop func(), err error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -67,19 +67,24 @@ type WSConn struct {
 	recv Receiver
 	t    *Transport  // a Write that finds limit frames waiting aborts (full)
 	req  requestInfo // for Request
+	// net is the network connection melody's WebSocket writes to: it
+	// batches the frames of a session that fell behind (corkConn).
+	net corkConn
 
-	qmu      sync.Mutex
-	inChan   int      // frames handed to melody's channel, not yet written; guarded by qmu
-	overflow [][]byte // frames waiting for room in the channel, oldest first; guarded by qmu
+	qmu    sync.Mutex
+	inChan int // frames handed to melody's channel, not yet written; guarded by qmu
+	// overflow holds the frames waiting for room in the channel, oldest
+	// first; nil while none wait (a pointer: an idle connection pays 8
+	// bytes for it, not a slice's 24). Guarded by qmu.
+	overflow *[][]byte
 
 	queued  atomic.Int64 // text frames accepted by Write
 	sent    atomic.Int64 // text frames written
 	closing atomic.Bool  // Close or Abort was called
 	aborted atomic.Bool
 	closeMu sync.Mutex
-	closeAt int64  // queued count the close waits for; -1: no close yet
-	closeMs []byte // the close frame's payload, until written
-	done    bool   // close written or abort started
+	close   *pendingClose // set by Close; nil before
+	done    bool          // close written or abort started
 	// end is the close code the connection ended with when the relay did
 	// not close it: 4008 (Abort), the client's close code, or 1009 (a
 	// frame over the size limit); 0 until known.
@@ -107,10 +112,31 @@ func (c *WSConn) EndCode() int {
 	return websocket.CloseAbnormalClosure
 }
 
-// newWSConn wraps ms, a session of t's melody instance, whose output
-// channel has outputChannelSize slots.
-func newWSConn(ms *melody.Session, t *Transport) *WSConn {
-	return &WSConn{ms: ms, closeAt: -1, t: t}
+// newWSConn makes the WSConn of a connection t is upgrading; onConnect
+// gives it its melody session.
+func newWSConn(t *Transport) *WSConn {
+	return &WSConn{t: t}
+}
+
+// pendingClose is a close the WSConn writes once the frames queued before
+// it were written.
+type pendingClose struct {
+	at  int64  // the queued count the close waits for
+	msg []byte // the close frame's payload
+}
+
+// overflowLen is how many frames wait in the overflow list; qmu is held.
+func (c *WSConn) overflowLen() int {
+	if c.overflow == nil {
+		return 0
+	}
+	return len(*c.overflow)
+}
+
+// more reports whether another text frame waits after the one melody's
+// writer is writing now: the writer then writes again at once.
+func (c *WSConn) more() bool {
+	return c.queued.Load()-c.sent.Load() > 1
 }
 
 // wsRoom is how many of melody's channel slots a WSConn fills, one short of
@@ -138,14 +164,17 @@ func (c *WSConn) Write(frame []byte) error {
 		return ErrConnClosed
 	}
 	c.qmu.Lock()
-	if c.inChan+len(c.overflow) >= c.limit() {
+	if c.inChan+c.overflowLen() >= c.limit() {
 		c.qmu.Unlock()
 		c.full()
 		return nil
 	}
 	c.queued.Add(1)
-	if len(c.overflow) > 0 || c.inChan >= wsRoom {
-		c.overflow = append(c.overflow, frame)
+	if c.overflow != nil || c.inChan >= wsRoom {
+		if c.overflow == nil {
+			c.overflow = new([][]byte)
+		}
+		*c.overflow = append(*c.overflow, frame)
 		c.qmu.Unlock()
 		return nil
 	}
@@ -163,7 +192,7 @@ func (c *WSConn) Write(frame []byte) error {
 func (c *WSConn) waiting() (inChannel, overflow int) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	return c.inChan, len(c.overflow)
+	return c.inChan, c.overflowLen()
 }
 
 // refill moves waiting frames into melody's channel now that its writer
@@ -172,10 +201,14 @@ func (c *WSConn) refill() {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.inChan--
-	for len(c.overflow) > 0 && c.inChan < wsRoom {
-		f := c.overflow[0]
-		c.overflow[0] = nil
-		c.overflow = c.overflow[1:]
+	if c.overflow == nil {
+		return
+	}
+	list := *c.overflow
+	for len(list) > 0 && c.inChan < wsRoom {
+		f := list[0]
+		list[0] = nil
+		list = list[1:]
 		c.inChan++
 		if c.ms.Write(f) != nil {
 			// The connection is closing: nothing more will be written.
@@ -183,7 +216,8 @@ func (c *WSConn) refill() {
 			return
 		}
 	}
-	if len(c.overflow) == 0 {
+	*c.overflow = list
+	if len(list) == 0 {
 		c.overflow = nil
 	}
 }
@@ -196,11 +230,11 @@ func (c *WSConn) Close(code int, reason string) {
 		msg = melody.FormatCloseMessage(code, reason)
 	}
 	c.closeMu.Lock()
-	if c.closeAt >= 0 || c.done {
+	if c.close != nil || c.done {
 		c.closeMu.Unlock()
 		return
 	}
-	c.closeAt, c.closeMs = c.queued.Load(), msg
+	c.close = &pendingClose{at: c.queued.Load(), msg: msg}
 	c.closing.Store(true)
 	c.closeMu.Unlock()
 	c.maybeWriteClose()
@@ -212,12 +246,12 @@ func (c *WSConn) Close(code int, reason string) {
 // then ends the connection).
 func (c *WSConn) maybeWriteClose() {
 	c.closeMu.Lock()
-	if c.done || c.closeAt < 0 || c.sent.Load() < c.closeAt {
+	if c.done || c.close == nil || c.sent.Load() < c.close.at {
 		c.closeMu.Unlock()
 		return
 	}
 	c.done = true
-	msg := c.closeMs
+	msg := c.close.msg
 	c.closeMu.Unlock()
 	conn := c.ms.WebsocketConnection()
 	go func() {

@@ -232,3 +232,61 @@ func TestServeForgetsClosedConnections(t *testing.T) {
 		}
 	}
 }
+
+// goroutineID returns the running goroutine's number, from its stack
+// trace's first line ("goroutine 42 [running]:").
+func goroutineID() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, _ := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	return id
+}
+
+// stackHandler reports the goroutine its Open and each Message run on.
+type stackHandler struct {
+	echoHandler
+	ran chan string
+}
+
+func (h *stackHandler) Open()              { h.ran <- goroutineID(); h.echoHandler.Open() }
+func (h *stackHandler) Message(msg []byte) { h.ran <- goroutineID(); h.echoHandler.Message(msg) }
+
+// Opening a session and handling what the client sends run on goroutines
+// that end, not on the connection's read goroutine, which lives as long as
+// the connection: its stack would keep what their deeper calls grew it to
+// (4 KiB more for every idle session).
+func TestClientWorkRunsOnFreshStacks(t *testing.T) {
+	e := newEnv(t, Options{})
+	ran := make(chan string, 8)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler {
+			return &stackHandler{echoHandler: echoHandler{s: s}, ran: ran}
+		})
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	seen := map[string]string{}
+	note := func(what string) {
+		t.Helper()
+		select {
+		case id := <-ran:
+			if prev, ok := seen[id]; ok {
+				t.Fatalf("%s ran on goroutine %s, as %s did", what, id, prev)
+			}
+			seen[id] = what
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s did not run", what)
+		}
+	}
+	note("Open")
+	for _, m := range []string{"first message", "second message"} {
+		if err := client.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+		note(m)
+	}
+}

@@ -107,9 +107,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	_ = s.t.Serve(w, r, tk, func(cs *session.Session) session.Handler {
+	_ = s.t.Serve(w, withoutToken(r), tk, func(cs *session.Session) session.Handler {
 		return &conn{srv: s, s: cs, start: &connStart{since: since, principal: p, authErr: err}}
 	})
+}
+
+// withoutToken returns r, or a copy of it without the token when r carries
+// one (the Authorization header, the access_token parameter): the token was
+// read, and the copy of the request an idle session keeps (the largest part
+// of which would be the token) is never read by this protocol.
+func withoutToken(r *http.Request) *http.Request {
+	q := r.URL.Query()
+	if r.Header.Get("Authorization") == "" && !q.Has("access_token") {
+		return r
+	}
+	r = r.Clone(r.Context())
+	r.Header.Del("Authorization")
+	if q.Has("access_token") {
+		q.Del("access_token")
+		r.URL.RawQuery = q.Encode()
+		r.RequestURI = r.URL.RequestURI()
+	}
+	return r
 }
 
 // Drain refuses new sessions and closes every open one, of either protocol,

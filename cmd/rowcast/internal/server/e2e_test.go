@@ -699,14 +699,18 @@ func TestRateLimitBurst(t *testing.T) {
 // and headroom can hold in answers, reading nothing meanwhile, gets them
 // and then close 4008 with its close frame, never a silent abort.
 func TestAnswersPastTheQueueClose4008(t *testing.T) {
+	// Each answer echoes a 3,000-byte id: the relay writes frames that
+	// wait back to back in one system call, so what fills the socket's
+	// buffers (4 MiB at most here) is bytes, not the count of writes.
+	const n = 4000
 	e := startRelay(t, func(c *config.Config) {
 		c.Sessions.QueueSize = 8
-		c.Sessions.RateBurst = 1000
+		c.Sessions.RateBurst = n
 	})
 	c := e.connect(userToken(t, "2", 1))
-	const n = 2000
+	id := strings.Repeat("i", 3000)
 	for i := 1; i <= n; i++ {
-		c.send(fmt.Sprintf(`{"type":"ping","id":%d}`, i))
+		c.send(fmt.Sprintf(`{"type":"ping","id":"%s%d"}`, id, i))
 	}
 	pongs := 0
 	for {
