@@ -28,9 +28,10 @@ const corkMax = 16 << 10
 // frames waited would not have delivered them either.
 type corkConn struct {
 	net.Conn
-	mu   sync.Mutex
-	w    *WSConn // set once the session is set up; nil: nothing is held
-	held *[]byte // bytes written and not yet sent, from the transport's pool; nil when none
+	mu     sync.Mutex
+	w      *WSConn // set once the session is set up; nil: nothing is held
+	held   *[]byte // bytes written and not yet sent, from the transport's pool; nil when none
+	closed bool    // Close was called: every later Write fails
 }
 
 // own starts holding for w, whose frames this connection carries.
@@ -45,6 +46,10 @@ func (c *corkConn) own(w *WSConn) {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		// Holding would report bytes written that never will be.
+		return 0, net.ErrClosed
+	}
 	heldLen := 0
 	if c.held != nil {
 		heldLen = len(*c.held)
@@ -90,10 +95,12 @@ func (c *corkConn) release() {
 	c.held = nil
 }
 
-// Close closes the network connection and drops what is held.
+// Close closes the network connection and drops what is held; every
+// later Write fails with net.ErrClosed.
 func (c *corkConn) Close() error {
 	err := c.Conn.Close()
 	c.mu.Lock()
+	c.closed = true
 	c.release()
 	c.mu.Unlock()
 	return err

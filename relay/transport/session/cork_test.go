@@ -137,6 +137,21 @@ func TestCorkConn(t *testing.T) {
 			t.Fatalf("%d writes, closed %v, held %v: want none, closed, none", calls, l.closed, c.held)
 		}
 	})
+	t.Run("a write after close fails, held or not", func(t *testing.T) {
+		c, l, w := corked(5, 0)
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for _, queued := range []int64{5, 1} { // another frame follows; none does
+			w.queued.Store(queued)
+			if n, err := c.Write([]byte("late")); n != 0 || !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Write with %d queued after Close: %d, %v; want 0, net.ErrClosed", queued, n, err)
+			}
+		}
+		if calls, _ := l.log(); calls != 0 || c.held != nil {
+			t.Fatalf("%d writes, held %v after Close: want none", calls, c.held)
+		}
+	})
 	t.Run("a failed write reports nothing of the frame written", func(t *testing.T) {
 		c, l, w := corked(2, 0)
 		if _, err := c.Write([]byte("held")); err != nil {

@@ -12,9 +12,9 @@ func (s *Session) Sent(n int) {
 			s.t.o.Metrics.EventWritten(at)
 		}
 	}
-	if space := s.space.Load(); space != nil {
+	if run := s.run.Load(); run != nil {
 		select {
-		case *space <- struct{}{}:
+		case run.space <- struct{}{}:
 		default:
 		}
 	}
@@ -54,7 +54,7 @@ func (s *Session) CloseLocked(code int, reason string) {
 	}
 	s.mode = modeClosed
 	s.pending = nil
-	s.closeCode = code
+	s.closeCode = int16(code)
 	s.c.Close(code, reason)
 }
 

@@ -22,41 +22,34 @@ func (s *Session) ResumeLocked(since string) bool {
 	// The replay's context ends with Stop, the connection or Drain; its
 	// space signal lives as long as the replay.
 	ctx, cancel := context.WithCancel(s.t.ctx)
-	s.cancel = cancel
-	space := make(chan struct{}, 1)
-	s.space.Store(&space)
-	go s.resume(ctx, s.gen, since, &space)
+	run := &replayRun{cancel: cancel, space: make(chan struct{}, 1)}
+	s.run.Store(run)
+	go s.resume(ctx, s.gen, since, run)
 	return true
 }
 
 // stopReplayLocked cancels the running replay's context, if any.
 func (s *Session) stopReplayLocked() {
-	if s.cancel != nil {
-		s.cancel()
-		s.cancel = nil
+	if run := s.run.Load(); run != nil {
+		run.cancel()
 	}
 }
 
-// replayEnded releases what the replay of generation gen used: its context
-// (unless Stop cancelled it already and a later Start began another) and
-// its space signal.
-func (s *Session) replayEnded(gen uint64, space *chan struct{}) {
-	s.space.CompareAndSwap(space, nil)
-	s.mu.Lock()
-	if s.gen == gen {
-		s.stopReplayLocked()
-	}
-	s.mu.Unlock()
+// replayEnded releases what run, a replay that ended, used: its context
+// and its place in the session (unless a later replay took it).
+func (s *Session) replayEnded(run *replayRun) {
+	s.run.CompareAndSwap(run, nil)
+	run.cancel()
 }
 
 // replayingLocked reports whether the replay of Start generation gen may
 // go on.
-func (s *Session) replayingLocked(gen uint64) bool {
+func (s *Session) replayingLocked(gen uint32) bool {
 	return s.gen == gen && s.mode == modeReplay
 }
 
-func (s *Session) resume(ctx context.Context, gen uint64, since string, space *chan struct{}) {
-	defer s.replayEnded(gen, space)
+func (s *Session) resume(ctx context.Context, gen uint32, since string, run *replayRun) {
+	defer s.replayEnded(run)
 	s.mu.Lock()
 	if !s.replayingLocked(gen) {
 		s.mu.Unlock()
@@ -110,7 +103,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 	for {
 		err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
 			for j := range events {
-				if err := s.waitSpace(ctx, gen, *space); err != nil {
+				if err := s.waitSpace(ctx, gen, run.space); err != nil {
 					return err
 				}
 				ev := events[j]
@@ -149,7 +142,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 	// Released before the outcome is told (the deferred call then does
 	// nothing): once the client has its resumed or resync, the session
 	// holds no replay state.
-	s.replayEnded(gen, space)
+	s.replayEnded(run)
 	switch {
 	case err == nil:
 		s.mu.Lock()
@@ -177,7 +170,7 @@ func (s *Session) resume(ctx context.Context, gen uint64, since string, space *c
 // it reads the user's membership changes after from up to the session's
 // head and undoes them, newest first, and has membershipLocked apply
 // changes at or before the head during this replay.
-func (s *Session) teamsAt(ctx context.Context, gen uint64, from relay.Pos) error {
+func (s *Session) teamsAt(ctx context.Context, gen uint32, from relay.Pos) error {
 	s.mu.Lock()
 	user, head := s.principal.UserID, s.head
 	s.mu.Unlock()
@@ -232,7 +225,7 @@ const errClosed = relay.Error("session closed")
 
 // waitSpace blocks while the session's socket queue is more than half full,
 // so a long replay is paced by the client instead of overflowing.
-func (s *Session) waitSpace(ctx context.Context, gen uint64, space <-chan struct{}) error {
+func (s *Session) waitSpace(ctx context.Context, gen uint32, space <-chan struct{}) error {
 	half, halfBytes := int64(s.t.o.QueueSize/2), s.t.o.QueueBytes/2
 	for {
 		s.mu.Lock()
@@ -257,7 +250,7 @@ func (s *Session) waitSpace(ctx context.Context, gen uint64, space <-chan struct
 // resyncAndGoLive gives up a replay: the session's position jumps to the
 // head (never back below what the replay sent, when sent is true), the
 // handler tells the client to resync, and live events flow.
-func (s *Session) resyncAndGoLive(gen uint64, sent bool) {
+func (s *Session) resyncAndGoLive(gen uint32, sent bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.replayingLocked(gen) {

@@ -290,3 +290,26 @@ func TestClientWorkRunsOnFreshStacks(t *testing.T) {
 		note(m)
 	}
 }
+
+// A panic in work run on a fresh stack is raised again on the caller's
+// goroutine, where an HTTP server recovers it, with the value and the stack
+// it was raised on.
+func TestFreshStackPanicsOnTheCaller(t *testing.T) {
+	var got any
+	func() {
+		defer func() { got = recover() }()
+		onFreshStack(func() { panic("handler failed") })
+	}()
+	p, ok := got.(*freshStackPanic)
+	if !ok {
+		t.Fatalf("recovered %v (%T), want a *freshStackPanic", got, got)
+	}
+	if p.value != "handler failed" || !strings.Contains(p.Error(), "TestFreshStackPanicsOnTheCaller") {
+		t.Fatalf("panic %q, want the value and the stack it was raised on", p.Error())
+	}
+	ran := false
+	onFreshStack(func() { ran = true })
+	if !ran {
+		t.Fatal("fn did not run")
+	}
+}

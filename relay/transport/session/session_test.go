@@ -324,7 +324,7 @@ func TestReplayStateIsReleased(t *testing.T) {
 	c.expect("all@2.0", "resumed 1")
 	// Released before "resumed" is written: no wait.
 	c.s.Lock()
-	released := c.s.cancel == nil && c.s.space.Load() == nil
+	released := c.s.run.Load() == nil
 	lim := c.s.lim
 	c.s.Unlock()
 	if lim != nil {

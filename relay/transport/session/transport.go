@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,17 +236,24 @@ type keys struct {
 // opening to onConnect.
 const keyOpening = "rowcast.opening"
 
-// opening is what onConnect needs of a connection being upgraded.
+// opening is what onConnect needs of a connection being upgraded, and
+// what the upgrade's goroutine keeps while the connection lives (it reads
+// taken once the connection closed): a few words, the rest let go of once
+// connected.
 type opening struct {
-	k   keys
-	req requestInfo
-	tk  *Ticket
+	k  keys
+	tk *Ticket
 	// conn is the connection's WSConn, made before the upgrade so that
-	// the hijacked network connection is its corkConn.
+	// the hijacked network connection is its corkConn; nil once connected.
 	conn *WSConn
+	// res takes the upgrade's outcome in a detached upgrade (nil
+	// otherwise, and once hijacked).
+	res chan<- error
 	// taken is set by onConnect, which hands tk to the session: an
 	// upgrade that never got there gives tk back.
 	taken atomic.Bool
+	// hijacked is set once the HTTP connection is melody's (upgradeWriter).
+	hijacked atomic.Bool
 }
 
 // wsConnOf returns the WSConn of ms, nil before onConnect set it up or after
@@ -286,31 +294,33 @@ func (t *Transport) ServeConn(w http.ResponseWriter, r *http.Request, open func(
 // later readers need (requestInfo): onConnect takes k and that from the
 // melody session's keys and drops them and the request from it.
 func (t *Transport) serve(w http.ResponseWriter, r *http.Request, k keys, tk *Ticket, detach bool) error {
-	op := &opening{k: k, req: newRequestInfo(r), tk: tk, conn: newWSConn(t)}
+	op := &opening{k: k, tk: tk, conn: newWSConn(t)}
+	op.conn.req = newRequestInfo(r)
 	o := map[string]any{keyOpening: op}
 	if !detach {
-		err := t.m.HandleRequestWithKeys(&upgradeWriter{ResponseWriter: w, conn: op.conn}, r, o)
+		err := t.m.HandleRequestWithKeys(&upgradeWriter{ResponseWriter: w, op: op}, r, o)
 		if !op.taken.Load() {
 			tk.Release()
 		}
 		return t.upgraded(w, err)
 	}
 	res := make(chan error, 1)
-	go t.runDetached(&upgradeWriter{ResponseWriter: w, conn: op.conn, res: res}, r, op, o)
+	op.res = res
+	go t.runDetached(&upgradeWriter{ResponseWriter: w, op: op}, r, op, o)
 	return t.upgraded(w, <-res)
 }
 
-// runDetached runs melody's connection on dw; its result goes to dw's
-// channel unless the connection was hijacked, which dw reported already.
-// Once hijacked, this goroutine keeps neither the HTTP request nor its
-// response.
+// runDetached runs melody's connection on dw; its result goes to the
+// opening's channel unless the connection was hijacked, which dw reported
+// already. Once hijacked, this goroutine keeps neither the HTTP request
+// nor its response, nor dw: only op.
 func (t *Transport) runDetached(dw *upgradeWriter, r *http.Request, op *opening, o map[string]any) {
 	err := t.m.HandleRequestWithKeys(dw, r, o)
 	if !op.taken.Load() {
 		op.tk.Release()
 	}
-	if !dw.hijacked {
-		dw.res <- err
+	if !op.hijacked.Load() {
+		op.res <- err
 	}
 }
 
@@ -328,14 +338,13 @@ func (t *Transport) upgraded(w http.ResponseWriter, err error) error {
 
 // upgradeWriter is the http.ResponseWriter an upgrade runs on. Its Hijack
 // hands melody the WSConn's corkConn over the network connection. In a
-// detached upgrade (res set), a successful Hijack also sends nil on res
-// (serve returns) and lets go of the HTTP response (the connection is
-// melody's now); a failed one leaves the error to runDetached.
+// detached upgrade (the opening's res set), a successful Hijack also sends
+// nil on res (serve returns) and lets go of the HTTP response (the
+// connection is melody's now); a failed one leaves the error to
+// runDetached.
 type upgradeWriter struct {
 	http.ResponseWriter
-	conn     *WSConn
-	res      chan<- error // detached only; nil once hijacked
-	hijacked bool
+	op *opening
 }
 
 // Hijack hijacks the underlying connection (through http.ResponseController,
@@ -345,13 +354,14 @@ func (d *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return c, brw, err
 	}
-	d.hijacked = true
-	if d.res != nil {
-		d.res <- nil
-		d.ResponseWriter, d.res = nil, nil
+	op := d.op
+	op.hijacked.Store(true)
+	if op.res != nil {
+		op.res <- nil
+		d.ResponseWriter, op.res = nil, nil
 	}
-	d.conn.net.Conn = c
-	return &d.conn.net, brw, nil
+	op.conn.net.Conn = c
+	return &op.conn.net, brw, nil
 }
 
 // DefaultQueueBytes is Options.QueueBytes when unset: 16 MiB.
@@ -365,9 +375,13 @@ const DefaultQueueBytes = 16 << 20
 const queueHeadroom = 64
 
 // outputChannelSize is the capacity of melody's output channel per
-// connection (its slots are preallocated, 40 bytes each); frames beyond it
-// wait in the WSConn's overflow list.
-const outputChannelSize = 4
+// connection (its slots are preallocated, 40 bytes each): one for the
+// frame melody's writer takes next and one kept for melody's own close
+// (wsRoom); the frames beyond wait in the WSConn's overflow list. A longer
+// channel would not write faster (the writer takes one frame at a time,
+// and corkConn batches the frames that wait), and every idle session
+// would pay for it: 176 bytes with 2 slots, 256 with 4.
+const outputChannelSize = 2
 
 // readBufferSize is each connection's read buffer, the smallest
 // gorilla/websocket takes (a control frame's 125-byte payload must fit):
@@ -388,8 +402,8 @@ func (t *Transport) onConnect(ms *melody.Session) {
 	// (it reads taken once the connection closed): o lets go of the rest,
 	// the handler's closure with what it captured first of all.
 	c, k := o.conn, o.k
-	c.ms, c.req = ms, o.req
-	o.k, o.req, o.conn = keys{}, requestInfo{}, nil
+	c.ms = ms
+	o.k, o.conn = keys{}, nil
 	c.net.own(c)
 	if k.open != nil {
 		c.recv = k.open(c)
@@ -467,14 +481,36 @@ func (t *Transport) onDisconnect(ms *melody.Session) {
 // 8 KiB stack where 4 KiB do (bench idle: 12.1 against 8.1 KiB of stacks
 // per session). A goroutine costs a fraction of a microsecond; clients send
 // little.
+//
+// A panic in fn is raised again on the caller's goroutine (as a
+// freshStackPanic, with fn's stack), so it ends what it would have ended
+// had fn run there: an HTTP handler's request (a Socket.IO polling
+// session's Open runs on one), not the process.
 func onFreshStack(fn func()) {
-	done := make(chan struct{})
+	done := make(chan *freshStackPanic, 1)
 	go func() {
-		defer close(done)
+		var p *freshStackPanic
+		defer func() { done <- p }()
+		defer func() {
+			if v := recover(); v != nil {
+				p = &freshStackPanic{value: v, stack: debug.Stack()}
+			}
+		}()
 		fn()
 	}()
-	<-done
+	if p := <-done; p != nil {
+		panic(p)
+	}
 }
+
+// freshStackPanic is a panic of a function onFreshStack ran: its value
+// and the stack it was raised on.
+type freshStackPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *freshStackPanic) Error() string { return fmt.Sprintf("%v\n\n%s", p.value, p.stack) }
 
 // closed runs once a session's connection is gone.
 func (t *Transport) closed(s *Session) {
