@@ -180,6 +180,12 @@ type History struct {
 // Sessions configures per-session limits of the WebSocket transports.
 type Sessions struct {
 	Heartbeat time.Duration `mapstructure:"heartbeat" yaml:"heartbeat"` // default 25s
+	// WriteDelay is how long a WebSocket session may keep frames before it
+	// writes them, to write those that follow within it in one system
+	// call: fewer system calls when many sessions receive many events, for
+	// up to that much latency. Default 0: a frame is written at once
+	// (frames that queue up behind a slow write are batched either way).
+	WriteDelay time.Duration `mapstructure:"write_delay" yaml:"write_delay"`
 	// ConnectTimeout closes a Socket.IO connection that sent no accepted
 	// CONNECT this long after the upgrade. Default 45s (socket.io's).
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`

@@ -61,6 +61,7 @@ func TestDefaults(t *testing.T) {
 		{"history.retention", d.History.Retention, 24 * time.Hour},
 		{"history.prune_interval", d.History.PruneInterval, time.Minute},
 		{"sessions.heartbeat", d.Sessions.Heartbeat, 25 * time.Second},
+		{"sessions.write_delay", d.Sessions.WriteDelay, time.Duration(0)},
 		{"sessions.queue_size", d.Sessions.QueueSize, 256},
 		{"sessions.max_message_size", d.Sessions.MaxMessageSize, int64(4096)},
 		{"sessions.rate_limit", d.Sessions.RateLimit, 20.0},

@@ -220,6 +220,9 @@ func (c *Config) problems() []Problem {
 	positive("history.prune_interval", c.History.PruneInterval)
 
 	positive("sessions.heartbeat", c.Sessions.Heartbeat)
+	if d := c.Sessions.WriteDelay; d < 0 || d > time.Second {
+		add("sessions.write_delay", "must be between 0 (write at once) and 1s, got %s", d)
+	}
 	positive("sessions.connect_timeout", c.Sessions.ConnectTimeout)
 	positiveInt("sessions.queue_size", int64(c.Sessions.QueueSize))
 	positiveInt("sessions.queue_bytes", c.Sessions.QueueBytes)

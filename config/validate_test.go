@@ -121,6 +121,13 @@ func TestValidate(t *testing.T) {
 			"shutdown.grace: must be a positive duration, got -1ns",
 		}},
 		{"zero rate strikes allowed", func(c *Config) { c.Sessions.RateStrikes = 0 }, nil},
+		{"write delay", func(c *Config) { c.Sessions.WriteDelay = 50 * time.Millisecond }, nil},
+		{"negative write delay", func(c *Config) { c.Sessions.WriteDelay = -time.Millisecond }, []string{
+			"sessions.write_delay: must be between 0 (write at once) and 1s, got -1ms",
+		}},
+		{"write delay past a second", func(c *Config) { c.Sessions.WriteDelay = 2 * time.Second }, []string{
+			"sessions.write_delay: must be between 0 (write at once) and 1s, got 2s",
+		}},
 		{"drain at once allowed", func(c *Config) { c.Shutdown.Drain = 0 }, nil},
 		{"drain as long as grace", func(c *Config) { c.Shutdown.Drain = c.Shutdown.Grace }, []string{
 			"shutdown.drain: must be at least 0 and less than shutdown.grace (10s), got 10s",

@@ -3,13 +3,19 @@ package session
 import (
 	"net"
 	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
 )
 
 // corkMax is the most a corkConn holds before it writes: enough for a few
 // dozen events, little enough that a burst costs no session much memory.
-const corkMax = 16 << 10
+// A hold buffer starts at corkStart and grows to corkMax when a batch
+// needs it (with a write delay most sessions hold a few frames at a time).
+const (
+	corkMax   = 16 << 10
+	corkStart = 4 << 10
+)
 
 // corkConn is the network connection under a WebSocket. While its WSConn has
 // another text frame waiting after the one being written (the writer will
@@ -26,12 +32,23 @@ const corkMax = 16 << 10
 // write blocked on a client that reads nothing returns at once, as with the
 // bare connection), then drops what is held: a connection closed while
 // frames waited would not have delivered them either.
+//
+// With a write delay (Options.WriteDelay), everything but a close frame is
+// held, up to corkMax, and the first byte held arms a timer that writes
+// what is held by then, unless a write that is not held (a close frame,
+// or one past corkMax) wrote it first: a session that receives a frame
+// every few milliseconds writes them a few at a time.
 type corkConn struct {
 	net.Conn
-	mu     sync.Mutex
-	w      *WSConn // set once the session is set up; nil: nothing is held
-	held   *[]byte // bytes written and not yet sent, from the transport's pool; nil when none
-	closed bool    // Close was called: every later Write fails
+	mu sync.Mutex
+	// w is set once the session is set up, and cleared by Close; nil:
+	// nothing is held, and a write goes to the network connection at once
+	// (after Close, to fail there).
+	w    *WSConn
+	held *[]byte // bytes written and not yet sent, from the transport's pool; nil when none
+	// delay is the timer that writes what is held (write delay), nil when
+	// none is armed.
+	delay *time.Timer
 }
 
 // own starts holding for w, whose frames this connection carries.
@@ -46,20 +63,22 @@ func (c *corkConn) own(w *WSConn) {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		// Holding would report bytes written that never will be.
-		return 0, net.ErrClosed
-	}
 	heldLen := 0
 	if c.held != nil {
 		heldLen = len(*c.held)
 	}
-	if c.w != nil && heldLen+len(p) <= corkMax && !closeFrame(p) && c.w.more() {
-		if c.held == nil {
-			c.held = c.w.t.corkBuffer()
+	if c.w != nil && heldLen+len(p) <= corkMax && !closeFrame(p) {
+		d := c.w.t.o.WriteDelay
+		if d > 0 || c.w.more() {
+			if c.held == nil {
+				c.held = c.w.t.corkBuffer()
+			}
+			*c.held = append(*c.held, p...)
+			if d > 0 && c.delay == nil {
+				c.armDelay(d)
+			}
+			return len(p), nil
 		}
-		*c.held = append(*c.held, p...)
-		return len(p), nil
 	}
 	if c.held == nil {
 		return c.Conn.Write(p)
@@ -83,8 +102,41 @@ func closeFrame(p []byte) bool {
 	return len(p) > 0 && p[0] == 0x80|websocket.CloseMessage
 }
 
-// release gives the held buffer back; mu is held.
+// armDelay arms the timer that writes what is held in d; mu is held. A
+// timer that fires after what it was armed for was written (its write
+// came first, or the connection closed) does nothing.
+func (c *corkConn) armDelay(d time.Duration) {
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.delay != t {
+			return
+		}
+		c.delay = nil
+		if c.held == nil {
+			return
+		}
+		_, err := c.Conn.Write(*c.held)
+		c.release()
+		if err != nil {
+			// The frames are lost, and nobody waits on this write to
+			// hear it: closing the network connection ends the read loop,
+			// and the session with it, as a failed write of melody's
+			// writer would.
+			_ = c.Conn.Close()
+		}
+	})
+	c.delay = t
+}
+
+// release gives the held buffer back and disarms the write delay's timer;
+// mu is held.
 func (c *corkConn) release() {
+	if c.delay != nil {
+		c.delay.Stop()
+		c.delay = nil
+	}
 	if c.held == nil {
 		return
 	}
@@ -96,12 +148,13 @@ func (c *corkConn) release() {
 }
 
 // Close closes the network connection and drops what is held; every
-// later Write fails with net.ErrClosed.
+// later Write goes to the closed connection and fails (holding it would
+// report bytes written that never will be).
 func (c *corkConn) Close() error {
 	err := c.Conn.Close()
 	c.mu.Lock()
-	c.closed = true
 	c.release()
+	c.w = nil
 	c.mu.Unlock()
 	return err
 }
@@ -111,6 +164,6 @@ func (t *Transport) corkBuffer() *[]byte {
 	if b, ok := t.corkPool.Get().(*[]byte); ok {
 		return b
 	}
-	b := make([]byte, 0, corkMax)
+	b := make([]byte, 0, corkStart)
 	return &b
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +25,7 @@ type writeLog struct {
 	mu     sync.Mutex
 	writes [][]byte
 	closed bool
+	wrote  chan struct{} // if not nil, signalled after each write
 }
 
 func (l *writeLog) Write(p []byte) (int, error) {
@@ -33,6 +35,9 @@ func (l *writeLog) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	l.writes = append(l.writes, bytes.Clone(p))
+	if l.wrote != nil {
+		l.wrote <- struct{}{}
+	}
 	return len(p), nil
 }
 
@@ -64,6 +69,102 @@ func corked(queued, sent int64) (*corkConn, *writeLog, *WSConn) {
 	w.net.own(w)
 	return &w.net, l, w
 }
+
+// delayed returns a corkConn over a writeLog for a WSConn with write delay
+// d, nothing queued after the frame being written, and a channel that
+// receives a value after each write.
+func delayed(d time.Duration) (*corkConn, *writeLog) {
+	w := newWSConn(&Transport{o: Options{WriteDelay: d}})
+	w.queued.Store(1)
+	l := &writeLog{wrote: make(chan struct{}, 16)}
+	w.net.Conn = l
+	w.net.own(w)
+	return &w.net, l
+}
+
+// With a write delay, a frame nothing follows is held and written by the
+// timer with those that came within the delay; a write that is not held
+// writes them at once and disarms the timer; a close drops them.
+func TestCorkConnWriteDelay(t *testing.T) {
+	t.Run("the timer writes what came within the delay, in one call", func(t *testing.T) {
+		c, l := delayed(20 * time.Millisecond)
+		for _, s := range []string{"one,", "two,", "three"} {
+			if n, err := c.Write([]byte(s)); n != len(s) || err != nil {
+				t.Fatalf("Write %q: %d, %v", s, n, err)
+			}
+		}
+		if calls, _ := l.log(); calls != 0 {
+			t.Fatalf("%d writes before the delay passed, want none", calls)
+		}
+		select {
+		case <-l.wrote:
+		case <-time.After(5 * time.Second):
+			t.Fatal("nothing written after the delay")
+		}
+		if calls, all := l.log(); calls != 1 || all != "one,two,three" {
+			t.Fatalf("%d writes of %q, want 1 of one,two,three", calls, all)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.held != nil || c.delay != nil {
+			t.Fatal("hold buffer or timer kept after the timer wrote")
+		}
+	})
+	t.Run("a close frame writes what is held at once and disarms the timer", func(t *testing.T) {
+		c, l := delayed(time.Hour)
+		if _, err := c.Write([]byte("held,")); err != nil {
+			t.Fatal(err)
+		}
+		closeFrame := []byte{0x88, 2, 0x03, 0xe8}
+		if _, err := c.Write(closeFrame); err != nil {
+			t.Fatal(err)
+		}
+		if calls, all := l.log(); calls != 1 || all != "held,"+string(closeFrame) {
+			t.Fatalf("%d writes of %q, want the held frame and the close in 1", calls, all)
+		}
+		if c.delay != nil {
+			t.Fatal("timer still armed after the write")
+		}
+	})
+	t.Run("close drops what is held and disarms the timer", func(t *testing.T) {
+		c, l := delayed(time.Hour)
+		if _, err := c.Write([]byte("held")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		armed := c.delay != nil
+		c.mu.Unlock()
+		if calls, _ := l.log(); calls != 0 || armed {
+			t.Fatalf("%d writes, timer armed %v after Close: want none, no", calls, armed)
+		}
+	})
+	t.Run("a failed write of the timer closes the connection", func(t *testing.T) {
+		c, l := delayed(time.Millisecond)
+		closed := make(chan struct{})
+		c.Conn = &failingConn{closed: closed}
+		_ = l
+		if _, err := c.Write([]byte("held")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the connection stays open after the timer's write failed")
+		}
+	})
+}
+
+// failingConn is a net.Conn whose writes fail; Close closes closed.
+type failingConn struct {
+	net.Conn
+	closed chan struct{}
+}
+
+func (f *failingConn) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+func (f *failingConn) Close() error              { close(f.closed); return nil }
 
 func TestCorkConn(t *testing.T) {
 	t.Run("nothing held before the session owns it", func(t *testing.T) {
@@ -238,4 +339,93 @@ func TestSessionBehindWritesInBatches(t *testing.T) {
 		t.Fatalf("%d writes for %d frames, want at most %d", n, frames, frames/4)
 	}
 	t.Logf("%d frames and the close in %d writes", frames, writes.Load())
+}
+
+// trickleHandler writes n frames from a goroutine of its own, in random
+// bursts with random pauses, of random sizes (some past gorilla's 4 KiB
+// write buffer, written in two calls, some past corkMax), and never closes.
+type trickleHandler struct {
+	echoHandler
+	n    int
+	seed int64
+}
+
+func (h *trickleHandler) Open() {
+	go func() {
+		r := rand.New(rand.NewSource(h.seed))
+		for i := 0; i < h.n; {
+			h.s.Lock()
+			for burst := 1 + r.Intn(40); burst > 0 && i < h.n; burst-- {
+				size := 20 + r.Intn(200)
+				switch r.Intn(20) {
+				case 0:
+					size = 5000 + r.Intn(3000)
+				case 1:
+					size = corkMax + 1000
+				}
+				// 0x88 bytes: a write of a frame's second part may look
+				// like a close frame.
+				h.s.WriteLocked(fmt.Appendf(nil, "frame %06d %s", i, strings.Repeat("\x88", size)))
+				i++
+			}
+			h.s.Unlock()
+			if r.Intn(3) > 0 {
+				time.Sleep(time.Duration(r.Intn(3000)) * time.Microsecond) // the pace of a source, not a wait
+			}
+		}
+	}()
+}
+
+// Every frame arrives, in order, while the connection stays open, with a
+// write delay or without, while the client pings (the relay answers from
+// its read goroutine, between the writer's frames) and sometimes reads
+// slowly.
+func TestCorkConnLosesNothing(t *testing.T) {
+	for _, delay := range []time.Duration{0, 2 * time.Millisecond} {
+		for round := range 3 {
+			t.Run(fmt.Sprintf("delay %v round %d", delay, round), func(t *testing.T) {
+				const frames = 2000
+				e := newEnv(t, Options{QueueSize: 4096, WriteDelay: delay})
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					_ = e.tr.Serve(w, r, nil, func(s *Session) Handler {
+						return &trickleHandler{echoHandler: echoHandler{s: s}, n: frames, seed: int64(round)}
+					})
+				}))
+				t.Cleanup(srv.Close)
+				client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer client.Close()
+				pinging := make(chan struct{})
+				defer close(pinging)
+				go func() {
+					for {
+						select {
+						case <-pinging:
+							return
+						case <-time.After(time.Millisecond):
+						}
+						if client.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)) != nil {
+							return
+						}
+					}
+				}()
+				r := rand.New(rand.NewSource(int64(round) + 100))
+				for i := range frames {
+					_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+					_, msg, err := client.ReadMessage()
+					if err != nil {
+						t.Fatalf("frame %d: %v", i, err)
+					}
+					if want := fmt.Sprintf("frame %06d ", i); !strings.HasPrefix(string(msg), want) {
+						t.Fatalf("frame %d is %.14q", i, msg)
+					}
+					if round == 1 && r.Intn(100) == 0 {
+						time.Sleep(5 * time.Millisecond) // a client that reads slowly at times
+					}
+				}
+			})
+		}
+	}
 }

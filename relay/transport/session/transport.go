@@ -58,15 +58,21 @@ type Options struct {
 	// ("https://*.example.com": one or more labels in place of the
 	// wildcard, the same scheme and port); requests without Origin are
 	// allowed.
-	Origins        []string
-	Heartbeat      time.Duration // default 25s
-	QueueSize      int           // outbound frames per session; default 256
-	QueueBytes     int64         // outbound event bytes per session (one frame always passes); default 16 MiB
-	MaxMessageSize int64         // client frame limit; default 4096
-	RateLimit      float64       // client messages per second; default 20
-	RateBurst      int           // default 50
-	RateStrikes    int           // messages past the limit before the close; default 20
-	ReplayLimit    int           // events one resume replays before resync; default 100000
+	Origins   []string
+	Heartbeat time.Duration // default 25s
+	// WriteDelay, when positive, is how long a WebSocket session may keep
+	// what it writes before the system call, to write what follows within
+	// it in the same call (corkConn): fewer system calls under fan-out,
+	// for that much latency. 0 (the default): a frame that nothing follows
+	// is written at once.
+	WriteDelay     time.Duration
+	QueueSize      int     // outbound frames per session; default 256
+	QueueBytes     int64   // outbound event bytes per session (one frame always passes); default 16 MiB
+	MaxMessageSize int64   // client frame limit; default 4096
+	RateLimit      float64 // client messages per second; default 20
+	RateBurst      int     // default 50
+	RateStrikes    int     // messages past the limit before the close; default 20
+	ReplayLimit    int     // events one resume replays before resync; default 100000
 	// Membership, when not nil, reads a user's teams from the
 	// auth.membership table (team ids as text); sessions then follow it
 	// instead of their token's teams, or in MembershipIntersect mode the

@@ -365,7 +365,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	so := session.Options{
 		Hub: r.hub, History: hist, Verifier: r.verifier, Origins: origins,
-		Heartbeat: cfg.Sessions.Heartbeat, QueueSize: cfg.Sessions.QueueSize, QueueBytes: cfg.Sessions.QueueBytes,
+		Heartbeat: cfg.Sessions.Heartbeat, WriteDelay: cfg.Sessions.WriteDelay, QueueSize: cfg.Sessions.QueueSize, QueueBytes: cfg.Sessions.QueueBytes,
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
