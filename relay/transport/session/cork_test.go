@@ -41,6 +41,8 @@ func (l *writeLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+func (l *writeLog) SetWriteDeadline(time.Time) error { return nil }
+
 func (l *writeLog) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -106,7 +108,7 @@ func TestCorkConnWriteDelay(t *testing.T) {
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.held != nil || c.delay != nil {
+		if c.h != nil {
 			t.Fatal("hold buffer or timer kept after the timer wrote")
 		}
 	})
@@ -115,6 +117,7 @@ func TestCorkConnWriteDelay(t *testing.T) {
 		if _, err := c.Write([]byte("held,")); err != nil {
 			t.Fatal(err)
 		}
+		timer := c.h.delay
 		closeFrame := []byte{0x88, 2, 0x03, 0xe8}
 		if _, err := c.Write(closeFrame); err != nil {
 			t.Fatal(err)
@@ -122,8 +125,8 @@ func TestCorkConnWriteDelay(t *testing.T) {
 		if calls, all := l.log(); calls != 1 || all != "held,"+string(closeFrame) {
 			t.Fatalf("%d writes of %q, want the held frame and the close in 1", calls, all)
 		}
-		if c.delay != nil {
-			t.Fatal("timer still armed after the write")
+		if c.h != nil || timer.Stop() {
+			t.Fatal("hold or timer kept after the write")
 		}
 	})
 	t.Run("close drops what is held and disarms the timer", func(t *testing.T) {
@@ -131,12 +134,11 @@ func TestCorkConnWriteDelay(t *testing.T) {
 		if _, err := c.Write([]byte("held")); err != nil {
 			t.Fatal(err)
 		}
+		timer := c.h.delay
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		c.mu.Lock()
-		armed := c.delay != nil
-		c.mu.Unlock()
+		armed := timer.Stop()
 		if calls, _ := l.log(); calls != 0 || armed {
 			t.Fatalf("%d writes, timer armed %v after Close: want none, no", calls, armed)
 		}
@@ -165,6 +167,8 @@ type failingConn struct {
 
 func (f *failingConn) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
 func (f *failingConn) Close() error              { close(f.closed); return nil }
+
+func (f *failingConn) SetWriteDeadline(time.Time) error { return nil }
 
 func TestCorkConn(t *testing.T) {
 	t.Run("nothing held before the session owns it", func(t *testing.T) {
@@ -195,7 +199,7 @@ func TestCorkConn(t *testing.T) {
 		if calls, all := l.log(); calls != 1 || all != "one,two,three" {
 			t.Fatalf("%d writes of %q, want 1 of one,two,three", calls, all)
 		}
-		if c.held != nil {
+		if c.h != nil {
 			t.Fatal("hold buffer kept after the write")
 		}
 	})
@@ -234,8 +238,8 @@ func TestCorkConn(t *testing.T) {
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if calls, _ := l.log(); calls != 0 || !l.closed || c.held != nil {
-			t.Fatalf("%d writes, closed %v, held %v: want none, closed, none", calls, l.closed, c.held)
+		if calls, _ := l.log(); calls != 0 || !l.closed || c.h != nil {
+			t.Fatalf("%d writes, closed %v, held %v: want none, closed, none", calls, l.closed, c.h)
 		}
 	})
 	t.Run("a write after close fails, held or not", func(t *testing.T) {
@@ -249,8 +253,8 @@ func TestCorkConn(t *testing.T) {
 				t.Fatalf("Write with %d queued after Close: %d, %v; want 0, net.ErrClosed", queued, n, err)
 			}
 		}
-		if calls, _ := l.log(); calls != 0 || c.held != nil {
-			t.Fatalf("%d writes, held %v after Close: want none", calls, c.held)
+		if calls, _ := l.log(); calls != 0 || c.h != nil {
+			t.Fatalf("%d writes, held %v after Close: want none", calls, c.h)
 		}
 	})
 	t.Run("a failed write reports nothing of the frame written", func(t *testing.T) {
@@ -426,6 +430,116 @@ func TestCorkConnLosesNothing(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// With the longest write delay, a client's ping is answered: gorilla holds
+// the pong's write to a one-second deadline, which has passed when the
+// timer writes it, so the timer's write has a deadline of its own.
+func TestCorkConnWriteDelayAnswersPings(t *testing.T) {
+	e := newEnv(t, Options{WriteDelay: time.Second})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler { return &echoHandler{s: s} })
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "hello" {
+		t.Fatalf("hello: %q, %v", msg, err)
+	}
+	// The pong alone is held; once it came, an echo shows the connection
+	// lives.
+	client.SetPongHandler(func(string) error {
+		go func() { _ = client.WriteMessage(websocket.TextMessage, []byte("echo")) }()
+		return nil
+	})
+	if err := client.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "echo" {
+		t.Fatalf("after a ping: %q, %v; want the pong, then the echo on a live connection", msg, err)
+	}
+}
+
+// startedConn signals each Write as it starts.
+type startedConn struct {
+	net.Conn
+	started chan struct{}
+}
+
+func (c *startedConn) Write(p []byte) (int, error) {
+	select {
+	case c.started <- struct{}{}:
+	default:
+	}
+	return c.Conn.Write(p)
+}
+
+// A deadline gorilla sets while the write delay's timer writes to a client
+// that reads nothing (a pong's, one second) waits for that write, which
+// keeps its own: the client reads everything once it reads again two
+// seconds later.
+func TestCorkConnTimerWriteKeepsItsDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	srv := <-accepted
+	defer srv.Close()
+	// Fill the socket buffers, small ones (set, they do not grow): the
+	// client reads nothing yet.
+	_ = srv.(*net.TCPConn).SetWriteBuffer(4096)
+	_ = client.(*net.TCPConn).SetReadBuffer(4096)
+	for _, size := range []int{4 << 10, 256, 1} {
+		junk := make([]byte, size)
+		for {
+			_ = srv.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+			if _, err := srv.Write(junk); err != nil {
+				break
+			}
+		}
+	}
+	w := newWSConn(&Transport{o: Options{WriteDelay: 10 * time.Millisecond}})
+	w.queued.Store(1)
+	started := make(chan struct{}, 1)
+	w.net.Conn = &startedConn{Conn: srv, started: started}
+	c := &w.net
+	c.own(w)
+	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second)) // melody's writer
+	if _, err := c.Write([]byte("\x81\x04last")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started: // the timer's write, blocked on the full buffers
+	case <-time.After(5 * time.Second):
+		t.Fatal("the timer did not write")
+	}
+	go func() { // gorilla's pong, from the read goroutine
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte{0x8a, 0})
+	}()
+	time.Sleep(2 * time.Second) // a client that reads nothing for longer than the pong's deadline
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var all []byte
+	buf := make([]byte, 64<<10)
+	for !bytes.Contains(all, []byte("\x81\x04last")) {
+		n, err := client.Read(buf)
+		all = append(all, buf[:n]...)
+		if err != nil {
+			t.Fatalf("read %d bytes (%v) without the held frame: its write timed out on the pong's deadline", len(all), err)
 		}
 	}
 }

@@ -291,25 +291,62 @@ func TestClientWorkRunsOnFreshStacks(t *testing.T) {
 	}
 }
 
-// A panic in work run on a fresh stack is raised again on the caller's
-// goroutine, where an HTTP server recovers it, with the value and the stack
-// it was raised on.
-func TestFreshStackPanicsOnTheCaller(t *testing.T) {
-	var got any
-	func() {
-		defer func() { got = recover() }()
-		onFreshStack(func() { panic("handler failed") })
-	}()
-	p, ok := got.(*freshStackPanic)
-	if !ok {
-		t.Fatalf("recovered %v (%T), want a *freshStackPanic", got, got)
-	}
-	if p.value != "handler failed" || !strings.Contains(p.Error(), "TestFreshStackPanicsOnTheCaller") {
-		t.Fatalf("panic %q, want the value and the stack it was raised on", p.Error())
+// A panic in work run on a fresh stack is returned with the value and the
+// stack it was raised on.
+func TestFreshStackReturnsThePanic(t *testing.T) {
+	p := onFreshStack(func() { panic("handler failed") })
+	if p == nil || p.value != "handler failed" || !strings.Contains(string(p.stack), "TestFreshStackReturnsThePanic") {
+		t.Fatalf("panic %+v, want the value and the stack it was raised on", p)
 	}
 	ran := false
-	onFreshStack(func() { ran = true })
-	if !ran {
-		t.Fatal("fn did not run")
+	if p := onFreshStack(func() { ran = true }); p != nil || !ran {
+		t.Fatalf("fn ran %v, panic %v; want it run, no panic", ran, p)
+	}
+}
+
+// panicReceiver panics on the first message.
+type panicReceiver struct{ gone chan struct{} }
+
+func (r *panicReceiver) Receive([]byte)       { panic("handler bug") }
+func (r *panicReceiver) ReceiveBinary([]byte) {}
+func (r *panicReceiver) Sent(int)             {}
+func (r *panicReceiver) Gone()                { close(r.gone) }
+
+// A connection whose handler panicked on a client's message is closed with
+// 1001 (the client reconnects with since), the panic is reported, and the
+// connection is let go of: its receiver hears Gone.
+func TestHandlerPanicClosesTheConnection(t *testing.T) {
+	reported := make(chan error, 1)
+	e := newEnv(t, Options{OnPanic: func(err error) { reported <- err }})
+	r := &panicReceiver{gone: make(chan struct{})}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = e.tr.ServeConn(w, req, func(*WSConn) Receiver { return r })
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.WriteMessage(websocket.TextMessage, []byte("boom")); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, _, err = client.ReadMessage()
+	if !websocket.IsCloseError(err, CloseGoingAway) {
+		t.Fatalf("after the panic: %v, want close 1001", err)
+	}
+	select {
+	case err := <-reported:
+		if !strings.Contains(err.Error(), "handler bug") {
+			t.Fatalf("reported %v, want the panic's value", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the panic was not reported")
+	}
+	select {
+	case <-r.gone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Gone never called: the connection leaks")
 	}
 }

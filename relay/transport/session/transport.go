@@ -81,6 +81,10 @@ type Options struct {
 	MembershipIntersect bool
 	Logger              *slog.Logger
 	Metrics             *metrics.Metrics // nil: not measured
+	// OnPanic, when set, hears of a protocol handler that panicked (the
+	// error names the panic's value; the log has its stack). The
+	// transport closes that session with 1001 and runs on.
+	OnPanic func(err error)
 
 	// Connection limits (Admit, Ticket.ForUser); zero selects the
 	// Default* constants.
@@ -177,6 +181,7 @@ func New(o Options) *Transport {
 	t.m.Upgrader.WriteBufferSize = 4096
 	t.m.Upgrader.WriteBufferPool = &sync.Pool{}
 	t.m.Config.MaxMessageSize = o.MaxMessageSize
+	t.m.Config.WriteWait = writeWait
 	t.m.Config.PingPeriod = o.Heartbeat
 	t.m.Config.PongWait = 2 * o.Heartbeat
 	// Melody preallocates each session's output channel: it is short, and
@@ -185,12 +190,18 @@ func New(o Options) *Transport {
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
 		if c := t.wsConnOf(ms); c != nil {
-			onFreshStack(func() { c.recv.Receive(msg) })
+			if p := onFreshStack(func() { c.recv.Receive(msg) }); p != nil {
+				t.panicked(p)
+				c.Close(CloseGoingAway, "internal error")
+			}
 		}
 	})
 	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
 		if c := t.wsConnOf(ms); c != nil {
-			onFreshStack(func() { c.recv.ReceiveBinary(msg) })
+			if p := onFreshStack(func() { c.recv.ReceiveBinary(msg) }); p != nil {
+				t.panicked(p)
+				c.Close(CloseGoingAway, "internal error")
+			}
 		}
 	})
 	t.m.HandleSentMessage(func(ms *melody.Session, msg []byte) {
@@ -446,7 +457,18 @@ func (t *Transport) openSession(s *Session, newHandler NewHandler) {
 	t.mu.Lock()
 	t.sessions[s] = struct{}{}
 	t.mu.Unlock()
-	onFreshStack(s.h.Open)
+	if p := onFreshStack(s.h.Open); p != nil {
+		t.panicked(p)
+		// A handler that panicked with the session's lock held leaves it
+		// held: its connection is closed without it.
+		if s.mu.TryLock() {
+			s.CloseLocked(CloseGoingAway, "internal error")
+			s.mu.Unlock()
+		} else {
+			s.c.Close(CloseGoingAway, "internal error")
+		}
+		return
+	}
 	if t.Draining() {
 		// Drain may have listed the sessions before this one joined.
 		s.Lock()
@@ -488,11 +510,11 @@ func (t *Transport) onDisconnect(ms *melody.Session) {
 // per session). A goroutine costs a fraction of a microsecond; clients send
 // little.
 //
-// A panic in fn is raised again on the caller's goroutine (as a
-// freshStackPanic, with fn's stack), so it ends what it would have ended
-// had fn run there: an HTTP handler's request (a Socket.IO polling
-// session's Open runs on one), not the process.
-func onFreshStack(fn func()) {
+// A panic of fn is recovered and returned, with fn's stack: the caller
+// ends the session fn ran for (panicked), and the relay runs on. Raised
+// again on the caller's goroutine, it would unwind melody's read loop,
+// which has no deferred cleanup, and leak the connection.
+func onFreshStack(fn func()) *freshStackPanic {
 	done := make(chan *freshStackPanic, 1)
 	go func() {
 		var p *freshStackPanic
@@ -504,9 +526,7 @@ func onFreshStack(fn func()) {
 		}()
 		fn()
 	}()
-	if p := <-done; p != nil {
-		panic(p)
-	}
+	return <-done
 }
 
 // freshStackPanic is a panic of a function onFreshStack ran: its value
@@ -516,7 +536,14 @@ type freshStackPanic struct {
 	stack []byte
 }
 
-func (p *freshStackPanic) Error() string { return fmt.Sprintf("%v\n\n%s", p.value, p.stack) }
+// panicked logs and reports a protocol handler's panic.
+func (t *Transport) panicked(p *freshStackPanic) {
+	t.o.Logger.Error("a session's protocol handler panicked; the session is closed with 1001",
+		"panic", fmt.Sprint(p.value), "stack", string(p.stack))
+	if t.o.OnPanic != nil {
+		t.o.OnPanic(fmt.Errorf("session handler: %v", p.value))
+	}
+}
 
 // closed runs once a session's connection is gone.
 func (t *Transport) closed(s *Session) {

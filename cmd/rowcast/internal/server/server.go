@@ -369,6 +369,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		MaxMessageSize: cfg.Sessions.MaxMessageSize, RateLimit: cfg.Sessions.RateLimit,
 		RateBurst: cfg.Sessions.RateBurst, RateStrikes: cfg.Sessions.RateStrikes,
 		ReplayLimit: cfg.Sessions.ReplayLimit, Logger: r.log.With("component", "ws"), Metrics: r.metrics,
+		OnPanic:            func(err error) { r.report.Failure(report.KindPanic, err) },
 		MaxSessionsPerUser: cfg.Limits.SessionsPerUser, MaxSessionsPerAddress: cfg.Limits.SessionsPerAddress,
 		MaxSessions: cfg.Limits.SessionsTotal, UpgradeRate: cfg.Limits.UpgradeRate,
 		UpgradeBurst: cfg.Limits.UpgradeBurst, TrustedProxies: proxies,
