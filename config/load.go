@@ -108,7 +108,12 @@ type LoadOptions struct {
 // be decoded (a key with a problem keeps its default or is partly set), so
 // that `rowcast config check` can go on to check the database and report
 // everything at once. It must not be used to run anything.
-func Load(opts LoadOptions) (*Config, error) {
+func Load(opts LoadOptions) (*Config, error) { return Overlay(Defaults(), opts) }
+
+// Overlay is Load on base instead of Defaults: the file, the environment
+// and Set override what base says (a configuration a command built for
+// itself, such as a benchmark's relay).
+func Overlay(base Config, opts LoadOptions) (*Config, error) {
 	v := viper.New()
 	if opts.File != "" {
 		b, err := os.ReadFile(opts.File)
@@ -172,7 +177,7 @@ func Load(opts LoadOptions) (*Config, error) {
 		origin[k] = "a flag"
 	}
 
-	cfg := Defaults()
+	cfg := base
 	d.decode("", v.AllSettings(), reflect.ValueOf(&cfg).Elem())
 	for i := range cfg.Tables {
 		cfg.Tables[i] = cfg.Tables[i].WithDefaults()

@@ -551,3 +551,24 @@ func TestTableNames(t *testing.T) {
 		}
 	}
 }
+
+// Overlay applies the file, the environment and the flags to a base that
+// is not Defaults, keeping what they do not name.
+func TestOverlayKeepsTheBase(t *testing.T) {
+	base := Defaults()
+	base.Database.URL = "postgres://bench@127.0.0.1/bench"
+	base.Auth.JWTSecret = "bench-secret-bench-secret-bench-secret"
+	base.Sessions.QueueSize = 1024
+	base.Tables = []Table{Table{Table: "escrows"}.WithDefaults()}
+	cfg, err := Overlay(base, LoadOptions{Set: map[string]string{"sessions.write_delay": "50ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Sessions.WriteDelay != 50*time.Millisecond || cfg.Sessions.QueueSize != 1024 || cfg.Database.URL != base.Database.URL {
+		t.Fatalf("write_delay %v, queue_size %d, database.url %q: want 50ms, the base's 1024 and URL",
+			cfg.Sessions.WriteDelay, cfg.Sessions.QueueSize, cfg.Database.URL)
+	}
+	if _, err := Overlay(base, LoadOptions{Set: map[string]string{"sessions.write_dealy": "50ms"}}); err == nil {
+		t.Fatal("an unknown key was accepted")
+	}
+}

@@ -26,7 +26,7 @@ import (
 // and the ratios are printed; PostgreSQL's CPU per change is reported for
 // both.
 func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench latency", stderr)
+	fs, cf := newFlagSet("bench latency", stderr)
 	sessions := fs.Int("sessions", 1000, "WebSocket sessions, spread evenly over the teams")
 	teams := fs.Int("teams", 100, "teams written to (session i follows team 1 + i % teams)")
 	seconds := fs.Float64("seconds", 10, "writing time (writes = rate × seconds unless --writes is set)")
@@ -71,6 +71,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(err)
 	}
 	cfg, err := benchRelayConfig(url, *mode, *queue)
+	if err == nil {
+		cfg, err = benchOverrides(fs, cf).overlay(cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -116,6 +119,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 			return fail(err)
 		}
 		fcfg, err := benchRelayConfig(furl, *mode, *queue)
+		if err == nil {
+			fcfg, err = benchOverrides(fs, cf).overlay(fcfg)
+		}
 		if err != nil {
 			return fail(err)
 		}

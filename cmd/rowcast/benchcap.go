@@ -125,6 +125,10 @@ func runBenchCapture(ctx context.Context, args []string, stdout, stderr io.Write
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
+	if err := noOverrides(fs, "rowcast bench capture"); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast bench capture: %v\n", err)
 		return exitFailed
@@ -214,7 +218,7 @@ func benchCaptureMode(ctx context.Context, url, mode string, changes, txnRows, w
 // with N sessions open minus the same with none, divided by N; heap and
 // goroutine stacks, and goroutines, are reported next to it.
 func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench idle", stderr)
+	fs, cf := newFlagSet("bench idle", stderr)
 	sessions := fs.Int("sessions", 19000, "idle sessions (one file descriptor each in the relay and in the client process)")
 	memprofile := fs.String("memprofile", "", "write a heap profile to this `file` once the sessions are open")
 	if fs.Parse(args) != nil {
@@ -240,7 +244,10 @@ func runBenchIdle(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := crm.Setup(ctx, url); err != nil {
 		return fail(err)
 	}
-	cfg := benchConfig(url, config.ModeTrigger, true)
+	cfg, err := benchOverrides(fs, cf).overlay(benchConfig(url, config.ModeTrigger, true))
+	if err != nil {
+		return fail(err)
+	}
 	if err := installDemo(ctx, cfg); err != nil {
 		return fail(err)
 	}

@@ -40,7 +40,7 @@ func (s fanoutStep) ok(limit time.Duration) bool {
 // --baseline notify the floor relay is stepped the same way in the same
 // invocation.
 func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench fanout", stderr)
+	fs, cf := newFlagSet("bench fanout", stderr)
 	sessions := fs.Int("sessions", 5000, "WebSocket sessions, all of one team (each uses two file descriptors here)")
 	startRate := fs.Float64("rate", 200, "first write rate, transactions per second")
 	step := fs.Float64("step", 0.7, "factor applied to the write rate after a failed step")
@@ -89,6 +89,9 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 		return fail(err)
 	}
 	cfg, err := benchRelayConfig(url, *mode, *queue)
+	if err == nil {
+		cfg, err = benchOverrides(fs, cf).overlay(cfg)
+	}
 	if err != nil {
 		return fail(err)
 	}

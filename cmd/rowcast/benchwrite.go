@@ -76,6 +76,10 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
+	if err := noOverrides(fs, "rowcast bench writepath"); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
 		return exitFailed

@@ -39,6 +39,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
+	if err := noOverrides(fs, "rowcast demo"); err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
 	cfg := config.Defaults()
 	cfg.Listen = *listen
 	cfg.Shutdown.Drain = 0 // one replica on one machine: Ctrl-C closes the demo's sessions at once

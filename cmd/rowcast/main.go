@@ -135,6 +135,49 @@ func (cf *configFlags) load(stderr io.Writer) (*config.Config, int) {
 	return cfg, exitOK
 }
 
+// benchOverrides returns what a benchmark takes of cf: --set, and --config
+// only when given on the command line (a benchmark does not read
+// ROWCAST_CONFIG, which names the configuration of a real relay).
+func benchOverrides(fs *flag.FlagSet, cf *configFlags) *configFlags {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if !explicit {
+		return &configFlags{set: cf.set}
+	}
+	return cf
+}
+
+// noOverrides refuses --config and --set given to a benchmark whose relay
+// they would not configure.
+func noOverrides(fs *flag.FlagSet, name string) error {
+	var given []string
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" || f.Name == "set" {
+			given = append(given, "--"+f.Name)
+		}
+	})
+	if len(given) > 0 {
+		return fmt.Errorf("%s does not take %s: it runs a configuration of its own", name, strings.Join(given, " or "))
+	}
+	return nil
+}
+
+// overlay applies --config and --set to cfg, the relay configuration a
+// benchmark built (the environment is not read). The benchmark's own
+// database and listen address stay: a benchmark never runs on another
+// database than the throwaway one it made.
+func (cf *configFlags) overlay(cfg *config.Config) (*config.Config, error) {
+	if cf == nil || cf.file == "" && len(cf.set) == 0 {
+		return cfg, nil
+	}
+	out, err := config.Overlay(*cfg, config.LoadOptions{File: cf.file, Set: cf.set})
+	if err != nil {
+		return nil, err
+	}
+	out.Database.URL, out.Listen = cfg.Database.URL, cfg.Listen
+	return out, nil
+}
+
 func printProblems(w io.Writer, err error) {
 	var p *config.Problems
 	if errors.As(err, &p) {
