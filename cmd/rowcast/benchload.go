@@ -126,7 +126,17 @@ func rowcastTargetFrom(r *server.Relay, secret string, spread bool) loadTarget {
 				c.Close()
 				return nil, fmt.Errorf("pong: %w", err)
 			}
-			return c.WebSocket(), nil
+			// The client's read deadline (two heartbeats) is moved by what
+			// it reads, and nothing is read until every session is
+			// connected: dialing thousands can take longer (with a write
+			// delay, each waits for its welcome and its pong). The
+			// benchmark's reader has no deadline.
+			ws := c.WebSocket()
+			if err := ws.SetReadDeadline(time.Time{}); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return ws, nil
 		},
 		seen:     func() int64 { return int64(r.Hub().Stats().Published) },
 		sessions: func() int64 { return r.Hub().Stats().Subscribers },
@@ -223,11 +233,15 @@ type loadSession struct {
 }
 
 // dialSessions connects n sessions to t, session i in team 1 + i % teams,
-// eight at a time. On error the sessions connected so far are closed.
+// 64 at a time. Nothing reads a session until all are connected, so none
+// answers the relay's pings meanwhile: the dialing must end well within
+// the relay's pong wait (two heartbeats, 50 s), and a dial waits for two
+// frames (longer with a write delay). On error the sessions connected so
+// far are closed.
 func dialSessions(ctx context.Context, t loadTarget, n, teams int) ([]*loadSession, error) {
 	out := make([]*loadSession, n)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
+	g.SetLimit(64)
 	for i := range out {
 		g.Go(func() error {
 			ws, err := t.dial(gctx, 1+i%teams)
