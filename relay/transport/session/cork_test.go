@@ -390,17 +390,9 @@ func TestCorkConnLosesNothing(t *testing.T) {
 			t.Run(fmt.Sprintf("delay %v round %d", delay, round), func(t *testing.T) {
 				const frames = 2000
 				e := newEnv(t, Options{QueueSize: 4096, WriteDelay: delay})
-				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					_ = e.tr.Serve(w, r, nil, func(s *Session) Handler {
-						return &trickleHandler{echoHandler: echoHandler{s: s}, n: frames, seed: int64(round)}
-					})
-				}))
-				t.Cleanup(srv.Close)
-				client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer client.Close()
+				client := serveAndDial(t, e, func(s *Session) Handler {
+					return &trickleHandler{echoHandler: echoHandler{s: s}, n: frames, seed: int64(round)}
+				})
 				pinging := make(chan struct{})
 				defer close(pinging)
 				go func() {
@@ -439,15 +431,7 @@ func TestCorkConnLosesNothing(t *testing.T) {
 // timer writes it, so the timer's write has a deadline of its own.
 func TestCorkConnWriteDelayAnswersPings(t *testing.T) {
 	e := newEnv(t, Options{WriteDelay: time.Second})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = e.tr.Serve(w, r, nil, func(s *Session) Handler { return &echoHandler{s: s} })
-	}))
-	t.Cleanup(srv.Close)
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := serveAndDial(t, e, func(s *Session) Handler { return &echoHandler{s: s} })
 	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, msg, err := client.ReadMessage(); err != nil || string(msg) != "hello" {
 		t.Fatalf("hello: %q, %v", msg, err)
@@ -542,4 +526,20 @@ func TestCorkConnTimerWriteKeepsItsDeadline(t *testing.T) {
 			t.Fatalf("read %d bytes (%v) without the held frame: its write timed out on the pong's deadline", len(all), err)
 		}
 	}
+}
+
+// serveAndDial serves e's transport with newHandler on a test server and
+// dials it; both are closed when the test ends.
+func serveAndDial(t *testing.T, e *env, newHandler NewHandler) *websocket.Conn {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = e.tr.Serve(w, r, nil, newHandler)
+	}))
+	t.Cleanup(srv.Close)
+	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
 }

@@ -189,20 +189,10 @@ func New(o Options) *Transport {
 	t.m.Config.MessageBufferSize = outputChannelSize
 	t.m.HandleConnect(t.onConnect)
 	t.m.HandleMessage(func(ms *melody.Session, msg []byte) {
-		if c := t.wsConnOf(ms); c != nil {
-			if p := onFreshStack(func() { c.recv.Receive(msg) }); p != nil {
-				t.panicked(p)
-				c.Close(CloseGoingAway, "internal error")
-			}
-		}
+		t.receive(ms, func(r Receiver) { r.Receive(msg) })
 	})
 	t.m.HandleMessageBinary(func(ms *melody.Session, msg []byte) {
-		if c := t.wsConnOf(ms); c != nil {
-			if p := onFreshStack(func() { c.recv.ReceiveBinary(msg) }); p != nil {
-				t.panicked(p)
-				c.Close(CloseGoingAway, "internal error")
-			}
-		}
+		t.receive(ms, func(r Receiver) { r.ReceiveBinary(msg) })
 	})
 	t.m.HandleSentMessage(func(ms *melody.Session, msg []byte) {
 		if c := t.wsConnOf(ms); c != nil {
@@ -527,6 +517,20 @@ func onFreshStack(fn func()) *freshStackPanic {
 		fn()
 	}()
 	return <-done
+}
+
+// receive hands a client message of ms to its receiver with fn, on a
+// fresh stack; a receiver that panicked has its connection closed with
+// 1001.
+func (t *Transport) receive(ms *melody.Session, fn func(r Receiver)) {
+	c := t.wsConnOf(ms)
+	if c == nil {
+		return
+	}
+	if p := onFreshStack(func() { fn(c.recv) }); p != nil {
+		t.panicked(p)
+		c.Close(CloseGoingAway, "internal error")
+	}
 }
 
 // freshStackPanic is a panic of a function onFreshStack ran: its value
