@@ -192,10 +192,23 @@ func TestDrainSpreadsCloses(t *testing.T) {
 		t.Error("no event committed after SIGTERM reached a session on A while it drained")
 	}
 
-	l.finish() // on B, from their last positions: no event missing, none twice, no resync
-	for i, s := range drained {
-		if s.resumes == 0 {
-			t.Errorf("session %d on A did not resume on B", i)
+	// Each session on A resumes on B: its replay, then "resumed". Waited
+	// for before finish, which stops the sessions once they hold every
+	// row's final version: that can be the replay's last event, with the
+	// "resumed" frame behind it still unread.
+	resumed := func() (missing []int) {
+		for i, s := range drained {
+			s.mu.Lock()
+			if s.resumes == 0 {
+				missing = append(missing, i)
+			}
+			s.mu.Unlock()
 		}
+		return missing
+	}
+	l.await(time.Minute, "every session on A resumed on B", func() bool { return len(resumed()) == 0 })
+	l.finish() // on B, from their last positions: no event missing, none twice, no resync
+	if missing := resumed(); len(missing) > 0 {
+		t.Errorf("sessions %v on A did not resume on B", missing)
 	}
 }
