@@ -201,9 +201,13 @@ BEGIN
         SELECT FROM rowcast.changelog c
         WHERE c.xid >= pg_snapshot_xmax(prev.snap) AND c.xid < pg_snapshot_xmax(cur)
           AND pg_visible_in_snapshot(c.xid, cur)
+    -- The xip part looks each transaction up in the index (OFFSET 0
+    -- keeps the planner from making it a join, which it planned as a scan
+    -- of the whole changelog while the table had no statistics yet).
     ) AND NOT EXISTS (
-        SELECT FROM rowcast.changelog c
-        WHERE c.xid IN (SELECT pg_snapshot_xip(prev.snap)) AND pg_visible_in_snapshot(c.xid, cur)
+        SELECT FROM pg_snapshot_xip(prev.snap) x(xid)
+        CROSS JOIN LATERAL (SELECT c.xid FROM rowcast.changelog c WHERE c.xid = x.xid OFFSET 0) c
+        WHERE pg_visible_in_snapshot(c.xid, cur)
     ) THEN
         RETURN NULL;
     END IF;

@@ -327,6 +327,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		// Replay and pruning query a changelog whose size swings widely:
 		// plan each query for the table as it is.
 		pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+		// Nor compiled: JIT costs a replay's query hundreds of
+		// milliseconds when the changelog's statistics lag (Tail.Run).
+		pc.ConnConfig.RuntimeParams["jit"] = "off"
 		// The relay's own writes (pruning, bookkeeping) commit locally:
 		// with a synchronous standby down, commits waiting for it would
 		// pile up and hold every pooled connection, and resumes would

@@ -1,0 +1,98 @@
+package changelog_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rowcast/rowcast/relay/changelog"
+)
+
+// TestBatchLooksTransactionsUp: the reader's batch query looks the
+// changelog up by its index, never reading it whole, while the table has
+// no statistics yet (a fresh install before autovacuum's first analyze, or
+// a changelog that grew by a hundred thousand rows since): written as
+// "xid in (select pg_snapshot_xip(…))", PostgreSQL planned a sequential
+// scan of the changelog per tick, 1.3 s a poll at 100,000 rows.
+func TestBatchLooksTransactionsUp(t *testing.T) {
+	d := newDB(t)
+	d.exec("alter table rowcast.changelog set (autovacuum_enabled = false)")
+	d.exec(`insert into rowcast.changelog (stream, tbl, op, entity_id, row_data)
+		select 'team:' || g % 20, 'public.items', 'U', g::text, jsonb_build_object('id', g, 'pad', repeat('x', 300))
+		from generate_series(1, 50000) g`)
+	rows, err := d.conn.Query(t.Context(), "explain "+changelog.BatchSQL, 0, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := strings.Join(lines, "\n")
+	if strings.Contains(plan, "Seq Scan on changelog") {
+		t.Errorf("the batch query reads the whole changelog:\n%s", plan)
+	}
+}
+
+// TestTickLooksTransactionsUp: rowcast.tick() too looks up the
+// transactions in progress at the last tick by the index, on a changelog
+// without statistics (the counter of sequential scans of the table, as
+// the ticking transaction sees it, stays at zero).
+func TestTickLooksTransactionsUp(t *testing.T) {
+	d := newDB(t)
+	ctx := t.Context()
+	d.exec("alter table rowcast.changelog set (autovacuum_enabled = false)")
+	d.exec(`insert into rowcast.changelog (stream, tbl, op, entity_id, row_data)
+		select 'team:' || g % 20, 'public.items', 'U', g::text, jsonb_build_object('id', g, 'pad', repeat('x', 300))
+		from generate_series(1, 50000) g`)
+	d.exec("select rowcast.tick()")
+	// A transaction in progress at the next tick: in its snapshot's xip.
+	open, err := d.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Rollback(ctx)
+	if _, err := open.Exec(ctx, "insert into items (id, team_id) values (1, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	d.exec("insert into items (id, team_id) values (2, 1)") // so that the tick is recorded
+	d.exec("select rowcast.tick()")
+	var xip int
+	if err := d.conn.QueryRow(ctx, "select cardinality(array(select pg_snapshot_xip(snap))) from rowcast.ticks order by tick desc limit 1").Scan(&xip); err != nil {
+		t.Fatal(err)
+	}
+	if xip == 0 {
+		t.Fatal("the last tick shows no transaction in progress")
+	}
+	if err := open.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A connection of its own: a backend's table counters include its
+	// earlier transactions' until they are flushed (every second at most).
+	// Its plans are generic, as the ticker's are after its first calls.
+	conn := connect(t, d.url)
+	if _, err := conn.Exec(ctx, "set plan_cache_mode = force_generic_plan"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var tick *int64
+	if err := tx.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
+		t.Fatal(err)
+	}
+	if tick == nil {
+		t.Fatal("no tick for the transaction committed since the last one")
+	}
+	var scans int64
+	err = tx.QueryRow(ctx, "select seq_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass").Scan(&scans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scans != 0 {
+		t.Errorf("rowcast.tick() read the whole changelog %d times", scans)
+	}
+}
