@@ -53,10 +53,14 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 // database of the one server.
 type writeVariant struct {
 	name string
-	mode string // relay capture mode; "" runs no relay
-	db   string
-	cfg  *config.Config // nil without a relay
-	runs map[int][]float64
+	mode string // capture mode; "" installs none
+	// alone: the capture is installed but no relay runs, and the doorbell
+	// is disarmed as a ticker disarms it while changes flow: the write
+	// path's own cost, without the consumer's.
+	alone bool
+	db    string
+	cfg   *config.Config // nil without a relay
+	runs  map[int][]float64
 }
 
 // runBenchWritePath measures what capture costs the application: pgbench
@@ -66,19 +70,24 @@ type writeVariant struct {
 // alternating order over --rounds rounds, so each ratio compares runs minutes
 // apart; the best run of each variant is reported.
 func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs, _ := newFlagSet("bench writepath", stderr)
+	fs, cf := newFlagSet("bench writepath", stderr)
 	seconds := fs.Int("seconds", 10, "pgbench duration per run")
 	clientList := fs.String("clients", "1,8,32", "pgbench client counts, comma-separated")
 	rounds := fs.Int("rounds", 2, "runs of each variant per client count, in alternating order")
-	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated")
+	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated (also trigger-alone: trigger mode's capture with no relay running)")
 	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
 	relayCPUs := fs.String("relay-cpus", "", "pin this process (the relay) to these CPUs and PostgreSQL and pgbench to the others (taskset lists, e.g. 1)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the relays) to `file`")
 	if fs.Parse(args) != nil {
 		return exitUsage
 	}
-	if err := noOverrides(fs, "rowcast bench writepath"); err != nil {
-		fmt.Fprintln(stderr, err)
-		return exitUsage
+	if *cpuProfile != "" {
+		stop, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
+			return exitFailed
+		}
+		defer stop()
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "rowcast bench writepath: %v\n", err)
@@ -126,14 +135,16 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 		case "none", "outbox":
 		case config.ModeTrigger, config.ModeLogical:
 			v.mode = v.name
+		case "trigger-alone":
+			v.mode, v.alone, v.db = config.ModeTrigger, true, "writepath_trigger_alone"
 		default:
-			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, logical)", v.name))
+			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, trigger-alone, logical)", v.name))
 		}
 		url, err := pg.CreateDatabase(ctx, v.db)
 		if err != nil {
 			return fail(err)
 		}
-		if err := setupWriteVariant(ctx, v, url); err != nil {
+		if err := setupWriteVariant(ctx, v, url, benchOverrides(fs, cf)); err != nil {
 			return fail(fmt.Errorf("%s: %w", v.name, err))
 		}
 		variants = append(variants, v)
@@ -166,8 +177,9 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 }
 
 // setupWriteVariant creates the CRM, its 1000 escrows and the variant's
-// capture in the database at url.
-func setupWriteVariant(ctx context.Context, v *writeVariant, url string) error {
+// capture in the database at url; over (--set, --config) adjusts the
+// configuration of a variant with a relay, but not its capture mode.
+func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *configFlags) error {
 	if err := crm.Setup(ctx, url); err != nil {
 		return err
 	}
@@ -185,9 +197,25 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string) error {
 			return fmt.Errorf("outbox trigger: %w", err)
 		}
 	case v.mode != "":
-		v.cfg = benchConfig(url, v.mode, true)
+		cfg, err := over.overlay(benchConfig(url, v.mode, true))
+		if err != nil {
+			return err
+		}
+		cfg.Capture.Mode = v.mode
+		v.cfg = cfg
 		if err := installDemo(ctx, v.cfg); err != nil {
 			return err
+		}
+		if v.alone {
+			conn, err := pgx.Connect(ctx, url)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(ctx))
+			if _, err := conn.Exec(ctx, "update rowcast.meta set bell = false"); err != nil {
+				return fmt.Errorf("disarm the doorbell: %w", err)
+			}
+			v.cfg = nil
 		}
 	}
 	return nil
