@@ -76,8 +76,8 @@ func FuzzDiffRows(f *testing.F) {
 			return b.Bytes()
 		}
 		rc, oc := compact(row), compact(old)
-		rm, err1 := members(rc)
-		om, err2 := members(oc)
+		rm, err1 := members(nil, rc)
+		om, err2 := members(nil, oc)
 		if err1 != nil || err2 != nil || len(rm) != len(r) || len(om) != len(o) {
 			return // duplicate keys and the like: not what jsonb renders
 		}
