@@ -92,7 +92,7 @@ func NewJWKS(o JWKSOptions) (*JWKS, error) {
 func (j *JWKS) Run(ctx context.Context) error {
 	for {
 		wait := j.o.Refresh
-		if err := j.fetch(ctx); err != nil {
+		if _, err := j.fetch(ctx, false); err != nil {
 			wait = max(j.o.MinInterval, time.Second)
 		}
 		t := time.NewTimer(wait)
@@ -108,7 +108,10 @@ func (j *JWKS) Run(ctx context.Context) error {
 // Fetch fetches the set now and, when it parses, replaces the keys held;
 // on failure the keys held stay. It waits for a fetch already under way
 // instead of starting another (and then returns nil).
-func (j *JWKS) Fetch(ctx context.Context) error { return j.fetch(ctx) }
+func (j *JWKS) Fetch(ctx context.Context) error {
+	_, err := j.fetch(ctx, false)
+	return err
+}
 
 // Keys returns how many keys the set holds.
 func (j *JWKS) Keys() int {
@@ -143,7 +146,7 @@ func (j *JWKS) lookup(kid string) []jwk {
 			}
 		case last.IsZero() || j.o.Now().Sub(last) >= j.o.MinInterval:
 			ctx, cancel := context.WithTimeout(context.Background(), j.o.Client.Timeout+time.Second)
-			_ = j.fetch(ctx) // reported through OnFetch
+			_, _ = j.fetch(ctx, true) // reported through OnFetch
 			cancel()
 			keys, _ := j.find(kid)
 			return keys
@@ -157,15 +160,10 @@ func (j *JWKS) lookup(kid string) []jwk {
 // MinInterval ago (waiting for one under way instead), and reports
 // whether the set was fetched.
 func (j *JWKS) refetch() bool {
-	j.mu.Lock()
-	due := j.done != nil || j.last.IsZero() || j.o.Now().Sub(j.last) >= j.o.MinInterval
-	j.mu.Unlock()
-	if !due {
-		return false
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), j.o.Client.Timeout+time.Second)
 	defer cancel()
-	return j.fetch(ctx) == nil
+	fetched, err := j.fetch(ctx, true)
+	return fetched && err == nil
 }
 
 // find returns the keys of id kid (every key when kid is empty) and
@@ -187,13 +185,22 @@ func (j *JWKS) find(kid string) ([]jwk, bool) {
 
 // fetch reads the set and, when it parses, replaces the keys held; on
 // failure the keys held stay. One fetch runs at a time; a caller finding
-// one under way waits for it and returns nil.
-func (j *JWKS) fetch(ctx context.Context) error {
+// one under way waits for it and returns true and nil. With ifDue, it
+// fetches only when the last fetch started at least MinInterval ago (or
+// none has), as it finds things when it would start: a caller that saw a
+// fetch due, and lost the race to another that fetched and ended in the
+// meantime, does not fetch again. It reports whether it fetched or waited
+// for a fetch.
+func (j *JWKS) fetch(ctx context.Context, ifDue bool) (bool, error) {
 	j.mu.Lock()
 	if busy := j.done; busy != nil {
 		j.mu.Unlock()
 		<-busy
-		return nil
+		return true, nil
+	}
+	if ifDue && !j.last.IsZero() && j.o.Now().Sub(j.last) < j.o.MinInterval {
+		j.mu.Unlock()
+		return false, nil
 	}
 	done := make(chan struct{})
 	j.last, j.done = j.o.Now(), done
@@ -223,7 +230,7 @@ func (j *JWKS) fetch(ctx context.Context) error {
 	if j.o.OnFetch != nil {
 		j.o.OnFetch(err, n)
 	}
-	return err
+	return true, err
 }
 
 // read fetches and parses the set. Keys for encryption, keys of kinds
