@@ -9,19 +9,26 @@ import (
 	"github.com/rowcast/rowcast/relay/changelog"
 )
 
-// TestBatchLooksTransactionsUp: the reader's batch query looks the
-// changelog and the ticks up by their indexes, never reading a table
-// whole, planned for its parameters or generic (as the reader runs it),
-// while the tables have no statistics yet (a fresh install before autovacuum's first analyze, or
-// a changelog that grew by a hundred thousand rows since): written as
-// "xid in (select pg_snapshot_xip(…))", PostgreSQL planned a sequential
-// scan of the changelog per tick, 1.3 s a poll at 100,000 rows.
-func TestBatchLooksTransactionsUp(t *testing.T) {
-	d := newDB(t)
+// unanalyzedChangelog fills d's changelog with 50,000 rows that autovacuum
+// never analyzes: a table without statistics, as after a fresh install.
+func unanalyzedChangelog(d *db) {
+	d.t.Helper()
 	d.exec("alter table rowcast.changelog set (autovacuum_enabled = false)")
 	d.exec(`insert into rowcast.changelog (stream, tbl, op, entity_id, row_data)
 		select 'team:' || g % 20, 'public.items', 'U', g::text, jsonb_build_object('id', g, 'pad', repeat('x', 300))
 		from generate_series(1, 50000) g`)
+}
+
+// TestBatchLooksTransactionsUp: the reader's batch query looks the
+// changelog and the ticks up by their indexes, never reading a table
+// whole, planned for its parameters or generic (as the reader runs it),
+// while the tables have no statistics yet (a fresh install before
+// autovacuum's first analyze): written as "xid in (select
+// pg_snapshot_xip(…))", PostgreSQL planned a sequential scan of the
+// changelog per tick, 1.3 s a poll at 100,000 rows.
+func TestBatchLooksTransactionsUp(t *testing.T) {
+	d := newDB(t)
+	unanalyzedChangelog(d)
 	d.exec("alter table rowcast.ticks set (autovacuum_enabled = false)")
 	d.exec(`insert into rowcast.ticks (tick, snap, snap_xmax)
 		select g, pg_current_snapshot(), pg_snapshot_xmax(pg_current_snapshot()) from generate_series(2, 100000) g`)
@@ -50,10 +57,7 @@ func TestBatchLooksTransactionsUp(t *testing.T) {
 func TestTickLooksTransactionsUp(t *testing.T) {
 	d := newDB(t)
 	ctx := t.Context()
-	d.exec("alter table rowcast.changelog set (autovacuum_enabled = false)")
-	d.exec(`insert into rowcast.changelog (stream, tbl, op, entity_id, row_data)
-		select 'team:' || g % 20, 'public.items', 'U', g::text, jsonb_build_object('id', g, 'pad', repeat('x', 300))
-		from generate_series(1, 50000) g`)
+	unanalyzedChangelog(d)
 	d.exec("select rowcast.tick()")
 	// A transaction in progress at the next tick: in its snapshot's xip.
 	open, err := d.pool.Begin(ctx)

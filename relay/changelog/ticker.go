@@ -99,7 +99,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	// A tick commits durably on this server before anyone reads it, and
 	// never waits for a synchronous standby (which may be down).
 	cc.RuntimeParams["synchronous_commit"] = "local"
-	cc.RuntimeParams["jit"] = "off" // as the reader's (Tail.Run)
+	cc.RuntimeParams["jit"] = "off" // as the reader's (Tail.session)
 	// The ticker lock goes with this connection's backend: a connection
 	// that went silent (a half-open TCP connection) must not keep it, and
 	// with it every relay's ticks, for the hours the kernels' defaults
