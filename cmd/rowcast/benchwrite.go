@@ -325,8 +325,9 @@ func seedEscrows(ctx context.Context, url string) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	// 1000 escrows over 20 teams: commits serialize per team (the stream's
-	// counter lock), so the spread matters; a CRM has many teams.
+	// 1000 escrows over 20 teams, as a CRM spreads its rows; the writers of
+	// one escrow wait for each other's row locks, as they would without
+	// capture.
 	_, err = conn.Exec(ctx, `insert into teams (id, name) select g, 'Team ' || g from generate_series(3, 20) g;
 		insert into escrows (id, team_id, property_address, city, state, zip_code, purchase_price, notes)
 		select g, 1 + g % 20, g || ' Bench St', 'Austin', 'TX', '78701', 300000, repeat('n', 200)
