@@ -328,7 +328,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		// plan each query for the table as it is.
 		pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 		// Nor compiled: JIT costs a replay's query hundreds of
-		// milliseconds when the changelog's statistics lag (changelog.Tail).
+		// milliseconds when the changelog's statistics lag (Tail.session).
 		pc.ConnConfig.RuntimeParams["jit"] = "off"
 		// The relay's own writes (pruning, bookkeeping) commit locally:
 		// with a synchronous standby down, commits waiting for it would
