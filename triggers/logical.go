@@ -149,7 +149,7 @@ func renderApply(t config.Table, gen []Generated, notify bool) (TablePlan, error
 			ident(c.Name), c.Expr, literal(c.Name))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
-	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body, true)
+	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)

@@ -182,7 +182,7 @@ func renderTable(t config.Table, notify bool) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	fnSQL := functionSQL(fn+"()", "trigger", pinned(body), false)
+	fnSQL := functionSQL(fn+"()", "trigger", body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)
@@ -221,24 +221,27 @@ const declare = `DECLARE
     n     jsonb;
     o     jsonb;
     ch    jsonb;
+    ign   text; -- results not needed (see ringSQL)
     actor text := nullif(current_setting('rowcast.actor_id', true), '');
     req   text := nullif(current_setting('rowcast.request_id', true), '');
 BEGIN
 `
 
-// ringSQL rings the writers' doorbell (a notification sent at commit) once
-// per transaction when the ticker asked for it (rowcast.meta.bell); the
-// transaction-local setting spares the look at the bell for every change
-// after a transaction's first, and is rolled back with a savepoint just as
-// the notification is. Empty when the doorbell is off.
+// ringSQL rings the writers' doorbell (a notification sent at commit) when
+// the ticker asked for it (rowcast.bell not 0), at every change: PostgreSQL
+// sends a transaction's identical notifications once, and the look at the
+// sequence costs less than remembering, in a transaction-local setting,
+// that the transaction looked already (measured under callgrind on a
+// one-row UPDATE: 6k instructions against 30k; a transaction of more than
+// five changes pays more than before, a few percent of its capture).
+// pg_notify's result is assigned, not PERFORMed: PERFORM runs a query
+// through the executor, an assignment evaluates the call directly. Empty
+// when the doorbell is off.
 func ringSQL(notify bool) string {
 	if !notify {
 		return ""
 	}
-	return `IF current_setting('rowcast.rung', true) IS DISTINCT FROM '1' THEN
-        PERFORM set_config('rowcast.rung', '1', true);
-        IF (SELECT m.bell FROM rowcast.meta m) THEN PERFORM pg_notify('rowcast', ''); END IF;
-    END IF;`
+	return `IF pg_sequence_last_value('rowcast.bell'::regclass) IS DISTINCT FROM 0 THEN ign := pg_notify('rowcast', ''); END IF;`
 }
 
 // diff sets ch to the changed columns of n against o, or NULL.
@@ -247,56 +250,29 @@ const diff = `        SELECT jsonb_object_agg(e.key, e.value) INTO ch
 `
 
 // functionSQL renders a capture or apply function: PL/pgSQL whose rendering
-// settings (those to_jsonb output depends on) are pinned, so events do not
-// depend on the writer's session: by SET clauses when pin is true, or by
-// the body itself (see pinned). It runs with its owner's rights (SECURITY
-// DEFINER: the installing role), so a role that may write the table needs
-// no right on the rowcast schema; search_path is pinned to pg_catalog and
-// every other name is schema-qualified, so the writer cannot substitute
-// objects. EXECUTE is revoked from PUBLIC: a trigger fires without it, and
-// without it no other role can attach the function to a table of its own or
-// call an apply function to forge changelog rows.
-func functionSQL(signature, returns, body string, pin bool) string {
-	set := ""
-	if pin {
-		set = "SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n"
-	}
+// settings (those to_jsonb output depends on) are pinned by SET clauses, so
+// events do not depend on the writer's session, and the writer's values
+// are back when it returns, or fails. The clauses cost less than any check
+// in the body: measured under callgrind on the bench's one-row UPDATE, a
+// body that looked at the three settings and set, by assignment, only
+// those that differed cost 513k instructions per transaction with the
+// server's defaults (IntervalStyle 'postgres' differs), 500k with all three
+// already pinned and 527k with another TimeZone; the clauses 481k, 481k and
+// 482k (the SECURITY DEFINER function's search_path clause already makes
+// the call save and restore settings). It runs with its owner's rights
+// (SECURITY DEFINER: the installing role), so a role that may write the
+// table needs no right on the rowcast schema; search_path is pinned to
+// pg_catalog and every other name is schema-qualified, so the writer
+// cannot substitute objects. EXECUTE is revoked from PUBLIC: a trigger
+// fires without it, and without it no other role can attach the function
+// to a table of its own or call an apply function to forge changelog rows.
+func functionSQL(signature, returns, body string) string {
 	return "CREATE OR REPLACE FUNCTION " + signature + " RETURNS " + returns + "\n" +
 		"LANGUAGE plpgsql SECURITY DEFINER\n" +
-		"SET search_path = pg_catalog, pg_temp\n" + set +
+		"SET search_path = pg_catalog, pg_temp\n" +
+		"SET timezone = 'UTC'\nSET intervalstyle = 'iso_8601'\nSET bytea_output = 'hex'\n" +
 		"AS $fn$\n" + body + "$fn$;\n" +
 		"REVOKE ALL ON FUNCTION " + signature + " FROM PUBLIC;\n"
-}
-
-// pinned wraps a capture trigger's body (rendered with triggerRecs, whose
-// early exits leave the block "capture") so that it runs under the pinned
-// rendering settings. A SET clause on the function would pin them too, but
-// costs every call (measured: about 5% of a one-row UPDATE workload's
-// throughput); most sessions already run with these values, so the body
-// checks them and only when they differ sets them, transaction-locally, and
-// puts the writer's values back after. An error in between aborts the
-// (sub)transaction, which takes the local settings back with it.
-func pinned(body string) string {
-	const check = `    IF current_setting('TimeZone') NOT IN ('UTC', 'Etc/UTC') OR current_setting('IntervalStyle') <> 'iso_8601'
-       OR current_setting('bytea_output') <> 'hex' THEN
-        saved := ARRAY[current_setting('TimeZone'), current_setting('IntervalStyle'), current_setting('bytea_output')];
-        PERFORM set_config('TimeZone', 'UTC', true), set_config('IntervalStyle', 'iso_8601', true),
-            set_config('bytea_output', 'hex', true);
-    END IF;
-    <<capture>>
-    BEGIN
-`
-	const restore = `    END;
-    IF saved IS NOT NULL THEN
-        PERFORM set_config('TimeZone', saved[1], true), set_config('IntervalStyle', saved[2], true),
-            set_config('bytea_output', saved[3], true);
-    END IF;
-    RETURN NULL;
-END
-`
-	decl, rest, _ := strings.Cut(body, "BEGIN\n")
-	rest = strings.TrimSuffix(rest, "END\n")
-	return decl + "    saved text[];\nBEGIN\n" + check + rest + restore
 }
 
 // bodyFor renders the capture body of a table's kind; notify rings the
@@ -326,15 +302,22 @@ func bodyFor(t config.Table, r recs, notify bool) (string, error) {
 // parent's trigger fills it in trigger mode only).
 //
 // ring is what a body runs last when it wrote (ringSQL).
+//
+// originCol and originVal, when set, name the changelog's origin_at and
+// its value in every insert: a trigger has no source commit time, and
+// NULL given spares each row the column default's evaluation (about 1 % of
+// the bench's one-row UPDATE, measured under callgrind).
 type recs struct {
 	new, old, newJ, oldJ, op, ret string
+	originCol, originVal          string
 	gone                          bool
 	ring                          string
 }
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "EXIT capture", gone: true}
-	applyRecs   = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL", gone: true,
+		originCol: ", origin_at", originVal: ", NULL"}
+	applyRecs = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
 )
 
 // keySQL returns the SQL expressions of a row's entity id (text) and, for a
@@ -399,9 +382,9 @@ func entityBody(t config.Table, r recs) string {
 		if key != "" {
 			keyCol, key = ", entity_key", ", "+key
 		}
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, old_row%s)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s);
-`, keyCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, oldRow, key)
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, old_team_id, actor, request_id, row_data, old_row%s%s)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, req, %s, %s%s%s);
+`, keyCol, r.originCol, stream, tbl, literal(op), id, teamExpr, oldTeam, actorOf(rec), rowData, oldRow, key, r.originVal)
 	}
 	nw, od, decl, lookup := teamSQL(t, r)
 	teamKey := literal(relay.TeamPrefix) + " || "
@@ -451,9 +434,9 @@ func taskBody(t config.Table, r recs) string {
 	tbl := literal(t.Qualified())
 	nw := func(col string) string { return r.new + "." + col }
 	ins := func(op, changes, old string) string {
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, user_id, actor, request_id, row_data, changes, old_data)
-        VALUES (%s || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s);
-`, literal(relay.UserPrefix), nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old)
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, user_id, actor, request_id, row_data, changes, old_data%s)
+        VALUES (%s || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s%s);
+`, r.originCol, literal(relay.UserPrefix), nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old, r.originVal)
 	}
 	var b strings.Builder
 	b.WriteString(declare)
@@ -489,9 +472,9 @@ func membershipBody(t config.Table, r recs) string {
 	user, team := ident(t.UserColumn), ident(t.TeamColumn)
 	tbl := literal(t.Qualified())
 	ins := func(op, rec string) string {
-		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, team_id, user_id, actor, request_id)
-            VALUES (%s || %s.%s::text, %s, %s, %s.%s::text, %s.%s::text, actor, req);
-`, literal(relay.UserPrefix), rec, user, tbl, literal(op), rec, team, rec, user)
+		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, team_id, user_id, actor, request_id%s)
+            VALUES (%s || %s.%s::text, %s, %s, %s.%s::text, %s.%s::text, actor, req%s);
+`, r.originCol, literal(relay.UserPrefix), rec, user, tbl, literal(op), rec, team, rec, user, r.originVal)
 	}
 	pair := func(rec string) string {
 		return fmt.Sprintf("%[1]s.%[2]s IS NOT NULL AND %[1]s.%[3]s IS NOT NULL", rec, user, team)

@@ -997,8 +997,7 @@ func TestRenderingIgnoresTheWritersSettings(t *testing.T) {
 	if upd["exposure"] != "P2D" || rows[1].OldRow["exposure"] != "PT1H30M" {
 		t.Errorf("update rendered %v (old %v), want ISO 8601", upd, rows[1].OldRow)
 	}
-	// A writer already on the pinned values takes the path without setting
-	// anything: its settings stay its own as well.
+	// A writer already on the pinned values keeps them as well.
 	exec(t, w, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'")
 	exec(t, w, "update shots set exposure = '3 days' where id = 1")
 	if got := settings(w); got != "UTC iso_8601 hex" {
@@ -1006,6 +1005,15 @@ func TestRenderingIgnoresTheWritersSettings(t *testing.T) {
 	}
 	if rows := checkTicked(t, conn); rows[2].RowData["exposure"] != "P3D" {
 		t.Errorf("update on the pinned values rendered %v", rows[2].RowData)
+	}
+	// PostgreSQL's defaults differ in IntervalStyle only ('postgres').
+	exec(t, w, "set intervalstyle = 'postgres'")
+	exec(t, w, "update shots set exposure = '4 days' where id = 1")
+	if got := settings(w); got != "UTC postgres hex" {
+		t.Errorf("settings after a capture with only IntervalStyle differing: %q", got)
+	}
+	if rows := checkTicked(t, conn); rows[3].RowData["exposure"] != "P4D" {
+		t.Errorf("update with only IntervalStyle differing rendered %v", rows[3].RowData)
 	}
 }
 
@@ -1086,4 +1094,57 @@ func TestInstallUpgradesVersion1(t *testing.T) {
 		names = append(names, r.RowData["first_name"].(string))
 	}
 	sameLines(t, "changes after the upgrade", names, []string{"after"})
+}
+
+// The writers' doorbell: while rowcast.bell is not 0 (a fresh install
+// arms it) a transaction that captured something notifies channel rowcast
+// once at commit, however many changes it made, TRUNCATE included; while it
+// is 0 nothing is sent.
+func TestDoorbell(t *testing.T) {
+	conn, url := dealsDB(t)
+	l := connect(t, url)
+	exec(t, l, "listen rowcast")
+	// next returns the payload of the next notification on rowcast; a
+	// marker sent after the writes shows that nothing came before it.
+	next := func() string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		n, err := l.WaitForNotification(ctx)
+		if err != nil {
+			t.Fatalf("waiting for a notification: %v", err)
+		}
+		return n.Payload
+	}
+	mark := func() { exec(t, conn, "select pg_notify('rowcast', 'marker')") }
+
+	tx := begin(t, conn)
+	txExec(t, tx, "insert into deals (team_id, name) values (1, 'a'), (1, 'b'), (2, 'c')")
+	txExec(t, tx, "update deals set name = name || '!'")
+	commit(t, tx)
+	mark()
+	if got := next(); got != "" {
+		t.Fatalf("armed: first notification %q, want the doorbell's", got)
+	}
+	if got := next(); got != "marker" {
+		t.Fatalf("armed: a transaction of four changes rang more than once (%q before the marker)", got)
+	}
+
+	exec(t, conn, "select setval('rowcast.bell', 0)")
+	exec(t, conn, "insert into deals (team_id, name) values (1, 'd')")
+	exec(t, conn, "truncate deals")
+	mark()
+	if got := next(); got != "marker" {
+		t.Fatalf("disarmed: notification %q before the marker", got)
+	}
+
+	exec(t, conn, "select setval('rowcast.bell', 1)")
+	exec(t, conn, "insert into deals (team_id, name) values (1, 'e')")
+	if got := next(); got != "" {
+		t.Fatalf("armed again: notification %q, want the doorbell's", got)
+	}
+	exec(t, conn, "truncate deals")
+	if got := next(); got != "" {
+		t.Fatalf("armed, TRUNCATE: notification %q, want the doorbell's", got)
+	}
 }

@@ -212,7 +212,7 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *c
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			if _, err := conn.Exec(ctx, "update rowcast.meta set bell = false"); err != nil {
+			if _, err := conn.Exec(ctx, "select setval('rowcast.bell', 0)"); err != nil {
 				return fmt.Errorf("disarm the doorbell: %w", err)
 			}
 			v.cfg = nil

@@ -221,7 +221,12 @@ func (b *bellState) set(ctx context.Context, conn *pgx.Conn, v bool) error {
 	if !b.listen || b.known && b.armed == v {
 		return nil
 	}
-	if _, err := conn.Exec(ctx, "update rowcast.meta set bell = $1 where bell <> $1", v); err != nil {
+	n := 0
+	if v {
+		n = 1
+	}
+	// setval takes effect at once, whatever transaction the writers are in.
+	if _, err := conn.Exec(ctx, "select setval('rowcast.bell', $1)", n); err != nil {
 		return fmt.Errorf("ticker doorbell: %w", err)
 	}
 	b.armed, b.known = v, true

@@ -156,7 +156,7 @@ func TestLogicalSynchronousStandbyDown(t *testing.T) {
 	// either, or this second change never comes.
 	waitFor(t, func() string { return "the relay's doorbell armed again" }, func() bool {
 		var armed bool
-		err := e.db.QueryRow(ctx, "select bell from rowcast.meta").Scan(&armed)
+		err := e.db.QueryRow(ctx, "select pg_sequence_last_value('rowcast.bell') is distinct from 0").Scan(&armed)
 		return err == nil && armed
 	})
 	if _, err := w.Exec(ctx, "insert into leads (team_id, first_name) values (1, 'after')"); err != nil {
