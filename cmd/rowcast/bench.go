@@ -232,6 +232,7 @@ func printLatency(w io.Writer, name string, r loadResult) {
 		fmt.Fprintf(w, "  PostgreSQL CPU: %v over %v, %.0f µs per change (%.0f%% of a core)\n",
 			r.pgCPU.Round(10*time.Millisecond), r.elapsed.Round(time.Millisecond),
 			float64(r.pgCPU.Microseconds())/float64(r.writes), 100*r.pgCPU.Seconds()/r.elapsed.Seconds())
+		fmt.Fprintf(w, "    by process, µs per change: %s\n", formatProcCPU(r.pgSplit, float64(r.writes)))
 	}
 }
 

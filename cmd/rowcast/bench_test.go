@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"maps"
 	"os"
 	"runtime"
 	"testing"
@@ -67,6 +68,23 @@ func TestProcStatReadsThisProcess(t *testing.T) {
 	}
 	if st.ppid != os.Getppid() {
 		t.Errorf("ppid %d, want %d", st.ppid, os.Getppid())
+	}
+}
+
+// PostgreSQL's CPU split by process: a process that started between two
+// readings counts from zero, one that ended is not counted, an ending
+// backend keeps its label; the split prints largest first, per unit.
+func TestProcCPU(t *testing.T) {
+	before := map[int]pgProc{1: {"rowcast reader", 100}, 2: {"pgbench", 50}, 3: {"walwriter", 7}}
+	last := maps.Clone(before)
+	mergeProcs(last, map[int]pgProc{1: {"rowcast reader", 160}, 2: {"other", 250}, 4: {"pgbench", 30}})
+	got := procCPU(before, last)
+	want := map[string]time.Duration{"rowcast reader": 600 * time.Millisecond, "pgbench": 2300 * time.Millisecond, "walwriter": 0}
+	if !maps.Equal(got, want) {
+		t.Errorf("procCPU: %v, want %v", got, want)
+	}
+	if s := formatProcCPU(got, 1000); s != "pgbench 2300, rowcast reader 600" {
+		t.Errorf("formatProcCPU: %q", s)
 	}
 }
 

@@ -208,10 +208,11 @@ type loadResult struct {
 	lat                 []time.Duration // sorted; one per delivery
 	writes              int
 	delivered, expected int
-	incomplete          int           // sessions that missed events
-	early               int           // deliveries seen before the writer's commit returned (counted as 0)
-	wrote, elapsed      time.Duration // writing; first write to last delivery
-	pgCPU               time.Duration // PostgreSQL CPU from first write to last delivery
+	incomplete          int                      // sessions that missed events
+	early               int                      // deliveries seen before the writer's commit returned (counted as 0)
+	wrote, elapsed      time.Duration            // writing; first write to last delivery
+	pgCPU               time.Duration            // PostgreSQL CPU from first write to last delivery
+	pgSplit             map[string]time.Duration // pgCPU by process (postgresProcs' labels)
 }
 
 // q returns the p quantile of the latencies.
@@ -339,10 +340,10 @@ func runLoad(ctx context.Context, pool *pgxpool.Pool, pg *pgembed.Server, t load
 	allRead := make(chan struct{})
 	go func() { readers.Wait(); close(allRead) }()
 
-	var cpu0 time.Duration
+	var procs0 map[int]pgProc
 	if pg != nil {
 		var err error
-		if cpu0, err = postgresCPU(pg); err != nil {
+		if procs0, err = postgresProcs(ctx, pool, pg); err != nil {
 			return res, err
 		}
 	}
@@ -380,11 +381,14 @@ func runLoad(ctx context.Context, pool *pgxpool.Pool, pg *pgembed.Server, t load
 	case <-ctx.Done():
 	}
 	if pg != nil {
-		cpu1, err := postgresCPU(pg)
+		procs1, err := postgresProcs(ctx, pool, pg)
 		if err != nil {
 			return res, err
 		}
-		res.pgCPU = cpu1 - cpu0
+		res.pgSplit = procCPU(procs0, procs1)
+		for _, d := range res.pgSplit {
+			res.pgCPU += d
+		}
 	}
 	closeSessions(sessions)
 	<-allRead

@@ -61,6 +61,7 @@ type writeVariant struct {
 	db    string
 	cfg   *config.Config // nil without a relay
 	runs  map[int][]float64
+	cpu   map[int][]map[string]time.Duration // PostgreSQL CPU by process, per run
 }
 
 // runBenchWritePath measures what capture costs the application: pgbench
@@ -130,7 +131,8 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 
 	var variants []*writeVariant
 	for _, name := range strings.Split(*variantList, ",") {
-		v := &writeVariant{name: strings.TrimSpace(name), db: "writepath_" + strings.TrimSpace(name), runs: map[int][]float64{}}
+		v := &writeVariant{name: strings.TrimSpace(name), db: "writepath_" + strings.TrimSpace(name), runs: map[int][]float64{},
+			cpu: map[int][]map[string]time.Duration{}}
 		switch v.name {
 		case "none", "outbox":
 		case config.ModeTrigger, config.ModeLogical:
@@ -163,15 +165,16 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 				slices.Reverse(order)
 			}
 			for _, v := range order {
-				tps, err := runWriteVariant(ctx, bin, pg, v, script, c, *seconds, pgCPUs)
+				tps, cpu, err := runWriteVariant(ctx, bin, pg, v, script, c, *seconds, pgCPUs)
 				if err != nil {
 					return fail(fmt.Errorf("%s, %d clients: %w", v.name, c, err))
 				}
 				v.runs[c] = append(v.runs[c], tps)
+				v.cpu[c] = append(v.cpu[c], cpu)
 			}
 		}
 	}
-	printWritePath(stdout, variants, clients)
+	printWritePath(stdout, variants, clients, *seconds)
 	fmt.Fprintf(stdout, "load average %s at the start, %s at the end (%d CPUs)\n", load0, loadAverage(), runtime.NumCPU())
 	return exitOK
 }
@@ -222,28 +225,40 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *c
 }
 
 // runWriteVariant runs pgbench once against v, with v's relay running (and
-// caught up with the changes of earlier runs) for the whole run.
-func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *writeVariant, script string, clients, seconds int, cpus string) (float64, error) {
+// caught up with the changes of earlier runs) for the whole run, and
+// returns its tps and PostgreSQL's CPU time during it by process (read
+// every 200 ms, a query of pg_stat_activity each).
+func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *writeVariant, script string, clients, seconds int, cpus string) (float64, map[string]time.Duration, error) {
 	if v.cfg != nil {
 		r, stop, err := startBenchRelay(ctx, v.cfg)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		defer stop()
 		if err := relayCaughtUp(ctx, r, v.cfg.Database.URL); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
-	conn, err := pgx.Connect(ctx, pg.URLFor(v.db))
+	url := pg.URLFor(v.db)
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	_, err = conn.Exec(ctx, "checkpoint")
 	conn.Close(context.WithoutCancel(ctx))
 	if err != nil {
-		return 0, fmt.Errorf("checkpoint: %w", err)
+		return 0, nil, fmt.Errorf("checkpoint: %w", err)
 	}
-	return pgbench(ctx, bin, pg, v.db, script, clients, seconds, cpus)
+	sampler, err := startProcSampler(ctx, pg, url, 200*time.Millisecond)
+	if err != nil {
+		return 0, nil, err
+	}
+	tps, err := pgbench(ctx, bin, pg, v.db, script, clients, seconds, cpus)
+	cpu, serr := sampler.stop()
+	if err != nil {
+		return 0, nil, err
+	}
+	return tps, cpu, serr
 }
 
 // relayCaughtUp writes one change and waits until the relay publishes it:
@@ -275,8 +290,9 @@ func relayCaughtUp(ctx context.Context, r *server.Relay, url string) error {
 }
 
 // printWritePath prints, per client count, each variant's runs, its best run
-// and the best run's ratio to the outbox baseline's and to no capture's.
-func printWritePath(w io.Writer, variants []*writeVariant, clients []int) {
+// and the best run's ratio to the outbox baseline's and to no capture's;
+// then where PostgreSQL's CPU went in each best run, per transaction.
+func printWritePath(w io.Writer, variants []*writeVariant, clients []int, seconds int) {
 	best := func(v *writeVariant, c int) float64 { return slices.Max(v.runs[c]) }
 	find := func(name string) *writeVariant {
 		for _, v := range variants {
@@ -316,6 +332,18 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int) {
 			fmt.Fprintf(w, "  %d clients %+.1f%%", c, (best(lg, c)/best(none, c)-1)*100)
 		}
 		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "\nPostgreSQL CPU by process in each best run, µs per transaction (pgbench: the writers' backends):")
+	for _, c := range clients {
+		for _, v := range variants {
+			i := slices.Index(v.runs[c], best(v, c))
+			var total time.Duration
+			for _, d := range v.cpu[c][i] {
+				total += d
+			}
+			n := best(v, c) * float64(seconds)
+			fmt.Fprintf(w, "%7d  %-13s %4.0f: %s\n", c, v.name, float64(total.Microseconds())/n, formatProcCPU(v.cpu[c][i], n))
+		}
 	}
 }
 

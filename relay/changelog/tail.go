@@ -235,6 +235,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	// synchronous standby down, a commit that waits for it would stop the
 	// reader, and with it every relay's events.
 	cc.RuntimeParams["synchronous_commit"] = "local"
+	AppName(cc, "reader")
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("capture connect: %w", err)
@@ -367,7 +368,12 @@ func (c *Tail) watch(ctx context.Context, cancel context.CancelCauseFunc) {
 func (c *Tail) probe(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.o.StallTimeout)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, c.url)
+	cc, err := pgx.ParseConfig(c.url)
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	AppName(cc, "probe")
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}
@@ -391,13 +397,28 @@ func (h heard) Txn(t *relay.Txn) {
 	h.waiting.Store(time.Now().UnixNano())
 }
 
+// AppName names the connection cc opens after the relay's part that uses
+// it ("rowcast ticker", "rowcast reader", …), so that pg_stat_activity, the
+// server's log and the benchmarks can tell the relay's connections apart;
+// an application_name the URL sets is kept.
+func AppName(cc *pgx.ConnConfig, part string) {
+	if cc.RuntimeParams["application_name"] == "" {
+		cc.RuntimeParams["application_name"] = "rowcast " + part
+	}
+}
+
 // listen runs a goroutine that LISTENs on channel with a connection of its
 // own and signals bell (without blocking) on every notification that wake,
 // when not nil, says is news; the first error goes to errs. stop ends it
 // and waits for it, which closes the connection.
 func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs chan<- error,
 	wake func(payload string) bool) (stop func(), err error) {
-	lconn, err := pgx.Connect(ctx, url)
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("listen connect: %w", err)
+	}
+	AppName(cc, "listener")
+	lconn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)
 	}

@@ -109,6 +109,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	cc.RuntimeParams["tcp_keepalives_interval"] = "5"
 	cc.RuntimeParams["tcp_keepalives_count"] = "3"
 	cc.RuntimeParams["tcp_user_timeout"] = "20000"
+	AppName(cc, "ticker")
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return false, fmt.Errorf("ticker connect: %w", err)

@@ -176,7 +176,11 @@ func New(o Options) (*Relay, error) {
 		if err != nil {
 			return nil, fmt.Errorf("server: database url: %w", err)
 		}
+		changelog.AppName(dbcfg, "holder")
 		rcfg := logical.ReplicationConfig(&dbcfg.Config)
+		if dbcfg.RuntimeParams["application_name"] == "rowcast holder" {
+			rcfg.RuntimeParams["application_name"] = "rowcast walsender" // the decoding's backend
+		}
 		doorbell := ""
 		if notify {
 			doorbell = changelog.Channel
@@ -335,6 +339,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		// pile up and hold every pooled connection, and resumes would
 		// wait for ever.
 		pc.ConnConfig.RuntimeParams["synchronous_commit"] = "local"
+		changelog.AppName(pc.ConnConfig, "pool") // replay, pruning, checks
 	} else if !strings.Contains(cfg.Database.URL, "default_query_exec_mode") {
 		// database.url goes through a transaction-mode pooler: no startup
 		// parameters (PgBouncer refuses those it does not know) and no
