@@ -49,6 +49,7 @@ INSERT INTO rowcast.meta (schema_version) VALUES (2) ON CONFLICT DO NOTHING;
 -- once-per-transaction memo). setval takes effect at once, outside
 -- transactions, as the ticker wants.
 CREATE SEQUENCE IF NOT EXISTS rowcast.bell MINVALUE 0 MAXVALUE 1 START 1;
+REVOKE ALL ON SEQUENCE rowcast.bell FROM PUBLIC;
 -- meta.bell: the doorbell before the sequence. Relays of that version set
 -- it, so it stays while they run on during an upgrade (nothing reads it).
 ALTER TABLE rowcast.meta ADD COLUMN IF NOT EXISTS bell boolean NOT NULL DEFAULT true;
