@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/changelog"
 )
@@ -189,5 +191,31 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 	rec.waitChanges(t, 1)
 	if n := lost.Load(); n != 0 {
 		t.Fatalf("the reader dropped its connection %d times while the database answered", n)
+	}
+}
+
+// The reader's connections are named in pg_stat_activity ("rowcast
+// reader", "rowcast listener"), so that a database's operator, and bench's
+// CPU split, can tell them apart.
+func TestTailNamesItsConnections(t *testing.T) {
+	d := newDB(t)
+	tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, newRecorder()) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tl.Ready()
+	conn, err := pgx.Connect(t.Context(), d.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(t.Context()))
+	var names []string
+	if err := conn.QueryRow(t.Context(), `select coalesce(array_agg(application_name order by application_name), '{}')
+from pg_stat_activity where datname = current_database() and application_name like 'rowcast %'`).Scan(&names); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{"rowcast listener", "rowcast reader"}) {
+		t.Errorf("the tail's connections are named %q, want rowcast listener and rowcast reader", names)
 	}
 }
