@@ -174,7 +174,7 @@ BEGIN
 END
 $fn$;
 
--- rowcast.tick() records a tick when transactions that wrote the changelog
+-- rowcast.tick(notify) records a tick when transactions that wrote the changelog
 -- became visible since the last one, and returns its number (NULL when
 -- there was nothing to tick). The ticker calls it, and so does a resume
 -- before it replays, each in its own transaction, committed synchronously:
@@ -186,7 +186,14 @@ $fn$;
 -- When transaction ids went back (the database was restored into another
 -- cluster whose counter is behind), positions do not carry over: the
 -- history starts again under a new epoch.
-CREATE OR REPLACE FUNCTION rowcast.tick() RETURNS bigint
+--
+-- notify rings the tailers' doorbell (rowcast_tick, the tick's number).
+-- The ticker asks for it only while another relay's reader listens (each
+-- holds the listeners' lock, changelog.listenersLock): its own reader it
+-- pokes in process, and every notification wakes every listening backend
+-- of the database, whatever its channel. rowcast.tick() always notifies
+-- (a resume, and relays built before the argument existed).
+CREATE OR REPLACE FUNCTION rowcast.tick(notify boolean) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     cur  pg_snapshot;
@@ -220,10 +227,15 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO rowcast.ticks (tick, snap, snap_xmax) VALUES (prev.tick + 1, cur, pg_snapshot_xmax(cur));
-    PERFORM pg_notify('rowcast_tick', (prev.tick + 1)::text);
+    IF notify THEN
+        PERFORM pg_notify('rowcast_tick', (prev.tick + 1)::text);
+    END IF;
     RETURN prev.tick + 1;
 END
 $fn$;
+
+CREATE OR REPLACE FUNCTION rowcast.tick() RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $fn$ SELECT rowcast.tick(true) $fn$;
 
 -- team_from in trigger mode: the team of every parent row a transaction
 -- deleted, so that a child's capture trigger still finds it when the parent
@@ -307,6 +319,7 @@ $fn$;
 
 REVOKE ALL ON FUNCTION rowcast.ring() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.tick() FROM PUBLIC;
+REVOKE ALL ON FUNCTION rowcast.tick(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.truncated_logical(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION rowcast.parent_deleting() FROM PUBLIC;

@@ -119,10 +119,14 @@ func OptionsFor(cfg *config.Config) Options {
 // change may not have been decoded yet. Where that window matters, give
 // the child a team column of its own (team_column), which travels in its
 // tuple; the README's "Team through a parent row" says the same.
-func renderApply(t config.Table, gen []Generated, notify bool) (TablePlan, error) {
+//
+// The body does not ring the writers' doorbell: the holder wakes the
+// ticker itself after each group commit (logical.Options.Doorbell,
+// WakeTicker), once for all the changes it holds.
+func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fn := "rowcast." + ident(ApplyName(t.Schema(), t.Name()))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	body, err := bodyFor(t, applyRecs, notify)
+	body, err := bodyFor(t, applyRecs, false)
 	if err != nil {
 		return TablePlan{}, err
 	}

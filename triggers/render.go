@@ -129,7 +129,7 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 	for _, t := range tables {
 		render := func(t config.Table) (TablePlan, error) { return renderTable(t, o.Notify) }
 		if o.Logical {
-			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()], o.Notify) }
+			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()]) }
 		}
 		tp, err := render(t)
 		if err != nil {

@@ -234,7 +234,8 @@ func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- tl.Run(ctx, sink) }()
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, OnTick: tl.Poke})
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, OnTick: tl.Poke,
+		LocalListener: tl.ListenerPID})
 	go func() { done <- tk.Run(ctx) }()
 	d.t.Cleanup(func() { cancel(); <-done; <-done })
 	select {

@@ -124,8 +124,7 @@ func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	// The tail reads this and then waits in the sink, inside its poll,
 	// until the ticks after it were recorded and pruned.
 	d.exec("insert into items (id, team_id) values (0, 7)")
-	d.tick()
-	tl.Poke()
+	tl.Poke(d.tick())
 	<-rec.entered
 
 	for i := 1; i <= 3; i++ {
@@ -136,7 +135,7 @@ func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(rec.gate)
-	tl.Poke()
+	tl.Poke(0)
 	deadline := time.After(10 * time.Second)
 	for {
 		rec.mu.Lock()

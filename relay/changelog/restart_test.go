@@ -73,7 +73,7 @@ func TestBackendCrashReusedXID(t *testing.T) {
 		var xs *time.Time
 		if err := mon.QueryRow(ctx, `select max(xact_start) from pg_stat_activity
 			where datname = current_database() and backend_xmin::text::bigint > $1 and pid <> pg_backend_pid()
-			  and query like '%rowcast.tick()%'`, last).Scan(&xs); err != nil {
+			  and query like '%rowcast.tick(%'`, last).Scan(&xs); err != nil {
 			t.Fatal(err)
 		}
 		if xs != nil {

@@ -9,9 +9,10 @@
 // rows of the transactions that became visible between a tick's snapshot
 // and the previous one's, so a long transaction never holds back short
 // ones and arrives once, when it commits, and every replica reads the same
-// batches in the same order (relay.Pos). The Ticker rings the tailers'
-// doorbell (a notification per tick) and is woken by the writers' (when it
-// asks for it); adaptive polling is the backstop when a notification is
+// batches in the same order (relay.Pos). The Ticker pokes its own
+// process's Tail, rings the other relays' (a notification per tick, while
+// any listens) and is woken by the writers' doorbell (when it asks for it)
+// or by Ring; adaptive polling is the backstop when a notification is
 // missed or the doorbells are switched off. A tick is durable before it is
 // read, and so is every commit it covers.
 package changelog
@@ -78,7 +79,9 @@ type Tail struct {
 	ready     chan struct{}
 	readyOnce atomic.Bool
 	poke      chan struct{}
-	read      atomic.Int64 // the last tick read
+	read      atomic.Int64  // the last tick read
+	poked     atomic.Int64  // the highest tick Poke was given
+	listener  atomic.Uint32 // ListenerPID
 	// waiting is when the reader last heard from the database while it
 	// waits for it (unix ns), 0 while it waits for nothing.
 	waiting atomic.Int64
@@ -104,14 +107,27 @@ func NewTail(url string, o TailOptions) *Tail {
 	return &Tail{url: url, o: o, ready: make(chan struct{}), poke: make(chan struct{}, 1)}
 }
 
-// Poke makes the reader look for new ticks now (this process's Ticker calls
-// it after each tick). It never blocks.
-func (c *Tail) Poke() {
+// Poke makes the reader look for new ticks now, through tick (this
+// process's Ticker calls it after each tick it records; a notification of
+// a tick this low no longer wakes the reader). It never blocks.
+func (c *Tail) Poke(tick int64) {
+	for {
+		p := c.poked.Load()
+		if tick <= p || c.poked.CompareAndSwap(p, tick) {
+			break
+		}
+	}
 	select {
 	case c.poke <- struct{}{}:
 	default:
 	}
 }
+
+// ListenerPID returns the backend process id of the connection on which
+// the reader listens for ticks (0 while it does not): this process's
+// Ticker pokes the reader itself, so that listener needs no notification
+// (TickerOptions.LocalListener).
+func (c *Tail) ListenerPID() uint32 { return c.listener.Load() }
 
 // Ready is closed once the capture has read its starting tick and called
 // relay.Sink.Reset: every transaction that commits after Ready is closed
@@ -247,9 +263,9 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	if c.o.Listen {
 		// A tick this relay has read already (its own ticker pokes it
 		// before the notification arrives) does not wake it again.
-		stop, err := listen(ctx, c.url, TickChannel, bell, listenErr, func(payload string) bool {
+		stop, err := listen(ctx, c.url, TickChannel, &c.listener, bell, listenErr, func(payload string) bool {
 			n, err := strconv.ParseInt(payload, 10, 64)
-			return err != nil || n > c.read.Load()
+			return err != nil || n > c.read.Load() && n > c.poked.Load()
 		})
 		if err != nil {
 			return fmt.Errorf("capture %w", err)
@@ -269,6 +285,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		}
 		st.epoch, st.tick, st.snap = epoch, last.tick, last.snap
 		c.read.Store(last.tick)
+		c.poked.Store(last.tick) // ticks may have gone back (a restore)
 		sink.Reset(epoch, relay.TickEnd(last.tick))
 	default:
 		// The tick read last must still be there, with the same snapshot:
@@ -407,11 +424,20 @@ func AppName(cc *pgx.ConnConfig, part string) {
 	}
 }
 
+// listenersKey is the advisory lock (a bigint key) that every Tail's
+// LISTEN connection holds shared: the ticker looks for it in pg_locks to
+// learn whether a reader other than its own process's wants a notification
+// per tick (TickerOptions.LocalListener).
+const listenersKey = "hashtext('rowcast.listeners')::bigint"
+
 // listen runs a goroutine that LISTENs on channel with a connection of its
 // own and signals bell (without blocking) on every notification that wake,
-// when not nil, says is news; the first error goes to errs. stop ends it
-// and waits for it, which closes the connection.
-func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs chan<- error,
+// when not nil, says is news; the first error goes to errs. With announce
+// not nil the connection also holds the listeners' lock (listenersKey)
+// shared, and announce its backend process id, stored before the lock is
+// taken and set back to 0 once the connection is closed. stop ends the
+// goroutine and waits for it, which closes the connection.
+func listen(ctx context.Context, url, channel string, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
 	wake func(payload string) bool) (stop func(), err error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
@@ -422,15 +448,26 @@ func listen(ctx context.Context, url, channel string, bell chan<- struct{}, errs
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)
 	}
-	if _, err := lconn.Exec(ctx, "listen "+channel); err != nil {
+	closeConn := func() {
 		lconn.Close(context.WithoutCancel(ctx))
+		if announce != nil {
+			announce.Store(0)
+		}
+	}
+	setup := "listen " + channel
+	if announce != nil {
+		announce.Store(lconn.PgConn().PID())
+		setup += "; select pg_advisory_lock_shared(" + listenersKey + ")"
+	}
+	if _, err := lconn.Exec(ctx, setup); err != nil {
+		closeConn()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer lconn.Close(context.WithoutCancel(ctx))
+		defer closeConn()
 		for {
 			n, err := lconn.WaitForNotification(ctx)
 			if err != nil {

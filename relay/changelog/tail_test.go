@@ -94,8 +94,7 @@ func TestTailReportsBehind(t *testing.T) {
 	// The tail waits in the sink, inside its poll, while five more ticks
 	// are recorded.
 	d.exec("insert into items (id, team_id) values (0, 7)")
-	d.tick()
-	tl.Poke()
+	tl.Poke(d.tick())
 	<-rec.entered
 	for i := 1; i <= 5; i++ {
 		d.exec("insert into items (id, team_id) values ($1, 7)", i)
@@ -105,7 +104,7 @@ func TestTailReportsBehind(t *testing.T) {
 	var got []int64
 	deadline := time.After(10 * time.Second)
 	for !slices.Contains(got, 5) || got[len(got)-1] != 0 {
-		tl.Poke()
+		tl.Poke(0)
 		select {
 		case n := <-reports:
 			got = append(got, n)
@@ -175,7 +174,7 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 	d.tick()
 	lock := d.begin()
 	txExec(t, lock, "lock table rowcast.changelog in access exclusive mode")
-	tl.Poke()
+	tl.Poke(0)
 	// The poll waits for the lock, then for five stall timeouts (and
 	// probes, on connections of their own) more: the fault this test holds.
 	deadline := time.Now().Add(30 * time.Second)
@@ -183,7 +182,7 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the poll never waited for the lock")
 		}
-		tl.Poke()
+		tl.Poke(0)
 		<-time.After(10 * time.Millisecond)
 	}
 	<-time.After(time.Second)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgerrcode"
@@ -37,9 +38,17 @@ type TickerOptions struct {
 	IdleTimeout time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
-	// OnTick is called after each tick this ticker recorded, once it is
+	// OnTick is called with each tick this ticker recorded, once it is
 	// committed (this process's Tail.Poke); nil ignores it.
-	OnTick func()
+	OnTick func(tick int64)
+	// LocalListener returns the backend process id of the LISTEN
+	// connection of the reader that OnTick pokes (Tail.ListenerPID; 0 when
+	// none). When set, a tick notifies the tailers only while another
+	// reader listens, which the ticker looks up every listenersCheck and
+	// whenever that id changes: a notification wakes every listening
+	// backend of the database, whatever its channel, so one relay alone
+	// spares two wakeups per tick. nil notifies at every tick.
+	LocalListener func() uint32
 	// OnHolding is called with true when this ticker takes the ticker lock
 	// and with false when it loses it; nil ignores it.
 	OnHolding func(bool)
@@ -50,8 +59,10 @@ type TickerOptions struct {
 // advisory lock ticks, the others wait to take over. Create it with
 // NewTicker and call Run once.
 type Ticker struct {
-	url string
-	o   TickerOptions
+	url     string
+	o       TickerOptions
+	bell    chan struct{} // the doorbell, from LISTEN or Ring
+	holding atomic.Bool
 }
 
 // NewTicker returns a Ticker of the changelog in the database at url.
@@ -73,7 +84,23 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Ticker{url: url, o: o}
+	return &Ticker{url: url, o: o, bell: make(chan struct{}, 1)}
+}
+
+// Holding reports whether this ticker holds the ticker lock: it is the one
+// that ticks.
+func (t *Ticker) Holding() bool { return t.holding.Load() }
+
+// Ring wakes the ticker at once, as the writers' doorbell does, for a
+// writer in this process (the logical slot holder after a group commit):
+// the database's doorbell would wake every listening backend of the
+// database. A ticker that does not hold the lock ignores it. It never
+// blocks.
+func (t *Ticker) Ring() {
+	select {
+	case t.bell <- struct{}{}:
+	default:
+	}
 }
 
 // tickerLock is the advisory lock key the ticking relay holds.
@@ -135,16 +162,17 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		case <-timer.C:
 		}
 	}
+	t.holding.Store(true)
+	defer t.holding.Store(false)
 	if t.o.OnHolding != nil {
 		t.o.OnHolding(true)
 		defer t.o.OnHolding(false)
 	}
 	t.o.Logger.Info("ticker holds the ticker lock", "doorbell", t.o.Listen)
 
-	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
 	if t.o.Listen {
-		stop, err := listen(ctx, t.url, Channel, bell, listenErr, nil)
+		stop, err := listen(ctx, t.url, Channel, nil, t.bell, listenErr, nil)
 		if err != nil {
 			return false, fmt.Errorf("ticker %w", err)
 		}
@@ -155,6 +183,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		return false, err
 	}
 	interval, idle := t.o.PollMin, 0
+	notify, checked, local := true, time.Time{}, uint32(0)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -163,7 +192,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			return ticked, ctx.Err()
 		case err := <-listenErr:
 			return ticked, err
-		case <-bell:
+		case <-t.bell:
 		case <-timer.C:
 		}
 		if !timer.Stop() {
@@ -172,11 +201,19 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			default:
 			}
 		}
+		if t.o.LocalListener != nil {
+			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck {
+				if err := conn.QueryRow(ctx, listenersSQL, int64(own)).Scan(&notify); err != nil {
+					return ticked, fmt.Errorf("ticker listeners: %w", err)
+				}
+				local, checked = own, time.Now()
+			}
+		}
 		var tick *int64
 		// A tick that does not answer in time is a connection gone silent:
 		// give it up (and the lock with it) rather than wait.
 		tctx, cancel := context.WithTimeout(ctx, tickTimeout)
-		err := conn.QueryRow(tctx, "select rowcast.tick()").Scan(&tick)
+		err := conn.QueryRow(tctx, "select rowcast.tick($1)", notify).Scan(&tick)
 		cancel()
 		if err != nil {
 			return ticked, fmt.Errorf("ticker tick: %w", err)
@@ -184,7 +221,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		if tick != nil {
 			ticked = true
 			if t.o.OnTick != nil {
-				t.o.OnTick()
+				t.o.OnTick(*tick)
 			}
 			interval, idle = t.o.PollMin, 0
 			// Changes flow: polling finds them; writers need not ring.
@@ -206,6 +243,20 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 
 // tickTimeout bounds one call of rowcast.tick().
 const tickTimeout = 30 * time.Second
+
+// listenersCheck is how often the ticker looks whether a reader other than
+// its own process's listens for ticks: a relay that starts listening waits
+// at most this long for its first notification (it polls meanwhile).
+const listenersCheck = time.Second
+
+// listenersSQL reports whether a backend other than $1 holds the
+// listeners' lock (listenersKey) in this database: a reader that wants a
+// notification per tick. pg_locks shows a bigint advisory key as its high
+// half (classid) and its low half (objid), with objsubid 1.
+const listenersSQL = `select exists (select from pg_locks l, (select ` + listenersKey + ` as k) k
+  where l.locktype = 'advisory' and l.granted and l.pid <> $1 and l.objsubid = 1
+    and l.database = (select oid from pg_database where datname = current_database())
+    and l.classid = ((k.k >> 32) & 4294967295)::oid and l.objid = (k.k & 4294967295)::oid)`
 
 // idleBeforeArming is how many empty looks in a row make the ticker ask
 // for the doorbell again (about 30ms at the default rhythm).

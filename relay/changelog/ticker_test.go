@@ -2,6 +2,7 @@ package changelog_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"testing"
 	"time"
@@ -39,7 +40,7 @@ func TestTickerPausedGivesWay(t *testing.T) {
 	oa, ob := o, o
 	oa.OnHolding, ob.OnHolding = onA, onB
 	ticked := make(chan struct{}, 1) // B recorded a tick
-	ob.OnTick = func() {
+	ob.OnTick = func(int64) {
 		select {
 		case ticked <- struct{}{}:
 		default:
@@ -88,4 +89,69 @@ func TestTickerPausedGivesWay(t *testing.T) {
 	}
 	proxy.Restore()
 	wait(a, false, "A learns it lost the lock")
+}
+
+// TestTickNotifiesOtherReadersOnly: a relay alone records its ticks without
+// a notification (its ticker pokes its reader in process; a notification
+// would wake every listening backend of the database for nothing), and its
+// reader still gets every change; once another relay's reader listens, the
+// ticks notify again, within the ticker's next look at the listeners.
+func TestTickNotifiesOtherReadersOnly(t *testing.T) {
+	d := newDB(t)
+	rec := newRecorder()
+	d.tailWith(rec, changelog.TailOptions{Listen: true})
+	// A bystander: it listens for ticks without the listeners' lock.
+	watch := connect(t, d.url)
+	if _, err := watch.Exec(t.Context(), "listen "+changelog.TickChannel); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for i := 1; i <= 3; i++ {
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		rec.waitChanges(t, i)
+	}
+	// Notifications arrive in commit order: a tick's would come first.
+	d.exec("select pg_notify($1, 'marker')", changelog.TickChannel)
+	n, err := watch.WaitForNotification(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Payload != "marker" {
+		t.Fatalf("tick %s notified while no other relay's reader listened", n.Payload)
+	}
+
+	other := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: 20 * time.Millisecond})
+	octx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- other.Run(octx, newRecorder()) }()
+	defer func() { stop(); <-done }()
+	select {
+	case <-other.Ready():
+	case err := <-done:
+		t.Fatalf("other tail: %v", err)
+	case <-ctx.Done():
+		t.Fatal("other tail not ready after 30s")
+	}
+	heard := make(chan error, 1)
+	go func() {
+		n, err := watch.WaitForNotification(ctx)
+		if err == nil && n.Payload == "marker" {
+			err = fmt.Errorf("a second marker")
+		}
+		heard <- err
+	}()
+	writes := time.NewTicker(20 * time.Millisecond)
+	defer writes.Stop()
+	for i := 4; ; i++ {
+		select {
+		case err := <-heard:
+			if err != nil {
+				t.Fatalf("no tick notified while another relay's reader listened: %v", err)
+			}
+			return
+		case <-writes.C:
+			d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		}
+	}
 }

@@ -363,7 +363,8 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
 		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
-	if a.h.o.Doorbell != "" {
+	local := a.h.o.LocalTicker != nil && a.h.o.WakeTicker != nil && a.h.o.LocalTicker()
+	if a.h.o.Doorbell != "" && !local {
 		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
 	}
 	if err := a.send(ctx); err != nil {
@@ -373,6 +374,9 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	a.tx = nil
 	if err != nil {
 		return 0, fmt.Errorf("logical apply commit: %w", err)
+	}
+	if local {
+		a.h.o.WakeTicker()
 	}
 	a.applied, a.committed = a.lastLSN, false
 	return a.lastEnd, nil

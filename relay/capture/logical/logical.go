@@ -75,7 +75,15 @@ type Options struct {
 	// ticker finds the holder's writes only when it polls, and it backs off
 	// between the holder's group commits.
 	Doorbell string
-	Logger   *slog.Logger
+	// LocalTicker, when not nil, reports whether this process's changelog
+	// ticker holds the ticker lock (changelog.Ticker.Holding), and
+	// WakeTicker wakes it (changelog.Ticker.Ring). While it does, a group
+	// commit wakes it in process once committed, instead of notifying the
+	// Doorbell: a notification wakes every listening backend of the
+	// database, whatever its channel.
+	LocalTicker func() bool
+	WakeTicker  func()
+	Logger      *slog.Logger
 	// OnHolder is called with true when this replica takes the slot and
 	// false when it lets it go.
 	OnHolder func(bool)

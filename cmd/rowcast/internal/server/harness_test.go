@@ -60,6 +60,9 @@ type env struct {
 	// stall is how long the changelog reader waits for an answer before
 	// it reconnects (zero: 10 s).
 	stall time.Duration
+	// tickerPoll is the ticker's look interval (zero: the default), for
+	// relays started from now on.
+	tickerPoll time.Duration
 	// addr, when set, is the address sessions dial instead of the relay's
 	// (a relay in another process).
 	addr string
@@ -144,7 +147,7 @@ func (e *env) start() {
 	reg := prometheus.NewRegistry()
 	r, err := server.New(server.Options{Config: e.cfg, Version: "test", LogicalRetry: e.logicalRetry,
 		LogicalStandby: e.logicalStandby, LogicalIdleTimeout: e.logicalIdle, JWKSMinInterval: e.jwksMin,
-		DatabaseLostAfter: e.lostAfter, CaptureStallTimeout: e.stall, Registry: reg})
+		DatabaseLostAfter: e.lostAfter, CaptureStallTimeout: e.stall, TickerPoll: e.tickerPoll, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -169,12 +169,17 @@ func TestLogicalIdleSlotAdvances(t *testing.T) {
 	}
 }
 
-// TestLogicalHolderRingsTheTicker: each group commit of the slot holder
-// rings the ticker's doorbell, whether or not the ticker asked for it (it
-// stops asking while changes flow), so the ticker records the holder's
-// writes at once instead of at its next look.
-func TestLogicalHolderRingsTheTicker(t *testing.T) {
+// TestLogicalHolderWakesItsTicker: each group commit of the slot holder
+// wakes the ticker, whether or not the ticker asked for it (it stops asking
+// while changes flow), so that the ticker records the holder's writes at
+// once instead of at its next look (here an hour away). The ticker runs in
+// the same process, so the holder wakes it there and sends no notification:
+// PostgreSQL would wake every listening backend of the database with it.
+func TestLogicalHolderWakesItsTicker(t *testing.T) {
 	e := startRelay(t, logicalMode)
+	e.shutdown()
+	e.tickerPoll = time.Hour
+	e.start()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, e.url)
 	if err != nil {
@@ -185,18 +190,23 @@ func TestLogicalHolderRingsTheTicker(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := e.connect(userToken(t, "2", 1))
-	e.exec("insert into leads (team_id, first_name) values (1, 'rung')")
-	c.event("lead:created")
+	// The second needs a tick after the ticker's first look.
+	for _, name := range []string{"first", "second"} {
+		e.exec("insert into leads (team_id, first_name) values (1, $1)", name)
+		if got := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; got != name {
+			t.Fatalf("got lead %v, want %s", got, name)
+		}
+	}
+	// Notifications arrive in commit order: the holder's would come first.
+	e.exec("select pg_notify($1, 'marker')", changelog.Channel)
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for {
-		n, err := conn.WaitForNotification(wctx)
-		if err != nil {
-			t.Fatalf("no notification from the holder's group commit: %v", err)
-		}
-		if n.Payload == "logical" {
-			return
-		}
+	n, err := conn.WaitForNotification(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Payload != "marker" {
+		t.Fatalf("the holder notified the database (%q) for a ticker in its own process", n.Payload)
 	}
 }
 

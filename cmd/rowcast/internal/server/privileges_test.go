@@ -172,6 +172,7 @@ func appRoleWrites(t *testing.T, logical bool) {
 	denied("insert into rowcast.changelog (stream, tbl, op, entity_id, team_id) values ('team:1', 'public.leads', 'D', '1', '1')")
 	denied("select rowcast.ring()")
 	denied("select rowcast.tick()")
+	denied("select rowcast.tick(false)")
 	denied("select rowcast.truncated_logical('public.leads')")
 	if logical {
 		denied(`select rowcast.apply__public__leads('INSERT', '{"id": 99, "team_id": 1, "first_name": "forged"}', null)`)

@@ -76,6 +76,10 @@ type Options struct {
 	// answer from PostgreSQL before it reconnects, readiness answering
 	// 503 meanwhile (zero: 10 s; tests shorten it).
 	CaptureStallTimeout time.Duration
+	// TickerPoll, when not zero, is the ticker's look interval, busy or
+	// idle (zero: every 2 ms while changes flow, backing off to 250 ms;
+	// tests set an hour so that only a doorbell makes it tick).
+	TickerPoll time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
 	// soon as the listener is bound, ready or not. When there are any, the
@@ -170,6 +174,7 @@ func New(o Options) (*Relay, error) {
 	})
 	r.ticker = changelog.NewTicker(cfg.Database.CaptureURL(), changelog.TickerOptions{
 		Listen: notify, Logger: o.Logger.With("component", "ticker"), OnTick: r.capture.Poke,
+		LocalListener: r.capture.ListenerPID, PollMin: o.TickerPoll, PollMax: o.TickerPoll,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
 		dbcfg, err := pgx.ParseConfig(cfg.Database.CaptureURL())
@@ -193,8 +198,8 @@ func New(o Options) (*Relay, error) {
 			OnSlotLost: func(why string) { r.report.Failure(report.KindSlot, errors.New(why)) },
 			Retry:      o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
 			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
-			Doorbell: doorbell,
-			Connect:  func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
+			Doorbell: doorbell, LocalTicker: r.ticker.Holding, WakeTicker: r.ticker.Ring,
+			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
 			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
 				return pgconn.ConnectConfig(ctx, rcfg)
 			},
