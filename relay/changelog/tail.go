@@ -260,6 +260,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
+	var unheard time.Time // until when the ticker may not know of this listener
 	if c.o.Listen {
 		// A tick this relay has read already (its own ticker pokes it
 		// before the notification arrives) does not wake it again.
@@ -271,6 +272,10 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			return fmt.Errorf("capture %w", err)
 		}
 		defer stop()
+		// The ticker notifies this reader from its next look at the
+		// listeners (listenersCheck) on: until then, polling does not back
+		// off, so that a relay that just started sees ticks as soon.
+		unheard = time.Now().Add(listenersCheck)
 	}
 
 	epoch, last, err := readHead(ctx, conn)
@@ -339,6 +344,8 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 				timer.Reset(0) // more may be waiting
 				continue
 			}
+		} else if time.Now().Before(unheard) {
+			interval = c.o.PollMin
 		} else {
 			interval = min(interval*2, c.o.PollMax)
 		}

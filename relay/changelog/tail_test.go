@@ -154,12 +154,14 @@ func TestTailLargeTransactionInParts(t *testing.T) {
 // TestTailWaitsForASlowDatabase: a poll held up past StallTimeout by a
 // database that still answers (here a lock on the changelog) is not cut:
 // the probe finds the database there, the reader stays connected and
-// reads the change once the lock goes.
+// reads the change once the lock goes. The stall timeout leaves the probe
+// (a new connection and a query) half a second: under -race, with other
+// packages' tests on the same two cores, 200 ms once did not suffice.
 func TestTailWaitsForASlowDatabase(t *testing.T) {
 	d := newDB(t)
 	var lost atomic.Int32
 	rec := newRecorder()
-	tl := changelog.NewTail(d.url, changelog.TailOptions{StallTimeout: 200 * time.Millisecond,
+	tl := changelog.NewTail(d.url, changelog.TailOptions{StallTimeout: 500 * time.Millisecond,
 		OnConnected: func(v bool) {
 			if !v {
 				lost.Add(1)
@@ -185,7 +187,7 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 		tl.Poke(0)
 		<-time.After(10 * time.Millisecond)
 	}
-	<-time.After(time.Second)
+	<-time.After(5 * 500 * time.Millisecond)
 	commit(t, lock)
 	rec.waitChanges(t, 1)
 	if n := lost.Load(); n != 0 {
