@@ -189,7 +189,7 @@ $fn$;
 --
 -- notify rings the tailers' doorbell (rowcast_tick, the tick's number).
 -- The ticker asks for it only while another relay's reader listens (each
--- holds the listeners' lock, changelog.listenersLock): its own reader it
+-- holds the listeners' lock, changelog.listenersKey): its own reader it
 -- pokes in process, and every notification wakes every listening backend
 -- of the database, whatever its channel. rowcast.tick() always notifies
 -- (a resume, and relays built before the argument existed).

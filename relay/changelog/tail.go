@@ -290,7 +290,6 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		}
 		st.epoch, st.tick, st.snap = epoch, last.tick, last.snap
 		c.read.Store(last.tick)
-		c.poked.Store(last.tick) // ticks may have gone back (a restore)
 		sink.Reset(epoch, relay.TickEnd(last.tick))
 	default:
 		// The tick read last must still be there, with the same snapshot:
@@ -306,6 +305,9 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			return newEpoch(ctx, conn, st.epoch)
 		}
 	}
+	// Ticks poked before may not be this database's (a failover to a
+	// standby behind, a restore): lowering the mark only allows a wakeup.
+	c.poked.Store(st.tick)
 	c.setConnected(true)
 	if c.readyOnce.CompareAndSwap(false, true) {
 		close(c.ready)

@@ -94,8 +94,8 @@ func (t *Ticker) Holding() bool { return t.holding.Load() }
 // Ring wakes the ticker at once, as the writers' doorbell does, for a
 // writer in this process (the logical slot holder after a group commit):
 // the database's doorbell would wake every listening backend of the
-// database. A ticker that does not hold the lock ignores it. It never
-// blocks.
+// database. A ticker that does not hold the lock takes one look as soon
+// as it takes it. It never blocks.
 func (t *Ticker) Ring() {
 	select {
 	case t.bell <- struct{}{}:
@@ -184,6 +184,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	}
 	interval, idle := t.o.PollMin, 0
 	notify, checked, local := true, time.Time{}, uint32(0)
+	refused := false // the listeners lookup was refused (warned once)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -203,7 +204,19 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		}
 		if t.o.LocalListener != nil {
 			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck {
-				if err := conn.QueryRow(ctx, listenersSQL, int64(own)).Scan(&notify); err != nil {
+				lctx, cancel := context.WithTimeout(ctx, tickTimeout)
+				err := conn.QueryRow(lctx, listenersSQL, int64(own)).Scan(&notify)
+				cancel()
+				var pgErr *pgconn.PgError
+				switch {
+				case errors.As(err, &pgErr):
+					// The server refused the lookup (pg_locks unreadable):
+					// notify at every tick rather than stop ticking.
+					if !refused {
+						t.o.Logger.Warn("ticker cannot look for listening relays; notifying every tick", "err", err)
+					}
+					notify, refused = true, true
+				case err != nil:
 					return ticked, fmt.Errorf("ticker listeners: %w", err)
 				}
 				local, checked = own, time.Now()
