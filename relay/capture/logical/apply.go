@@ -20,6 +20,9 @@ import (
 // default), and the database transaction also records the last source
 // commit LSN it covers; only after it commits is that source transaction's
 // end LSN acknowledged.
+//
+// A group's BEGIN and COMMIT travel in its batches (pgx pipelines a batch
+// with one Sync), so a group that fits one batch costs one round trip.
 type applier struct {
 	h       *Holder
 	db      *pgx.Conn
@@ -35,8 +38,11 @@ type applier struct {
 	skip  bool // the source transaction was written before a crash
 	begin pglogrepl.BeginMessage
 
-	// The open database transaction and what it covers.
-	tx        pgx.Tx
+	// The open database transaction and what it covers. txOpen is set from
+	// the first queued statement of a group (its BEGIN) until the group's
+	// COMMIT is sent; begun once that BEGIN has been sent.
+	txOpen    bool
+	begun     bool
 	txStart   time.Time
 	batch     *pgx.Batch
 	rows      int // changes queued in this database transaction
@@ -123,8 +129,8 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		return nil
 	}
 	defer func() {
-		if a.tx != nil {
-			_ = a.tx.Rollback(context.WithoutCancel(ctx))
+		if a.begun {
+			_, _ = a.db.Exec(context.WithoutCancel(ctx), "rollback")
 		}
 	}()
 	for {
@@ -179,7 +185,7 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 				// With nothing received but unwritten, everything up to
 				// the server's position is handled: move the slot forward
 				// so an idle slot holds no WAL, and say so within a second.
-				if !a.inTxn && a.tx == nil && ka.ServerWALEnd > acked {
+				if !a.inTxn && !a.txOpen && ka.ServerWALEnd > acked {
 					acked = ka.ServerWALEnd
 					soon(time.Second)
 				}
@@ -198,7 +204,7 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 				if err != nil {
 					return err
 				}
-				if end > acked && a.tx == nil {
+				if end > acked && !a.txOpen {
 					// A source transaction with nothing to write, or one
 					// already written before a restart.
 					acked = end
@@ -242,9 +248,7 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	case *pglogrepl.TruncateMessageV2:
 		for _, id := range m.RelationIDs {
 			if rel := a.rels[id]; rel != nil && !a.skip {
-				if err := a.open(ctx); err != nil {
-					return 0, err
-				}
+				a.open()
 				a.queueSQL("select rowcast.truncated_logical($1)", rel.table)
 			}
 		}
@@ -255,7 +259,7 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 }
 
 // touched reports whether the current source transaction queued anything.
-func (a *applier) touched() bool { return a.tx != nil && a.beganAt == a.begin.FinalLSN }
+func (a *applier) touched() bool { return a.txOpen && a.beganAt == a.begin.FinalLSN }
 
 // message handles rowcast's transactional logical messages: the actor and
 // the request id named by rowcast.set_actor / rowcast.set_request_id.
@@ -272,9 +276,7 @@ func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 	default:
 		return nil
 	}
-	if err := a.open(ctx); err != nil {
-		return err
-	}
+	a.open()
 	a.queueSQL("select set_config($1, $2, true)", setting, string(m.Content))
 	return nil
 }
@@ -287,9 +289,7 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	if rel == nil {
 		return fmt.Errorf("logical decode: change for unknown relation %d", relID)
 	}
-	if err := a.open(ctx); err != nil {
-		return err
-	}
+	a.open()
 	if a.run.rel != rel {
 		a.endRun()
 		a.run.rel = rel
@@ -306,16 +306,13 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	return nil
 }
 
-// open starts the database transaction if none is open and marks the
-// current source transaction as touched.
-func (a *applier) open(ctx context.Context) error {
-	if a.tx == nil {
-		tx, err := a.db.Begin(ctx)
-		if err != nil {
-			return fmt.Errorf("logical apply: %w", err)
-		}
-		a.tx, a.batch, a.txStart, a.rows, a.committed = tx, &pgx.Batch{}, time.Now(), 0, false
+// open queues the database transaction's BEGIN if none is open and marks
+// the current source transaction as touched.
+func (a *applier) open() {
+	if !a.txOpen {
+		a.txOpen, a.batch, a.txStart, a.rows, a.committed = true, &pgx.Batch{}, time.Now(), 0, false
 		a.beganAt = 0
+		a.batch.Queue("begin")
 	}
 	if a.beganAt != a.begin.FinalLSN {
 		a.beganAt = a.begin.FinalLSN
@@ -323,7 +320,6 @@ func (a *applier) open(ctx context.Context) error {
 		a.queueSQL("select set_config('rowcast.commit_time', $1, true), set_config('rowcast.actor_id', '', true), set_config('rowcast.request_id', '', true)",
 			a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
 	}
-	return nil
 }
 
 // endRun queues the current run of one relation's changes as one statement.
@@ -346,7 +342,8 @@ func (a *applier) send(ctx context.Context) error {
 	if a.batch == nil || a.batch.Len() == 0 {
 		return nil
 	}
-	err := a.tx.SendBatch(ctx, a.batch).Close()
+	a.begun = true
+	err := a.db.SendBatch(ctx, a.batch).Close()
 	a.batch = &pgx.Batch{}
 	if err != nil {
 		return fmt.Errorf("logical apply: %w", err)
@@ -358,7 +355,7 @@ func (a *applier) send(ctx context.Context) error {
 // commit LSN it covers and returns that transaction's end LSN, which may
 // now be acknowledged.
 func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
-	if a.tx == nil || !a.committed {
+	if !a.txOpen || !a.committed {
 		return 0, nil
 	}
 	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
@@ -367,14 +364,11 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	if a.h.o.Doorbell != "" && !local {
 		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
 	}
+	a.queueSQL("commit")
 	if err := a.send(ctx); err != nil {
 		return 0, err
 	}
-	err := a.tx.Commit(ctx)
-	a.tx = nil
-	if err != nil {
-		return 0, fmt.Errorf("logical apply commit: %w", err)
-	}
+	a.txOpen, a.begun = false, false
 	if local {
 		a.h.o.WakeTicker()
 	}

@@ -1,0 +1,56 @@
+package logical
+
+import (
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgtype"
+)
+
+// TestApplyStatementPlannedOnce: on the holder's session the statement that
+// applies a run of changes keeps one generic plan, whatever the run's
+// length; planned for each call's arrays it looks cheaper, so the plan
+// cache would otherwise plan it anew at every call.
+func TestApplyStatementPlannedOnce(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	if err := prepareSession(ctx, conn, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `create function apply_t(op text, new_j jsonb, old_j jsonb) returns void language plpgsql cost 10000 as 'begin end'`); err != nil {
+		t.Fatal(err)
+	}
+	m := &pglogrepl.RelationMessage{Namespace: "public", RelationName: "t", Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "id", DataType: pgtype.Int8OID, TypeModifier: -1, Flags: keyColumnFlag},
+		{Name: "team", DataType: pgtype.TextOID, TypeModifier: -1},
+	}}
+	rel := newRelation(m)
+	types, _, err := columnTypes(ctx, conn, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sql := applySQL(rel, "public.apply_t", types)
+	// The generic plan's estimate of an unnest of a parameter is 10 rows;
+	// a costly row (a wide table's rendering, here the function's cost)
+	// makes every shorter run look cheaper planned for its arrays.
+	for n := 1; n <= 12; n++ {
+		var ops []string
+		var news, olds, absent []*string
+		for i := range n {
+			row := `{"id": "` + string(rune('0'+i%10)) + `", "team": "a"}`
+			ops, news, olds, absent = append(ops, "INSERT"), append(news, &row), append(olds, nil), append(absent, nil)
+		}
+		if _, err := conn.Exec(ctx, sql, ops, news, olds, absent, absent); err != nil {
+			t.Fatalf("apply a run of %d: %v", n, err)
+		}
+	}
+	var generic, custom int64
+	err = conn.QueryRow(ctx, "select generic_plans, custom_plans from pg_prepared_statements where statement = $1", sql).Scan(&generic, &custom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if custom != 0 || generic != 12 {
+		t.Errorf("12 runs applied with %d generic and %d custom plans, want 12 generic and no custom plan", generic, custom)
+	}
+}
