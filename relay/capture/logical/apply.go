@@ -51,14 +51,27 @@ type applier struct {
 	committed bool          // the transaction covers at least one whole source transaction
 	beganAt   pglogrepl.LSN // FinalLSN of the last source transaction that queued something
 
-	// A run of changes of one relation version, sent as one statement.
+	// What the next change must set before its capture runs (applySQL).
+	pending settings
+
+	// A run of changes of one relation version, sent as one statement; it
+	// spans source transactions.
 	run struct {
 		rel                  *relation
 		ops                  []string
 		news, olds           []*string
 		newAbsent, oldAbsent []*string
+		cts, acs, rqs        []*string
 	}
+	// How many rows each queued statement must return as its count, or -1
+	// for a statement whose result is not checked.
+	want []int
 }
+
+// settings is what the capture of a change reads besides the row: its
+// source transaction's commit time, the actor and the request id that
+// transaction named. Nil leaves a setting as the change before set it.
+type settings struct{ commitTime, actor, request *string }
 
 func (a *applier) loadApplied(ctx context.Context) error {
 	var lsn *string
@@ -249,11 +262,12 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 		for _, id := range m.RelationIDs {
 			if rel := a.rels[id]; rel != nil && !a.skip {
 				a.open()
+				a.setPending()
 				a.queueSQL("select rowcast.truncated_logical($1)", rel.table)
 			}
 		}
 	case *pglogrepl.LogicalDecodingMessageV2:
-		return 0, a.message(ctx, &m.LogicalDecodingMessage)
+		a.message(&m.LogicalDecodingMessage)
 	}
 	return 0, nil
 }
@@ -263,22 +277,18 @@ func (a *applier) touched() bool { return a.txOpen && a.beganAt == a.begin.Final
 
 // message handles rowcast's transactional logical messages: the actor and
 // the request id named by rowcast.set_actor / rowcast.set_request_id.
-func (a *applier) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
-	if !m.Transactional || !a.inTxn || a.skip {
-		return nil
-	}
-	var setting string
-	switch m.Prefix {
-	case "rowcast.actor":
-		setting = "rowcast.actor_id"
-	case "rowcast.request_id":
-		setting = "rowcast.request_id"
-	default:
-		return nil
+// They take effect from the transaction's next change.
+func (a *applier) message(m *pglogrepl.LogicalDecodingMessage) {
+	if !m.Transactional || !a.inTxn || a.skip || (m.Prefix != "rowcast.actor" && m.Prefix != "rowcast.request_id") {
+		return
 	}
 	a.open()
-	a.queueSQL("select set_config($1, $2, true)", setting, string(m.Content))
-	return nil
+	v := string(m.Content)
+	if m.Prefix == "rowcast.actor" {
+		a.pending.actor = &v
+	} else {
+		a.pending.request = &v
+	}
 }
 
 func (a *applier) change(ctx context.Context, relID uint32, op string, newT, oldT *pglogrepl.TupleData) error {
@@ -299,6 +309,9 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	o, oa := tupleJSON(rel, oldT, nil)
 	a.run.news, a.run.newAbsent = append(a.run.news, n), append(a.run.newAbsent, na)
 	a.run.olds, a.run.oldAbsent = append(a.run.olds, o), append(a.run.oldAbsent, oa)
+	p := a.pending
+	a.run.cts, a.run.acs, a.run.rqs = append(a.run.cts, p.commitTime), append(a.run.acs, p.actor), append(a.run.rqs, p.request)
+	a.pending = settings{}
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
 		return a.send(ctx)
@@ -312,13 +325,23 @@ func (a *applier) open() {
 	if !a.txOpen {
 		a.txOpen, a.batch, a.txStart, a.rows, a.committed = true, &pgx.Batch{}, time.Now(), 0, false
 		a.beganAt = 0
-		a.batch.Queue("begin")
+		a.want = a.want[:0]
+		a.queueSQL("begin")
 	}
 	if a.beganAt != a.begin.FinalLSN {
 		a.beganAt = a.begin.FinalLSN
-		a.endRun()
-		a.queueSQL("select set_config('rowcast.commit_time', $1, true), set_config('rowcast.actor_id', '', true), set_config('rowcast.request_id', '', true)",
-			a.begin.CommitTime.UTC().Format(time.RFC3339Nano))
+		ct, none := a.begin.CommitTime.UTC().Format(time.RFC3339Nano), ""
+		a.pending = settings{&ct, &none, &none}
+	}
+}
+
+// setPending queues a statement setting the pending settings, for a
+// statement that is not a run.
+func (a *applier) setPending() {
+	if a.pending != (settings{}) {
+		a.queueSQL(settingsSQL, a.pending.commitTime, a.pending.actor, a.pending.request)
+		a.want[len(a.want)-1] = 1
+		a.pending = settings{}
 	}
 }
 
@@ -327,13 +350,16 @@ func (a *applier) endRun() {
 	if len(a.run.ops) == 0 {
 		return
 	}
-	a.batch.Queue(a.run.rel.sql, a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent)
-	a.run.ops, a.run.news, a.run.olds, a.run.newAbsent, a.run.oldAbsent = nil, nil, nil, nil, nil
+	r := &a.run
+	a.batch.Queue(r.rel.sql, r.ops, r.news, r.olds, r.newAbsent, r.oldAbsent, r.cts, r.acs, r.rqs)
+	a.want = append(a.want, len(r.ops))
+	r.ops, r.news, r.olds, r.newAbsent, r.oldAbsent, r.cts, r.acs, r.rqs = nil, nil, nil, nil, nil, nil, nil, nil
 }
 
 func (a *applier) queueSQL(sql string, args ...any) {
 	a.endRun()
 	a.batch.Queue(sql, args...)
+	a.want = append(a.want, -1)
 }
 
 // send sends what is queued.
@@ -343,8 +369,25 @@ func (a *applier) send(ctx context.Context) error {
 		return nil
 	}
 	a.begun = true
-	err := a.db.SendBatch(ctx, a.batch).Close()
-	a.batch = &pgx.Batch{}
+	br := a.db.SendBatch(ctx, a.batch)
+	var err error
+	for _, want := range a.want {
+		if want < 0 {
+			_, err = br.Exec()
+		} else {
+			var n int
+			if err = br.QueryRow().Scan(&n); err == nil && n != want {
+				err = fmt.Errorf("a statement applied %d of %d rows", n, want)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	a.batch, a.want = &pgx.Batch{}, a.want[:0]
 	if err != nil {
 		return fmt.Errorf("logical apply: %w", err)
 	}

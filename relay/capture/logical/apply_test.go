@@ -41,7 +41,7 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 			row := `{"id": "` + string(rune('0'+i%10)) + `", "team": "a"}`
 			ops, news, olds, absent = append(ops, "INSERT"), append(news, &row), append(olds, nil), append(absent, nil)
 		}
-		if _, err := conn.Exec(ctx, sql, ops, news, olds, absent, absent); err != nil {
+		if _, err := conn.Exec(ctx, sql, ops, news, olds, absent, absent, absent, absent, absent); err != nil {
 			t.Fatalf("apply a run of %d: %v", n, err)
 		}
 	}

@@ -123,12 +123,27 @@ func columnTypes(ctx context.Context, db *pgx.Conn, m *pglogrepl.RelationMessage
 
 // applySQL returns the statement that applies a run of rel's changes with
 // the apply function fn (quoted, schema-qualified), casting each text value
-// to the column type named in types.
+// to the column type named in types. A run may span source transactions:
+// each row carries the settings its capture reads (the source commit time,
+// the actor, the request id), or NULL where they are unchanged since the row
+// before it; the WHERE clause sets them as each row is scanned, before the
+// aggregate calls fn for it. The statement returns how many rows it applied.
 func applySQL(rel *relation, fn string, types []string) string {
 	return "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.json, "u.n", "u.na") + ", " +
 		renderSQL(rel.columns, types, rel.json, "u.o", "u.oa") + "))" +
-		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[]) as u (op, n, o, na, oa)"
+		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])" +
+		" as u (op, n, o, na, oa, ct, ac, rq) where " + settingsWhere
 }
+
+// settingsWhere sets a row's settings (u.ct, u.ac, u.rq; NULL leaves one
+// as it is) in the database transaction, and is true.
+const settingsWhere = "(u.ct is null or set_config('rowcast.commit_time', u.ct, true) is not null)" +
+	" and (u.ac is null or set_config('rowcast.actor_id', u.ac, true) is not null)" +
+	" and (u.rq is null or set_config('rowcast.request_id', u.rq, true) is not null)"
+
+// settingsSQL sets the settings on their own, before a statement that is
+// not a run (a truncation); it returns 1.
+const settingsSQL = "select count(*) from (values ($1::text, $2::text, $3::text)) as u (ct, ac, rq) where " + settingsWhere
 
 // relation caches a Relation message with the statement that applies its
 // changes; the column types are named by the database once per message.

@@ -263,6 +263,71 @@ func TestLogicalActorAndRequestID(t *testing.T) {
 	}
 }
 
+// TestLogicalSettingsStayInTheirTransaction: the source transactions of one
+// group commit share a database transaction, and the holder applies their
+// changes in one statement; each change still reads its own transaction's
+// actor and request id, and none of the transaction before it.
+func TestLogicalSettingsStayInTheirTransaction(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	c := e.connect(userToken(t, "2", 1))
+	ctx := context.Background()
+	lock, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close(ctx)
+	held, err := lock.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback(ctx)
+	if _, err := held.Exec(ctx, "lock table rowcast.changelog in exclusive mode"); err != nil {
+		t.Fatal(err)
+	}
+	// The holder waits for the lock with the first change; the next three
+	// reach it meanwhile, and it applies them together.
+	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'first', 2)")
+	waitFor(t, func() string { return "the holder waiting for the changelog's lock" }, func() bool {
+		var waiting bool
+		err := lock.QueryRow(ctx, `select exists (select from pg_stat_activity
+			where application_name = 'rowcast holder' and wait_event_type = 'Lock')`).Scan(&waiting)
+		return err == nil && waiting
+	})
+	e.tx(func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `select rowcast.set_actor('3'), rowcast.set_request_id('req-42');
+			insert into leads (team_id, first_name, updated_by) values (1, 'A', 2)`)
+		return err
+	})
+	e.exec("insert into leads (team_id, first_name, updated_by) values (1, 'B', 2)")
+	e.tx(func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `insert into leads (team_id, first_name, updated_by) values (1, 'C', 2);
+			select rowcast.set_request_id('req-7');
+			insert into leads (team_id, first_name, updated_by) values (1, 'D', 2)`)
+		return err
+	})
+	if err := held.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct {
+		name, user string
+		request    any
+	}{{"first", "2", nil}, {"A", "3", "req-42"}, {"B", "2", nil}, {"C", "2", nil}, {"D", "2", "req-7"}} {
+		d := c.event("lead:created").data()
+		if got := d["lead"].(map[string]any)["first_name"]; got != want.name || d["userId"] != want.user || d["requestId"] != want.request {
+			t.Errorf("lead %v: userId %v requestId %v, want lead %s: %s, %v", got, d["userId"], d["requestId"], want.name, want.user, want.request)
+		}
+	}
+	// And its own transaction's commit time: C and D share one.
+	var times []time.Time
+	err = lock.QueryRow(ctx, `select array_agg(origin_at order by id) from rowcast.changelog where tbl = 'public.leads'`).Scan(&times)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(times) != 5 || !times[0].Before(times[1]) || !times[1].Before(times[2]) || !times[2].Before(times[3]) || !times[3].Equal(times[4]) {
+		t.Errorf("commit times of first, A, B, C, D: %v", times)
+	}
+}
+
 func TestLogicalLargeTransaction(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100k rows")
