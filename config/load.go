@@ -26,6 +26,7 @@ func Defaults() Config {
 			PollMax:     time.Second,
 			Slot:        "rowcast",
 			Publication: "rowcast",
+			GroupPause:  time.Millisecond,
 		},
 		Listen: "127.0.0.1:8080",
 		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId", MaxToken: 8 << 10, Algorithms: []string{}},

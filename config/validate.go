@@ -127,6 +127,7 @@ func (c *Config) problems() []Problem {
 	}
 	positive("capture.poll_min", c.Capture.PollMin)
 	positive("capture.poll_max", c.Capture.PollMax)
+	positive("capture.group_pause", c.Capture.GroupPause)
 	if c.Capture.PollMin > 0 && c.Capture.PollMax > 0 && c.Capture.PollMin > c.Capture.PollMax {
 		add("capture.poll_min", "%s is greater than capture.poll_max (%s)", c.Capture.PollMin, c.Capture.PollMax)
 	}

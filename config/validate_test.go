@@ -93,7 +93,7 @@ func TestValidate(t *testing.T) {
 			`origins[4]: "/relative" is not an origin of the form scheme://host[:port]`,
 		}},
 		{"zero and negative sizes and durations", func(c *Config) {
-			c.Capture.PollMin, c.Capture.PollMax = 0, -time.Second
+			c.Capture.PollMin, c.Capture.PollMax, c.Capture.GroupPause = 0, -time.Second, 0
 			c.History.Retention, c.History.PruneInterval = 0, 0
 			c.Sessions = Sessions{RateStrikes: -1}
 			c.Limits = Limits{SessionsPerAddress: -1}
@@ -101,6 +101,7 @@ func TestValidate(t *testing.T) {
 		}, []string{
 			"capture.poll_min: must be a positive duration, got 0s",
 			"capture.poll_max: must be a positive duration, got -1s",
+			"capture.group_pause: must be a positive duration, got 0s",
 			"history.retention: must be a positive duration, got 0s",
 			"history.prune_interval: must be a positive duration, got 0s",
 			"sessions.heartbeat: must be a positive duration, got 0s",

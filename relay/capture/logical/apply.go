@@ -168,7 +168,7 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		if a.committed && !a.inTxn {
 			// Whole source transactions are waiting: commit them as soon as
 			// the stream pauses.
-			deadline = now.Add(time.Millisecond)
+			deadline = now.Add(a.h.o.GroupPause)
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := conn.ReceiveMessage(rctx)

@@ -66,9 +66,10 @@ type Options struct {
 	// GroupRows and GroupDelay bound a group commit: consecutive source
 	// transactions are written in one database transaction until it holds
 	// GroupRows changes (default 5000) or is GroupDelay old (default 5ms),
-	// or the stream pauses for a millisecond.
+	// or the stream pauses for GroupPause (default 1ms).
 	GroupRows  int
 	GroupDelay time.Duration
+	GroupPause time.Duration
 	// Doorbell, when not empty, is the channel each group commit notifies
 	// (changelog.Channel; payload "logical"), so that the changelog's ticker, wherever it
 	// runs, ticks at once instead of at its next look: without it the
@@ -190,6 +191,9 @@ func New(o Options) *Holder {
 	}
 	if o.GroupDelay <= 0 {
 		o.GroupDelay = 5 * time.Millisecond
+	}
+	if o.GroupPause <= 0 {
+		o.GroupPause = time.Millisecond
 	}
 	if o.Failures <= 0 {
 		o.Failures = 3
