@@ -412,9 +412,19 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 		return 0, err
 	}
 	a.txOpen, a.begun = false, false
-	if local {
-		a.h.o.WakeTicker()
-	}
 	a.applied, a.committed = a.lastLSN, false
+	if local {
+		if a.h.o.LocalTicker() {
+			a.h.o.WakeTicker()
+		} else if a.h.o.Doorbell != "" {
+			// The ticker lock went to another relay while the group
+			// committed: ring that relay's ticker, as a group of a relay
+			// that does not tick does. An error here leaves the group
+			// committed and applied.
+			if _, err := a.db.Exec(ctx, "select pg_notify($1, 'logical')", a.h.o.Doorbell); err != nil {
+				return 0, fmt.Errorf("logical doorbell: %w", err)
+			}
+		}
+	}
 	return a.lastEnd, nil
 }

@@ -1,10 +1,12 @@
 package logical
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
@@ -52,5 +54,75 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 	}
 	if custom != 0 || generic != 12 {
 		t.Errorf("12 runs applied with %d generic and %d custom plans, want 12 generic and no custom plan", generic, custom)
+	}
+}
+
+// TestGroupCommitRingsTheTicker: a group commit wakes the ticker in its own
+// process while that ticker holds the ticker lock, and otherwise notifies
+// the doorbell, also when the lock went to another relay while the group
+// committed.
+func TestGroupCommitRingsTheTicker(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	if _, err := conn.Exec(ctx, `create schema rowcast; create table rowcast.logical_state (slot text primary key, commit_lsn pg_lsn not null)`); err != nil {
+		t.Fatal(err)
+	}
+	listener, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(ctx)
+	if _, err := listener.Exec(ctx, "listen bell"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		holding []bool // LocalTicker's answers, the last repeated
+		wake    bool
+		notify  bool
+	}{
+		{"held throughout", []bool{true}, true, false},
+		{"lost while committing", []bool{true, false}, false, true},
+		{"held by another relay", []bool{false}, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls, woken := 0, false
+			h := &Holder{o: Options{Slot: "s", Doorbell: "bell",
+				LocalTicker: func() bool {
+					v := tc.holding[min(calls, len(tc.holding)-1)]
+					calls++
+					return v
+				},
+				WakeTicker: func() { woken = true },
+			}}
+			a := &applier{h: h, db: conn}
+			a.open()
+			a.committed, a.lastLSN, a.lastEnd = true, 100, 101
+			end, err := a.commitGroup(ctx)
+			if err != nil || end != 101 {
+				t.Fatalf("commitGroup: %v, %v; want 0/65 and no error", end, err)
+			}
+			if woken != tc.wake {
+				t.Errorf("woke the local ticker: %v, want %v", woken, tc.wake)
+			}
+			// Notifications arrive in commit order: the group's first.
+			if _, err := conn.Exec(ctx, "select pg_notify('bell', 'marker')"); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			n, err := listener.WaitForNotification(wctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if notified := n.Payload == "logical"; notified != tc.notify {
+				t.Errorf("first notification %q; want the group's: %v", n.Payload, tc.notify)
+			}
+			if n.Payload == "logical" {
+				if n, err = listener.WaitForNotification(wctx); err != nil || n.Payload != "marker" {
+					t.Fatalf("after the group's notification: %v, %v", n, err)
+				}
+			}
+		})
 	}
 }

@@ -81,7 +81,8 @@ type Options struct {
 	// WakeTicker wakes it (changelog.Ticker.Ring). While it does, a group
 	// commit wakes it in process once committed, instead of notifying the
 	// Doorbell: a notification wakes every listening backend of the
-	// database, whatever its channel.
+	// database, whatever its channel. When the ticker lost the lock while
+	// the group committed, the group notifies the Doorbell after all.
 	LocalTicker func() bool
 	WakeTicker  func()
 	Logger      *slog.Logger
