@@ -15,14 +15,16 @@ import (
 // applier replicates one connected period. Source transactions are applied
 // in group commits: consecutive source transactions share one database
 // transaction until it holds GroupRows changes, GroupDelay has passed, or
-// the stream has nothing more to deliver at once. Every row records its own
+// the stream pauses for GroupPause. Every row records its own
 // source commit time (rowcast.commit_time, the changelog's origin_at
 // default), and the database transaction also records the last source
 // commit LSN it covers; only after it commits is that source transaction's
 // end LSN acknowledged.
 //
 // A group's BEGIN and COMMIT travel in its batches (pgx pipelines a batch
-// with one Sync), so a group that fits one batch costs one round trip.
+// with one Sync), so a group that fits one batch costs one round trip once
+// its statements are prepared (pgx prepares a statement new to the
+// connection in a round trip of its own).
 type applier struct {
 	h       *Holder
 	db      *pgx.Conn
@@ -40,7 +42,8 @@ type applier struct {
 
 	// The open database transaction and what it covers. txOpen is set from
 	// the first queued statement of a group (its BEGIN) until the group's
-	// COMMIT is sent; begun once that BEGIN has been sent.
+	// COMMIT has succeeded; begun once a batch holding that BEGIN has been
+	// sent (a failed attempt leaves the transaction to roll back).
 	txOpen    bool
 	begun     bool
 	txStart   time.Time
@@ -63,9 +66,6 @@ type applier struct {
 		newAbsent, oldAbsent []*string
 		cts, acs, rqs        []*string
 	}
-	// How many rows each queued statement must return as its count, or -1
-	// for a statement whose result is not checked.
-	want []int
 }
 
 // settings is what the capture of a change reads besides the row: its
@@ -143,7 +143,9 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 	}
 	defer func() {
 		if a.begun {
-			_, _ = a.db.Exec(context.WithoutCancel(ctx), "rollback")
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_, _ = a.db.Exec(rctx, "rollback")
+			cancel()
 		}
 	}()
 	for {
@@ -167,8 +169,12 @@ func (a *applier) stream(ctx context.Context, conn *pgconn.PgConn, start pglogre
 		}
 		if a.committed && !a.inTxn {
 			// Whole source transactions are waiting: commit them as soon as
-			// the stream pauses.
-			deadline = now.Add(a.h.o.GroupPause)
+			// the stream pauses, or the group is GroupDelay old.
+			for _, t := range []time.Time{now.Add(a.h.o.GroupPause), a.txStart.Add(a.h.o.GroupDelay)} {
+				if t.Before(deadline) {
+					deadline = t
+				}
+			}
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := conn.ReceiveMessage(rctx)
@@ -272,12 +278,13 @@ func (a *applier) handle(ctx context.Context, data []byte) (pglogrepl.LSN, error
 	return 0, nil
 }
 
-// touched reports whether the current source transaction queued anything.
+// touched reports whether the current source transaction queued a change
+// or a truncation, or named an actor or a request id.
 func (a *applier) touched() bool { return a.txOpen && a.beganAt == a.begin.FinalLSN }
 
 // message handles rowcast's transactional logical messages: the actor and
 // the request id named by rowcast.set_actor / rowcast.set_request_id.
-// They take effect from the transaction's next change.
+// They take effect from the transaction's next change or truncation.
 func (a *applier) message(m *pglogrepl.LogicalDecodingMessage) {
 	if !m.Transactional || !a.inTxn || a.skip || (m.Prefix != "rowcast.actor" && m.Prefix != "rowcast.request_id") {
 		return
@@ -314,18 +321,20 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	a.pending = settings{}
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
-		return a.send(ctx)
+		_, err := a.send(ctx)
+		return err
 	}
 	return nil
 }
 
 // open queues the database transaction's BEGIN if none is open and marks
-// the current source transaction as touched.
+// the current source transaction as touched; at the transaction's first
+// call the pending settings become its commit time, no actor and no
+// request id.
 func (a *applier) open() {
 	if !a.txOpen {
 		a.txOpen, a.batch, a.txStart, a.rows, a.committed = true, &pgx.Batch{}, time.Now(), 0, false
 		a.beganAt = 0
-		a.want = a.want[:0]
 		a.queueSQL("begin")
 	}
 	if a.beganAt != a.begin.FinalLSN {
@@ -340,7 +349,6 @@ func (a *applier) open() {
 func (a *applier) setPending() {
 	if a.pending != (settings{}) {
 		a.queueSQL(settingsSQL, a.pending.commitTime, a.pending.actor, a.pending.request)
-		a.want[len(a.want)-1] = 1
 		a.pending = settings{}
 	}
 }
@@ -352,46 +360,35 @@ func (a *applier) endRun() {
 	}
 	r := &a.run
 	a.batch.Queue(r.rel.sql, r.ops, r.news, r.olds, r.newAbsent, r.oldAbsent, r.cts, r.acs, r.rqs)
-	a.want = append(a.want, len(r.ops))
 	r.ops, r.news, r.olds, r.newAbsent, r.oldAbsent, r.cts, r.acs, r.rqs = nil, nil, nil, nil, nil, nil, nil, nil
 }
 
 func (a *applier) queueSQL(sql string, args ...any) {
 	a.endRun()
 	a.batch.Queue(sql, args...)
-	a.want = append(a.want, -1)
 }
 
-// send sends what is queued.
-func (a *applier) send(ctx context.Context) error {
+// send sends what is queued and returns the last statement's command tag.
+func (a *applier) send(ctx context.Context) (tag pgconn.CommandTag, err error) {
 	a.endRun()
 	if a.batch == nil || a.batch.Len() == 0 {
-		return nil
+		return tag, nil
 	}
 	a.begun = true
 	br := a.db.SendBatch(ctx, a.batch)
-	var err error
-	for _, want := range a.want {
-		if want < 0 {
-			_, err = br.Exec()
-		} else {
-			var n int
-			if err = br.QueryRow().Scan(&n); err == nil && n != want {
-				err = fmt.Errorf("a statement applied %d of %d rows", n, want)
-			}
-		}
-		if err != nil {
+	for range a.batch.Len() {
+		if tag, err = br.Exec(); err != nil {
 			break
 		}
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	a.batch, a.want = &pgx.Batch{}, a.want[:0]
+	a.batch = &pgx.Batch{}
 	if err != nil {
-		return fmt.Errorf("logical apply: %w", err)
+		return pgconn.CommandTag{}, fmt.Errorf("logical apply: %w", err)
 	}
-	return nil
+	return tag, nil
 }
 
 // commitGroup writes the open database transaction with the last source
@@ -408,8 +405,14 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
 	}
 	a.queueSQL("commit")
-	if err := a.send(ctx); err != nil {
+	tag, err := a.send(ctx)
+	if err != nil {
 		return 0, err
+	}
+	if tag.String() != "COMMIT" {
+		// A COMMIT of a transaction that failed rolls it back, without
+		// an error of its own.
+		return 0, fmt.Errorf("logical apply commit: %q: the group was rolled back", tag)
 	}
 	a.txOpen, a.begun = false, false
 	a.applied, a.committed = a.lastLSN, false

@@ -127,7 +127,9 @@ func columnTypes(ctx context.Context, db *pgx.Conn, m *pglogrepl.RelationMessage
 // each row carries the settings its capture reads (the source commit time,
 // the actor, the request id), or NULL where they are unchanged since the row
 // before it; the WHERE clause sets them as each row is scanned, before the
-// aggregate calls fn for it. The statement returns how many rows it applied.
+// aggregate calls fn for it (the plan is an aggregate over the function
+// scan, and set_config is parallel-unsafe). The clause filters nothing:
+// set_config returns the value it set, never NULL for a value.
 func applySQL(rel *relation, fn string, types []string) string {
 	return "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.json, "u.n", "u.na") + ", " +
 		renderSQL(rel.columns, types, rel.json, "u.o", "u.oa") + "))" +
@@ -142,7 +144,7 @@ const settingsWhere = "(u.ct is null or set_config('rowcast.commit_time', u.ct, 
 	" and (u.rq is null or set_config('rowcast.request_id', u.rq, true) is not null)"
 
 // settingsSQL sets the settings on their own, before a statement that is
-// not a run (a truncation); it returns 1.
+// not a run (a truncation).
 const settingsSQL = "select count(*) from (values ($1::text, $2::text, $3::text)) as u (ct, ac, rq) where " + settingsWhere
 
 // relation caches a Relation message with the statement that applies its

@@ -60,8 +60,8 @@ type Options struct {
 	IdleTimeout time.Duration
 	// Retry is the pause between attempts to take the slot (default 2s).
 	Retry time.Duration
-	// Batch is how many changes are sent to the database per round trip
-	// (default 500).
+	// Batch is how many changes of one run (consecutive changes of one
+	// relation) are queued before what is queued is sent (default 500).
 	Batch int
 	// GroupRows and GroupDelay bound a group commit: consecutive source
 	// transactions are written in one database transaction until it holds

@@ -23,7 +23,10 @@ import (
 // acknowledged). plan_cache_mode = force_generic_plan keeps the apply
 // statement's plan: its unnest of parameter arrays looks cheaper planned
 // for each call's arrays, so the plan cache would plan it anew at every
-// call (a sixth of the holder's CPU in bench latency --mode logical).
+// call (a sixth of the holder's CPU in bench latency --mode logical). The
+// setting holds for every statement of the session, the apply functions'
+// included: key lookups and inserts, whose generic plans are the ones
+// they would keep anyway.
 //
 // It also sets the session's idle timeouts (Options.IdleTimeout), skipping
 // idle_session_timeout where PostgreSQL lacks it (13: undefined_object).

@@ -328,6 +328,21 @@ func TestLogicalSettingsStayInTheirTransaction(t *testing.T) {
 	}
 }
 
+// TestLogicalGroupPauseIsBounded: a group commit waits for the stream to
+// pause for capture.group_pause, but never past the group's 5 ms age.
+func TestLogicalGroupPauseIsBounded(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) {
+		logicalMode(c)
+		c.Capture.GroupPause = time.Hour
+	})
+	c := e.connect(userToken(t, "2", 1))
+	e.exec("insert into leads (team_id, first_name) values (1, 'A')")
+	f, err := c.read(5 * time.Second)
+	if err != nil || f.Event != "lead:created" {
+		t.Fatalf("with an hour's group pause, got %s, %v; want lead:created within seconds", f.Raw, err)
+	}
+}
+
 func TestLogicalLargeTransaction(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100k rows")
