@@ -54,9 +54,11 @@ var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection t
 type writeVariant struct {
 	name string
 	mode string // capture mode; "" installs none
-	// alone: the capture is installed but no relay runs, and the doorbell
-	// is disarmed as a ticker disarms it while changes flow: the write
-	// path's own cost, without the consumer's.
+	// alone: the capture is installed but no relay runs: the write path's
+	// own cost, without the consumer's. In trigger mode the doorbell is
+	// disarmed as a ticker disarms it while changes flow; in logical mode
+	// the slot is dropped, leaving the tables' REPLICA IDENTITY FULL and
+	// nothing decoding.
 	alone bool
 	db    string
 	cfg   *config.Config // nil without a relay
@@ -75,7 +77,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 	seconds := fs.Int("seconds", 10, "pgbench duration per run")
 	clientList := fs.String("clients", "1,8,32", "pgbench client counts, comma-separated")
 	rounds := fs.Int("rounds", 2, "runs of each variant per client count, in alternating order")
-	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated (also trigger-alone: trigger mode's capture with no relay running)")
+	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated (also trigger-alone and logical-alone: the mode's capture installed with no relay running)")
 	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
 	relayCPUs := fs.String("relay-cpus", "", "pin this process (the relay) to these CPUs and PostgreSQL and pgbench to the others (taskset lists, e.g. 1)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the relays) to `file`")
@@ -139,8 +141,10 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 			v.mode = v.name
 		case "trigger-alone":
 			v.mode, v.alone, v.db = config.ModeTrigger, true, "writepath_trigger_alone"
+		case "logical-alone":
+			v.mode, v.alone, v.db = config.ModeLogical, true, "writepath_logical_alone"
 		default:
-			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, trigger-alone, logical)", v.name))
+			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, trigger-alone, logical, logical-alone)", v.name))
 		}
 		url, err := pg.CreateDatabase(ctx, v.db)
 		if err != nil {
@@ -215,8 +219,15 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *c
 				return err
 			}
 			defer conn.Close(context.WithoutCancel(ctx))
-			if _, err := conn.Exec(ctx, "select setval('rowcast.bell', 0)"); err != nil {
-				return fmt.Errorf("disarm the doorbell: %w", err)
+			if v.mode == config.ModeTrigger {
+				if _, err := conn.Exec(ctx, "select setval('rowcast.bell', 0)"); err != nil {
+					return fmt.Errorf("disarm the doorbell: %w", err)
+				}
+			} else {
+				_, err := conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1", cfg.Capture.Slot)
+				if err != nil {
+					return fmt.Errorf("drop the slot: %w", err)
+				}
 			}
 			v.cfg = nil
 		}
@@ -303,7 +314,7 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 		return nil
 	}
 	outbox, none := find("outbox"), find("none")
-	fmt.Fprintf(w, "\n%7s  %-8s %-24s %8s %9s %8s\n", "clients", "variant", "runs (tps)", "best", "×outbox", "×none")
+	fmt.Fprintf(w, "\n%7s  %-13s %-24s %8s %9s %8s\n", "clients", "variant", "runs (tps)", "best", "×outbox", "×none")
 	for _, c := range clients {
 		for _, v := range variants {
 			runs := make([]string, len(v.runs[c]))
@@ -316,7 +327,7 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 				}
 				return fmt.Sprintf("%.2f", best(v, c)/best(base, c))
 			}
-			fmt.Fprintf(w, "%7d  %-8s %-24s %8.0f %9s %8s\n", c, v.name, strings.Join(runs, ", "), best(v, c), ratio(outbox), ratio(none))
+			fmt.Fprintf(w, "%7d  %-13s %-24s %8.0f %9s %8s\n", c, v.name, strings.Join(runs, ", "), best(v, c), ratio(outbox), ratio(none))
 		}
 	}
 	if tr := find(config.ModeTrigger); tr != nil && outbox != nil {
