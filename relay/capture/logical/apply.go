@@ -286,16 +286,21 @@ func (a *applier) touched() bool { return a.txOpen && a.beganAt == a.begin.Final
 // the request id named by rowcast.set_actor / rowcast.set_request_id.
 // They take effect from the transaction's next change or truncation.
 func (a *applier) message(m *pglogrepl.LogicalDecodingMessage) {
-	if !m.Transactional || !a.inTxn || a.skip || (m.Prefix != "rowcast.actor" && m.Prefix != "rowcast.request_id") {
+	if !m.Transactional || !a.inTxn || a.skip {
 		return
 	}
-	a.open()
-	v := string(m.Content)
-	if m.Prefix == "rowcast.actor" {
-		a.pending.actor = &v
-	} else {
-		a.pending.request = &v
+	var setting **string
+	switch m.Prefix {
+	case "rowcast.actor":
+		setting = &a.pending.actor
+	case "rowcast.request_id":
+		setting = &a.pending.request
+	default:
+		return
 	}
+	a.open() // first, since it sets the transaction's pending settings
+	v := string(m.Content)
+	*setting = &v
 }
 
 func (a *applier) change(ctx context.Context, relID uint32, op string, newT, oldT *pglogrepl.TupleData) error {
