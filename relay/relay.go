@@ -43,9 +43,12 @@ func (o Op) String() string {
 }
 
 // Change is one committed row change, as read from the changelog. Row and
-// Changes hold JSON objects rendered by PostgreSQL's to_jsonb (TimeZone=UTC,
-// IntervalStyle=iso_8601, bytea_output=hex) with excluded columns already
-// removed; they are never modified after capture and may be shared.
+// Changes hold compact JSON objects as PostgreSQL's to_jsonb renders rows
+// (TimeZone=UTC, IntervalStyle=iso_8601, bytea_output=hex; keys in jsonb's
+// order): capture writes to_json's text and the changelog's reader renders
+// it so. An entity row's excluded columns are null in it (absent in rows
+// written before 2026-12-06), and the mapper leaves them out; they are
+// never modified after capture and may be shared.
 type Change struct {
 	// Stream is the delivery key: TeamStream, UserStream or AllStream.
 	Stream string

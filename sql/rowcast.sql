@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
     user_id      text,
     actor        text,
     request_id   text,
-    row_data     jsonb,
+    row_data     json,
     changes      jsonb,
     old_data     jsonb
 );
@@ -87,11 +87,25 @@ CREATE TABLE IF NOT EXISTS rowcast.changelog (
 -- own name ({"deal_id": 5, "user_id": 9}); entity_id then holds the values
 -- joined by ':' (each with '\' and ':' escaped by a '\').
 ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS entity_key jsonb;
--- old_row: an update's old row (without the excluded columns) beside its new
--- one in row_data; the relay computes the changed columns from the two, off
--- the writer's path. changes holds them only where capture computed them
+-- old_row: an update's old row beside its new one in row_data (an entity's
+-- excluded columns null in both); the relay computes the changed columns
+-- from the two, off the writer's path. changes holds them only where capture computed them
 -- itself (AI tasks).
-ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS old_row jsonb;
+ALTER TABLE rowcast.changelog ADD COLUMN IF NOT EXISTS old_row json;
+-- The rows are json, not jsonb: to_json renders a row in its columns'
+-- order without sorting its keys or building a jsonb value, and the relay
+-- renders the text as jsonb would. The bench's one-row UPDATE costs 14 %
+-- less for it (callgrind: 420k-423k instructions per transaction against
+-- 483k-492k). Earlier installs wrote jsonb; the change rewrites the
+-- changelog once.
+DO $json$
+BEGIN
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'rowcast.changelog'::regclass
+               AND attname IN ('row_data', 'old_row') AND atttypid = 'jsonb'::regtype) THEN
+        ALTER TABLE rowcast.changelog ALTER COLUMN row_data TYPE json, ALTER COLUMN old_row TYPE json;
+    END IF;
+END
+$json$;
 -- Version 1 numbered rows at commit, under a lock per stream.
 ALTER TABLE rowcast.changelog DROP CONSTRAINT IF EXISTS changelog_pkey;
 ALTER TABLE rowcast.changelog DROP COLUMN IF EXISTS seq, DROP COLUMN IF EXISTS committed_at,

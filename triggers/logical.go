@@ -39,6 +39,27 @@ func Inspect(ctx context.Context, conn *pgx.Conn, tables []config.Table) (map[st
 	return out, nil
 }
 
+// inspectDomainExcluded returns, by Table.Qualified(), the tables with an
+// excluded column whose type is a domain (Options.DomainExcluded).
+func inspectDomainExcluded(ctx context.Context, conn *pgx.Conn, tables []config.Table) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, t := range tables {
+		if len(t.ExcludeColumns) == 0 {
+			continue
+		}
+		var n int
+		err := conn.QueryRow(ctx, `
+select count(*) from pg_catalog.pg_attribute a join pg_catalog.pg_type ty on ty.oid = a.atttypid
+where a.attrelid = to_regclass($1) and a.attname = any($2) and not a.attisdropped and ty.typtype = 'd'`,
+			ident(t.Schema())+"."+ident(t.Name()), t.ExcludeColumns).Scan(&n)
+		if err != nil {
+			return nil, fmt.Errorf("inspect %s: %w", t.Qualified(), err)
+		}
+		out[t.Qualified()] = n > 0
+	}
+	return out, nil
+}
+
 func inspectGenerated(ctx context.Context, conn pgx.Tx, tables []config.Table, out map[string][]Generated) error {
 	for _, t := range tables {
 		rows, err := conn.Query(ctx, `
@@ -62,12 +83,16 @@ order by a.attnum`, ident(t.Schema())+"."+ident(t.Name()))
 }
 
 // Prepare renders the plan for the configuration's capture mode, reading
-// the catalog first for what rendering needs (team_from parent keys, and in
-// logical mode stored generated columns).
+// the catalog first for what rendering needs (team_from parent keys; in
+// logical mode stored generated columns, in trigger mode excluded columns
+// of a domain type).
 func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, error) {
 	o := OptionsFor(cfg)
 	tables, err := resolveParents(ctx, conn, cfg.CapturedTables())
 	if err != nil {
+		return nil, err
+	}
+	if o.DomainExcluded, err = inspectDomainExcluded(ctx, conn, tables); err != nil {
 		return nil, err
 	}
 	if o.Logical {
@@ -76,6 +101,34 @@ func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, er
 			return nil, err
 		}
 		o.Generated = gen
+		for _, t := range tables {
+			if len(gen[t.Qualified()]) == 0 || len(HolderNulls(t)) == 0 {
+				continue
+			}
+			// The apply function reads such a row whole into the table's
+			// type, with the excluded columns the holder renders null: a
+			// domain may refuse that, and a generated column computed
+			// from one would differ from trigger mode's.
+			if o.DomainExcluded[t.Qualified()] {
+				return nil, fmt.Errorf("prepare %s: in logical mode a table with stored generated columns cannot exclude a column of a domain type", t.Qualified())
+			}
+			var dep string
+			err := conn.QueryRow(ctx, `
+select coalesce(string_agg(g.attname || ' (from ' || r.attname || ')', ', '), '')
+from pg_catalog.pg_attrdef ad
+join pg_catalog.pg_attribute g on g.attrelid = ad.adrelid and g.attnum = ad.adnum
+join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::regclass and d.objid = ad.oid
+  and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = ad.adrelid
+join pg_catalog.pg_attribute r on r.attrelid = d.refobjid and r.attnum = d.refobjsubid
+where ad.adrelid = to_regclass($1) and g.attgenerated = 's' and not (g.attname = any($2)) and r.attname = any($2)`,
+				ident(t.Schema())+"."+ident(t.Name()), HolderNulls(t)).Scan(&dep)
+			if err != nil {
+				return nil, fmt.Errorf("prepare %s: %w", t.Qualified(), err)
+			}
+			if dep != "" {
+				return nil, fmt.Errorf("prepare %s: in logical mode a generated column cannot be computed from an excluded one: %s (exclude it too)", t.Qualified(), dep)
+			}
+		}
 	}
 	return Render(tables, o)
 }
@@ -93,17 +146,22 @@ func OptionsFor(cfg *config.Config) Options {
 
 // renderApply renders a table's logical-mode apply function: it runs the
 // same body as the capture trigger on the rows the slot holder decoded, so
-// both modes write byte-identical changelog rows. new_j and old_j are the
-// rows' JSON as the holder rendered them with the column types of the
+// that both modes send byte-identical events (the changelog rows may
+// differ in key order and spacing, which the relay's rendering as jsonb
+// removes). new_j and old_j are the
+// rows' json as the holder rendered them with the column types of the
 // relation message that preceded the change, that is as the table was when
 // the change was committed, not as it is when the holder applies it (a
-// later migration may have added, dropped, renamed or retyped columns).
-// They are used where the trigger uses to_jsonb(NEW) and to_jsonb(OLD).
-// Rows of the table's type (jsonb_populate_record) serve only to read the
-// fields the body needs (id, team, actor, task columns), and, for a table
-// with stored generated columns (which pgoutput does not send), to compute
-// those with their own expressions on the table as it is, merged into the
-// JSON. It also drops the table's capture triggers (both modes at once
+// later migration may have added, dropped, renamed or retyped columns),
+// with excluded columns null. They are used where the trigger uses
+// to_json(NEW) and to_json(OLD). Rows of the table's type
+// (json_populate_record) serve only to read the fields the body needs (id,
+// team, actor, task columns), and, for a table with stored generated
+// columns (which pgoutput does not send), to compute those with their own
+// expressions on the table as it is, merged into the json (the relay puts
+// the keys in order). Excluded columns the body reads come with their
+// values and are set to null here; the holder renders the others null
+// (HolderNulls). It also drops the table's capture triggers (both modes at once
 // would capture twice) and sets the replica identity.
 //
 // A team_from table's team is looked up in the parent table when the holder
@@ -139,25 +197,50 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 			for _, c := range fieldColumns(t) {
 				args = append(args, literal(c)+", "+j+" -> "+literal(c))
 			}
-			return "jsonb_build_object(" + strings.Join(args, ", ") + ")"
+			return "json_build_object(" + strings.Join(args, ", ") + ")"
 		}
 	}
-	decl := fmt.Sprintf("    r_new %[1]s := jsonb_populate_record(NULL::%[1]s, %[2]s);\n    r_old %[1]s := jsonb_populate_record(NULL::%[1]s, %[3]s);\n",
+	decl := fmt.Sprintf("    r_new %[1]s := json_populate_record(NULL::%[1]s, %[2]s);\n    r_old %[1]s := json_populate_record(NULL::%[1]s, %[3]s);\n",
 		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
+	// Stored generated columns are computed on the whole row and merged
+	// into the holder's rendering (the relay orders the keys); an excluded
+	// one is null. Excluded columns the body reads reach it with their
+	// values (HolderNulls) and are set to null here.
 	var g strings.Builder
+	var pairsNew, pairsOld []string
 	for _, c := range gen {
-		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); new_j := new_j || jsonb_build_object(%[3]s, r_new.%[1]s); END IF;\n",
-			ident(c.Name), c.Expr, literal(c.Name))
-		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); old_j := old_j || jsonb_build_object(%[3]s, r_old.%[1]s); END IF;\n",
-			ident(c.Name), c.Expr, literal(c.Name))
+		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
+		if slices.Contains(t.ExcludeColumns, c.Name) {
+			pairsNew = append(pairsNew, "("+literal(c.Name)+", 'null'::json)")
+			pairsOld = append(pairsOld, "("+literal(c.Name)+", 'null'::json)")
+		} else {
+			pairsNew = append(pairsNew, "("+literal(c.Name)+", to_json(r_new."+ident(c.Name)+"))")
+			pairsOld = append(pairsOld, "("+literal(c.Name)+", to_json(r_old."+ident(c.Name)+"))")
+		}
+	}
+	var nulls []string
+	for _, c := range t.ExcludeColumns {
+		if !slices.Contains(HolderNulls(t), c) {
+			nulls = append(nulls, c)
+		}
+	}
+	if len(pairsNew) > 0 || len(nulls) > 0 {
+		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN new_j := %s; END IF;\n    IF old_j IS NOT NULL THEN old_j := %s; END IF;\n",
+			mergeJSON("new_j", pairsNew, nulls), mergeJSON("old_j", pairsOld, nulls))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
-	fnSQL := functionSQL(fn+"(op text, new_j jsonb, old_j jsonb)", "void", "#variable_conflict use_column\n"+body)
+	fnSQL := functionSQL(fn+"(op text, new_j json, old_j json)", "void", "#variable_conflict use_column\n"+body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)
-	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, jsonb, jsonb) IS %s;\n", fn, literal(hashPrefix+hash))
+	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, json, json) IS %s;\n", fn, literal(hashPrefix+hash))
+	// Before 2026-12-06 apply functions took jsonb rows; a slot holder of
+	// that version fails on its next group without one and retries until a
+	// holder of this version takes the slot (nothing is lost: the slot
+	// keeps what no group committed).
+	fmt.Fprintf(&b, "DROP FUNCTION IF EXISTS %s(text, jsonb, jsonb);\n", fn)
 	b.WriteString(dropTriggersSQL(tbl) + "\n")
 	if t.ReplicaIdentityIndex != "" {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;\n", tbl, ident(t.ReplicaIdentityIndex))
@@ -165,6 +248,34 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY FULL;\n", tbl)
 	}
 	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+}
+
+// mergeJSON renders the expression for the json object j with the members
+// of pairs ((key, json value) rows) added and the keys in nulls set to
+// null; its keys come out in no particular order (the relay orders them).
+func mergeJSON(j string, pairs, nulls []string) string {
+	value := "x.v"
+	if len(nulls) > 0 {
+		value = "CASE WHEN x.k = ANY (" + textArray(nulls) + ") THEN 'null'::json ELSE x.v END"
+	}
+	rows := "SELECT e.key, e.value FROM json_each(" + j + ") AS e"
+	if len(pairs) > 0 {
+		rows += " UNION ALL VALUES " + strings.Join(pairs, ", ")
+	}
+	return "coalesce((SELECT json_object_agg(x.k, " + value + ") FROM (" + rows + ") AS x (k, v)), '{}'::json)"
+}
+
+// HolderNulls returns the excluded columns of t that the slot holder
+// renders null in the rows it hands to t's apply function: those the
+// capture body does not read (the others it reads, then sets to null).
+func HolderNulls(t config.Table) []string {
+	var out []string
+	for _, c := range t.ExcludeColumns {
+		if !slices.Contains(fieldColumns(t), c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // fieldColumns lists the columns the capture body reads from a row, as
@@ -460,7 +571,7 @@ select c.oid is not null,
                  where i.indrelid = c.oid and i.indisreplident), ''),
        exists (select 1 from pg_trigger where tgrelid = c.oid and tgname = $3)
 from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
-			tbl, t.Function+"(text, jsonb, jsonb)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
+			tbl, t.Function+"(text, json, json)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", t.Table.Qualified(), err)
 		}

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"text/template"
@@ -46,6 +47,11 @@ type Options struct {
 	// Generated lists each table's stored generated columns (from Inspect),
 	// by Table.Qualified(); logical mode only.
 	Generated map[string][]Generated
+	// DomainExcluded names, by Table.Qualified(), the tables with an
+	// excluded column of a domain type (from Inspect): a domain may refuse
+	// null, so their capture removes excluded columns from jsonb instead of
+	// setting them to null (entityRow).
+	DomainExcluded map[string]bool
 }
 
 // AllStream is the rowcast.sql template's spelling of relay.AllStream, the
@@ -127,7 +133,9 @@ func Render(tables []config.Table, o Options) (*Plan, error) {
 		p.PublicationSQL = renderPublication(o.Publication, tables)
 	}
 	for _, t := range tables {
-		render := func(t config.Table) (TablePlan, error) { return renderTable(t, o.Notify) }
+		render := func(t config.Table) (TablePlan, error) {
+			return renderTable(t, o.Notify, o.DomainExcluded[t.Qualified()])
+		}
 		if o.Logical {
 			render = func(t config.Table) (TablePlan, error) { return renderApply(t, o.Generated[t.Qualified()]) }
 		}
@@ -172,13 +180,15 @@ func functionName(prefix, schema, table string) string {
 	return cut + "_" + hex.EncodeToString(sum[:6])
 }
 
-func renderTable(t config.Table, notify bool) (TablePlan, error) {
+func renderTable(t config.Table, notify, domainExcluded bool) (TablePlan, error) {
 	if t.Name() == "" {
 		return TablePlan{}, fmt.Errorf("render table: empty table name")
 	}
 	fn := "rowcast." + ident(FunctionName(t))
 	tbl := ident(t.Schema()) + "." + ident(t.Name())
-	body, err := bodyFor(t, triggerRecs, notify)
+	r := triggerRecs
+	r.jsonbExclusion = domainExcluded
+	body, err := bodyFor(t, r, notify)
 	if err != nil {
 		return TablePlan{}, err
 	}
@@ -207,8 +217,8 @@ func parentTriggerName(f *config.TeamFrom) string {
 	return parentTrigger + hashOf(f.ParentKey + "\x00" + f.Column)[:12]
 }
 
-// rowJSON renders the expression for a row's JSON (j, e.g. to_jsonb(NEW))
-// with exclusions removed.
+// rowJSON renders the expression for a row's jsonb (j, e.g. to_jsonb(NEW))
+// with exclusions removed: AI task bodies diff their rows as jsonb.
 func rowJSON(j string, t config.Table) string {
 	if len(t.ExcludeColumns) == 0 {
 		return j
@@ -216,16 +226,45 @@ func rowJSON(j string, t config.Table) string {
 	return "(" + j + " - " + textArray(t.ExcludeColumns) + ")"
 }
 
-const declare = `DECLARE
+// entityRow renders the expression for an entity row's json: to_json of the
+// trigger's row, whose excluded columns it sets to null first (the mapper
+// leaves them out of events), or the apply function's argument, which the
+// slot holder rendered with them null. to_json writes the columns in the
+// table's order and, unlike to_jsonb, neither sorts the keys nor builds a
+// jsonb value: 48k instructions against 74k for the bench's escrow row.
+// jsonb_populate_record ignores a key the row lacks, so a column dropped
+// from the table while still excluded breaks no write; but it checks a
+// domain's constraints, which may refuse null, so a table with an excluded
+// column of a domain type removes it from the row's jsonb instead (the
+// dearer way, and the same events: the relay renders rows as jsonb).
+func entityRow(t config.Table, r recs, rec, j string) string {
+	if !r.trigger || len(t.ExcludeColumns) == 0 {
+		return j
+	}
+	if r.jsonbExclusion {
+		return rowJSON("to_jsonb("+rec+")", t) + "::json"
+	}
+	pairs := make([]string, len(t.ExcludeColumns))
+	for i, c := range t.ExcludeColumns {
+		q, _ := json.Marshal(c)
+		pairs[i] = string(q) + ":null"
+	}
+	return "to_json(jsonb_populate_record(" + rec + ", " + literal("{"+strings.Join(pairs, ",")+"}") + "::jsonb))"
+}
+
+// declare declares a body's variables; n and o, its rows, are of type rows.
+func declare(rows string) string {
+	return `DECLARE
     hw    integer;
-    n     jsonb;
-    o     jsonb;
+    n     ` + rows + `;
+    o     ` + rows + `;
     ch    jsonb;
     ign   text; -- results not needed (see ringSQL)
     actor text := nullif(current_setting('rowcast.actor_id', true), '');
     req   text := nullif(current_setting('rowcast.request_id', true), '');
 BEGIN
 `
+}
 
 // ringSQL rings the writers' doorbell (a notification sent at commit) when
 // the ticker asked for it (rowcast.bell not 0), at every change: PostgreSQL
@@ -295,9 +334,11 @@ func bodyFor(t config.Table, r recs, notify bool) (string, error) {
 
 // recs names what a body works on: the trigger's NEW, OLD and TG_OP, or the
 // apply function's decoded rows and operation. newJ and oldJ are the rows'
-// JSON: to_jsonb of the trigger's rows, or the apply function's rows as the
-// holder rendered them from the table as it was at the change. ret is how
-// the body returns.
+// json: to_json of the trigger's rows, or the apply function's rows as the
+// holder rendered them from the table as it was at the change; newJB and
+// oldJB the same as jsonb. ret is how the body returns. trigger says the
+// body is a capture trigger's (it sets excluded columns to null itself, or,
+// with jsonbExclusion, removes them: see entityRow).
 // gone says whether a team_from lookup may fall back on rowcast.gone (the
 // parent's trigger fills it in trigger mode only).
 //
@@ -309,15 +350,18 @@ func bodyFor(t config.Table, r recs, notify bool) (string, error) {
 // the bench's one-row UPDATE, measured under callgrind).
 type recs struct {
 	new, old, newJ, oldJ, op, ret string
+	newJB, oldJB                  string
+	trigger, jsonbExclusion       bool
 	originCol, originVal          string
 	gone                          bool
 	ring                          string
 }
 
 var (
-	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_jsonb(NEW)", oldJ: "to_jsonb(OLD)", op: "TG_OP", ret: "RETURN NULL", gone: true,
-		originCol: ", origin_at", originVal: ", NULL"}
-	applyRecs = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", op: "op", ret: "RETURN"}
+	triggerRecs = recs{new: "NEW", old: "OLD", newJ: "to_json(NEW)", oldJ: "to_json(OLD)", newJB: "to_jsonb(NEW)", oldJB: "to_jsonb(OLD)",
+		op: "TG_OP", ret: "RETURN NULL", gone: true, trigger: true, originCol: ", origin_at", originVal: ", NULL"}
+	applyRecs = recs{new: "r_new", old: "r_old", newJ: "new_j", oldJ: "old_j", newJB: "new_j::jsonb", oldJB: "old_j::jsonb",
+		op: "op", ret: "RETURN"}
 )
 
 // keySQL returns the SQL expressions of a row's entity id (text) and, for a
@@ -391,13 +435,13 @@ func entityBody(t config.Table, r recs) string {
 	newStream, oldStream := teamKey+nw+"::text", teamKey+od+"::text"
 	newTeam, oldTeam := nw+"::text", od+"::text"
 	var b strings.Builder
-	b.WriteString(strings.Replace(declare, "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
+	b.WriteString(strings.Replace(declare("json"), "BEGIN\n", decl+"BEGIN\n"+lookup, 1))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("        ")
-	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, rowJSON(r.newJ, t), "NULL"))
+	b.WriteString(ins(newStream, "I", newTeam, "NULL", r.new, entityRow(t, r, r.new, r.newJ), "NULL"))
 	fmt.Fprintf(&b, "    ELSIF %s = 'UPDATE' THEN\n", r.op)
-	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", rowJSON(r.newJ, t), rowJSON(r.oldJ, t))
+	fmt.Fprintf(&b, "        n := %s;\n        o := %s;\n", entityRow(t, r, r.new, r.newJ), entityRow(t, r, r.old, r.oldJ))
 	fmt.Fprintf(&b, "        IF %s IS NOT DISTINCT FROM %s THEN\n", nw, od)
 	fmt.Fprintf(&b, "            IF %s IS NULL THEN %s; END IF;\n", nw, r.ret)
 	b.WriteString("            ")
@@ -435,16 +479,16 @@ func taskBody(t config.Table, r recs) string {
 	nw := func(col string) string { return r.new + "." + col }
 	ins := func(op, changes, old string) string {
 		return fmt.Sprintf(`INSERT INTO rowcast.changelog (stream, tbl, op, entity_id, team_id, user_id, actor, request_id, row_data, changes, old_data%s)
-        VALUES (%s || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n, %s, %s%s);
+        VALUES (%s || %s::text, %s, %s, %s::text, %s::text, %s::text, coalesce(actor, %s::text), req, n::json, %s, %s%s);
 `, r.originCol, literal(relay.UserPrefix), nw(user), tbl, literal(op), nw(id), nw(team), nw(user), nw(user), changes, old, r.originVal)
 	}
 	var b strings.Builder
-	b.WriteString(declare)
+	b.WriteString(declare("jsonb"))
 	fmt.Fprintf(&b, "    IF %s = 'DELETE' OR %s IS NULL THEN %s; END IF;\n", r.op, nw(user), r.ret)
-	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.newJ, t))
+	fmt.Fprintf(&b, "    n := %s;\n", rowJSON(r.newJB, t))
 	fmt.Fprintf(&b, "    IF %s = 'INSERT' THEN\n        ", r.op)
 	b.WriteString(ins("I", "NULL", "NULL"))
-	fmt.Fprintf(&b, "    ELSE\n        o := %s;\n", r.oldJ)
+	fmt.Fprintf(&b, "    ELSE\n        o := %s;\n", r.oldJB)
 	b.WriteString(diff)
 	fmt.Fprintf(&b, "        IF ch IS NULL THEN %s; END IF;\n", r.ret)
 	// The highest progress sent so far, so that a lower write is sent
@@ -480,7 +524,7 @@ func membershipBody(t config.Table, r recs) string {
 		return fmt.Sprintf("%[1]s.%[2]s IS NOT NULL AND %[1]s.%[3]s IS NOT NULL", rec, user, team)
 	}
 	var b strings.Builder
-	b.WriteString(declare)
+	b.WriteString(declare("json"))
 	fmt.Fprintf(&b, "    IF %s = 'UPDATE' THEN\n", r.op)
 	fmt.Fprintf(&b, "        IF %[1]s.%[3]s IS NOT DISTINCT FROM %[2]s.%[3]s AND %[1]s.%[4]s IS NOT DISTINCT FROM %[2]s.%[4]s THEN %[5]s; END IF;\n",
 		r.new, r.old, user, team, r.ret)

@@ -224,7 +224,7 @@ create table "Odd Schema"."we""ird" (
 	for _, want := range []string{
 		`ON "Odd Schema"."we""ird"`,
 		`."a""b"::text`,
-		`ARRAY['it''s']::text[]`,
+		`jsonb_populate_record(NEW, '{"it''s":null}'::jsonb)`,
 		`rowcast."capture__Odd Schema__we""ird"()`,
 		`'Odd Schema.we"ird'`,
 	} {
@@ -270,14 +270,16 @@ create table "Odd Schema"."we""ird" (
 	if ins.Stream != "team:7" || str(ins.Actor) != "42" || ins.RowData["payload"] != "hello" {
 		t.Errorf("insert row: stream %s actor %s row %v", ins.Stream, str(ins.Actor), ins.RowData)
 	}
-	if _, ok := ins.RowData["it's"]; ok {
+	// An excluded column is captured null, never its value (the mapper
+	// leaves it out of events).
+	if v, ok := ins.RowData["it's"]; !ok || v != nil {
 		t.Errorf("excluded column captured: %v", ins.RowData)
 	}
 	if upd.RowData["payload"] != "bye" || upd.OldRow["payload"] != "hello" || upd.Changes != nil {
 		t.Errorf("update: row %v old row %v changes %v, want payload hello → bye, changes left to the relay", upd.RowData, upd.OldRow, upd.Changes)
 	}
 	for _, r := range []map[string]any{upd.RowData, upd.OldRow} {
-		if _, ok := r["it's"]; ok {
+		if v, ok := r["it's"]; !ok || v != nil {
 			t.Errorf("excluded column captured in an update: %v", r)
 		}
 	}
@@ -1146,5 +1148,76 @@ func TestDoorbell(t *testing.T) {
 	exec(t, conn, "truncate deals")
 	if got := next(); got != "" {
 		t.Fatalf("armed, TRUNCATE: notification %q, want the doorbell's", got)
+	}
+}
+
+// Installing over a changelog whose rows are jsonb (installs before
+// 2026-12-06) turns them into json in place: the rows written before the
+// upgrade stay, with the same content.
+func TestInstallTurnsJSONBRowsIntoJSON(t *testing.T) {
+	conn := demoDB(t)
+	install(t, conn, render(t, crm.Tables(), true))
+	exec(t, conn, "alter table rowcast.changelog alter row_data type jsonb, alter old_row type jsonb")
+	exec(t, conn, "insert into leads (team_id, first_name) values (1, 'before')")
+	exec(t, conn, "update leads set first_name = 'renamed' where first_name = 'before'")
+	before := changelog(t, conn)
+	install(t, conn, render(t, crm.Tables(), true))
+	for _, col := range []string{"row_data", "old_row"} {
+		var typ string
+		if err := conn.QueryRow(t.Context(), `select atttypid::regtype::text from pg_attribute
+			where attrelid = 'rowcast.changelog'::regclass and attname = $1`, col).Scan(&typ); err != nil || typ != "json" {
+			t.Errorf("%s is %s (%v), want json", col, typ, err)
+		}
+	}
+	// A fresh connection: this one's prepared statement returned jsonb
+	// (the relay's return text, which does not change).
+	after := changelog(t, connect(t, conn.Config().ConnString()))
+	if len(after) != len(before) || len(after) != 2 {
+		t.Fatalf("%d rows before the upgrade, %d after, want 2", len(before), len(after))
+	}
+	for i := range after {
+		if !reflect.DeepEqual(after[i].RowData, before[i].RowData) || !reflect.DeepEqual(after[i].OldRow, before[i].OldRow) {
+			t.Errorf("row %d: %v / %v, was %v / %v", i, after[i].RowData, after[i].OldRow, before[i].RowData, before[i].OldRow)
+		}
+	}
+	if after[1].OldRow["first_name"] != "before" || after[1].RowData["first_name"] != "renamed" {
+		t.Errorf("update row %v old %v", after[1].RowData, after[1].OldRow)
+	}
+}
+
+// An excluded column of a domain type that refuses null: the capture cannot
+// set it to null in a row of the table's type, so Prepare renders its
+// removal from jsonb instead, and writes go on.
+func TestExcludedDomainColumn(t *testing.T) {
+	conn := connect(t, pg.NewDatabase(t))
+	exec(t, conn, `create domain secret as text not null check (value <> '');
+create table vault (id bigint primary key, team_id bigint not null, s secret, note text)`)
+	cfg := &config.Config{Tables: []config.Table{
+		config.Table{Table: "vault", ExcludeColumns: []string{"s"}}.WithDefaults(),
+	}}
+	cfg.Capture.Mode = config.ModeTrigger
+	p, err := triggers.Prepare(t.Context(), conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	install(t, conn, p)
+	exec(t, conn, "insert into vault values (1, 7, 'hush', 'a')")
+	exec(t, conn, "update vault set note = 'b', s = 'hush too'")
+	rows := checkTicked(t, conn)
+	if len(rows) != 2 {
+		t.Fatalf("%d changelog rows, want 2", len(rows))
+	}
+	for _, r := range rows {
+		for _, m := range []map[string]any{r.RowData, r.OldRow} {
+			if _, ok := m["s"]; ok {
+				t.Errorf("excluded domain column captured: %v", m)
+			}
+		}
+	}
+	if rows[1].RowData["note"] != "b" || rows[1].OldRow["note"] != "a" {
+		t.Errorf("update: %v / %v", rows[1].RowData, rows[1].OldRow)
+	}
+	if drift := verify(t, conn, p); len(drift) > 0 {
+		t.Errorf("drift: %q", drift)
 	}
 }

@@ -3,27 +3,28 @@ package changelog
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/big"
+
+	"github.com/rowcast/rowcast/relay/internal/jsonobj"
 )
 
 // diffRows appends to dst the members of the JSON object row whose value
 // differs from the same key's in old (or that old lacks), as one compact
-// JSON object, and returns nil when none differs. Both are compact JSON
-// objects as PostgreSQL renders jsonb (keys in jsonb order), so the result
-// is byte for byte what jsonb_object_agg over jsonb_each(row) would render,
-// with values compared as jsonb compares them: numbers by value (1.0 equals
-// 1.00), containers member by member.
+// JSON object in row's order, and returns nil when none differs. Both are
+// compact JSON objects as capture renders rows (to_json: the table's
+// columns in order; rows of earlier installs were jsonb, keys in jsonb
+// order), with values compared as jsonb compares them: numbers by value
+// (1.0 equals 1.00), containers member by member.
 func diffRows(dst, row, old []byte) ([]byte, error) {
 	// Room for the members of rows of up to 32 columns on the stack: the
 	// slices grown from nil took 10 allocations and 3 KiB per change.
-	var oldBuf, newBuf [32]member
-	oldMembers, err := members(oldBuf[:0], old)
+	var oldBuf, newBuf [32]jsonobj.Member
+	oldMembers, err := jsonobj.Members(oldBuf[:0], old)
 	if err != nil {
 		return nil, fmt.Errorf("diff old row: %w", err)
 	}
-	newMembers, err := members(newBuf[:0], row)
+	newMembers, err := jsonobj.Members(newBuf[:0], row)
 	if err != nil {
 		return nil, fmt.Errorf("diff row: %w", err)
 	}
@@ -31,18 +32,18 @@ func diffRows(dst, row, old []byte) ([]byte, error) {
 	j := 0 // both rows list their columns in one order, mostly the same
 	for _, m := range newMembers {
 		v, ok := []byte(nil), false
-		if j < len(oldMembers) && bytes.Equal(oldMembers[j].key, m.key) {
-			v, ok = oldMembers[j].value, true
+		if j < len(oldMembers) && bytes.Equal(oldMembers[j].Key, m.Key) {
+			v, ok = oldMembers[j].Value, true
 			j++
 		} else {
 			for k := range oldMembers {
-				if bytes.Equal(oldMembers[k].key, m.key) {
-					v, ok, j = oldMembers[k].value, true, k+1
+				if bytes.Equal(oldMembers[k].Key, m.Key) {
+					v, ok, j = oldMembers[k].Value, true, k+1
 					break
 				}
 			}
 		}
-		if ok && sameJSON(v, m.value) {
+		if ok && sameJSON(v, m.Value) {
 			continue
 		}
 		if len(dst) == start {
@@ -50,115 +51,14 @@ func diffRows(dst, row, old []byte) ([]byte, error) {
 		} else {
 			dst = append(dst, ',')
 		}
-		dst = append(dst, m.key...)
+		dst = append(dst, m.Key...)
 		dst = append(dst, ':')
-		dst = append(dst, m.value...)
+		dst = append(dst, m.Value...)
 	}
 	if len(dst) == start {
 		return nil, nil
 	}
 	return append(dst, '}'), nil
-}
-
-// member is one member of a JSON object: its key, quoted as written, and
-// its raw value.
-type member struct {
-	key, value []byte
-}
-
-var errNotObject = errors.New("not a compact JSON object")
-
-// members appends to out the members of a compact JSON object (no
-// whitespace between tokens), without decoding them.
-func members(out []member, obj []byte) ([]member, error) {
-	if len(obj) < 2 || obj[0] != '{' || obj[len(obj)-1] != '}' {
-		return nil, errNotObject
-	}
-	i := 1
-	if obj[i] == '}' {
-		if i != len(obj)-1 {
-			return nil, errNotObject
-		}
-		return out, nil
-	}
-	for {
-		kEnd, err := skipValue(obj, i)
-		if err != nil || obj[i] != '"' || kEnd >= len(obj) || obj[kEnd] != ':' {
-			return nil, errNotObject
-		}
-		vEnd, err := skipValue(obj, kEnd+1)
-		if err != nil || vEnd >= len(obj) {
-			return nil, errNotObject
-		}
-		out = append(out, member{key: obj[i:kEnd], value: obj[kEnd+1 : vEnd]})
-		switch obj[vEnd] {
-		case ',':
-			i = vEnd + 1
-		case '}':
-			if vEnd != len(obj)-1 {
-				return nil, errNotObject
-			}
-			return out, nil
-		default:
-			return nil, errNotObject
-		}
-	}
-}
-
-// skipValue returns the index just past the JSON value that starts at i
-// in compact JSON. It checks strings and bracket depth, not the value's
-// grammar: callers compare or copy values, they do not interpret them.
-func skipValue(b []byte, i int) (int, error) {
-	if i >= len(b) {
-		return 0, errNotObject
-	}
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				j, err := skipString(b, i)
-				if err != nil {
-					return 0, err
-				}
-				i = j
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1, nil
-				}
-			}
-			i++
-		}
-		return 0, errNotObject
-	}
-	j := i
-	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ':' {
-		j++
-	}
-	if j == i {
-		return 0, errNotObject
-	}
-	return j, nil
-}
-
-// skipString returns the index just past the JSON string that starts at i.
-func skipString(b []byte, i int) (int, error) {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1, nil
-		}
-	}
-	return 0, errNotObject
 }
 
 // sameJSON reports whether two JSON values are equal as jsonb values are:
@@ -172,6 +72,10 @@ func sameJSON(a, b []byte) bool {
 		return false
 	}
 	switch {
+	case a[0] == '"' && b[0] == '"':
+		// Unequal text, equal strings only when escaped differently (a
+		// json column's value as its writer wrote it).
+		return (bytes.IndexByte(a, '\\') >= 0 || bytes.IndexByte(b, '\\') >= 0) && sameDecoded(a, b)
 	case isNumber(a[0]) && isNumber(b[0]):
 		return sameNumber(a, b)
 	case a[0] == '{' && b[0] == '{', a[0] == '[' && b[0] == '[':
@@ -209,7 +113,7 @@ func negative(n []byte) bool { return len(n) > 0 && n[0] == '-' }
 
 func isZero(n []byte) bool { return len(trimNumber(n)) == 0 }
 
-// sameDecoded compares two JSON containers value by value.
+// sameDecoded compares two JSON values decoded, containers value by value.
 func sameDecoded(a, b []byte) bool {
 	var x, y any
 	if decodeNumbers(a, &x) != nil || decodeNumbers(b, &y) != nil {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+
+	"github.com/rowcast/rowcast/relay/internal/jsonobj"
 )
 
 func TestDiffRows(t *testing.T) {
@@ -13,6 +15,8 @@ func TestDiffRows(t *testing.T) {
 		{"one column", `{"id":1,"name":"b","team_id":7}`, `{"id":1,"name":"a","team_id":7}`, `{"name":"b"}`},
 		{"several, in the row's order", `{"a":1,"bb":2,"ccc":3}`, `{"a":0,"bb":2,"ccc":0}`, `{"a":1,"ccc":3}`},
 		{"nothing changed", `{"a":1,"b":"x"}`, `{"a":1,"b":"x"}`, ``},
+		{"a string escaped otherwise", `{"a":"\u00e9\/","b":"x"}`, `{"a":"é/","b":"x"}`, ``},
+		{"a string that changed, escaped", `{"a":"\u00e9"}`, `{"a":"e"}`, `{"a":"\u00e9"}`},
 		{"empty rows", `{}`, `{}`, ``},
 		{"a column the old row lacks (added)", `{"a":1,"new":null}`, `{"a":1}`, `{"new":null}`},
 		{"a column the row lacks (dropped) is not a change", `{"a":1}`, `{"a":1,"gone":2}`, ``},
@@ -76,8 +80,8 @@ func FuzzDiffRows(f *testing.F) {
 			return b.Bytes()
 		}
 		rc, oc := compact(row), compact(old)
-		rm, err1 := members(nil, rc)
-		om, err2 := members(nil, oc)
+		rm, err1 := jsonobj.Members(nil, rc)
+		om, err2 := jsonobj.Members(nil, oc)
 		if err1 != nil || err2 != nil || len(rm) != len(r) || len(om) != len(o) {
 			return // duplicate keys and the like: not what jsonb renders
 		}

@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/internal/jsonobj"
 )
 
 // Columns are the changelog columns a Scanner reads, in its order, of a
@@ -28,7 +29,8 @@ type Scanner struct {
 	stream, tbl, entity, team, oldTeam string
 	user, actor, request               string
 	committed                          time.Time
-	compact                            []byte
+	compact, old2                      []byte
+	jsonb                              jsonobj.Renderer
 }
 
 // Scan reads the current row.
@@ -46,24 +48,48 @@ func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
 	if len(s.op) == 1 {
 		ch.Op = relay.Op(s.op[0])
 	}
-	ch.Row, ch.Changes, ch.OldRow, ch.Key = compactJSON(s.row), compactJSON(s.changes), compactJSON(s.old), compactJSON(s.key)
+	ch.Changes, ch.OldRow, ch.Key = compactJSON(s.changes), compactJSON(s.old), compactJSON(s.key)
+	if s.row == nil {
+		return ch, nil
+	}
+	s.compact = compactJSONB(s.compact[:0], s.row)
 	if ch.Op == relay.OpUpdate && s.oldRow != nil && ch.Changes == nil {
 		// Capture left the changed columns to us: the row against its
-		// old row. An update within one team carries only them.
-		s.compact = compactJSONB(s.compact[:0], s.oldRow)
-		var err error
-		if ch.Changes, err = diffRows(nil, ch.Row, s.compact); err != nil {
+		// old row, both as capture wrote them (to_json: the columns in
+		// one order), and only the changed ones rendered as jsonb. An
+		// update within one team carries only them.
+		s.old2 = compactJSONB(s.old2[:0], s.oldRow)
+		changes, err := diffRows(nil, s.compact, s.old2)
+		if err != nil {
 			return relay.Change{}, err
 		}
+		if changes != nil {
+			ch.Changes = s.asJSONB(make([]byte, 0, len(changes)), changes)
+		}
 		if ch.OldTeamID == "" {
-			ch.Row = nil
+			return ch, nil
 		}
 	}
+	ch.Row = s.asJSONB(make([]byte, 0, len(s.compact)), s.compact)
 	return ch, nil
 }
 
-// compactJSON returns a fresh compact copy of jsonb text, or nil for SQL
-// NULL.
+// asJSONB appends a row as capture wrote it (compact json: to_json's text;
+// jsonb's in rows written before 2026-12-06) to dst as jsonb renders it,
+// which is what events carry in both capture modes (jsonobj.AppendJSONB:
+// keys unique and in jsonb's order, numbers without exponents, strings
+// escaped as PostgreSQL escapes them). A row it cannot read, which no
+// capture writes, is appended as it is.
+func (s *Scanner) asJSONB(dst, row []byte) []byte {
+	out, err := s.jsonb.AppendJSONB(dst, row)
+	if err != nil {
+		return append(dst, row...)
+	}
+	return out
+}
+
+// compactJSON returns a fresh compact copy of json or jsonb text, or nil
+// for SQL NULL.
 func compactJSON(src []byte) json.RawMessage {
 	if src == nil {
 		return nil
@@ -71,8 +97,9 @@ func compactJSON(src []byte) json.RawMessage {
 	return compactJSONB(make([]byte, 0, len(src)), src)
 }
 
-// compactJSONB appends src, the text of a jsonb value as PostgreSQL prints
-// it (a space after every ':' and ','), to dst without the whitespace
+// compactJSONB appends src, the text of a json or jsonb value as PostgreSQL
+// prints it (jsonb with a space after every ':' and ','; a json column
+// embedded in a row as it was stored), to dst without the whitespace
 // outside strings, and returns the extended buffer. For valid JSON the
 // result is json.Compact's (a fuzz target holds it to that); unlike
 // json.Compact it does not validate text PostgreSQL has validated, which

@@ -80,3 +80,31 @@ func BenchmarkCompactJSONB(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkAsJSONB is the reader's cost per row of taking capture's to_json
+// text to jsonb's rendering (keys sorted), against compacting alone, on the
+// bench's escrow row as to_json writes it.
+func BenchmarkAsJSONB(b *testing.B) {
+	row := []byte(`{"id":42,"team_id":7,"listing_id":null,"property_address":"42 Bench St","city":"Austin","state":"TX",` +
+		`"zip_code":"78701","purchase_price":300001.00,"earnest_money":null,"commission_rate":null,"status":"pending",` +
+		`"opened_on":"2026-12-05","closing_date":null,"buyer_client_id":null,"seller_client_id":null,"details":{},` +
+		`"notes":"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn","internal_notes":null,"version":1,"archived_at":null,` +
+		`"updated_by":2,"created_at":"2026-12-05T18:05:15.123456+00:00","updated_at":"2026-12-05T18:05:16.123456+00:00"}`)
+	b.Run("compactJSONB", func(b *testing.B) {
+		buf := make([]byte, 0, len(row))
+		b.SetBytes(int64(len(row)))
+		for b.Loop() {
+			buf = compactJSONB(buf[:0], row)
+		}
+	})
+	b.Run("asJSONB", func(b *testing.B) {
+		buf, out := make([]byte, 0, len(row)), make([]byte, 0, len(row))
+		var s Scanner
+		b.SetBytes(int64(len(row)))
+		b.ReportAllocs()
+		for b.Loop() {
+			buf = compactJSONB(buf[:0], row)
+			out = s.asJSONB(out[:0], buf)
+		}
+	})
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rowcast/rowcast/relay"
+	"github.com/rowcast/rowcast/relay/internal/jsonobj"
 	"github.com/rowcast/rowcast/relay/internal/jsonstr"
 )
 
@@ -39,6 +40,10 @@ type Rule struct {
 	Kind   Kind
 	// AI task column names (Kind AITask).
 	StatusColumn, ProgressColumn, MessageColumn, TypeColumn, ResultColumn, ErrorColumn string
+	// Exclude names the columns no event carries (exclude_columns). An
+	// entity table's capture writes them as null, never their values
+	// (to_json renders every column); the mapper leaves them out.
+	Exclude []string
 }
 
 // Options selects optional event forms.
@@ -60,6 +65,7 @@ type rule struct {
 	rowKey                    string // `"escrow":`
 	typePrefix                string // `{"entityType":"escrow","entityId":`
 	resync                    []byte
+	exclude                   [][]byte // Exclude's names as JSON strings
 }
 
 // New checks the rules and returns a Mapper.
@@ -82,6 +88,9 @@ func New(rules []Rule, o Options) (*Mapper, error) {
 			rowKey:     string(jsonstr.Append(nil, camel)),
 			typePrefix: `{"entityType":` + string(jsonstr.Append(nil, r.Entity)) + `,"entityId":`,
 			resync:     append(append([]byte(`{"type":"resync","reason":"truncate","entityType":`), jsonstr.Append(nil, r.Entity)...), '}'),
+		}
+		for _, c := range r.Exclude {
+			m.rules[r.Table].exclude = append(m.rules[r.Table].exclude, jsonstr.Append(nil, c))
 		}
 	}
 	return m, nil
@@ -129,6 +138,15 @@ func (m *Mapper) Map(dst []relay.Event, c *relay.Change) []relay.Event {
 		}
 	default:
 		return dst
+	}
+	if len(r.exclude) > 0 && len(payload) > 0 {
+		var err error
+		if payload, err = jsonobj.Without(make([]byte, 0, len(payload)), payload, r.exclude); err != nil {
+			return dst // not a JSON object: no capture writes that
+		}
+		if action == "updated" && string(payload) == "{}" {
+			return dst // only excluded columns changed
+		}
 	}
 	name := r.updated
 	switch action {

@@ -77,7 +77,7 @@ func parse(t *testing.T, b []byte) pglogrepl.Message {
 
 // testRelation is public.items (id int8 key, team_id int8 key, title text,
 // meta jsonb, doc json, body text).
-func testRelation(t *testing.T) *relation {
+func testRelation(t *testing.T, excluded ...string) *relation {
 	t.Helper()
 	m := parse(t, relationBytes(16384, "public", "items",
 		relCol{"id", pgtype.Int8OID, true}, relCol{"team_id", pgtype.Int8OID, true},
@@ -87,22 +87,22 @@ func testRelation(t *testing.T) *relation {
 	if !ok {
 		t.Fatalf("parsed %T, want *pglogrepl.RelationMessageV2", m)
 	}
-	return newRelation(&rm.RelationMessage)
+	return newRelation(&rm.RelationMessage, excluded)
 }
 
 func TestNewRelation(t *testing.T) {
-	rel := testRelation(t)
+	rel := testRelation(t, "body", "not a column")
 	if rel.table != "public.items" {
 		t.Errorf("table %q, want public.items", rel.table)
 	}
 	if got := strings.Join(rel.columns, ","); got != "id,team_id,title,meta,doc,body" {
 		t.Errorf("columns %s", got)
 	}
-	wantJSON := []bool{false, false, false, true, true, false}
+	wantExcluded := []bool{false, false, false, false, false, true}
 	wantKey := []bool{true, true, false, false, false, false}
 	for i := range rel.columns {
-		if rel.json[i] != wantJSON[i] {
-			t.Errorf("column %s: json %v, want %v", rel.columns[i], rel.json[i], wantJSON[i])
+		if rel.excluded[i] != wantExcluded[i] {
+			t.Errorf("column %s: excluded %v, want %v", rel.columns[i], rel.excluded[i], wantExcluded[i])
 		}
 		if rel.key[i] != wantKey[i] {
 			t.Errorf("column %s: key %v, want %v", rel.columns[i], rel.key[i], wantKey[i])
@@ -120,7 +120,7 @@ func str(p *string) string {
 // TestTupleJSON decodes hand-built Insert, Update and Delete messages into
 // the row JSON and absent-column lists that the apply statement receives.
 func TestTupleJSON(t *testing.T) {
-	rel := testRelation(t)
+	rel, excl := testRelation(t), testRelation(t, "body")
 	full := wire{}.tuple(text("1"), text("7"), text(`say "hi"`), text(`{"a": [1, 2]}`), text(`{"b":1}`), text("long"))
 	for _, tc := range []struct {
 		name             string
@@ -128,17 +128,17 @@ func TestTupleJSON(t *testing.T) {
 		newJSON, newAbs  string
 		oldJSON, oldAbsn string
 	}{{
-		name:    "insert: text values are strings, json and jsonb embedded",
+		name:    "insert: values are strings, json and jsonb too (the apply statement casts them)",
 		msg:     append(wire{}.byte('I').int32(16384).byte('N'), full...),
-		newJSON: `{"id":"1","team_id":"7","title":"say \"hi\"","meta":{"a": [1, 2]},"doc":{"b":1},"body":"long"}`,
+		newJSON: `{"id":"1","team_id":"7","title":"say \"hi\"","meta":"{\"a\": [1, 2]}","doc":"{\"b\":1}","body":"long"}`,
 		newAbs:  "<nil>", oldJSON: "<nil>", oldAbsn: "<nil>",
 	}, {
-		name:    "insert: null is JSON null, also in a jsonb column",
+		name:    "insert: SQL null is JSON null, also in a jsonb column; a json null is a string",
 		msg:     wire{}.byte('I').int32(16384).byte('N').tuple(text("1"), text("7"), null, null, text("null"), text("")),
-		newJSON: `{"id":"1","team_id":"7","title":null,"meta":null,"doc":null,"body":""}`,
+		newJSON: `{"id":"1","team_id":"7","title":null,"meta":null,"doc":"null","body":""}`,
 		newAbs:  "<nil>", oldJSON: "<nil>", oldAbsn: "<nil>",
 	}, {
-		name:    "insert: a json column that is not valid JSON is a string",
+		name:    "insert: a json column's text as it came",
 		msg:     wire{}.byte('I').int32(16384).byte('N').tuple(text("1"), text("7"), text("t"), text("{oops"), text("[1,"), text("b")),
 		newJSON: `{"id":"1","team_id":"7","title":"t","meta":"{oops","doc":"[1,","body":"b"}`,
 		newAbs:  "<nil>", oldJSON: "<nil>", oldAbsn: "<nil>",
@@ -146,9 +146,9 @@ func TestTupleJSON(t *testing.T) {
 		name: "update with the old row: unchanged TOAST takes the old value",
 		msg: append(wire{}.byte('U').int32(16384).byte('O').tuple(text("1"), text("7"), text("old"), text("{}"), text("[]"), text("long")).
 			byte('N'), wire{}.tuple(text("1"), text("8"), text("new"), toast, toast, toast)...),
-		newJSON: `{"id":"1","team_id":"8","title":"new","meta":{},"doc":[],"body":"long"}`,
+		newJSON: `{"id":"1","team_id":"8","title":"new","meta":"{}","doc":"[]","body":"long"}`,
 		newAbs:  "<nil>",
-		oldJSON: `{"id":"1","team_id":"7","title":"old","meta":{},"doc":[],"body":"long"}`,
+		oldJSON: `{"id":"1","team_id":"7","title":"old","meta":"{}","doc":"[]","body":"long"}`,
 		oldAbsn: "<nil>",
 	}, {
 		name: "update with the old row also TOASTed: the column is absent, never null",
@@ -201,6 +201,15 @@ func TestTupleJSON(t *testing.T) {
 			if str(o) != tc.oldJSON || str(oa) != tc.oldAbsn {
 				t.Errorf("old row %s absent %s,\nwant %s absent %s", str(o), str(oa), tc.oldJSON, tc.oldAbsn)
 			}
+			// An excluded column's value never leaves the holder, nor
+			// does its absence.
+			n, na = tupleJSON(excl, newT, oldT)
+			o, oa = tupleJSON(excl, oldT, nil)
+			for _, s := range []*string{n, na, o, oa} {
+				if strings.Contains(str(s), "body") {
+					t.Errorf("with body excluded: %s", str(s))
+				}
+			}
 		})
 	}
 }
@@ -210,7 +219,7 @@ func TestTupleJSON(t *testing.T) {
 func TestAbsentListQuoting(t *testing.T) {
 	rel := newRelation(&pglogrepl.RelationMessage{Namespace: "s", RelationName: "t", Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: `a"b`, DataType: pgtype.TextOID}, {Name: `c\d`, DataType: pgtype.TextOID}, {Name: "e,f g", DataType: pgtype.TextOID},
-	}})
+	}}, nil)
 	tup := &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
 		{DataType: pglogrepl.TupleDataTypeText, Data: []byte("x")},
 		{DataType: pglogrepl.TupleDataTypeToast}, {DataType: pglogrepl.TupleDataTypeToast},
@@ -237,7 +246,7 @@ func FuzzTupleJSON(f *testing.F) {
 	rel := newRelation(&pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: "id", Flags: keyColumnFlag}, {Name: "team_id", Flags: keyColumnFlag}, {Name: "t\"itle"},
 		{Name: "meta", DataType: pgtype.JSONBOID}, {Name: "doc", DataType: pgtype.JSONOID}, {Name: "b\\ody"},
-	}})
+	}}, nil)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Only changes (other kinds, such as Truncate's relation count,
 		// also make pglogrepl allocate what they declare), minus the empty

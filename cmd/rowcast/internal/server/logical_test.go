@@ -46,21 +46,26 @@ create table wide (
     tags      text[], nums int[],
     raw       bytea, m mood,
     doubled   bigint generated always as (i8 * 2) stored,
-    big       text
+    big       text,
+    secret    text,
+    shadow    text generated always as ('hush-' || id::text) stored,
+    editor    bigint
 );`
 
 // wideWorkload is the same scripted workload for both modes.
 var wideWorkload = []string{
-	`insert into wide (id, team_id, i2, i4, i8, num, num_scaled, f8, f4, txt, vc, flag, d, ts, tstz, iv, u, j, jb, tags, nums, raw, m, big)
+	`insert into wide (id, team_id, i2, i4, i8, num, num_scaled, f8, f4, txt, vc, flag, d, ts, tstz, iv, u, j, jb, tags, nums, raw, m, big, secret, editor)
 	 values (1, 1, -2, 40000, 9007199254740993, 'NaN', 1.50, 'Infinity', 1.5, e'tab\tquote" back\\ slash ü', 'short', true,
 	 '2026-11-25', '2026-11-25 18:05:15.123456', '2026-11-25 18:05:15.123456+02', '1 day 02:03:04.5',
 	 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"b": 1, "a": [1, 2.50], "a": "dup"}', '{"z": null, "y": {"x": 1e3}}',
-	 array['a', 'b c', null, 'd"e'], array[1, null, 3], '\xdeadbeef', 'it''s complicated', repeat('x', 1000000))`,
+	 array['a', 'b c', null, 'd"e'], array[1, null, 3], '\xdeadbeef', 'it''s complicated', repeat('x', 1000000), 'hush-1', 5)`,
+	`update wide set secret = 'hush-2' where id = 1`,
 	`update wide set num = 12.340, f8 = '-Infinity', iv = '-3 mons', flag = false where id = 1`,
+	`update wide set f8 = 1e20, f4 = 1.5e-7 where id = 1`,
 	`update wide set txt = txt where id = 1`,
 	`update wide set i8 = 21, tags = '{}' where id = 1`,
 	`update wide set big = repeat('y', 1000000) where id = 1`,
-	`update wide set ts = null, j = null, jb = '[]' where id = 1`,
+	`update wide set ts = null, j = null, jb = '[]', secret = 'hush-3' where id = 1`,
 	`insert into wide (id, team_id, f8, num) values (2, 1, 'NaN', '-Infinity')`,
 	`update wide set team_id = 2 where id = 2`,
 	`delete from wide where id = 1`,
@@ -73,7 +78,8 @@ func runWide(t *testing.T, tweak func(*config.Config)) []string {
 		if tweak != nil {
 			tweak(c)
 		}
-		c.Tables = append(c.Tables, config.Table{Table: "wide", Entity: "wide"}.WithDefaults())
+		c.Tables = append(c.Tables, config.Table{Table: "wide", Entity: "wide", ActorColumn: "editor",
+			ExcludeColumns: []string{"secret", "shadow", "editor"}}.WithDefaults())
 	}, wideSchema)
 	c := e.connect(userToken(t, "9", 1, 2))
 	for _, sql := range wideWorkload {
@@ -92,14 +98,21 @@ func runWide(t *testing.T, tweak func(*config.Config)) []string {
 		}
 		out = append(out, f.Event+" "+committed.ReplaceAllString(string(f.Data), ""))
 	}
+	// An excluded column's value is never written to the changelog.
+	var leaked int
+	err := e.db.QueryRow(t.Context(), `select count(*) from rowcast.changelog
+		where concat(row_data::text, old_row::text, changes::text, old_data::text) like '%hush%'`).Scan(&leaked)
+	if err != nil || leaked > 0 {
+		t.Errorf("%d changelog rows hold an excluded column's value (%v)", leaked, err)
+	}
 	return out
 }
 
 func TestModeEquivalence(t *testing.T) {
 	trig := runWide(t, nil)
 	logi := runWide(t, logicalMode)
-	if len(trig) != 9 {
-		t.Errorf("trigger mode sent %d events, want 9 (the no-op update sends none; the team move two)", len(trig))
+	if len(trig) != 10 {
+		t.Errorf("trigger mode sent %d events, want 10 (the no-op update and the excluded column's send none; the team move two)", len(trig))
 	}
 	for i := range max(len(trig), len(logi)) {
 		var a, b string
@@ -116,18 +129,32 @@ func TestModeEquivalence(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	// Spot checks of to_jsonb rendering, so that identical-but-wrong fails.
+	// Spot checks of the rendering, so that identical-but-wrong fails:
+	// capture writes to_json's text, events carry to_jsonb's (a json
+	// column deduplicated and ordered, floats without exponents, the row's
+	// keys in jsonb's order).
 	first := trig[0]
 	for _, want := range []string{`"num":"NaN"`, `"f8":"Infinity"`, `"num_scaled":1.50`, `"i8":9007199254740993`,
 		`"iv":"P1DT2H3M4.5S"`, `"tstz":"2026-11-25T16:05:15.123456+00:00"`, `"raw":"\\xdeadbeef"`,
 		`"tags":["a","b c",null,"d\"e"]`, `"doubled":18014398509481986`, `"m":"it's complicated"`,
-		`"j":{"a":"dup","b":1}`} {
+		`"j":{"a":"dup","b":1}`, `"jb":{"y":{"x":1000},"z":null}`, `"f4":1.5,"f8":"Infinity","i2":-2,"i4":40000,"i8":9007199254740993`} {
 		if !strings.Contains(first, want) {
 			t.Errorf("created event lacks %s", want)
 		}
 	}
-	if !strings.Contains(trig[3], `"changes":{"big":"yyy`) || strings.Contains(trig[2], `"big"`) {
-		t.Errorf("TOAST column: changed only when written: %.200s / %.200s", trig[2], trig[3])
+	for _, ev := range trig {
+		if strings.Contains(ev, "secret") || strings.Contains(ev, "hush") || strings.Contains(ev, "shadow") || strings.Contains(ev, "editor") {
+			t.Errorf("an event names an excluded column: %.300s", ev)
+		}
+	}
+	if !strings.Contains(first, `"userId":"5"`) {
+		t.Errorf("an excluded actor column still names the actor: %.300s", first)
+	}
+	if !strings.Contains(trig[2], `"changes":{"f4":0.00000015,"f8":100000000000000000000}`) {
+		t.Errorf("floats with exponents: %.300s", trig[2])
+	}
+	if !strings.Contains(trig[4], `"changes":{"big":"yyy`) || strings.Contains(trig[3], `"big"`) {
+		t.Errorf("TOAST column: changed only when written: %.200s / %.200s", trig[3], trig[4])
 	}
 }
 
