@@ -92,43 +92,14 @@ func Prepare(ctx context.Context, conn *pgx.Conn, cfg *config.Config) (*Plan, er
 	if err != nil {
 		return nil, err
 	}
-	if o.DomainExcluded, err = inspectDomainExcluded(ctx, conn, tables); err != nil {
-		return nil, err
-	}
 	if o.Logical {
 		gen, err := Inspect(ctx, conn, tables)
 		if err != nil {
 			return nil, err
 		}
 		o.Generated = gen
-		for _, t := range tables {
-			if len(gen[t.Qualified()]) == 0 || len(HolderNulls(t)) == 0 {
-				continue
-			}
-			// The apply function reads such a row whole into the table's
-			// type, with the excluded columns the holder renders null: a
-			// domain may refuse that, and a generated column computed
-			// from one would differ from trigger mode's.
-			if o.DomainExcluded[t.Qualified()] {
-				return nil, fmt.Errorf("prepare %s: in logical mode a table with stored generated columns cannot exclude a column of a domain type", t.Qualified())
-			}
-			var dep string
-			err := conn.QueryRow(ctx, `
-select coalesce(string_agg(g.attname || ' (from ' || r.attname || ')', ', '), '')
-from pg_catalog.pg_attrdef ad
-join pg_catalog.pg_attribute g on g.attrelid = ad.adrelid and g.attnum = ad.adnum
-join pg_catalog.pg_depend d on d.classid = 'pg_catalog.pg_attrdef'::regclass and d.objid = ad.oid
-  and d.refclassid = 'pg_catalog.pg_class'::regclass and d.refobjid = ad.adrelid
-join pg_catalog.pg_attribute r on r.attrelid = d.refobjid and r.attnum = d.refobjsubid
-where ad.adrelid = to_regclass($1) and g.attgenerated = 's' and not (g.attname = any($2)) and r.attname = any($2)`,
-				ident(t.Schema())+"."+ident(t.Name()), HolderNulls(t)).Scan(&dep)
-			if err != nil {
-				return nil, fmt.Errorf("prepare %s: %w", t.Qualified(), err)
-			}
-			if dep != "" {
-				return nil, fmt.Errorf("prepare %s: in logical mode a generated column cannot be computed from an excluded one: %s (exclude it too)", t.Qualified(), dep)
-			}
-		}
+	} else if o.DomainExcluded, err = inspectDomainExcluded(ctx, conn, tables); err != nil {
+		return nil, err
 	}
 	return Render(tables, o)
 }
@@ -152,16 +123,15 @@ func OptionsFor(cfg *config.Config) Options {
 // rows' json as the holder rendered them with the column types of the
 // relation message that preceded the change, that is as the table was when
 // the change was committed, not as it is when the holder applies it (a
-// later migration may have added, dropped, renamed or retyped columns),
-// with excluded columns null. They are used where the trigger uses
+// later migration may have added, dropped, renamed or retyped columns).
+// They are used where the trigger uses
 // to_json(NEW) and to_json(OLD). Rows of the table's type
 // (json_populate_record) serve only to read the fields the body needs (id,
 // team, actor, task columns), and, for a table with stored generated
 // columns (which pgoutput does not send), to compute those with their own
 // expressions on the table as it is, merged into the json (the relay puts
-// the keys in order). Excluded columns the body reads come with their
-// values and are set to null here; the holder renders the others null
-// (HolderNulls). It also drops the table's capture triggers (both modes at once
+// the keys in order); excluded columns are then set to null, as the
+// capture trigger sets them. It also drops the table's capture triggers (both modes at once
 // would capture twice) and sets the replica identity.
 //
 // A team_from table's team is looked up in the parent table when the holder
@@ -204,9 +174,11 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	// Stored generated columns are computed on the whole row and merged
-	// into the holder's rendering (the relay orders the keys); an excluded
-	// one is null. Excluded columns the body reads reach it with their
-	// values (HolderNulls) and are set to null here.
+	// into the holder's rendering (the relay orders the keys); excluded
+	// columns, generated or not, are set to null here, after the body's
+	// fields and the generated columns were read from their values (the
+	// installed function, not the relay's configuration, decides what is
+	// excluded).
 	var g strings.Builder
 	var pairsNew, pairsOld []string
 	for _, c := range gen {
@@ -220,12 +192,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 			pairsOld = append(pairsOld, "("+literal(c.Name)+", to_json(r_old."+ident(c.Name)+"))")
 		}
 	}
-	var nulls []string
-	for _, c := range t.ExcludeColumns {
-		if !slices.Contains(HolderNulls(t), c) {
-			nulls = append(nulls, c)
-		}
-	}
+	nulls := t.ExcludeColumns
 	if len(pairsNew) > 0 || len(nulls) > 0 {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN new_j := %s; END IF;\n    IF old_j IS NOT NULL THEN old_j := %s; END IF;\n",
 			mergeJSON("new_j", pairsNew, nulls), mergeJSON("old_j", pairsOld, nulls))
@@ -263,19 +230,6 @@ func mergeJSON(j string, pairs, nulls []string) string {
 		rows += " UNION ALL VALUES " + strings.Join(pairs, ", ")
 	}
 	return "coalesce((SELECT json_object_agg(x.k, " + value + ") FROM (" + rows + ") AS x (k, v)), '{}'::json)"
-}
-
-// HolderNulls returns the excluded columns of t that the slot holder
-// renders null in the rows it hands to t's apply function: those the
-// capture body does not read (the others it reads, then sets to null).
-func HolderNulls(t config.Table) []string {
-	var out []string
-	for _, c := range t.ExcludeColumns {
-		if !slices.Contains(fieldColumns(t), c) {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // fieldColumns lists the columns the capture body reads from a row, as

@@ -257,34 +257,3 @@ func TestInstallNewSlotNewEpoch(t *testing.T) {
 		t.Fatal("install recreated the slot under the old epoch")
 	}
 }
-
-// In logical mode the slot holder hands excluded columns to the apply
-// function as null; a stored generated column computed from one would
-// then differ from what trigger mode captures, and a domain may refuse
-// the null: Prepare refuses both, and accepts the generated column when it
-// is excluded too.
-func TestLogicalRefusesGeneratedFromExcluded(t *testing.T) {
-	conn := connect(t, pg.NewDatabase(t))
-	exec(t, conn, `create domain secret as text not null;
-create table g1 (id bigint primary key, team_id bigint not null, s text, shadow text generated always as (s || '!') stored);
-create table g2 (id bigint primary key, team_id bigint not null, s secret, n int generated always as (id * 2) stored)`)
-	prepare := func(table string, exclude ...string) error {
-		cfg := config.Defaults()
-		cfg.Capture.Mode = config.ModeLogical
-		cfg.Tables = []config.Table{config.Table{Table: table, ExcludeColumns: exclude}.WithDefaults()}
-		_, err := triggers.Prepare(t.Context(), conn, &cfg)
-		return err
-	}
-	if err := prepare("g1", "s"); err == nil || !strings.Contains(err.Error(), "shadow (from s)") {
-		t.Errorf("a generated column from an excluded one: %v", err)
-	}
-	if err := prepare("g1", "s", "shadow"); err != nil {
-		t.Errorf("both excluded: %v", err)
-	}
-	if err := prepare("g2", "s"); err == nil || !strings.Contains(err.Error(), "domain") {
-		t.Errorf("an excluded domain column beside a generated one: %v", err)
-	}
-	if err := prepare("g2"); err != nil {
-		t.Errorf("nothing excluded: %v", err)
-	}
-}

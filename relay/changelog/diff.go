@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math/big"
 
 	"github.com/rowcast/rowcast/relay/internal/jsonobj"
 )
@@ -86,32 +85,79 @@ func sameJSON(a, b []byte) bool {
 
 func isNumber(c byte) bool { return c == '-' || c >= '0' && c <= '9' }
 
-// sameNumber compares two JSON numbers by value. Plain decimals (what
-// numeric and integer columns render) are compared without their
-// insignificant zeros; anything with an exponent as exact rationals.
+// sameNumber compares two JSON numbers by value, in time linear in their
+// text whatever their exponents: each as its sign, its significant digits
+// and the place of its decimal point.
 func sameNumber(a, b []byte) bool {
-	if bytes.ContainsAny(a, "eE") || bytes.ContainsAny(b, "eE") {
-		x, okx := new(big.Rat).SetString(string(a))
-		y, oky := new(big.Rat).SetString(string(b))
-		return okx && oky && x.Cmp(y) == 0
+	var bufA, bufB [64]byte
+	x, okx := canonNumber(bufA[:0], a)
+	y, oky := canonNumber(bufB[:0], b)
+	if !okx || !oky {
+		return bytes.Equal(a, b)
 	}
-	return bytes.Equal(trimNumber(a), trimNumber(b)) && negative(a) == negative(b) || isZero(a) && isZero(b)
+	return x.neg == y.neg && x.point == y.point && bytes.Equal(x.digits, y.digits)
 }
 
-// trimNumber drops a decimal's sign, leading zeros of its integer part and
-// trailing zeros of its fraction (and a bare point).
-func trimNumber(n []byte) []byte {
-	n = bytes.TrimPrefix(n, []byte("-"))
-	if bytes.IndexByte(n, '.') >= 0 {
-		n = bytes.TrimRight(n, "0")
-		n = bytes.TrimSuffix(n, []byte("."))
-	}
-	return bytes.TrimLeft(n, "0")
+// canonical is a number as its sign, its digits without leading or
+// trailing zeros (none for zero, which has no sign) and the power of ten
+// of the place after its first digit.
+type canonical struct {
+	neg    bool
+	digits []byte
+	point  int64
 }
 
-func negative(n []byte) bool { return len(n) > 0 && n[0] == '-' }
-
-func isZero(n []byte) bool { return len(trimNumber(n)) == 0 }
+// canonNumber reads the JSON number n into its canonical form, the digits
+// appended to buf; false when n is not a number or its exponent is beyond
+// any value (more than 18 digits).
+func canonNumber(buf, n []byte) (canonical, bool) {
+	var c canonical
+	if len(n) > 0 && n[0] == '-' {
+		c.neg, n = true, n[1:]
+	}
+	mant, exp := n, int64(0)
+	if e := bytes.IndexAny(n, "eE"); e >= 0 {
+		mant = n[:e]
+		x := n[e+1:]
+		sign := int64(1)
+		if len(x) > 0 && (x[0] == '+' || x[0] == '-') {
+			if x[0] == '-' {
+				sign = -1
+			}
+			x = x[1:]
+		}
+		if len(x) == 0 || len(x) > 18 {
+			return c, false
+		}
+		for _, d := range x {
+			if d < '0' || d > '9' {
+				return c, false
+			}
+			exp = exp*10 + int64(d-'0')
+		}
+		exp *= sign
+	}
+	intPart, frac := mant, []byte(nil)
+	if p := bytes.IndexByte(mant, '.'); p >= 0 {
+		intPart, frac = mant[:p], mant[p+1:]
+	}
+	if len(intPart) == 0 {
+		return c, false
+	}
+	buf = append(append(buf, intPart...), frac...)
+	for _, d := range buf {
+		if d < '0' || d > '9' {
+			return c, false
+		}
+	}
+	c.point = int64(len(intPart)) + exp
+	lead := len(buf) - len(bytes.TrimLeft(buf, "0"))
+	c.digits, c.point = bytes.TrimRight(buf[lead:], "0"), c.point-int64(lead)
+	if len(c.digits) == 0 {
+		return canonical{}, true
+	}
+	return c, true
+}
 
 // sameDecoded compares two JSON values decoded, containers value by value.
 func sameDecoded(a, b []byte) bool {

@@ -113,11 +113,6 @@ type Options struct {
 	// function the installer generated for a source table (the wiring passes
 	// triggers.ApplyName). Required: New panics without it.
 	ApplyName func(schema, table string) string
-	// Excluded, when not nil, returns the excluded columns of a source
-	// table that the holder renders null: their values never reach the
-	// apply functions (the wiring passes triggers.HolderNulls: those the
-	// capture does not read).
-	Excluded func(schema, table string) []string
 	// CheckSlot reports why the replication slot named slot cannot serve
 	// logical capture of the connected database, one problem a string (the
 	// wiring passes triggers.CheckSlot, which install uses too); each attempt

@@ -16,7 +16,7 @@ import (
 // a row's columns in the table's order, floats with exponents and json
 // columns as they were stored; AppendJSONB turns that into the text
 // to_jsonb would have given, which is what events carry. Text that is not
-// compact JSON is an error.
+// JSON is an error.
 //
 // It takes time linear in src (and in its output), however wide or deep
 // the value: it reads src once into a tree of spans, then writes each
@@ -47,11 +47,6 @@ func (r *Renderer) AppendJSONB(dst, src []byte) ([]byte, error) {
 	}
 	return t.emit(dst, root), nil
 }
-
-// maxExponent bounds the exponents rewritten without one: numeric_in
-// refuses larger ones, so no jsonb holds them; such a number is kept as
-// written.
-const maxExponent = 1000
 
 // node is a JSON value of src: a scalar's span, or a container's members
 // (an array's elements are members without keys), members[first:first+n].
@@ -290,6 +285,14 @@ func appendEscaped(dst, s []byte) []byte {
 	return append(dst, '"')
 }
 
+// numeric's limits: digits before the point and after it. A number beyond
+// them cannot be in a jsonb value (numeric_in refuses it), so a json
+// column's is kept as written.
+const (
+	maxWhole = 131072
+	maxScale = 16383
+)
+
 // appendNumber appends the JSON number n as numeric renders it: without
 // an exponent, with the scale numeric_in gives it (its fraction's digits
 // less the exponent, at least 0), and without the sign of a zero.
@@ -299,8 +302,12 @@ func appendNumber(dst, n []byte) []byte {
 	if neg {
 		body = n[1:]
 	}
+	e := bytes.IndexAny(body, "eE")
+	if e < 0 && (!neg || bytes.IndexAny(body, "123456789") >= 0) {
+		return append(dst, n...) // numeric prints a plain decimal as it reads it
+	}
 	mant, exp := body, 0
-	if e := bytes.IndexAny(body, "eE"); e >= 0 {
+	if e >= 0 {
 		mant = body[:e]
 		x := body[e+1:]
 		sign := 1
@@ -310,14 +317,14 @@ func appendNumber(dst, n []byte) []byte {
 			}
 			x = x[1:]
 		}
+		if len(x) == 0 || len(x) > 7 {
+			return append(dst, n...)
+		}
 		for _, c := range x {
-			if c < '0' || c > '9' || exp > maxExponent {
+			if c < '0' || c > '9' {
 				return append(dst, n...)
 			}
 			exp = exp*10 + int(c-'0')
-		}
-		if exp > maxExponent {
-			return append(dst, n...)
 		}
 		exp *= sign
 	}
@@ -325,13 +332,35 @@ func appendNumber(dst, n []byte) []byte {
 	if p := bytes.IndexByte(mant, '.'); p >= 0 {
 		intPart, frac = mant[:p], mant[p+1:]
 	}
+	scale := len(frac) - exp // digits after the point
+	if scale > maxScale {
+		return append(dst, n...)
+	}
+	lead := 0 // leading zeros of the digits
+	for _, d := range intPart {
+		if d != '0' {
+			break
+		}
+		lead++
+	}
+	if lead == len(intPart) {
+		for _, d := range frac {
+			if d != '0' {
+				break
+			}
+			lead++
+		}
+	}
+	if lead == len(intPart)+len(frac) && scale <= 0 {
+		return append(dst, '0') // a zero with no fraction left
+	}
+	if len(intPart)+exp-lead > maxWhole {
+		return append(dst, n...)
+	}
 	digits := make([]byte, 0, len(intPart)+len(frac)+max(exp, 0))
 	digits = append(append(digits, intPart...), frac...)
-	scale := len(frac) - exp // digits after the point
 	if scale < 0 {
-		for range -scale {
-			digits = append(digits, '0')
-		}
+		digits = append(digits, bytes.Repeat([]byte{'0'}, -scale)...)
 		scale = 0
 	}
 	if pad := scale + 1 - len(digits); pad > 0 {

@@ -98,3 +98,14 @@ func FuzzAppendJSONB(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendJSONBBeyondNumeric: a number numeric cannot hold (no jsonb
+// holds it; a json column may) is kept as written.
+func TestAppendJSONBBeyondNumeric(t *testing.T) {
+	for _, n := range []string{"1e131072", "-0.0e-16383", "1e-16384", "1e99999999"} {
+		got, err := AppendJSONB(nil, []byte("["+n+"]"))
+		if err != nil || string(got) != "["+n+"]" {
+			t.Errorf("AppendJSONB([%s]) = %s, %v", n, got, err)
+		}
+	}
+}

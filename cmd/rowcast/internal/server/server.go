@@ -197,7 +197,7 @@ func New(o Options) (*Relay, error) {
 			OnFailure:  func(err error) { r.report.Failure(report.KindCapture, err) },
 			OnSlotLost: func(why string) { r.report.Failure(report.KindSlot, errors.New(why)) },
 			Retry:      o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
-			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot, Excluded: excludedColumns(cfg.CapturedTables()),
+			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot,
 			Doorbell: doorbell, LocalTicker: r.ticker.Holding, WakeTicker: r.ticker.Ring, GroupPause: cfg.Capture.GroupPause,
 			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
 			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
@@ -275,17 +275,6 @@ func replicaName() string {
 	}
 	h, _ := os.Hostname()
 	return h
-}
-
-// excludedColumns returns, for the slot holder, the lookup by schema and
-// name of the excluded columns of a captured table that it renders null
-// (triggers.HolderNulls).
-func excludedColumns(tables []config.Table) func(schema, table string) []string {
-	byName := map[[2]string][]string{}
-	for _, t := range tables {
-		byName[[2]string{t.Schema(), t.Name()}] = triggers.HolderNulls(t)
-	}
-	return func(schema, table string) []string { return byName[[2]string{schema, table}] }
 }
 
 // Rules turns table configuration into mapping rules.
