@@ -126,7 +126,13 @@ func canonNumber(buf, n []byte) (canonical, bool) {
 			}
 			x = x[1:]
 		}
-		if len(x) == 0 || len(x) > 18 {
+		if len(x) == 0 {
+			return c, false
+		}
+		if x = bytes.TrimLeft(x, "0"); len(x) > 18 {
+			if len(bytes.Trim(mant, "0.")) == 0 {
+				return canonical{}, true // zero, whatever the exponent
+			}
 			return c, false
 		}
 		for _, d := range x {

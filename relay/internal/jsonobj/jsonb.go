@@ -317,7 +317,13 @@ func appendNumber(dst, n []byte) []byte {
 			}
 			x = x[1:]
 		}
-		if len(x) == 0 || len(x) > 7 {
+		if len(x) == 0 {
+			return append(dst, n...)
+		}
+		if x = bytes.TrimLeft(x, "0"); len(x) > 7 {
+			if sign > 0 && len(bytes.Trim(mant, "0.")) == 0 {
+				return append(dst, '0') // zero, whatever the exponent
+			}
 			return append(dst, n...)
 		}
 		for _, c := range x {

@@ -102,10 +102,20 @@ func FuzzAppendJSONB(f *testing.F) {
 // TestAppendJSONBBeyondNumeric: a number numeric cannot hold (no jsonb
 // holds it; a json column may) is kept as written.
 func TestAppendJSONBBeyondNumeric(t *testing.T) {
-	for _, n := range []string{"1e131072", "-0.0e-16383", "1e-16384", "1e99999999"} {
+	for _, n := range []string{"1e131072", "-0.0e-16383", "1e-16384", "1e99999999", "1e-000000016384"} {
 		got, err := AppendJSONB(nil, []byte("["+n+"]"))
 		if err != nil || string(got) != "["+n+"]" {
 			t.Errorf("AppendJSONB([%s]) = %s, %v", n, got, err)
+		}
+	}
+}
+
+// TestAppendJSONBExponentZeros: an exponent's leading zeros do not count,
+// and a zero is 0 whatever its exponent, as numeric_in reads them.
+func TestAppendJSONBExponentZeros(t *testing.T) {
+	for in, want := range map[string]string{"[1e00000005]": "[100000]", "[0e12345678]": "[0]", "[-0.00e99999999999]": "[0]"} {
+		if got, err := AppendJSONB(nil, []byte(in)); err != nil || string(got) != want {
+			t.Errorf("AppendJSONB(%s) = %s, %v; want %s", in, got, err, want)
 		}
 	}
 }
