@@ -276,7 +276,7 @@ type Table struct {
 	TeamColumn     string   `mapstructure:"team_column" yaml:"team_column"`         // default team_id unless TeamFrom is set
 	UserColumn     string   `mapstructure:"user_column" yaml:"user_column"`         // ai_task: default user_id
 	ActorColumn    string   `mapstructure:"actor_column" yaml:"actor_column"`       // optional
-	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never leave the database
+	ExcludeColumns []string `mapstructure:"exclude_columns" yaml:"exclude_columns"` // never stored in the history nor sent
 	// TeamFrom takes the team from a parent row instead of TeamColumn.
 	TeamFrom *TeamFrom `mapstructure:"team_from" yaml:"team_from"`
 	// ReplicaIdentityIndex, in logical mode, names a unique index that
