@@ -174,12 +174,11 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	// Stored generated columns are computed on the whole row and merged
-	// into the holder's rendering (the relay orders the keys). Excluded
-	// columns are null: the holder renders those the body does not read
-	// null (HolderNulls, from rowcast.holder_nulls, which install writes with
-	// this function), and this function the others, after reading them;
-	// with generated columns, which are computed from the real values, it
-	// sets them all.
+	// into the holder's rendering (the relay orders the keys); excluded
+	// columns, generated or not, are set to null here, after the body's
+	// fields and the generated columns were read from their values (the
+	// installed function, not the relay's configuration, decides what is
+	// excluded).
 	var g strings.Builder
 	var pairsNew, pairsOld []string
 	for _, c := range gen {
@@ -194,9 +193,6 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		}
 	}
 	nulls := t.ExcludeColumns
-	if len(gen) == 0 {
-		nulls = applyNulls(t)
-	}
 	if len(pairsNew) > 0 || len(nulls) > 0 {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN new_j := %s; END IF;\n    IF old_j IS NOT NULL THEN old_j := %s; END IF;\n",
 			mergeJSON("new_j", pairsNew, nulls), mergeJSON("old_j", pairsOld, nulls))
@@ -207,12 +203,6 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	var b strings.Builder
 	b.WriteString(fnSQL)
 	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, json, json) IS %s;\n", fn, literal(hashPrefix+hash))
-	holderNulls := []string{}
-	if len(gen) == 0 {
-		holderNulls = HolderNulls(t)
-	}
-	fmt.Fprintf(&b, "INSERT INTO rowcast.holder_nulls (tbl, columns) VALUES (%s, %s) ON CONFLICT (tbl) DO UPDATE SET columns = excluded.columns;\n",
-		literal(t.Qualified()), textArray(holderNulls))
 	// Before 2026-12-06 apply functions took jsonb rows; a slot holder of
 	// that version fails on its next group without one and retries until a
 	// holder of this version takes the slot (nothing is lost: the slot
@@ -240,33 +230,6 @@ func mergeJSON(j string, pairs, nulls []string) string {
 		rows += " UNION ALL VALUES " + strings.Join(pairs, ", ")
 	}
 	return "coalesce((SELECT json_object_agg(x.k, " + value + ") FROM (" + rows + ") AS x (k, v)), '{}'::json)"
-}
-
-// HolderNulls returns the excluded columns of t that the slot holder
-// renders null in the rows it hands to t's apply function (install keeps
-// them in rowcast.holder_nulls; a table with stored generated columns has none
-// there, since those are computed from the row's real values): the ones
-// the capture body does not read. The apply function sets the others to
-// null itself (applyNulls), after reading them.
-func HolderNulls(t config.Table) []string {
-	var out []string
-	for _, c := range t.ExcludeColumns {
-		if !slices.Contains(fieldColumns(t), c) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// applyNulls returns the excluded columns of t that the capture body reads.
-func applyNulls(t config.Table) []string {
-	var out []string
-	for _, c := range t.ExcludeColumns {
-		if slices.Contains(fieldColumns(t), c) {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // fieldColumns lists the columns the capture body reads from a row, as

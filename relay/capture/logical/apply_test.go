@@ -27,7 +27,7 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 		{Name: "id", DataType: pgtype.Int8OID, TypeModifier: -1, Flags: keyColumnFlag},
 		{Name: "team", DataType: pgtype.TextOID, TypeModifier: -1},
 	}}
-	rel := newRelation(m, nil)
+	rel := newRelation(m)
 	types, _, err := columnTypes(ctx, conn, m)
 	if err != nil {
 		t.Fatal(err)
