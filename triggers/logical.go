@@ -184,18 +184,12 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	for _, c := range gen {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
 		fmt.Fprintf(&g, "    IF old_j IS NOT NULL THEN r_old.%[1]s := (SELECT %[2]s FROM (SELECT (r_old).*) AS t); END IF;\n", ident(c.Name), c.Expr)
-		if slices.Contains(t.ExcludeColumns, c.Name) {
-			pairsNew = append(pairsNew, "("+literal(c.Name)+", 'null'::json)")
-			pairsOld = append(pairsOld, "("+literal(c.Name)+", 'null'::json)")
-		} else {
-			pairsNew = append(pairsNew, "("+literal(c.Name)+", to_json(r_new."+ident(c.Name)+"))")
-			pairsOld = append(pairsOld, "("+literal(c.Name)+", to_json(r_old."+ident(c.Name)+"))")
-		}
+		pairsNew = append(pairsNew, "("+literal(c.Name)+", to_json(r_new."+ident(c.Name)+"))")
+		pairsOld = append(pairsOld, "("+literal(c.Name)+", to_json(r_old."+ident(c.Name)+"))")
 	}
-	nulls := t.ExcludeColumns
-	if len(pairsNew) > 0 || len(nulls) > 0 {
+	if len(pairsNew) > 0 || len(t.ExcludeColumns) > 0 {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN new_j := %s; END IF;\n    IF old_j IS NOT NULL THEN old_j := %s; END IF;\n",
-			mergeJSON("new_j", pairsNew, nulls), mergeJSON("old_j", pairsOld, nulls))
+			mergeJSON("new_j", pairsNew, t.ExcludeColumns), mergeJSON("old_j", pairsOld, t.ExcludeColumns))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
 	fnSQL := functionSQL(fn+"(op text, new_j json, old_j json)", "void", "#variable_conflict use_column\n"+body)
