@@ -156,6 +156,15 @@ CREATE TABLE IF NOT EXISTS rowcast.logical_state (
     commit_lsn pg_lsn NOT NULL
 );
 
+-- Logical capture: the excluded columns the slot holder renders null in the
+-- rows it hands to a table's apply function (schema.name), written by
+-- install with the apply function, which refuses rows rendered from another
+-- list; the holder reads them at each Relation message.
+CREATE TABLE IF NOT EXISTS rowcast.holder_nulls (
+    tbl     text PRIMARY KEY,
+    columns text[] NOT NULL
+);
+
 -- AI tasks: the highest progress sent per running task, so a lower write is
 -- sent with it. Rows go when the task completes or fails.
 CREATE TABLE IF NOT EXISTS rowcast.task_progress (

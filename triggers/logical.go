@@ -119,20 +119,20 @@ func OptionsFor(cfg *config.Config) Options {
 // same body as the capture trigger on the rows the slot holder decoded, so
 // that both modes send byte-identical events (the changelog rows may
 // differ in key order and spacing, which the relay's rendering as jsonb
-// removes). new_j and old_j are the
-// rows' json as the holder rendered them with the column types of the
-// relation message that preceded the change, that is as the table was when
-// the change was committed, not as it is when the holder applies it (a
-// later migration may have added, dropped, renamed or retyped columns).
-// They are used where the trigger uses
-// to_json(NEW) and to_json(OLD). Rows of the table's type
-// (json_populate_record) serve only to read the fields the body needs (id,
-// team, actor, task columns), and, for a table with stored generated
-// columns (which pgoutput does not send), to compute those with their own
+// removes). new_j and old_j are the rows' json as the holder rendered them
+// with the column types of the relation message that preceded the change,
+// that is as the table was when the change was committed, not as it is
+// when the holder applies it (a later migration may have added, dropped,
+// renamed or retyped columns); they are used where the trigger uses
+// to_json(NEW) and to_json(OLD). new_v and old_v are the same rows' text
+// values, from which the fields the body needs (id, team, actor, task
+// columns) are read into rows of the table's type. A table with stored
+// generated columns (which pgoutput does not send) reads its rows whole
+// from new_j and old_j instead, to compute those columns with their own
 // expressions on the table as it is, merged into the json (the relay puts
-// the keys in order); excluded columns are then set to null, as the
-// capture trigger sets them. It also drops the table's capture triggers (both modes at once
-// would capture twice) and sets the replica identity.
+// the keys in order). Excluded columns are null, as the capture trigger
+// sets them: see nulled below. It also drops the table's capture triggers
+// (both modes at once would capture twice) and sets the replica identity.
 //
 // A team_from table's team is looked up in the parent table when the holder
 // applies the change, not as the source transaction saw the parent:
@@ -158,28 +158,48 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	fields := func(j string) string { return j }
-	if len(gen) == 0 {
-		// Only the fields the body reads: a column retyped since the
-		// change could not take its old value, and need not.
-		fields = func(j string) string {
-			var args []string
+	var decl, fields string
+	if len(gen) > 0 {
+		// The whole row: the generated columns' expressions read it.
+		decl = fmt.Sprintf("    r_new %[1]s := json_populate_record(NULL::%[1]s, new_j);\n"+
+			"    r_old %[1]s := json_populate_record(NULL::%[1]s, old_j);\n", tbl)
+	} else {
+		// Only the fields the body reads, each from its text value (one
+		// lookup in new_v or old_v, where json's -> would parse the whole
+		// row again for each): a column retyped since the change could
+		// not take its old value and need not, and a NOT NULL domain
+		// column the body does not read stays unset.
+		decl = fmt.Sprintf("    r_new %[1]s;\n    r_old %[1]s;\n", tbl)
+		for _, r := range [][2]string{{"r_new", "new_v"}, {"r_old", "old_v"}} {
+			fields += "    IF " + r[1] + " IS NOT NULL THEN"
 			for _, c := range fieldColumns(t) {
-				args = append(args, literal(c)+", "+j+" -> "+literal(c))
+				fields += " " + r[0] + "." + ident(c) + " := " + r[1] + " ->> " + literal(c) + ";"
 			}
-			return "json_build_object(" + strings.Join(args, ", ") + ")"
+			fields += " END IF;\n"
 		}
 	}
-	decl := fmt.Sprintf("    r_new %[1]s := json_populate_record(NULL::%[1]s, %[2]s);\n    r_old %[1]s := json_populate_record(NULL::%[1]s, %[3]s);\n",
-		tbl, fields("new_j"), fields("old_j"))
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	// Stored generated columns are computed on the whole row and merged
-	// into the holder's rendering (the relay orders the keys); excluded
-	// columns, generated or not, are set to null here, after the body's
-	// fields and the generated columns were read from their values (the
-	// installed function, not the relay's configuration, decides what is
-	// excluded).
+	// into the holder's rendering (the relay orders the keys). Excluded
+	// columns are null in the rows this function writes. The holder
+	// renders null those the body does not read (holderNullColumns; none for a
+	// table with stored generated columns, which are computed from the
+	// real values), as rowcast.holder_nulls lists them, and passes that
+	// list as nulled. This function refuses a list other than its own, so
+	// an install that changed the exclusions after the holder read them
+	// rolls the holder's group back; its next attempt reads them again.
+	// The function sets the other excluded columns to null itself, after
+	// the body's fields and the generated columns were read from them.
+	holderNulls, nulls := holderNullColumns(t), applyNullColumns(t)
+	if len(gen) > 0 {
+		holderNulls, nulls = nil, t.ExcludeColumns
+	}
 	var g strings.Builder
+	fmt.Fprintf(&g, "    IF nulled IS DISTINCT FROM %[1]s THEN\n"+
+		"        RAISE EXCEPTION 'rowcast: the slot holder rendered null %%, the apply function of %% nulls %%', nulled, %[2]s, %[1]s\n"+
+		"            USING ERRCODE = %[3]s, HINT = 'an install changed the excluded columns; the holder reads them again on its next attempt';\n"+
+		"    END IF;\n", textArray(holderNulls), literal(t.Qualified()), literal(NullsMismatch))
+	g.WriteString(fields)
 	var pairsNew, pairsOld []string
 	for _, c := range gen {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN r_new.%[1]s := (SELECT %[2]s FROM (SELECT (r_new).*) AS t); END IF;\n", ident(c.Name), c.Expr)
@@ -187,28 +207,31 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		pairsNew = append(pairsNew, "("+literal(c.Name)+", to_json(r_new."+ident(c.Name)+"))")
 		pairsOld = append(pairsOld, "("+literal(c.Name)+", to_json(r_old."+ident(c.Name)+"))")
 	}
-	if len(pairsNew) > 0 || len(t.ExcludeColumns) > 0 {
+	if len(pairsNew) > 0 || len(nulls) > 0 {
 		fmt.Fprintf(&g, "    IF new_j IS NOT NULL THEN new_j := %s; END IF;\n    IF old_j IS NOT NULL THEN old_j := %s; END IF;\n",
-			mergeJSON("new_j", pairsNew, t.ExcludeColumns), mergeJSON("old_j", pairsOld, t.ExcludeColumns))
+			mergeJSON("new_j", pairsNew, nulls), mergeJSON("old_j", pairsOld, nulls))
 	}
 	body = strings.Replace(body, "BEGIN\n", "BEGIN\n"+g.String(), 1)
-	fnSQL := functionSQL(fn+"(op text, new_j json, old_j json)", "void", "#variable_conflict use_column\n"+body)
+	fnSQL := functionSQL(fn+"(op text, new_j json, old_j json, nulled text[], new_v jsonb, old_v jsonb)", "void", "#variable_conflict use_column\n"+body)
 	hash := hashOf(fnSQL)
 	var b strings.Builder
 	b.WriteString(fnSQL)
-	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, json, json) IS %s;\n", fn, literal(hashPrefix+hash))
-	// Before 2026-12-06 apply functions took jsonb rows; a slot holder of
-	// that version fails on its next group without one and retries until a
-	// holder of this version takes the slot (nothing is lost: the slot
-	// keeps what no group committed).
+	fmt.Fprintf(&b, "COMMENT ON FUNCTION %s(text, json, json, text[], jsonb, jsonb) IS %s;\n", fn, literal(hashPrefix+hash))
+	b.WriteString(holderNullsSQL(t, holderNulls))
+	// Apply functions of earlier versions took (text, jsonb, jsonb), then
+	// (text, json, json); a slot holder of such a version
+	// fails on its next group without one and retries until a holder of
+	// this version takes the slot (nothing is lost: the slot keeps what no
+	// group committed).
 	fmt.Fprintf(&b, "DROP FUNCTION IF EXISTS %s(text, jsonb, jsonb);\n", fn)
+	fmt.Fprintf(&b, "DROP FUNCTION IF EXISTS %s(text, json, json);\n", fn)
 	b.WriteString(dropTriggersSQL(tbl) + "\n")
 	if t.ReplicaIdentityIndex != "" {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY USING INDEX %s;\n", tbl, ident(t.ReplicaIdentityIndex))
 	} else {
 		fmt.Fprintf(&b, "ALTER TABLE %s REPLICA IDENTITY FULL;\n", tbl)
 	}
-	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String()}, nil
+	return TablePlan{Table: t, Function: fn, Hash: hash, SQL: b.String(), HolderNulls: holderNulls}, nil
 }
 
 // mergeJSON renders the expression for the json object j with the members
@@ -224,6 +247,45 @@ func mergeJSON(j string, pairs, nulls []string) string {
 		rows += " UNION ALL VALUES " + strings.Join(pairs, ", ")
 	}
 	return "coalesce((SELECT json_object_agg(x.k, " + value + ") FROM (" + rows + ") AS x (k, v)), '{}'::json)"
+}
+
+// holderNullsSQL records the columns the slot holder renders null in t's
+// rows (verifyLogical checks them).
+func holderNullsSQL(t config.Table, cols []string) string {
+	return fmt.Sprintf("INSERT INTO rowcast.holder_nulls (tbl, columns) VALUES (%s, %s)"+
+		" ON CONFLICT (tbl) DO UPDATE SET columns = excluded.columns;\n", literal(t.Qualified()), textArray(cols))
+}
+
+// NullsMismatch is the SQLSTATE with which an apply function refuses rows
+// whose excluded columns the slot holder rendered from another list than
+// the function's own.
+const NullsMismatch = "RC001"
+
+// holderNullColumns returns the excluded columns of t that the slot holder
+// renders null in the rows it hands to t's apply function (install keeps
+// them in rowcast.holder_nulls; a table with stored generated columns has none
+// there, since those are computed from the row's real values): the ones
+// the capture body does not read. The apply function sets the others to
+// null itself (applyNullColumns), after reading them.
+func holderNullColumns(t config.Table) []string {
+	var out []string
+	for _, c := range t.ExcludeColumns {
+		if !slices.Contains(fieldColumns(t), c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// applyNullColumns returns the excluded columns of t that the capture body reads.
+func applyNullColumns(t config.Table) []string {
+	var out []string
+	for _, c := range t.ExcludeColumns {
+		if slices.Contains(fieldColumns(t), c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // fieldColumns lists the columns the capture body reads from a row, as
@@ -506,6 +568,24 @@ where p.pubname = $1 and c.relreplident in ('f', 'i') order by 1`, publication)
 // verifyLogical adds the logical-mode differences to drift.
 func verifyLogical(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 	var drift []string
+	// The columns the holder renders null, per table (none before a
+	// schema that has the table: Verify reports that schema's drift).
+	held := map[string][]string{}
+	var hasNulls bool
+	if err := conn.QueryRow(ctx, "select to_regclass('rowcast.holder_nulls') is not null").Scan(&hasNulls); err != nil {
+		return nil, fmt.Errorf("verify holder nulls: %w", err)
+	}
+	if hasNulls {
+		rows, err := conn.Query(ctx, "select tbl, columns from rowcast.holder_nulls")
+		if err != nil {
+			return nil, fmt.Errorf("verify holder nulls: %w", err)
+		}
+		var tbl string
+		var cols []string
+		if _, err := pgx.ForEachRow(rows, []any{&tbl, &cols}, func() error { held[tbl] = slices.Clone(cols); return nil }); err != nil {
+			return nil, fmt.Errorf("verify holder nulls: %w", err)
+		}
+	}
 	for _, t := range p.Tables {
 		tbl := ident(t.Table.Schema()) + "." + ident(t.Table.Name())
 		var exists, triggered bool
@@ -519,7 +599,7 @@ select c.oid is not null,
                  where i.indrelid = c.oid and i.indisreplident), ''),
        exists (select 1 from pg_trigger where tgrelid = c.oid and tgname = $3)
 from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
-			tbl, t.Function+"(text, json, json)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
+			tbl, t.Function+"(text, json, json, text[], jsonb, jsonb)", captureTrigger).Scan(&exists, &comment, &replident, &index, &triggered)
 		if err != nil {
 			return nil, fmt.Errorf("verify %s: %w", t.Table.Qualified(), err)
 		}
@@ -531,6 +611,11 @@ from (select to_regclass($1) as oid) r left join pg_class c on c.oid = r.oid`,
 			drift = append(drift, t.Table.Qualified()+": apply function missing")
 		case *comment != hashPrefix+t.Hash:
 			drift = append(drift, t.Table.Qualified()+": apply function differs from the configuration")
+		}
+		if nulled, ok := held[t.Table.Qualified()]; !ok || !slices.Equal(nulled, t.HolderNulls) && len(nulled)+len(t.HolderNulls) > 0 {
+			// The apply function would refuse every change the holder
+			// renders with this list.
+			drift = append(drift, t.Table.Qualified()+": rowcast.holder_nulls differs from the configuration's excluded columns")
 		}
 		if triggered {
 			drift = append(drift, t.Table.Qualified()+": has a trigger-mode capture trigger (it would capture twice)")

@@ -257,3 +257,35 @@ func TestInstallNewSlotNewEpoch(t *testing.T) {
 		t.Fatal("install recreated the slot under the old epoch")
 	}
 }
+
+// TestVerifyHolderNulls: verify reports a table whose recorded list of
+// columns the slot holder renders null is not the one its apply function
+// expects (the function would refuse every change), and a table that has
+// none recorded.
+func TestVerifyHolderNulls(t *testing.T) {
+	conn := connect(t, pg.NewDatabase(t))
+	exec(t, conn, `create table vault (id bigint primary key, team_id bigint not null, secret text, editor bigint)`)
+	tb := config.Table{Table: "vault", Kind: config.KindEntity, IDColumn: "id", TeamColumn: "team_id",
+		ActorColumn: "editor", ExcludeColumns: []string{"secret", "editor"}}.WithDefaults()
+	plan, err := triggers.Render([]config.Table{tb}, triggers.Options{Logical: true, Slot: "rowcast", Publication: "rowcast"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	install(t, conn, plan)
+	if drift := verify(t, conn, plan); len(drift) > 0 {
+		t.Errorf("drift right after install: %q", drift)
+	}
+	// editor is read by the capture: the apply function nulls it itself.
+	if !queryBool(t, conn, "select columns = '{secret}' from rowcast.holder_nulls where tbl = 'public.vault'") {
+		t.Error("holder nulls are not {secret}")
+	}
+	const line = "rowcast.holder_nulls differs from the configuration's excluded columns"
+	exec(t, conn, "update rowcast.holder_nulls set columns = '{}'")
+	if drift := verify(t, conn, plan); !hasLine(drift, line) {
+		t.Errorf("holder nulls emptied: drift %q", drift)
+	}
+	exec(t, conn, "delete from rowcast.holder_nulls")
+	if drift := verify(t, conn, plan); !hasLine(drift, line) {
+		t.Errorf("holder nulls deleted: drift %q", drift)
+	}
+}

@@ -84,6 +84,9 @@ type TablePlan struct {
 	// Parent is the trigger this table's team_from rule needs on the
 	// parent table, in trigger mode; zero otherwise.
 	Parent ParentTrigger
+	// HolderNulls are the excluded columns the slot holder renders null
+	// (logical mode; install records them in rowcast.holder_nulls).
+	HolderNulls []string
 }
 
 // ParentTrigger is a trigger on a team_from parent table: BEFORE a parent

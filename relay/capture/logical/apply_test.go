@@ -20,14 +20,14 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 	if err := prepareSession(ctx, conn, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, `create function apply_t(op text, new_j json, old_j json) returns void language plpgsql cost 10000 as 'begin end'`); err != nil {
+	if _, err := conn.Exec(ctx, `create function apply_t(op text, new_j json, old_j json, nulled text[], new_v jsonb, old_v jsonb) returns void language plpgsql cost 10000 as 'begin end'`); err != nil {
 		t.Fatal(err)
 	}
 	m := &pglogrepl.RelationMessage{Namespace: "public", RelationName: "t", Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: "id", DataType: pgtype.Int8OID, TypeModifier: -1, Flags: keyColumnFlag},
 		{Name: "team", DataType: pgtype.TextOID, TypeModifier: -1},
 	}}
-	rel := newRelation(m)
+	rel := newRelation(m, nil)
 	types, _, err := columnTypes(ctx, conn, m)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
@@ -13,9 +14,11 @@ import (
 // relation is a cached Relation message: the table's columns as they were
 // when the changes that follow it were committed.
 type relation struct {
-	table   string // schema.name as configured
-	columns []string
-	key     []bool // column is part of the replica identity
+	table    string // schema.name as configured
+	columns  []string
+	excluded []bool   // rendered null: excluded, and not read by the apply function
+	nulled   []string // the list excluded was read from, passed to the apply function
+	key      []bool   // column is part of the replica identity
 	// sql applies a run of this relation's changes: it renders each row's
 	// JSON from its text values with the column types of this relation
 	// message and passes it to the table's apply function.
@@ -33,15 +36,19 @@ const maxBuildArgs = 50
 // format_type names it, so PostgreSQL renders it exactly as to_json renders
 // the row in trigger mode, in the same order (json_build_object and
 // to_json render values alike; the spaces json_build_object puts between
-// tokens are not part of the value, and the relay drops them); absent
-// columns are left out, never null.
-func renderSQL(columns, types []string, x, absent string) string {
+// tokens are not part of the value, and the relay drops them); excluded
+// columns are null and absent columns are left out, never null.
+func renderSQL(columns, types []string, excluded []bool, x, absent string) string {
 	var chunks []string
 	for start := 0; start < len(columns); start += maxBuildArgs {
 		var args []string
 		for i := start; i < min(start+maxBuildArgs, len(columns)); i++ {
 			key := quoteLiteral(columns[i])
-			args = append(args, key+", ("+x+" ->> "+key+")::"+types[i])
+			if excluded[i] {
+				args = append(args, key+", NULL")
+			} else {
+				args = append(args, key+", ("+x+" ->> "+key+")::"+types[i])
+			}
 		}
 		chunks = append(chunks, "json_build_object("+strings.Join(args, ", ")+")")
 	}
@@ -83,11 +90,13 @@ const keyColumnFlag = 1
 
 // newRelation decodes a Relation message into its cache entry, without the
 // statement (see applySQL), which needs the column types named by the
-// database.
-func newRelation(m *pglogrepl.RelationMessage) *relation {
-	rel := &relation{table: m.Namespace + "." + m.RelationName}
+// database. excluded names the columns to render null (some may not be
+// columns of m).
+func newRelation(m *pglogrepl.RelationMessage, excluded []string) *relation {
+	rel := &relation{table: m.Namespace + "." + m.RelationName, nulled: excluded}
 	for _, c := range m.Columns {
 		rel.columns = append(rel.columns, c.Name)
+		rel.excluded = append(rel.excluded, slices.Contains(excluded, c.Name))
 		rel.key = append(rel.key, c.Flags&keyColumnFlag != 0)
 	}
 	return rel
@@ -135,10 +144,17 @@ func columnTypes(ctx context.Context, db *pgx.Conn, m *pglogrepl.RelationMessage
 // before it; the WHERE clause sets them as each row is scanned, before the
 // aggregate calls fn for it (the plan is an aggregate over the function
 // scan, and set_config is parallel-unsafe). The clause filters nothing:
-// set_config returns the value it set, never NULL for a value.
+// set_config returns the value it set, never NULL for a value. fn also
+// takes the list of columns rendered null, which it checks against its
+// own, and the rows' text values, from which it reads the fields its
+// capture needs.
 func applySQL(rel *relation, fn string, types []string) string {
-	return "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, "u.n", "u.na") + ", " +
-		renderSQL(rel.columns, types, "u.o", "u.oa") + "))" +
+	nulled := make([]string, len(rel.nulled))
+	for i, c := range rel.nulled {
+		nulled[i] = quoteLiteral(c)
+	}
+	return "select count(" + fn + "(u.op, " + renderSQL(rel.columns, types, rel.excluded, "u.n", "u.na") + ", " +
+		renderSQL(rel.columns, types, rel.excluded, "u.o", "u.oa") + ", ARRAY[" + strings.Join(nulled, ", ") + "]::text[], u.n, u.o))" +
 		" from unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])" +
 		" as u (op, n, o, na, oa, ct, ac, rq) where " + settingsWhere
 }
@@ -156,7 +172,18 @@ const settingsSQL = "select count(*) from (values ($1::text, $2::text, $3::text)
 // relation caches a Relation message with the statement that applies its
 // changes; the column types are named by the database once per message.
 func (a *applier) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
-	rel := newRelation(m)
+	// The excluded columns to render null, as the last install recorded
+	// them with the table's apply function. The function refuses rows
+	// rendered from another list (an install changed the exclusions since
+	// this read), which ends the attempt: the next one's walsender sends
+	// the Relation message again, and the list is read again.
+	var excluded []string
+	err := a.db.QueryRow(ctx, "select coalesce((select e.columns from rowcast.holder_nulls e where e.tbl = $1), '{}')",
+		m.Namespace+"."+m.RelationName).Scan(&excluded)
+	if err != nil {
+		return fmt.Errorf("logical relation %s: excluded columns: %w", m.Namespace+"."+m.RelationName, err)
+	}
+	rel := newRelation(m, excluded)
 	types, unknown, err := columnTypes(ctx, a.db, m)
 	if err != nil {
 		return fmt.Errorf("logical relation %s: %w", rel.table, err)
@@ -192,7 +219,8 @@ func (rel *relation) keyOf(t *pglogrepl.TupleData) *pglogrepl.TupleData {
 
 // tupleJSON renders a tuple as a JSON object of its columns' text values,
 // or nil, and lists the columns it lacks as a text[] literal, or nil when
-// it lacks none (the apply function sets excluded columns to null). A column sent as unchanged
+// it lacks none. The values of the columns it renders null (excluded) are
+// left out. A column sent as unchanged
 // TOAST ('u') takes its value from fallback (the old tuple, complete with
 // REPLICA IDENTITY FULL) and is absent when fallback lacks it, so it reads
 // as unchanged, never as null.
@@ -205,6 +233,9 @@ func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) (*string, *strin
 	var absent []byte
 	first := true
 	for i := range rel.columns {
+		if rel.excluded[i] {
+			continue
+		}
 		if i >= len(t.Columns) {
 			absent = appendArrayElem(absent, rel.columns[i])
 			continue

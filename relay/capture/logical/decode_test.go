@@ -87,7 +87,7 @@ func testRelation(t *testing.T) *relation {
 	if !ok {
 		t.Fatalf("parsed %T, want *pglogrepl.RelationMessageV2", m)
 	}
-	return newRelation(&rm.RelationMessage)
+	return newRelation(&rm.RelationMessage, nil)
 }
 
 func TestNewRelation(t *testing.T) {
@@ -207,7 +207,7 @@ func TestTupleJSON(t *testing.T) {
 func TestAbsentListQuoting(t *testing.T) {
 	rel := newRelation(&pglogrepl.RelationMessage{Namespace: "s", RelationName: "t", Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: `a"b`, DataType: pgtype.TextOID}, {Name: `c\d`, DataType: pgtype.TextOID}, {Name: "e,f g", DataType: pgtype.TextOID},
-	}})
+	}}, nil)
 	tup := &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
 		{DataType: pglogrepl.TupleDataTypeText, Data: []byte("x")},
 		{DataType: pglogrepl.TupleDataTypeToast}, {DataType: pglogrepl.TupleDataTypeToast},
@@ -234,7 +234,7 @@ func FuzzTupleJSON(f *testing.F) {
 	rel := newRelation(&pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{
 		{Name: "id", Flags: keyColumnFlag}, {Name: "team_id", Flags: keyColumnFlag}, {Name: "t\"itle"},
 		{Name: "meta", DataType: pgtype.JSONBOID}, {Name: "doc", DataType: pgtype.JSONOID}, {Name: "b\\ody"},
-	}})
+	}}, nil)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Only changes (other kinds, such as Truncate's relation count,
 		// also make pglogrepl allocate what they declare), minus the empty
@@ -346,4 +346,25 @@ func parseTextArray(t *testing.T, s string) []string {
 		}
 	}
 	return out
+}
+
+// TestTupleJSONLeavesOutExcluded: a column to render null never has its
+// value in the row handed to PostgreSQL, nor in the absent list, and the
+// apply statement renders it null.
+func TestTupleJSONLeavesOutExcluded(t *testing.T) {
+	rel := newRelation(&pglogrepl.RelationMessage{Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "id", Flags: keyColumnFlag}, {Name: "secret"}, {Name: "note"},
+	}}, []string{"secret", "not a column"})
+	tup := &pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{
+		{DataType: pglogrepl.TupleDataTypeText, Data: []byte("1")},
+		{DataType: pglogrepl.TupleDataTypeText, Data: []byte("hush")},
+		{DataType: pglogrepl.TupleDataTypeToast},
+	}}
+	j, abs := tupleJSON(rel, tup, nil)
+	if str(j) != `{"id":"1"}` || str(abs) != `{"note"}` {
+		t.Errorf("row %s absent %s", str(j), str(abs))
+	}
+	if sql := applySQL(rel, "f", []string{"bigint", "text", "text"}); !strings.Contains(sql, `'secret', NULL`) || strings.Contains(sql, `'secret')::`) {
+		t.Errorf("apply statement renders secret: %s", sql)
+	}
 }

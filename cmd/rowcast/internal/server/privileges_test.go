@@ -175,7 +175,7 @@ func appRoleWrites(t *testing.T, logical bool) {
 	denied("select rowcast.tick(false)")
 	denied("select rowcast.truncated_logical('public.leads')")
 	if logical {
-		denied(`select rowcast.apply__public__leads('INSERT', '{"id": 99, "team_id": 1, "first_name": "forged"}', null)`)
+		denied(`select rowcast.apply__public__leads('INSERT', '{"id": 99, "team_id": 1, "first_name": "forged"}', null, '{}', '{"id": "99", "team_id": "1"}', null)`)
 	} else {
 		// A table of its own with the capture function attached would
 		// record changes under the captured table's name and any team.
