@@ -65,7 +65,7 @@ type rule struct {
 	rowKey                    string // `"escrow":`
 	typePrefix                string // `{"entityType":"escrow","entityId":`
 	resync                    []byte
-	exclude                   [][]byte // Exclude's names as JSON strings
+	exclude                   [][]byte // Exclude's names as the rows' JSON keys
 }
 
 // New checks the rules and returns a Mapper.
@@ -90,7 +90,8 @@ func New(rules []Rule, o Options) (*Mapper, error) {
 			resync:     append(append([]byte(`{"type":"resync","reason":"truncate","entityType":`), jsonstr.Append(nil, r.Entity)...), '}'),
 		}
 		for _, c := range r.Exclude {
-			m.rules[r.Table].exclude = append(m.rules[r.Table].exclude, jsonstr.Append(nil, c))
+			// Quoted as the rows' keys are (PostgreSQL's escapes).
+			m.rules[r.Table].exclude = append(m.rules[r.Table].exclude, jsonobj.AppendQuoted(nil, c))
 		}
 	}
 	return m, nil

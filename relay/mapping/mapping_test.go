@@ -806,20 +806,21 @@ func BenchmarkMapCreate(b *testing.B) {
 // renders every column); no event carries it, and an update of excluded
 // columns only maps to nothing.
 func TestMapLeavesOutExcluded(t *testing.T) {
-	m, err := New([]Rule{{Table: "public.escrows", Entity: "escrow", Exclude: []string{"internal_notes", "gone"}}}, Options{Legacy: true})
+	m, err := New([]Rule{{Table: "public.escrows", Entity: "escrow", Exclude: []string{"internal_notes", "gone", "a\bb"}}}, Options{Legacy: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := relay.Change{Stream: "team:7", Pos: relay.Pos{Tick: 1, Tx: 3, ID: 3}, Table: "public.escrows", EntityID: "5",
 		TeamID: "7", CommittedAt: committed}
 	ins := base
-	ins.Op, ins.Row = relay.OpInsert, json.RawMessage(`{"id":5,"internal_notes":null,"team_id":7}`)
+	// Keys quoted as PostgreSQL quotes them (a backspace as \b).
+	ins.Op, ins.Row = relay.OpInsert, json.RawMessage(`{"id":5,"a\bb":null,"internal_notes":null,"team_id":7}`)
 	evs := m.Map(nil, &ins)
 	if len(evs) != 2 || !strings.Contains(string(evs[0].Data), `"escrow":{"id":5,"team_id":7}`) ||
 		!strings.Contains(string(evs[1].Data), `"data":{"id":5,"team_id":7}`) {
 		t.Errorf("created: %+v", evs)
 	}
-	if string(ins.Row) != `{"id":5,"internal_notes":null,"team_id":7}` {
+	if string(ins.Row) != `{"id":5,"a\bb":null,"internal_notes":null,"team_id":7}` {
 		t.Errorf("the change's row was modified: %s", ins.Row)
 	}
 	upd := base

@@ -256,6 +256,10 @@ func appendString(dst, q []byte) []byte {
 	return appendEscaped(dst, []byte(s))
 }
 
+// AppendQuoted appends s quoted as PostgreSQL quotes it in json and jsonb
+// values (and as AppendJSONB renders every string and key).
+func AppendQuoted(dst []byte, s string) []byte { return appendEscaped(dst, []byte(s)) }
+
 // appendEscaped appends s quoted as PostgreSQL's escape_json quotes text:
 // '"' and '\' and the control characters escaped (\b, \f, \n, \r, \t, the
 // others as \u00xx), everything else as it is.
