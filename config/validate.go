@@ -368,6 +368,10 @@ func (c *Config) tableProblems() []Problem {
 				return "the team column"
 			case col == t.UserColumn && t.UserColumn != "":
 				return "the user column"
+			case t.Kind == KindAITask && col == t.StatusColumn:
+				return "the status column"
+			case t.Kind == KindAITask && col == t.ProgressColumn:
+				return "the progress column"
 			}
 			return ""
 		}

@@ -190,6 +190,13 @@ func TestValidate(t *testing.T) {
 			`tables[0].exclude_columns[1]: "team_id" is the team column; events need it, so it cannot be excluded`,
 			`tables[0].exclude_columns[2]: "bad-col" is not a column name`,
 		}},
+		{"task exclusions", func(c *Config) {
+			// What tells progress from completion.
+			c.Tables[1].ExcludeColumns = []string{"status", "progress", "message"}
+		}, []string{
+			`tables[1].exclude_columns[0]: "status" is the status column; events need it, so it cannot be excluded`,
+			`tables[1].exclude_columns[1]: "progress" is the progress column; events need it, so it cannot be excluded`,
+		}},
 		{"composite key", func(c *Config) {
 			c.Tables = append(c.Tables, Table{Table: "deal_participants", IDColumns: []string{"deal_id", "user_id"}}.WithDefaults())
 		}, nil},
