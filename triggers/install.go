@@ -14,8 +14,14 @@ import (
 	"github.com/rowcast/rowcast/config"
 )
 
-// installLock serialises concurrent installs across processes.
-const installLock = "select pg_advisory_xact_lock(hashtext('rowcast.install'))"
+// InstallLockKey names the advisory lock (hashtext of it) an install or a
+// remove holds exclusively in its transaction: it serialises them across
+// processes, and the logical slot holder takes it shared in each group, so
+// that no install replaces an apply function while a group runs it.
+const InstallLockKey = "rowcast.install"
+
+// installLock takes the install lock.
+const installLock = "select pg_advisory_xact_lock(hashtext('" + InstallLockKey + "'))"
 
 // Check reports, without changing anything, what the database lacks for
 // the plan beyond its tables and columns (see CheckTables): for logical

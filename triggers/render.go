@@ -232,7 +232,8 @@ func rowJSON(j string, t config.Table) string {
 // entityRow renders the expression for an entity row's json: to_json of the
 // trigger's row, whose excluded columns it sets to null first (the mapper
 // leaves them out of events), or the apply function's argument, in which
-// the function set them to null (renderApply). to_json writes the columns in the
+// the slot holder or the function set them to null (renderApply). to_json
+// writes the columns in the
 // table's order and, unlike to_jsonb, neither sorts the keys nor builds a
 // jsonb value: 48k instructions against 74k for the bench's escrow row.
 // jsonb_populate_record ignores a key the row lacks, so a column dropped

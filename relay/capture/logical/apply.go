@@ -341,6 +341,10 @@ func (a *applier) open() {
 		a.txOpen, a.batch, a.txStart, a.rows, a.committed = true, &pgx.Batch{}, time.Now(), 0, false
 		a.beganAt = 0
 		a.queueSQL("begin")
+		// No install commits while the group is open, and the group
+		// reads what one committed before (Options.InstallLock).
+		a.queueSQL("select pg_advisory_xact_lock_shared(hashtext($1))", a.h.o.InstallLock)
+		a.queueSQL("lock table rowcast.holder_nulls in access share mode")
 	}
 	if a.beganAt != a.begin.FinalLSN {
 		a.beganAt = a.begin.FinalLSN

@@ -2,6 +2,7 @@ package logical
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 func TestGroupCommitRingsTheTicker(t *testing.T) {
 	conn := connect(t)
 	ctx := t.Context()
-	if _, err := conn.Exec(ctx, `create schema rowcast; create table rowcast.logical_state (slot text primary key, commit_lsn pg_lsn not null)`); err != nil {
+	if _, err := conn.Exec(ctx, groupSchema); err != nil {
 		t.Fatal(err)
 	}
 	listener, err := pgx.Connect(ctx, conn.Config().ConnString())
@@ -87,7 +88,7 @@ func TestGroupCommitRingsTheTicker(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			calls, woken := 0, false
-			h := &Holder{o: Options{Slot: "s", Doorbell: "bell",
+			h := &Holder{o: Options{Slot: "s", Doorbell: "bell", InstallLock: "rowcast.install",
 				LocalTicker: func() bool {
 					v := tc.holding[min(calls, len(tc.holding)-1)]
 					calls++
@@ -124,5 +125,81 @@ func TestGroupCommitRingsTheTicker(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// groupSchema is what a group touches of the rowcast schema.
+const groupSchema = `create schema rowcast;
+create table rowcast.logical_state (slot text primary key, commit_lsn pg_lsn not null);
+create table rowcast.holder_nulls (tbl text primary key, columns text[] not null)`
+
+// TestGroupWaitsForInstall: a group takes the install lock shared, so no
+// install (which holds it exclusively) commits while the group is open;
+// and a group that waited for an install runs the functions as that
+// install replaced them, not as its backend had cached them.
+func TestGroupWaitsForInstall(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	_, err := conn.Exec(ctx, groupSchema+`; create table seen (v text);
+		create function f() returns void language plpgsql as $$ begin insert into seen values ('v1'); end $$;
+		select f()`) // cached by the holder's backend
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	install, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = install.Exec(ctx, `select pg_advisory_xact_lock(hashtext('rowcast.install'));
+		create or replace function f() returns void language plpgsql as $$ begin insert into seen values ('v2'); end $$`)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a := &applier{h: &Holder{o: Options{Slot: "s", InstallLock: "rowcast.install"}}, db: conn}
+	a.open()
+	a.queueSQL("select f()")
+	sent := make(chan error, 1)
+	go func() { _, err := a.send(ctx); sent <- err }()
+	// Ready: the group waits for the install's lock.
+	for waiting := false; !waiting; {
+		err := install.QueryRow(ctx, "select exists (select 1 from pg_locks where locktype = 'advisory' and not granted)").Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-sent:
+			t.Fatalf("the group ran while an install held the lock (%v)", err)
+		default:
+		}
+	}
+	if err := install.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	// The group is open: an install cannot take the lock.
+	var free bool
+	if err := other.QueryRow(ctx, "select pg_try_advisory_lock(hashtext('rowcast.install'))").Scan(&free); err != nil {
+		t.Fatal(err)
+	}
+	if free {
+		t.Error("an install took the lock while a group was open")
+	}
+	if _, err := conn.Exec(ctx, "commit"); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	if err := other.QueryRow(ctx, "select array_agg(v order by ctid) from seen").Scan(&seen); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seen, ",") != "v1,v2" {
+		t.Errorf("the group ran %v; want the function the install committed while the group waited (v2)", seen[1:])
 	}
 }

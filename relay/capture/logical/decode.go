@@ -102,8 +102,22 @@ func newRelation(m *pglogrepl.RelationMessage, excluded []string) *relation {
 	return rel
 }
 
+// columnTypesSQL names the types of columns (the oids $1 and modifiers $2)
+// as format_type does, a domain by the type it is over (at any depth, with
+// the domain's modifier), or NULL for a type that no longer exists.
+const columnTypesSQL = `with recursive t (n, oid, mod, depth) as (
+    select u.n, u.oid, u.mod, 0 from unnest($1::oid[], $2::int4[]) with ordinality as u (oid, mod, n)
+    union all
+    select t.n, ty.typbasetype, ty.typtypmod, t.depth + 1 from t join pg_type ty on ty.oid = t.oid and ty.typtype = 'd'
+)
+select coalesce(array_agg(format_type(ty.oid, b.mod) order by b.n), '{}')
+from (select distinct on (n) n, oid, mod from t order by n, depth desc) b left join pg_type ty on ty.oid = b.oid`
+
 // columnTypes names the type of each column of m as format_type does, for
-// the casts of applySQL. A type the database no longer has (an enum or a
+// the casts of applySQL. A domain is named by the type it is over: to_json
+// renders a domain's value as its base type's, and a cast to a domain
+// refusing null would fail on the null of a column the tuple lacks (an
+// old row of a replica identity index holds only the index's columns). A type the database no longer has (an enum or a
 // domain dropped since the change was committed; format_type would name it
 // "???") is named text, so the value is rendered as the JSON string of its
 // text form, as to_jsonb renders an enum, instead of failing every attempt
@@ -115,9 +129,7 @@ func columnTypes(ctx context.Context, db *pgx.Conn, m *pglogrepl.RelationMessage
 		oids[i], mods[i] = c.DataType, c.TypeModifier
 	}
 	var named []*string
-	err = db.QueryRow(ctx, `select coalesce(array_agg(format_type(ty.oid, t.mod) order by t.n), '{}')
-		from unnest($1::oid[], $2::int4[]) with ordinality as t (oid, mod, n) left join pg_type ty on ty.oid = t.oid`,
-		oids, mods).Scan(&named)
+	err = db.QueryRow(ctx, columnTypesSQL, oids, mods).Scan(&named)
 	if err != nil {
 		return nil, nil, fmt.Errorf("column types: %w", err)
 	}

@@ -113,6 +113,15 @@ type Options struct {
 	// function the installer generated for a source table (the wiring passes
 	// triggers.ApplyName). Required: New panics without it.
 	ApplyName func(schema, table string) string
+	// InstallLock is the key of the advisory lock an install holds
+	// exclusively while it replaces the apply functions (the wiring passes
+	// triggers.InstallLockKey; hashed with hashtext). Each group takes it
+	// shared first, so that no install commits while a group is open, and
+	// then locks rowcast.holder_nulls, which makes its backend read what
+	// an install committed before (a function replaced while a group
+	// waited would otherwise run as it was). Required: New panics without
+	// it.
+	InstallLock string
 	// CheckSlot reports why the replication slot named slot cannot serve
 	// logical capture of the connected database, one problem a string (the
 	// wiring passes triggers.CheckSlot, which install uses too); each attempt
@@ -163,10 +172,10 @@ type Holder struct {
 }
 
 // New returns a Holder. It panics when o.ApplyName, o.CheckSlot,
-// o.Connect or o.ConnectReplication is nil.
+// o.Connect or o.ConnectReplication is nil, or o.InstallLock empty.
 func New(o Options) *Holder {
-	if o.ApplyName == nil || o.CheckSlot == nil || o.Connect == nil || o.ConnectReplication == nil {
-		panic("logical.New: Options.ApplyName, CheckSlot, Connect and ConnectReplication are required")
+	if o.ApplyName == nil || o.CheckSlot == nil || o.Connect == nil || o.ConnectReplication == nil || o.InstallLock == "" {
+		panic("logical.New: Options.ApplyName, CheckSlot, Connect, ConnectReplication and InstallLock are required")
 	}
 	if o.Slot == "" {
 		o.Slot = "rowcast"

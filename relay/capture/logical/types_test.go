@@ -65,3 +65,33 @@ func TestColumnTypesOfDroppedType(t *testing.T) {
 		t.Errorf("cast to %s: %q, %v", types[1], got, err)
 	}
 }
+
+// TestColumnTypesOfDomains: a domain is named by the type it is over, with
+// the modifier the domain gives it, through domains over domains.
+func TestColumnTypesOfDomains(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	_, err := conn.Exec(ctx, `create domain price as numeric(10, 2) not null;
+		create domain positive_price as price check (value > 0);
+		create domain code as varchar(5)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var oids [3]uint32
+	if err := conn.QueryRow(ctx, "select 'price'::regtype::oid, 'positive_price'::regtype::oid, 'code'::regtype::oid").Scan(&oids[0], &oids[1], &oids[2]); err != nil {
+		t.Fatal(err)
+	}
+	m := &pglogrepl.RelationMessage{Namespace: "public", RelationName: "t", Columns: []*pglogrepl.RelationMessageColumn{
+		{Name: "a", DataType: oids[0], TypeModifier: -1},
+		{Name: "b", DataType: oids[1], TypeModifier: -1},
+		{Name: "c", DataType: oids[2], TypeModifier: -1},
+		{Name: "d", DataType: pgtype.Int4OID, TypeModifier: -1},
+	}}
+	types, unknown, err := columnTypes(ctx, conn, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"numeric(10,2)", "numeric(10,2)", "character varying(5)", "integer"}; !slices.Equal(types, want) || unknown != nil {
+		t.Errorf("types %q unknown %q, want %q and none", types, unknown, want)
+	}
+}

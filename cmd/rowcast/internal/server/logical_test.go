@@ -863,3 +863,26 @@ func TestLogicalExclusionsChangedUnderTheHolder(t *testing.T) {
 		t.Errorf("%d changelog rows hold the newly excluded column's value (%v)", leaked, err)
 	}
 }
+
+// TestLogicalIdentityIndexActorDomain: with a replica identity index, the
+// old row of an update holds the index's columns only; an actor column of a
+// NOT NULL domain type is then absent from it, and the apply function
+// leaves it unset rather than failing on a null (which stalled the holder).
+func TestLogicalIdentityIndexActorDomain(t *testing.T) {
+	e := startRelay(t, func(c *config.Config) {
+		logicalMode(c)
+		c.Tables = append(c.Tables, config.Table{Table: "ledger", Entity: "ledger", ActorColumn: "editor",
+			ReplicaIdentityIndex: "ledger_team_id"}.WithDefaults())
+	}, `create domain editor_id as bigint not null;
+		create table ledger (id bigint primary key, team_id bigint not null, editor editor_id, note text);
+		create unique index ledger_team_id on ledger (team_id, id)`)
+	c := e.connect(userToken(t, "9", 1))
+	e.exec("insert into ledger values (1, 1, 5, 'a')")
+	if ev := c.event("ledger:created"); ev.data()["userId"] != "5" {
+		t.Errorf("created by %v, want 5", ev.data()["userId"])
+	}
+	e.exec("update ledger set note = 'b', editor = 6")
+	if ev := c.event("ledger:updated"); ev.data()["userId"] != "6" {
+		t.Errorf("updated by %v, want 6", ev.data()["userId"])
+	}
+}
