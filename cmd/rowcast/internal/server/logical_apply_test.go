@@ -52,10 +52,7 @@ func TestLogicalDroppedTypeDoesNotStall(t *testing.T) {
 // on the replication connection) calls for. Once the cause is gone, the
 // change is delivered.
 func TestLogicalApplyUndefinedObjectIsNotAMissingPublication(t *testing.T) {
-	e := startRelay(t, logicalMode)
-	e.shutdown()
-	e.logicalRetry = 100 * time.Millisecond
-	e.start()
+	e := startLogicalFastRetry(t)
 	c := e.connect(userToken(t, "2", 1))
 	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
 	c.event("lead:created")

@@ -30,6 +30,17 @@ import (
 
 func logicalMode(c *config.Config) { c.Capture.Mode = config.ModeLogical }
 
+// startLogicalFastRetry starts a relay in logical mode whose slot holder
+// campaigns again 100ms after a failed attempt (2s by default).
+func startLogicalFastRetry(t *testing.T) *env {
+	t.Helper()
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	e.logicalRetry = 100 * time.Millisecond
+	e.start()
+	return e
+}
+
 func TestLogicalOrderingOracle(t *testing.T) { orderingOracle(t, logicalMode) }
 
 // wideSchema is one table with every common column type.
@@ -757,10 +768,7 @@ func (e *env) readyz() (int, string) {
 // new history epoch, sessions are told to resync, /readyz says 200 and
 // changes flow again.
 func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
-	e := startRelay(t, logicalMode)
-	e.shutdown()
-	e.logicalRetry = 100 * time.Millisecond
-	e.start()
+	e := startLogicalFastRetry(t)
 	c := e.connect(userToken(t, "2", 1))
 	e.exec("insert into leads (team_id, first_name) values (1, 'before')")
 	c.event("lead:created")
@@ -835,10 +843,7 @@ func TestLogicalReadinessWhenAnotherHolds(t *testing.T) {
 // from another list than its own, and the holder's next attempt reads the
 // new one. Nothing is lost.
 func TestLogicalExclusionsChangedUnderTheHolder(t *testing.T) {
-	e := startRelay(t, logicalMode)
-	e.shutdown()
-	e.logicalRetry = 100 * time.Millisecond
-	e.start()
+	e := startLogicalFastRetry(t)
 	c := e.connect(userToken(t, "2", 1))
 	e.exec("insert into leads (team_id, first_name, last_name) values (1, 'a', 'b')")
 	c.event("lead:created") // the holder has read the leads' Relation message
