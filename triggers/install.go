@@ -147,7 +147,11 @@ func Install(ctx context.Context, conn *pgx.Conn, p *Plan) ([]string, error) {
 
 // install runs the plan's DDL in tx, appending what it did to done.
 //
-// Every lock it needs waits at most half of deadlock_timeout
+// It first waits, without a bound, for the install lock (InstallLockKey),
+// which another install or remove holds, or the logical slot holder's
+// current group (shared; a group can last as long as the apply of one
+// large source transaction). Every other lock it needs waits at most half
+// of deadlock_timeout
 // (lock_timeout), so that a writer that waits for this install while the
 // install waits for it (a writer of schema version 1 numbering its rows at
 // commit, or one that holds a captured table and waits for the changelog)

@@ -168,14 +168,16 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 		// lookup in new_v or old_v, where json's -> would parse the whole
 		// row again for each): a column retyped since the change could
 		// not take its old value and need not, and a NOT NULL domain
-		// column the body does not read, or that the row lacks (an old row
-		// of a replica identity index holds its columns only), stays
-		// unset.
+		// column the body does not read, or that the row lacks or holds
+		// null (with a replica identity index an old row holds the
+		// index's columns only: the others are absent from an update's
+		// and null in a delete's or a key change's), stays unset.
 		decl = fmt.Sprintf("    r_new %[1]s;\n    r_old %[1]s;\n", tbl)
 		for _, r := range [][2]string{{"r_new", "new_v"}, {"r_old", "old_v"}} {
 			fields += "    IF " + r[1] + " IS NOT NULL THEN"
 			for _, c := range fieldColumns(t) {
-				fields += "\n        IF " + r[1] + " ? " + literal(c) + " THEN " + r[0] + "." + ident(c) + " := " + r[1] + " ->> " + literal(c) + "; END IF;"
+				v := r[1] + " ->> " + literal(c)
+				fields += "\n        IF " + v + " IS NOT NULL THEN " + r[0] + "." + ident(c) + " := " + v + "; END IF;"
 			}
 			fields += "\n    END IF;\n"
 		}

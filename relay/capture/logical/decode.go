@@ -116,8 +116,9 @@ from (select distinct on (n) n, oid, mod from t order by n, depth desc) b left j
 // columnTypes names the type of each column of m as format_type does, for
 // the casts of applySQL. A domain is named by the type it is over: to_json
 // renders a domain's value as its base type's, and a cast to a domain
-// refusing null would fail on the null of a column the tuple lacks (an
-// old row of a replica identity index holds only the index's columns). A type the database no longer has (an enum or a
+// refusing null would fail on the null of a column the tuple lacks (with
+// a replica identity index, an update's old row holds the index's columns
+// only, and a delete's or a key change's the others as null). A type the database no longer has (an enum or a
 // domain dropped since the change was committed; format_type would name it
 // "???") is named text, so the value is rendered as the JSON string of its
 // text form, as to_jsonb renders an enum, instead of failing every attempt

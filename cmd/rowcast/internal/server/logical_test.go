@@ -870,9 +870,10 @@ func TestLogicalExclusionsChangedUnderTheHolder(t *testing.T) {
 }
 
 // TestLogicalIdentityIndexActorDomain: with a replica identity index, the
-// old row of an update holds the index's columns only; an actor column of a
-// NOT NULL domain type is then absent from it, and the apply function
-// leaves it unset rather than failing on a null (which stalled the holder).
+// old row of an update holds the index's columns only, and a delete's or a
+// key change's the others as null; an actor column of a NOT NULL domain
+// type is then absent or null, and the holder and the apply function leave
+// it so rather than failing on a cast of null (which stalled the holder).
 func TestLogicalIdentityIndexActorDomain(t *testing.T) {
 	e := startRelay(t, func(c *config.Config) {
 		logicalMode(c)
@@ -889,5 +890,17 @@ func TestLogicalIdentityIndexActorDomain(t *testing.T) {
 	e.exec("update ledger set note = 'b', editor = 6")
 	if ev := c.event("ledger:updated"); ev.data()["userId"] != "6" {
 		t.Errorf("updated by %v, want 6", ev.data()["userId"])
+	}
+	// A key change's and a delete's old rows hold the other columns as
+	// null.
+	e.exec("insert into ledger values (2, 1, 7, 'x')")
+	c.event("ledger:created")
+	e.exec("update ledger set team_id = 2 where id = 1")
+	if ev := c.event("ledger:deleted"); ev.data()["entityId"] != "1" {
+		t.Errorf("moved out: %s", ev.Raw)
+	}
+	e.exec("delete from ledger where id = 2")
+	if ev := c.event("ledger:deleted"); ev.data()["entityId"] != "2" {
+		t.Errorf("deleted: %s", ev.Raw)
 	}
 }
