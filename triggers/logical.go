@@ -127,8 +127,8 @@ func OptionsFor(cfg *config.Config) Options {
 // to_json(NEW) and to_json(OLD). new_v and old_v are the same rows' text
 // values, from which the fields the body needs (id, team, actor, task
 // columns) are read into rows of the table's type. A table with stored
-// generated columns (which pgoutput does not send) reads its rows whole
-// from new_j and old_j instead, to compute those columns with their own
+// generated columns (which pgoutput does not send) then reads its rows
+// whole from new_j and old_j, to compute those columns with their own
 // expressions on the table as it is, merged into the json (the relay puts
 // the keys in order). Excluded columns are null, as the capture trigger
 // sets them: see nulled below. It also drops the table's capture triggers
@@ -158,29 +158,30 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	if err != nil {
 		return TablePlan{}, err
 	}
-	var decl, fields string
-	if len(gen) > 0 {
-		// The whole row: the generated columns' expressions read it.
-		decl = fmt.Sprintf("    r_new %[1]s := json_populate_record(NULL::%[1]s, new_j);\n"+
-			"    r_old %[1]s := json_populate_record(NULL::%[1]s, old_j);\n", tbl)
-	} else {
-		// Only the fields the body reads, each from its text value (one
-		// lookup in new_v or old_v, where json's -> would parse the whole
-		// row again for each): a column retyped since the change could
-		// not take its old value and need not, and a NOT NULL domain
-		// column the body does not read, or that the row lacks or holds
-		// null (with a replica identity index an old row holds the
-		// index's columns only: the others are absent from an update's
-		// and null in a delete's or a key change's), stays unset.
-		decl = fmt.Sprintf("    r_new %[1]s;\n    r_old %[1]s;\n", tbl)
-		for _, r := range [][2]string{{"r_new", "new_v"}, {"r_old", "old_v"}} {
-			fields += "    IF " + r[1] + " IS NOT NULL THEN"
-			for _, c := range fieldColumns(t) {
-				v := r[1] + " ->> " + literal(c)
-				fields += "\n        IF " + v + " IS NOT NULL THEN " + r[0] + "." + ident(c) + " := " + v + "; END IF;"
-			}
-			fields += "\n    END IF;\n"
+	// The fields the body reads, each from its text value (one lookup in
+	// new_v or old_v, where json's -> would parse the whole row again for
+	// each): a column retyped since the change could not take its old
+	// value and need not, and a NOT NULL domain column the body does not
+	// read, or that the row lacks or holds null (with a replica identity
+	// index an old row holds the index's columns only: the others are
+	// absent from an update's and null in a delete's or a key change's),
+	// stays unset.
+	decl := fmt.Sprintf("    r_new %[1]s;\n    r_old %[1]s;\n", tbl)
+	var fields string
+	for _, r := range [][3]string{{"r_new", "new_v", "new_j"}, {"r_old", "old_v", "old_j"}} {
+		fields += "    IF " + r[1] + " IS NOT NULL THEN"
+		for _, c := range fieldColumns(t) {
+			v := r[1] + " ->> " + literal(c)
+			fields += "\n        IF " + v + " IS NOT NULL THEN " + r[0] + "." + ident(c) + " := " + v + "; END IF;"
 		}
+		if len(gen) > 0 {
+			// The whole row: the generated columns' expressions read it.
+			// Over the fields (a row, not NULL), so that the columns the
+			// row lacks or holds null are left unset, not checked.
+			fields += "\n        " + r[0] + " := json_populate_record(" + r[0] + ", (SELECT json_object_agg(e.key, e.value) FROM json_each(" +
+				r[2] + ") AS e WHERE json_typeof(e.value) <> 'null'));"
+		}
+		fields += "\n    END IF;\n"
 	}
 	body = strings.Replace(body, "DECLARE\n", "DECLARE\n"+decl, 1)
 	// Stored generated columns are computed on the whole row and merged

@@ -878,10 +878,16 @@ func TestLogicalIdentityIndexActorDomain(t *testing.T) {
 	e := startRelay(t, func(c *config.Config) {
 		logicalMode(c)
 		c.Tables = append(c.Tables, config.Table{Table: "ledger", Entity: "ledger", ActorColumn: "editor",
-			ReplicaIdentityIndex: "ledger_team_id"}.WithDefaults())
+			ReplicaIdentityIndex: "ledger_team_id"}.WithDefaults(),
+			// With a stored generated column the apply function reads the
+			// whole row.
+			config.Table{Table: "gledger", Entity: "gledger", ReplicaIdentityIndex: "gledger_team_id"}.WithDefaults())
 	}, `create domain editor_id as bigint not null;
 		create table ledger (id bigint primary key, team_id bigint not null, editor editor_id, note text);
-		create unique index ledger_team_id on ledger (team_id, id)`)
+		create unique index ledger_team_id on ledger (team_id, id);
+		create table gledger (id bigint primary key, team_id bigint not null, code editor_id,
+			twice bigint generated always as (id * 2) stored);
+		create unique index gledger_team_id on gledger (team_id, id)`)
 	c := e.connect(userToken(t, "9", 1))
 	e.exec("insert into ledger values (1, 1, 5, 'a')")
 	if ev := c.event("ledger:created"); ev.data()["userId"] != "5" {
@@ -903,4 +909,12 @@ func TestLogicalIdentityIndexActorDomain(t *testing.T) {
 	if ev := c.event("ledger:deleted"); ev.data()["entityId"] != "2" {
 		t.Errorf("deleted: %s", ev.Raw)
 	}
+	e.exec("insert into gledger values (1, 1, 5)")
+	c.event("gledger:created")
+	e.exec("update gledger set code = 6")
+	if ev := c.event("gledger:updated"); fmt.Sprint(ev.data()["changes"]) != "map[code:6]" {
+		t.Errorf("updated: %s", ev.Raw)
+	}
+	e.exec("delete from gledger")
+	c.event("gledger:deleted")
 }
