@@ -128,9 +128,9 @@ func OptionsFor(cfg *config.Config) Options {
 // values, from which the fields the body needs (id, team, actor, task
 // columns) are read into rows of the table's type. A table with stored
 // generated columns (which pgoutput does not send) then reads its rows
-// whole from new_j and old_j, to compute those columns with their own
-// expressions on the table as it is, merged into the json (the relay puts
-// the keys in order). Excluded columns are null, as the capture trigger
+// from new_j and old_j (their non-null members), to compute those columns
+// with their own expressions on the table as it is, merged into the json
+// (the relay puts the keys in order). Excluded columns are null, as the capture trigger
 // sets them: see nulled below. It also drops the table's capture triggers
 // (both modes at once would capture twice) and sets the replica identity.
 //
@@ -160,12 +160,12 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	}
 	// The fields the body reads, each from its text value (one lookup in
 	// new_v or old_v, where json's -> would parse the whole row again for
-	// each): a column retyped since the change could not take its old
-	// value and need not, and a NOT NULL domain column the body does not
-	// read, or that the row lacks or holds null (with a replica identity
-	// index an old row holds the index's columns only: the others are
-	// absent from an update's and null in a delete's or a key change's),
-	// stays unset.
+	// each). In a table without stored generated columns the others stay
+	// unset: a column retyped since the change could not take its old
+	// value and need not; and so does a field the row lacks or holds null
+	// (with a replica identity index an old row holds the index's columns
+	// only: the others are absent from an update's and null in a delete's
+	// or a key change's), which a NOT NULL domain would refuse.
 	decl := fmt.Sprintf("    r_new %[1]s;\n    r_old %[1]s;\n", tbl)
 	var fields string
 	for _, r := range [][3]string{{"r_new", "new_v", "new_j"}, {"r_old", "old_v", "old_j"}} {
@@ -175,9 +175,11 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 			fields += "\n        IF " + v + " IS NOT NULL THEN " + r[0] + "." + ident(c) + " := " + v + "; END IF;"
 		}
 		if len(gen) > 0 {
-			// The whole row: the generated columns' expressions read it.
-			// Over the fields (a row, not NULL), so that the columns the
-			// row lacks or holds null are left unset, not checked.
+			// The whole row, its non-null members: the generated columns'
+			// expressions read it. Over the fields (a row, not NULL, once
+			// one is set: the id always is, unless its column was renamed
+			// since the change), so that the columns the row lacks or
+			// holds null are left unset, not checked against a domain.
 			fields += "\n        " + r[0] + " := json_populate_record(" + r[0] + ", (SELECT json_object_agg(e.key, e.value) FROM json_each(" +
 				r[2] + ") AS e WHERE json_typeof(e.value) <> 'null'));"
 		}
