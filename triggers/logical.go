@@ -189,7 +189,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	// Stored generated columns are computed on the whole row and merged
 	// into the holder's rendering (the relay orders the keys). Excluded
 	// columns are null in the rows this function writes. The holder
-	// renders null those the body does not read (holderNullColumns; none for a
+	// renders null those the body does not read (splitExcluded; none for a
 	// table with stored generated columns, which are computed from the
 	// real values), as rowcast.holder_nulls lists them, and passes that
 	// list as nulled. This function refuses a list other than its own, so
@@ -197,7 +197,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	// rolls the holder's group back; its next attempt reads them again.
 	// The function sets the other excluded columns to null itself, after
 	// the body's fields and the generated columns were read from them.
-	holderNulls, nulls := holderNullColumns(t), applyNullColumns(t)
+	holderNulls, nulls := splitExcluded(t)
 	if len(gen) > 0 {
 		holderNulls, nulls = nil, t.ExcludeColumns
 	}
@@ -205,7 +205,7 @@ func renderApply(t config.Table, gen []Generated) (TablePlan, error) {
 	fmt.Fprintf(&g, "    IF nulled IS DISTINCT FROM %[1]s THEN\n"+
 		"        RAISE EXCEPTION 'rowcast: the slot holder rendered null %%, the apply function of %% nulls %%', nulled, %[2]s, %[1]s\n"+
 		"            USING ERRCODE = %[3]s, HINT = 'an install changed the excluded columns; the holder reads them again on its next attempt';\n"+
-		"    END IF;\n", textArray(holderNulls), literal(t.Qualified()), literal(NullsMismatch))
+		"    END IF;\n", textArray(holderNulls), literal(t.Qualified()), literal(nullsMismatch))
 	g.WriteString(fields)
 	var pairsNew, pairsOld []string
 	for _, c := range gen {
@@ -263,36 +263,26 @@ func holderNullsSQL(t config.Table, cols []string) string {
 		" ON CONFLICT (tbl) DO UPDATE SET columns = excluded.columns;\n", literal(t.Qualified()), textArray(cols))
 }
 
-// NullsMismatch is the SQLSTATE with which an apply function refuses rows
+// nullsMismatch is the SQLSTATE with which an apply function refuses rows
 // whose excluded columns the slot holder rendered from another list than
 // the function's own.
-const NullsMismatch = "RC001"
+const nullsMismatch = "RC001"
 
-// holderNullColumns returns the excluded columns of t that the slot holder
-// renders null in the rows it hands to t's apply function (install keeps
-// them in rowcast.holder_nulls; a table with stored generated columns has none
-// there, since those are computed from the row's real values): the ones
-// the capture body does not read. The apply function sets the others to
-// null itself (applyNullColumns), after reading them.
-func holderNullColumns(t config.Table) []string {
-	var out []string
+// splitExcluded returns t's excluded columns in two: those the capture
+// body does not read, which the slot holder renders null in the rows it
+// hands to t's apply function (install keeps them in rowcast.holder_nulls),
+// and those it reads, which the apply function sets to null itself after
+// reading them.
+func splitExcluded(t config.Table) (holder, apply []string) {
+	fields := fieldColumns(t)
 	for _, c := range t.ExcludeColumns {
-		if !slices.Contains(fieldColumns(t), c) {
-			out = append(out, c)
+		if slices.Contains(fields, c) {
+			apply = append(apply, c)
+		} else {
+			holder = append(holder, c)
 		}
 	}
-	return out
-}
-
-// applyNullColumns returns the excluded columns of t that the capture body reads.
-func applyNullColumns(t config.Table) []string {
-	var out []string
-	for _, c := range t.ExcludeColumns {
-		if slices.Contains(fieldColumns(t), c) {
-			out = append(out, c)
-		}
-	}
-	return out
+	return holder, apply
 }
 
 // fieldColumns lists the columns the capture body reads from a row, as

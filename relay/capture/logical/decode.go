@@ -118,11 +118,12 @@ from (select distinct on (n) n, oid, mod from t order by n, depth desc) b left j
 // renders a domain's value as its base type's, and a cast to a domain
 // refusing null would fail on the null of a column the tuple lacks (with
 // a replica identity index, an update's old row holds the index's columns
-// only, and a delete's or a key change's the others as null). A type the database no longer has (an enum or a
-// domain dropped since the change was committed; format_type would name it
-// "???") is named text, so the value is rendered as the JSON string of its
-// text form, as to_jsonb renders an enum, instead of failing every attempt
-// at this position and stalling the slot; unknown lists those columns.
+// only, and a delete's or a key change's the others as null). A type the
+// database no longer has (an enum or a domain dropped since the change was
+// committed; format_type would name it "???") is named text, so the value
+// is rendered as the JSON string of its text form, as to_jsonb renders an
+// enum, instead of failing every attempt at this position and stalling the
+// slot; unknown lists those columns.
 func columnTypes(ctx context.Context, db *pgx.Conn, m *pglogrepl.RelationMessage) (types, unknown []string, err error) {
 	oids := make([]uint32, len(m.Columns))
 	mods := make([]int32, len(m.Columns))
@@ -190,11 +191,12 @@ func (a *applier) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	// rendered from another list (an install changed the exclusions since
 	// this read), which ends the attempt: the next one's walsender sends
 	// the Relation message again, and the list is read again.
+	table := m.Namespace + "." + m.RelationName
 	var excluded []string
 	err := a.db.QueryRow(ctx, "select coalesce((select e.columns from rowcast.holder_nulls e where e.tbl = $1), '{}')",
-		m.Namespace+"."+m.RelationName).Scan(&excluded)
+		table).Scan(&excluded)
 	if err != nil {
-		return fmt.Errorf("logical relation %s: excluded columns: %w", m.Namespace+"."+m.RelationName, err)
+		return fmt.Errorf("logical relation %s: excluded columns: %w", table, err)
 	}
 	rel := newRelation(m, excluded)
 	types, unknown, err := columnTypes(ctx, a.db, m)
@@ -233,10 +235,9 @@ func (rel *relation) keyOf(t *pglogrepl.TupleData) *pglogrepl.TupleData {
 // tupleJSON renders a tuple as a JSON object of its columns' text values,
 // or nil, and lists the columns it lacks as a text[] literal, or nil when
 // it lacks none. The values of the columns it renders null (excluded) are
-// left out. A column sent as unchanged
-// TOAST ('u') takes its value from fallback (the old tuple, complete with
-// REPLICA IDENTITY FULL) and is absent when fallback lacks it, so it reads
-// as unchanged, never as null.
+// left out. A column sent as unchanged TOAST ('u') takes its value from
+// fallback (the old tuple, complete with REPLICA IDENTITY FULL) and is
+// absent when fallback lacks it, so it reads as unchanged, never as null.
 func tupleJSON(rel *relation, t, fallback *pglogrepl.TupleData) (*string, *string) {
 	if t == nil {
 		return nil, nil
