@@ -492,41 +492,53 @@ func TestTokenExpiryCloses(t *testing.T) {
 }
 
 func TestRateLimitAndFrameSize(t *testing.T) {
-	e := startRelay(t, nil)
+	// A limit that refills no token within the test: the strikes are
+	// consecutive however slowly the machine answers (at the default 20/s a
+	// round trip slower than 50 ms lets a message through, which resets
+	// the strikes).
+	e := startRelay(t, func(c *config.Config) { c.Sessions.RateLimit = 0.001 })
 	c := e.connect(userToken(t, "2", 1))
 	// One message at a time, each answered before the next goes out, so
 	// nothing is left unread when the relay closes (which would reset the
 	// connection and lose the close frame).
-	limited := 0
-	for i := 0; ; i++ {
-		if i > 200 {
-			t.Fatal("not closed after 200 messages past the limit")
+	pongs, limited := 0, 0
+	for {
+		if pongs+limited > 200 {
+			t.Fatal("not closed after 200 messages")
 		}
 		c.send(`{"type":"ping","id":1}`)
 		f, err := c.read(10 * time.Second)
 		if err != nil {
-			var ce *rowclient.CloseError
-			if !asClose(err, &ce) || ce.Code != 4429 {
-				t.Fatalf("want close 4429, got %v", err)
+			t.Fatalf("after %d pongs and %d rate_limited: %v, want an answer", pongs, limited, err)
+		}
+		if f.Type == "pong" {
+			if limited > 0 {
+				t.Fatalf("pong after %d rate_limited", limited)
 			}
+			pongs++
+			continue
+		}
+		if f.Code != "rate_limited" {
+			t.Fatalf("unexpected frame %s", f.Raw)
+		}
+		limited++
+		// The 20 strikes are answered rate_limited; so is the 21st,
+		// and then the relay closes.
+		if limited == 21 {
 			break
 		}
-		if f.Code == "rate_limited" {
-			limited++
-			// The closing message is answered with rate_limited too, then the close.
-			if limited > 20 {
-				if _, err := c.read(10 * time.Second); err != nil {
-					var ce *rowclient.CloseError
-					if !asClose(err, &ce) || ce.Code != 4429 {
-						t.Fatalf("want close 4429, got %v", err)
-					}
-					break
-				}
-			}
-		}
 	}
-	if limited == 0 {
-		t.Error("no rate_limited answer before the close")
+	if _, err := c.read(10 * time.Second); err != nil {
+		var ce *rowclient.CloseError
+		if !asClose(err, &ce) || ce.Code != 4429 {
+			t.Fatalf("want close 4429, got %v", err)
+		}
+	} else {
+		t.Fatal("a frame after the 21st rate_limited, want close 4429")
+	}
+	// The burst of 50, one token spent by the connect.
+	if pongs != 49 {
+		t.Errorf("%d pongs before the first rate_limited, want 49", pongs)
 	}
 
 	c2 := e.connect(userToken(t, "2", 1))
