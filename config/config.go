@@ -86,6 +86,13 @@ type Capture struct {
 	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
 	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
 	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
+	// TickInterval is how often the ticker looks for new commits while
+	// changes flow (the doorbell is disarmed then): under load a change
+	// waits about this long for its tick. 0 keeps the writers' doorbell
+	// armed under load too, so that the ticker ticks at each ring (trigger
+	// mode; needs Notify): the lowest latency, for a notification per
+	// writing commit. Default 2ms; at most 1s.
+	TickInterval time.Duration `mapstructure:"tick_interval" yaml:"tick_interval"`
 	// Slot and Publication name the replication slot and publication of
 	// logical mode. Default "rowcast" for both.
 	Slot        string `mapstructure:"slot" yaml:"slot"`

@@ -20,13 +20,14 @@ import (
 func Defaults() Config {
 	return Config{
 		Capture: Capture{
-			Mode:        ModeTrigger,
-			Notify:      new(true),
-			PollMin:     5 * time.Millisecond,
-			PollMax:     time.Second,
-			Slot:        "rowcast",
-			Publication: "rowcast",
-			GroupPause:  time.Millisecond,
+			Mode:         ModeTrigger,
+			Notify:       new(true),
+			PollMin:      5 * time.Millisecond,
+			PollMax:      time.Second,
+			TickInterval: 2 * time.Millisecond,
+			Slot:         "rowcast",
+			Publication:  "rowcast",
+			GroupPause:   time.Millisecond,
 		},
 		Listen: "127.0.0.1:8080",
 		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId", MaxToken: 8 << 10, Algorithms: []string{}},

@@ -57,6 +57,7 @@ func TestDefaults(t *testing.T) {
 		{"capture.poll_min", d.Capture.PollMin, 5 * time.Millisecond},
 		{"capture.poll_max", d.Capture.PollMax, time.Second},
 		{"capture.group_pause", d.Capture.GroupPause, time.Millisecond},
+		{"capture.tick_interval", d.Capture.TickInterval, 2 * time.Millisecond},
 		{"auth.user_claim", d.Auth.UserClaim, "sub"},
 		{"auth.team_claim", d.Auth.TeamClaim, "teamId"},
 		{"history.retention", d.History.Retention, 24 * time.Hour},

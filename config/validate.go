@@ -128,6 +128,12 @@ func (c *Config) problems() []Problem {
 	positive("capture.poll_min", c.Capture.PollMin)
 	positive("capture.poll_max", c.Capture.PollMax)
 	positive("capture.group_pause", c.Capture.GroupPause)
+	switch t := c.Capture.TickInterval; {
+	case t < 0 || t > time.Second:
+		add("capture.tick_interval", "must be between 0 and 1s, got %s", t)
+	case t == 0 && !c.Capture.NotifyEnabled():
+		add("capture.tick_interval", "0 ticks at each ring of the doorbell, which capture.notify: false turns off; set a positive interval, or capture.notify: true")
+	}
 	if c.Capture.PollMin > 0 && c.Capture.PollMax > 0 && c.Capture.PollMin > c.Capture.PollMax {
 		add("capture.poll_min", "%s is greater than capture.poll_max (%s)", c.Capture.PollMin, c.Capture.PollMax)
 	}

@@ -139,6 +139,18 @@ func TestValidate(t *testing.T) {
 		{"poll_min above poll_max", func(c *Config) { c.Capture.PollMin = 2 * time.Second }, []string{
 			"capture.poll_min: 2s is greater than capture.poll_max (1s)",
 		}},
+		{"tick interval out of range", func(c *Config) { c.Capture.TickInterval = -time.Millisecond }, []string{
+			"capture.tick_interval: must be between 0 and 1s, got -1ms",
+		}},
+		{"tick interval above 1s", func(c *Config) { c.Capture.TickInterval = 2 * time.Second }, []string{
+			"capture.tick_interval: must be between 0 and 1s, got 2s",
+		}},
+		{"tick at each ring", func(c *Config) { c.Capture.TickInterval = 0 }, nil},
+		{"tick at each ring without the doorbell", func(c *Config) {
+			c.Capture.TickInterval, c.Capture.Notify = 0, new(false)
+		}, []string{
+			"capture.tick_interval: 0 ticks at each ring of the doorbell, which capture.notify: false turns off; set a positive interval, or capture.notify: true",
+		}},
 		{"log", func(c *Config) { c.Log = Log{Level: "INFO", Format: ""} }, []string{
 			`log.level: "INFO" is not one of debug, info, warn, error`,
 			`log.format: "" is not one of text, json`,

@@ -24,6 +24,13 @@ type TickerOptions struct {
 	// Listen wakes the ticker on the writers' doorbell (the installed
 	// capture must ring it: capture.notify).
 	Listen bool
+	// KeepBell keeps the doorbell armed while changes flow (with Listen):
+	// every writing commit rings it and the ticker ticks at once, for a
+	// notification per commit. Polling then only backs the doorbell up:
+	// the ticker looks every PollMax, and PollMin is not used. Without
+	// it the ticker disarms the doorbell while changes flow and looks
+	// every PollMin.
+	KeepBell bool
 	// Retry is how often a ticker that does not hold the ticker lock tries
 	// to take it (default 1s): after the holder dies, ticks stop for at
 	// most about this long.
@@ -74,6 +81,9 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 		o.PollMax = 250 * time.Millisecond
 	}
 	o.PollMax = max(o.PollMax, o.PollMin)
+	if o.KeepBell && o.Listen {
+		o.PollMin = o.PollMax
+	}
 	if o.Retry <= 0 {
 		o.Retry = time.Second
 	}
@@ -237,8 +247,9 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 				t.o.OnTick(*tick)
 			}
 			interval, idle = t.o.PollMin, 0
-			// Changes flow: polling finds them; writers need not ring.
-			if err := b.set(ctx, conn, false); err != nil {
+			// Changes flow: polling finds them; writers need not ring
+			// (unless KeepBell).
+			if err := b.set(ctx, conn, t.o.KeepBell); err != nil {
 				return ticked, err
 			}
 			timer.Reset(interval)

@@ -155,3 +155,42 @@ func TestTickNotifiesOtherReadersOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestTickerKeepsBell: with KeepBell the ticker leaves the writers'
+// doorbell armed while changes flow, and ticks at each ring. Its polls are
+// an hour apart, so only the doorbell can make it tick the second change;
+// without KeepBell it disarms the doorbell after the first tick.
+func TestTickerKeepsBell(t *testing.T) {
+	d := newDB(t)
+	ticked := make(chan int64, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	defer func() { cancel(); <-done }()
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Listen: true, KeepBell: true,
+		PollMin: time.Hour, PollMax: time.Hour, OnTick: func(n int64) { ticked <- n }})
+	go func() { done <- tk.Run(ctx) }()
+	waitTick := func(what string) {
+		t.Helper()
+		select {
+		case <-ticked:
+		case err := <-done:
+			t.Fatalf("%s: ticker ended: %v", what, err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no tick within 30s", what)
+		}
+	}
+	// The first change is ticked by the ticker's first look or by the
+	// doorbell, whichever comes after its commit.
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	waitTick("first change")
+	// A ticker without KeepBell disarms the doorbell right after it ticks.
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
+		if v := d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)"); v == 0 {
+			t.Fatal("the doorbell was disarmed while changes flow")
+		}
+	}
+	for i := 2; i <= 4; i++ {
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		waitTick(fmt.Sprintf("change %d", i))
+	}
+}

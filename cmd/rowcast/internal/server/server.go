@@ -77,8 +77,9 @@ type Options struct {
 	// 503 meanwhile (zero: 10 s; tests shorten it).
 	CaptureStallTimeout time.Duration
 	// TickerPoll, when not zero, is the ticker's look interval, busy or
-	// idle (zero: every 2 ms while changes flow, backing off to 250 ms;
-	// tests set an hour so that only a doorbell makes it tick).
+	// idle (zero: every capture.tick_interval while changes flow, backing
+	// off to 250 ms; tests set an hour so that only a doorbell makes it
+	// tick).
 	TickerPoll time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
@@ -172,9 +173,13 @@ func New(o Options) (*Relay, error) {
 		Logger: o.Logger.With("component", "capture"), OnConnected: r.connected,
 		OnBehind: r.metrics.Behind, StallTimeout: o.CaptureStallTimeout,
 	})
+	tickMin, tickMax := cfg.Capture.TickInterval, time.Duration(0)
+	if o.TickerPoll != 0 {
+		tickMin, tickMax = o.TickerPoll, o.TickerPoll
+	}
 	r.ticker = changelog.NewTicker(cfg.Database.CaptureURL(), changelog.TickerOptions{
-		Listen: notify, Logger: o.Logger.With("component", "ticker"), OnTick: r.capture.Poke,
-		LocalListener: r.capture.ListenerPID, PollMin: o.TickerPoll, PollMax: o.TickerPoll,
+		Listen: notify, KeepBell: cfg.Capture.TickInterval == 0, Logger: o.Logger.With("component", "ticker"),
+		OnTick: r.capture.Poke, LocalListener: r.capture.ListenerPID, PollMin: tickMin, PollMax: tickMax,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
 		dbcfg, err := pgx.ParseConfig(cfg.Database.CaptureURL())
