@@ -90,8 +90,10 @@ type Capture struct {
 	// changes flow (the doorbell is disarmed then): under load a change
 	// waits about this long for its tick. 0 keeps the writers' doorbell
 	// armed under load too, so that the ticker ticks at each ring (trigger
-	// mode; needs Notify): the lowest latency, for a notification per
-	// writing commit. Default 2ms; at most 1s.
+	// mode; needs Notify), and looks by itself only every 250 ms: the
+	// lowest latency, for a notification per writing commit. Otherwise
+	// 100µs to 1s; default 2ms. In logical mode the slot holder rings the
+	// ticker at each group commit whatever this says.
 	TickInterval time.Duration `mapstructure:"tick_interval" yaml:"tick_interval"`
 	// Slot and Publication name the replication slot and publication of
 	// logical mode. Default "rowcast" for both.

@@ -129,8 +129,8 @@ func (c *Config) problems() []Problem {
 	positive("capture.poll_max", c.Capture.PollMax)
 	positive("capture.group_pause", c.Capture.GroupPause)
 	switch t := c.Capture.TickInterval; {
-	case t < 0 || t > time.Second:
-		add("capture.tick_interval", "must be between 0 and 1s, got %s", t)
+	case t < 0 || t > 0 && t < 100*time.Microsecond || t > time.Second:
+		add("capture.tick_interval", "must be 0 (a tick at each ring of the doorbell) or between 100µs and 1s, got %s", t)
 	case t == 0 && !c.Capture.NotifyEnabled():
 		add("capture.tick_interval", "0 ticks at each ring of the doorbell, which capture.notify: false turns off; set a positive interval, or capture.notify: true")
 	}

@@ -139,11 +139,15 @@ func TestValidate(t *testing.T) {
 		{"poll_min above poll_max", func(c *Config) { c.Capture.PollMin = 2 * time.Second }, []string{
 			"capture.poll_min: 2s is greater than capture.poll_max (1s)",
 		}},
-		{"tick interval out of range", func(c *Config) { c.Capture.TickInterval = -time.Millisecond }, []string{
-			"capture.tick_interval: must be between 0 and 1s, got -1ms",
+		{"tick interval negative", func(c *Config) { c.Capture.TickInterval = -time.Millisecond }, []string{
+			"capture.tick_interval: must be 0 (a tick at each ring of the doorbell) or between 100µs and 1s, got -1ms",
 		}},
+		{"tick interval too short", func(c *Config) { c.Capture.TickInterval = 99 * time.Microsecond }, []string{
+			"capture.tick_interval: must be 0 (a tick at each ring of the doorbell) or between 100µs and 1s, got 99µs",
+		}},
+		{"tick interval shortest", func(c *Config) { c.Capture.TickInterval = 100 * time.Microsecond }, nil},
 		{"tick interval above 1s", func(c *Config) { c.Capture.TickInterval = 2 * time.Second }, []string{
-			"capture.tick_interval: must be between 0 and 1s, got 2s",
+			"capture.tick_interval: must be 0 (a tick at each ring of the doorbell) or between 100µs and 1s, got 2s",
 		}},
 		{"tick at each ring", func(c *Config) { c.Capture.TickInterval = 0 }, nil},
 		{"tick at each ring without the doorbell", func(c *Config) {

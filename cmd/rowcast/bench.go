@@ -78,6 +78,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 		return fail(err)
 	}
 	cfg.Capture.Notify = notify
+	if err := cfg.Validate(); err != nil { // --notify=false with capture.tick_interval=0
+		return fail(err)
+	}
 	if *floodOn {
 		// Both runs with the default connection limits, as in production:
 		// the measured sessions come as distinct users from distinct
@@ -126,6 +129,9 @@ func runBenchLatency(ctx context.Context, args []string, stdout, stderr io.Write
 			return fail(err)
 		}
 		fcfg.Capture.Notify = notify
+		if err := fcfg.Validate(); err != nil {
+			return fail(err)
+		}
 		fcfg.Limits = config.Defaults().Limits
 		if err := installDemo(ctx, fcfg); err != nil {
 			return fail(err)

@@ -194,3 +194,33 @@ func TestTickerKeepsBell(t *testing.T) {
 		waitTick(fmt.Sprintf("change %d", i))
 	}
 }
+
+// TestTickerKeepBellLooksOnlyAtPollMax: with KeepBell the ticker does not
+// also poll at PollMin while changes flow; it looks by itself only every
+// PollMax (an hour here). A change committed with the bell silenced behind
+// the ticker's back is not ticked within the window.
+func TestTickerKeepBellLooksOnlyAtPollMax(t *testing.T) {
+	d := newDB(t)
+	ticked := make(chan int64, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	defer func() { cancel(); <-done }()
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Listen: true, KeepBell: true,
+		PollMax: time.Hour, OnTick: func(n int64) { ticked <- n }})
+	go func() { done <- tk.Run(ctx) }()
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	select {
+	case <-ticked:
+	case err := <-done:
+		t.Fatalf("ticker ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("first change: no tick within 30s")
+	}
+	d.exec("select setval('rowcast.bell', 0)")
+	d.exec("insert into items (id, team_id) values (2, 7)")
+	select {
+	case n := <-ticked:
+		t.Fatalf("tick %d of a change that did not ring: the ticker polls while it keeps the bell", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

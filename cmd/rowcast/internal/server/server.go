@@ -78,8 +78,8 @@ type Options struct {
 	CaptureStallTimeout time.Duration
 	// TickerPoll, when not zero, is the ticker's look interval, busy or
 	// idle (zero: every capture.tick_interval while changes flow, backing
-	// off to 250 ms; tests set an hour so that only a doorbell makes it
-	// tick).
+	// off to 250 ms, or every 250 ms with tick_interval 0; tests set an
+	// hour so that only a doorbell makes it tick).
 	TickerPoll time.Duration
 	// Pages are extra handlers on the main listener, by http.ServeMux
 	// pattern ("/", "/api/"): the demo's page and REST API. They answer as
