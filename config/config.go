@@ -86,9 +86,10 @@ type Capture struct {
 	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
 	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
 	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
-	// TickInterval is how often the ticker looks for new commits while
-	// changes flow (the doorbell is disarmed then): under load a change
-	// waits about this long for its tick. 0 keeps the writers' doorbell
+	// TickInterval is how often the ticker looks for new commits once
+	// they come closer together than this (it disarms the doorbell then;
+	// further apart, each rings it and is ticked at once): under load a
+	// change waits about this long for its tick. 0 keeps the writers' doorbell
 	// armed under load too, so that the ticker ticks at each ring (trigger
 	// mode; needs Notify), and looks by itself only every 250 ms: the
 	// lowest latency, for a notification per writing commit. Otherwise

@@ -16,20 +16,21 @@ import (
 // TickerOptions tunes a Ticker. Zero values select the defaults.
 type TickerOptions struct {
 	// PollMin is how often the ticker looks for new commits while they
-	// come (default 2ms); PollMax how far it backs off when idle (default
-	// 250ms). The doorbell wakes it at once when it is idle; PollMax bounds
+	// come closer together than that (default 2ms); PollMax how far it
+	// backs off when idle (default 250ms). The doorbell wakes it at once
+	// while commits come further apart (or not at all); PollMax bounds
 	// the wait of a commit whose writer looked at the bell just before the
 	// ticker armed it (and so did not ring).
 	PollMin, PollMax time.Duration
 	// Listen wakes the ticker on the writers' doorbell (the installed
 	// capture must ring it: capture.notify).
 	Listen bool
-	// KeepBell keeps the doorbell armed while changes flow (with Listen):
-	// every writing commit rings it and the ticker ticks at once, for a
-	// notification per commit. Polling then only backs the doorbell up:
-	// the ticker looks every PollMax, and PollMin is not used. Without
-	// it the ticker disarms the doorbell while changes flow and looks
-	// every PollMin.
+	// KeepBell keeps the doorbell armed however fast changes come (with
+	// Listen): every writing commit rings it and the ticker ticks at once,
+	// for a notification per commit. Polling then only backs the doorbell
+	// up: the ticker looks every PollMax, and PollMin is not used. Without
+	// it the ticker disarms the doorbell once commits come closer together
+	// than PollMin, and looks every PollMin until it runs out of changes.
 	KeepBell bool
 	// Retry is how often a ticker that does not hold the ticker lock tries
 	// to take it (default 1s): after the holder dies, ticks stop for at
@@ -192,7 +193,8 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	if err := b.set(ctx, conn, true); err != nil { // until changes flow
 		return false, err
 	}
-	interval, idle := t.o.PollMin, 0
+	interval, idle, busy := t.o.PollMin, 0, 0
+	var last time.Time // when the last tick was recorded
 	notify, checked, local := true, time.Time{}, uint32(0)
 	refused := false // the listeners lookup was refused (warned once)
 	timer := time.NewTimer(0)
@@ -246,12 +248,29 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			if t.o.OnTick != nil {
 				t.o.OnTick(*tick)
 			}
-			interval, idle = t.o.PollMin, 0
-			// Changes flow: polling finds them; writers need not ring
-			// (unless KeepBell).
-			if err := b.set(ctx, conn, t.o.KeepBell); err != nil {
-				return ticked, err
+			idle = 0
+			now := time.Now()
+			if !b.ringing() {
+				interval = t.o.PollMin
+			} else {
+				// Each writing commit rings and is ticked at once, while
+				// the commits come further apart than PollMin; closer,
+				// looking every PollMin waits no longer and costs less
+				// than a notification, a wakeup and a tick per commit.
+				// While the bell rings, the looks only back it up.
+				if now.Sub(last) < t.o.PollMin {
+					busy++
+				} else {
+					busy = 0
+				}
+				if busy >= busyBeforeDisarming && !t.o.KeepBell {
+					if err := b.set(ctx, conn, false); err != nil {
+						return ticked, err
+					}
+					interval, busy = t.o.PollMin, 0
+				}
 			}
+			last = now
 			timer.Reset(interval)
 			continue
 		}
@@ -286,10 +305,17 @@ const listenersSQL = `select exists (select from pg_locks l, (select ` + listene
 // for the doorbell again (about 30ms at the default rhythm).
 const idleBeforeArming = 4
 
+// busyBeforeDisarming is how many ticks in a row, each less than PollMin
+// after the one before, make the ticker silence the doorbell and poll.
+const busyBeforeDisarming = 4
+
 // bellState is the doorbell as this ticker last set it.
 type bellState struct {
 	listen, armed, known bool
 }
+
+// ringing reports whether the doorbell is in use and armed.
+func (b *bellState) ringing() bool { return b.listen && b.known && b.armed }
 
 // set arms or disarms the doorbell when it is in use and differs from what
 // this ticker last set.

@@ -157,41 +157,86 @@ func TestTickNotifiesOtherReadersOnly(t *testing.T) {
 }
 
 // TestTickerKeepsBell: with KeepBell the ticker leaves the writers'
-// doorbell armed while changes flow, and ticks at each ring. Its polls are
-// an hour apart, so only the doorbell can make it tick the second change;
-// without KeepBell it disarms the doorbell after the first tick.
+// doorbell armed however fast changes come, and ticks at each ring. Its
+// polls are an hour apart, so only the doorbell can make it tick; without
+// KeepBell it disarms the doorbell after a few ticks less than PollMin (an
+// hour) apart.
 func TestTickerKeepsBell(t *testing.T) {
 	d := newDB(t)
-	ticked := make(chan int64, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	defer func() { cancel(); <-done }()
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Listen: true, KeepBell: true,
-		PollMin: time.Hour, PollMax: time.Hour, OnTick: func(n int64) { ticked <- n }})
-	go func() { done <- tk.Run(ctx) }()
-	waitTick := func(what string) {
-		t.Helper()
-		select {
-		case <-ticked:
-		case err := <-done:
-			t.Fatalf("%s: ticker ended: %v", what, err)
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%s: no tick within 30s", what)
-		}
-	}
-	// The first change is ticked by the ticker's first look or by the
-	// doorbell, whichever comes after its commit.
-	d.exec("insert into items (id, team_id) values (1, 7)")
-	waitTick("first change")
-	// A ticker without KeepBell disarms the doorbell right after it ticks.
-	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); {
-		if v := d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)"); v == 0 {
-			t.Fatal("the doorbell was disarmed while changes flow")
-		}
-	}
-	for i := 2; i <= 4; i++ {
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, KeepBell: true, PollMin: time.Hour, PollMax: time.Hour})
+	for i := 1; i <= 8; i++ {
 		d.exec("insert into items (id, team_id) values ($1, 7)", i)
-		waitTick(fmt.Sprintf("change %d", i))
+		tk.wait(t, fmt.Sprintf("change %d", i))
+	}
+	bellStaysArmed(t, d, 300*time.Millisecond)
+	d.exec("insert into items (id, team_id) values (9, 7)")
+	tk.wait(t, "change 9")
+}
+
+// TestTickerRingsForSparseCommits: commits further apart than PollMin keep
+// the doorbell armed (each is ticked at its ring, with no looks in
+// between); commits closer together make the ticker silence it and poll.
+func TestTickerRingsForSparseCommits(t *testing.T) {
+	d := newDB(t)
+	const pollMin = 200 * time.Millisecond
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, PollMin: pollMin, PollMax: time.Hour})
+	for i := 1; i <= 6; i++ {
+		if i > 1 {
+			time.Sleep(pollMin + 50*time.Millisecond) // paces the commits; waits for nothing
+		}
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		tk.wait(t, fmt.Sprintf("sparse change %d", i))
+	}
+	bellStaysArmed(t, d, 100*time.Millisecond)
+	// Back to back: each change right after the tick before.
+	for i := 7; ; i++ {
+		if d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)") == 0 {
+			return
+		}
+		if i > 100 {
+			t.Fatal("the doorbell still rings after 94 changes each right after the tick before")
+		}
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		tk.wait(t, fmt.Sprintf("dense change %d", i))
+	}
+}
+
+// testTicker is a Ticker run by a test, with its ticks.
+type testTicker struct {
+	ticked chan int64
+	done   chan error
+}
+
+// startTicker runs a Ticker of d with o until the test ends.
+func startTicker(t *testing.T, d *db, o changelog.TickerOptions) *testTicker {
+	t.Helper()
+	tk := &testTicker{ticked: make(chan int64, 16), done: make(chan error, 1)}
+	o.OnTick = func(n int64) { tk.ticked <- n }
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() { tk.done <- changelog.NewTicker(d.url, o).Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-tk.done })
+	return tk
+}
+
+// wait waits for the ticker's next tick.
+func (tk *testTicker) wait(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-tk.ticked:
+	case err := <-tk.done:
+		t.Fatalf("%s: ticker ended: %v", what, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: no tick within 30s", what)
+	}
+}
+
+// bellStaysArmed fails the test if the doorbell is disarmed within d.
+func bellStaysArmed(t *testing.T, d *db, within time.Duration) {
+	t.Helper()
+	for end := time.Now().Add(within); time.Now().Before(end); {
+		if d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)") == 0 {
+			t.Fatal("the doorbell was disarmed")
+		}
 	}
 }
 
@@ -201,25 +246,13 @@ func TestTickerKeepsBell(t *testing.T) {
 // the ticker's back is not ticked within the window.
 func TestTickerKeepBellLooksOnlyAtPollMax(t *testing.T) {
 	d := newDB(t)
-	ticked := make(chan int64, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	defer func() { cancel(); <-done }()
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Listen: true, KeepBell: true,
-		PollMax: time.Hour, OnTick: func(n int64) { ticked <- n }})
-	go func() { done <- tk.Run(ctx) }()
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, KeepBell: true, PollMax: time.Hour})
 	d.exec("insert into items (id, team_id) values (1, 7)")
-	select {
-	case <-ticked:
-	case err := <-done:
-		t.Fatalf("ticker ended: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("first change: no tick within 30s")
-	}
+	tk.wait(t, "first change")
 	d.exec("select setval('rowcast.bell', 0)")
 	d.exec("insert into items (id, team_id) values (2, 7)")
 	select {
-	case n := <-ticked:
+	case n := <-tk.ticked:
 		t.Fatalf("tick %d of a change that did not ring: the ticker polls while it keeps the bell", n)
 	case <-time.After(300 * time.Millisecond):
 	}
