@@ -193,19 +193,25 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	if err := b.set(ctx, conn, true); err != nil { // until changes flow
 		return false, err
 	}
-	interval, idle, busy := t.o.PollMin, 0, 0
+	// idle counts empty looks in a row; busy, ticks in a row each
+	// looked for less than PollMin after the tick before (while the bell
+	// rings); sparse, ticks in a row each after an empty look (while it
+	// does not).
+	interval, idle, busy, sparse := t.o.PollMin, 0, 0, 0
 	var last time.Time // when the last tick was recorded
 	notify, checked, local := true, time.Time{}, uint32(0)
 	refused := false // the listeners lookup was refused (warned once)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
+		rang := false // this look answers a ring
 		select {
 		case <-ctx.Done():
 			return ticked, ctx.Err()
 		case err := <-listenErr:
 			return ticked, err
 		case <-t.bell:
+			rang = true
 		case <-timer.C:
 		}
 		if !timer.Stop() {
@@ -214,6 +220,12 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			default:
 			}
 		}
+		select { // a ring that came with the timer: this look answers it
+		case <-t.bell:
+			rang = true
+		default:
+		}
+		woke := time.Now()
 		if t.o.LocalListener != nil {
 			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck {
 				lctx, cancel := context.WithTimeout(ctx, tickTimeout)
@@ -248,17 +260,40 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			if t.o.OnTick != nil {
 				t.o.OnTick(*tick)
 			}
-			idle = 0
 			now := time.Now()
-			if !b.ringing() {
+			switch {
+			case !b.ringing():
+				// Polling: ticks each after an empty look mean commits
+				// further apart than PollMin; ring for them again.
 				interval = t.o.PollMin
-			} else {
+				if idle > 0 {
+					sparse++
+				} else {
+					sparse = 0
+				}
+				if sparse >= busyBeforeDisarming {
+					if err := b.set(ctx, conn, true); err != nil {
+						return ticked, err
+					}
+					sparse, busy = 0, 0
+				}
+			case !rang && len(t.bell) == 0:
+				// A commit the bell did not announce (its writer looked
+				// just before the ticker armed it, or the bell is not what
+				// this ticker last set): set it for certain and poll; the
+				// rule above arms it again. A ring waiting in t.bell may
+				// be this commit's, late: it counts as announced.
+				interval, busy, sparse, b.known = t.o.PollMin, 0, 0, false
+				if err := b.set(ctx, conn, t.o.KeepBell); err != nil {
+					return ticked, err
+				}
+			default:
 				// Each writing commit rings and is ticked at once, while
 				// the commits come further apart than PollMin; closer,
 				// looking every PollMin waits no longer and costs less
 				// than a notification, a wakeup and a tick per commit.
 				// While the bell rings, the looks only back it up.
-				if now.Sub(last) < t.o.PollMin {
+				if woke.Sub(last) < t.o.PollMin {
 					busy++
 				} else {
 					busy = 0
@@ -267,9 +302,10 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 					if err := b.set(ctx, conn, false); err != nil {
 						return ticked, err
 					}
-					interval, busy = t.o.PollMin, 0
+					interval, busy, sparse = t.o.PollMin, 0, 0
 				}
 			}
+			idle = 0
 			last = now
 			timer.Reset(interval)
 			continue
@@ -305,8 +341,10 @@ const listenersSQL = `select exists (select from pg_locks l, (select ` + listene
 // for the doorbell again (about 30ms at the default rhythm).
 const idleBeforeArming = 4
 
-// busyBeforeDisarming is how many ticks in a row, each less than PollMin
-// after the one before, make the ticker silence the doorbell and poll.
+// busyBeforeDisarming is how many ticks in a row, each looked for less
+// than PollMin after the tick before, make the ticker silence the doorbell
+// and poll; and how many in a row, each after an empty look, make a polling
+// ticker ring it again.
 const busyBeforeDisarming = 4
 
 // bellState is the doorbell as this ticker last set it.

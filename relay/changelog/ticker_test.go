@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,15 +191,107 @@ func TestTickerRingsForSparseCommits(t *testing.T) {
 	}
 	bellStaysArmed(t, d, 100*time.Millisecond)
 	// Back to back: each change right after the tick before.
-	for i := 7; ; i++ {
-		if d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)") == 0 {
-			return
-		}
+	i := 7
+	for ; bellArmed(d); i++ {
 		if i > 100 {
 			t.Fatal("the doorbell still rings after 94 changes each right after the tick before")
 		}
 		d.exec("insert into items (id, team_id) values ($1, 7)", i)
 		tk.wait(t, fmt.Sprintf("dense change %d", i))
+	}
+	// Sparse again: the ticker finds them by its looks, and rings for them
+	// again after a few.
+	for first := i; !bellArmed(d); i++ {
+		if i > first+20 {
+			t.Fatal("the doorbell is still disarmed after 20 changes each 250ms after the tick before")
+		}
+		time.Sleep(pollMin + 50*time.Millisecond) // paces the commits; waits for nothing
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		tk.wait(t, fmt.Sprintf("sparse change %d", i))
+	}
+}
+
+// TestTickerDisarmsUnderFlood: a tick that takes longer than PollMin
+// (here each tick sleeps 5 ms) does not keep the doorbell ringing under a
+// flood of commits: the ticker counts the time it waited for the next
+// ring, not the time between two ticks.
+func TestTickerDisarmsUnderFlood(t *testing.T) {
+	d := newDB(t)
+	d.exec(`create function slow_tick() returns trigger language plpgsql as $$ begin perform pg_sleep(0.005); return new; end $$`)
+	d.exec("create trigger slow_tick before insert on rowcast.ticks for each row execute function slow_tick()")
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, PollMin: 2 * time.Millisecond, PollMax: time.Hour})
+	// Sparse changes until the bell rings (the first look may have found
+	// the first change before its ring, and silenced the bell).
+	var id atomic.Int64
+	for !bellArmed(d) || id.Load() == 0 {
+		if id.Load() > 30 {
+			t.Fatal("the doorbell is still silent after 30 sparse changes")
+		}
+		time.Sleep(20 * time.Millisecond) // paces the commits; waits for nothing
+		d.exec("insert into items (id, team_id) values ($1, 7)", id.Add(1))
+		tk.wait(t, fmt.Sprintf("sparse change %d", id.Load()))
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				_, _ = d.pool.Exec(ctx, "insert into items (id, team_id) values ($1, 7)", id.Add(1))
+			}
+		}()
+	}
+	defer func() { stop(); wg.Wait() }()
+	go func() { // the test reads none of these ticks
+		for ctx.Err() == nil {
+			select {
+			case <-tk.ticked:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	waitUntil(t, 30*time.Second, "the doorbell disarmed under a flood of commits", func() bool { return !bellArmed(d) })
+}
+
+// TestTickerNoticesSilentBell: a commit the doorbell did not announce,
+// while the ticker believes it armed (here it was silenced behind its
+// back), makes the ticker set it for certain and poll; commits that then
+// come further apart than PollMin make it ring again.
+func TestTickerNoticesSilentBell(t *testing.T) {
+	d := newDB(t)
+	const pollMin = 200 * time.Millisecond
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, PollMin: pollMin, PollMax: 500 * time.Millisecond})
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	tk.wait(t, "first change")
+	d.exec("select setval('rowcast.bell', 0)")
+	for i := 2; !bellArmed(d); i++ {
+		if i > 30 {
+			t.Fatal("the doorbell is still silent after 29 changes the ticker found by looking")
+		}
+		time.Sleep(pollMin + 50*time.Millisecond) // paces the commits; waits for nothing
+		d.exec("insert into items (id, team_id) values ($1, 7)", i)
+		tk.wait(t, fmt.Sprintf("change %d", i))
+	}
+}
+
+// bellArmed reports whether the writers' doorbell is armed.
+func bellArmed(d *db) bool {
+	return d.queryInt("select coalesce(pg_sequence_last_value('rowcast.bell'), 1)") != 0
+}
+
+// waitUntil polls cond every 10ms until it holds, and fails the test after d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(d)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("not within %s: %s", d, what)
+		}
 	}
 }
 
@@ -249,8 +343,13 @@ func TestTickerKeepBellLooksOnlyAtPollMax(t *testing.T) {
 	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, KeepBell: true, PollMax: time.Hour})
 	d.exec("insert into items (id, team_id) values (1, 7)")
 	tk.wait(t, "first change")
-	d.exec("select setval('rowcast.bell', 0)")
+	// The ticker may have found the first change by its first look, before
+	// the ring, and then set the bell again. The second is ticked at its
+	// ring, after the ticker did all it does for the first.
 	d.exec("insert into items (id, team_id) values (2, 7)")
+	tk.wait(t, "second change")
+	d.exec("select setval('rowcast.bell', 0)")
+	d.exec("insert into items (id, team_id) values (3, 7)")
 	select {
 	case n := <-tk.ticked:
 		t.Fatalf("tick %d of a change that did not ring: the ticker polls while it keeps the bell", n)

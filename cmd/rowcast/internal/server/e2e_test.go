@@ -553,7 +553,7 @@ func TestRateLimitAndFrameSize(t *testing.T) {
 // ring. Its polls are an hour apart here, so each change reaches the client
 // only through the doorbell; with the default the ticker disarms it after a
 // few ticks closer together than its poll interval (here, all of them), and
-// the last change never comes.
+// the sixth change never comes.
 func TestTickAtEachRing(t *testing.T) {
 	e := startRelay(t, func(c *config.Config) { c.Capture.TickInterval = 0 })
 	e.shutdown()
