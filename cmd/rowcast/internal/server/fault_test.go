@@ -1188,7 +1188,15 @@ func TestFaultLargeRows(t *testing.T) {
 				values (1, 'big', 'Austin', 'TX', '1', 1, $1) returning id`, big).Scan(&id); err != nil {
 				t.Fatal(err)
 			}
-			f := reader.event("escrow:created")
+			// As slow as the updates below: a minute, not event's 10 s
+			// (CI once took longer in logical mode).
+			f, err := reader.read(time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Event != "escrow:created" {
+				t.Fatalf("want escrow:created, got %s", f.Raw)
+			}
 			if notes, _ := f.data()["escrow"].(map[string]any)["notes"].(string); notes != big {
 				t.Fatalf("created: notes of %d bytes, want %d", len(notes), len(big))
 			}
@@ -1199,7 +1207,7 @@ func TestFaultLargeRows(t *testing.T) {
 			// In logical mode this update decodes and applies the whole
 			// 10 MB old row (REPLICA IDENTITY FULL): about as slow, under
 			// -race, as an update of the value itself.
-			f, err := reader.read(time.Minute)
+			f, err = reader.read(time.Minute)
 			if err != nil {
 				t.Fatal(err)
 			}
