@@ -82,8 +82,11 @@ type Capture struct {
 	// Notify makes the commit-time trigger ring a pg_notify doorbell so the
 	// relay polls at once; without it the relay only polls. Default true.
 	Notify *bool `mapstructure:"notify" yaml:"notify"`
-	// PollMin and PollMax bound the adaptive poll interval: PollMin while
-	// changes flow, backing off to PollMax when idle. Defaults 5ms and 1s.
+	// PollMin and PollMax bound the readers' poll interval for new ticks.
+	// With Notify every tick is announced to every reader and it polls
+	// every PollMax as the backstop (every PollMin in the first seconds of
+	// a connection); without, every PollMin while ticks come, backing off
+	// to PollMax when idle. Defaults 5ms and 1s.
 	PollMin time.Duration `mapstructure:"poll_min" yaml:"poll_min"`
 	PollMax time.Duration `mapstructure:"poll_max" yaml:"poll_max"`
 	// TickInterval is how often the ticker looks for new commits once

@@ -43,9 +43,13 @@ const (
 // TailOptions tunes a Tail. Zero values select the defaults.
 type TailOptions struct {
 	// PollMin is the poll interval while ticks come (default 5ms); PollMax
-	// the interval the reader backs off to when idle (default 1s).
+	// the interval the reader backs off to when idle (default 1s). A
+	// listening reader polls every PollMin for the first two seconds
+	// (until the ticker has looked for its listener), then every PollMax
+	// whatever comes: every tick is announced to it by then.
 	PollMin, PollMax time.Duration
-	// Listen wakes the reader on every tick's notification.
+	// Listen wakes the reader on every tick's notification (and on Poke,
+	// which wakes it either way).
 	Listen bool
 	// Logger receives connection state changes; nil discards them.
 	Logger *slog.Logger
@@ -85,6 +89,10 @@ type Tail struct {
 	// waiting is when the reader last heard from the database while it
 	// waits for it (unix ns), 0 while it waits for nothing.
 	waiting atomic.Int64
+	// heardFrom is when the ticker knows of this reader's listener at the
+	// latest (unix ns; 0 while it does not listen): from then on every
+	// tick is announced to it.
+	heardFrom atomic.Int64
 }
 
 // NewTail returns a Tail of the changelog in the database at url.
@@ -273,9 +281,13 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		}
 		defer stop()
 		// The ticker notifies this reader from its next look at the
-		// listeners (listenersCheck) on: until then, polling does not back
-		// off, so that a relay that just started sees ticks as soon.
-		unheard = time.Now().Add(listenersCheck)
+		// listeners (every listenersCheck, before a tick) on: until then,
+		// polling does not back off, so that a relay that just started
+		// sees ticks as soon. Twice that: a look that began before the
+		// listenersCheck was up may still be recording its tick.
+		unheard = time.Now().Add(2 * listenersCheck)
+		c.heardFrom.Store(unheard.UnixNano())
+		defer c.heardFrom.Store(0)
 	}
 
 	epoch, last, err := readHead(ctx, conn)
@@ -341,14 +353,24 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		}
 		if n > 0 {
 			st.progressed = true
+		}
+		heard := c.o.Listen && !time.Now().Before(unheard)
+		switch {
+		case n == maxTicks:
+			timer.Reset(0) // more may be waiting
+			continue
+		case heard:
+			// Every tick is announced: this process's ticker pokes the
+			// reader, another's notifies it. Polling only backs them up
+			// (a listener cut off unnoticed), so it waits PollMax: at
+			// tens of changes a second, backing off from PollMin after
+			// each tick cost two or three empty polls per change.
+			interval = c.o.PollMax
+		case n > 0 || c.o.Listen:
+			// Ticks come (or the ticker may not yet know of this
+			// listener): look again soon.
 			interval = c.o.PollMin
-			if n == maxTicks {
-				timer.Reset(0) // more may be waiting
-				continue
-			}
-		} else if time.Now().Before(unheard) {
-			interval = c.o.PollMin
-		} else {
+		default:
 			interval = min(interval*2, c.o.PollMax)
 		}
 		timer.Reset(interval)

@@ -220,3 +220,45 @@ from pg_stat_activity where datname = current_database() and application_name li
 		t.Errorf("the tail's connections are named %q, want rowcast listener and rowcast reader", names)
 	}
 }
+
+// TestTailHeardPollsOnlyAtTicks: once its listener is known to the ticker,
+// the reader reads at each tick announced (poked by its own process's
+// ticker, notified by another's) and does not poll after it: a change
+// costs one poll, not a backoff of empty ones (polling is the backstop,
+// every PollMax).
+func TestTailHeardPollsOnlyAtTicks(t *testing.T) {
+	for _, local := range []bool{true, false} {
+		name := map[bool]string{true: "poked", false: "notified"}[local]
+		t.Run(name, func(t *testing.T) {
+			d := newDB(t)
+			d.exec("select rowcast.tick()")
+			var polls atomic.Int64
+			rec := newRecorder()
+			tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: time.Hour,
+				OnBehind: func(int64, time.Duration) { polls.Add(1) }})
+			to := changelog.TickerOptions{PollMax: 20 * time.Millisecond}
+			if local {
+				to.OnTick, to.LocalListener = tl.Poke, tl.ListenerPID
+			}
+			tk := changelog.NewTicker(d.url, to)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 2)
+			go func() { done <- tl.Run(ctx, rec) }()
+			go func() { done <- tk.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done; <-done })
+			<-tl.Ready()
+			waitUntil(t, 10*time.Second, "the reader heard", func() bool { return changelog.Heard(tl) })
+			for i := 1; i <= 3; i++ {
+				d.exec("insert into items (id, team_id) values ($1, 7)", i)
+				rec.waitChanges(t, i)
+				before := polls.Load()
+				// A window for polls that must not come (before: at 1,
+				// 2, 4, 8, 16, 32 and 64 ms).
+				time.Sleep(100 * time.Millisecond)
+				if n := polls.Load() - before; n > 0 {
+					t.Fatalf("change %d: %d polls in the 100 ms after it was read, want none (the next tick announces itself)", i, n)
+				}
+			}
+		})
+	}
+}
