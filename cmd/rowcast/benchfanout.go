@@ -38,7 +38,9 @@ func (s fanoutStep) ok(limit time.Duration) bool {
 // deliveries per second is the result. Every step connects its sessions afresh, so a slow step's
 // backlog (or a session closed as a slow consumer) does not carry over. With
 // --baseline notify the floor relay is stepped the same way in the same
-// invocation.
+// invocation, --rounds times each, in alternating order (rowcast first,
+// then the floor first), so that a machine getting busier or quieter
+// during the invocation does not favour whichever runs first.
 func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs, cf := newFlagSet("bench fanout", stderr)
 	sessions := fs.Int("sessions", 5000, "WebSocket sessions, all of one team (each uses two file descriptors here)")
@@ -51,6 +53,7 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	writers := fs.Int("writers", 8, "concurrent writer connections (enough that a slow commit does not hold the rate back)")
 	mode := fs.String("mode", config.ModeTrigger, "rowcast capture mode: trigger or logical")
 	baseline := fs.String("baseline", "", `also step a baseline in the same invocation: "notify" (the floor relay)`)
+	rounds := fs.Int("rounds", 2, "with --baseline: runs of each relay, in alternating order")
 	queue := fs.Int("queue", 1024, "outgoing frames queued per session, both relays")
 	refine := fs.Int("refine", 3, "bisections between the first passing rate and the failed one above it (each a step)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (relays and sessions) to `file`")
@@ -61,18 +64,21 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "rowcast bench fanout: %v\n", err)
 		return exitFailed
 	}
+	if *baseline != "" && *baseline != "notify" {
+		return fail(errors.New(`--baseline must be "notify" or empty`))
+	}
+	if *step <= 0 || *step >= 1 || *startRate <= 0 || *sessions < 1 || *refine < 0 || *rounds < 1 {
+		return fail(errors.New("--step must be in (0, 1); --rate, --sessions and --rounds positive; --refine not negative"))
+	}
+	if *baseline == "" {
+		*rounds = 1
+	}
 	if *cpuProfile != "" {
 		stop, err := startCPUProfile(*cpuProfile)
 		if err != nil {
 			return fail(err)
 		}
 		defer stop()
-	}
-	if *baseline != "" && *baseline != "notify" {
-		return fail(errors.New(`--baseline must be "notify" or empty`))
-	}
-	if *step <= 0 || *step >= 1 || *startRate <= 0 || *sessions < 1 || *refine < 0 {
-		return fail(errors.New("--step must be in (0, 1); --rate and --sessions positive; --refine not negative"))
 	}
 	pg, err := benchServer(ctx, false)
 	if err != nil {
@@ -98,16 +104,24 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := installDemo(ctx, cfg); err != nil {
 		return fail(err)
 	}
-	r, stopRelay, err := startBenchRelay(ctx, cfg)
-	if err != nil {
-		return fail(err)
-	}
-	rc, err := stepper.run(ctx, url, rowcastTarget(r, cfg.Auth.JWTSecret))
-	stopRelay()
-	if err != nil {
-		return fail(fmt.Errorf("rowcast: %w", err))
+	var rcBase, flBase int64 // the writes so far to each database (each write's value is new)
+	runRowcast := func() (*fanoutStep, error) {
+		r, stopRelay, err := startBenchRelay(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		defer stopRelay()
+		best, err := stepper.run(ctx, url, rowcastTarget(r, cfg.Auth.JWTSecret), &rcBase)
+		if err != nil {
+			return nil, fmt.Errorf("rowcast: %w", err)
+		}
+		return best, nil
 	}
 	if *baseline == "" {
+		rc, err := runRowcast()
+		if err != nil {
+			return fail(err)
+		}
 		return fanoutCode(rc)
 	}
 
@@ -118,19 +132,64 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := execSQL(ctx, furl, floor.TriggerSQL("escrows", "team_id")); err != nil {
 		return fail(fmt.Errorf("floor trigger: %w", err))
 	}
-	f, stopFloor, err := startFloor(ctx, furl, *queue)
-	if err != nil {
-		return fail(err)
+	runFloor := func() (*fanoutStep, error) {
+		f, stopFloor, err := startFloor(ctx, furl, *queue)
+		if err != nil {
+			return nil, err
+		}
+		defer stopFloor()
+		best, err := stepper.run(ctx, furl, floorTarget(f), &flBase)
+		if err != nil {
+			return nil, fmt.Errorf("floor: %w", err)
+		}
+		return best, nil
 	}
-	fl, err := stepper.run(ctx, furl, floorTarget(f))
-	stopFloor()
-	if err != nil {
-		return fail(fmt.Errorf("floor: %w", err))
+	var rcs, fls []*fanoutStep
+	for round := range *rounds {
+		runs := []func() error{
+			func() error { s, err := runRowcast(); rcs = append(rcs, s); return err },
+			func() error { s, err := runFloor(); fls = append(fls, s); return err },
+		}
+		if round%2 == 1 {
+			runs[0], runs[1] = runs[1], runs[0]
+		}
+		for _, run := range runs {
+			if err := run(); err != nil {
+				return fail(err)
+			}
+		}
 	}
-	if rc != nil && fl != nil {
-		fmt.Fprintf(stdout, "\nrowcast / floor: %.2f× the deliveries/s (goal ≥ 1)\n", rc.deliveriesPerSec()/fl.deliveriesPerSec())
+	printFanoutRatios(stdout, rcs, fls)
+	return fanoutCode(bestStep(rcs))
+}
+
+// printFanoutRatios prints rowcast's deliveries/s over the floor's, round by
+// round and best against best; a relay with no passing step has none.
+func printFanoutRatios(w io.Writer, rcs, fls []*fanoutStep) {
+	fmt.Fprintf(w, "\nrowcast / floor, the deliveries/s (goal ≥ 1):")
+	for i := range rcs {
+		if rcs[i] == nil || fls[i] == nil {
+			fmt.Fprintf(w, " round %d -", i+1)
+			continue
+		}
+		fmt.Fprintf(w, " round %d %.2f×", i+1, rcs[i].deliveriesPerSec()/fls[i].deliveriesPerSec())
 	}
-	return fanoutCode(rc)
+	if rc, fl := bestStep(rcs), bestStep(fls); rc != nil && fl != nil {
+		fmt.Fprintf(w, "; best %.0f / best %.0f = %.2f×", rc.deliveriesPerSec(), fl.deliveriesPerSec(), rc.deliveriesPerSec()/fl.deliveriesPerSec())
+	}
+	fmt.Fprintln(w)
+}
+
+// bestStep is the step of steps (nil for a run with none passing) with the
+// most deliveries/s, nil when none passed.
+func bestStep(steps []*fanoutStep) *fanoutStep {
+	var best *fanoutStep
+	for _, s := range steps {
+		if s != nil && (best == nil || s.deliveriesPerSec() > best.deliveriesPerSec()) {
+			best = s
+		}
+	}
+	return best
 }
 
 // fanoutCode is the exit code: failure when no step passed.
@@ -161,18 +220,19 @@ type fanoutStepper struct {
 // run steps t's rate down until a step passes, refines it by bisection
 // (fs.refine steps between the passing rate and the failed one above it,
 // geometrically) and returns the best passing step, or nil when the rate
-// fell below the minimum first.
-func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fanoutStep, error) {
+// fell below the minimum first. *base is how many writes were made to the
+// database at url before (each write's value is new, so that no update is
+// a no-op); run adds its own.
+func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget, base *int64) (*fanoutStep, error) {
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
 	fmt.Fprintf(fs.out, "\n%s:\n%10s %10s %12s %10s %10s %10s %10s %14s\n", t.name, "target/s", "wrote/s", "delivered", "lost", "p50", "p99", "max", "deliveries/s")
-	seen0 := t.seen()
-	var base int64
+	seen0, base0 := t.seen(), *base
 	try := func(rate float64) (fanoutStep, error) {
-		spec := loadSpec{teams: 1, writes: max(1, int(rate*fs.seconds)), writers: fs.writers, perSec: rate, base: base, drain: fs.drain}
+		spec := loadSpec{teams: 1, writes: max(1, int(rate*fs.seconds)), writers: fs.writers, perSec: rate, base: *base, drain: fs.drain}
 		ss, err := dialSessions(ctx, t, fs.sessions, 1)
 		if err != nil {
 			return fanoutStep{}, err
@@ -181,7 +241,7 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 		if err != nil {
 			return fanoutStep{}, err
 		}
-		base += int64(spec.writes)
+		*base += int64(spec.writes)
 		s := fanoutStep{rate: rate, res: res}
 		verdict := ""
 		if s.ok(fs.limit) {
@@ -195,7 +255,7 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget) (*fan
 		if err := waitFor(ctx, time.Minute, t.name+" sessions closed", func() bool { return t.sessions() == 0 }); err != nil {
 			return fanoutStep{}, err
 		}
-		if err := waitFor(ctx, 5*time.Minute, t.name+" caught up", func() bool { return t.seen()-seen0 >= base }); err != nil {
+		if err := waitFor(ctx, 5*time.Minute, t.name+" caught up", func() bool { return t.seen()-seen0 >= *base-base0 }); err != nil {
 			return fanoutStep{}, err
 		}
 		return s, nil
