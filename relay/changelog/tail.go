@@ -12,8 +12,8 @@
 // batches in the same order (relay.Pos). The Ticker pokes its own
 // process's Tail, rings the other relays' (a notification per tick, while
 // any listens) and is woken by the writers' doorbell (when it asks for it)
-// or by Ring; adaptive polling is the backstop when a notification is
-// missed or the doorbells are switched off. A tick is durable before it is
+// or by Ring. A Tail told of every tick polls only as the backstop, every
+// PollMax; with the doorbells switched off it polls adaptively. A tick is durable before it is
 // read, and so is every commit it covers.
 package changelog
 
@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -93,6 +94,17 @@ type Tail struct {
 	// latest (unix ns; 0 while it does not listen): from then on every
 	// tick is announced to it.
 	heardFrom atomic.Int64
+	told      atomic.Int64 // the highest tick a notification named this session
+}
+
+// raise sets v to n if n is higher.
+func raise(v *atomic.Int64, n int64) {
+	for {
+		p := v.Load()
+		if n <= p || v.CompareAndSwap(p, n) {
+			return
+		}
+	}
 }
 
 // NewTail returns a Tail of the changelog in the database at url.
@@ -119,12 +131,7 @@ func NewTail(url string, o TailOptions) *Tail {
 // process's Ticker calls it after each tick it records; a notification of
 // a tick this low no longer wakes the reader). It never blocks.
 func (c *Tail) Poke(tick int64) {
-	for {
-		p := c.poked.Load()
-		if tick <= p || c.poked.CompareAndSwap(p, tick) {
-			break
-		}
-	}
+	raise(&c.poked, tick)
 	select {
 	case c.poke <- struct{}{}:
 	default:
@@ -274,7 +281,11 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		// before the notification arrives) does not wake it again.
 		stop, err := listen(ctx, c.url, TickChannel, &c.listener, bell, listenErr, func(payload string) bool {
 			n, err := strconv.ParseInt(payload, 10, 64)
-			return err != nil || n > c.read.Load() && n > c.poked.Load()
+			if err != nil {
+				return true
+			}
+			raise(&c.told, n)
+			return n > c.read.Load() && n > c.poked.Load()
 		})
 		if err != nil {
 			return fmt.Errorf("capture %w", err)
@@ -289,6 +300,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		c.heardFrom.Store(unheard.UnixNano())
 		defer c.heardFrom.Store(0)
 	}
+	c.told.Store(0)
 
 	epoch, last, err := readHead(ctx, conn)
 	if err != nil {
@@ -331,6 +343,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	defer timer.Stop()
 	for {
 		c.waiting.Store(0)
+		asked := true // this poll was asked for by a poke or a notification
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -339,6 +352,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		case <-bell:
 		case <-c.poke:
 		case <-timer.C:
+			asked = false
 		}
 		if !timer.Stop() {
 			select {
@@ -346,15 +360,24 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			default:
 			}
 		}
-		c.waiting.Store(time.Now().UnixNano())
+		now := time.Now()
+		heard := c.o.Listen && !now.Before(unheard)
+		c.waiting.Store(now.UnixNano())
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
 			st.progressed = true
+			if heard && !asked && max(c.poked.Load(), c.told.Load()) < st.tick {
+				// A tick nobody told this reader of (its listener cut off
+				// unnoticed, a tick whose ticker lost its reply): poll
+				// often again for a while, as after connecting.
+				c.o.Logger.Info("capture read a tick it was not told of; polling every poll_min for a while", "tick", st.tick)
+				heard, unheard = false, time.Now().Add(2*listenersCheck)
+				c.heardFrom.Store(unheard.UnixNano())
+			}
 		}
-		heard := c.o.Listen && !time.Now().Before(unheard)
 		switch {
 		case n == maxTicks:
 			timer.Reset(0) // more may be waiting
@@ -475,6 +498,12 @@ func listen(ctx context.Context, url, channel string, announce *atomic.Uint32, b
 		return nil, fmt.Errorf("listen connect: %w", err)
 	}
 	AppName(cc, "listener")
+	// A listener only reads: a connection cut off without a reset (a
+	// NAT's or a proxy's timeout) is noticed by TCP keepalives alone, in
+	// about 20 s with these rather than Go's default two and a half
+	// minutes, during which its notifications would be lost.
+	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 5 * time.Second, Count: 3}}
+	cc.DialFunc = d.DialContext
 	lconn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)

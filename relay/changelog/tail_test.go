@@ -262,3 +262,35 @@ func TestTailHeardPollsOnlyAtTicks(t *testing.T) {
 		})
 	}
 }
+
+// TestTailPollsOftenAfterAnUnannouncedTick: a listening reader that reads a
+// tick nobody told it of (here its ticker neither pokes it nor, believing
+// it local, notifies it) polls every PollMin again, rather than leave each
+// change to the PollMax backstop.
+func TestTailPollsOftenAfterAnUnannouncedTick(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	var polls atomic.Int64
+	rec := newRecorder()
+	tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: 300 * time.Millisecond,
+		OnBehind: func(int64, time.Duration) { polls.Add(1) }})
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, LocalListener: tl.ListenerPID})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- tl.Run(ctx, rec) }()
+	go func() { done <- tk.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	<-tl.Ready()
+	waitUntil(t, 10*time.Second, "the reader heard", func() bool { return changelog.Heard(tl) })
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	rec.waitChanges(t, 1) // by the backstop poll
+	before := polls.Load()
+	// A window in which the backstop alone polls once at most.
+	time.Sleep(200 * time.Millisecond)
+	if n := polls.Load() - before; n < 10 {
+		t.Errorf("%d polls in the 200 ms after an unannounced tick, want many (every PollMin)", n)
+	}
+	if changelog.Heard(tl) {
+		t.Error("the reader still counts on being told of every tick")
+	}
+}

@@ -324,8 +324,10 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 const tickTimeout = 30 * time.Second
 
 // listenersCheck is how often the ticker looks whether a reader other than
-// its own process's listens for ticks: a relay that starts listening waits
-// at most this long for its first notification (it polls meanwhile).
+// its own process's listens for ticks, at its first look after this long
+// (before that look's tick): a relay that starts listening is notified of
+// the ticks of looks that begin more than this long after (it polls
+// meanwhile, and for as long again: Tail.session).
 const listenersCheck = time.Second
 
 // listenersSQL reports whether a backend other than $1 holds the
