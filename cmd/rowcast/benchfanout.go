@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"runtime/pprof"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,6 +24,7 @@ import (
 type fanoutStep struct {
 	rate float64
 	res  loadResult
+	cpu  time.Duration // this process's CPU time during the step's load (relay, sessions, writers)
 }
 
 // ok reports whether the step delivered every event to every session with
@@ -147,8 +149,8 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	var rcs, fls []*fanoutStep
 	for round := range *rounds {
 		runs := []func() error{
-			func() error { s, err := runRowcast(); rcs = append(rcs, s); return err },
-			func() error { s, err := runFloor(); fls = append(fls, s); return err },
+			func() error { s, err := labelled("rowcast", runRowcast); rcs = append(rcs, s); return err },
+			func() error { s, err := labelled("floor", runFloor); fls = append(fls, s); return err },
 		}
 		if round%2 == 1 {
 			runs[0], runs[1] = runs[1], runs[0]
@@ -161,6 +163,15 @@ func runBenchFanout(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	printFanoutRatios(stdout, rcs, fls)
 	return fanoutCode(bestStep(rcs))
+}
+
+// labelled runs run with the profiler label relay=name, which the
+// goroutines it starts (the relay's, its sessions', the writers') inherit:
+// with --cpuprofile, `go tool pprof -tagfocus relay=floor` shows one
+// relay's share.
+func labelled(name string, run func() (*fanoutStep, error)) (s *fanoutStep, err error) {
+	pprof.Do(context.Background(), pprof.Labels("relay", name), func(context.Context) { s, err = run() })
+	return s, err
 }
 
 // printFanoutRatios prints rowcast's deliveries/s over the floor's, round by
@@ -206,6 +217,25 @@ func (s fanoutStep) deliveriesPerSec() float64 {
 	return float64(s.res.delivered) / s.res.wrote.Seconds()
 }
 
+// cpuPerDelivery is this process's CPU time per delivery during the step,
+// in µs: the relay's, its sessions' and the writers' work for one frame to
+// one session, the steadier figure where both relays pass the same rate.
+func (s fanoutStep) cpuPerDelivery() float64 {
+	if s.res.delivered == 0 {
+		return 0
+	}
+	return float64(s.cpu.Microseconds()) / float64(s.res.delivered)
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // fanoutStepper steps one relay's write rate down.
 type fanoutStepper struct {
 	pg                *pgembed.Server
@@ -229,7 +259,7 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget, base 
 		return nil, err
 	}
 	defer pool.Close()
-	fmt.Fprintf(fs.out, "\n%s:\n%10s %10s %12s %10s %10s %10s %10s %14s\n", t.name, "target/s", "wrote/s", "delivered", "lost", "p50", "p99", "max", "deliveries/s")
+	fmt.Fprintf(fs.out, "\n%s:\n%10s %10s %12s %10s %10s %10s %10s %14s %9s\n", t.name, "target/s", "wrote/s", "delivered", "lost", "p50", "p99", "max", "deliveries/s", "CPU µs/d")
 	seen0, base0 := t.seen(), *base
 	try := func(rate float64) (fanoutStep, error) {
 		spec := loadSpec{teams: 1, writes: max(1, int(rate*fs.seconds)), writers: fs.writers, perSec: rate, base: *base, drain: fs.drain}
@@ -237,19 +267,20 @@ func (fs fanoutStepper) run(ctx context.Context, url string, t loadTarget, base 
 		if err != nil {
 			return fanoutStep{}, err
 		}
+		cpu0 := processCPU()
 		res, err := runLoad(ctx, pool, nil, t, ss, spec)
 		if err != nil {
 			return fanoutStep{}, err
 		}
 		*base += int64(spec.writes)
-		s := fanoutStep{rate: rate, res: res}
+		s := fanoutStep{rate: rate, res: res, cpu: processCPU() - cpu0}
 		verdict := ""
 		if s.ok(fs.limit) {
 			verdict = "  pass"
 		}
-		fmt.Fprintf(fs.out, "%10.1f %10.1f %12d %10d %10v %10v %10v %14.0f%s\n", rate, float64(res.writes)/res.wrote.Seconds(), res.delivered, res.expected-res.delivered,
+		fmt.Fprintf(fs.out, "%10.1f %10.1f %12d %10d %10v %10v %10v %14.0f %9.2f%s\n", rate, float64(res.writes)/res.wrote.Seconds(), res.delivered, res.expected-res.delivered,
 			res.q(0.5).Round(time.Millisecond), res.q(0.99).Round(time.Millisecond), res.q(1).Round(time.Millisecond),
-			s.deliveriesPerSec(), verdict)
+			s.deliveriesPerSec(), s.cpuPerDelivery(), verdict)
 		// Before the next step: the relay has dropped this step's sessions
 		// (file descriptors) and read every change written so far.
 		if err := waitFor(ctx, time.Minute, t.name+" sessions closed", func() bool { return t.sessions() == 0 }); err != nil {
