@@ -13,8 +13,8 @@
 // process's Tail, rings the other relays' (a notification per tick, while
 // any listens) and is woken by the writers' doorbell (when it asks for it)
 // or by Ring. A Tail told of every tick polls only as the backstop, every
-// PollMax; with the doorbells switched off it polls adaptively. A tick is durable before it is
-// read, and so is every commit it covers.
+// PollMax; with the doorbells switched off it polls adaptively. A tick is
+// durable before it is read, and so is every commit it covers.
 package changelog
 
 import (
@@ -276,6 +276,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)
 	var unheard time.Time // until when the ticker may not know of this listener
+	c.told.Store(0)
 	if c.o.Listen {
 		// A tick this relay has read already (its own ticker pokes it
 		// before the notification arrives) does not wake it again.
@@ -300,7 +301,6 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		c.heardFrom.Store(unheard.UnixNano())
 		defer c.heardFrom.Store(0)
 	}
-	c.told.Store(0)
 
 	epoch, last, err := readHead(ctx, conn)
 	if err != nil {
