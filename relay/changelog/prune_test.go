@@ -172,3 +172,37 @@ func (s *gatedSink) Txn(txn *relay.Txn) {
 	}
 	s.recorder.Txn(txn)
 }
+
+// TestTailOneSnapshotPerPoll: a prune that commits after a poll looked at
+// the ticks and before it read their rows does not take the rows away: the
+// poll reads both in one snapshot. The test holds the changelog locked so
+// that the poll waits between the two, then deletes the rows.
+func TestTailOneSnapshotPerPoll(t *testing.T) {
+	d := newDB(t)
+	rec := newRecorder()
+	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, rec) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-tl.Ready()
+	d.exec("insert into items (id, team_id) values (1, 7), (2, 7)")
+	tick := d.tick()
+
+	blocker := connect(t, d.url)
+	tx, err := blocker.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	txExec(t, tx, "lock table rowcast.changelog in access exclusive mode")
+	tl.Poke(tick)
+	waitUntil(t, 10*time.Second, "the poll waits for the changelog", func() bool {
+		return d.queryInt(`select count(*) from pg_stat_activity
+where application_name = 'rowcast reader' and wait_event_type = 'Lock'`) == 1
+	})
+	txExec(t, tx, "delete from rowcast.changelog")
+	commit(t, tx)
+	if got := rec.waitChanges(t, 2); len(got) != 2 {
+		t.Fatalf("got %d changes, want the 2 of the tick the poll looked at", len(got))
+	}
+}
