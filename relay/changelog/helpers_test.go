@@ -223,6 +223,26 @@ func (d *db) tailInto(sink relay.Sink) {
 	d.tailWith(sink, changelog.TailOptions{})
 }
 
+// startTail runs a Tail of d into sink with o, and no Ticker (the test
+// ticks, and pokes or notifies it), until the test ends; it returns once
+// the tail is ready.
+func startTail(t *testing.T, d *db, sink relay.Sink, o changelog.TailOptions) *changelog.Tail {
+	t.Helper()
+	tl := changelog.NewTail(d.url, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tl.Run(ctx, sink) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-tl.Ready():
+	case err := <-done:
+		t.Fatalf("tail: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("tail not ready after 30s")
+	}
+	return tl
+}
+
 // tailWith starts a Tail of d into sink, with o (but polling at least every
 // 20ms), and a Ticker, and waits until the tail is ready. What was written
 // before is ticked first: it is history, not handed on.

@@ -114,12 +114,7 @@ func TestPrunerDefaults(t *testing.T) {
 func TestTailBehindPruningStartsNewEpoch(t *testing.T) {
 	d := newDB(t)
 	rec := &gatedSink{recorder: newRecorder(), entered: make(chan struct{}), gate: make(chan struct{})}
-	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, rec) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tl.Ready()
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	epoch := d.queryText("select epoch::text from rowcast.meta")
 	// The tail reads this and then waits in the sink, inside its poll,
 	// until the ticks after it were recorded and pruned.
@@ -180,12 +175,7 @@ func (s *gatedSink) Txn(txn *relay.Txn) {
 func TestTailOneSnapshotPerPoll(t *testing.T) {
 	d := newDB(t)
 	rec := newRecorder()
-	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, rec) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tl.Ready()
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	d.exec("insert into items (id, team_id) values (1, 7), (2, 7)")
 	tick := d.tick()
 

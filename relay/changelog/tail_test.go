@@ -79,18 +79,13 @@ func TestTailReportsBehind(t *testing.T) {
 	d := newDB(t)
 	rec := &gatedSink{recorder: newRecorder(), entered: make(chan struct{}), gate: make(chan struct{})}
 	reports := make(chan int64, 100)
-	tl := changelog.NewTail(d.url, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour,
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour,
 		OnBehind: func(n int64, age time.Duration) {
 			if (n == 0) != (age == 0) || age < 0 || age > time.Minute {
 				t.Errorf("reported %d ticks behind, the oldest %v old", n, age)
 			}
 			reports <- n
 		}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, rec) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tl.Ready()
 	// The tail waits in the sink, inside its poll, while five more ticks
 	// are recorded.
 	d.exec("insert into items (id, team_id) values (0, 7)")
@@ -161,17 +156,12 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 	d := newDB(t)
 	var lost atomic.Int32
 	rec := newRecorder()
-	tl := changelog.NewTail(d.url, changelog.TailOptions{StallTimeout: 500 * time.Millisecond,
+	tl := startTail(t, d, rec, changelog.TailOptions{StallTimeout: 500 * time.Millisecond,
 		OnConnected: func(v bool) {
 			if !v {
 				lost.Add(1)
 			}
 		}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, rec) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tl.Ready()
 	d.exec("insert into items (id, team_id) values (1, 7)")
 	d.tick()
 	lock := d.begin()
@@ -200,12 +190,7 @@ func TestTailWaitsForASlowDatabase(t *testing.T) {
 // CPU split, can tell them apart.
 func TestTailNamesItsConnections(t *testing.T) {
 	d := newDB(t)
-	tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tl.Run(ctx, newRecorder()) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-tl.Ready()
+	startTail(t, d, newRecorder(), changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
 	conn, err := pgx.Connect(t.Context(), d.url)
 	if err != nil {
 		t.Fatal(err)
@@ -234,19 +219,13 @@ func TestTailHeardPollsOnlyAtTicks(t *testing.T) {
 			d.exec("select rowcast.tick()")
 			var polls atomic.Int64
 			rec := newRecorder()
-			tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: time.Hour,
+			tl := startTail(t, d, rec, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: time.Hour,
 				OnBehind: func(int64, time.Duration) { polls.Add(1) }})
 			to := changelog.TickerOptions{PollMax: 20 * time.Millisecond}
 			if local {
 				to.OnTick, to.LocalListener = tl.Poke, tl.ListenerPID
 			}
-			tk := changelog.NewTicker(d.url, to)
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 2)
-			go func() { done <- tl.Run(ctx, rec) }()
-			go func() { done <- tk.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done; <-done })
-			<-tl.Ready()
+			startTicker(t, d, to)
 			waitUntil(t, 10*time.Second, "the reader heard", func() bool { return changelog.Heard(tl) })
 			for i := 1; i <= 3; i++ {
 				d.exec("insert into items (id, team_id) values ($1, 7)", i)
@@ -272,15 +251,9 @@ func TestTailPollsOftenAfterAnUnannouncedTick(t *testing.T) {
 	d.exec("select rowcast.tick()")
 	var polls atomic.Int64
 	rec := newRecorder()
-	tl := changelog.NewTail(d.url, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: 300 * time.Millisecond,
+	tl := startTail(t, d, rec, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: 300 * time.Millisecond,
 		OnBehind: func(int64, time.Duration) { polls.Add(1) }})
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, LocalListener: tl.ListenerPID})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- tl.Run(ctx, rec) }()
-	go func() { done <- tk.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	<-tl.Ready()
+	startTicker(t, d, changelog.TickerOptions{PollMax: 20 * time.Millisecond, LocalListener: tl.ListenerPID})
 	waitUntil(t, 10*time.Second, "the reader heard", func() bool { return changelog.Heard(tl) })
 	d.exec("insert into items (id, team_id) values (1, 7)")
 	rec.waitChanges(t, 1) // by the backstop poll
