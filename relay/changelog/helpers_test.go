@@ -236,6 +236,7 @@ func startTail(t *testing.T, d *db, sink relay.Sink, o changelog.TailOptions) *c
 	select {
 	case <-tl.Ready():
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("tail: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("tail not ready after 30s")
@@ -261,6 +262,7 @@ func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 	select {
 	case <-tl.Ready():
 	case err := <-done:
+		done <- err // for the cleanup
 		d.t.Fatalf("tail: %v", err)
 	case <-time.After(30 * time.Second):
 		d.t.Fatal("tail not ready after 30s")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,7 +176,12 @@ func (s *gatedSink) Txn(txn *relay.Txn) {
 func TestTailOneSnapshotPerPoll(t *testing.T) {
 	d := newDB(t)
 	rec := newRecorder()
-	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	var polls atomic.Int64
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour,
+		OnBehind: func(int64, time.Duration) { polls.Add(1) }})
+	// The first poll prepares the statements: the lock must find the poll
+	// below between them, not in their preparation.
+	waitUntil(t, 10*time.Second, "the first poll", func() bool { return polls.Load() > 0 })
 	d.exec("insert into items (id, team_id) values (1, 7), (2, 7)")
 	tick := d.tick()
 

@@ -266,16 +266,19 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	// synchronous standby down, a commit that waits for it would stop the
 	// reader, and with it every relay's events.
 	cc.RuntimeParams["synchronous_commit"] = "local"
-	// A poll's two statements share a snapshot (see poll). The reader's
-	// other statements stand alone, and its one write (a new epoch) is
-	// retried after a serialization failure as after any error.
-	cc.RuntimeParams["default_transaction_isolation"] = "repeatable read"
 	AppName(cc, "reader")
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("capture connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// A poll's two statements share a snapshot (see poll): set by a
+	// statement, as a startup parameter a pooler could drop unsaid. The
+	// reader's other statements stand alone, and its one write (a new
+	// epoch) is retried after a serialization failure as after any error.
+	if _, err := conn.Exec(ctx, "set session characteristics as transaction isolation level repeatable read"); err != nil {
+		return fmt.Errorf("capture connect: %w", err)
+	}
 
 	bell := make(chan struct{}, 1)
 	listenErr := make(chan error, 1)

@@ -302,19 +302,22 @@ type testTicker struct {
 }
 
 // startTicker runs a Ticker of d with o until the test ends; o.OnTick, if
-// set, is called before the tick is passed on to wait (which must be
-// called for every 16 ticks, or the ticker stops).
+// set, is called before the tick is passed on to wait (the ticker waits
+// while 16 ticks wait for it, until the test ends).
 func startTicker(t *testing.T, d *db, o changelog.TickerOptions) *testTicker {
 	t.Helper()
 	tk := &testTicker{ticked: make(chan int64, 16), done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(t.Context())
 	onTick := o.OnTick
 	o.OnTick = func(n int64) {
 		if onTick != nil {
 			onTick(n)
 		}
-		tk.ticked <- n
+		select {
+		case tk.ticked <- n:
+		case <-ctx.Done():
+		}
 	}
-	ctx, cancel := context.WithCancel(t.Context())
 	go func() { tk.done <- changelog.NewTicker(d.url, o).Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-tk.done })
 	return tk
