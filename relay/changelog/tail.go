@@ -287,7 +287,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	if c.o.Listen {
 		// A tick this relay has read already (its own ticker pokes it
 		// before the notification arrives) does not wake it again.
-		stop, err := listen(ctx, c.url, TickChannel, &c.listener, bell, listenErr, func(payload string) bool {
+		stop, err := listen(ctx, c.url, "listener", TickChannel, &c.listener, bell, listenErr, func(payload string) bool {
 			n, err := strconv.ParseInt(payload, 10, 64)
 			if err != nil {
 				return true
@@ -492,19 +492,19 @@ func AppName(cc *pgx.ConnConfig, part string) {
 const listenersKey = "hashtext('rowcast.listeners')::bigint"
 
 // listen runs a goroutine that LISTENs on channel with a connection of its
-// own and signals bell (without blocking) on every notification that wake,
+// own, named after part (AppName), and signals bell (without blocking) on every notification that wake,
 // when not nil, says is news; the first error goes to errs. With announce
 // not nil the connection also holds the listeners' lock (listenersKey)
 // shared, and announce its backend process id, stored before the lock is
 // taken and set back to 0 once the connection is closed. stop ends the
 // goroutine and waits for it, which closes the connection.
-func listen(ctx context.Context, url, channel string, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
+func listen(ctx context.Context, url, part, channel string, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
 	wake func(payload string) bool) (stop func(), err error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)
 	}
-	AppName(cc, "listener")
+	AppName(cc, part)
 	// A listener only reads: a connection cut off without a reset (a
 	// NAT's or a proxy's timeout) is noticed by TCP keepalives alone, in
 	// about 20 s with these rather than Go's default two and a half

@@ -183,7 +183,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 
 	listenErr := make(chan error, 1)
 	if t.o.Listen {
-		stop, err := listen(ctx, t.url, Channel, nil, t.bell, listenErr, nil)
+		stop, err := listen(ctx, t.url, "doorbell", Channel, nil, t.bell, listenErr, nil)
 		if err != nil {
 			return false, fmt.Errorf("ticker %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -365,5 +366,34 @@ func TestTickerKeepBellLooksOnlyAtPollMax(t *testing.T) {
 	case n := <-tk.ticked:
 		t.Fatalf("tick %d of a change that did not ring: the ticker polls while it keeps the bell", n)
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// The ticker's connections are named apart from the reader's ("rowcast
+// ticker", and "rowcast doorbell" for the one that listens to the
+// writers' doorbell), so that bench's CPU split shows each listening
+// backend's cost.
+func TestTickerNamesItsConnections(t *testing.T) {
+	d := newDB(t)
+	startTicker(t, d, changelog.TickerOptions{Listen: true})
+	var names []string
+	waitUntil(t, 10*time.Second, "the ticker's two connections", func() bool {
+		names = nil
+		rows, err := d.pool.Query(t.Context(), `select application_name from pg_stat_activity
+where datname = current_database() and application_name like 'rowcast %' order by 1`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, n)
+		}
+		return len(names) >= 2
+	})
+	if !slices.Equal(names, []string{"rowcast doorbell", "rowcast ticker"}) {
+		t.Errorf("the ticker's connections are named %q, want rowcast doorbell and rowcast ticker", names)
 	}
 }
