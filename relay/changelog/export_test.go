@@ -1,7 +1,5 @@
 package changelog
 
-import "time"
-
 // SetPaging sets h's page size and first window, so that a test crosses
 // page and window boundaries with a few changes.
 func SetPaging(h *History, page int, span int64) { h.page, h.span = page, span }
@@ -9,9 +7,6 @@ func SetPaging(h *History, page int, span int64) { h.page, h.span = page, span }
 // BatchSQL is the reader's query of a poll's batches.
 const BatchSQL = batchSQL
 
-// Heard reports whether every tick is now announced to tl's reader: it
-// listens, and the ticker has looked for its listener since it began.
-func Heard(tl *Tail) bool {
-	h := tl.heardFrom.Load()
-	return h != 0 && time.Now().UnixNano() >= h
-}
+// Announced reports whether the last poll of tl's reader counted on every
+// tick being announced to it: it then polls only every PollMax.
+func Announced(tl *Tail) bool { return tl.announced.Load() }

@@ -90,10 +90,9 @@ type Tail struct {
 	// waiting is when the reader last heard from the database while it
 	// waits for it (unix ns), 0 while it waits for nothing.
 	waiting atomic.Int64
-	// heardFrom is when the ticker knows of this reader's listener at the
-	// latest (unix ns; 0 while it does not listen): from then on every
-	// tick is announced to it.
-	heardFrom atomic.Int64
+	// announced is whether the reader's last poll counted on every tick
+	// being announced to it (it then polls only every PollMax).
+	announced atomic.Bool
 	told      atomic.Int64 // the highest tick a notification named this session
 }
 
@@ -305,8 +304,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		// sees ticks as soon. Twice that: a look that began before the
 		// listenersCheck was up may still be recording its tick.
 		unheard = time.Now().Add(2 * listenersCheck)
-		c.heardFrom.Store(unheard.UnixNano())
-		defer c.heardFrom.Store(0)
+		defer c.announced.Store(false)
 	}
 
 	epoch, last, err := readHead(ctx, conn)
@@ -368,7 +366,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			}
 		}
 		now := time.Now()
-		heard := c.o.Listen && !now.Before(unheard)
+		announced := c.o.Listen && !now.Before(unheard)
 		c.waiting.Store(now.UnixNano())
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
@@ -376,20 +374,20 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		}
 		if n > 0 {
 			st.progressed = true
-			if heard && !asked && max(c.poked.Load(), c.told.Load()) < st.tick {
+			if announced && !asked && max(c.poked.Load(), c.told.Load()) < st.tick {
 				// A tick nobody told this reader of (its listener cut off
 				// unnoticed, a tick whose ticker lost its reply): poll
 				// often again for a while, as after connecting.
 				c.o.Logger.Info("capture read a tick it was not told of; polling every poll_min for a while", "tick", st.tick)
-				heard, unheard = false, time.Now().Add(2*listenersCheck)
-				c.heardFrom.Store(unheard.UnixNano())
+				announced, unheard = false, time.Now().Add(2*listenersCheck)
 			}
 		}
+		c.announced.Store(announced)
 		switch {
 		case n == maxTicks:
 			timer.Reset(0) // more may be waiting
 			continue
-		case heard:
+		case announced:
 			// Every tick is announced: this process's ticker pokes the
 			// reader, another's notifies it. Polling only backs them up
 			// (a listener cut off unnoticed), so it waits PollMax: at
