@@ -265,7 +265,8 @@ const stagesColumn = "alter table rowcast.changelog add column bench_at timestam
 const stagesSQL = `with s as (select xid, min(origin_at) o, min(bench_at) b from rowcast.changelog group by xid order by random() limit 400),
 v as (select s.*, (select min(t.at) from rowcast.ticks t where t.at >= s.b and pg_visible_in_snapshot(s.xid, t.snap)) t from s)
 select percentile_cont(array[0.5, 0.9, 0.99]) within group (order by extract(epoch from b - o) * 1000),
-       percentile_cont(array[0.5, 0.9, 0.99]) within group (order by extract(epoch from t - b) * 1000) from v`
+       percentile_cont(array[0.5, 0.9, 0.99]) within group (order by extract(epoch from t - b) * 1000),
+       (select count(*) from rowcast.ticks), (select count(*) from rowcast.changelog) from v`
 
 // printStages prints where a run's latency went up to the tick, from the
 // column stagesColumn added.
@@ -276,7 +277,8 @@ func printStages(ctx context.Context, url string, w io.Writer) error {
 	}
 	defer conn.Close(ctx)
 	var written, ticked []float64
-	if err := conn.QueryRow(ctx, stagesSQL).Scan(&written, &ticked); err != nil {
+	var ticks, changes int64
+	if err := conn.QueryRow(ctx, stagesSQL).Scan(&written, &ticked, &ticks, &changes); err != nil {
 		return fmt.Errorf("stages: %w", err)
 	}
 	if written != nil {
@@ -284,6 +286,9 @@ func printStages(ctx context.Context, url string, w io.Writer) error {
 	}
 	if ticked != nil {
 		fmt.Fprintf(w, "  changelog write → tick:          p50 %.2fms  p90 %.2fms  p99 %.2fms\n", ticked[0], ticked[1], ticked[2])
+	}
+	if ticks > 0 {
+		fmt.Fprintf(w, "  %d ticks recorded, %.1f changes per tick\n", ticks, float64(changes)/float64(ticks))
 	}
 	return nil
 }

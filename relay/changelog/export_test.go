@@ -1,5 +1,12 @@
 package changelog
 
+import (
+	"testing"
+	"time"
+
+	"github.com/rowcast/rowcast/relay"
+)
+
 // SetPaging sets h's page size and first window, so that a test crosses
 // page and window boundaries with a few changes.
 func SetPaging(h *History, page int, span int64) { h.page, h.span = page, span }
@@ -10,3 +17,29 @@ const BatchSQL = batchSQL
 // Announced reports whether the last poll of tl's reader counted on every
 // tick being announced to it: it then polls only every PollMax.
 func Announced(tl *Tail) bool { return tl.announced.Load() }
+
+// Offer hands tl's reader a tick as this process's ticker does after it
+// read it (TickerOptions.Reader) on the reader's connection number session
+// (Session): tick, its snapshot, the snapshot of the tick before, and its
+// transactions. Unlike the ticker, it waits until the reader has taken the
+// offer before, rather than poke the reader instead: offers are taken in
+// the order they are made.
+// It fails t when the reader takes none for 10 seconds.
+func Offer(t testing.TB, tl *Tail, session int64, epoch string, tick int64, snap, prev string, txns []relay.Txn) {
+	t.Helper()
+	raise(&tl.poked, tick)
+	select {
+	case tl.offers <- &offer{session: session, epoch: epoch, tick: tick, snap: snap, prev: prev, txns: txns}:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the reader took no offer for 10s (offering tick %d)", tick)
+	}
+}
+
+// Session is the number of tl's reader's current connection.
+func Session(tl *Tail) int64 { return tl.conns.Load() }
+
+// Polls is how many times tl's reader has polled.
+func Polls(tl *Tail) int64 { return tl.polls.Load() }
+
+// OfferMax is the most changes of a tick the ticker reads for the reader.
+const OfferMax = offerMax

@@ -245,7 +245,8 @@ func startTail(t *testing.T, d *db, sink relay.Sink, o changelog.TailOptions) *c
 }
 
 // tailWith starts a Tail of d into sink, with o (but polling at least every
-// 20ms), and a Ticker, and waits until the tail is ready. What was written
+// 20ms), and a Ticker that reads its ticks for it (TickerOptions.Reader), and
+// waits until the tail is ready. What was written
 // before is ticked first: it is history, not handed on.
 func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 	d.t.Helper()
@@ -255,7 +256,7 @@ func (d *db) tailWith(sink relay.Sink, o changelog.TailOptions) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- tl.Run(ctx, sink) }()
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, OnTick: tl.Poke,
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{PollMax: 20 * time.Millisecond, Reader: tl,
 		LocalListener: tl.ListenerPID})
 	go func() { done <- tk.Run(ctx) }()
 	d.t.Cleanup(func() { cancel(); <-done; <-done })

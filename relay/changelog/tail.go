@@ -9,12 +9,14 @@
 // rows of the transactions that became visible between a tick's snapshot
 // and the previous one's, so a long transaction never holds back short
 // ones and arrives once, when it commits, and every replica reads the same
-// batches in the same order (relay.Pos). The Ticker pokes its own
-// process's Tail, rings the other relays' (a notification per tick, while
-// any listens) and is woken by the writers' doorbell (when it asks for it)
-// or by Ring. A Tail told of every tick polls only as the backstop, every
-// PollMax; with the doorbells switched off it polls adaptively. A tick is
-// durable before it is read, and so is every commit it covers.
+// batches in the same order (relay.Pos). The Ticker reads each tick it
+// records for its own process's Tail, in the tick's round trip, and hands
+// it over once committed (or pokes the Tail to read a large one), rings
+// the other relays' (a notification per tick, while any listens) and is
+// woken by the writers' doorbell (when it asks for it) or by Ring. A Tail
+// told of every tick polls only as the backstop, every PollMax; with the
+// doorbells switched off it polls adaptively. A tick is durable before it
+// is read, and so is every commit it covers.
 package changelog
 
 import (
@@ -59,7 +61,8 @@ type TailOptions struct {
 	OnConnected func(bool)
 	// OnBehind is called at every poll with what it found recorded and not
 	// yet read: the ticks, and how long ago the first of them was recorded
-	// (by the database's clock); 0 and 0 when caught up. A poll reads at
+	// (by the database's clock); 0 and 0 when caught up, as when the reader
+	// takes a tick its own process's ticker read for it (the latest). A poll reads at
 	// most 256 ticks, so a relay catching up reports falling numbers poll
 	// after poll. nil ignores it.
 	OnBehind func(ticks int64, age time.Duration)
@@ -94,6 +97,12 @@ type Tail struct {
 	// being announced to it (it then polls only every PollMax).
 	announced atomic.Bool
 	told      atomic.Int64 // the highest tick a notification named this session
+	// offers holds a tick this process's ticker read for the reader
+	// (offer); one at most. conns counts the reader's connections: an
+	// offer read before the current one began is not taken.
+	offers chan *offer
+	conns  atomic.Int64
+	polls  atomic.Int64 // for tests
 }
 
 // raise sets v to n if n is higher.
@@ -123,7 +132,33 @@ func NewTail(url string, o TailOptions) *Tail {
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 10 * time.Second
 	}
-	return &Tail{url: url, o: o, ready: make(chan struct{}), poke: make(chan struct{}, 1)}
+	return &Tail{url: url, o: o, ready: make(chan struct{}), poke: make(chan struct{}, 1), offers: make(chan *offer, 1)}
+}
+
+// offer is a tick and its changes, read by this process's Ticker on its own
+// connection once the tick was committed (TickerOptions.Reader), so that
+// the reader need not poll for it.
+type offer struct {
+	session int64 // Tail.conns when the ticker began to read it
+	epoch   string
+	tick    int64
+	snap    string
+	prev    string      // the snapshot of the tick before
+	txns    []relay.Txn // as read hands them on: the tick's end on the last
+}
+
+// offer hands the reader a tick it has not read, which it takes when the
+// last tick it read is the one before, the same (epoch, number and
+// snapshot), and it read both on the connection it had when the ticker
+// began to read the tick (o.session); otherwise (or while an earlier offer
+// waits) it polls for it, as after Poke. It never blocks.
+func (c *Tail) offer(o *offer) {
+	raise(&c.poked, o.tick)
+	select {
+	case c.offers <- o:
+	default:
+		c.Poke(o.tick)
+	}
 }
 
 // Poke makes the reader look for new ticks now, through tick (this
@@ -307,6 +342,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		defer c.announced.Store(false)
 	}
 
+	c.conns.Add(1) // offers read before now are polled for
 	epoch, last, err := readHead(ctx, conn)
 	if err != nil {
 		return err
@@ -349,6 +385,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	for {
 		c.waiting.Store(0)
 		asked := true // this poll was asked for by a poke or a notification
+		var o *offer
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -356,14 +393,34 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			return err
 		case <-bell:
 		case <-c.poke:
+		case o = <-c.offers:
 		case <-timer.C:
 			asked = false
+		}
+		if o != nil && o.session == c.conns.Load() && o.tick <= st.tick {
+			continue // read already (a poll got there first); the timer keeps its time
 		}
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
+		}
+		if o != nil && o.session == c.conns.Load() && o.tick == st.tick+1 && o.epoch == st.epoch && o.prev == st.snap {
+			// The next tick: nothing to ask the database. Any other offer
+			// (a tick in between that this reader has not read, another
+			// epoch or history, one read before this connection) is
+			// polled for.
+			for i := range o.txns {
+				sink.Txn(&o.txns[i])
+			}
+			st.tick, st.snap, st.progressed = o.tick, o.snap, true
+			c.read.Store(o.tick)
+			if c.o.OnBehind != nil {
+				c.o.OnBehind(0, 0) // it was the latest when its tick committed
+			}
+			timer.Reset(interval)
+			continue
 		}
 		now := time.Now()
 		announced := c.o.Listen && !now.Before(unheard)
@@ -592,16 +649,17 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 // maxTicks is how many ticks one poll reads at most.
 const maxTicks = 256
 
-// headSQL reads the epoch, the latest tick, whether tick $1 is still there
-// (pruning keeps the tick it cut at, so a reader at or past the cut finds
-// its own), the age in seconds of the tick after it, the first not read
+// headSQL reads the epoch, the latest tick, the snapshot of tick $1 (NULL
+// when it is gone: pruning keeps the tick it cut at, so a reader at or past
+// the cut finds its own; another than the reader read, when its history
+// changed under it), the age in seconds of the tick after it, the first not read
 // (NULL when none), and the snapshot of the last tick a poll from $1 reads
 // (at most $2 ticks; NULL when none). Ticks are numbered without gaps, so
 // the ticks a poll reads are the numbers from $1 + 1 to that one: a query
 // listing them cost about a tenth of the reader's CPU time per poll
 // (measured: 275-300 µs per poll without it, 305-322 with it).
 const headSQL = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks),
-  exists (select from rowcast.ticks where tick = $1),
+  (select snap::text from rowcast.ticks where tick = $1),
   (select extract(epoch from clock_timestamp() - at)::float8 from rowcast.ticks where tick = $1 + 1),
   (select snap::text from rowcast.ticks where tick = least((select max(tick) from rowcast.ticks), $1 + $2) and tick > $1)
 from rowcast.meta`
@@ -621,18 +679,89 @@ from rowcast.meta`
 // The previous tick is looked up the same way, so that the plan's shape
 // does not rest on estimates (the reader's plans are generic).
 const batchSQL = `select t.tick, max(c.id) over (partition by t.tick, c.xid) as tx, coalesce(c.origin_at, t.at), ` + Columns + `
-from rowcast.ticks t
+from rowcast.ticks t` + tickRowsSQL + `
+where t.tick > $1 and t.tick <= $1 + $2
+order by t.tick, tx, c.id`
+
+// tickRowsSQL joins the changelog rows c of tick t, a row of rowcast.ticks
+// (batchSQL says how).
+const tickRowsSQL = `
 cross join lateral (select p.snap from rowcast.ticks p where p.tick = t.tick - 1 offset 0) p
 cross join lateral (
     select * from rowcast.changelog c
     where c.xid >= pg_snapshot_xmax(p.snap) and c.xid < t.snap_xmax and pg_visible_in_snapshot(c.xid, t.snap)
     union all
-    select c.* from pg_snapshot_xip(p.snap) x(xid)
+    select c.* from (select xid from pg_snapshot_xip(p.snap) x(xid) where pg_visible_in_snapshot(x.xid, t.snap) offset 0) x
     cross join lateral (select * from rowcast.changelog c where c.xid = x.xid offset 0) c
-    where pg_visible_in_snapshot(c.xid, t.snap)
-) c
-where t.tick > $1 and t.tick <= $1 + $2
-order by t.tick, tx, c.id`
+) c`
+
+// offerMax is the most changes a tick may hold for this process's ticker
+// to read it for the reader (readOffer); the reader reads a larger one
+// itself, in parts.
+const offerMax = 256
+
+// offerSQL reads, in the transaction that called rowcast.tick() and before
+// it commits, the changes of the tick it recorded (the latest, if this
+// transaction wrote it: none after an empty look), as batchSQL does, or
+// none when the tick holds more than offerMax: they are counted first,
+// reading at most one more, so that a large tick costs the ticker little.
+// Recording the next tick waits for this transaction (the tick's lock), so
+// the latest is its own. xmin is the 32-bit transaction id, compared as
+// text for PostgreSQL 13.
+var offerSQL = `with t as materialized (select * from rowcast.ticks
+  where tick = (select max(tick) from rowcast.ticks)
+    and xmin::text::bigint = pg_current_xact_id_if_assigned()::text::bigint % 4294967296),
+c as materialized (select c.* from t` + tickRowsSQL + ` limit ` + strconv.Itoa(offerMax+1) + `)
+select t.tick, max(c.id) over (partition by c.xid) as tx, coalesce(c.origin_at, t.at), ` + Columns + `
+from t, c
+where (select count(*) from c) <= ` + strconv.Itoa(offerMax) + `
+order by tx, c.id`
+
+// offerCheckSQL reads, after offerSQL, the epoch, the latest tick and its
+// snapshot, and the snapshot of the tick before it. The reader takes the
+// offer only when that is the snapshot of the tick it read last: then the
+// two ticks follow each other in the history it reads (not a standby's
+// that was behind, after a failover the reader has not noticed yet). No
+// prune takes the tick before while this one is not committed (a prune
+// keeps the latest tick it sees). The lookup is a scalar subquery, an
+// index lookup whatever the estimates: as an EXISTS it was planned as a
+// hash of every tick (70 ms at 170,000 ticks).
+const offerCheckSQL = `select ` + epochExpr + `, t.tick, t.snap::text,
+  (select p.snap::text from rowcast.ticks p where p.tick = t.tick - 1)
+from rowcast.meta, (select tick, snap from rowcast.ticks order by tick desc limit 1) t`
+
+// readOffer reads the results of offerSQL and offerCheckSQL, queued in
+// that order after a call of rowcast.tick() that recorded tick, for
+// Tail.offer, as read on the reader's connection number session. It
+// returns nil when the tick holds more than offerMax changes, or none: the
+// reader polls for those. The caller must hand it on only once the tick's
+// transaction committed.
+func readOffer(br pgx.BatchResults, tick, session int64) (*offer, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, fmt.Errorf("read tick: %w", err)
+	}
+	var got collected
+	if err := read(rows, []tickRef{{tick: tick}}, &got); err != nil {
+		return nil, fmt.Errorf("read tick: %w", err)
+	}
+	o := &offer{session: session, txns: got}
+	var prev *string
+	if err := br.QueryRow().Scan(&o.epoch, &o.tick, &o.snap, &prev); err != nil {
+		return nil, fmt.Errorf("read tick: %w", err)
+	}
+	if o.tick != tick || prev == nil || len(got) == 0 || len(got[0].Changes) == 0 {
+		return nil, nil
+	}
+	o.prev = *prev
+	return o, nil
+}
+
+// collected is a relay.Sink that keeps what it is handed.
+type collected []relay.Txn
+
+func (c *collected) Reset(string, relay.Pos) {}
+func (c *collected) Txn(t *relay.Txn)        { *c = append(*c, *t) }
 
 // poll reads the ticks recorded since the last one read and hands their
 // transactions to the sink; it returns how many ticks it read.
@@ -643,6 +772,7 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	// (session): its first statement's snapshot serves both, without a
 	// BEGIN and a COMMIT of their own (a tenth of the reader's CPU per
 	// poll at 1,000 changes/s).
+	c.polls.Add(1)
 	b := &pgx.Batch{}
 	b.Queue(headSQL, st.tick, maxTicks)
 	b.Queue(batchSQL, st.tick, maxTicks)
@@ -650,9 +780,8 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	defer br.Close()
 	var epoch string
 	var latest *int64
-	var have bool
+	var have, lastSnap *string
 	var age *float64
-	var lastSnap *string
 	if err := br.QueryRow().Scan(&epoch, &latest, &have, &age, &lastSnap); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
@@ -676,10 +805,16 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		}
 		c.o.OnBehind(*latest-st.tick, behind)
 	}
-	if !have {
-		// Pruning went past what this relay has read: the batches after it
-		// are gone, and its sessions would miss them without being told.
-		c.o.Logger.Error("this relay fell behind the history's retention; starting a new history epoch", "tick", st.tick)
+	if have == nil || *have != st.snap {
+		if have == nil {
+			// Pruning went past what this relay has read: the batches
+			// after it are gone, and its sessions would miss them without
+			// being told.
+			c.o.Logger.Error("this relay fell behind the history's retention; starting a new history epoch", "tick", st.tick)
+		} else {
+			c.o.Logger.Error("the changelog's ticks changed under this relay (a failover to a standby that was behind); starting a new history epoch",
+				"tick", st.tick)
+		}
 		if err := br.Close(); err != nil {
 			return 0, fmt.Errorf("capture poll: %w", err)
 		}

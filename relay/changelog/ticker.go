@@ -46,8 +46,15 @@ type TickerOptions struct {
 	IdleTimeout time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
+	// Reader is the reader in this process, if any. The ticker reads
+	// the changes of each tick it records on its own connection, in the
+	// tick's round trip, and hands them to the reader once the tick is
+	// committed: the reader then has no query to make for it. A tick of
+	// more than offerMax changes it only pokes the reader to read, and
+	// every tick for offerPause after the server refused a read.
+	Reader *Tail
 	// OnTick is called with each tick this ticker recorded, once it is
-	// committed (this process's Tail.Poke); nil ignores it.
+	// committed (and handed to Reader); nil ignores it.
 	OnTick func(tick int64)
 	// LocalListener returns the backend process id of the LISTEN
 	// connection of the reader that OnTick pokes (Tail.ListenerPID; 0 when
@@ -200,7 +207,8 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	interval, idle, busy, sparse := t.o.PollMin, 0, 0, 0
 	var last time.Time // when the last tick was recorded
 	notify, checked, local := true, time.Time{}, uint32(0)
-	refused := false // the listeners lookup was refused (warned once)
+	refused := false            // the listeners lookup was refused (warned once)
+	var readRefusedAt time.Time // when a read for the reader was last refused
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -246,14 +254,17 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 				local, checked = own, time.Now()
 			}
 		}
-		var tick *int64
 		// A tick that does not answer in time is a connection gone silent:
 		// give it up (and the lock with it) rather than wait.
 		tctx, cancel := context.WithTimeout(ctx, tickTimeout)
-		err := conn.QueryRow(tctx, "select rowcast.tick($1)", notify).Scan(&tick)
+		offering := t.o.Reader != nil && time.Since(readRefusedAt) >= offerPause
+		tick, readRefused, err := t.look(tctx, conn, notify, offering)
 		cancel()
 		if err != nil {
-			return ticked, fmt.Errorf("ticker tick: %w", err)
+			return ticked, err
+		}
+		if readRefused {
+			readRefusedAt = time.Now()
 		}
 		if tick != nil {
 			ticked = true
@@ -319,6 +330,86 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		timer.Reset(interval)
 	}
 }
+
+// tickSQL records a tick (rowcast.tick).
+const tickSQL = "select rowcast.tick($1)"
+
+// look records a tick (rowcast.tick) when transactions that wrote the
+// changelog became visible since the last one, and returns it (nil when
+// there was none); the reader, if any, is handed it or poked. With
+// offering, the ticker reads the tick's changes in the same round trip and
+// transaction (readOffer) and hands them to the reader once the tick is
+// committed. When the server fails that read (a schema this relay does not
+// know, in a rolling upgrade: pgx prepares every statement of the round
+// trip before it runs any, so nothing runs; or a lock it waited for past
+// lock_timeout: then the tick is undone with it), look logs it, records
+// the tick alone and reports refused; so too after a read this process
+// fails to decode (the tick may have committed: the reader is poked too).
+// Any other error is returned: the tick's own, or the connection's.
+func (t *Ticker) look(ctx context.Context, conn *pgx.Conn, notify, offering bool) (tick *int64, refused bool, err error) {
+	if !offering {
+		if err := conn.QueryRow(ctx, tickSQL, notify).Scan(&tick); err != nil {
+			return nil, false, fmt.Errorf("ticker tick: %w", err)
+		}
+		if tick != nil && t.o.Reader != nil {
+			t.o.Reader.Poke(*tick)
+		}
+		return tick, false, nil
+	}
+	refuse := func(err error) (*int64, bool, error) {
+		t.o.Logger.Warn("ticker cannot read its ticks for the reader; the reader reads them itself for a while", "err", err)
+		tick, _, err := t.look(ctx, conn, notify, false)
+		return tick, true, err
+	}
+	session := t.o.Reader.conns.Load()
+	b := &pgx.Batch{}
+	b.Queue(tickSQL, notify)
+	b.Queue(offerSQL)
+	b.Queue(offerCheckSQL)
+	br := conn.SendBatch(ctx, b)
+	var pgErr *pgconn.PgError
+	var pre pgx.ErrPreprocessingBatch
+	if err := br.QueryRow().Scan(&tick); err != nil {
+		br.Close()
+		if errors.As(err, &pre) && pre.SQL() != tickSQL && errors.As(err, &pgErr) {
+			return refuse(err)
+		}
+		return nil, false, fmt.Errorf("ticker tick: %w", err)
+	}
+	var o *offer
+	var readErr error
+	if tick != nil {
+		o, readErr = readOffer(br, *tick, session)
+	}
+	err = br.Close() // the tick commits
+	switch {
+	case readErr == nil && err == nil && o != nil:
+		t.o.Reader.offer(o)
+		return tick, false, nil
+	case readErr == nil && err == nil:
+		if tick != nil {
+			t.o.Reader.Poke(*tick)
+		}
+		return tick, false, nil
+	case conn.IsClosed():
+		return nil, false, fmt.Errorf("ticker tick: %w", errors.Join(readErr, err)) // the connection
+	case errors.As(readErr, &pgErr) || errors.As(err, &pgErr):
+		// The server failed the read (or the commit): the tick is undone.
+		return refuse(errors.Join(readErr, err))
+	default:
+		// This process could not decode its read, and then cannot tell
+		// whether the tick committed: the reader polls for it, and the
+		// ticker records it (again, or what follows it) alone.
+		if tick != nil {
+			t.o.Reader.Poke(*tick)
+		}
+		return refuse(errors.Join(readErr, err))
+	}
+}
+
+// offerPause is how long the ticker leaves the reading of its ticks to the
+// reader after a read was refused.
+const offerPause = time.Minute
 
 // tickTimeout bounds one call of rowcast.tick().
 const tickTimeout = 30 * time.Second

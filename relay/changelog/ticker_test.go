@@ -307,6 +307,12 @@ type testTicker struct {
 // while 16 ticks wait for it, until the test ends).
 func startTicker(t *testing.T, d *db, o changelog.TickerOptions) *testTicker {
 	t.Helper()
+	return startTickerAt(t, d.url, o)
+}
+
+// startTickerAt is startTicker with the ticker connecting to url.
+func startTickerAt(t *testing.T, url string, o changelog.TickerOptions) *testTicker {
+	t.Helper()
 	tk := &testTicker{ticked: make(chan int64, 16), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(t.Context())
 	onTick := o.OnTick
@@ -319,7 +325,7 @@ func startTicker(t *testing.T, d *db, o changelog.TickerOptions) *testTicker {
 		case <-ctx.Done():
 		}
 	}
-	go func() { tk.done <- changelog.NewTicker(d.url, o).Run(ctx) }()
+	go func() { tk.done <- changelog.NewTicker(url, o).Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-tk.done })
 	return tk
 }

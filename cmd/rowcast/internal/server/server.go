@@ -179,7 +179,7 @@ func New(o Options) (*Relay, error) {
 	}
 	r.ticker = changelog.NewTicker(cfg.Database.CaptureURL(), changelog.TickerOptions{
 		Listen: notify, KeepBell: cfg.Capture.TickInterval == 0, Logger: o.Logger.With("component", "ticker"),
-		OnTick: r.capture.Poke, LocalListener: r.capture.ListenerPID, PollMin: tickMin, PollMax: tickMax,
+		Reader: r.capture, LocalListener: r.capture.ListenerPID, PollMin: tickMin, PollMax: tickMax,
 	})
 	if cfg.Capture.Mode == config.ModeLogical {
 		dbcfg, err := pgx.ParseConfig(cfg.Database.CaptureURL())
