@@ -11,8 +11,11 @@ import (
 // page and window boundaries with a few changes.
 func SetPaging(h *History, page int, span int64) { h.page, h.span = page, span }
 
-// BatchSQL is the reader's query of a poll's batches.
+// BatchSQL is the reader's query of a poll's batches; OfferSQL the
+// ticker's of the tick it records.
 const BatchSQL = batchSQL
+
+var OfferSQL = offerSQL
 
 // Announced reports whether the last poll of tl's reader counted on every
 // tick being announced to it: it then polls only every PollMax.

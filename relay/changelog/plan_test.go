@@ -19,10 +19,11 @@ func unanalyzedChangelog(d *db) {
 		from generate_series(1, 50000) g`)
 }
 
-// TestBatchLooksTransactionsUp: the reader's batch query looks the
-// changelog and the ticks up by their indexes, never reading a table
-// whole, planned for its parameters or generic (as the reader runs it),
-// while the tables have no statistics yet (a fresh install before
+// TestBatchLooksTransactionsUp: the reader's batch query (and the ticker's
+// read of the tick it records) looks the changelog and the ticks up by
+// their indexes, never reading a table whole, planned for its parameters
+// or generic (as the reader runs it), while the tables have no statistics
+// yet (a fresh install before
 // autovacuum's first analyze): written as "xid in (select
 // pg_snapshot_xip(…))", PostgreSQL planned a sequential scan of the
 // changelog per tick, 1.3 s a poll at 100,000 rows.
@@ -33,19 +34,22 @@ func TestBatchLooksTransactionsUp(t *testing.T) {
 	d.exec(`insert into rowcast.ticks (tick, snap, snap_xmax)
 		select g, pg_current_snapshot(), pg_snapshot_xmax(pg_current_snapshot()) from generate_series(2, 100000) g`)
 	d.exec("prepare batch(bigint, bigint) as " + changelog.BatchSQL)
+	d.exec("prepare offer as " + changelog.OfferSQL)
 	for _, mode := range []string{"force_custom_plan", "force_generic_plan"} {
 		d.exec("set plan_cache_mode = " + mode)
-		rows, err := d.conn.Query(t.Context(), "explain execute batch(0, 256)", pgx.QueryExecModeSimpleProtocol)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatal(err)
-		}
-		plan := strings.Join(lines, "\n")
-		if strings.Contains(plan, "Seq Scan") {
-			t.Errorf("%s: the batch query reads a whole table:\n%s", mode, plan)
+		for _, q := range []string{"batch(0, 256)", "offer"} {
+			rows, err := d.conn.Query(t.Context(), "explain execute "+q, pgx.QueryExecModeSimpleProtocol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan := strings.Join(lines, "\n")
+			if strings.Contains(plan, "Seq Scan") {
+				t.Errorf("%s: %s reads a whole table:\n%s", mode, q, plan)
+			}
 		}
 	}
 }
@@ -106,5 +110,55 @@ func TestTickLooksTransactionsUp(t *testing.T) {
 	}
 	if scans != 0 {
 		t.Errorf("rowcast.tick() read the whole changelog %d times", scans)
+	}
+}
+
+// TestTickSkipsTransactionsInProgress: rowcast.tick() looks up, of the
+// transactions in progress at the last tick, only those that have become
+// visible since: one still in progress has its rows' index entries visited
+// at every tick otherwise (a 100,000-row import made each tick take
+// 100 ms). Counted as the index scans of the changelog in the ticking
+// transaction: one for the transactions that began since the last tick,
+// one per transaction of the last tick's xip that has become visible.
+func TestTickSkipsTransactionsInProgress(t *testing.T) {
+	d := newDB(t)
+	ctx := t.Context()
+	d.exec("select rowcast.tick()")
+	open, err := d.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Rollback(ctx)
+	if _, err := open.Exec(ctx, "insert into items (id, team_id) select g, 1 from generate_series(1, 100) g"); err != nil {
+		t.Fatal(err)
+	}
+	d.exec("insert into items (id, team_id) values (1000, 1)") // so that the tick is recorded
+	d.exec("select rowcast.tick()")                            // with the open transaction in its xip
+
+	conn := connect(t, d.url) // table counters of its own (TestTickLooksTransactionsUp)
+	// Repeatable read: the tick's snapshot is the transaction's, which the
+	// count below sees too.
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var tick *int64
+	if err := tx.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
+		t.Fatal(err)
+	}
+	if tick != nil {
+		t.Fatalf("tick %d recorded with nothing new committed", *tick)
+	}
+	var scans, visible int64
+	err = tx.QueryRow(ctx, `select (select idx_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass),
+		(select count(*) from pg_snapshot_xip((select snap from rowcast.ticks order by tick desc limit 1)) x
+		 where pg_visible_in_snapshot(x, pg_current_snapshot()))`).Scan(&scans, &visible)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scans != 1+visible {
+		t.Errorf("rowcast.tick() scanned the changelog's indexes %d times, want %d: once, and once per transaction of the last tick's xip that became visible (%d), not for the one still in progress",
+			scans, 1+visible, visible)
 	}
 }
