@@ -1,6 +1,7 @@
 package changelog_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -63,17 +64,7 @@ func TestTickLooksTransactionsUp(t *testing.T) {
 	ctx := t.Context()
 	unanalyzedChangelog(d)
 	d.exec("select rowcast.tick()")
-	// A transaction in progress at the next tick: in its snapshot's xip.
-	open, err := d.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Rollback(ctx)
-	if _, err := open.Exec(ctx, "insert into items (id, team_id) values (1, 1)"); err != nil {
-		t.Fatal(err)
-	}
-	d.exec("insert into items (id, team_id) values (2, 1)") // so that the tick is recorded
-	d.exec("select rowcast.tick()")
+	open := tickAroundOpen(d, 1)
 	var xip int
 	if err := d.conn.QueryRow(ctx, "select cardinality(array(select pg_snapshot_xip(snap))) from rowcast.ticks order by tick desc limit 1").Scan(&xip); err != nil {
 		t.Fatal(err)
@@ -91,21 +82,12 @@ func TestTickLooksTransactionsUp(t *testing.T) {
 	if _, err := conn.Exec(ctx, "set plan_cache_mode = force_generic_plan"); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	var tick *int64
-	if err := tx.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
-		t.Fatal(err)
-	}
+	tx, tick := tickIn(t, conn, pgx.TxOptions{})
 	if tick == nil {
 		t.Fatal("no tick for the transaction committed since the last one")
 	}
 	var scans int64
-	err = tx.QueryRow(ctx, "select seq_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass").Scan(&scans)
-	if err != nil {
+	if err := tx.QueryRow(ctx, "select seq_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass").Scan(&scans); err != nil {
 		t.Fatal(err)
 	}
 	if scans != 0 {
@@ -124,34 +106,17 @@ func TestTickSkipsTransactionsInProgress(t *testing.T) {
 	d := newDB(t)
 	ctx := t.Context()
 	d.exec("select rowcast.tick()")
-	open, err := d.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Rollback(ctx)
-	if _, err := open.Exec(ctx, "insert into items (id, team_id) select g, 1 from generate_series(1, 100) g"); err != nil {
-		t.Fatal(err)
-	}
-	d.exec("insert into items (id, team_id) values (1000, 1)") // so that the tick is recorded
-	d.exec("select rowcast.tick()")                            // with the open transaction in its xip
+	tickAroundOpen(d, 100)
 
 	conn := connect(t, d.url) // table counters of its own (TestTickLooksTransactionsUp)
 	// Repeatable read: the tick's snapshot is the transaction's, which the
 	// count below sees too.
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	var tick *int64
-	if err := tx.QueryRow(ctx, "select rowcast.tick()").Scan(&tick); err != nil {
-		t.Fatal(err)
-	}
+	tx, tick := tickIn(t, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
 	if tick != nil {
 		t.Fatalf("tick %d recorded with nothing new committed", *tick)
 	}
 	var scans, visible int64
-	err = tx.QueryRow(ctx, `select (select idx_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass),
+	err := tx.QueryRow(ctx, `select (select idx_scan from pg_stat_xact_all_tables where relid = 'rowcast.changelog'::regclass),
 		(select count(*) from pg_snapshot_xip((select snap from rowcast.ticks order by tick desc limit 1)) x
 		 where pg_visible_in_snapshot(x, pg_current_snapshot()))`).Scan(&scans, &visible)
 	if err != nil {
@@ -161,4 +126,39 @@ func TestTickSkipsTransactionsInProgress(t *testing.T) {
 		t.Errorf("rowcast.tick() scanned the changelog's indexes %d times, want %d: once, and once per transaction of the last tick's xip that became visible (%d), not for the one still in progress",
 			scans, 1+visible, visible)
 	}
+}
+
+// tickAroundOpen records a tick while a transaction that inserted rows
+// items is in progress (in the tick's xip), and returns that transaction,
+// rolled back when the test ends unless it is committed.
+func tickAroundOpen(d *db, rows int) pgx.Tx {
+	d.t.Helper()
+	ctx := d.t.Context()
+	open, err := d.pool.Begin(ctx)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { open.Rollback(context.Background()) })
+	if _, err := open.Exec(ctx, "insert into items (id, team_id) select g, 1 from generate_series(1, $1::int) g", rows); err != nil {
+		d.t.Fatal(err)
+	}
+	d.exec("insert into items (id, team_id) values (0, 1)") // so that the tick is recorded
+	d.exec("select rowcast.tick()")
+	return open
+}
+
+// tickIn calls rowcast.tick() in a transaction on conn, begun with o and
+// rolled back when the test ends, and returns the transaction and the tick.
+func tickIn(t *testing.T, conn *pgx.Conn, o pgx.TxOptions) (pgx.Tx, *int64) {
+	t.Helper()
+	tx, err := conn.BeginTx(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(context.Background()) })
+	var tick *int64
+	if err := tx.QueryRow(t.Context(), "select rowcast.tick()").Scan(&tick); err != nil {
+		t.Fatal(err)
+	}
+	return tx, tick
 }

@@ -162,8 +162,9 @@ func (c *Tail) offer(o *offer) {
 }
 
 // Poke makes the reader look for new ticks now, through tick (this
-// process's Ticker calls it after each tick it records; a notification of
-// a tick this low no longer wakes the reader). It never blocks.
+// process's Ticker calls it after each tick it records and does not hand
+// over; a notification of a tick this low no longer wakes the reader). It
+// never blocks.
 func (c *Tail) Poke(tick int64) {
 	raise(&c.poked, tick)
 	select {
@@ -174,8 +175,8 @@ func (c *Tail) Poke(tick int64) {
 
 // ListenerPID returns the backend process id of the connection on which
 // the reader listens for ticks (0 while it does not): this process's
-// Ticker pokes the reader itself, so that listener needs no notification
-// (TickerOptions.LocalListener).
+// Ticker tells the reader of its ticks itself, so that listener needs no
+// notification (TickerOptions.LocalListener).
 func (c *Tail) ListenerPID() uint32 { return c.listener.Load() }
 
 // Ready is closed once the capture has read its starting tick and called

@@ -57,12 +57,13 @@ type TickerOptions struct {
 	// committed (and handed to Reader); nil ignores it.
 	OnTick func(tick int64)
 	// LocalListener returns the backend process id of the LISTEN
-	// connection of the reader that OnTick pokes (Tail.ListenerPID; 0 when
-	// none). When set, a tick notifies the tailers only while another
-	// reader listens, which the ticker looks up every listenersCheck and
-	// whenever that id changes: a notification wakes every listening
-	// backend of the database, whatever its channel, so one relay alone
-	// spares two wakeups per tick. nil notifies at every tick.
+	// connection of the reader this ticker tells of its ticks itself
+	// (Reader, or a Tail.Poke in OnTick): Tail.ListenerPID, 0 when none.
+	// When set, a tick notifies the tailers only while another reader
+	// listens, which the ticker looks up every listenersCheck and whenever
+	// that id changes: a notification wakes every listening backend of the
+	// database, whatever its channel, so one relay alone spares two
+	// wakeups per tick. nil notifies at every tick.
 	LocalListener func() uint32
 	// OnHolding is called with true when this ticker takes the ticker lock
 	// and with false when it loses it; nil ignores it.
