@@ -62,9 +62,9 @@ type TailOptions struct {
 	// OnBehind is called at every poll with what it found recorded and not
 	// yet read: the ticks, and how long ago the first of them was recorded
 	// (by the database's clock); 0 and 0 when caught up, as when the reader
-	// takes a tick its own process's ticker read for it (the latest). A poll reads at
-	// most 256 ticks, so a relay catching up reports falling numbers poll
-	// after poll. nil ignores it.
+	// takes a tick its own process's ticker read for it (the latest). A
+	// poll reads at most 256 ticks, so a relay catching up reports falling
+	// numbers poll after poll. nil ignores it.
 	OnBehind func(ticks int64, age time.Duration)
 	// StallTimeout is how long the reader waits for the database (to
 	// connect, or for a poll to hand on its next transaction or end)
@@ -256,6 +256,12 @@ type state struct {
 	progressed bool
 }
 
+// advance records t as the tick read last.
+func (c *Tail) advance(st *state, t tickRef) {
+	st.tick, st.snap = t.tick, t.snap
+	c.read.Store(t.tick)
+}
+
 func (c *Tail) setConnected(v bool) {
 	if c.connected.Swap(v) != v && c.o.OnConnected != nil {
 		c.o.OnConnected(v)
@@ -354,8 +360,8 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			c.o.Logger.Warn("history epoch changed: the database was restored or replaced; clients will resync",
 				"old", st.epoch, "new", epoch)
 		}
-		st.epoch, st.tick, st.snap = epoch, last.tick, last.snap
-		c.read.Store(last.tick)
+		st.epoch = epoch
+		c.advance(st, last)
 		sink.Reset(epoch, relay.TickEnd(last.tick))
 	default:
 		// The tick read last must still be there, with the same snapshot:
@@ -398,7 +404,8 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		case <-timer.C:
 			asked = false
 		}
-		if o != nil && o.session == c.conns.Load() && o.tick <= st.tick {
+		current := o != nil && o.session == c.conns.Load() // read during this connection
+		if current && o.tick <= st.tick {
 			continue // read already (a poll got there first); the timer keeps its time
 		}
 		if !timer.Stop() {
@@ -407,7 +414,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			default:
 			}
 		}
-		if o != nil && o.session == c.conns.Load() && o.tick == st.tick+1 && o.epoch == st.epoch && o.prev == st.snap {
+		if current && o.tick == st.tick+1 && o.epoch == st.epoch && o.prev == st.snap {
 			// The next tick: nothing to ask the database. Any other offer
 			// (a tick in between that this reader has not read, another
 			// epoch or history, one read before this connection) is
@@ -415,8 +422,8 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 			for i := range o.txns {
 				sink.Txn(&o.txns[i])
 			}
-			st.tick, st.snap, st.progressed = o.tick, o.snap, true
-			c.read.Store(o.tick)
+			c.advance(st, tickRef{tick: o.tick, snap: o.snap})
+			st.progressed = true
 			if c.o.OnBehind != nil {
 				c.o.OnBehind(0, 0) // it was the latest when its tick committed
 			}
@@ -548,8 +555,9 @@ func AppName(cc *pgx.ConnConfig, part string) {
 const listenersKey = "hashtext('rowcast.listeners')::bigint"
 
 // listen runs a goroutine that LISTENs on channel with a connection of its
-// own, named after part (AppName), and signals bell (without blocking) on every notification that wake,
-// when not nil, says is news; the first error goes to errs. With announce
+// own, named after part (AppName), and signals bell (without blocking) on
+// every notification that wake, when not nil, says is news; the first
+// error goes to errs. With announce
 // not nil the connection also holds the listeners' lock (listenersKey)
 // shared, and announce its backend process id, stored before the lock is
 // taken and set back to 0 once the connection is closed. stop ends the
@@ -618,12 +626,20 @@ type tickRef struct {
 	snap string
 }
 
+// latestSQL reads the history epoch, the latest tick and its snapshot, and
+// the snapshot of the tick before it (NULL when there is none). The lookup
+// is a scalar subquery, an index lookup whatever the estimates: as an
+// EXISTS it was planned as a hash of every tick (70 ms at 170,000 ticks).
+const latestSQL = `select ` + epochExpr + `, t.tick, t.snap::text,
+  (select p.snap::text from rowcast.ticks p where p.tick = t.tick - 1)
+from rowcast.meta, (select tick, snap from rowcast.ticks order by tick desc limit 1) t`
+
 // readHead returns the history epoch and the latest tick.
 func readHead(ctx context.Context, conn *pgx.Conn) (string, tickRef, error) {
 	var epoch string
 	var t tickRef
-	err := conn.QueryRow(ctx, `select `+epochExpr+`, t.tick, t.snap::text from rowcast.meta,
-		(select tick, snap from rowcast.ticks order by tick desc limit 1) t`).Scan(&epoch, &t.tick, &t.snap)
+	var prev *string
+	err := conn.QueryRow(ctx, latestSQL).Scan(&epoch, &t.tick, &t.snap, &prev)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
@@ -653,8 +669,8 @@ const maxTicks = 256
 // headSQL reads the epoch, the latest tick, the snapshot of tick $1 (NULL
 // when it is gone: pruning keeps the tick it cut at, so a reader at or past
 // the cut finds its own; another than the reader read, when its history
-// changed under it), the age in seconds of the tick after it, the first not read
-// (NULL when none), and the snapshot of the last tick a poll from $1 reads
+// changed under it), the age in seconds of the tick after it, the first
+// not read (NULL when none), and the snapshot of the last tick a poll from $1 reads
 // (at most $2 ticks; NULL when none). Ticks are numbered without gaps, so
 // the ticks a poll reads are the numbers from $1 + 1 to that one: a query
 // listing them cost about a tenth of the reader's CPU time per poll
@@ -718,25 +734,17 @@ from t, c
 where (select count(*) from c) <= ` + strconv.Itoa(offerMax) + `
 order by tx, c.id`
 
-// offerCheckSQL reads, after offerSQL, the epoch, the latest tick and its
-// snapshot, and the snapshot of the tick before it. The reader takes the
-// offer only when that is the snapshot of the tick it read last: then the
-// two ticks follow each other in the history it reads (not a standby's
-// that was behind, after a failover the reader has not noticed yet). No
-// prune takes the tick before while this one is not committed (a prune
-// keeps the latest tick it sees). The lookup is a scalar subquery, an
-// index lookup whatever the estimates: as an EXISTS it was planned as a
-// hash of every tick (70 ms at 170,000 ticks).
-const offerCheckSQL = `select ` + epochExpr + `, t.tick, t.snap::text,
-  (select p.snap::text from rowcast.ticks p where p.tick = t.tick - 1)
-from rowcast.meta, (select tick, snap from rowcast.ticks order by tick desc limit 1) t`
-
-// readOffer reads the results of offerSQL and offerCheckSQL, queued in
+// readOffer reads the results of offerSQL and then latestSQL, queued in
 // that order after a call of rowcast.tick() that recorded tick, for
 // Tail.offer, as read on the reader's connection number session. It
 // returns nil when the tick holds more than offerMax changes, or none: the
-// reader polls for those. The caller must hand it on only once the tick's
-// transaction committed.
+// reader polls for those. The reader takes the offer only when the
+// snapshot of the tick before, as latestSQL read it, is that of the tick it
+// read last: then the two ticks follow each other in the history it reads
+// (not a standby's that was behind, after a failover the reader has not
+// noticed yet). No prune takes the tick before while this one is not
+// committed (a prune keeps the latest tick it sees). The caller must hand
+// the offer on only once the tick's transaction committed.
 func readOffer(br pgx.BatchResults, tick, session int64) (*offer, error) {
 	rows, err := br.Query()
 	if err != nil {
@@ -781,9 +789,9 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 	defer br.Close()
 	var epoch string
 	var latest *int64
-	var have, lastSnap *string
+	var readSnap, lastSnap *string // of the tick read last, of the last to read
 	var age *float64
-	if err := br.QueryRow().Scan(&epoch, &latest, &have, &age, &lastSnap); err != nil {
+	if err := br.QueryRow().Scan(&epoch, &latest, &readSnap, &age, &lastSnap); err != nil {
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	if epoch != st.epoch {
@@ -806,8 +814,8 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		}
 		c.o.OnBehind(*latest-st.tick, behind)
 	}
-	if have == nil || *have != st.snap {
-		if have == nil {
+	if readSnap == nil || *readSnap != st.snap {
+		if readSnap == nil {
 			// Pruning went past what this relay has read: the batches
 			// after it are gone, and its sessions would miss them without
 			// being told.
@@ -849,8 +857,7 @@ func (c *Tail) poll(ctx context.Context, conn *pgx.Conn, sink relay.Sink, st *st
 		return 0, fmt.Errorf("capture poll: %w", err)
 	}
 	last := ticks[len(ticks)-1]
-	st.tick, st.snap = last.tick, last.snap
-	c.read.Store(last.tick)
+	c.advance(st, last)
 	return len(ticks), nil
 }
 
