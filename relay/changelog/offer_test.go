@@ -48,6 +48,53 @@ func TestTickerReadsItsTicksForTheReader(t *testing.T) {
 	}
 }
 
+// TestTickerReadsTheTickInItsOrder: the ticker's read of a tick holding
+// two transactions that wrote in turns hands them to its reader as a poll
+// reads them, at the same positions: B, which wrote last but had the lower
+// highest id, before A, and A's changes in the order it wrote them.
+func TestTickerReadsTheTickInItsOrder(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	rec, polled := newRecorder(), newRecorder()
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	startTail(t, d, polled, changelog.TailOptions{PollMin: 10 * time.Millisecond, PollMax: 20 * time.Millisecond})
+	startTicker(t, d, changelog.TickerOptions{PollMax: 20 * time.Millisecond, Reader: tl})
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	rec.waitChanges(t, 1) // the ticker's statements are prepared
+	polls := changelog.Polls(tl)
+
+	lock := d.begin() // no tick until both have committed
+	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
+	a := d.begin()
+	txExec(t, a, "insert into items (id, team_id) values (2, 7)")
+	b := d.begin()
+	txExec(t, b, "insert into items (id, team_id) values (3, 8)")
+	txExec(t, a, "update items set v = 1 where id = 2")
+	commit(t, b)
+	commit(t, a)
+	commit(t, lock)
+
+	got := rec.waitChanges(t, 4)
+	want := []key{
+		{"team:7", "items", relay.OpInsert, "1"},
+		{"team:8", "items", relay.OpInsert, "3"},
+		{"team:7", "items", relay.OpInsert, "2"},
+		{"team:7", "items", relay.OpUpdate, "2"},
+	}
+	if !slices.Equal(keys(got), want) || got[1].Pos.Tick != got[3].Pos.Tick {
+		t.Fatalf("got\n%swant %v, the last three in one tick", describe(got), want)
+	}
+	if n := changelog.Polls(tl); n != polls {
+		t.Fatalf("the reader polled for the tick (%d polls, %d before): the ticker did not read it", n, polls)
+	}
+	other := polled.waitChanges(t, 4)
+	for i := range got {
+		if got[i].Pos != other[i].Pos || got[i].XID != other[i].XID {
+			t.Fatalf("the ticker's read\n%sa poll's\n%s", describe(got), describe(other))
+		}
+	}
+}
+
 // TestTailTakesOnlyTheNextTickOfItsHistory: the reader takes a tick offered
 // to it only when it read the tick before last, with the same epoch and
 // snapshot (not a standby's that was behind, after a failover it has not

@@ -48,7 +48,8 @@ func TestBatchLooksTransactionsUp(t *testing.T) {
 				t.Fatal(err)
 			}
 			plan := strings.Join(lines, "\n")
-			if strings.Contains(plan, "Seq Scan") {
+			// rowcast.meta is one row.
+			if strings.Contains(strings.ReplaceAll(plan, "Seq Scan on meta", ""), "Seq Scan") {
 				t.Errorf("%s: %s reads a whole table:\n%s", mode, q, plan)
 			}
 		}

@@ -33,11 +33,12 @@ type Scanner struct {
 	jsonb                              jsonobj.Renderer
 }
 
-// Scan reads the current row.
-func (s *Scanner) Scan(rows pgx.Rows) (relay.Change, error) {
+// Scan reads the current row. Columns the query selects before the
+// tick, if any, are scanned into before.
+func (s *Scanner) Scan(rows pgx.Rows, before ...any) (relay.Change, error) {
 	s.row, s.changes, s.old, s.key, s.oldRow = s.row[:0], s.changes[:0], s.old[:0], s.key[:0], s.oldRow[:0]
-	if err := rows.Scan(&s.tick, &s.tx, &s.committed, &s.xid, &s.id, &s.stream, &s.tbl, &s.op, &s.entity, &s.team,
-		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key, &s.oldRow); err != nil {
+	if err := rows.Scan(append(before, &s.tick, &s.tx, &s.committed, &s.xid, &s.id, &s.stream, &s.tbl, &s.op, &s.entity, &s.team,
+		&s.oldTeam, &s.user, &s.actor, &s.request, &s.row, &s.changes, &s.old, &s.key, &s.oldRow)...); err != nil {
 		return relay.Change{}, err
 	}
 	ch := relay.Change{

@@ -20,11 +20,13 @@
 package changelog
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -626,20 +628,12 @@ type tickRef struct {
 	snap string
 }
 
-// latestSQL reads the history epoch, the latest tick and its snapshot, and
-// the snapshot of the tick before it (NULL when there is none). The lookup
-// is a scalar subquery, an index lookup whatever the estimates: as an
-// EXISTS it was planned as a hash of every tick (70 ms at 170,000 ticks).
-const latestSQL = `select ` + epochExpr + `, t.tick, t.snap::text,
-  (select p.snap::text from rowcast.ticks p where p.tick = t.tick - 1)
-from rowcast.meta, (select tick, snap from rowcast.ticks order by tick desc limit 1) t`
-
 // readHead returns the history epoch and the latest tick.
 func readHead(ctx context.Context, conn *pgx.Conn) (string, tickRef, error) {
 	var epoch string
 	var t tickRef
-	var prev *string
-	err := conn.QueryRow(ctx, latestSQL).Scan(&epoch, &t.tick, &t.snap, &prev)
+	err := conn.QueryRow(ctx, `select `+epochExpr+`, t.tick, t.snap::text from rowcast.meta,
+		(select tick, snap from rowcast.ticks order by tick desc limit 1) t`).Scan(&epoch, &t.tick, &t.snap)
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.UndefinedTable || pgErr.Code == pgerrcode.InvalidSchemaName) {
@@ -719,51 +713,96 @@ const offerMax = 256
 
 // offerSQL reads, in the transaction that called rowcast.tick() and before
 // it commits, the changes of the tick it recorded (the latest, if this
-// transaction wrote it: none after an empty look), as batchSQL does, or
-// none when the tick holds more than offerMax: they are counted first,
-// reading at most one more, so that a large tick costs the ticker little.
-// Recording the next tick waits for this transaction (the tick's lock), so
-// the latest is its own. xmin is the 32-bit transaction id, compared as
-// text for PostgreSQL 13.
-var offerSQL = `with t as materialized (select * from rowcast.ticks
-  where tick = (select max(tick) from rowcast.ticks)
-    and xmin::text::bigint = pg_current_xact_id_if_assigned()::text::bigint % 4294967296),
-c as materialized (select c.* from t` + tickRowsSQL + ` limit ` + strconv.Itoa(offerMax+1) + `)
-select t.tick, max(c.id) over (partition by c.xid) as tx, coalesce(c.origin_at, t.at), ` + Columns + `
-from t, c
-where (select count(*) from c) <= ` + strconv.Itoa(offerMax) + `
-order by tx, c.id`
+// transaction wrote it: none after an empty look), as batchSQL does but in
+// no order (readOffer orders them), or none when the tick holds more than
+// offerMax: they are read up to one more and counted before any is sent,
+// so that a large tick costs the ticker little. Before each change's
+// columns come the count, the history epoch, the tick's snapshot and the
+// snapshot of the tick before. Recording the next tick waits for this
+// transaction (the tick's lock), so the latest is its own. xmin is the
+// 32-bit transaction id, compared as text for PostgreSQL 13. One statement
+// with no order, window or common table expression: the ticker's read
+// cost the server about a quarter more as one that ordered the changes
+// followed by one that read the snapshots (lab, server CPU per read of a
+// three-change tick: 94 against 71 µs).
+var offerSQL = `select * from (select count(*) over () as n, o.* from (
+select (select ` + epochExpr + ` from rowcast.meta), t.snap::text, p.snap::text,
+  t.tick, 0::bigint, coalesce(c.origin_at, t.at), ` + Columns + `
+from (select * from rowcast.ticks where tick = (select max(tick) from rowcast.ticks)
+    and xmin::text::bigint = pg_current_xact_id_if_assigned()::text::bigint % 4294967296) t` + tickRowsSQL + `
+limit ` + strconv.Itoa(offerMax+1) + `) o) o
+where n <= ` + strconv.Itoa(offerMax)
 
-// readOffer reads the results of offerSQL and then latestSQL, queued in
-// that order after a call of rowcast.tick() that recorded tick, for
-// Tail.offer, as read on the reader's connection number session. It
-// returns nil when the tick holds more than offerMax changes, or none: the
-// reader polls for those. The reader takes the offer only when the
-// snapshot of the tick before, as latestSQL read it, is that of the tick it
-// read last: then the two ticks follow each other in the history it reads
-// (not a standby's that was behind, after a failover the reader has not
-// noticed yet). No prune takes the tick before while this one is not
-// committed (a prune keeps the latest tick it sees). The caller must hand
-// the offer on only once the tick's transaction committed.
+// readOffer reads the results of offerSQL, queued after a call of
+// rowcast.tick() that recorded tick, for Tail.offer, as read on the
+// reader's connection number session. It returns nil when the tick holds
+// more than offerMax changes, or none: the reader polls for those. The
+// reader takes the offer only when the snapshot of the tick before, as
+// read here, is that of the tick it read last: then the two ticks follow
+// each other in the history it reads (not a standby's that was behind,
+// after a failover the reader has not noticed yet). No prune takes the
+// tick before while this one is not committed (a prune keeps the latest
+// tick it sees). The caller must hand the offer on only once the tick's
+// transaction committed.
 func readOffer(br pgx.BatchResults, tick, session int64) (*offer, error) {
 	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("read tick: %w", err)
 	}
-	var got collected
-	if err := read(rows, []tickRef{{tick: tick}}, &got); err != nil {
+	defer rows.Close()
+	o := &offer{session: session, tick: tick}
+	var changes []relay.Change
+	var sc Scanner
+	var count int64
+	for rows.Next() {
+		ch, err := sc.Scan(rows, &count, &o.epoch, &o.snap, &o.prev)
+		if err != nil {
+			return nil, fmt.Errorf("read tick: %w", err)
+		}
+		if ch.Pos.Tick != tick {
+			return nil, fmt.Errorf("read tick: tick %d recorded, %d read", tick, ch.Pos.Tick)
+		}
+		changes = append(changes, ch)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read tick: %w", err)
 	}
-	o := &offer{session: session, txns: got}
-	var prev *string
-	if err := br.QueryRow().Scan(&o.epoch, &o.tick, &o.snap, &prev); err != nil {
-		return nil, fmt.Errorf("read tick: %w", err)
-	}
-	if o.tick != tick || prev == nil || len(got) == 0 || len(got[0].Changes) == 0 {
+	if len(changes) == 0 {
 		return nil, nil
 	}
-	o.prev = *prev
+	orderTick(changes)
+	i := 0
+	err = group([]tickRef{{tick: tick}}, (*collected)(&o.txns), func() (relay.Change, bool, error) {
+		if i == len(changes) {
+			return relay.Change{}, false, nil
+		}
+		i++
+		return changes[i-1], true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// orderTick puts the changes of one tick in the order batchSQL reads them
+// in: transactions by the highest id each wrote (which it sets as their
+// Pos.Tx), a transaction's changes by id.
+func orderTick(changes []relay.Change) {
+	slices.SortFunc(changes, func(a, b relay.Change) int {
+		return cmp.Or(cmp.Compare(a.XID, b.XID), cmp.Compare(a.Pos.ID, b.Pos.ID))
+	})
+	for i := 0; i < len(changes); {
+		j := i + 1
+		for j < len(changes) && changes[j].XID == changes[i].XID {
+			j++
+		}
+		for k := i; k < j; k++ {
+			changes[k].Pos.Tx = changes[j-1].Pos.ID
+		}
+		i = j
+	}
+	slices.SortFunc(changes, func(a, b relay.Change) int { return a.Pos.Compare(b.Pos) })
 }
 
 // collected is a relay.Sink that keeps what it is handed.
@@ -874,29 +913,42 @@ const txnPart = 1000
 // poll. It closes rows.
 func read(rows pgx.Rows, ticks []tickRef, sink relay.Sink) error {
 	defer rows.Close()
+	var sc Scanner
+	return group(ticks, sink, func() (relay.Change, bool, error) {
+		if !rows.Next() {
+			return relay.Change{}, false, rows.Err()
+		}
+		ch, err := sc.Scan(rows)
+		return ch, err == nil, err
+	})
+}
+
+// group hands the changes next returns, of the given ticks in their
+// order, to the sink as read says; next reports false when there are no
+// more. On an error from next it hands on no tick's end.
+func group(ticks []tickRef, sink relay.Sink, next func() (relay.Change, bool, error)) error {
 	var txn relay.Txn
-	next := 0 // index in ticks of the first tick not yet ended
+	open := 0 // index in ticks of the first tick not yet ended
 	endTicks := func(through int64) {
-		for next < len(ticks) && ticks[next].tick <= through {
-			end := relay.TickEnd(ticks[next].tick)
-			if len(txn.Changes) > 0 && txn.Changes[0].Pos.Tick == ticks[next].tick {
+		for open < len(ticks) && ticks[open].tick <= through {
+			end := relay.TickEnd(ticks[open].tick)
+			if len(txn.Changes) > 0 && txn.Changes[0].Pos.Tick == ticks[open].tick {
 				txn.Head = end
 				sink.Txn(&txn)
 				txn = relay.Txn{}
 			} else {
 				sink.Txn(&relay.Txn{Head: end})
 			}
-			next++
+			open++
 		}
 	}
 	last := ticks[len(ticks)-1].tick
-	var sc Scanner
-	for rows.Next() {
-		ch, err := sc.Scan(rows)
+	for {
+		ch, ok, err := next()
 		if err != nil {
 			return err
 		}
-		if ch.Pos.Tick > last {
+		if !ok || ch.Pos.Tick > last {
 			break
 		}
 		if n := len(txn.Changes); n >= txnPart && ch.Pos.Tick == txn.Changes[0].Pos.Tick && ch.XID == txn.XID {
@@ -919,9 +971,6 @@ func read(rows pgx.Rows, ticks []tickRef, sink relay.Sink) error {
 			txn.XID, txn.CommittedAt = ch.XID, ch.CommittedAt
 		}
 		txn.Changes = append(txn.Changes, ch)
-	}
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	endTicks(last)
 	return nil

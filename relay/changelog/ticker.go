@@ -366,7 +366,6 @@ func (t *Ticker) look(ctx context.Context, conn *pgx.Conn, notify, offering bool
 	b := &pgx.Batch{}
 	b.Queue(tickSQL, notify)
 	b.Queue(offerSQL)
-	b.Queue(latestSQL)
 	br := conn.SendBatch(ctx, b)
 	var pgErr *pgconn.PgError
 	var pre pgx.ErrPreprocessingBatch
