@@ -176,6 +176,20 @@ func TestTickerKeepsBell(t *testing.T) {
 	tk.wait(t, "change 9")
 }
 
+// TestTickerRingWakesIt: Ring, from this process (the logical slot
+// holder), wakes a ticker that waits for its next look (here an hour
+// away), and it ticks at once.
+func TestTickerRingWakesIt(t *testing.T) {
+	d := newDB(t)
+	tk := startTicker(t, d, changelog.TickerOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	tk.wait(t, "the change before the first look, or its ring")
+	d.exec("select setval('rowcast.bell', 0)") // the writers ring no more
+	d.exec("insert into items (id, team_id) values (2, 7)")
+	tk.Ring()
+	tk.wait(t, "the change rung for")
+}
+
 // TestTickerRingsForSparseCommits: commits further apart than PollMin keep
 // the doorbell armed (each is ticked at its ring, with no looks in
 // between); commits closer together make the ticker silence it and poll.
@@ -298,6 +312,7 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // testTicker is a Ticker run by a test, with its ticks.
 type testTicker struct {
+	*changelog.Ticker
 	ticked chan int64
 	done   chan error
 }
@@ -325,7 +340,8 @@ func startTickerAt(t *testing.T, url string, o changelog.TickerOptions) *testTic
 		case <-ctx.Done():
 		}
 	}
-	go func() { tk.done <- changelog.NewTicker(url, o).Run(ctx) }()
+	tk.Ticker = changelog.NewTicker(url, o)
+	go func() { tk.done <- tk.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-tk.done })
 	return tk
 }
