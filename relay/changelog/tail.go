@@ -559,11 +559,11 @@ const listenersKey = "hashtext('rowcast.listeners')::bigint"
 // listen runs a goroutine that LISTENs on channel with a connection of its
 // own, named after part (AppName), and signals bell (without blocking) on
 // every notification that wake, when not nil, says is news; the first
-// error goes to errs. With announce
-// not nil the connection also holds the listeners' lock (listenersKey)
-// shared, and announce its backend process id, stored before the lock is
-// taken and set back to 0 once the connection is closed. stop ends the
-// goroutine and waits for it, which closes the connection.
+// error goes to errs. With announce not nil the connection also holds the
+// listeners' lock (listenersKey) shared, and announce its backend process
+// id, stored before the lock is taken and set back to 0 once the
+// connection is closed. stop ends the goroutine and waits for it, which
+// closes the connection.
 func listen(ctx context.Context, url, part, channel string, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
 	wake func(payload string) bool) (stop func(), err error) {
 	cc, err := pgx.ParseConfig(url)
@@ -661,14 +661,15 @@ func newEpoch(ctx context.Context, conn *pgx.Conn, epoch string) error {
 const maxTicks = 256
 
 // headSQL reads the epoch, the latest tick, the snapshot of tick $1 (NULL
-// when it is gone: pruning keeps the tick it cut at, so a reader at or past
-// the cut finds its own; another than the reader read, when its history
-// changed under it), the age in seconds of the tick after it, the first
-// not read (NULL when none), and the snapshot of the last tick a poll from $1 reads
-// (at most $2 ticks; NULL when none). Ticks are numbered without gaps, so
-// the ticks a poll reads are the numbers from $1 + 1 to that one: a query
-// listing them cost about a tenth of the reader's CPU time per poll
-// (measured: 275-300 µs per poll without it, 305-322 with it).
+// when it is gone: pruning keeps the tick it cut at, so a reader at or
+// past the cut finds its own; another than the reader read, when its
+// history changed under it), the age in seconds of the tick after it, the
+// first not read (NULL when none), and the snapshot of the last tick a
+// poll from $1 reads (at most $2 ticks; NULL when none). Ticks are
+// numbered without gaps, so the ticks a poll reads are the numbers from
+// $1 + 1 to that one: a query listing them cost about a tenth of the
+// reader's CPU time per poll (measured: 275-300 µs per poll without it,
+// 305-322 with it).
 const headSQL = `select ` + epochExpr + `, (select max(tick) from rowcast.ticks),
   (select snap::text from rowcast.ticks where tick = $1),
   (select extract(epoch from clock_timestamp() - at)::float8 from rowcast.ticks where tick = $1 + 1),

@@ -50,8 +50,8 @@ type TickerOptions struct {
 	// the changes of each tick it records on its own connection, in the
 	// tick's round trip, and hands them to the reader once the tick is
 	// committed: the reader then has no query to make for it. A tick of
-	// more than offerMax changes it only pokes the reader to read, and
-	// every tick for offerPause after the server refused a read.
+	// more than 256 changes it only pokes the reader to read, and every
+	// tick for a minute after the server refused a read.
 	Reader *Tail
 	// OnTick is called with each tick this ticker recorded, once it is
 	// committed (and handed to Reader); nil ignores it.
