@@ -94,10 +94,15 @@ export async function api(user, method, path, body, headers = {}) {
   return out
 }
 
-/** shot saves a screenshot of page as <name>.png in the screenshots folder. */
+/**
+ * shot saves a screenshot of page as <name>.png in the screenshots folder,
+ * as a person sees the page once it settles: finite CSS animations and
+ * transitions (a task card's entry, a progress bar's fill) are played to
+ * their end, infinite ones (the badge's pulse) shown at their start.
+ */
 export async function shot(page, name) {
   mkdirSync(SHOTS, { recursive: true })
-  await page.screenshot({ path: join(SHOTS, `${name}.png`) })
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), animations: 'disabled' })
 }
 
 /** waitUntil polls fn until it returns a truthy value or timeout ms pass. */
