@@ -125,8 +125,8 @@ var layerRules = []struct {
 }{
 	{"capture takes options, not configuration, and needs no installer",
 		module + "/relay/capture/...", append(slices.Clone(configPrefixes), module+"/triggers")},
-	{"history reads the changelog through its one owner, not through a capture",
-		module + "/relay/changelog/...", []string{capturePrefix}},
+	{"history reads the changelog through its one owner (relay.ChangeHistory), never through a capture, a driver or configuration",
+		module + "/relay/history/...", slices.Concat([]string{capturePrefix}, driverPrefixes, configPrefixes)},
 	{"transports know no capture",
 		module + "/relay/transport/...", []string{capturePrefix}},
 }
@@ -179,7 +179,7 @@ func TestTransportsImportNoMapping(t *testing.T) {
 // changelog with pgx.
 func TestDriverDepsDetectsDriver(t *testing.T) {
 	gobin := goCommand(t)
-	const pkg = "github.com/rowcast/rowcast/relay/changelog"
+	const pkg = "github.com/rowcast/rowcast/relay/capture/changelog"
 	deps := listDeps(t, gobin, pkg)
 	if bad := driverDeps(deps); !slices.Contains(bad, "github.com/jackc/pgx/v5") {
 		t.Fatalf("driverDeps of %s = %q, want github.com/jackc/pgx/v5 among them", pkg, bad)

@@ -185,7 +185,7 @@ type Mapper interface {
 }
 
 // ChangeHistory replays committed changes after a position (package
-// changelog implements it on the changelog). MappedHistory turns it into
+// changelog implements it on the changelog). history.Mapped turns it into
 // the History transports replay from.
 type ChangeHistory interface {
 	// Replay calls fn with every change of the given streams after the

@@ -50,7 +50,7 @@ const (
 type Options struct {
 	Hub *hub.Hub
 	// History replays the events a resume asks for, mapped as the live
-	// events the hub delivers are (relay.MappedHistory).
+	// events the hub delivers are (history.Mapped).
 	History  relay.History
 	Verifier *auth.Verifier
 	// Origins lists the browser origins allowed to connect

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/history"
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/transport/session"
 )
@@ -30,7 +31,7 @@ import (
 const testSecret = "sio-test-secret-sio-test-secret-0123456"
 
 // memHistory is an in-memory relay.ChangeHistory: the changes published so
-// far. The transport replays them through relay.MappedHistory.
+// far. The transport replays them through history.Mapped.
 type memHistory struct {
 	mu      sync.Mutex
 	changes []relay.Change
@@ -86,7 +87,7 @@ func newEnv(t *testing.T, heartbeat time.Duration, o Options) *testEnv {
 		t.Fatal(err)
 	}
 	hist := &memHistory{}
-	tr := session.New(session.Options{Hub: h, History: relay.MappedHistory{Changes: hist, Mapper: eventMapper{}}, Verifier: v, Heartbeat: heartbeat})
+	tr := session.New(session.Options{Hub: h, History: history.Mapped{Changes: hist, Mapper: eventMapper{}}, Verifier: v, Heartbeat: heartbeat})
 	ts := httptest.NewServer(New(tr, o))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -32,7 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
 	"github.com/rowcast/rowcast/relay/pgtest/pgembed"
 )

@@ -22,7 +22,7 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	rowclient "github.com/rowcast/rowcast/relay/client"
 	"github.com/rowcast/rowcast/relay/pgtest"
 	"github.com/rowcast/rowcast/sql/crm"

@@ -23,7 +23,7 @@ import (
 
 	"github.com/rowcast/rowcast/cmd/rowcast/internal/server"
 	"github.com/rowcast/rowcast/config"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	"github.com/rowcast/rowcast/sql/crm"
 	"github.com/rowcast/rowcast/triggers"
 )

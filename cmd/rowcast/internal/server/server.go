@@ -38,8 +38,9 @@ import (
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/auth"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	"github.com/rowcast/rowcast/relay/capture/logical"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/history"
 	"github.com/rowcast/rowcast/relay/hub"
 	"github.com/rowcast/rowcast/relay/mapping"
 	"github.com/rowcast/rowcast/relay/metrics"
@@ -376,7 +377,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	// Replayed changes are mapped by the pipeline's mapper, so a resumed
 	// session gets the events a live one got.
-	hist := relay.MappedHistory{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
+	hist := history.Mapped{Changes: changelog.NewHistory(pool), Mapper: r.mapper}
 	proxies, err := trustedProxies(cfg.TrustedProxies)
 	if err != nil {
 		ln.Close()

@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // unanalyzedChangelog fills d's changelog with 50,000 rows that autovacuum

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/rowcast/rowcast/relay"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // TestTickerReadsItsTicksForTheReader: the ticker hands each tick it

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/rowcast/rowcast/relay"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // TestTeamFromCascadeDelete: deleting a deal deletes its notes by ON DELETE

@@ -13,7 +13,7 @@ import (
 
 	"github.com/rowcast/rowcast/config"
 	"github.com/rowcast/rowcast/relay"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	"github.com/rowcast/rowcast/triggers"
 )
 

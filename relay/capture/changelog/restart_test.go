@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rowcast/rowcast/relay"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // TestBackendCrashReusedXID: a backend that dies makes PostgreSQL recover

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 	"github.com/rowcast/rowcast/relay/pgtest"
 )
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/rowcast/rowcast/relay"
-	"github.com/rowcast/rowcast/relay/changelog"
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // TestReplayWindowsMatchTail: a replay from any position hands on exactly

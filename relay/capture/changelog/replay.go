@@ -84,7 +84,7 @@ where c.xid = $5::text::xid8 and c.id > $4 and c.stream = any($1::text[])
 order by c.id
 limit $6::int`
 
-// Replay implements relay.ChangeHistory (relay.MappedHistory maps what it
+// Replay implements relay.ChangeHistory (history.Mapped maps what it
 // replays for the transports). It reads in pages of whole-or-partial
 // transactions; fn sees each change once, in order.
 //
