@@ -419,3 +419,28 @@ where datname = current_database() and application_name like 'rowcast %' order b
 		t.Errorf("the ticker's connections are named %q, want rowcast doorbell and rowcast ticker", names)
 	}
 }
+
+// The first empty look after a tick keeps the ticker's rhythm (under load
+// it is a gap between commits); from the second on the looks back off,
+// doubling up to PollMax; and at the default rhythm the doorbell is armed
+// about 30ms after the last tick, as the README and the doc comments say.
+func TestTickerBacksOffFromTheSecondEmptyLook(t *testing.T) {
+	const pollMin, pollMax = 2 * time.Millisecond, 250 * time.Millisecond
+	interval, waited := pollMin, pollMin // the wait up to the first empty look
+	var got []time.Duration
+	for idle := 1; idle <= 9; idle++ {
+		interval = changelog.Backoff(interval, idle, pollMax)
+		got = append(got, interval)
+		if idle < changelog.IdleBeforeArming {
+			waited += interval
+		}
+	}
+	const ms = time.Millisecond
+	want := []time.Duration{2 * ms, 4 * ms, 8 * ms, 16 * ms, 32 * ms, 64 * ms, 128 * ms, pollMax, pollMax}
+	if !slices.Equal(got, want) {
+		t.Errorf("intervals after 1, 2, … empty looks: %v, want %v", got, want)
+	}
+	if waited < 25*time.Millisecond || waited > 40*time.Millisecond {
+		t.Errorf("the doorbell is armed %v after the last tick, want about 30ms", waited)
+	}
+}
