@@ -47,8 +47,5 @@ func Polls(tl *Tail) int64 { return tl.polls.Load() }
 // OfferMax is the most changes of a tick the ticker reads for the reader.
 const OfferMax = offerMax
 
-// Backoff is the ticker's interval after an empty look; IdleBeforeArming
-// how many empty looks in a row arm the doorbell.
-var Backoff = backoff
-
-const IdleBeforeArming = idleBeforeArming
+// EmptyLook is the ticker's step after an empty look.
+var EmptyLook = emptyLook

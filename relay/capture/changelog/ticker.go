@@ -322,12 +322,14 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 			timer.Reset(interval)
 			continue
 		}
-		if idle++; idle == idleBeforeArming {
+		idle++
+		next, arm := emptyLook(interval, idle, b.ringing(), t.o.PollMax)
+		if arm {
 			if err := b.set(ctx, conn, true); err != nil {
 				return ticked, err
 			}
 		}
-		interval = backoff(interval, idle, t.o.PollMax)
+		interval = next
 		timer.Reset(interval)
 	}
 }
@@ -431,21 +433,28 @@ const listenersSQL = `select exists (select from pg_locks l, (select ` + listene
     and l.classid = ((k.k >> 32) & 4294967295)::oid and l.objid = (k.k & 4294967295)::oid)`
 
 // idleBeforeArming is how many empty looks in a row make the ticker ask
-// for the doorbell again: about 30ms at the default rhythm (the looks 2, 2,
-// 4, 8 and 16ms apart, see backoff).
+// for the doorbell again: about 30ms after the last tick at the default
+// rhythm (looks 2, 2, 4, 8 and 16ms apart, see emptyLook), and about 16
+// tick intervals, each at most PollMax, at any other.
 const idleBeforeArming = 5
 
-// backoff returns the interval to the next look after the idle-th empty
-// look in a row, from the interval before it, at most max. The first empty
-// look keeps the rhythm: under load it is a gap between commits more often
-// than their end, and doubling at once made the next commit wait twice the
-// interval (at 400 changes/s, about a third of the looks were empty). From
-// the second on, the interval doubles.
-func backoff(interval time.Duration, idle int, max time.Duration) time.Duration {
-	if idle <= 1 {
-		return interval
+// emptyLook is the ticker's step after its idle-th empty look in a row
+// (idle from 1), from the interval to that look: the interval to the next
+// one, at most pollMax, and whether to arm the doorbell now. While the
+// ticker polls (the bell not ringing), the first empty look keeps the
+// interval: under load it is a gap between commits more often than their
+// end, and doubling at once made the next commit wait twice the interval
+// (with random arrivals at 400 changes/s, a quarter of the 2ms looks were
+// empty). From the second on, and at every empty look while the bell
+// rings (the looks then only back it up, and each commit rings), the
+// interval doubles, so that commits at an even rate, each rung, do not
+// cost an empty look each.
+func emptyLook(interval time.Duration, idle int, ringing bool, pollMax time.Duration) (next time.Duration, arm bool) {
+	arm = idle == idleBeforeArming
+	if idle <= 1 && !ringing {
+		return interval, arm
 	}
-	return min(interval*2, max)
+	return min(interval*2, pollMax), arm
 }
 
 // busyBeforeDisarming is how many ticks in a row, each looked for less

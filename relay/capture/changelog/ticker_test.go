@@ -420,27 +420,54 @@ where datname = current_database() and application_name like 'rowcast %' order b
 	}
 }
 
-// The first empty look after a tick keeps the ticker's rhythm (under load
-// it is a gap between commits); from the second on the looks back off,
-// doubling up to PollMax; and at the default rhythm the doorbell is armed
-// about 30ms after the last tick, as the README and the doc comments say.
+// While the ticker polls, the first empty look after a tick keeps its
+// rhythm (under load it is a gap between commits); from the second on the
+// looks back off, doubling up to PollMax; the doorbell is armed at the
+// fifth, about 30ms after the last tick at the default rhythm, as the
+// README and the doc comments say.
 func TestTickerBacksOffFromTheSecondEmptyLook(t *testing.T) {
-	const pollMin, pollMax = 2 * time.Millisecond, 250 * time.Millisecond
-	interval, waited := pollMin, pollMin // the wait up to the first empty look
+	const ms = time.Millisecond
+	const pollMin, pollMax = 2 * ms, 250 * ms
+	interval, waited, armedAfter := pollMin, pollMin, time.Duration(0) // waited: up to the first empty look
 	var got []time.Duration
 	for idle := 1; idle <= 9; idle++ {
-		interval = changelog.Backoff(interval, idle, pollMax)
-		got = append(got, interval)
-		if idle < changelog.IdleBeforeArming {
-			waited += interval
+		next, arm := changelog.EmptyLook(interval, idle, false, pollMax)
+		if arm {
+			if armedAfter != 0 {
+				t.Errorf("armed again at empty look %d", idle)
+			}
+			armedAfter = waited
 		}
+		interval = next
+		waited += interval
+		got = append(got, interval)
 	}
-	const ms = time.Millisecond
 	want := []time.Duration{2 * ms, 4 * ms, 8 * ms, 16 * ms, 32 * ms, 64 * ms, 128 * ms, pollMax, pollMax}
 	if !slices.Equal(got, want) {
 		t.Errorf("intervals after 1, 2, … empty looks: %v, want %v", got, want)
 	}
-	if waited < 25*time.Millisecond || waited > 40*time.Millisecond {
-		t.Errorf("the doorbell is armed %v after the last tick, want about 30ms", waited)
+	if armedAfter < 25*ms || armedAfter > 40*ms {
+		t.Errorf("the doorbell is armed %v after the last tick, want about 30ms", armedAfter)
+	}
+}
+
+// While the doorbell rings, every empty look doubles the interval: commits
+// at an even rate, each rung and ticked at once, cost a few empty looks
+// while the interval grows past the gap between them, not one each.
+func TestTickerRingingLooksBackOff(t *testing.T) {
+	const ms = time.Millisecond
+	for _, gap := range []time.Duration{3 * ms, 5 * ms, 7 * ms, 10 * ms, 20 * ms, 40 * ms, 100 * ms} {
+		interval, empty := 2*ms, 0
+		for range 1000 { // a commit rings: a tick, and the timer runs from it
+			idle := 0
+			for at := interval; at < gap; at += interval {
+				idle++
+				empty++
+				interval, _ = changelog.EmptyLook(interval, idle, true, 250*ms)
+			}
+		}
+		if empty > 8 {
+			t.Errorf("commits %v apart, the bell ringing: %d empty looks over 1,000 commits, want a few", gap, empty)
+		}
 	}
 }
