@@ -47,5 +47,6 @@ func Polls(tl *Tail) int64 { return tl.polls.Load() }
 // OfferMax is the most changes of a tick the ticker reads for the reader.
 const OfferMax = offerMax
 
-// EmptyLook is the ticker's step after an empty look.
-var EmptyLook = emptyLook
+// EmptyLook is the ticker's step after an empty look; ArmingDelay how long
+// after its last tick it arms the doorbell.
+var EmptyLook, ArmingDelay = emptyLook, armingDelay

@@ -201,11 +201,13 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	if err := b.set(ctx, conn, true); err != nil { // until changes flow
 		return false, err
 	}
-	// idle counts empty looks in a row; busy, ticks in a row each
-	// looked for less than PollMin after the tick before (while the bell
-	// rings); sparse, ticks in a row each after an empty look (while it
-	// does not).
+	// idle counts empty looks in a row, and idleArmed says whether the
+	// ticker took its arming step since the last tick (a no-op for the
+	// bell when it was armed already or there is none); busy, ticks in a row each looked for less than
+	// PollMin after the tick before (while the bell rings); sparse, ticks
+	// in a row each after an empty look (while it does not).
 	interval, idle, busy, sparse := t.o.PollMin, 0, 0, 0
+	idleArmed, armAfter := false, armingDelay(t.o.PollMin, t.o.PollMax)
 	var last time.Time // when the last tick was recorded
 	notify, checked, local := true, time.Time{}, uint32(0)
 	refused := false            // the listeners lookup was refused (warned once)
@@ -317,17 +319,18 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 					interval, busy, sparse = t.o.PollMin, 0, 0
 				}
 			}
-			idle = 0
+			idle, idleArmed = 0, false
 			last = now
 			timer.Reset(interval)
 			continue
 		}
 		idle++
-		next, arm := emptyLook(interval, idle, b.ringing(), t.o.PollMax)
+		next, arm := emptyLook(interval, woke.Sub(last), armAfter, idleArmed, b.ringing(), t.o.PollMin, t.o.PollMax)
 		if arm {
 			if err := b.set(ctx, conn, true); err != nil {
 				return ticked, err
 			}
+			idleArmed = true
 		}
 		interval = next
 		timer.Reset(interval)
@@ -432,29 +435,43 @@ const listenersSQL = `select exists (select from pg_locks l, (select ` + listene
     and l.database = (select oid from pg_database where datname = current_database())
     and l.classid = ((k.k >> 32) & 4294967295)::oid and l.objid = (k.k & 4294967295)::oid)`
 
-// idleBeforeArming is how many empty looks in a row make the ticker ask
-// for the doorbell again: about 30ms after the last tick at the default
-// rhythm (looks 2, 2, 4, 8 and 16ms apart, see emptyLook), and about 16
-// tick intervals, each at most PollMax, at any other.
-const idleBeforeArming = 5
+// armingDelay is how long after its last tick a ticker that finds no
+// commit asks for the doorbell again: the sum of four intervals doubling
+// from pollMin, each at most pollMax (30ms at the default 2ms and 250ms).
+func armingDelay(pollMin, pollMax time.Duration) time.Duration {
+	var d time.Duration
+	for i := range 4 {
+		d += min(pollMin<<i, pollMax)
+	}
+	return d
+}
 
-// emptyLook is the ticker's step after its idle-th empty look in a row
-// (idle from 1), from the interval to that look: the interval to the next
-// one, at most pollMax, and whether to arm the doorbell now. While the
-// ticker polls (the bell not ringing), the first empty look keeps the
-// interval: under load it is a gap between commits more often than their
-// end, and doubling at once made the next commit wait twice the interval
-// (with random arrivals at 400 changes/s, a quarter of the 2ms looks were
-// empty). From the second on, and at every empty look while the bell
-// rings (the looks then only back it up, and each commit rings), the
+// emptyLook is the ticker's step after an empty look, since the last tick
+// (or the start) and at interval after the look before: the interval to
+// the next look, at most pollMax, and whether to take the arming step now
+// (once since armAfter, armingDelay, unless armed says it was taken since
+// the last tick): arm the doorbell, and back off.
+//
+// While the ticker polls (the bell not ringing) and has not taken that
+// step, empty looks keep the interval: under load they are gaps between
+// commits more often than their end, and a doubled wait fell on the next
+// commit (with random arrivals at 400 changes/s, a quarter of the 2ms
+// looks were empty). The arming step sets the interval to 16 × pollMin,
+// where doubling from the first empty look used to leave it, so that no
+// later look comes after the one it replaces (without a doorbell, only
+// the looks find commits). After it, and at every empty look while the
+// bell rings (the looks then only back it up, and each commit rings), the
 // interval doubles, so that commits at an even rate, each rung, do not
 // cost an empty look each.
-func emptyLook(interval time.Duration, idle int, ringing bool, pollMax time.Duration) (next time.Duration, arm bool) {
-	arm = idle == idleBeforeArming
-	if idle <= 1 && !ringing {
-		return interval, arm
+func emptyLook(interval, since, armAfter time.Duration, armed, ringing bool, pollMin, pollMax time.Duration) (next time.Duration, arm bool) {
+	arm = !armed && since >= armAfter
+	switch {
+	case arm:
+		return min(max(pollMin<<4, interval*2), pollMax), true
+	case !ringing && !armed:
+		return interval, false
 	}
-	return min(interval*2, pollMax), arm
+	return min(interval*2, pollMax), false
 }
 
 // busyBeforeDisarming is how many ticks in a row, each looked for less

@@ -229,7 +229,8 @@ func TestTickerRingsForSparseCommits(t *testing.T) {
 // TestTickerDisarmsUnderFlood: a tick that takes longer than PollMin
 // (here each tick sleeps 5 ms) does not keep the doorbell ringing under a
 // flood of commits: the ticker counts the time it waited for the next
-// ring, not the time between two ticks.
+// ring, not the time between two ticks. When a flood stops, the ticker
+// arms the bell again, after each flood.
 func TestTickerDisarmsUnderFlood(t *testing.T) {
 	d := newDB(t)
 	d.exec(`create function slow_tick() returns trigger language plpgsql as $$ begin perform pg_sleep(0.005); return new; end $$`)
@@ -246,27 +247,36 @@ func TestTickerDisarmsUnderFlood(t *testing.T) {
 		d.exec("insert into items (id, team_id) values ($1, 7)", id.Add(1))
 		tk.wait(t, fmt.Sprintf("sparse change %d", id.Load()))
 	}
-	ctx, stop := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	for range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil {
-				_, _ = d.pool.Exec(ctx, "insert into items (id, team_id) values ($1, 7)", id.Add(1))
-			}
-		}()
-	}
-	defer func() { stop(); wg.Wait() }()
-	go func() { // the test reads none of these ticks
-		for ctx.Err() == nil {
+	go func() { // the test reads none of the flood's ticks
+		for {
 			select {
 			case <-tk.ticked:
-			case <-ctx.Done():
+			case <-t.Context().Done():
+				return
 			}
 		}
 	}()
-	waitUntil(t, 30*time.Second, "the doorbell disarmed under a flood of commits", func() bool { return !bellArmed(d) })
+	// Twice: each flood disarms the bell, and once it stops the ticker
+	// runs out of changes and arms the bell again (about 30ms after its
+	// last tick), each time.
+	for round := 1; round <= 2; round++ {
+		ctx, stop := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					_, _ = d.pool.Exec(ctx, "insert into items (id, team_id) values ($1, 7)", id.Add(1))
+				}
+			}()
+		}
+		defer func() { stop(); wg.Wait() }() // when a wait below fails
+		waitUntil(t, 30*time.Second, fmt.Sprintf("flood %d: the doorbell disarmed", round), func() bool { return !bellArmed(d) })
+		stop()
+		wg.Wait()
+		waitUntil(t, 10*time.Second, fmt.Sprintf("flood %d: the doorbell armed again once it stopped", round), func() bool { return bellArmed(d) })
+	}
 }
 
 // TestTickerNoticesSilentBell: a commit the doorbell did not announce,
@@ -420,34 +430,63 @@ where datname = current_database() and application_name like 'rowcast %' order b
 	}
 }
 
-// While the ticker polls, the first empty look after a tick keeps its
-// rhythm (under load it is a gap between commits); from the second on the
-// looks back off, doubling up to PollMax; the doorbell is armed at the
-// fifth, about 30ms after the last tick at the default rhythm, as the
-// README and the doc comments say.
-func TestTickerBacksOffFromTheSecondEmptyLook(t *testing.T) {
+// While the ticker polls, its empty looks keep the rhythm (under load
+// they are gaps between commits) until it arms the doorbell, after four
+// doubling intervals (30ms at the defaults); the arming step sets the
+// interval to 16 × PollMin, and from then on the looks back off, doubling
+// up to PollMax, each at or before the one the old schedule (doubling
+// from the first empty look) made; the bell is armed once.
+func TestTickerKeepsItsRhythmUntilItArmsTheBell(t *testing.T) {
 	const ms = time.Millisecond
-	const pollMin, pollMax = 2 * ms, 250 * ms
-	interval, waited, armedAfter := pollMin, pollMin, time.Duration(0) // waited: up to the first empty look
-	var got []time.Duration
-	for idle := 1; idle <= 9; idle++ {
-		next, arm := changelog.EmptyLook(interval, idle, false, pollMax)
-		if arm {
-			if armedAfter != 0 {
-				t.Errorf("armed again at empty look %d", idle)
-			}
-			armedAfter = waited
+	for _, c := range []struct {
+		pollMin, pollMax, armAfter time.Duration
+		kept                       int // empty looks that keep the interval
+		after                      []time.Duration
+	}{
+		{2 * ms, 250 * ms, 30 * ms, 14, []time.Duration{32 * ms, 64 * ms, 128 * ms, 250 * ms, 250 * ms}},
+		{100 * ms, 250 * ms, 800 * ms, 7, []time.Duration{250 * ms, 250 * ms}},
+		{250 * ms, 250 * ms, 1000 * ms, 3, []time.Duration{250 * ms, 250 * ms}},
+	} {
+		armAfter := changelog.ArmingDelay(c.pollMin, c.pollMax)
+		if armAfter != c.armAfter {
+			t.Errorf("ArmingDelay(%v, %v) = %v, want %v", c.pollMin, c.pollMax, armAfter, c.armAfter)
 		}
-		interval = next
-		waited += interval
-		got = append(got, interval)
-	}
-	want := []time.Duration{2 * ms, 4 * ms, 8 * ms, 16 * ms, 32 * ms, 64 * ms, 128 * ms, pollMax, pollMax}
-	if !slices.Equal(got, want) {
-		t.Errorf("intervals after 1, 2, … empty looks: %v, want %v", got, want)
-	}
-	if armedAfter < 25*ms || armedAfter > 40*ms {
-		t.Errorf("the doorbell is armed %v after the last tick, want about 30ms", armedAfter)
+		interval, since, armed, arms, kept := c.pollMin, c.pollMin, false, 0, 0
+		var after, looks []time.Duration
+		for range c.kept + len(c.after) {
+			looks = append(looks, since)
+			next, arm := changelog.EmptyLook(interval, since, armAfter, armed, false, c.pollMin, c.pollMax)
+			if arm {
+				arms++
+				if since != armAfter {
+					t.Errorf("poll %v: armed %v after the last tick, want %v", c.pollMin, since, armAfter)
+				}
+				armed = true
+			}
+			switch {
+			case !armed && next == interval:
+				kept++
+			case armed:
+				after = append(after, next)
+			default:
+				t.Errorf("poll %v: the interval went from %v to %v at %v, before the bell was armed", c.pollMin, interval, next, since)
+			}
+			interval = next
+			since += interval
+		}
+		// The old schedule's looks, doubling from the first empty look:
+		// between two of them, there is a new one, so no commit waits
+		// longer for a look than it did.
+		for prev, at, step := time.Duration(0), c.pollMin, c.pollMin; at <= looks[len(looks)-1]; {
+			if !slices.ContainsFunc(looks, func(l time.Duration) bool { return l > prev && l <= at }) {
+				t.Errorf("poll %v: no look in (%v, %v], where the old schedule looked at %v: %v", c.pollMin, prev, at, at, looks)
+			}
+			step = min(step*2, c.pollMax)
+			prev, at = at, at+step
+		}
+		if arms != 1 || kept != c.kept || !slices.Equal(after, c.after) {
+			t.Errorf("poll %v: armed %d times, %d looks kept the interval, then %v; want once, %d, %v", c.pollMin, arms, kept, after, c.kept, c.after)
+		}
 	}
 }
 
@@ -456,14 +495,16 @@ func TestTickerBacksOffFromTheSecondEmptyLook(t *testing.T) {
 // while the interval grows past the gap between them, not one each.
 func TestTickerRingingLooksBackOff(t *testing.T) {
 	const ms = time.Millisecond
+	armAfter := changelog.ArmingDelay(2*ms, 250*ms)
 	for _, gap := range []time.Duration{3 * ms, 5 * ms, 7 * ms, 10 * ms, 20 * ms, 40 * ms, 100 * ms} {
 		interval, empty := 2*ms, 0
 		for range 1000 { // a commit rings: a tick, and the timer runs from it
-			idle := 0
+			armed := false
 			for at := interval; at < gap; at += interval {
-				idle++
 				empty++
-				interval, _ = changelog.EmptyLook(interval, idle, true, 250*ms)
+				var arm bool
+				interval, arm = changelog.EmptyLook(interval, at, armAfter, armed, true, 2*ms, 250*ms)
+				armed = armed || arm
 			}
 		}
 		if empty > 8 {
