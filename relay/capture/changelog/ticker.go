@@ -208,7 +208,8 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	// in a row each after an empty look (while it does not).
 	interval, idle, busy, sparse := t.o.PollMin, 0, 0, 0
 	idleArmed, armAfter := false, armingDelay(t.o.PollMin, t.o.PollMax)
-	var last time.Time // when the last tick was recorded
+	var last time.Time     // when the last tick was recorded
+	idleFrom := time.Now() // when the empty looks began: the last tick, or the start
 	notify, checked, local := true, time.Time{}, uint32(0)
 	refused := false            // the listeners lookup was refused (warned once)
 	var readRefusedAt time.Time // when a read for the reader was last refused
@@ -320,12 +321,12 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 				}
 			}
 			idle, idleArmed = 0, false
-			last = now
+			last, idleFrom = now, now
 			timer.Reset(interval)
 			continue
 		}
 		idle++
-		next, arm := emptyLook(interval, woke.Sub(last), armAfter, idleArmed, b.ringing(), t.o.PollMin, t.o.PollMax)
+		next, arm := emptyLook(interval, woke.Sub(idleFrom), armAfter, idleArmed, b.ringing(), t.o.PollMin, t.o.PollMax)
 		if arm {
 			if err := b.set(ctx, conn, true); err != nil {
 				return ticked, err
