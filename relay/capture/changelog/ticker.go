@@ -203,13 +203,16 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	}
 	// idle counts empty looks in a row, and idleArmed says whether the
 	// ticker took its arming step since the last tick (a no-op for the
-	// bell when it was armed already or there is none); busy, ticks in a row each looked for less than
-	// PollMin after the tick before (while the bell rings); sparse, ticks
-	// in a row each after an empty look (while it does not).
+	// bell when it was armed already or there is none); busy, ticks in a
+	// row each looked for less than PollMin after the tick before (while
+	// the bell rings); sparse, ticks in a row each after an empty look
+	// (while it does not).
 	interval, idle, busy, sparse := t.o.PollMin, 0, 0, 0
 	idleArmed, armAfter := false, armingDelay(t.o.PollMin, t.o.PollMax)
-	var last time.Time     // when the last tick was recorded
-	idleFrom := time.Now() // when the empty looks began: the last tick, or the start
+	var last time.Time // when the last tick was recorded
+	// idleFrom is when the empty looks began: the last tick, or an
+	// interval before the first look, which comes at once.
+	idleFrom := time.Now().Add(-t.o.PollMin)
 	notify, checked, local := true, time.Time{}, uint32(0)
 	refused := false            // the listeners lookup was refused (warned once)
 	var readRefusedAt time.Time // when a read for the reader was last refused
@@ -458,18 +461,22 @@ func armingDelay(pollMin, pollMax time.Duration) time.Duration {
 // commits more often than their end, and a doubled wait fell on the next
 // commit (with random arrivals at 400 changes/s, a quarter of the 2ms
 // looks were empty). The arming step sets the interval to 16 × pollMin,
-// where doubling from the first empty look used to leave it, so that no
-// later look comes after the one it replaces (without a doorbell, only
-// the looks find commits). After it, and at every empty look while the
-// bell rings (the looks then only back it up, and each commit rings), the
-// interval doubles, so that commits at an even rate, each rung, do not
-// cost an empty look each.
+// at most pollMax, where doubling from the first empty look used to leave
+// it. Until then the looks come at every multiple of pollMin, which the
+// looks of that doubling (pollMin, 3, 7 and 15 × pollMin) are among, so
+// no commit waits for a later look than it did, apart from each look's
+// own round trip (without a doorbell, only the looks find commits). That
+// holds while 8 × pollMin is at most pollMax; with a longer pollMin the
+// looks double from the first empty one, as they did. After the arming
+// step, and at every empty look while the bell rings (the looks then only
+// back it up, and each commit rings), the interval doubles, so that
+// commits at an even rate, each rung, do not cost an empty look each.
 func emptyLook(interval, since, armAfter time.Duration, armed, ringing bool, pollMin, pollMax time.Duration) (next time.Duration, arm bool) {
 	arm = !armed && since >= armAfter
 	switch {
 	case arm:
 		return min(max(pollMin<<4, interval*2), pollMax), true
-	case !ringing && !armed:
+	case !ringing && !armed && pollMin<<3 <= pollMax:
 		return interval, false
 	}
 	return min(interval*2, pollMax), false

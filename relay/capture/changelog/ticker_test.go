@@ -434,26 +434,30 @@ where datname = current_database() and application_name like 'rowcast %' order b
 // they are gaps between commits) until it arms the doorbell, after four
 // doubling intervals (30ms at the defaults); the arming step sets the
 // interval to 16 × PollMin, and from then on the looks back off, doubling
-// up to PollMax, each at or before the one the old schedule (doubling
-// from the first empty look) made; the bell is armed once.
+// up to PollMax. Every look the old schedule made (doubling from the
+// first empty look) is among the new ones, so no commit waits longer; with
+// a PollMin above PollMax / 8 the looks are the old ones. The bell is
+// armed once.
 func TestTickerKeepsItsRhythmUntilItArmsTheBell(t *testing.T) {
 	const ms = time.Millisecond
 	for _, c := range []struct {
 		pollMin, pollMax, armAfter time.Duration
-		kept                       int // empty looks that keep the interval
-		after                      []time.Duration
+		kept                       int // empty looks that keep the interval; 0: the old schedule
 	}{
-		{2 * ms, 250 * ms, 30 * ms, 14, []time.Duration{32 * ms, 64 * ms, 128 * ms, 250 * ms, 250 * ms}},
-		{100 * ms, 250 * ms, 800 * ms, 7, []time.Duration{250 * ms, 250 * ms}},
-		{250 * ms, 250 * ms, 1000 * ms, 3, []time.Duration{250 * ms, 250 * ms}},
+		{2 * ms, 250 * ms, 30 * ms, 14},
+		{20 * ms, 250 * ms, 300 * ms, 14},
+		{100 * ms, 250 * ms, 800 * ms, 0},
+		{200 * ms, 250 * ms, 950 * ms, 0},
+		{250 * ms, 250 * ms, 1000 * ms, 0},
 	} {
 		armAfter := changelog.ArmingDelay(c.pollMin, c.pollMax)
 		if armAfter != c.armAfter {
 			t.Errorf("ArmingDelay(%v, %v) = %v, want %v", c.pollMin, c.pollMax, armAfter, c.armAfter)
 		}
+		horizon := armAfter + 4*c.pollMax
 		interval, since, armed, arms, kept := c.pollMin, c.pollMin, false, 0, 0
-		var after, looks []time.Duration
-		for range c.kept + len(c.after) {
+		var looks []time.Duration
+		for since <= horizon {
 			looks = append(looks, since)
 			next, arm := changelog.EmptyLook(interval, since, armAfter, armed, false, c.pollMin, c.pollMax)
 			if arm {
@@ -462,30 +466,27 @@ func TestTickerKeepsItsRhythmUntilItArmsTheBell(t *testing.T) {
 					t.Errorf("poll %v: armed %v after the last tick, want %v", c.pollMin, since, armAfter)
 				}
 				armed = true
-			}
-			switch {
-			case !armed && next == interval:
+			} else if !armed && next == interval {
 				kept++
-			case armed:
-				after = append(after, next)
-			default:
-				t.Errorf("poll %v: the interval went from %v to %v at %v, before the bell was armed", c.pollMin, interval, next, since)
 			}
 			interval = next
 			since += interval
 		}
-		// The old schedule's looks, doubling from the first empty look:
-		// between two of them, there is a new one, so no commit waits
-		// longer for a look than it did.
-		for prev, at, step := time.Duration(0), c.pollMin, c.pollMin; at <= looks[len(looks)-1]; {
-			if !slices.ContainsFunc(looks, func(l time.Duration) bool { return l > prev && l <= at }) {
-				t.Errorf("poll %v: no look in (%v, %v], where the old schedule looked at %v: %v", c.pollMin, prev, at, at, looks)
-			}
+		var old []time.Duration // doubling from the first empty look
+		for at, step := c.pollMin, c.pollMin; at <= horizon; at += step {
+			old = append(old, at)
 			step = min(step*2, c.pollMax)
-			prev, at = at, at+step
 		}
-		if arms != 1 || kept != c.kept || !slices.Equal(after, c.after) {
-			t.Errorf("poll %v: armed %d times, %d looks kept the interval, then %v; want once, %d, %v", c.pollMin, arms, kept, after, c.kept, c.after)
+		for _, at := range old {
+			if !slices.Contains(looks, at) {
+				t.Errorf("poll %v: no look at %v, where the old schedule looked: %v against %v", c.pollMin, at, looks, old)
+			}
+		}
+		if c.kept == 0 && !slices.Equal(looks, old) {
+			t.Errorf("poll %v: looks %v, want the old schedule's %v", c.pollMin, looks, old)
+		}
+		if arms != 1 || c.kept > 0 && kept != c.kept {
+			t.Errorf("poll %v: armed %d times, %d looks kept the interval; want once, %d", c.pollMin, arms, kept, c.kept)
 		}
 	}
 }
