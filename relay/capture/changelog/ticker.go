@@ -79,6 +79,13 @@ type Ticker struct {
 	o       TickerOptions
 	bell    chan struct{} // the doorbell, from LISTEN or Ring
 	holding atomic.Bool
+	// quietUntil is, in Unix nanoseconds, until when a tick need not
+	// notify the tailers: listenersCheck after this ticker, holding the
+	// lock, last found no other reader listening (0: notify).
+	quietUntil atomic.Int64
+	// groupPause is, in Unix nanoseconds, until when QueueTick queues
+	// nothing, after the server refused a group tick.
+	groupPause atomic.Int64
 }
 
 // NewTicker returns a Ticker of the changelog in the database at url.
@@ -183,6 +190,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	}
 	t.holding.Store(true)
 	defer t.holding.Store(false)
+	defer t.quietUntil.Store(0)
 	if t.o.OnHolding != nil {
 		t.o.OnHolding(true)
 		defer t.o.OnHolding(false)
@@ -242,7 +250,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		}
 		woke := time.Now()
 		if t.o.LocalListener != nil {
-			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck {
+			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck-t.o.PollMax {
 				lctx, cancel := context.WithTimeout(ctx, tickTimeout)
 				err := conn.QueryRow(lctx, listenersSQL, int64(own)).Scan(&notify)
 				cancel()
@@ -259,6 +267,11 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 					return ticked, fmt.Errorf("ticker listeners: %w", err)
 				}
 				local, checked = own, time.Now()
+				if notify {
+					t.quietUntil.Store(0)
+				} else {
+					t.quietUntil.Store(checked.Add(listenersCheck).UnixNano())
+				}
 			}
 		}
 		// A tick that does not answer in time is a connection gone silent:
@@ -425,9 +438,11 @@ const tickTimeout = 30 * time.Second
 
 // listenersCheck is how often the ticker looks whether a reader other than
 // its own process's listens for ticks, at its first look after this long
-// (before that look's tick): a relay that starts listening is notified of
-// the ticks of looks that begin more than this long after (it polls
-// meanwhile, and for as long again: Tail.session).
+// less PollMax (before that look's tick), and how long an answer holds:
+// a relay that starts listening is notified of the ticks recorded, by the
+// ticker or a group tick (QueueTick), more than this long after (it polls
+// meanwhile, and for as long again: Tail.session). A ticker looks at least
+// every PollMax, so its answer is renewed before it lapses.
 const listenersCheck = time.Second
 
 // listenersSQL reports whether a backend other than $1 holds the

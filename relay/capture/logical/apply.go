@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // applier replicates one connected period. Source transactions are applied
@@ -30,6 +32,12 @@ type applier struct {
 	db      *pgx.Conn
 	rels    map[uint32]*relation
 	applied pglogrepl.LSN // last source commit LSN written to the changelog
+	ticks   bool          // group commits record their ticks (Options.Ticker)
+	// queuedBeforeTick is how many statements of the batch precede the
+	// group tick; ticked says whether the last group commit's tick
+	// recorded it (or found it recorded).
+	queuedBeforeTick int
+	ticked           bool
 
 	// progressed is set once this attempt counts as a success: it
 	// committed into the changelog, or streamed for Retry without error.
@@ -326,7 +334,7 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	a.pending = settings{}
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
-		_, err := a.send(ctx)
+		_, err := a.send(ctx, nil)
 		return err
 	}
 	return nil
@@ -377,23 +385,40 @@ func (a *applier) queueSQL(sql string, args ...any) {
 	a.batch.Queue(sql, args...)
 }
 
-// send sends what is queued and returns the last statement's command tag.
-func (a *applier) send(ctx context.Context) (tag pgconn.CommandTag, err error) {
+// send sends what is queued and returns the last statement's command tag:
+// with a group tick g, that of the last statement queued before it
+// (queuedBeforeTick). Once every statement before g succeeded, g reads its
+// results and is told the batch's close error, which is not send's:
+// ticked says whether g ticked the group.
+func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.CommandTag, err error) {
 	a.endRun()
 	if a.batch == nil || a.batch.Len() == 0 {
 		return tag, nil
 	}
 	a.begun = true
+	n := a.batch.Len()
+	if g != nil {
+		n = a.queuedBeforeTick
+	}
 	br := a.db.SendBatch(ctx, a.batch)
-	for range a.batch.Len() {
+	for range n {
 		if tag, err = br.Exec(); err != nil {
 			break
 		}
 	}
-	if cerr := br.Close(); err == nil {
+	read := err == nil && g != nil
+	if read {
+		g.Read(br)
+	}
+	cerr := br.Close()
+	a.batch = &pgx.Batch{}
+	if read {
+		// Every statement before the tick succeeded: the close's error is
+		// the tick's, or the connection's, which the next use finds.
+		a.ticked = g.Done(cerr)
+	} else if err == nil {
 		err = cerr
 	}
-	a.batch = &pgx.Batch{}
 	if err != nil {
 		return pgconn.CommandTag{}, fmt.Errorf("logical apply: %w", err)
 	}
@@ -409,12 +434,19 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
 		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
+	tick := a.ticks && a.h.o.Ticker.GroupTicks()
 	local := a.h.o.LocalTicker != nil && a.h.o.WakeTicker != nil && a.h.o.LocalTicker()
-	if a.h.o.Doorbell != "" && !local {
+	if !tick && a.h.o.Doorbell != "" && !local {
 		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
 	}
 	a.queueSQL("commit")
-	tag, err := a.send(ctx)
+	var g *changelog.GroupTick
+	if tick {
+		a.queuedBeforeTick = a.batch.Len()
+		g = a.h.o.Ticker.QueueTick(a.batch)
+	}
+	a.ticked = false
+	tag, err := a.send(ctx, g)
 	if err != nil {
 		return 0, err
 	}
@@ -425,14 +457,15 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.txOpen, a.begun = false, false
 	a.applied, a.committed = a.lastLSN, false
-	if local {
-		if a.h.o.LocalTicker() {
+	switch {
+	case a.ticked:
+	case g != nil || local:
+		// The group tick failed, or there was none and this process's
+		// ticker ticks: wake it, or ring the one that does now.
+		if a.h.o.LocalTicker != nil && a.h.o.WakeTicker != nil && a.h.o.LocalTicker() {
 			a.h.o.WakeTicker()
 		} else if a.h.o.Doorbell != "" {
-			// The ticker lock went to another relay while the group
-			// committed: ring that relay's ticker, as a group of a relay
-			// that does not tick does. An error here leaves the group
-			// committed and applied.
+			// An error here leaves the group committed and applied.
 			if _, err := a.db.Exec(ctx, "select pg_notify($1, 'logical')", a.h.o.Doorbell); err != nil {
 				return 0, fmt.Errorf("logical doorbell: %w", err)
 			}

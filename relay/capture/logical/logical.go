@@ -39,6 +39,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // Options configures a Holder. Zero values select the defaults.
@@ -85,7 +87,14 @@ type Options struct {
 	// the group committed, the group notifies the Doorbell after all.
 	LocalTicker func() bool
 	WakeTicker  func()
-	Logger      *slog.Logger
+	// Ticker, when not nil, is this process's changelog ticker: each
+	// group commit records the tick that shows it, and reads its changes
+	// for the ticker's reader, in the COMMIT's own round trip
+	// (changelog.Ticker.QueueTick), so that it neither rings nor wakes
+	// the ticker, nor waits for its look. When a group tick cannot be
+	// recorded, the group rings as above.
+	Ticker *changelog.Ticker
+	Logger *slog.Logger
 	// OnHolder is called with true when this replica takes the slot and
 	// false when it lets it go.
 	OnHolder func(bool)

@@ -263,6 +263,32 @@ func TestLogicalHolderWakesItsTicker(t *testing.T) {
 	}
 }
 
+// TestLogicalGroupCommitTicksItself: the slot holder records the tick of
+// each group commit in the commit's round trip, so its changes reach the
+// sessions with no ticker ticking: here the ticker lock is held by a
+// session that never ticks.
+func TestLogicalGroupCommitTicksItself(t *testing.T) {
+	e := startRelay(t, logicalMode)
+	e.shutdown()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock(hashtext('rowcast.ticker'))"); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	c := e.connect(userToken(t, "2", 1))
+	for _, name := range []string{"first", "second"} {
+		e.exec("insert into leads (team_id, first_name) values (1, $1)", name)
+		if got := c.event("lead:created").data()["lead"].(map[string]any)["first_name"]; got != name {
+			t.Fatalf("got lead %v, want %s", got, name)
+		}
+	}
+}
+
 func TestLogicalAlterTableTruncateRollback(t *testing.T) {
 	e := startRelay(t, logicalMode)
 	c := e.connect(userToken(t, "2", 1))

@@ -204,7 +204,7 @@ func New(o Options) (*Relay, error) {
 			OnSlotLost: func(why string) { r.report.Failure(report.KindSlot, errors.New(why)) },
 			Retry:      o.LogicalRetry, StandbyInterval: o.LogicalStandby, IdleTimeout: o.LogicalIdleTimeout,
 			ApplyName: triggers.ApplyName, CheckSlot: triggers.CheckSlot, InstallLock: triggers.InstallLockKey,
-			Doorbell: doorbell, LocalTicker: r.ticker.Holding, WakeTicker: r.ticker.Ring, GroupPause: cfg.Capture.GroupPause,
+			Doorbell: doorbell, LocalTicker: r.ticker.Holding, WakeTicker: r.ticker.Ring, Ticker: r.ticker, GroupPause: cfg.Capture.GroupPause,
 			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, dbcfg) },
 			ConnectReplication: func(ctx context.Context) (*pgconn.PgConn, error) {
 				return pgconn.ConnectConfig(ctx, rcfg)
