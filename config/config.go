@@ -105,7 +105,7 @@ type Capture struct {
 	Publication string `mapstructure:"publication" yaml:"publication"`
 	// GroupPause is how long logical mode's slot holder waits for the next
 	// source transaction before it commits the ones it holds (or the group
-	// is 5 ms old). Lower trades PostgreSQL CPU for latency. Default 1ms.
+	// is 5 ms old). Lower trades PostgreSQL CPU for latency. Default 500us.
 	GroupPause time.Duration `mapstructure:"group_pause" yaml:"group_pause"`
 }
 

@@ -27,7 +27,7 @@ func Defaults() Config {
 			TickInterval: 2 * time.Millisecond,
 			Slot:         "rowcast",
 			Publication:  "rowcast",
-			GroupPause:   time.Millisecond,
+			GroupPause:   500 * time.Microsecond,
 		},
 		Listen: "127.0.0.1:8080",
 		Auth:   Auth{UserClaim: "sub", TeamClaim: "teamId", MaxToken: 8 << 10, Algorithms: []string{}},

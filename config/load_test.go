@@ -56,7 +56,7 @@ func TestDefaults(t *testing.T) {
 		{"capture.notify", d.Capture.Notify != nil && *d.Capture.Notify, true},
 		{"capture.poll_min", d.Capture.PollMin, 5 * time.Millisecond},
 		{"capture.poll_max", d.Capture.PollMax, time.Second},
-		{"capture.group_pause", d.Capture.GroupPause, time.Millisecond},
+		{"capture.group_pause", d.Capture.GroupPause, 500 * time.Microsecond},
 		{"capture.tick_interval", d.Capture.TickInterval, 2 * time.Millisecond},
 		{"auth.user_claim", d.Auth.UserClaim, "sub"},
 		{"auth.team_claim", d.Auth.TeamClaim, "teamId"},

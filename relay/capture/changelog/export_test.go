@@ -50,3 +50,18 @@ const OfferMax = offerMax
 // EmptyLook is the ticker's step after an empty look; ArmingDelay how long
 // after its last tick it arms the doorbell.
 var EmptyLook, ArmingDelay = emptyLook, armingDelay
+
+// Quiet reports whether tk's ticks, and its group ticks, would go without
+// a notification now: tk found no reader listening but its own, less than
+// listenersCheck ago.
+func Quiet(tk *Ticker) bool { return time.Now().UnixNano() < tk.quietUntil.Load() }
+
+// SetQuiet sets until when tk's group ticks go without a notification.
+func SetQuiet(tk *Ticker, until time.Time) { tk.quietUntil.Store(until.UnixNano()) }
+
+// LapseQuiet makes g, queued without a notification, find the ticker's
+// answer lapsed when it is done.
+func LapseQuiet(g *GroupTick) { g.quiet = 1 }
+
+// EndGroupPause ends tk's pause of group ticks after a refusal.
+func EndGroupPause(tk *Ticker) { tk.groupPause.Store(0) }

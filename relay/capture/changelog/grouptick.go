@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,30 +17,54 @@ import (
 // the reader follow the COMMIT in one pipelined batch, and run in a
 // transaction of their own that commits at the batch's end. The writer's
 // changes then need no ring, no wakeup of the ticker and no round trip of
-// its own before they are ticked, and the ticker, finding nothing left,
+// their own before they are ticked, and the ticker, finding nothing left,
 // backs off. Ticks are taken in turns (rowcast.tick's lock), so a group
-// tick and the ticker's own are recorded alike; whichever comes second
-// finds nothing and records nothing.
+// tick and the ticker's own are recorded alike: a tick recorded after the
+// commit shows it, whoever records it.
 
-// PrepareTick prepares on conn, a connection that writes the changelog
-// (its session's settings are its own), the statements QueueTick queues,
-// so that a batch holding them is never refused before it runs (pgx
-// prepares a statement new to the connection before it sends any of the
-// batch): a schema this relay does not know refuses them here instead.
-// A server's refusal is returned as a *pgconn.PgError, and then QueueTick
-// must not be used on conn.
+// groupLockTimeout bounds a group tick's wait for rowcast.tick's lock,
+// which stops the writer's stream meanwhile: past it the writer rings the
+// ticker instead (GroupTick.Done).
+const groupLockTimeout = "1s"
+
+// groupTickSQLs are the statements of a group tick besides the read for the
+// reader (offerSQL).
+var groupTickSQLs = []string{"select set_config('lock_timeout', '" + groupLockTimeout + "', true)", tickSQL}
+
+// PrepareTick prepares on conn, a connection that writes the changelog,
+// the statements QueueTick queues, so that a batch holding them is never
+// refused before it runs (pgx prepares a statement new to the connection
+// before it sends any of the batch): a schema this relay does not know
+// refuses them here instead, as a *pgconn.PgError; then it pauses group
+// ticks (GroupTicks) and QueueTick must not be used on conn. Prepare conn
+// again after a GroupTick's Done reports a refusal.
 func (t *Ticker) PrepareTick(ctx context.Context, conn *pgx.Conn) error {
-	sqls := []string{tickSQL}
-	if t.o.Reader != nil {
-		sqls = append(sqls, offerSQL)
-	}
-	for _, sql := range sqls {
+	for _, sql := range t.groupSQLs() {
 		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				t.pauseGroupTicks()
+				t.o.Logger.Warn("cannot record group ticks; the ticker ticks for a while", "err", err)
+			}
 			return fmt.Errorf("prepare group tick: %w", err)
 		}
 	}
 	return nil
 }
+
+// groupSQLs are the statements QueueTick queues.
+func (t *Ticker) groupSQLs() []string {
+	if t.o.Reader == nil {
+		return groupTickSQLs
+	}
+	return append(groupTickSQLs[:len(groupTickSQLs):len(groupTickSQLs)], offerSQL)
+}
+
+// GroupTicks reports whether group ticks are recorded: not for a minute
+// after the server refused one.
+func (t *Ticker) GroupTicks() bool { return time.Now().UnixNano() >= t.groupPause.Load() }
+
+func (t *Ticker) pauseGroupTicks() { t.groupPause.Store(time.Now().Add(offerPause).UnixNano()) }
 
 // GroupTick is a tick queued after another connection's COMMIT
 // (Ticker.QueueTick). Its methods are called in turn: Read, once the
@@ -49,24 +74,30 @@ type GroupTick struct {
 	t       *Ticker
 	session int64 // the reader's connection when queued
 	offers  bool
-	tick    *int64
-	offer   *offer
-	err     error
+	// quiet, when not zero, is when the ticker's answer that no other
+	// reader listens lapses (in Unix nanoseconds): the tick does not
+	// notify, and Done notifies it after all when it ends later.
+	quiet int64
+	tick  *int64
+	offer *offer
+	err   error
 }
-
-// GroupTicks reports whether group ticks are recorded: not for a minute
-// after the server refused one (GroupTick.Done).
-func (t *Ticker) GroupTicks() bool { return time.Now().UnixNano() >= t.groupPause.Load() }
 
 // QueueTick queues at the end of b, whose last statement must end a
 // transaction that wrote the changelog (a COMMIT), the recording of the
-// tick that shows it (rowcast.tick, which notifies the tailers unless this
-// ticker found, within listenersCheck, that no other reader listens) and,
-// when the ticker has a reader, the read of the tick's changes for it.
-// The connection must have been prepared with PrepareTick.
+// tick that shows it (rowcast.tick, waiting at most groupLockTimeout for
+// its lock) and, when the ticker has a reader, the read of the tick's
+// changes for it. The tick notifies the tailers unless this ticker found,
+// within listenersCheck, that no reader listens but its own: a ticker with
+// no Reader always notifies. The connection must have been prepared with
+// PrepareTick.
 func (t *Ticker) QueueTick(b *pgx.Batch) *GroupTick {
 	g := &GroupTick{t: t, offers: t.o.Reader != nil}
-	b.Queue(tickSQL, time.Now().UnixNano() >= t.quietUntil.Load())
+	if q := t.quietUntil.Load(); g.offers && time.Now().UnixNano() < q {
+		g.quiet = q
+	}
+	b.Queue(groupTickSQLs[0])
+	b.Queue(tickSQL, g.quiet == 0)
 	if g.offers {
 		g.session = t.o.Reader.conns.Load()
 		b.Queue(offerSQL)
@@ -76,6 +107,10 @@ func (t *Ticker) QueueTick(b *pgx.Batch) *GroupTick {
 
 // Read reads the results of what QueueTick queued.
 func (g *GroupTick) Read(br pgx.BatchResults) {
+	if _, err := br.Exec(); err != nil {
+		g.err = fmt.Errorf("group tick: %w", err)
+		return
+	}
 	if err := br.QueryRow().Scan(&g.tick); err != nil {
 		g.err = fmt.Errorf("group tick: %w", err)
 		return
@@ -87,37 +122,60 @@ func (g *GroupTick) Read(br pgx.BatchResults) {
 
 // Done takes the batch's close error (nil when its transactions
 // committed) and, when the tick committed, hands it to the reader (or
-// pokes it). It reports whether the writer's commit is ticked for
-// certain: by this tick, or by one recorded before it (a tick that found
-// nothing to record). Otherwise the caller rings the ticker, as when no
-// group tick was queued; Done has logged why and, unless the connection
-// failed, paused group ticks (GroupTicks).
-func (g *GroupTick) Done(closeErr error) bool {
+// pokes it), and notifies it on conn if it was recorded without a
+// notification after the ticker's answer lapsed. ticked reports whether
+// the writer's commit is ticked for certain: by this tick, or by one
+// recorded before it (a tick that found nothing to record); otherwise the
+// caller rings the ticker, as when no group tick was queued, and Done has
+// logged why. refused reports that the server refused the tick or its
+// read: group ticks are paused (GroupTicks), and conn must be prepared
+// again (PrepareTick) before its next group tick.
+func (g *GroupTick) Done(ctx context.Context, conn *pgx.Conn, closeErr error) (ticked, refused bool) {
 	r := g.t.o.Reader
 	var pgErr *pgconn.PgError
 	switch {
 	case g.err == nil && closeErr == nil:
-		if g.tick != nil && g.offer != nil {
+		if g.tick == nil {
+			return true, false
+		}
+		if g.offer != nil {
 			r.offer(g.offer)
-		} else if g.tick != nil && r != nil {
+		} else if r != nil {
 			r.Poke(*g.tick)
 		}
-		return true
-	case errors.As(g.err, &pgErr) || errors.As(closeErr, &pgErr):
-		// The tick, if any, is undone with its transaction.
-		g.t.groupPause.Store(time.Now().Add(offerPause).UnixNano())
-		g.t.o.Logger.Warn("cannot record group ticks; the ticker ticks for a while", "err", errors.Join(g.err, closeErr))
-		return false
-	default:
-		// The connection failed, or this process could not decode the
-		// read: the tick may have committed, and the reader looks for it.
+		if g.quiet != 0 && time.Now().UnixNano() >= g.quiet {
+			// A relay that began to listen after the ticker's answer may
+			// have been told no tick since; an error is the connection's,
+			// which its next use finds.
+			_, _ = conn.Exec(ctx, "select pg_notify($1, $2)", TickChannel, strconv.FormatInt(*g.tick, 10))
+		}
+		return true, false
+	case conn.IsClosed():
+		// The tick may have committed: the reader looks for it.
 		if g.tick != nil && r != nil {
 			r.Poke(*g.tick)
 		}
-		if closeErr == nil {
-			g.t.groupPause.Store(time.Now().Add(offerPause).UnixNano())
-			g.t.o.Logger.Warn("cannot read group ticks; the ticker ticks for a while", "err", g.err)
+		return false, false
+	case errors.As(g.err, &pgErr) || errors.As(closeErr, &pgErr):
+		// The tick, if any, is undone with its transaction. The
+		// statements may no longer fit the schema: they are prepared
+		// again.
+		g.t.pauseGroupTicks()
+		g.t.o.Logger.Warn("cannot record group ticks; the ticker ticks for a while", "err", errors.Join(g.err, closeErr))
+		for _, sql := range g.t.groupSQLs() {
+			if err := conn.Deallocate(ctx, sql); err != nil {
+				break // the connection's, which its next use finds
+			}
 		}
-		return false
+		return false, true
+	default:
+		// This process could not decode the read: the tick may have
+		// committed, and the reader looks for it.
+		if g.tick != nil && r != nil {
+			r.Poke(*g.tick)
+		}
+		g.t.pauseGroupTicks()
+		g.t.o.Logger.Warn("cannot read group ticks; the ticker ticks for a while", "err", errors.Join(g.err, closeErr))
+		return false, false
 	}
 }

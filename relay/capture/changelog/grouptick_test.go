@@ -1,7 +1,9 @@
 package changelog_test
 
 import (
+	"context"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -11,50 +13,71 @@ import (
 	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
-// groupCommit commits, on conn, a transaction that inserts item id with a
-// group tick queued after its COMMIT, as logical mode's slot holder does,
-// and returns what the group tick's Done reported.
-func groupCommit(t *testing.T, tk *changelog.Ticker, conn *pgx.Conn, id int) bool {
-	t.Helper()
+// groupCommitBatch is a transaction inserting item id, then its COMMIT, in
+// one batch, as logical mode's slot holder sends a group.
+func groupCommitBatch(id int) *pgx.Batch {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	b.Queue("insert into items (id, team_id) values ($1, 7)", id)
 	b.Queue("commit")
-	g := tk.QueueTick(b)
+	return b
+}
+
+// sendGroup sends b, whose group tick g follows its first n statements, and
+// returns what g's Done reports.
+func sendGroup(t *testing.T, conn *pgx.Conn, b *pgx.Batch, n int, g *changelog.GroupTick) (ticked, refused bool) {
+	t.Helper()
 	br := conn.SendBatch(t.Context(), b)
-	for range 3 {
+	for i := range n {
 		if _, err := br.Exec(); err != nil {
 			br.Close()
-			t.Fatalf("group commit of item %d: %v", id, err)
+			t.Fatalf("statement %d of the group: %v", i, err)
 		}
 	}
 	g.Read(br)
-	return g.Done(br.Close())
+	return g.Done(t.Context(), conn, br.Close())
+}
+
+// groupCommit commits, on conn, a transaction that inserts item id, with a
+// group tick queued after its COMMIT, and returns what the group tick's
+// Done reported.
+func groupCommit(t *testing.T, tk *changelog.Ticker, conn *pgx.Conn, id int) (ticked, refused bool) {
+	t.Helper()
+	b := groupCommitBatch(id)
+	return sendGroup(t, conn, b, 3, tk.QueueTick(b))
+}
+
+// prepared connects to d and prepares the group tick's statements of tk.
+func prepared(t *testing.T, d *db, tk *changelog.Ticker) *pgx.Conn {
+	t.Helper()
+	conn := connect(t, d.url)
+	if err := tk.PrepareTick(t.Context(), conn); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 // TestGroupTickRecordsTheCommitsTick: a tick queued after another
 // connection's COMMIT records the tick that shows the commit and hands its
 // changes to the ticker's reader, with no look of the ticker (it does not
-// run) and no poll of the reader; a group tick that finds its commit
-// ticked already records nothing and reports it ticked.
+// run) and no poll of the reader. A group tick that finds its commit
+// ticked already, by a tick recorded between the commit and itself,
+// records nothing and reports it ticked.
 func TestGroupTickRecordsTheCommitsTick(t *testing.T) {
 	d := newDB(t)
 	d.exec("select rowcast.tick()")
 	rec := newRecorder()
 	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
-	conn := connect(t, d.url)
-	if err := tk.PrepareTick(t.Context(), conn); err != nil {
-		t.Fatal(err)
-	}
+	conn := prepared(t, d, tk)
 	polls := changelog.Polls(tl)
 	var want []key
 	for i := 1; i <= 3; i++ {
-		if !groupCommit(t, tk, conn, i) {
-			t.Fatalf("group commit %d: not ticked", i)
+		if ticked, refused := groupCommit(t, tk, conn, i); !ticked || refused {
+			t.Fatalf("group commit %d: ticked %v, refused %v", i, ticked, refused)
 		}
 		rec.waitChanges(t, i)
-		want = append(want, key{"team:7", "items", relay.OpInsert, string(rune('0' + i))})
+		want = append(want, key{"team:7", "items", relay.OpInsert, strconv.Itoa(i)})
 	}
 	if got := rec.changes(); !slices.Equal(keys(got), want) {
 		t.Fatalf("got\n%swant %v", describe(got), want)
@@ -63,47 +86,56 @@ func TestGroupTickRecordsTheCommitsTick(t *testing.T) {
 		t.Errorf("the reader polled %d times for three group ticks read for it, want none", n)
 	}
 
-	// A tick recorded between the commit and the group tick.
+	// The group tick waits for the tick's lock, which a transaction holds
+	// that records the tick of the group's commit.
 	ticks := d.queryInt("select count(*) from rowcast.ticks")
-	b := &pgx.Batch{}
-	b.Queue("select rowcast.tick()")
-	g := tk.QueueTick(b)
-	br := conn.SendBatch(t.Context(), b)
-	if _, err := br.Exec(); err != nil {
-		t.Fatal(err)
+	lock := d.begin()
+	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
+	type result struct{ ticked, refused bool }
+	done := make(chan result, 1)
+	go func() {
+		ticked, refused := groupCommit(t, tk, conn, 4)
+		done <- result{ticked, refused}
+	}()
+	waitUntil(t, 10*time.Second, "the group tick waiting for the tick's lock", func() bool {
+		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 1
+	})
+	txExec(t, lock, "select rowcast.tick()")
+	commit(t, lock)
+	if r := <-done; !r.ticked || r.refused {
+		t.Errorf("a group tick that found its commit ticked reported ticked %v, refused %v; want ticked", r.ticked, r.refused)
 	}
-	g.Read(br)
-	if !g.Done(br.Close()) {
-		t.Errorf("a group tick that found its commit ticked reported it unticked")
+	if n := d.queryInt("select count(*) from rowcast.ticks"); n != ticks+1 {
+		t.Errorf("%d ticks recorded, want %d: the group tick's commit was ticked already", n, ticks+1)
 	}
-	if n := d.queryInt("select count(*) from rowcast.ticks"); n != ticks {
-		t.Errorf("%d ticks recorded, want %d: one for nothing", n, ticks)
+	tl.Poke(ticks + 1)
+	if got := rec.waitChanges(t, 4); got[3].EntityID != "4" {
+		t.Fatalf("got\n%swant item 4 last", describe(got))
 	}
 }
 
 // TestGroupTickRefused: a group tick the server fails (here, the tick's
-// lock waited for past lock_timeout) leaves the commit before it
-// committed, reports it unticked, and pauses group ticks; the ticker
-// then ticks the commit.
+// lock held past its lock timeout) leaves the commit before it committed,
+// reports it unticked and refused, and pauses group ticks; the ticker
+// then ticks the commit. Prepared again, the connection records group
+// ticks once the pause is over.
 func TestGroupTickRefused(t *testing.T) {
 	d := newDB(t)
 	d.exec("select rowcast.tick()")
 	rec := newRecorder()
 	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
-	conn := connect(t, d.url)
-	if err := tk.PrepareTick(t.Context(), conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(t.Context(), "set lock_timeout = 100"); err != nil {
-		t.Fatal(err)
-	}
+	conn := prepared(t, d, tk)
 	lock := d.begin()
 	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
-	if groupCommit(t, tk, conn, 1) {
-		t.Fatal("a group tick that waited past lock_timeout reported its commit ticked")
+	if ticked, refused := groupCommit(t, tk, conn, 1); ticked || !refused {
+		t.Fatalf("a group tick that waited past its lock timeout reported ticked %v, refused %v", ticked, refused)
 	}
 	commit(t, lock)
+	var left int
+	if err := conn.QueryRow(t.Context(), "select count(*) from pg_prepared_statements where statement = $1", "select rowcast.tick($1)").Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d group tick statements left prepared after a refusal (%v), want none: the schema may have changed under them", left, err)
+	}
 	if d.queryInt("select count(*) from items where id = 1") != 1 {
 		t.Fatal("the commit before a refused group tick did not commit")
 	}
@@ -112,4 +144,77 @@ func TestGroupTickRefused(t *testing.T) {
 	}
 	startTicker(t, d, changelog.TickerOptions{Reader: tl, PollMax: 20 * time.Millisecond})
 	rec.waitChanges(t, 1)
+
+	changelog.EndGroupPause(tk)
+	if err := tk.PrepareTick(t.Context(), conn); err != nil {
+		t.Fatal(err)
+	}
+	if ticked, refused := groupCommit(t, tk, conn, 2); !ticked || refused {
+		t.Fatalf("group tick prepared again: ticked %v, refused %v", ticked, refused)
+	}
+}
+
+// TestGroupTickNotifies: a group tick notifies the tailers of other
+// relays, here one that only listens (it never polls), unless the ticker
+// found none listening; one recorded without a notification after that
+// answer lapsed is notified after all.
+func TestGroupTickNotifies(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	tl := startTail(t, d, newRecorder(), changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	other := newRecorder()
+	startTail(t, d, other, changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
+	conn := prepared(t, d, tk)
+	if ticked, _ := groupCommit(t, tk, conn, 1); !ticked {
+		t.Fatal("not ticked")
+	}
+	other.waitChanges(t, 1)
+
+	listener := connect(t, d.url)
+	if _, err := listener.Exec(t.Context(), "listen "+changelog.TickChannel); err != nil {
+		t.Fatal(err)
+	}
+	for i, lapse := range []bool{false, true} {
+		changelog.SetQuiet(tk, time.Now().Add(time.Hour))
+		b := groupCommitBatch(2 + i)
+		g := tk.QueueTick(b)
+		if lapse {
+			changelog.LapseQuiet(g)
+		}
+		if ticked, _ := sendGroup(t, conn, b, 3, g); !ticked {
+			t.Fatal("not ticked")
+		}
+		d.exec("select pg_notify($1, 'marker')", changelog.TickChannel)
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		n, err := listener.WaitForNotification(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if notified := n.Payload != "marker"; notified != lapse {
+			t.Errorf("quiet group tick, its answer lapsed %v: first notification %q, want the tick's %v", lapse, n.Payload, lapse)
+		}
+		for n.Payload != "marker" {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			n, err = listener.WaitForNotification(ctx)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestTickerQuietOnlyAlone: a ticker whose relay's reader is the only one
+// listening lets its ticks, and group ticks, go without a notification;
+// once another reader listens, it notifies them again.
+func TestTickerQuietOnlyAlone(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	tl := startTail(t, d, newRecorder(), changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
+	tk := startTicker(t, d, changelog.TickerOptions{Reader: tl, LocalListener: tl.ListenerPID, PollMax: 20 * time.Millisecond})
+	waitUntil(t, 10*time.Second, "the ticker quiet while its reader listens alone", func() bool { return changelog.Quiet(tk.Ticker) })
+	startTail(t, d, newRecorder(), changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
+	waitUntil(t, 10*time.Second, "the ticker notifying once another reader listens", func() bool { return !changelog.Quiet(tk.Ticker) })
 }

@@ -63,7 +63,9 @@ type TickerOptions struct {
 	// listens, which the ticker looks up every listenersCheck and whenever
 	// that id changes: a notification wakes every listening backend of the
 	// database, whatever its channel, so one relay alone spares two
-	// wakeups per tick. nil notifies at every tick.
+	// wakeups per tick. nil notifies at every tick. Group ticks
+	// (QueueTick) tell only Reader in process: without one they always
+	// notify.
 	LocalListener func() uint32
 	// OnHolding is called with true when this ticker takes the ticker lock
 	// and with false when it loses it; nil ignores it.
@@ -118,7 +120,8 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 func (t *Ticker) Holding() bool { return t.holding.Load() }
 
 // Ring wakes the ticker at once, as the writers' doorbell does, for a
-// writer in this process (the logical slot holder after a group commit):
+// writer in this process (the logical slot holder after a group commit
+// that could not record its own tick: QueueTick):
 // the database's doorbell would wake every listening backend of the
 // database. A ticker that does not hold the lock takes one look as soon
 // as it takes it. It never blocks.
@@ -439,10 +442,13 @@ const tickTimeout = 30 * time.Second
 // listenersCheck is how often the ticker looks whether a reader other than
 // its own process's listens for ticks, at its first look after this long
 // less PollMax (before that look's tick), and how long an answer holds:
-// a relay that starts listening is notified of the ticks recorded, by the
-// ticker or a group tick (QueueTick), more than this long after (it polls
-// meanwhile, and for as long again: Tail.session). A ticker looks at least
-// every PollMax, so its answer is renewed before it lapses.
+// a relay that starts listening is notified of the ticks the ticker
+// records, and of the group ticks (QueueTick) queued, more than this long
+// after (it polls meanwhile, and for as long again: Tail.session); a group
+// tick recorded after the answer it was queued with lapsed is notified by
+// its writer (GroupTick.Done). A ticker looks at least every PollMax, so
+// while PollMax is shorter its answer is renewed before it lapses; with a
+// longer PollMax it looks the listeners up at every look.
 const listenersCheck = time.Second
 
 // listenersSQL reports whether a backend other than $1 holds the

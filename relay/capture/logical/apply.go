@@ -32,10 +32,11 @@ type applier struct {
 	db      *pgx.Conn
 	rels    map[uint32]*relation
 	applied pglogrepl.LSN // last source commit LSN written to the changelog
-	ticks   bool          // group commits record their ticks (Options.Ticker)
-	// queuedBeforeTick is how many statements of the batch precede the
-	// group tick; ticked says whether the last group commit's tick
-	// recorded it (or found it recorded).
+	// prepared says whether the group tick's statements are prepared on
+	// db (Options.Ticker); queuedBeforeTick is how many statements of the
+	// batch precede the group tick; ticked says whether the last group
+	// commit's tick recorded it (or found it recorded).
+	prepared         bool
 	queuedBeforeTick int
 	ticked           bool
 
@@ -415,7 +416,9 @@ func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.
 	if read {
 		// Every statement before the tick succeeded: the close's error is
 		// the tick's, or the connection's, which the next use finds.
-		a.ticked = g.Done(cerr)
+		var refused bool
+		a.ticked, refused = g.Done(ctx, a.db, cerr)
+		a.prepared = a.prepared && !refused
 	} else if err == nil {
 		err = cerr
 	}
@@ -423,6 +426,17 @@ func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.
 		return pgconn.CommandTag{}, fmt.Errorf("logical apply: %w", err)
 	}
 	return tag, nil
+}
+
+// prepareTicks prepares the group tick's statements on db, when group
+// ticks are wanted (Options.Ticker), not paused, and not prepared yet. It
+// runs outside the group's transaction, which a refused statement would
+// abort; a refusal leaves the groups to ring the ticker (and pauses group
+// ticks), and another error is the connection's, which its next use finds.
+func (a *applier) prepareTicks(ctx context.Context) {
+	if a.h.o.Ticker != nil && !a.prepared && a.h.o.Ticker.GroupTicks() {
+		a.prepared = a.h.o.Ticker.PrepareTick(ctx, a.db) == nil
+	}
 }
 
 // commitGroup writes the open database transaction with the last source
@@ -434,7 +448,7 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.queueSQL(`insert into rowcast.logical_state (slot, commit_lsn) values ($1, $2::pg_lsn)
 		on conflict (slot) do update set commit_lsn = excluded.commit_lsn`, a.h.o.Slot, a.lastLSN.String())
-	tick := a.ticks && a.h.o.Ticker.GroupTicks()
+	tick := a.prepared && a.h.o.Ticker.GroupTicks()
 	local := a.h.o.LocalTicker != nil && a.h.o.WakeTicker != nil && a.h.o.LocalTicker()
 	if !tick && a.h.o.Doorbell != "" && !local {
 		a.queueSQL("select pg_notify($1, 'logical')", a.h.o.Doorbell)
@@ -457,6 +471,7 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	}
 	a.txOpen, a.begun = false, false
 	a.applied, a.committed = a.lastLSN, false
+	a.prepareTicks(ctx)
 	switch {
 	case a.ticked:
 	case g != nil || local:

@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
 
 // TestApplyStatementPlannedOnce: on the holder's session the statement that
@@ -123,6 +125,57 @@ func TestGroupCommitRingsTheTicker(t *testing.T) {
 				if n, err = listener.WaitForNotification(wctx); err != nil || n.Payload != "marker" {
 					t.Fatalf("after the group's notification: %v, %v", n, err)
 				}
+			}
+		})
+	}
+}
+
+// TestGroupCommitRecordsItsTick: with a Ticker, a group commit records its
+// tick after its COMMIT, in the same round trip, and wakes no ticker; when
+// the server refuses the tick, the group is committed all the same (its
+// end returned for acknowledgement) and wakes the ticker instead, and
+// group ticks pause.
+func TestGroupCommitRecordsItsTick(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	if _, err := conn.Exec(ctx, groupSchema); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, body string
+		ticked     bool
+	}{
+		{"recorded", "select 7::bigint", true},
+		{"refused", "select 1 / 0::bigint", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := conn.Exec(ctx, "delete from rowcast.logical_state; create or replace function rowcast.tick(boolean) returns bigint language sql as '"+tc.body+"'"); err != nil {
+				t.Fatal(err)
+			}
+			woken := false
+			tk := changelog.NewTicker(conn.Config().ConnString(), changelog.TickerOptions{})
+			h := &Holder{o: Options{Slot: "s", InstallLock: "rowcast.install", Ticker: tk,
+				LocalTicker: func() bool { return true }, WakeTicker: func() { woken = true }}}
+			a := &applier{h: h, db: conn}
+			a.prepareTicks(ctx)
+			if !a.prepared {
+				t.Fatal("group tick statements not prepared")
+			}
+			a.open()
+			a.committed, a.lastLSN, a.lastEnd = true, 100, 101
+			end, err := a.commitGroup(ctx)
+			if err != nil || end != 101 {
+				t.Fatalf("commitGroup: %v, %v; want 101 and no error", end, err)
+			}
+			var lsn string
+			if err := conn.QueryRow(ctx, "select commit_lsn::text from rowcast.logical_state where slot = 's'").Scan(&lsn); err != nil || lsn != "0/64" {
+				t.Fatalf("logical_state %q, %v: the group did not commit", lsn, err)
+			}
+			if woken == tc.ticked {
+				t.Errorf("woke the ticker: %v, want %v", woken, !tc.ticked)
+			}
+			if tk.GroupTicks() != tc.ticked || a.prepared != tc.ticked {
+				t.Errorf("group ticks on: %v, prepared: %v; want %v", tk.GroupTicks(), a.prepared, tc.ticked)
 			}
 		})
 	}

@@ -68,15 +68,16 @@ type Options struct {
 	// GroupRows and GroupDelay bound a group commit: consecutive source
 	// transactions are written in one database transaction until it holds
 	// GroupRows changes (default 5000) or is GroupDelay old (default 5ms),
-	// or the stream pauses for GroupPause (default 1ms).
+	// or the stream pauses for GroupPause (default 500µs).
 	GroupRows  int
 	GroupDelay time.Duration
 	GroupPause time.Duration
-	// Doorbell, when not empty, is the channel each group commit notifies
-	// (changelog.Channel; payload "logical"), so that the changelog's ticker, wherever it
+	// Doorbell, when not empty, is the channel each group commit that
+	// does not record its own tick (Ticker) notifies (changelog.Channel;
+	// payload "logical"), so that the changelog's ticker, wherever it
 	// runs, ticks at once instead of at its next look: without it the
-	// ticker finds the holder's writes only when it polls, and it backs off
-	// between the holder's group commits.
+	// ticker finds the holder's writes only when it polls, and it backs
+	// off between the holder's group commits.
 	Doorbell string
 	// LocalTicker, when not nil, reports whether this process's changelog
 	// ticker holds the ticker lock (changelog.Ticker.Holding), and
@@ -91,8 +92,10 @@ type Options struct {
 	// group commit records the tick that shows it, and reads its changes
 	// for the ticker's reader, in the COMMIT's own round trip
 	// (changelog.Ticker.QueueTick), so that it neither rings nor wakes
-	// the ticker, nor waits for its look. When a group tick cannot be
-	// recorded, the group rings as above.
+	// the ticker, nor waits for its look. When the server refuses a group
+	// tick (a schema this relay does not know, the tick's lock held past
+	// a second), group ticks pause for a minute and the groups ring as
+	// above.
 	Ticker *changelog.Ticker
 	Logger *slog.Logger
 	// OnHolder is called with true when this replica takes the slot and
@@ -212,7 +215,7 @@ func New(o Options) *Holder {
 		o.GroupDelay = 5 * time.Millisecond
 	}
 	if o.GroupPause <= 0 {
-		o.GroupPause = time.Millisecond
+		o.GroupPause = 500 * time.Microsecond
 	}
 	if o.Failures <= 0 {
 		o.Failures = 3

@@ -120,17 +120,7 @@ func (h *Holder) campaign(ctx context.Context) error {
 	if err := a.loadApplied(ctx); err != nil {
 		return err
 	}
-	if h.o.Ticker != nil {
-		var pgErr *pgconn.PgError
-		switch err := h.o.Ticker.PrepareTick(ctx, db); {
-		case errors.As(err, &pgErr):
-			h.o.Logger.Warn("group commits cannot record their ticks; the ticker ticks them", "err", err)
-		case err != nil:
-			return fmt.Errorf("logical %w", err)
-		default:
-			a.ticks = true
-		}
-	}
+	a.prepareTicks(ctx)
 	err = pglogrepl.StartReplication(ctx, rconn, h.o.Slot, start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '2'", "publication_names " + quoteLiteral(h.o.Publication),
 			"messages 'true'", "streaming 'false'"},
