@@ -87,17 +87,18 @@ type GroupTick struct {
 // transaction that wrote the changelog (a COMMIT), the recording of the
 // tick that shows it (rowcast.tick, waiting at most groupLockTimeout for
 // its lock) and, when the ticker has a reader, the read of the tick's
-// changes for it. The tick notifies the tailers unless this ticker found,
-// within listenersCheck, that no reader listens but its own: a ticker with
-// no Reader always notifies. The connection must have been prepared with
-// PrepareTick.
+// changes for it. With TickerOptions.Listen (capture.notify) the tick
+// notifies the tailers unless this ticker found, within listenersCheck,
+// that no reader listens but its own (a ticker with no Reader always
+// notifies); without it, never. The connection must have been prepared
+// with PrepareTick.
 func (t *Ticker) QueueTick(b *pgx.Batch) *GroupTick {
 	g := &GroupTick{t: t, offers: t.o.Reader != nil}
 	if q := t.quietUntil.Load(); g.offers && time.Now().UnixNano() < q {
 		g.quiet = q
 	}
 	b.Queue(groupTickSQLs[0])
-	b.Queue(tickSQL, g.quiet == 0)
+	b.Queue(tickSQL, t.o.Listen && g.quiet == 0)
 	if g.offers {
 		g.session = t.o.Reader.conns.Load()
 		b.Queue(offerSQL)
@@ -143,12 +144,7 @@ func (g *GroupTick) Done(ctx context.Context, conn *pgx.Conn, closeErr error) (t
 		} else if r != nil {
 			r.Poke(*g.tick)
 		}
-		if g.quiet != 0 && time.Now().UnixNano() >= g.quiet {
-			// A relay that began to listen after the ticker's answer may
-			// have been told no tick since; an error is the connection's,
-			// which its next use finds.
-			_, _ = conn.Exec(ctx, "select pg_notify($1, $2)", TickChannel, strconv.FormatInt(*g.tick, 10))
-		}
+		g.notifyLate(ctx, conn)
 		return true, false
 	case conn.IsClosed():
 		// The tick may have committed: the reader looks for it.
@@ -173,9 +169,20 @@ func (g *GroupTick) Done(ctx context.Context, conn *pgx.Conn, closeErr error) (t
 		// committed, and the reader looks for it.
 		if g.tick != nil && r != nil {
 			r.Poke(*g.tick)
+			g.notifyLate(ctx, conn)
 		}
 		g.t.pauseGroupTicks()
 		g.t.o.Logger.Warn("cannot read group ticks; the ticker ticks for a while", "err", errors.Join(g.err, closeErr))
 		return false, false
+	}
+}
+
+// notifyLate notifies the tailers of g's tick when it was recorded without
+// a notification after the ticker's answer that no other reader listens
+// lapsed: a relay that began to listen since may have been told no tick.
+// An error is the connection's, which its next use finds.
+func (g *GroupTick) notifyLate(ctx context.Context, conn *pgx.Conn) {
+	if g.tick != nil && g.quiet != 0 && time.Now().UnixNano() >= g.quiet {
+		_, _ = conn.Exec(ctx, "select pg_notify($1, $2)", TickChannel, strconv.FormatInt(*g.tick, 10))
 	}
 }

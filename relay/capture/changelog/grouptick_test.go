@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,14 +158,15 @@ func TestGroupTickRefused(t *testing.T) {
 // TestGroupTickNotifies: a group tick notifies the tailers of other
 // relays, here one that only listens (it never polls), unless the ticker
 // found none listening; one recorded without a notification after that
-// answer lapsed is notified after all.
+// answer lapsed is notified after all. Without Listen (capture.notify
+// off), none is.
 func TestGroupTickNotifies(t *testing.T) {
 	d := newDB(t)
 	d.exec("select rowcast.tick()")
 	tl := startTail(t, d, newRecorder(), changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
 	other := newRecorder()
 	startTail(t, d, other, changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl, Listen: true})
 	conn := prepared(t, d, tk)
 	if ticked, _ := groupCommit(t, tk, conn, 1); !ticked {
 		t.Fatal("not ticked")
@@ -175,11 +177,22 @@ func TestGroupTickNotifies(t *testing.T) {
 	if _, err := listener.Exec(t.Context(), "listen "+changelog.TickChannel); err != nil {
 		t.Fatal(err)
 	}
-	for i, lapse := range []bool{false, true} {
-		changelog.SetQuiet(tk, time.Now().Add(time.Hour))
+	silent := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
+	for i, tc := range []struct {
+		name                 string
+		tk                   *changelog.Ticker
+		quiet, lapse, notify bool
+	}{
+		{"quiet", tk, true, false, false},
+		{"quiet, lapsed", tk, true, true, true},
+		{"without Listen", silent, false, false, false},
+	} {
+		if tc.quiet {
+			changelog.SetQuiet(tc.tk, time.Now().Add(time.Hour))
+		}
 		b := groupCommitBatch(2 + i)
-		g := tk.QueueTick(b)
-		if lapse {
+		g := tc.tk.QueueTick(b)
+		if tc.lapse {
 			changelog.LapseQuiet(g)
 		}
 		if ticked, _ := sendGroup(t, conn, b, 3, g); !ticked {
@@ -192,8 +205,8 @@ func TestGroupTickNotifies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if notified := n.Payload != "marker"; notified != lapse {
-			t.Errorf("quiet group tick, its answer lapsed %v: first notification %q, want the tick's %v", lapse, n.Payload, lapse)
+		if notified := n.Payload != "marker"; notified != tc.notify {
+			t.Errorf("%s: first notification %q, want the tick's %v", tc.name, n.Payload, tc.notify)
 		}
 		for n.Payload != "marker" {
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -217,4 +230,59 @@ func TestTickerQuietOnlyAlone(t *testing.T) {
 	waitUntil(t, 10*time.Second, "the ticker quiet while its reader listens alone", func() bool { return changelog.Quiet(tk.Ticker) })
 	startTail(t, d, newRecorder(), changelog.TailOptions{Listen: true, PollMin: time.Hour, PollMax: time.Hour})
 	waitUntil(t, 10*time.Second, "the ticker notifying once another reader listens", func() bool { return !changelog.Quiet(tk.Ticker) })
+}
+
+// TestTickerTicksInTurnWhateverTheIsolation: with the database's default
+// isolation repeatable read, a tick of the ticker, or of a replay, that
+// waited for rowcast.tick's lock while another recorded the tick of the
+// same commit finds it recorded (its statements take their snapshots after
+// the lock, as in read committed) rather than fail: the ticker would drop
+// its connection and the ticker lock with it, the replay its resume.
+func TestTickerTicksInTurnWhateverTheIsolation(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	d.exec("do $$ begin execute format('alter database %I set default_transaction_isolation = ''repeatable read''', current_database()); end $$")
+	var mu sync.Mutex
+	lost := false
+	tk := startTicker(t, d, changelog.TickerOptions{PollMax: 20 * time.Millisecond,
+		OnHolding: func(h bool) { mu.Lock(); lost = lost || !h; mu.Unlock() }})
+	waitUntil(t, 10*time.Second, "the ticker holding the ticker lock", tk.Holding)
+
+	lock, err := connect(t, d.url).BeginTx(t.Context(), pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	waitUntil(t, 10*time.Second, "the ticker waiting for the tick's lock", func() bool {
+		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 1
+	})
+	txExec(t, lock, "select rowcast.tick()")
+	commit(t, lock)
+	d.exec("insert into items (id, team_id) values (2, 7)")
+	tk.wait(t, "a tick of the second insert")
+	mu.Lock()
+	if lost {
+		t.Error("the ticker lost its lock (its tick failed) after waiting for another's")
+	}
+	mu.Unlock()
+
+	lock, err = connect(t, d.url).BeginTx(t.Context(), pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
+	d.exec("insert into items (id, team_id) values (3, 7)")
+	replayed := make(chan error, 1)
+	go func() {
+		replayed <- changelog.NewHistory(d.pool).Replay(t.Context(), []string{"team:7"}, relay.Pos{}, func([]relay.Change) error { return nil })
+	}()
+	waitUntil(t, 10*time.Second, "the replay's tick waiting for the tick's lock", func() bool {
+		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 2 // the ticker's too
+	})
+	txExec(t, lock, "select rowcast.tick()")
+	commit(t, lock)
+	if err := <-replayed; err != nil {
+		t.Errorf("a replay whose tick waited for another's: %v", err)
+	}
 }

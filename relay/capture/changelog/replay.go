@@ -105,8 +105,15 @@ limit $6::int`
 func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
 	// The tick commits locally (a synchronous standby that is down must
 	// not hold resumes), set in its own transaction: the pool may be a
-	// transaction pooler's, which keeps no session setting.
-	if _, err := s.pool.Exec(ctx, "select rowcast.tick() from (select set_config('synchronous_commit', 'local', true)) s"); err != nil {
+	// transaction pooler's, which keeps no session setting. The
+	// transaction is read committed whatever the database's default, so
+	// that rowcast.tick() takes its snapshot after its lock. One round trip.
+	b := &pgx.Batch{}
+	b.Queue("begin isolation level read committed")
+	b.Queue("select set_config('synchronous_commit', 'local', true)")
+	b.Queue("select rowcast.tick()")
+	b.Queue("commit")
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("history replay tick: %w", err)
 	}
 	head := int64(-1)     // the latest tick when the first page was read

@@ -156,6 +156,9 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	// never waits for a synchronous standby (which may be down).
 	cc.RuntimeParams["synchronous_commit"] = "local"
 	cc.RuntimeParams["jit"] = "off" // as the reader's (Tail.session)
+	// rowcast.tick() takes its snapshot after its lock: each statement's
+	// own, whatever the database's or role's default isolation.
+	cc.RuntimeParams["default_transaction_isolation"] = "read committed"
 	// The ticker lock goes with this connection's backend: a connection
 	// that went silent (a half-open TCP connection) must not keep it, and
 	// with it every relay's ticks, for the hours the kernels' defaults
@@ -254,6 +257,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 		woke := time.Now()
 		if t.o.LocalListener != nil {
 			if own := t.o.LocalListener(); own != local || time.Since(checked) >= listenersCheck-t.o.PollMax {
+				asked := time.Now() // the answer holds from before the query
 				lctx, cancel := context.WithTimeout(ctx, tickTimeout)
 				err := conn.QueryRow(lctx, listenersSQL, int64(own)).Scan(&notify)
 				cancel()
@@ -269,7 +273,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 				case err != nil:
 					return ticked, fmt.Errorf("ticker listeners: %w", err)
 				}
-				local, checked = own, time.Now()
+				local, checked = own, asked
 				if notify {
 					t.quietUntil.Store(0)
 				} else {

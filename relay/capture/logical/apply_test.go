@@ -60,6 +60,29 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 	}
 }
 
+// TestSessionReadCommitted: the holder's session runs read committed
+// whatever the database's default isolation, so the group tick after each
+// COMMIT takes its snapshot after rowcast.tick's lock.
+func TestSessionReadCommitted(t *testing.T) {
+	conn := connect(t)
+	ctx := t.Context()
+	if _, err := conn.Exec(ctx, "do $$ begin execute format('alter database %I set default_transaction_isolation = ''repeatable read''', current_database()); end $$"); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	if err := prepareSession(ctx, holder, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var iso string
+	if err := holder.QueryRow(ctx, "show transaction_isolation").Scan(&iso); err != nil || iso != "read committed" {
+		t.Errorf("the holder's session runs %q (%v), want read committed", iso, err)
+	}
+}
+
 // TestGroupCommitRingsTheTicker: a group commit wakes the ticker in its own
 // process while that ticker holds the ticker lock, and otherwise notifies
 // the doorbell, also when the lock went to another relay while the group
@@ -131,14 +154,22 @@ func TestGroupCommitRingsTheTicker(t *testing.T) {
 }
 
 // TestGroupCommitRecordsItsTick: with a Ticker, a group commit records its
-// tick after its COMMIT, in the same round trip, and wakes no ticker; when
+// tick after its COMMIT, in the same round trip, and rings no ticker; when
 // the server refuses the tick, the group is committed all the same (its
-// end returned for acknowledgement) and wakes the ticker instead, and
-// group ticks pause.
+// end returned for acknowledgement) and rings the ticker instead (here the
+// doorbell, another relay's ticker ticking), and group ticks pause.
 func TestGroupCommitRecordsItsTick(t *testing.T) {
 	conn := connect(t)
 	ctx := t.Context()
 	if _, err := conn.Exec(ctx, groupSchema); err != nil {
+		t.Fatal(err)
+	}
+	listener, err := pgx.Connect(ctx, conn.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(ctx)
+	if _, err := listener.Exec(ctx, "listen bell"); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -154,8 +185,8 @@ func TestGroupCommitRecordsItsTick(t *testing.T) {
 			}
 			woken := false
 			tk := changelog.NewTicker(conn.Config().ConnString(), changelog.TickerOptions{})
-			h := &Holder{o: Options{Slot: "s", InstallLock: "rowcast.install", Ticker: tk,
-				LocalTicker: func() bool { return true }, WakeTicker: func() { woken = true }}}
+			h := &Holder{o: Options{Slot: "s", InstallLock: "rowcast.install", Ticker: tk, Doorbell: "bell",
+				LocalTicker: func() bool { return false }, WakeTicker: func() { woken = true }}}
 			a := &applier{h: h, db: conn}
 			a.prepareTicks(ctx)
 			if !a.prepared {
@@ -171,8 +202,26 @@ func TestGroupCommitRecordsItsTick(t *testing.T) {
 			if err := conn.QueryRow(ctx, "select commit_lsn::text from rowcast.logical_state where slot = 's'").Scan(&lsn); err != nil || lsn != "0/64" {
 				t.Fatalf("logical_state %q, %v: the group did not commit", lsn, err)
 			}
-			if woken == tc.ticked {
-				t.Errorf("woke the ticker: %v, want %v", woken, !tc.ticked)
+			if woken {
+				t.Error("woke the local ticker, which does not tick")
+			}
+			// Notifications arrive in commit order: the group's first.
+			if _, err := conn.Exec(ctx, "select pg_notify('bell', 'marker')"); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			n, err := listener.WaitForNotification(wctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rang := n.Payload == "logical"; rang == tc.ticked {
+				t.Errorf("first notification %q; want the group's ring: %v", n.Payload, !tc.ticked)
+			}
+			for n.Payload != "marker" {
+				if n, err = listener.WaitForNotification(wctx); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tk.GroupTicks() != tc.ticked || a.prepared != tc.ticked {
 				t.Errorf("group ticks on: %v, prepared: %v; want %v", tk.GroupTicks(), a.prepared, tc.ticked)

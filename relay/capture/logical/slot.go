@@ -26,12 +26,14 @@ import (
 // call (a sixth of the holder's CPU in bench latency --mode logical). The
 // setting holds for every statement of the session, the apply functions'
 // included: key lookups and inserts, whose generic plans are the ones
-// they would keep anyway.
+// they would keep anyway. Read committed, whatever the database's or
+// role's default: the group tick after each COMMIT (changelog.Ticker.
+// QueueTick) takes its snapshot after rowcast.tick's lock.
 //
 // It also sets the session's idle timeouts (Options.IdleTimeout), skipping
 // idle_session_timeout where PostgreSQL lacks it (13: undefined_object).
 func prepareSession(ctx context.Context, db *pgx.Conn, idle time.Duration) error {
-	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local; set plan_cache_mode = force_generic_plan")
+	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local; set plan_cache_mode = force_generic_plan; set default_transaction_isolation = 'read committed'")
 	if err != nil {
 		return fmt.Errorf("logical session: %w", err)
 	}
