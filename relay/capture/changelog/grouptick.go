@@ -177,12 +177,13 @@ func (g *GroupTick) Done(ctx context.Context, conn *pgx.Conn, closeErr error) (t
 	}
 }
 
-// notifyLate notifies the tailers of g's tick when it was recorded without
-// a notification after the ticker's answer that no other reader listens
-// lapsed: a relay that began to listen since may have been told no tick.
+// notifyLate notifies the tailers of g's tick (with TickerOptions.Listen)
+// when it was recorded without a notification after the ticker's answer
+// that no other reader listens lapsed: a relay that began to listen since
+// may have been told no tick.
 // An error is the connection's, which its next use finds.
 func (g *GroupTick) notifyLate(ctx context.Context, conn *pgx.Conn) {
-	if g.tick != nil && g.quiet != 0 && time.Now().UnixNano() >= g.quiet {
+	if g.t.o.Listen && g.tick != nil && g.quiet != 0 && time.Now().UnixNano() >= g.quiet {
 		_, _ = conn.Exec(ctx, "select pg_notify($1, $2)", TickChannel, strconv.FormatInt(*g.tick, 10))
 	}
 }

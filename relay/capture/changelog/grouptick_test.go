@@ -58,6 +58,11 @@ func prepared(t *testing.T, d *db, tk *changelog.Ticker) *pgx.Conn {
 	return conn
 }
 
+// waitingForTheTick counts the sessions of this database waiting for
+// rowcast.tick's lock.
+const waitingForTheTick = `select count(*) from pg_locks where locktype = 'advisory' and not granted
+  and database = (select oid from pg_database where datname = current_database()) and objid = hashtext('rowcast.tick')::oid`
+
 // TestGroupTickRecordsTheCommitsTick: a tick queued after another
 // connection's COMMIT records the tick that shows the commit and hands its
 // changes to the ticker's reader, with no look of the ticker (it does not
@@ -99,7 +104,7 @@ func TestGroupTickRecordsTheCommitsTick(t *testing.T) {
 		done <- result{ticked, refused}
 	}()
 	waitUntil(t, 10*time.Second, "the group tick waiting for the tick's lock", func() bool {
-		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 1
+		return d.queryInt(waitingForTheTick) == 1
 	})
 	txExec(t, lock, "select rowcast.tick()")
 	commit(t, lock)
@@ -186,6 +191,7 @@ func TestGroupTickNotifies(t *testing.T) {
 		{"quiet", tk, true, false, false},
 		{"quiet, lapsed", tk, true, true, true},
 		{"without Listen", silent, false, false, false},
+		{"without Listen, quiet, lapsed", silent, true, true, false},
 	} {
 		if tc.quiet {
 			changelog.SetQuiet(tc.tk, time.Now().Add(time.Hour))
@@ -242,25 +248,29 @@ func TestTickerTicksInTurnWhateverTheIsolation(t *testing.T) {
 	d := newDB(t)
 	d.exec("select rowcast.tick()")
 	d.exec("do $$ begin execute format('alter database %I set default_transaction_isolation = ''repeatable read''', current_database()); end $$")
+	d.exec("insert into items (id, team_id) values (1, 7)")
 	var mu sync.Mutex
 	lost := false
-	tk := startTicker(t, d, changelog.TickerOptions{PollMax: 20 * time.Millisecond,
+	// The ticker looks when rung, and at its start, which ticks item 1.
+	tk := startTicker(t, d, changelog.TickerOptions{PollMin: time.Hour, PollMax: time.Hour,
 		OnHolding: func(h bool) { mu.Lock(); lost = lost || !h; mu.Unlock() }})
-	waitUntil(t, 10*time.Second, "the ticker holding the ticker lock", tk.Holding)
+	tk.wait(t, "the tick of item 1")
 
+	// The ticker's look begins once item 2 is committed and waits for the
+	// lock while another records the tick of item 2.
 	lock, err := connect(t, d.url).BeginTx(t.Context(), pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	if err != nil {
 		t.Fatal(err)
 	}
 	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
-	d.exec("insert into items (id, team_id) values (1, 7)")
-	waitUntil(t, 10*time.Second, "the ticker waiting for the tick's lock", func() bool {
-		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 1
-	})
+	d.exec("insert into items (id, team_id) values (2, 7)")
+	tk.Ring()
+	waitUntil(t, 10*time.Second, "the ticker waiting for the tick's lock", func() bool { return d.queryInt(waitingForTheTick) == 1 })
 	txExec(t, lock, "select rowcast.tick()")
 	commit(t, lock)
-	d.exec("insert into items (id, team_id) values (2, 7)")
-	tk.wait(t, "a tick of the second insert")
+	d.exec("insert into items (id, team_id) values (3, 7)")
+	tk.Ring()
+	tk.wait(t, "the tick of item 3")
 	mu.Lock()
 	if lost {
 		t.Error("the ticker lost its lock (its tick failed) after waiting for another's")
@@ -272,14 +282,12 @@ func TestTickerTicksInTurnWhateverTheIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
-	d.exec("insert into items (id, team_id) values (3, 7)")
+	d.exec("insert into items (id, team_id) values (4, 7)")
 	replayed := make(chan error, 1)
 	go func() {
 		replayed <- changelog.NewHistory(d.pool).Replay(t.Context(), []string{"team:7"}, relay.Pos{}, func([]relay.Change) error { return nil })
 	}()
-	waitUntil(t, 10*time.Second, "the replay's tick waiting for the tick's lock", func() bool {
-		return d.queryInt("select count(*) from pg_locks where locktype = 'advisory' and not granted") == 2 // the ticker's too
-	})
+	waitUntil(t, 10*time.Second, "the replay's tick waiting for the tick's lock", func() bool { return d.queryInt(waitingForTheTick) == 1 })
 	txExec(t, lock, "select rowcast.tick()")
 	commit(t, lock)
 	if err := <-replayed; err != nil {
