@@ -58,6 +58,19 @@ func prepared(t *testing.T, d *db, tk *changelog.Ticker) *pgx.Conn {
 	return conn
 }
 
+// groupTicking starts a database with a tick recorded, a reader that polls
+// only when poked (or at its start), a ticker of that reader that does not
+// run, and a connection prepared for its group ticks.
+func groupTicking(t *testing.T) (*db, *recorder, *changelog.Tail, *changelog.Ticker, *pgx.Conn) {
+	t.Helper()
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	rec := newRecorder()
+	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
+	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
+	return d, rec, tl, tk, prepared(t, d, tk)
+}
+
 // waitingForTheTick counts the sessions of this database waiting for
 // rowcast.tick's lock.
 const waitingForTheTick = `select count(*) from pg_locks where locktype = 'advisory' and not granted
@@ -70,12 +83,7 @@ const waitingForTheTick = `select count(*) from pg_locks where locktype = 'advis
 // ticked already, by a tick recorded between the commit and itself,
 // records nothing and reports it ticked.
 func TestGroupTickRecordsTheCommitsTick(t *testing.T) {
-	d := newDB(t)
-	d.exec("select rowcast.tick()")
-	rec := newRecorder()
-	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
-	conn := prepared(t, d, tk)
+	d, rec, tl, tk, conn := groupTicking(t)
 	polls := changelog.Polls(tl)
 	var want []key
 	for i := 1; i <= 3; i++ {
@@ -126,12 +134,7 @@ func TestGroupTickRecordsTheCommitsTick(t *testing.T) {
 // then ticks the commit. Prepared again, the connection records group
 // ticks once the pause is over.
 func TestGroupTickRefused(t *testing.T) {
-	d := newDB(t)
-	d.exec("select rowcast.tick()")
-	rec := newRecorder()
-	tl := startTail(t, d, rec, changelog.TailOptions{PollMin: time.Hour, PollMax: time.Hour})
-	tk := changelog.NewTicker(d.url, changelog.TickerOptions{Reader: tl})
-	conn := prepared(t, d, tk)
+	d, rec, tl, tk, conn := groupTicking(t)
 	lock := d.begin()
 	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
 	if ticked, refused := groupCommit(t, tk, conn, 1); ticked || !refused {
