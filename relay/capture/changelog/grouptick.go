@@ -27,9 +27,8 @@ import (
 // ticker instead (GroupTick.Done).
 const groupLockTimeout = "1s"
 
-// groupTickSQLs are the statements of a group tick besides the read for the
-// reader (offerSQL).
-var groupTickSQLs = []string{"select set_config('lock_timeout', '" + groupLockTimeout + "', true)", tickSQL}
+// groupLockSQL bounds the lock wait of the group tick's transaction.
+const groupLockSQL = "select set_config('lock_timeout', '" + groupLockTimeout + "', true)"
 
 // PrepareTick prepares on conn, a connection that writes the changelog,
 // the statements QueueTick queues, so that a batch holding them is never
@@ -55,9 +54,9 @@ func (t *Ticker) PrepareTick(ctx context.Context, conn *pgx.Conn) error {
 // groupSQLs are the statements QueueTick queues.
 func (t *Ticker) groupSQLs() []string {
 	if t.o.Reader == nil {
-		return groupTickSQLs
+		return []string{groupLockSQL, tickSQL}
 	}
-	return append(groupTickSQLs[:len(groupTickSQLs):len(groupTickSQLs)], offerSQL)
+	return []string{groupLockSQL, tickSQL, offerSQL}
 }
 
 // GroupTicks reports whether group ticks are recorded: not for a minute
@@ -97,7 +96,7 @@ func (t *Ticker) QueueTick(b *pgx.Batch) *GroupTick {
 	if q := t.quietUntil.Load(); g.offers && time.Now().UnixNano() < q {
 		g.quiet = q
 	}
-	b.Queue(groupTickSQLs[0])
+	b.Queue(groupLockSQL)
 	b.Queue(tickSQL, t.o.Listen && g.quiet == 0)
 	if g.offers {
 		g.session = t.o.Reader.conns.Load()
