@@ -244,6 +244,27 @@ func (e *env) dial(tok string, query string, hdr http.Header) (*client, error) {
 	return &client{t: e.t, conn: conn}, nil
 }
 
+// holdLock opens a session that takes the session-level advisory lock
+// hashtext(key) (a relay's election: "rowcast.ticker", "rowcast.slot:…")
+// and does nothing else until release ends it, or the test ends.
+func (e *env) holdLock(key string) (release func()) {
+	e.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, e.url)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close(ctx) })
+	if _, err := conn.Exec(ctx, "select pg_advisory_lock(hashtext($1))", key); err != nil {
+		e.t.Fatal(err)
+	}
+	return func() {
+		if err := conn.Close(ctx); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
 // connect dials and reads the welcome; it sends a ping so the session goes
 // live at once instead of waiting out the resume grace period.
 func (e *env) connect(tok string) *client {

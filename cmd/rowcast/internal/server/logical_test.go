@@ -270,15 +270,7 @@ func TestLogicalHolderWakesItsTicker(t *testing.T) {
 func TestLogicalGroupCommitTicksItself(t *testing.T) {
 	e := startRelay(t, logicalMode)
 	e.shutdown()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "select pg_advisory_lock(hashtext('rowcast.ticker'))"); err != nil {
-		t.Fatal(err)
-	}
+	e.holdLock("rowcast.ticker")
 	e.start()
 	c := e.connect(userToken(t, "2", 1))
 	for _, name := range []string{"first", "second"} {
@@ -831,15 +823,7 @@ func TestLogicalReadinessFollowsTheHolder(t *testing.T) {
 func TestLogicalReadinessWhenAnotherHolds(t *testing.T) {
 	e := startRelay(t, logicalMode)
 	e.shutdown()
-	ctx := context.Background()
-	stuck, err := pgx.Connect(ctx, e.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stuck.Close(ctx)
-	if _, err := stuck.Exec(ctx, "select pg_advisory_lock(hashtext('rowcast.slot:rowcast'))"); err != nil {
-		t.Fatal(err)
-	}
+	release := e.holdLock("rowcast.slot:rowcast")
 	e.logicalRetry = 100 * time.Millisecond
 	e.start()
 	c := e.connect(userToken(t, "2", 1))
@@ -852,9 +836,7 @@ func TestLogicalReadinessWhenAnotherHolds(t *testing.T) {
 	if !strings.Contains(body, "nothing has been streaming from the slot") {
 		t.Errorf("/readyz body: %q", body)
 	}
-	if err := stuck.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	waitFor(t, func() string { code, b := e.readyz(); return fmt.Sprintf("/readyz 200, have %d %q", code, b) },
 		func() bool { code, _ := e.readyz(); return code == http.StatusOK })
 	e.exec("insert into leads (team_id, first_name) values (1, 'after')")
