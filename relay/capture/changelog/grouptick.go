@@ -73,6 +73,7 @@ type GroupTick struct {
 	t       *Ticker
 	session int64 // the reader's connection when queued
 	offers  bool
+	queued  int // statements queued
 	// quiet, when not zero, is when the ticker's answer that no other
 	// reader listens lapses (in Unix nanoseconds): the tick does not
 	// notify, and Done notifies it after all when it ends later.
@@ -96,14 +97,19 @@ func (t *Ticker) QueueTick(b *pgx.Batch) *GroupTick {
 	if q := t.quietUntil.Load(); g.offers && time.Now().UnixNano() < q {
 		g.quiet = q
 	}
+	n := b.Len()
 	b.Queue(groupLockSQL)
 	b.Queue(tickSQL, t.o.Listen && g.quiet == 0)
 	if g.offers {
 		g.session = t.o.Reader.conns.Load()
 		b.Queue(offerSQL)
 	}
+	g.queued = b.Len() - n
 	return g
 }
+
+// Queued is how many statements QueueTick queued for g.
+func (g *GroupTick) Queued() int { return g.queued }
 
 // Read reads the results of what QueueTick queued.
 func (g *GroupTick) Read(br pgx.BatchResults) {

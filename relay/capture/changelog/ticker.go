@@ -64,8 +64,8 @@ type TickerOptions struct {
 	// that id changes: a notification wakes every listening backend of the
 	// database, whatever its channel, so one relay alone spares two
 	// wakeups per tick. nil notifies at every tick. Group ticks
-	// (QueueTick) tell only Reader in process: without one they always
-	// notify.
+	// (QueueTick) tell only Reader in process: without one they notify
+	// at every tick (with Listen).
 	LocalListener func() uint32
 	// OnHolding is called with true when this ticker takes the ticker lock
 	// and with false when it loses it; nil ignores it.
@@ -85,8 +85,8 @@ type Ticker struct {
 	// notify the tailers: listenersCheck after this ticker, holding the
 	// lock, last found no other reader listening (0: notify).
 	quietUntil atomic.Int64
-	// groupPause is, in Unix nanoseconds, until when QueueTick queues
-	// nothing, after the server refused a group tick.
+	// groupPause is, in Unix nanoseconds, until when group ticks are not
+	// recorded (GroupTicks), after the server refused one.
 	groupPause atomic.Int64
 }
 

@@ -33,12 +33,8 @@ type applier struct {
 	rels    map[uint32]*relation
 	applied pglogrepl.LSN // last source commit LSN written to the changelog
 	// prepared says whether the group tick's statements are prepared on
-	// db (Options.Ticker); queuedBeforeTick is how many statements of the
-	// batch precede the group tick; ticked says whether the last group
-	// commit's tick recorded it (or found it recorded).
-	prepared         bool
-	queuedBeforeTick int
-	ticked           bool
+	// db (Options.Ticker).
+	prepared bool
 
 	// progressed is set once this attempt counts as a success: it
 	// committed into the changelog, or streamed for Retry without error.
@@ -335,7 +331,7 @@ func (a *applier) change(ctx context.Context, relID uint32, op string, newT, old
 	a.pending = settings{}
 	a.rows++
 	if len(a.run.ops) >= a.h.o.Batch {
-		_, err := a.send(ctx, nil)
+		_, _, err := a.send(ctx, nil)
 		return err
 	}
 	return nil
@@ -387,19 +383,19 @@ func (a *applier) queueSQL(sql string, args ...any) {
 }
 
 // send sends what is queued and returns the last statement's command tag:
-// with a group tick g, that of the last statement queued before it
-// (queuedBeforeTick). Once every statement before g succeeded, g reads its
-// results and is told the batch's close error, which is not send's:
-// ticked says whether g ticked the group.
-func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.CommandTag, err error) {
+// with a group tick g, queued last, that of the last statement before it.
+// Once every statement before g succeeded, g reads its results and is
+// told the batch's close error, which is not send's: ticked says whether
+// g ticked the group.
+func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.CommandTag, ticked bool, err error) {
 	a.endRun()
 	if a.batch == nil || a.batch.Len() == 0 {
-		return tag, nil
+		return tag, false, nil
 	}
 	a.begun = true
 	n := a.batch.Len()
 	if g != nil {
-		n = a.queuedBeforeTick
+		n -= g.Queued()
 	}
 	br := a.db.SendBatch(ctx, a.batch)
 	for range n {
@@ -417,15 +413,15 @@ func (a *applier) send(ctx context.Context, g *changelog.GroupTick) (tag pgconn.
 		// Every statement before the tick succeeded: the close's error is
 		// the tick's, or the connection's, which the next use finds.
 		var refused bool
-		a.ticked, refused = g.Done(ctx, a.db, cerr)
+		ticked, refused = g.Done(ctx, a.db, cerr)
 		a.prepared = a.prepared && !refused
 	} else if err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return pgconn.CommandTag{}, fmt.Errorf("logical apply: %w", err)
+		return pgconn.CommandTag{}, false, fmt.Errorf("logical apply: %w", err)
 	}
-	return tag, nil
+	return tag, ticked, nil
 }
 
 // prepareTicks prepares the group tick's statements on db, when group
@@ -456,11 +452,9 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	a.queueSQL("commit")
 	var g *changelog.GroupTick
 	if tick {
-		a.queuedBeforeTick = a.batch.Len()
 		g = a.h.o.Ticker.QueueTick(a.batch)
 	}
-	a.ticked = false
-	tag, err := a.send(ctx, g)
+	tag, ticked, err := a.send(ctx, g)
 	if err != nil {
 		return 0, err
 	}
@@ -473,7 +467,7 @@ func (a *applier) commitGroup(ctx context.Context) (pglogrepl.LSN, error) {
 	a.applied, a.committed = a.lastLSN, false
 	a.prepareTicks(ctx)
 	switch {
-	case a.ticked:
+	case ticked:
 	case g != nil || local:
 		// The group tick failed, or there was none and this process's
 		// ticker ticks: wake it, or ring the one that does now.

@@ -258,7 +258,7 @@ func TestGroupWaitsForInstall(t *testing.T) {
 	a.open()
 	a.queueSQL("select f()")
 	sent := make(chan error, 1)
-	go func() { _, err := a.send(ctx, nil); sent <- err }()
+	go func() { _, _, err := a.send(ctx, nil); sent <- err }()
 	// Ready: the group waits for the install's lock.
 	for waiting := false; !waiting; {
 		err := install.QueryRow(ctx, "select exists (select 1 from pg_locks where locktype = 'advisory' and not granted)").Scan(&waiting)
