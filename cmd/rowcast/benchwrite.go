@@ -60,10 +60,16 @@ type writeVariant struct {
 	// the slot is dropped, leaving the tables' REPLICA IDENTITY FULL and
 	// nothing decoding.
 	alone bool
-	db    string
-	cfg   *config.Config // nil without a relay
-	runs  map[int][]float64
-	cpu   map[int][]map[string]time.Duration // PostgreSQL CPU by process, per run
+	// decode: logical mode's install, its slot streamed by a consumer
+	// that discards what it receives (decodeConsumer) instead of a relay:
+	// PostgreSQL's decoding alone.
+	decode bool
+	db     string
+	cfg    *config.Config // nil without a relay
+	slot   string         // with decode, the slot and its publication
+	pub    string
+	runs   map[int][]float64
+	cpu    map[int][]map[string]time.Duration // PostgreSQL CPU by process, per run
 }
 
 // runBenchWritePath measures what capture costs the application: pgbench
@@ -77,7 +83,7 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 	seconds := fs.Int("seconds", 10, "pgbench duration per run")
 	clientList := fs.String("clients", "1,8,32", "pgbench client counts, comma-separated")
 	rounds := fs.Int("rounds", 2, "runs of each variant per client count, in alternating order")
-	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated (also trigger-alone and logical-alone: the mode's capture installed with no relay running)")
+	variantList := fs.String("variants", "none,outbox,trigger,logical", "variants to run, comma-separated (also trigger-alone and logical-alone: the mode's capture installed with no relay running; logical-decode: logical mode's slot streamed by a consumer that discards what it receives)")
 	durable := fs.Bool("durable", false, "fsync on (default off: the database is throwaway)")
 	relayCPUs := fs.String("relay-cpus", "", "pin this process (the relay) to these CPUs and PostgreSQL and pgbench to the others (taskset lists, e.g. 1)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the relays) to `file`")
@@ -143,8 +149,10 @@ func runBenchWritePath(ctx context.Context, args []string, stdout, stderr io.Wri
 			v.mode, v.alone, v.db = config.ModeTrigger, true, "writepath_trigger_alone"
 		case "logical-alone":
 			v.mode, v.alone, v.db = config.ModeLogical, true, "writepath_logical_alone"
+		case "logical-decode":
+			v.mode, v.decode, v.db = config.ModeLogical, true, "writepath_logical_decode"
 		default:
-			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, trigger-alone, logical, logical-alone)", v.name))
+			return fail(fmt.Errorf("--variants: unknown variant %q (none, outbox, trigger, trigger-alone, logical, logical-alone, logical-decode)", v.name))
 		}
 		url, err := pg.CreateDatabase(ctx, v.db)
 		if err != nil {
@@ -209,9 +217,17 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *c
 			return err
 		}
 		cfg.Capture.Mode = v.mode
+		if v.alone || v.decode {
+			// Slot names are cluster-wide: the logical variants share the
+			// server.
+			cfg.Capture.Slot = v.db
+		}
 		v.cfg = cfg
 		if err := installDemo(ctx, v.cfg); err != nil {
 			return err
+		}
+		if v.decode {
+			v.slot, v.pub, v.cfg = cfg.Capture.Slot, cfg.Capture.Publication, nil
 		}
 		if v.alone {
 			conn, err := pgx.Connect(ctx, url)
@@ -239,7 +255,7 @@ func setupWriteVariant(ctx context.Context, v *writeVariant, url string, over *c
 // caught up with the changes of earlier runs) for the whole run, and
 // returns its tps and PostgreSQL's CPU time during it by process (read
 // every 200 ms, a query of pg_stat_activity each).
-func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *writeVariant, script string, clients, seconds int, cpus string) (float64, map[string]time.Duration, error) {
+func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *writeVariant, script string, clients, seconds int, cpus string) (_ float64, _ map[string]time.Duration, err error) {
 	if v.cfg != nil {
 		r, stop, err := startBenchRelay(ctx, v.cfg)
 		if err != nil {
@@ -251,6 +267,22 @@ func runWriteVariant(ctx context.Context, bin string, pg *pgembed.Server, v *wri
 		}
 	}
 	url := pg.URLFor(v.db)
+	if v.decode {
+		d, derr := startDecodeConsumer(ctx, url, v.slot, v.pub)
+		if derr != nil {
+			return 0, nil, derr
+		}
+		defer func() {
+			// A consumer that stopped during the run left the slot
+			// undecoded: the run measured nothing.
+			if serr := d.stop(); serr != nil && err == nil {
+				err = serr
+			}
+		}()
+		if err := d.caughtUp(ctx, url); err != nil {
+			return 0, nil, err
+		}
+	}
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return 0, nil, err
@@ -314,7 +346,7 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 		return nil
 	}
 	outbox, none := find("outbox"), find("none")
-	fmt.Fprintf(w, "\n%7s  %-13s %-24s %8s %9s %8s\n", "clients", "variant", "runs (tps)", "best", "×outbox", "×none")
+	fmt.Fprintf(w, "\n%7s  %-14s %-24s %8s %9s %8s\n", "clients", "variant", "runs (tps)", "best", "×outbox", "×none")
 	for _, c := range clients {
 		for _, v := range variants {
 			runs := make([]string, len(v.runs[c]))
@@ -327,7 +359,7 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 				}
 				return fmt.Sprintf("%.2f", best(v, c)/best(base, c))
 			}
-			fmt.Fprintf(w, "%7d  %-13s %-24s %8.0f %9s %8s\n", c, v.name, strings.Join(runs, ", "), best(v, c), ratio(outbox), ratio(none))
+			fmt.Fprintf(w, "%7d  %-14s %-24s %8.0f %9s %8s\n", c, v.name, strings.Join(runs, ", "), best(v, c), ratio(outbox), ratio(none))
 		}
 	}
 	if tr := find(config.ModeTrigger); tr != nil && outbox != nil {
@@ -344,6 +376,20 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 		}
 		fmt.Fprintln(w)
 	}
+	if dec := find("logical-decode"); dec != nil && none != nil {
+		fmt.Fprint(w, "PostgreSQL's decoding alone (logical-decode), loss vs no capture:")
+		for _, c := range clients {
+			fmt.Fprintf(w, "  %d clients %+.1f%%", c, (best(dec, c)/best(none, c)-1)*100)
+		}
+		fmt.Fprintln(w)
+		if lg := find(config.ModeLogical); lg != nil {
+			fmt.Fprint(w, "logical mode / decoding alone:")
+			for _, c := range clients {
+				fmt.Fprintf(w, "  %d clients %.2f×", c, best(lg, c)/best(dec, c))
+			}
+			fmt.Fprintln(w)
+		}
+	}
 	fmt.Fprintln(w, "\nPostgreSQL CPU by process in each best run, µs per transaction (pgbench: the writers' backends):")
 	for _, c := range clients {
 		for _, v := range variants {
@@ -353,7 +399,7 @@ func printWritePath(w io.Writer, variants []*writeVariant, clients []int, second
 				total += d
 			}
 			n := best(v, c) * float64(seconds)
-			fmt.Fprintf(w, "%7d  %-13s %4.0f: %s\n", c, v.name, float64(total.Microseconds())/n, formatProcCPU(v.cpu[c][i], n))
+			fmt.Fprintf(w, "%7d  %-14s %4.0f: %s\n", c, v.name, float64(total.Microseconds())/n, formatProcCPU(v.cpu[c][i], n))
 		}
 	}
 }
