@@ -1,6 +1,7 @@
 package changelog
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -65,3 +66,13 @@ func LapseQuiet(g *GroupTick) { g.quiet = 1 }
 
 // EndGroupPause ends tk's pause of group ticks after a refusal.
 func EndGroupPause(tk *Ticker) { tk.groupPause.Store(0) }
+
+// ListenOnce connects and sets up a LISTEN connection to url as the
+// ticker's doorbell does, with timeout, and closes it.
+func ListenOnce(ctx context.Context, url string, timeout time.Duration) error {
+	stop, err := listen(ctx, url, "test", Channel, timeout, nil, make(chan struct{}, 1), make(chan error, 1), nil)
+	if err == nil {
+		stop()
+	}
+	return err
+}

@@ -75,6 +75,12 @@ func (p *Pruner) Prune(ctx context.Context) (int64, error) {
 		if _, err := tx.Exec(ctx, "set local synchronous_commit = local"); err != nil {
 			return err
 		}
+		// A prune may delete many rows: a statement timeout set for the
+		// database or the role would fail it at every interval, and the
+		// history would grow without end.
+		if _, err := tx.Exec(ctx, "set local statement_timeout = 0"); err != nil {
+			return err
+		}
 		var got bool
 		if err := tx.QueryRow(ctx, "select pg_try_advisory_xact_lock(hashtext('rowcast.prune'))").Scan(&got); err != nil || !got {
 			return err

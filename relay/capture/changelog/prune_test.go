@@ -8,9 +8,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/rowcast/rowcast/relay"
 	"github.com/rowcast/rowcast/relay/capture/changelog"
 )
+
+// TestPruneIgnoresStatementTimeout: a statement timeout set for the
+// database shorter than a prune's delete would fail every prune, and the
+// history would grow without end.
+func TestPruneIgnoresStatementTimeout(t *testing.T) {
+	d := newDB(t)
+	d.exec("insert into items (id, team_id) select g, 7 from generate_series(1, 20000) g")
+	d.tick()
+	d.exec("update rowcast.ticks set at = now() - interval '2 hours'")
+	d.exec("insert into items (id, team_id) values (0, 7)")
+	d.tick()
+	d.exec("do $$ begin execute format('alter database %I set statement_timeout = 1', current_database()); end $$")
+	pool, err := pgxpool.New(t.Context(), d.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	n, err := (&changelog.Pruner{Pool: pool, Retention: time.Hour}).Prune(t.Context())
+	if err != nil || n != 20000 {
+		t.Fatalf("pruned %d rows (%v), want 20000", n, err)
+	}
+}
 
 // TestPrune: Prune deletes the batches of the ticks recorded before the
 // retention, records per stream the last tick that held a deleted row, and

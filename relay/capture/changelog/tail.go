@@ -309,6 +309,11 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	// synchronous standby down, a commit that waits for it would stop the
 	// reader, and with it every relay's events.
 	cc.RuntimeParams["synchronous_commit"] = "local"
+	// No statement timeout (one set for the database or the role would
+	// fail every poll at a tick that takes longer to read, a bulk
+	// import's, and stop every relay's events): a database that stopped
+	// answering is the stall watch's (watch).
+	cc.RuntimeParams["statement_timeout"] = "0"
 	AppName(cc, "reader")
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
@@ -330,7 +335,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 	if c.o.Listen {
 		// A tick this relay has read already (its own ticker pokes it
 		// before the notification arrives) does not wake it again.
-		stop, err := listen(ctx, c.url, "listener", TickChannel, &c.listener, bell, listenErr, func(payload string) bool {
+		stop, err := listen(ctx, c.url, "listener", TickChannel, c.o.StallTimeout, &c.listener, bell, listenErr, func(payload string) bool {
 			n, err := strconv.ParseInt(payload, 10, 64)
 			if err != nil {
 				return true
@@ -435,13 +440,20 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		now := time.Now()
 		announced := c.o.Listen && !now.Before(unheard)
 		c.waiting.Store(now.UnixNano())
+		// The poll reads every tick committed: a mark left by a poke for
+		// a tick that never committed (its connection died before the
+		// commit's reply, and the ticker or the slot holder, unable to
+		// tell, poked the reader) must not hide the notification of the
+		// tick that takes its number. Lowering the mark only allows a
+		// wakeup.
+		poked := c.poked.Swap(st.tick)
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
 			return err
 		}
 		if n > 0 {
 			st.progressed = true
-			if announced && !asked && max(c.poked.Load(), c.told.Load()) < st.tick {
+			if announced && !asked && max(poked, c.poked.Load(), c.told.Load()) < st.tick {
 				// A tick nobody told this reader of (its listener cut off
 				// unnoticed, a tick whose ticker lost its reply): poll
 				// often again for a while, as after connecting.
@@ -562,9 +574,10 @@ const listenersKey = "hashtext('rowcast.listeners')::bigint"
 // error goes to errs. With announce not nil the connection also holds the
 // listeners' lock (listenersKey) shared, and announce its backend process
 // id, stored before the lock is taken and set back to 0 once the
-// connection is closed. stop ends the goroutine and waits for it, which
-// closes the connection.
-func listen(ctx context.Context, url, part, channel string, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
+// connection is closed. Connecting (unless the URL sets connect_timeout)
+// and the setup each fail after timeout. stop ends the goroutine and
+// waits for it, which closes the connection.
+func listen(ctx context.Context, url, part, channel string, timeout time.Duration, announce *atomic.Uint32, bell chan<- struct{}, errs chan<- error,
 	wake func(payload string) bool) (stop func(), err error) {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
@@ -577,6 +590,9 @@ func listen(ctx context.Context, url, part, channel string, announce *atomic.Uin
 	// minutes, during which its notifications would be lost.
 	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 5 * time.Second, Count: 3}}
 	cc.DialFunc = d.DialContext
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = timeout
+	}
 	lconn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return nil, fmt.Errorf("listen connect: %w", err)
@@ -592,7 +608,10 @@ func listen(ctx context.Context, url, part, channel string, announce *atomic.Uin
 		announce.Store(lconn.PgConn().PID())
 		setup += "; select pg_advisory_lock_shared(" + listenersKey + ")"
 	}
-	if _, err := lconn.Exec(ctx, setup); err != nil {
+	sctx, cancelSetup := context.WithTimeout(ctx, timeout)
+	_, err = lconn.Exec(sctx, setup)
+	cancelSetup()
+	if err != nil {
 		closeConn()
 		return nil, fmt.Errorf("listen: %w", err)
 	}

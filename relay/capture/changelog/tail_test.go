@@ -268,3 +268,35 @@ func TestTailPollsOftenAfterAnUnannouncedTick(t *testing.T) {
 	before := polls.Load()
 	waitUntil(t, 3*time.Second, "ten polls", func() bool { return polls.Load()-before >= 10 })
 }
+
+// TestTailStalePokeHidesNoNotification: a poke for a tick that never
+// committed (a tick whose connection died before its commit: the ticker
+// or the slot holder pokes the reader, since the tick may have committed)
+// must not hide the notification of the tick that does take its number,
+// recorded by another relay's ticker, which would leave the change to the
+// PollMax backstop.
+func TestTailStalePokeHidesNoNotification(t *testing.T) {
+	d := newDB(t)
+	d.exec("select rowcast.tick()")
+	rec := newRecorder()
+	tl := startTail(t, d, rec, changelog.TailOptions{Listen: true, PollMin: time.Millisecond, PollMax: time.Hour})
+	waitUntil(t, 10*time.Second, "the reader counts on announcements", func() bool { return changelog.Announced(tl) })
+	polls := changelog.Polls(tl)
+	tl.Poke(d.queryInt("select max(tick) from rowcast.ticks") + 1) // a tick that rolled back
+	waitUntil(t, 10*time.Second, "the reader polls for the poked tick", func() bool { return changelog.Polls(tl) > polls })
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	d.exec("select rowcast.tick(true)") // another relay's ticker records the number, and notifies
+	rec.waitChanges(t, 1)
+}
+
+// TestCaptureIgnoresStatementTimeout: a statement_timeout set for the
+// database (or the relay's role) shorter than the read of a large tick
+// would fail every poll at that tick, stopping every relay's events for
+// good; the reader and the ticker turn it off for themselves.
+func TestCaptureIgnoresStatementTimeout(t *testing.T) {
+	d := newDB(t)
+	d.exec("do $$ begin execute format('alter database %I set statement_timeout = 1', current_database()); end $$")
+	rec := d.tail()
+	d.exec("insert into items (id, team_id) select g, 7 from generate_series(1, 20000) g")
+	rec.waitChanges(t, 20000)
+}

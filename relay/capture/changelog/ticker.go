@@ -44,6 +44,12 @@ type TickerOptions struct {
 	// answers TCP keepalives, which is why they do not suffice. PostgreSQL
 	// 13 lacks the setting: there only the keepalives apply.
 	IdleTimeout time.Duration
+	// ConnectTimeout bounds connecting each of the ticker's connections
+	// (default 10s, unless the URL sets connect_timeout) and setting up
+	// its doorbell's LISTEN: a connect that hangs (a pooler queueing it)
+	// must not hold the ticker lock, and with it every relay's ticks, for
+	// as long as it hangs. The attempt fails and is retried.
+	ConnectTimeout time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
 	// Reader is the reader in this process, if any. The ticker reads
@@ -109,6 +115,9 @@ func NewTicker(url string, o TickerOptions) *Ticker {
 		o.IdleTimeout = 5 * time.Second
 	}
 	o.IdleTimeout = max(o.IdleTimeout, 4*o.Retry, 4*o.PollMax)
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = 10 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +168,11 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	// rowcast.tick() takes its snapshot after its lock: each statement's
 	// own, whatever the database's or role's default isolation.
 	cc.RuntimeParams["default_transaction_isolation"] = "read committed"
+	// Each tick is bounded by tickTimeout instead of a statement timeout
+	// set for the database or the role, which a large tick's read could
+	// pass at every look. (A lock_timeout set there stays: a tick that
+	// waits past it is refused and undone, and looked for again.)
+	cc.RuntimeParams["statement_timeout"] = "0"
 	// The ticker lock goes with this connection's backend: a connection
 	// that went silent (a half-open TCP connection) must not keep it, and
 	// with it every relay's ticks, for the hours the kernels' defaults
@@ -168,6 +182,9 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 	cc.RuntimeParams["tcp_keepalives_interval"] = "5"
 	cc.RuntimeParams["tcp_keepalives_count"] = "3"
 	cc.RuntimeParams["tcp_user_timeout"] = "20000"
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = t.o.ConnectTimeout
+	}
 	AppName(cc, "ticker")
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
@@ -205,7 +222,7 @@ func (t *Ticker) hold(ctx context.Context) (ticked bool, err error) {
 
 	listenErr := make(chan error, 1)
 	if t.o.Listen {
-		stop, err := listen(ctx, t.url, "doorbell", Channel, nil, t.bell, listenErr, nil)
+		stop, err := listen(ctx, t.url, "doorbell", Channel, t.o.ConnectTimeout, nil, t.bell, listenErr, nil)
 		if err != nil {
 			return false, fmt.Errorf("ticker %w", err)
 		}
@@ -421,6 +438,11 @@ func (t *Ticker) look(ctx context.Context, conn *pgx.Conn, notify, offering bool
 		}
 		return tick, false, nil
 	case conn.IsClosed():
+		// The tick may have committed before the connection went: the
+		// reader looks for it.
+		if tick != nil {
+			t.o.Reader.Poke(*tick)
+		}
 		return nil, false, fmt.Errorf("ticker tick: %w", errors.Join(readErr, err)) // the connection
 	case errors.As(readErr, &pgErr) || errors.As(err, &pgErr):
 		// The server failed the read (or the commit): the tick is undone.

@@ -3,6 +3,7 @@ package changelog_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"sync"
@@ -511,5 +512,61 @@ func TestTickerRingingLooksBackOff(t *testing.T) {
 		if empty > 8 {
 			t.Errorf("commits %v apart, the bell ringing: %d empty looks over 1,000 commits, want a few", gap, empty)
 		}
+	}
+}
+
+// blackHole is a server that accepts connections and never answers, as a
+// pooler queueing them or a hung proxy does; accepted counts them.
+func blackHole(t *testing.T) (addr string, accepted *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted = new(atomic.Int64)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String(), accepted
+}
+
+// TestTickerConnectTimesOut: a ticker whose connect hangs gives up after
+// ConnectTimeout and tries again, rather than wait for as long as the
+// connect hangs (a connect holding the ticker lock would stop every
+// relay's ticks); so does a LISTEN connection's.
+func TestTickerConnectTimesOut(t *testing.T) {
+	addr, accepted := blackHole(t)
+	u := "postgres://rowcast@" + addr + "/rowcast?sslmode=disable"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	tk := changelog.NewTicker(u, changelog.TickerOptions{ConnectTimeout: 100 * time.Millisecond})
+	go func() { done <- tk.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, 10*time.Second, "a second connect", func() bool { return accepted.Load() >= 2 })
+
+	start := time.Now()
+	lctx, lcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer lcancel()
+	if err := changelog.ListenOnce(lctx, u, 100*time.Millisecond); err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("listen against a server that never answers: %v after %v, want an error within its timeout", err, time.Since(start))
 	}
 }

@@ -60,13 +60,15 @@ func TestApplyStatementPlannedOnce(t *testing.T) {
 	}
 }
 
-// TestSessionReadCommitted: the holder's session runs read committed
+// TestSessionReadCommittedNoTimeout: the holder's session runs read committed
 // whatever the database's default isolation, so the group tick after each
-// COMMIT takes its snapshot after rowcast.tick's lock.
-func TestSessionReadCommitted(t *testing.T) {
+// COMMIT takes its snapshot after rowcast.tick's lock; and with no
+// statement timeout, whatever the database's.
+func TestSessionReadCommittedNoTimeout(t *testing.T) {
 	conn := connect(t)
 	ctx := t.Context()
-	if _, err := conn.Exec(ctx, "do $$ begin execute format('alter database %I set default_transaction_isolation = ''repeatable read''', current_database()); end $$"); err != nil {
+	if _, err := conn.Exec(ctx, "do $$ begin execute format('alter database %I set default_transaction_isolation = ''repeatable read''', current_database()); "+
+		"execute format('alter database %I set statement_timeout = 1', current_database()); end $$"); err != nil {
 		t.Fatal(err)
 	}
 	holder, err := pgx.Connect(ctx, conn.Config().ConnString())
@@ -80,6 +82,11 @@ func TestSessionReadCommitted(t *testing.T) {
 	var iso string
 	if err := holder.QueryRow(ctx, "show transaction_isolation").Scan(&iso); err != nil || iso != "read committed" {
 		t.Errorf("the holder's session runs %q (%v), want read committed", iso, err)
+	}
+	// A group of a large source transaction takes as long as it takes.
+	var timeout string
+	if err := holder.QueryRow(ctx, "show statement_timeout").Scan(&timeout); err != nil || timeout != "0" {
+		t.Errorf("the holder's statement_timeout is %q (%v), want 0", timeout, err)
 	}
 }
 

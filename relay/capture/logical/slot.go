@@ -28,12 +28,15 @@ import (
 // included: key lookups and inserts, whose generic plans are the ones
 // they would keep anyway. Read committed, whatever the database's or
 // role's default: the group tick after each COMMIT (changelog.Ticker.
-// QueueTick) takes its snapshot after rowcast.tick's lock.
+// QueueTick) takes its snapshot after rowcast.tick's lock. No statement
+// timeout: a large source transaction's group may take longer to apply
+// than one set for the database or the role, and would fail at the same
+// position at every attempt, stalling capture.
 //
 // It also sets the session's idle timeouts (Options.IdleTimeout), skipping
 // idle_session_timeout where PostgreSQL lacks it (13: undefined_object).
 func prepareSession(ctx context.Context, db *pgx.Conn, idle time.Duration) error {
-	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local; set plan_cache_mode = force_generic_plan; set default_transaction_isolation = 'read committed'")
+	_, err := db.Exec(ctx, "set timezone = 'UTC'; set intervalstyle = 'iso_8601'; set bytea_output = 'hex'; set datestyle = 'ISO'; set synchronous_commit = local; set plan_cache_mode = force_generic_plan; set default_transaction_isolation = 'read committed'; set statement_timeout = 0")
 	if err != nil {
 		return fmt.Errorf("logical session: %w", err)
 	}
