@@ -38,6 +38,9 @@ func startDecodeConsumer(ctx context.Context, url, slot, publication string) (*d
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	cfg.RuntimeParams["application_name"] = "rowcast walsender"
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("decode consumer connect: %w", err)

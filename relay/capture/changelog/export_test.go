@@ -42,6 +42,10 @@ func Offer(t testing.TB, tl *Tail, session int64, epoch string, tick int64, snap
 // Session is the number of tl's reader's current connection.
 func Session(tl *Tail) int64 { return tl.conns.Load() }
 
+// Poked is the highest tick tl's reader was poked for, as far as it knows
+// (a poll that found no such tick lowers it).
+func Poked(tl *Tail) int64 { return tl.poked.Load() }
+
 // Polls is how many times tl's reader has polled.
 func Polls(tl *Tail) int64 { return tl.polls.Load() }
 

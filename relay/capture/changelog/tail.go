@@ -440,13 +440,7 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 		now := time.Now()
 		announced := c.o.Listen && !now.Before(unheard)
 		c.waiting.Store(now.UnixNano())
-		// The poll reads every tick committed: a mark left by a poke for
-		// a tick that never committed (its connection died before the
-		// commit's reply, and the ticker or the slot holder, unable to
-		// tell, poked the reader) must not hide the notification of the
-		// tick that takes its number. Lowering the mark only allows a
-		// wakeup.
-		poked := c.poked.Swap(st.tick)
+		poked := c.poked.Load()
 		n, err := c.poll(ctx, conn, sink, st)
 		if err != nil {
 			return err
@@ -460,6 +454,15 @@ func (c *Tail) session(ctx context.Context, sink relay.Sink, st *state) (err err
 				c.o.Logger.Info("capture read a tick it was not told of; polling every poll_min for a while", "tick", st.tick)
 				announced, unheard = false, time.Now().Add(2*listenersCheck)
 			}
+		}
+		if poked > st.tick && n < maxTicks {
+			// The poll, begun after the poke, found no such tick: it never
+			// committed (its connection died before the commit's reply,
+			// and the ticker or the slot holder, unable to tell, poked the
+			// reader). Its mark must not hide the notification of the
+			// tick that takes its number. Unless a poke came meanwhile:
+			// lowering the mark only allows a wakeup.
+			c.poked.CompareAndSwap(poked, st.tick)
 		}
 		c.announced.Store(announced)
 		switch {

@@ -552,7 +552,8 @@ func blackHole(t *testing.T) (addr string, accepted *atomic.Int64) {
 // TestTickerConnectTimesOut: a ticker whose connect hangs gives up after
 // ConnectTimeout and tries again, rather than wait for as long as the
 // connect hangs (a connect holding the ticker lock would stop every
-// relay's ticks); so does a LISTEN connection's.
+// relay's ticks); so does a LISTEN connection's connect. (Its setup's
+// timeout, after a connect that succeeded, is not exercised here.)
 func TestTickerConnectTimesOut(t *testing.T) {
 	addr, accepted := blackHole(t)
 	u := "postgres://rowcast@" + addr + "/rowcast?sslmode=disable"
