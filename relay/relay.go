@@ -192,9 +192,10 @@ type ChangeHistory interface {
 	// position after, in order, in batches (a batch may end in the middle
 	// of a transaction; the next one continues it).
 	// It returns ErrHistoryExpired when changes of those streams after it
-	// have been pruned or it is ahead of the history, and fn's error when
-	// fn fails, without calling it again.
-	Replay(ctx context.Context, streams []string, after Pos, fn func([]Change) error) error
+	// have been pruned, it is ahead of the history, or the history is not
+	// of after's epoch (it started again since), and fn's error when fn
+	// fails, without calling it again.
+	Replay(ctx context.Context, streams []string, after Position, fn func([]Change) error) error
 }
 
 // History replays the events of committed changes after a position,
@@ -208,9 +209,10 @@ type History interface {
 	// skipped; a batch is never empty. fn must not keep the slice after it
 	// returns (the events themselves it may keep).
 	// Replay returns ErrHistoryExpired when changes of those streams after
-	// it have been pruned or it is ahead of the history, and fn's error
-	// when fn fails, without calling it again.
-	Replay(ctx context.Context, streams []string, after Pos, fn func([]Event) error) error
+	// it have been pruned, it is ahead of the history, or the history is
+	// not of after's epoch, and fn's error when fn fails, without calling
+	// it again.
+	Replay(ctx context.Context, streams []string, after Position, fn func([]Event) error) error
 }
 
 // Error is a relay error with a stable code.

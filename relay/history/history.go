@@ -22,7 +22,7 @@ type Mapped struct {
 }
 
 // Replay implements relay.History.
-func (h Mapped) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Event) error) error {
+func (h Mapped) Replay(ctx context.Context, streams []string, after relay.Position, fn func([]relay.Event) error) error {
 	var events []relay.Event
 	return h.Changes.Replay(ctx, streams, after, func(changes []relay.Change) error {
 		events = events[:0]

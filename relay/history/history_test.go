@@ -13,7 +13,7 @@ import (
 // batchHistory is a ChangeHistory that replays fixed batches, ignoring from.
 type batchHistory [][]relay.Change
 
-func (h batchHistory) Replay(_ context.Context, _ []string, _ relay.Pos, fn func([]relay.Change) error) error {
+func (h batchHistory) Replay(_ context.Context, _ []string, _ relay.Position, fn func([]relay.Change) error) error {
 	for _, b := range h {
 		if err := fn(b); err != nil {
 			return err
@@ -31,7 +31,7 @@ func TestMappedMapsInOrder(t *testing.T) {
 		{{Stream: "s", Pos: relay.Pos{Tick: 1, Tx: 9, ID: 4}, Table: "none"}, {Stream: "s", Pos: relay.Pos{Tick: 1, Tx: 9, ID: 5}, Table: "a"}},
 	}}
 	var got [][]string
-	err := h.Replay(context.Background(), []string{"s"}, relay.Pos{}, func(events []relay.Event) error {
+	err := h.Replay(context.Background(), []string{"s"}, relay.Position{}, func(events []relay.Event) error {
 		var names []string
 		for _, ev := range events {
 			names = append(names, fmt.Sprintf("%s@%d", ev.Name, ev.Pos.ID))
@@ -55,7 +55,7 @@ func TestMappedReturnsFnError(t *testing.T) {
 	}}
 	stop := errors.New("stop")
 	calls := 0
-	err := h.Replay(context.Background(), nil, relay.Pos{}, func([]relay.Event) error { calls++; return stop })
+	err := h.Replay(context.Background(), nil, relay.Position{}, func([]relay.Event) error { calls++; return stop })
 	if !errors.Is(err, stop) || calls != 1 {
 		t.Fatalf("Replay = %v after %d calls, want %v after 1", err, calls, stop)
 	}

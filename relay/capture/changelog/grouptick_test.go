@@ -287,8 +287,9 @@ func TestTickerTicksInTurnWhateverTheIsolation(t *testing.T) {
 	txExec(t, lock, "select pg_advisory_xact_lock(hashtext('rowcast.tick'))")
 	d.exec("insert into items (id, team_id) values (4, 7)")
 	replayed := make(chan error, 1)
+	from := d.at(relay.Pos{})
 	go func() {
-		replayed <- changelog.NewHistory(d.pool).Replay(t.Context(), []string{"team:7"}, relay.Pos{}, func([]relay.Change) error { return nil })
+		replayed <- changelog.NewHistory(d.pool).Replay(t.Context(), []string{"team:7"}, from, func([]relay.Change) error { return nil })
 	}()
 	waitUntil(t, 10*time.Second, "the replay's tick waiting for the tick's lock", func() bool { return d.queryInt(waitingForTheTick) == 1 })
 	txExec(t, lock, "select rowcast.tick()")

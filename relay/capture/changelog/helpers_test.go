@@ -121,6 +121,12 @@ func (d *db) queryText(sql string, args ...any) string {
 	return s
 }
 
+// at is the position p in d's history, of its current epoch.
+func (d *db) at(p relay.Pos) relay.Position {
+	d.t.Helper()
+	return relay.Position{Epoch: d.queryText("select replace(epoch::text, '-', '') from rowcast.meta"), Pos: p}
+}
+
 // tick records a tick, as the ticker does, and returns its number; it fails
 // the test when there was nothing to tick.
 func (d *db) tick() int64 {

@@ -73,12 +73,12 @@ func TestPrune(t *testing.T) {
 	h := changelog.NewHistory(d.pool)
 	noop := func([]relay.Change) error { return nil }
 	for _, from := range []relay.Pos{relay.TickEnd(old - 1), {Tick: old, Tx: 1, ID: 1}} {
-		if err := h.Replay(t.Context(), []string{"team:7"}, from, noop); !errors.Is(err, relay.ErrHistoryExpired) {
+		if err := h.Replay(t.Context(), []string{"team:7"}, d.at(from), noop); !errors.Is(err, relay.ErrHistoryExpired) {
 			t.Errorf("replay from %+v, before pruned rows: %v, want ErrHistoryExpired", from, err)
 		}
 	}
 	var got []relay.Change
-	err = h.Replay(t.Context(), []string{"team:7", "team:8", "team:9"}, relay.TickEnd(old), func(chs []relay.Change) error {
+	err = h.Replay(t.Context(), []string{"team:7", "team:8", "team:9"}, d.at(relay.TickEnd(old)), func(chs []relay.Change) error {
 		got = append(got, chs...)
 		return nil
 	})

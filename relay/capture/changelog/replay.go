@@ -102,7 +102,7 @@ limit $6::int`
 // the session live. Each page is read in one snapshot with the check that
 // nothing after the position was pruned, so a prune that commits meanwhile
 // makes it answer ErrHistoryExpired, never a short replay.
-func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
+func (s *History) Replay(ctx context.Context, streams []string, from relay.Position, fn func([]relay.Change) error) error {
 	// The tick commits locally (a synchronous standby that is down must
 	// not hold resumes), set in its own transaction: the pool may be a
 	// transaction pooler's, which keeps no session setting. The
@@ -116,6 +116,7 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("history replay tick: %w", err)
 	}
+	after := from.Pos
 	head := int64(-1)     // the latest tick when the first page was read
 	afterXID := uint64(0) // the transaction of the change at after, once known
 	span := s.span        // the window's ticks
@@ -128,8 +129,16 @@ func (s *History) Replay(ctx context.Context, streams []string, after relay.Pos,
 		rest := afterXID != 0 && after.ID < after.Tx
 		err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 			var latest, oldest int64
-			if err := tx.QueryRow(ctx, "select max(tick), min(tick) from rowcast.ticks").Scan(&latest, &oldest); err != nil {
+			var epoch string
+			err := tx.QueryRow(ctx, "select max(tick), min(tick), (select "+epochExpr+" from rowcast.meta) from rowcast.ticks").Scan(&latest, &oldest, &epoch)
+			if err != nil {
 				return err
+			}
+			if epoch != from.Epoch {
+				// The history started again (rowcast.tick's reset) since
+				// the position was given, before this relay's reader
+				// noticed: its ticks name other changes.
+				return fmt.Errorf("history replay of epoch %s, the history's is %s: %w", from.Epoch, epoch, relay.ErrHistoryExpired)
 			}
 			if head < 0 {
 				head = latest

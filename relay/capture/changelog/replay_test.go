@@ -68,7 +68,7 @@ func TestReplayWindowsMatchTail(t *testing.T) {
 			from := append([]relay.Pos{start}, positions(want)...)
 			for i, after := range from {
 				var got []relay.Change
-				err := h.Replay(t.Context(), streams, after, func(chs []relay.Change) error {
+				err := h.Replay(t.Context(), streams, d.at(after), func(chs []relay.Change) error {
 					if len(chs) > p.page {
 						t.Errorf("a page of %d changes, more than %d", len(chs), p.page)
 					}
@@ -115,7 +115,7 @@ func describePos(chs []relay.Change) string {
 func BenchmarkReplayFarBehind(b *testing.B) {
 	for _, n := range []int{4000, 16000} {
 		d := newDB(b)
-		start := relay.TickEnd(d.queryInt("select max(tick) from rowcast.ticks"))
+		from := d.at(relay.TickEnd(d.queryInt("select max(tick) from rowcast.ticks")))
 		for i := 0; i < n; i += 20 {
 			d.exec("insert into items (id, team_id) select g, 7 from generate_series($1::bigint, $1::bigint + 19) g", i)
 			d.exec("select rowcast.tick()")
@@ -129,7 +129,7 @@ func BenchmarkReplayFarBehind(b *testing.B) {
 				changelog.SetPaging(h, 2000, w.span)
 				for b.Loop() {
 					got := 0
-					if err := h.Replay(b.Context(), []string{"team:7"}, start, func(chs []relay.Change) error {
+					if err := h.Replay(b.Context(), []string{"team:7"}, from, func(chs []relay.Change) error {
 						got += len(chs)
 						return nil
 					}); err != nil {
@@ -142,5 +142,29 @@ func BenchmarkReplayFarBehind(b *testing.B) {
 				b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/change")
 			})
 		}
+	}
+}
+
+// TestReplayRefusesAnotherEpoch: once the history started again
+// (rowcast.tick's reset, when transaction ids went back), a position of
+// the old epoch names other changes: its replay is answered with
+// ErrHistoryExpired, also before this relay's reader noticed the reset.
+func TestReplayRefusesAnotherEpoch(t *testing.T) {
+	d := newDB(t)
+	before := d.at(relay.TickEnd(d.queryInt("select max(tick) from rowcast.ticks")))
+	d.exec("insert into items (id, team_id) values (1, 7)")
+	d.tick()
+	h := changelog.NewHistory(d.pool)
+	var got []relay.Change
+	if err := h.Replay(t.Context(), []string{"team:7"}, before, func(chs []relay.Change) error {
+		got = append(got, chs...)
+		return nil
+	}); err != nil || len(got) != 1 {
+		t.Fatalf("replay of the epoch: %d changes (%v), want 1", len(got), err)
+	}
+	d.exec("update rowcast.meta set epoch = gen_random_uuid()")
+	err := h.Replay(t.Context(), []string{"team:7"}, before, func([]relay.Change) error { return nil })
+	if !errors.Is(err, relay.ErrHistoryExpired) {
+		t.Fatalf("replay of the epoch before: %v, want ErrHistoryExpired", err)
 	}
 }

@@ -82,7 +82,7 @@ func (s *Session) resume(ctx context.Context, gen uint32, since string, run *rep
 		// with the user's membership changes from since on undone. The
 		// replay then applies those changes at their positions, so that
 		// it shows each team's events only while the user belonged to it.
-		if err := s.teamsAt(ctx, gen, from); err != nil {
+		if err := s.teamsAt(ctx, gen, relay.Position{Epoch: epoch, Pos: from}); err != nil {
 			if errors.Is(err, relay.ErrHistoryExpired) {
 				s.resyncAndGoLive(gen, false)
 			} else if !errors.Is(err, errClosed) && ctx.Err() == nil {
@@ -101,7 +101,7 @@ func (s *Session) resume(ctx context.Context, gen uint32, since string, run *rep
 	replayed := 0
 	limit := s.t.o.ReplayLimit
 	for {
-		err = s.t.o.History.Replay(ctx, streams, from, func(events []relay.Event) error {
+		err = s.t.o.History.Replay(ctx, streams, relay.Position{Epoch: epoch, Pos: from}, func(events []relay.Event) error {
 			for j := range events {
 				if err := s.waitSpace(ctx, gen, run.space); err != nil {
 					return err
@@ -170,7 +170,7 @@ func (s *Session) resume(ctx context.Context, gen uint32, since string, run *rep
 // it reads the user's membership changes after from up to the session's
 // head and undoes them, newest first, and has membershipLocked apply
 // changes at or before the head during this replay.
-func (s *Session) teamsAt(ctx context.Context, gen uint32, from relay.Pos) error {
+func (s *Session) teamsAt(ctx context.Context, gen uint32, from relay.Position) error {
 	s.mu.Lock()
 	user, head := s.principal.UserID, s.head
 	s.mu.Unlock()

@@ -40,10 +40,14 @@ type memHistory struct {
 }
 
 // Replay implements relay.History.
-func (h *memHistory) Replay(ctx context.Context, streams []string, after relay.Pos, fn func([]relay.Event) error) (err error) {
+func (h *memHistory) Replay(ctx context.Context, streams []string, from relay.Position, fn func([]relay.Event) error) (err error) {
 	if h.done != nil {
 		defer func() { h.done <- err }()
 	}
+	if from.Epoch != "e1" {
+		return relay.ErrHistoryExpired // its events are all of e1
+	}
+	after := from.Pos
 	h.mu.Lock()
 	var last relay.Pos
 	var replay []relay.Event

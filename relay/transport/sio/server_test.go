@@ -40,7 +40,11 @@ type memHistory struct {
 
 func (h *memHistory) Epoch(context.Context) (string, error) { return "e1", nil }
 
-func (h *memHistory) Replay(_ context.Context, streams []string, after relay.Pos, fn func([]relay.Change) error) error {
+func (h *memHistory) Replay(_ context.Context, streams []string, from relay.Position, fn func([]relay.Change) error) error {
+	if from.Epoch != "e1" {
+		return relay.ErrHistoryExpired
+	}
+	after := from.Pos
 	h.mu.Lock()
 	var batch []relay.Change
 	var last relay.Pos
