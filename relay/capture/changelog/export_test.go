@@ -2,6 +2,7 @@ package changelog
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,9 +73,14 @@ func LapseQuiet(g *GroupTick) { g.quiet = 1 }
 func EndGroupPause(tk *Ticker) { tk.groupPause.Store(0) }
 
 // ListenOnce connects and sets up a LISTEN connection to url as the
-// ticker's doorbell does, with timeout, and closes it.
-func ListenOnce(ctx context.Context, url string, timeout time.Duration) error {
-	stop, err := listen(ctx, url, "test", Channel, timeout, nil, make(chan struct{}, 1), make(chan error, 1), nil)
+// ticker's doorbell does (or, with announce, as a reader's listener, which
+// also takes the listeners' lock shared), with timeout, and closes it.
+func ListenOnce(ctx context.Context, url string, timeout time.Duration, announce bool) error {
+	var pid *atomic.Uint32
+	if announce {
+		pid = new(atomic.Uint32)
+	}
+	stop, err := listen(ctx, url, "test", Channel, timeout, pid, make(chan struct{}, 1), make(chan error, 1), nil)
 	if err == nil {
 		stop()
 	}

@@ -552,8 +552,7 @@ func blackHole(t *testing.T) (addr string, accepted *atomic.Int64) {
 // TestTickerConnectTimesOut: a ticker whose connect hangs gives up after
 // ConnectTimeout and tries again, rather than wait for as long as the
 // connect hangs (a connect holding the ticker lock would stop every
-// relay's ticks); so does a LISTEN connection's connect. (Its setup's
-// timeout, after a connect that succeeded, is not exercised here.)
+// relay's ticks); so does a LISTEN connection's connect.
 func TestTickerConnectTimesOut(t *testing.T) {
 	addr, accepted := blackHole(t)
 	u := "postgres://rowcast@" + addr + "/rowcast?sslmode=disable"
@@ -567,7 +566,23 @@ func TestTickerConnectTimesOut(t *testing.T) {
 	start := time.Now()
 	lctx, lcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer lcancel()
-	if err := changelog.ListenOnce(lctx, u, 100*time.Millisecond); err == nil || time.Since(start) > 5*time.Second {
+	if err := changelog.ListenOnce(lctx, u, 100*time.Millisecond, false); err == nil || time.Since(start) > 5*time.Second {
 		t.Errorf("listen against a server that never answers: %v after %v, want an error within its timeout", err, time.Since(start))
+	}
+}
+
+// TestListenSetupTimesOut: a LISTEN connection whose setup hangs after it
+// connected (here the listeners' lock, which nothing but a test takes
+// exclusively; in the field a server or a pooler that stopped answering)
+// gives up after its timeout, rather than hold up its ticker or reader for
+// as long as the setup hangs.
+func TestListenSetupTimesOut(t *testing.T) {
+	d := newDB(t)
+	d.exec("select pg_advisory_lock(hashtext('rowcast.listeners')::bigint)")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := changelog.ListenOnce(ctx, d.url, 200*time.Millisecond, true); err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("listen whose setup waits: %v after %v, want an error within its timeout", err, time.Since(start))
 	}
 }
