@@ -52,7 +52,7 @@ func leave(team string, id int64) relay.Event {
 // attachAs opens a live session for user u whose token claims teams.
 func (e *env) attachAs(claims ...string) *client {
 	e.t.Helper()
-	c := &recConn{frames: make(chan string, 1024)}
+	c := &recConn{frames: make(chan string, 1024), gone: make(chan struct{})}
 	s := e.tr.Attach(c, nil, func(s *Session) Handler {
 		c.s = s
 		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: claims}}

@@ -72,6 +72,19 @@ const (
 	modeClosed
 )
 
+// startPhase is where Start is between subscribing and taking the hub's
+// head, which it does in two locked sections.
+type startPhase uint8
+
+const (
+	notStarting startPhase = iota
+	// startSubscribing: Start is subscribing.
+	startSubscribing
+	// startReset: the hub was reset to a new epoch meanwhile (Reset
+	// recorded its epoch and head): Start keeps them, not Subscribe's.
+	startReset
+)
+
 // Session is one client connection as this package sees it (a WebSocket, or
 // another transport's Conn): a hub subscriber with positions, a bounded
 // queue and a rate limiter. Its lock guards the
@@ -107,6 +120,7 @@ type Session struct {
 	// replayScope: the running replay applies membership changes from
 	// before the head too (resume set the teams of its position).
 	replayScope bool
+	starting    startPhase
 	// closeCode is the code of the relay's close (CloseLocked, a
 	// WebSocket close code: 1000-4999, 0 for none); -1 before it.
 	closeCode int16
@@ -271,8 +285,10 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 	// deduplicated against the head when they are flushed.
 	s.mode = modeAwait
 	s.subscribed = true
+	s.starting = startSubscribing
 	s.t.o.Metrics.Subscribed(s.h.Transport(), 1)
 	s.gen++
+	gen := s.gen
 	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
 	s.mu.Unlock()
 
@@ -291,16 +307,45 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 		p.TeamIDs = teams
 		s.moveTo(streamsFor(p))
 	}
+	s.started(gen, streams, p, epoch, head, then)
+	return nil
+}
+
+// started ends Start number gen, which subscribed to streams and was given
+// epoch and head by the hub: it takes them as the session's position
+// (unless the hub was reset meanwhile: Reset gave it the new epoch's), arms
+// the token expiry and runs then, all with the lock held. A session stopped
+// or closed meanwhile leaves the hub instead. Call it without the lock.
+func (s *Session) started(gen uint32, streams []string, p auth.Principal, epoch string, head relay.Pos, then func()) {
 	s.mu.Lock()
+	if s.gen != gen || !s.subscribed || s.mode == modeClosed {
+		// Stopped or closed while it subscribed (the end of a Socket.IO
+		// polling connection runs on a goroutine of its own), perhaps
+		// before the stop left the hub: leave the streams it joined,
+		// but those a later Start follows.
+		if s.gen == gen {
+			s.starting = notStarting
+		}
+		var keep []string
+		if s.gen != gen && s.subscribed && s.mode != modeClosed {
+			keep = s.streams
+		}
+		s.mu.Unlock()
+		s.t.o.Hub.Unsubscribe(s, slices.DeleteFunc(slices.Clone(streams), func(st string) bool { return slices.Contains(keep, st) }))
+		return
+	}
 	defer s.mu.Unlock()
+	phase := s.starting
+	s.starting = notStarting
 	s.principal = p
-	s.epoch, s.head = epoch, head
-	s.setLastLocked(head)
+	if phase != startReset {
+		s.epoch, s.head = epoch, head
+	}
+	s.setLastLocked(s.head)
 	s.armExpiryLocked()
 	if then != nil {
 		then()
 	}
-	return nil
 }
 
 // memberTeams reads user's teams from the membership table: all of them,
@@ -565,6 +610,16 @@ func (s *Session) Reset(epoch string) {
 	s.epoch, s.head = epoch, head
 	s.setLastLocked(head)
 	s.pending = nil
+	if s.starting != notStarting {
+		// Start has subscribed but not yet taken the hub's head: it
+		// takes this one, and the client, told nothing yet, needs no
+		// resync. The membership table is read again all the same.
+		s.starting = startReset
+		if s.shown != nil {
+			s.CloseLocked(CloseGoingAway, "history epoch changed, reconnect")
+		}
+		return
+	}
 	s.h.ResyncLocked()
 	if s.shown != nil {
 		// Membership events held in pending are gone with it (their

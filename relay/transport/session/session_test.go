@@ -90,6 +90,9 @@ func (h *memHistory) Replay(ctx context.Context, streams []string, from relay.Po
 type recConn struct {
 	s      *Session
 	frames chan string
+	// gone, when set, is closed once the session's Gone, which Close
+	// runs, has returned.
+	gone chan struct{}
 
 	mu      sync.Mutex
 	held    bool
@@ -130,7 +133,12 @@ func (c *recConn) release() {
 
 func (c *recConn) Close(code int, reason string) {
 	c.frames <- fmt.Sprintf("close %d %s", code, reason)
-	go c.s.Gone()
+	go func() {
+		c.s.Gone()
+		if c.gone != nil {
+			close(c.gone)
+		}
+	}()
 }
 
 func (c *recConn) Request() *http.Request { return nil }
