@@ -140,12 +140,17 @@ func (h *Hub) add(s Subscriber, streams []string) {
 // meanwhile: change runs with the hub's read lock held (it may take the
 // subscriber's own lock, never the hub's) and returns the streams s leaves
 // and those it joins, which Move then applies before it releases the lock.
+// A Rescoper that left meanwhile (its Unsubscribe may run between change
+// and the join) is taken off the joined streams again.
 func (h *Hub) Move(s Subscriber, change func() (gone, added []string)) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	gone, added := change()
 	h.Unsubscribe(s, gone)
 	h.add(s, added)
+	if r, ok := s.(Rescoper); ok && len(added) > 0 && !r.Subscribed() {
+		h.Unsubscribe(s, added)
+	}
 }
 
 // Unsubscribe removes s from the given streams. It is safe to call for
@@ -244,7 +249,10 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 }
 
 // Reset replaces the epoch and the head in one step. When the epoch changes
-// from a previous one, every subscriber is then told to resync.
+// from a previous one, every subscriber is then told to resync (its Reset,
+// called without the hub's locks, may read Head). Call Reset and Publish
+// from one goroutine: no transaction is then published until every
+// subscriber's Reset has returned, and the head they read is the reset's.
 func (h *Hub) Reset(epoch string, head relay.Pos) {
 	h.mu.Lock()
 	old := h.epoch

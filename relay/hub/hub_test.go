@@ -684,3 +684,33 @@ func TestMove(t *testing.T) {
 		t.Errorf("subscribers = %d, want 1", n)
 	}
 }
+
+// leaver is a Rescoper that leaves the hub while its Move's change runs,
+// as a session whose connection ends on another goroutine does (its
+// Unsubscribe may run between the change and the join).
+type leaver struct {
+	recorder
+	left bool
+}
+
+func (l *leaver) Rescope(*relay.Event) bool { return false }
+func (l *leaver) Subscribed() bool          { return !l.left }
+func (l *leaver) Settle()                   {}
+
+// A subscriber that left while Move changed its streams is not joined to
+// the added streams for good: it would be delivered to, and held, for the
+// hub's life.
+func TestMoveOfASubscriberThatLeftMeanwhile(t *testing.T) {
+	h := New()
+	h.Reset("e1", relay.Pos{})
+	l := &leaver{}
+	h.Subscribe(l, []string{"team:1"})
+	h.Move(l, func() (gone, added []string) {
+		l.left = true
+		h.Unsubscribe(l, []string{"team:1", "team:2"}) // the streams it follows after the change
+		return nil, []string{"team:2"}
+	})
+	if n := h.Stats().Subscribers; n != 0 {
+		t.Fatalf("%d subscribers, want none: the one that left is subscribed again", n)
+	}
+}

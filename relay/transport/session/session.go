@@ -288,7 +288,6 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 	s.starting = startSubscribing
 	s.t.o.Metrics.Subscribed(s.h.Transport(), 1)
 	s.gen++
-	gen := s.gen
 	s.principal, s.streams, s.pending, s.filter = p, streams, nil, nil
 	s.mu.Unlock()
 
@@ -302,36 +301,34 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 		teams, err := s.memberTeams(p.UserID, claimed)
 		if err != nil {
 			s.Stop()
+			s.started(streams, p, epoch, head, nil) // leaves the hub
 			return err
 		}
 		p.TeamIDs = teams
 		s.moveTo(streamsFor(p))
 	}
-	s.started(gen, streams, p, epoch, head, then)
+	s.started(streams, p, epoch, head, then)
 	return nil
 }
 
-// started ends Start number gen, which subscribed to streams and was given
+// started ends Start, which subscribed to streams and was given
 // epoch and head by the hub: it takes them as the session's position
 // (unless the hub was reset meanwhile: Reset gave it the new epoch's), arms
 // the token expiry and runs then, all with the lock held. A session stopped
 // or closed meanwhile leaves the hub instead. Call it without the lock.
-func (s *Session) started(gen uint32, streams []string, p auth.Principal, epoch string, head relay.Pos, then func()) {
+// (A session's Starts never overlap: Open and the reader call them, one
+// after the other.)
+func (s *Session) started(streams []string, p auth.Principal, epoch string, head relay.Pos, then func()) {
 	s.mu.Lock()
-	if s.gen != gen || !s.subscribed || s.mode == modeClosed {
+	if !s.subscribed || s.mode == modeClosed {
 		// Stopped or closed while it subscribed (the end of a Socket.IO
 		// polling connection runs on a goroutine of its own), perhaps
-		// before the stop left the hub: leave the streams it joined,
-		// but those a later Start follows.
-		if s.gen == gen {
-			s.starting = notStarting
-		}
-		var keep []string
-		if s.gen != gen && s.subscribed && s.mode != modeClosed {
-			keep = s.streams
-		}
+		// before the stop left the hub: leave what it joined, and what
+		// the session followed since.
+		s.starting = notStarting
+		gone := append(slices.Clone(streams), s.streams...)
 		s.mu.Unlock()
-		s.t.o.Hub.Unsubscribe(s, slices.DeleteFunc(slices.Clone(streams), func(st string) bool { return slices.Contains(keep, st) }))
+		s.t.o.Hub.Unsubscribe(s, gone)
 		return
 	}
 	defer s.mu.Unlock()

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -59,10 +60,10 @@ func TestResetWhileStartingKeepsTheNewEpoch(t *testing.T) {
 	// A Start that has subscribed, given e1 at id 2, when the hub resets.
 	c.s.mu.Lock()
 	c.s.starting = startSubscribing
-	gen, streams, p := c.s.gen, c.s.streams, c.s.principal
+	streams, p := c.s.streams, c.s.principal
 	c.s.mu.Unlock()
 	e.hub.Reset("e2", relay.Pos{})
-	c.s.started(gen, streams, p, "e1", at(2), nil)
+	c.s.started(streams, p, "e1", at(2), nil)
 	c.s.mu.Lock()
 	epoch, last := c.s.epoch, c.s.last
 	c.s.mu.Unlock()
@@ -94,6 +95,32 @@ func TestResetWhileStartingWithMembershipCloses(t *testing.T) {
 	case <-c.c.gone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the session is not gone 5s after its close")
+	}
+	if n := e.hub.Stats().Subscribers; n != 0 {
+		t.Fatalf("%d closed sessions still subscribed in the hub", n)
+	}
+}
+
+// The same with auth.membership when Start's second read of the table
+// fails: Start stops the session, which, closed meanwhile, leaves the hub
+// all the same.
+func TestStartClosedThenReadFailsLeavesTheHub(t *testing.T) {
+	m := &members{teams: map[string][]string{"u": {"1"}}}
+	m.onRead = func(n int) {
+		if n == 1 {
+			m.mu.Lock()
+			m.err = errors.New("the database is gone") // Start's second read
+			m.mu.Unlock()
+		}
+	}
+	var c *recConn
+	e := newEnv(t, Options{Membership: m.read, Logger: slog.New(onLog{match: "no team claim", fn: func() { c.s.Gone() }})}, ev("all", 1, 0))
+	c = &recConn{frames: make(chan string, 1024)}
+	if s := e.tr.Attach(c, nil, func(s *Session) Handler {
+		c.s = s
+		return &recHandler{s: s, p: auth.Principal{UserID: "u", TeamIDs: []string{}, NoTeamClaim: true}}
+	}); s == nil {
+		t.Fatal("Attach refused the session")
 	}
 	if n := e.hub.Stats().Subscribers; n != 0 {
 		t.Fatalf("%d closed sessions still subscribed in the hub", n)
