@@ -27,8 +27,9 @@ import (
 type Rescoper interface {
 	Rescope(ev *relay.Event) bool
 	// Subscribed reports whether the subscriber still follows streams:
-	// one that left meanwhile (with the streams it had before the join)
-	// is taken off the joined stream again.
+	// one that left meanwhile (with the streams it had before a join:
+	// Subscribe, Move or a membership join) is taken off the joined
+	// streams again. It may take the subscriber's lock, never the hub's.
 	Subscribed() bool
 	// Settle is called once Publish delivered the whole transaction (or
 	// part) that moved the subscriber's streams.
@@ -116,7 +117,11 @@ func (h *Hub) Subscribe(s Subscriber, streams []string) (epoch string, head rela
 	return h.epoch, h.head
 }
 
-// add registers s for streams; the caller holds mu (either way).
+// add registers s for streams; the caller holds mu (either way). A
+// Rescoper that no longer follows streams is taken off them again: it left
+// on another goroutine, and its own Unsubscribe may have run before the
+// join (a session that closed while it subscribed, changed its streams or
+// joined a team).
 func (h *Hub) add(s Subscriber, streams []string) {
 	added := 0
 	for _, st := range streams {
@@ -134,23 +139,21 @@ func (h *Hub) add(s Subscriber, streams []string) {
 		sh.mu.Unlock()
 	}
 	h.follow(s, added)
+	if r, ok := s.(Rescoper); ok && !r.Subscribed() {
+		h.Unsubscribe(s, streams)
+	}
 }
 
 // Move changes the streams s follows with no transaction published
 // meanwhile: change runs with the hub's read lock held (it may take the
 // subscriber's own lock, never the hub's) and returns the streams s leaves
 // and those it joins, which Move then applies before it releases the lock.
-// A Rescoper that left meanwhile (its Unsubscribe may run between change
-// and the join) is taken off the joined streams again.
 func (h *Hub) Move(s Subscriber, change func() (gone, added []string)) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	gone, added := change()
 	h.Unsubscribe(s, gone)
 	h.add(s, added)
-	if r, ok := s.(Rescoper); ok && len(added) > 0 && !r.Subscribed() {
-		h.Unsubscribe(s, added)
-	}
 }
 
 // Unsubscribe removes s from the given streams. It is safe to call for
@@ -231,9 +234,6 @@ func (h *Hub) Publish(events []relay.Event, head relay.Pos) {
 				settle[s] = true
 				if ev.Join {
 					h.add(s, team)
-					if !s.(Rescoper).Subscribed() {
-						h.Unsubscribe(s, team)
-					}
 				} else {
 					h.Unsubscribe(s, team)
 				}

@@ -714,3 +714,15 @@ func TestMoveOfASubscriberThatLeftMeanwhile(t *testing.T) {
 		t.Fatalf("%d subscribers, want none: the one that left is subscribed again", n)
 	}
 }
+
+// A subscriber that left before its Subscribe reached the hub (its own
+// Unsubscribe found nothing to remove) is not registered for good.
+func TestSubscribeOfASubscriberThatLeftMeanwhile(t *testing.T) {
+	h := New()
+	h.Reset("e1", relay.Pos{})
+	l := &leaver{left: true}
+	h.Subscribe(l, []string{"team:1"})
+	if n := h.Stats().Subscribers; n != 0 {
+		t.Fatalf("%d subscribers, want none: the one that left is registered", n)
+	}
+}

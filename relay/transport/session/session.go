@@ -301,13 +301,12 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 		teams, err := s.memberTeams(p.UserID, claimed)
 		if err != nil {
 			s.Stop()
-			s.started(streams, p, epoch, head, nil) // leaves the hub
 			return err
 		}
 		p.TeamIDs = teams
 		s.moveTo(streamsFor(p))
 	}
-	s.started(streams, p, epoch, head, then)
+	s.started(p, epoch, head, then)
 	return nil
 }
 
@@ -315,23 +314,16 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 // epoch and head by the hub: it takes them as the session's position
 // (unless the hub was reset meanwhile: Reset gave it the new epoch's), arms
 // the token expiry and runs then, all with the lock held. A session stopped
-// or closed meanwhile leaves the hub instead. Call it without the lock.
-// (A session's Starts never overlap: Open and the reader call them, one
-// after the other.)
-func (s *Session) started(streams []string, p auth.Principal, epoch string, head relay.Pos, then func()) {
+// or closed meanwhile (the end of a Socket.IO polling connection runs on a
+// goroutine of its own) does none of it: it left the hub, or the hub took
+// it off the streams it joined after it left (Subscribed). Call it without
+// the lock.
+func (s *Session) started(p auth.Principal, epoch string, head relay.Pos, then func()) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.subscribed || s.mode == modeClosed {
-		// Stopped or closed while it subscribed (the end of a Socket.IO
-		// polling connection runs on a goroutine of its own), perhaps
-		// before the stop left the hub: leave what it joined, and what
-		// the session followed since.
-		s.starting = notStarting
-		gone := append(slices.Clone(streams), s.streams...)
-		s.mu.Unlock()
-		s.t.o.Hub.Unsubscribe(s, gone)
 		return
 	}
-	defer s.mu.Unlock()
 	phase := s.starting
 	s.starting = notStarting
 	s.principal = p
@@ -373,6 +365,7 @@ func (s *Session) Stop() {
 	}
 	s.mode = modeIdle
 	s.subscribed = false
+	s.starting = notStarting
 	s.t.o.Metrics.Subscribed(s.h.Transport(), -1)
 	s.pending = nil
 	s.stopExpiryLocked()

@@ -60,10 +60,10 @@ func TestResetWhileStartingKeepsTheNewEpoch(t *testing.T) {
 	// A Start that has subscribed, given e1 at id 2, when the hub resets.
 	c.s.mu.Lock()
 	c.s.starting = startSubscribing
-	streams, p := c.s.streams, c.s.principal
+	p := c.s.principal
 	c.s.mu.Unlock()
 	e.hub.Reset("e2", relay.Pos{})
-	c.s.started(streams, p, "e1", at(2), nil)
+	c.s.started(p, "e1", at(2), nil)
 	c.s.mu.Lock()
 	epoch, last := c.s.epoch, c.s.last
 	c.s.mu.Unlock()
