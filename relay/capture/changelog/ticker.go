@@ -46,9 +46,10 @@ type TickerOptions struct {
 	IdleTimeout time.Duration
 	// ConnectTimeout bounds connecting each of the ticker's connections
 	// (default 10s; a connect_timeout above 0 in the URL takes its place
-	// there) and setting up its doorbell's LISTEN: a connect that hangs (a pooler queueing it)
-	// must not hold the ticker lock, and with it every relay's ticks, for
-	// as long as it hangs. The attempt fails and is retried.
+	// there) and setting up its doorbell's LISTEN: a connect that hangs
+	// (a pooler queueing it) must not hold the ticker lock, and with it
+	// every relay's ticks, for as long as it hangs. The attempt fails and
+	// is retried.
 	ConnectTimeout time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger

@@ -310,8 +310,8 @@ func (s *Session) Start(p auth.Principal, then func()) error {
 	return nil
 }
 
-// started ends Start, which subscribed to streams and was given
-// epoch and head by the hub: it takes them as the session's position
+// started ends Start, to which the hub gave epoch and head as it
+// subscribed the session: it takes them as the session's position
 // (unless the hub was reset meanwhile: Reset gave it the new epoch's), arms
 // the token expiry and runs then, all with the lock held. A session stopped
 // or closed meanwhile (the end of a Socket.IO polling connection runs on a
